@@ -1,0 +1,98 @@
+/* The op table the model is written against. Every tensor argument is a pointer in the backend's
+ * memory (host memory for the CPU backend, device memory for CUDA) with its row-major shape in a
+ * comment; N is a token count (batch x sequence). The CPU backend is the fp32 reference; every
+ * other backend is tested op by op against it. No model logic lives here. */
+#ifndef OZ_BACKEND_H
+#define OZ_BACKEND_H
+#include <stddef.h>
+#include <stdint.h>
+#include "mem/arena.h"
+#include "util/err.h"
+
+typedef struct {
+    float lr;
+    float beta1, beta2, eps;
+    float weight_decay;      /* decoupled: p <- p * (1 - lr * weight_decay) before the Adam step */
+    float bias_correction1;  /* 1 - beta1^t */
+    float bias_correction2;  /* 1 - beta2^t */
+    float grad_scale;        /* gradients are multiplied by this first (global-norm clipping) */
+} oz_adamw_args;
+
+typedef struct oz_backend oz_backend;
+struct oz_backend {
+    const char *name;
+    oz_allocator allocator; /* memory the ops can read and write */
+    void *impl;             /* backend-private state (handles, workspaces) */
+    int threads;
+
+    /* ---- memory ---- */
+    void (*to_device)(oz_backend *be, void *dst, const void *host_src, size_t bytes);
+    void (*to_host)(oz_backend *be, void *host_dst, const void *src, size_t bytes);
+    void (*copy)(oz_backend *be, void *dst, const void *src, size_t bytes);
+    void (*fill)(oz_backend *be, float *x /* (n) */, float value, size_t n);
+
+    /* ---- linear algebra ----
+     * C = alpha * op(A) @ op(B) + beta * C, row-major, op(A) is (M,K), op(B) is (K,N), C is (M,N).
+     * trans_a means A is stored (K,M); trans_b means B is stored (N,K). */
+    void (*gemm)(oz_backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+    /* ---- elementwise and reductions ---- */
+    void (*axpy)(oz_backend *be, float *y /* (n) */, float alpha, const float *x /* (n) */, size_t n);
+    void (*scale)(oz_backend *be, float *x /* (n) */, float alpha, size_t n);
+    /* Sum of squares accumulated in double; NaN/Inf propagate. Deterministic for fixed threads. */
+    double (*sumsq)(oz_backend *be, const float *x /* (n) */, size_t n);
+
+    /* ---- model ops ---- */
+    void (*embedding_fwd)(oz_backend *be, float *out /* (N,d) */, const float *table /* (V,d) */,
+                          const int32_t *ids /* (N) */, int N, int d);
+    /* dtable += scatter(dout); deterministic (no atomics). */
+    void (*embedding_bwd)(oz_backend *be, float *dtable /* (V,d) */, const float *dout /* (N,d) */,
+                          const int32_t *ids /* (N) */, int N, int d, int V);
+    /* out = x * rstd * w, rstd = 1/sqrt(mean(x^2) + eps) saved for backward. */
+    void (*rmsnorm_fwd)(oz_backend *be, float *out /* (N,d) */, float *rstd /* (N) */,
+                        const float *x /* (N,d) */, const float *w /* (d) */, int N, int d, float eps);
+    /* dx += dL/dx, dw += dL/dw (both accumulate). */
+    void (*rmsnorm_bwd)(oz_backend *be, float *dx /* (N,d) */, float *dw /* (d) */,
+                        const float *dout /* (N,d) */, const float *x /* (N,d) */,
+                        const float *w /* (d) */, const float *rstd /* (N) */, int N, int d);
+    /* Rotate-half RoPE in place on x (B,T,H,hd): pairs (i, i+hd/2) rotated by angle pos*inv_freq[i],
+     * pos = pos0 + t. cos/sin tables are (max_pos, hd/2). inverse != 0 rotates by -angle, which is the
+     * backward (the rotation's transpose). */
+    void (*rope)(oz_backend *be, float *x /* (B,T,H,hd) */, const float *cos_table,
+                 const float *sin_table, int B, int T, int H, int hd, int pos0, int inverse);
+    /* Causal softmax(q k^T / sqrt(hd)) v with grouped-query heads: q head h reads kv head
+     * h / (Hq/Hkv). lse (B,Hq,T) keeps each row's log-sum-exp for the backward. */
+    void (*attention_fwd)(oz_backend *be, float *out /* (B,T,Hq,hd) */, float *lse /* (B,Hq,T) */,
+                          const float *q /* (B,T,Hq,hd) */, const float *k /* (B,T,Hkv,hd) */,
+                          const float *v /* (B,T,Hkv,hd) */, int B, int T, int Hq, int Hkv, int hd);
+    /* Overwrites dq, dk, dv. */
+    void (*attention_bwd)(oz_backend *be, float *dq /* (B,T,Hq,hd) */, float *dk /* (B,T,Hkv,hd) */,
+                          float *dv /* (B,T,Hkv,hd) */, const float *dout /* (B,T,Hq,hd) */,
+                          const float *q, const float *k, const float *v,
+                          const float *out /* (B,T,Hq,hd) */, const float *lse /* (B,Hq,T) */,
+                          int B, int T, int Hq, int Hkv, int hd);
+    /* h = silu(gate) * up. */
+    void (*swiglu_fwd)(oz_backend *be, float *h /* (n) */, const float *gate /* (n) */,
+                       const float *up /* (n) */, size_t n);
+    /* Overwrites dgate and dup; they may alias gate and up (elementwise, read before write). */
+    void (*swiglu_bwd)(oz_backend *be, float *dgate /* (n) */, float *dup /* (n) */,
+                       const float *dh /* (n) */, const float *gate /* (n) */, const float *up /* (n) */,
+                       size_t n);
+    /* losses[i] = logsumexp(logits[i]) - logits[i][targets[i]] (0 where targets[i] < 0). If
+     * grad_scale != 0, logits are overwritten by grad_scale * (softmax - onehot) (0 rows where
+     * targets[i] < 0): the fused backward, so no second (N,V) buffer exists. */
+    void (*cross_entropy)(oz_backend *be, float *logits /* (N,V) */, float *losses /* (N) */,
+                          const int32_t *targets /* (N) */, int N, int V, float grad_scale);
+
+    /* ---- optimizer ---- */
+    void (*adamw_step)(oz_backend *be, float *param /* (n) */, const float *grad /* (n) */,
+                       float *m /* (n) */, float *v /* (n) */, size_t n, const oz_adamw_args *args);
+
+    void (*destroy)(oz_backend *be);
+};
+
+/* The fp32 reference backend: OpenMP + BLAS. threads <= 0 keeps the library defaults. */
+oz_status oz_backend_cpu_create(oz_backend *be, int threads, oz_err *err);
+
+#endif

@@ -1,0 +1,155 @@
+/* The fp32 reference backend: the generic ops of cpu_ops.inc instantiated for float, behind the
+ * oz_backend op table. Memory is ordinary host memory, so the transfer hooks are memcpy. */
+#include <omp.h>
+#include <string.h>
+
+#include "backend/backend.h"
+
+#define OZ_REAL float
+#define OZ_SFX(name) name##_f32
+#define OZ_GEMM cblas_sgemm
+#include "backend/cpu/cpu_ops.inc"
+#undef OZ_REAL
+#undef OZ_SFX
+#undef OZ_GEMM
+
+/* Weak, so the library still links against a BLAS that is not OpenBLAS (the call is then skipped
+ * and that BLAS keeps its own thread setting). */
+extern void openblas_set_num_threads(int) __attribute__((weak));
+
+static void cpu_memcpy(oz_backend *be, void *dst, const void *src, size_t bytes) {
+    /* memmove: a device-to-device copy within one buffer may overlap. */
+    (void)be;
+    if (bytes) memmove(dst, src, bytes);
+}
+
+static void cpu_fill(oz_backend *be, float *x, float value, size_t n) {
+    (void)be;
+    oz_cpu_fill_f32(x, value, n);
+}
+
+static void cpu_gemm(oz_backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                     const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    (void)be;
+    oz_cpu_gemm_f32(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+static void cpu_axpy(oz_backend *be, float *y, float alpha, const float *x, size_t n) {
+    (void)be;
+    oz_cpu_axpy_f32(y, alpha, x, n);
+}
+
+static void cpu_scale(oz_backend *be, float *x, float alpha, size_t n) {
+    (void)be;
+    oz_cpu_scale_f32(x, alpha, n);
+}
+
+static double cpu_sumsq(oz_backend *be, const float *x, size_t n) {
+    (void)be;
+    return oz_cpu_sumsq_f32(x, n);
+}
+
+static void cpu_embedding_fwd(oz_backend *be, float *out, const float *table, const int32_t *ids, int N,
+                              int d) {
+    (void)be;
+    oz_cpu_embedding_fwd_f32(out, table, ids, N, d);
+}
+
+static void cpu_embedding_bwd(oz_backend *be, float *dtable, const float *dout, const int32_t *ids,
+                              int N, int d, int V) {
+    (void)be;
+    oz_cpu_embedding_bwd_f32(dtable, dout, ids, N, d, V);
+}
+
+static void cpu_rmsnorm_fwd(oz_backend *be, float *out, float *rstd, const float *x, const float *w,
+                            int N, int d, float eps) {
+    (void)be;
+    oz_cpu_rmsnorm_fwd_f32(out, rstd, x, w, N, d, eps);
+}
+
+static void cpu_rmsnorm_bwd(oz_backend *be, float *dx, float *dw, const float *dout, const float *x,
+                            const float *w, const float *rstd, int N, int d) {
+    (void)be;
+    oz_cpu_rmsnorm_bwd_f32(dx, dw, dout, x, w, rstd, N, d);
+}
+
+static void cpu_rope(oz_backend *be, float *x, const float *cos_table, const float *sin_table, int B,
+                     int T, int H, int hd, int pos0, int inverse) {
+    (void)be;
+    oz_cpu_rope_f32(x, cos_table, sin_table, B, T, H, hd, pos0, inverse);
+}
+
+static void cpu_attention_fwd(oz_backend *be, float *out, float *lse, const float *q, const float *k,
+                              const float *v, int B, int T, int Hq, int Hkv, int hd) {
+    (void)be;
+    oz_cpu_attention_fwd_f32(out, lse, q, k, v, B, T, Hq, Hkv, hd);
+}
+
+static void cpu_attention_bwd(oz_backend *be, float *dq, float *dk, float *dv, const float *dout,
+                              const float *q, const float *k, const float *v, const float *out,
+                              const float *lse, int B, int T, int Hq, int Hkv, int hd) {
+    (void)be;
+    oz_cpu_attention_bwd_f32(dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv, hd);
+}
+
+static void cpu_swiglu_fwd(oz_backend *be, float *h, const float *gate, const float *up, size_t n) {
+    (void)be;
+    oz_cpu_swiglu_fwd_f32(h, gate, up, n);
+}
+
+static void cpu_swiglu_bwd(oz_backend *be, float *dgate, float *dup, const float *dh, const float *gate,
+                           const float *up, size_t n) {
+    (void)be;
+    oz_cpu_swiglu_bwd_f32(dgate, dup, dh, gate, up, n);
+}
+
+static void cpu_cross_entropy(oz_backend *be, float *logits, float *losses, const int32_t *targets,
+                              int N, int V, float grad_scale) {
+    (void)be;
+    oz_cpu_cross_entropy_f32(logits, losses, targets, N, V, grad_scale);
+}
+
+static void cpu_adamw_step(oz_backend *be, float *param, const float *grad, float *m, float *v,
+                           size_t n, const oz_adamw_args *args) {
+    (void)be;
+    oz_cpu_adamw_step_f32(param, grad, m, v, n, args);
+}
+
+static void cpu_destroy(oz_backend *be) {
+    /* No private state: nothing to release, but leave the table unusable. */
+    memset(be, 0, sizeof *be);
+}
+
+oz_status oz_backend_cpu_create(oz_backend *be, int threads, oz_err *err) {
+    if (!be) return oz_fail(err, OZ_ERR_INTERNAL, "oz_backend_cpu_create: NULL backend");
+    memset(be, 0, sizeof *be);
+    if (threads > 0) {
+        omp_set_num_threads(threads);
+        if (openblas_set_num_threads) openblas_set_num_threads(threads);
+    }
+    be->name = "cpu";
+    be->allocator = oz_host_allocator();
+    be->impl = NULL;
+    be->threads = omp_get_max_threads();
+    be->to_device = cpu_memcpy;
+    be->to_host = cpu_memcpy;
+    be->copy = cpu_memcpy;
+    be->fill = cpu_fill;
+    be->gemm = cpu_gemm;
+    be->axpy = cpu_axpy;
+    be->scale = cpu_scale;
+    be->sumsq = cpu_sumsq;
+    be->embedding_fwd = cpu_embedding_fwd;
+    be->embedding_bwd = cpu_embedding_bwd;
+    be->rmsnorm_fwd = cpu_rmsnorm_fwd;
+    be->rmsnorm_bwd = cpu_rmsnorm_bwd;
+    be->rope = cpu_rope;
+    be->attention_fwd = cpu_attention_fwd;
+    be->attention_bwd = cpu_attention_bwd;
+    be->swiglu_fwd = cpu_swiglu_fwd;
+    be->swiglu_bwd = cpu_swiglu_bwd;
+    be->cross_entropy = cpu_cross_entropy;
+    be->adamw_step = cpu_adamw_step;
+    be->destroy = cpu_destroy;
+    return OZ_OK;
+}

@@ -1,0 +1,49 @@
+/* Helpers shared by the commands: error reporting and opening a saved model for inference. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+int oz_cli_report(const char *command, const oz_err *err) {
+    fprintf(stderr, "ounce %s: %s\n", command, err->msg[0] ? err->msg : oz_status_name(err->status));
+    switch (err->status) {
+    case OZ_OK: return 0;
+    case OZ_ERR_INPUT:
+    case OZ_ERR_NUMERIC: return 2;
+    default: return 1;
+    }
+}
+
+oz_status oz_cli_model_open(oz_cli_model *cm, const char *dir, int batch, int seq, int threads, oz_err *err) {
+    memset(cm, 0, sizeof *cm);
+    OZ_TRY(oz_backend_cpu_create(&cm->be, threads, err));
+    cm->be_ready = true;
+    oz_arena_init(&cm->arena, cm->be.allocator);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    oz_llama_config cfg;
+    OZ_TRY(oz_config_read(path, &cfg, cm->tokenizer_name, err));
+    if (seq <= 0 || seq > cfg.max_position_embeddings) seq = cfg.max_position_embeddings;
+    oz_llama_shape shape = {batch, seq, false};
+    OZ_TRY(oz_llama_load(&cm->model, dir, &cm->be, &cm->arena, shape, NULL, err));
+    cm->seq = seq;
+    cm->has_tokenizer = cm->tokenizer_name[0] != '\0';
+    if (cm->has_tokenizer) OZ_TRY(oz_tokenizer_from_name(&cm->tokenizer, cm->tokenizer_name, err));
+    return OZ_OK;
+}
+
+oz_status oz_cli_need_tokenizer(const oz_cli_model *cm, const char *dir, oz_err *err) {
+    if (cm->has_tokenizer) return OZ_OK;
+    return oz_fail(err, OZ_ERR_INPUT,
+                   "%s has no tokenizer recorded (it was trained on random tokens?): text cannot be encoded",
+                   dir);
+}
+
+void oz_cli_model_close(oz_cli_model *cm) {
+    oz_llama_destroy(cm->model);
+    if (cm->be_ready) {
+        oz_arena_destroy(&cm->arena);
+        cm->be.destroy(&cm->be);
+    }
+    memset(cm, 0, sizeof *cm);
+}

@@ -1,0 +1,125 @@
+/* `ounce eval`: mean cross-entropy of a saved model on the validation split of prepared data, or
+ * on a text file cut into consecutive windows (the last, shorter window included). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "data/loader.h"
+#include "io/atomic.h"
+
+static oz_status eval_windows(oz_cli_model *cm, const int32_t *tokens, size_t n_tokens, int T, int B,
+                              double *sum, long *count, oz_err *err) {
+    int32_t *in = malloc((size_t)B * T * sizeof *in), *tg = malloc((size_t)B * T * sizeof *tg);
+    if (!in || !tg) {
+        free(in);
+        free(tg);
+        return oz_fail(err, OZ_ERR_NOMEM, "out of memory");
+    }
+    oz_status st = OZ_OK;
+    size_t pos = 0;
+    while (st == OZ_OK && pos + 1 < n_tokens) {
+        int rows = 0, len = T;
+        if (n_tokens - pos - 1 < (size_t)T) {
+            len = (int)(n_tokens - pos - 1); /* the last, shorter window: its own batch */
+            memcpy(in, tokens + pos, (size_t)len * sizeof *in);
+            memcpy(tg, tokens + pos + 1, (size_t)len * sizeof *tg);
+            rows = 1;
+            pos = n_tokens;
+        } else {
+            while (rows < B && pos + (size_t)T < n_tokens) {
+                memcpy(in + (size_t)rows * T, tokens + pos, (size_t)T * sizeof *in);
+                memcpy(tg + (size_t)rows * T, tokens + pos + 1, (size_t)T * sizeof *tg);
+                rows++;
+                pos += T;
+            }
+        }
+        oz_llama_batch batch = {in, tg, rows, len, NULL};
+        double s;
+        long c;
+        st = oz_llama_forward(cm->model, &batch, &s, &c, err);
+        *sum += s;
+        *count += c;
+    }
+    free(in);
+    free(tg);
+    return st;
+}
+
+int oz_cmd_eval(int argc, char **argv) {
+    char model[4096] = "", data[4096] = "", text_path[4096] = "";
+    int seq = 0, batch = 4, threads = 0, max_batches = 0;
+    bool json = false;
+    oz_arg args[] = {
+        {"model", OZ_ARG_STR, model, sizeof model, "model directory (config.json + model.safetensors)", 0},
+        {"data", OZ_ARG_STR, data, sizeof data, "prepared data directory: evaluate its validation split", 0},
+        {"text", OZ_ARG_STR, text_path, sizeof text_path, "or a text file, tokenized with the model's tokenizer", 0},
+        {"seq", OZ_ARG_INT, &seq, 0, "window length [the model's max_position_embeddings, at most 1024]", 0},
+        {"batch", OZ_ARG_INT, &batch, 0, "windows per forward pass [4]", 0},
+        {"max-batches", OZ_ARG_INT, &max_batches, 0, "stop after N batches of --data, 0 = all [0]", 0},
+        {"threads", OZ_ARG_INT, &threads, 0, "CPU threads, 0 = all cores [0]", 0},
+        {"json", OZ_ARG_FLAG, &json, 0, "end with one JSON line {\"loss\", \"tokens\", \"perplexity\"}", 0},
+    };
+    int rc = oz_args_parse("eval", "Mean cross-entropy (nats/token) of a model on data or text.", args,
+                           (int)(sizeof args / sizeof args[0]), argc, argv);
+    if (rc) return rc == 1 ? 0 : 2;
+    oz_err err = {0};
+    if (!model[0]) oz_fail(&err, OZ_ERR_INPUT, "--model is required");
+    else if (!data[0] == !text_path[0]) oz_fail(&err, OZ_ERR_INPUT, "give exactly one of --data and --text");
+    else if (seq < 0 || batch <= 0 || threads < 0 || max_batches < 0)
+        oz_fail(&err, OZ_ERR_INPUT, "--seq, --batch, --threads and --max-batches must be positive");
+    if (err.status) return oz_cli_report("eval", &err);
+
+    oz_cli_model cm;
+    double sum = 0;
+    long count = 0;
+    if (seq == 0) seq = 1024;
+    if (oz_cli_model_open(&cm, model, batch, seq, threads, &err) == OZ_OK) {
+        seq = cm.seq;
+        if (data[0]) {
+            oz_dataset ds;
+            if (oz_dataset_open(&ds, data, 0, &err) == OZ_OK) {
+                if (oz_dataset_vocab_size(&ds) > oz_llama_get_config(cm.model)->vocab_size)
+                    oz_fail(&err, OZ_ERR_INPUT, "%s has a vocabulary of %d but the model only %d", data,
+                            oz_dataset_vocab_size(&ds), oz_llama_get_config(cm.model)->vocab_size);
+                int windows = oz_dataset_val_windows(&ds, seq);
+                if (!err.status && windows == 0)
+                    oz_fail(&err, OZ_ERR_INPUT, "%s: the validation split is shorter than one window of %d tokens",
+                            data, seq + 1);
+                int32_t *in = malloc((size_t)batch * seq * sizeof *in), *tg = malloc((size_t)batch * seq * sizeof *tg);
+                for (int w = 0, b = 0; !err.status && w < windows && (!max_batches || b < max_batches); w += batch, b++) {
+                    int rows = oz_dataset_val_batch(&ds, w, batch, seq, in, tg);
+                    if (rows <= 0) break;
+                    oz_llama_batch bt = {in, tg, rows, seq, NULL};
+                    double s;
+                    long c;
+                    if (oz_llama_forward(cm.model, &bt, &s, &c, &err) != OZ_OK) break;
+                    sum += s;
+                    count += c;
+                }
+                free(in);
+                free(tg);
+                oz_dataset_close(&ds);
+            }
+        } else if (oz_cli_need_tokenizer(&cm, model, &err) == OZ_OK) {
+            char *text = NULL;
+            size_t n = 0;
+            oz_tokens ids = {0};
+            if (oz_read_file(text_path, &text, &n, &err) == OZ_OK &&
+                oz_tokenizer_encode(&cm.tokenizer, text, n, &ids, &err) == OZ_OK) {
+                if (ids.len < 2) oz_fail(&err, OZ_ERR_INPUT, "%s: too short to evaluate (needs 2 tokens)", text_path);
+                else eval_windows(&cm, ids.ids, ids.len, seq, batch, &sum, &count, &err);
+            }
+            free(text);
+            oz_tokens_free(&ids);
+        }
+    }
+    oz_cli_model_close(&cm);
+    if (err.status) return oz_cli_report("eval", &err);
+    double loss = sum / (double)count;
+    printf("loss %.4f nats/token (perplexity %.3f) over %ld tokens\n", loss, exp(loss), count);
+    if (json) printf("{\"loss\":%.6f,\"tokens\":%ld,\"perplexity\":%.6f}\n", loss, count, exp(loss));
+    return 0;
+}

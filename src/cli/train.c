@@ -1,0 +1,122 @@
+/* `ounce train`: flags -> oz_train_opts, a live progress line, and the JSON summary. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "train/trainer.h"
+
+static void human_bytes(char *buf, size_t cap, size_t bytes) {
+    const char *units[] = {"B", "K", "M", "G", "T"};
+    double v = (double)bytes;
+    int u = 0;
+    while (v >= 1024 && u < 4) v /= 1024, u++;
+    snprintf(buf, cap, u ? "%.1f%s" : "%.0f%s", v, units[u]);
+}
+
+static void human_time(char *buf, size_t cap, double s) {
+    if (!isfinite(s) || s < 0) s = 0;
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(buf, cap, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+    else if (t >= 60) snprintf(buf, cap, "%ldm%02lds", t / 60, t % 60);
+    else snprintf(buf, cap, "%lds", t);
+}
+
+static void on_start(void *user, const char *summary) {
+    (void)user;
+    printf("%s\n", summary);
+    fflush(stdout);
+}
+
+static void on_step(void *user, const oz_train_progress *p) {
+    (void)user;
+    char el[32], eta[32], mem[256] = "", b[32];
+    human_time(el, sizeof el, p->elapsed_s);
+    human_time(eta, sizeof eta, p->eta_s);
+    size_t used = 0;
+    for (int c = 0; c < OZ_MEM_NCATEGORIES; c++) {
+        if (!p->peak_bytes[c]) continue;
+        human_bytes(b, sizeof b, p->peak_bytes[c]);
+        used += (size_t)snprintf(mem + used, sizeof mem - used, "%s %s ", oz_mem_category_name(c), b);
+    }
+    human_bytes(b, sizeof b, p->peak_total);
+    printf("step %d/%d | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | %s elapsed | eta %s | peak %stotal %s\n",
+           p->step, p->total_steps, p->loss, p->lr, p->grad_norm, p->tokens_per_s, el, eta, mem, b);
+    fflush(stdout);
+}
+
+static void on_eval(void *user, int step, double val_loss, long tokens) {
+    (void)user;
+    printf("step %d | val loss %.4f (%ld tokens)\n", step, val_loss, tokens);
+    fflush(stdout);
+}
+
+static void on_save(void *user, int step, const char *dir) {
+    (void)user;
+    printf("step %d | saved %s\n", step, dir);
+    fflush(stdout);
+}
+
+int oz_cmd_train(int argc, char **argv) {
+    oz_train_opts o;
+    oz_train_opts_default(&o);
+    char resume[OZ_PATH_MAX] = "";
+    bool json = false;
+    oz_arg args[] = {
+        {"data", OZ_ARG_STR, o.data, sizeof o.data, "prepared data directory, or random:VOCAB (required)", 0},
+        {"model", OZ_ARG_STR, o.model, sizeof o.model,
+         "preset (tiny, demo, 60m, 130m, 350m, 1b, 7b, llama3-8b), config.json, or a directory with one [demo]", 0},
+        {"out", OZ_ARG_STR, o.out, sizeof o.out, "output directory (required)", 0},
+        {"resume", OZ_ARG_STR, resume, sizeof resume,
+         "continue the run saved in OUT/step-N with its saved settings (other flags are ignored)", 0},
+        {"steps", OZ_ARG_INT, &o.steps, 0, "optimizer steps [1000]", 0},
+        {"batch", OZ_ARG_INT, &o.batch, 0, "sequences per micro-batch [8]", 0},
+        {"seq", OZ_ARG_INT, &o.seq, 0, "tokens per sequence [256]", 0},
+        {"grad-accum", OZ_ARG_INT, &o.grad_accum, 0, "micro-batches per step [1]", 0},
+        {"lr", OZ_ARG_FLOAT, &o.lr, 0, "peak learning rate [1e-3]", 0},
+        {"min-lr-ratio", OZ_ARG_FLOAT, &o.min_lr_ratio, 0, "final lr as a fraction of --lr (cosine) [0.1]", 0},
+        {"warmup", OZ_ARG_INT, &o.warmup, 0, "linear warmup steps [5% of --steps]", 0},
+        {"weight-decay", OZ_ARG_FLOAT, &o.weight_decay, 0, "decoupled weight decay, not on norms [0.1]", 0},
+        {"clip", OZ_ARG_FLOAT, &o.clip, 0, "global gradient-norm clip, 0 = off [1.0]", 0},
+        {"beta1", OZ_ARG_FLOAT, &o.beta1, 0, "Adam beta1 [0.9]", 0},
+        {"beta2", OZ_ARG_FLOAT, &o.beta2, 0, "Adam beta2 [0.95]", 0},
+        {"adam-eps", OZ_ARG_FLOAT, &o.adam_eps, 0, "Adam epsilon [1e-8]", 0},
+        {"optim", OZ_ARG_STR, o.optim, sizeof o.optim, "optimizer: adamw [adamw]", 0},
+        {"device", OZ_ARG_STR, o.device, sizeof o.device, "device: cpu [cpu]", 0},
+        {"seed", OZ_ARG_U64, &o.seed, 0, "seed for initialisation and data order [1]", 0},
+        {"eval-every", OZ_ARG_INT, &o.eval_every, 0, "validation loss every N steps and at the end, 0 = never [100]", 0},
+        {"eval-batches", OZ_ARG_INT, &o.eval_batches, 0, "validation batches per evaluation [8]", 0},
+        {"save-every", OZ_ARG_INT, &o.save_every, 0, "checkpoint to OUT/step-N every N steps, 0 = only the final model [0]", 0},
+        {"keep", OZ_ARG_INT, &o.keep, 0, "newest step-N checkpoints to keep, 0 = all [2]", 0},
+        {"log-every", OZ_ARG_INT, &o.log_every, 0, "progress line every N steps [10]", 0},
+        {"threads", OZ_ARG_INT, &o.threads, 0, "CPU threads, 0 = all cores [0]", 0},
+        {"json", OZ_ARG_FLAG, &json, 0, "end with one JSON line: steps, losses, tokens/s, peak bytes", 0},
+    };
+    int n = (int)(sizeof args / sizeof args[0]);
+    int rc = oz_args_parse("train", "Train a Llama model; the final model is written to OUT.", args, n, argc, argv);
+    if (rc) return rc == 1 ? 0 : 2;
+
+    oz_train_callbacks cb = {on_start, on_step, on_eval, on_save, NULL};
+    oz_train_result res;
+    oz_err err = {0};
+    oz_status st = oz_train(&o, resume[0] ? resume : NULL, &cb, &res, &err);
+    if (st != OZ_OK) return oz_cli_report("train", &err);
+
+    char tps[64];
+    snprintf(tps, sizeof tps, "%.1f", res.tokens_per_s);
+    printf("done: %d steps, train loss %.4f", res.steps, res.train_loss);
+    if (!isnan(res.val_loss)) printf(", val loss %.4f", res.val_loss);
+    printf(", %s tokens/s\n", tps);
+    if (json) {
+        printf("{\"steps\":%d,\"train_loss\":%.6f,", res.steps, res.train_loss);
+        if (isnan(res.val_loss)) printf("\"val_loss\":null,");
+        else printf("\"val_loss\":%.6f,", res.val_loss);
+        printf("\"tokens_per_s\":%s,\"params\":%lld,\"peak_bytes\":{", tps, res.params);
+        for (int c = 0; c < OZ_MEM_NCATEGORIES; c++)
+            printf("\"%s\":%zu,", oz_mem_category_name(c), res.peak_bytes[c]);
+        printf("\"total\":%zu}}\n", res.peak_total);
+    }
+    return 0;
+}

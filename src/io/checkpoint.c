@@ -1,0 +1,292 @@
+/* config.json and safetensors mapping for Llama models. */
+#include "io/checkpoint.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "io/atomic.h"
+#include "io/safetensors.h"
+
+static oz_status json_int(const cJSON *root, const char *path, const char *key, bool required, int dflt,
+                          int *out, oz_err *err) {
+    const cJSON *item = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!item || cJSON_IsNull(item)) {
+        if (required) return oz_fail(err, OZ_ERR_INPUT, "%s: missing required field \"%s\"", path, key);
+        *out = dflt;
+        return OZ_OK;
+    }
+    if (!cJSON_IsNumber(item) || item->valuedouble != floor(item->valuedouble) ||
+        fabs(item->valuedouble) > 2147483647.0)
+        return oz_fail(err, OZ_ERR_INPUT, "%s: field \"%s\" must be an integer", path, key);
+    *out = (int)item->valuedouble;
+    return OZ_OK;
+}
+
+static oz_status json_float(const cJSON *root, const char *path, const char *key, float dflt, float *out,
+                            oz_err *err) {
+    const cJSON *item = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!item || cJSON_IsNull(item)) {
+        *out = dflt;
+        return OZ_OK;
+    }
+    if (!cJSON_IsNumber(item)) return oz_fail(err, OZ_ERR_INPUT, "%s: field \"%s\" must be a number", path, key);
+    *out = (float)item->valuedouble;
+    return OZ_OK;
+}
+
+oz_status oz_config_read(const char *path, oz_llama_config *cfg, char *tokenizer, oz_err *err) {
+    char *text;
+    size_t n;
+    OZ_TRY(oz_read_file(path, &text, &n, err));
+    cJSON *root = cJSON_ParseWithLength(text, n);
+    free(text);
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return oz_fail(err, OZ_ERR_INPUT, "%s: not a valid JSON object", path);
+    }
+    oz_status st = OZ_OK;
+    memset(cfg, 0, sizeof *cfg);
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    if (type && (!cJSON_IsString(type) || strcmp(type->valuestring, "llama") != 0)) {
+        st = oz_fail(err, OZ_ERR_INPUT, "%s: model_type \"%s\" is not supported (only \"llama\")", path,
+                     cJSON_IsString(type) ? type->valuestring : "?");
+        goto done;
+    }
+    const cJSON *scaling = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    if (scaling && !cJSON_IsNull(scaling)) {
+        st = oz_fail(err, OZ_ERR_INPUT, "%s: field \"rope_scaling\" is not supported yet", path);
+        goto done;
+    }
+    const cJSON *bias = cJSON_GetObjectItemCaseSensitive(root, "attention_bias");
+    if (bias && cJSON_IsTrue(bias)) {
+        st = oz_fail(err, OZ_ERR_INPUT, "%s: field \"attention_bias\" = true is not supported", path);
+        goto done;
+    }
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
+    if (act && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu") != 0)) {
+        st = oz_fail(err, OZ_ERR_INPUT, "%s: field \"hidden_act\" must be \"silu\"", path);
+        goto done;
+    }
+    if ((st = json_int(root, path, "vocab_size", true, 0, &cfg->vocab_size, err)) ||
+        (st = json_int(root, path, "hidden_size", true, 0, &cfg->hidden_size, err)) ||
+        (st = json_int(root, path, "intermediate_size", true, 0, &cfg->intermediate_size, err)) ||
+        (st = json_int(root, path, "num_hidden_layers", true, 0, &cfg->num_hidden_layers, err)) ||
+        (st = json_int(root, path, "num_attention_heads", true, 0, &cfg->num_attention_heads, err)) ||
+        (st = json_int(root, path, "num_key_value_heads", false, cfg->num_attention_heads,
+                       &cfg->num_key_value_heads, err)) ||
+        (st = json_int(root, path, "max_position_embeddings", false, 2048, &cfg->max_position_embeddings,
+                       err)) ||
+        (st = json_int(root, path, "bos_token_id", false, -1, &cfg->bos_token_id, err)) ||
+        (st = json_int(root, path, "eos_token_id", false, -1, &cfg->eos_token_id, err)) ||
+        (st = json_float(root, path, "rms_norm_eps", 1e-6f, &cfg->rms_norm_eps, err)) ||
+        (st = json_float(root, path, "rope_theta", 10000.0f, &cfg->rope_theta, err)))
+        goto done;
+    int default_hd = cfg->num_attention_heads > 0 ? cfg->hidden_size / cfg->num_attention_heads : 0;
+    if ((st = json_int(root, path, "head_dim", false, default_hd, &cfg->head_dim, err))) goto done;
+    const cJSON *tie = cJSON_GetObjectItemCaseSensitive(root, "tie_word_embeddings");
+    cfg->tie_word_embeddings = tie && cJSON_IsTrue(tie);
+    if (tokenizer) {
+        const cJSON *tok = cJSON_GetObjectItemCaseSensitive(root, "ounce_tokenizer");
+        snprintf(tokenizer, OZ_TOKENIZER_NAME_MAX, "%s", cJSON_IsString(tok) ? tok->valuestring : "");
+    }
+    st = oz_llama_config_validate(cfg, err);
+    if (st != OZ_OK) {
+        /* Prefix the message with the file so the user knows which config is wrong. */
+        char msg[sizeof err->msg];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        snprintf(err->msg, sizeof err->msg, "%.200s: %.300s", path, msg);
+    }
+done:
+    cJSON_Delete(root);
+    return st;
+}
+
+oz_status oz_config_write(const char *path, const oz_llama_config *c, const char *tokenizer, oz_err *err) {
+    cJSON *root = cJSON_CreateObject();
+    cJSON *arch = cJSON_AddArrayToObject(root, "architectures");
+    cJSON_AddItemToArray(arch, cJSON_CreateString("LlamaForCausalLM"));
+    cJSON_AddStringToObject(root, "model_type", "llama");
+    cJSON_AddNumberToObject(root, "vocab_size", c->vocab_size);
+    cJSON_AddNumberToObject(root, "hidden_size", c->hidden_size);
+    cJSON_AddNumberToObject(root, "intermediate_size", c->intermediate_size);
+    cJSON_AddNumberToObject(root, "num_hidden_layers", c->num_hidden_layers);
+    cJSON_AddNumberToObject(root, "num_attention_heads", c->num_attention_heads);
+    cJSON_AddNumberToObject(root, "num_key_value_heads", c->num_key_value_heads);
+    cJSON_AddNumberToObject(root, "head_dim", c->head_dim);
+    cJSON_AddNumberToObject(root, "max_position_embeddings", c->max_position_embeddings);
+    cJSON_AddNumberToObject(root, "rms_norm_eps", c->rms_norm_eps);
+    cJSON_AddNumberToObject(root, "rope_theta", c->rope_theta);
+    cJSON_AddBoolToObject(root, "tie_word_embeddings", c->tie_word_embeddings);
+    cJSON_AddStringToObject(root, "hidden_act", "silu");
+    cJSON_AddBoolToObject(root, "attention_bias", 0);
+    cJSON_AddBoolToObject(root, "mlp_bias", 0);
+    cJSON_AddNumberToObject(root, "initializer_range", 0.02);
+    cJSON_AddStringToObject(root, "torch_dtype", "float32");
+    if (c->bos_token_id >= 0) cJSON_AddNumberToObject(root, "bos_token_id", c->bos_token_id);
+    if (c->eos_token_id >= 0) cJSON_AddNumberToObject(root, "eos_token_id", c->eos_token_id);
+    if (tokenizer && tokenizer[0]) cJSON_AddStringToObject(root, "ounce_tokenizer", tokenizer);
+    char *text = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!text) return oz_fail(err, OZ_ERR_NOMEM, "out of memory writing %s", path);
+    size_t len = strlen(text);
+    char *with_nl = realloc(text, len + 2);
+    if (!with_nl) {
+        free(text);
+        return oz_fail(err, OZ_ERR_NOMEM, "out of memory writing %s", path);
+    }
+    with_nl[len] = '\n';
+    oz_status st = oz_atomic_write(path, with_nl, len + 1, err);
+    free(with_nl);
+    return st;
+}
+
+oz_status oz_model_resolve(const char *spec, oz_llama_config *cfg, char *tokenizer, bool *is_preset,
+                           oz_err *err) {
+    if (tokenizer) tokenizer[0] = '\0';
+    *is_preset = false;
+    if (oz_llama_preset(spec, cfg)) {
+        *is_preset = true;
+        return OZ_OK;
+    }
+    struct stat sb;
+    if (stat(spec, &sb) != 0)
+        return oz_fail(err, OZ_ERR_INPUT, "--model %s: not a preset (%s), and no such file or directory",
+                       spec, oz_llama_preset_names());
+    if (S_ISDIR(sb.st_mode)) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/config.json", spec);
+        return oz_config_read(path, cfg, tokenizer, err);
+    }
+    return oz_config_read(spec, cfg, tokenizer, err);
+}
+
+oz_status oz_tensors_save(const char *path, const oz_param_layout *layout, const float *const *buffers,
+                          const char *const *prefixes, int n_buffers, oz_err *err) {
+    int n = layout->n * n_buffers;
+    oz_st_entry *entries = calloc((size_t)n, sizeof *entries);
+    char(*names)[128] = calloc((size_t)n, sizeof *names);
+    if (!entries || !names) {
+        free(entries);
+        free(names);
+        return oz_fail(err, OZ_ERR_NOMEM, "out of memory saving %s", path);
+    }
+    for (int b = 0; b < n_buffers; b++) {
+        for (int i = 0; i < layout->n; i++) {
+            const oz_param_info *p = &layout->params[i];
+            int e = b * layout->n + i;
+            snprintf(names[e], sizeof names[e], "%s%s", prefixes[b], p->name);
+            entries[e].name = names[e];
+            entries[e].dtype = OZ_DT_F32;
+            entries[e].ndim = p->ndim;
+            entries[e].shape[0] = p->shape[0];
+            entries[e].shape[1] = p->shape[1];
+            entries[e].data = buffers[b] + p->offset;
+        }
+    }
+    oz_status st = oz_safetensors_write(path, entries, n, NULL, err);
+    free(entries);
+    free(names);
+    return st;
+}
+
+static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
+    size_t used = (size_t)snprintf(buf, cap, "[");
+    for (int i = 0; i < ndim && used < cap; i++)
+        used += (size_t)snprintf(buf + used, cap - used, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (used < cap) snprintf(buf + used, cap - used, "]");
+}
+
+oz_status oz_tensors_load(const char *path, const oz_param_layout *layout, float *const *buffers,
+                          const char *const *prefixes, int n_buffers, oz_err *err) {
+    oz_safetensors st;
+    OZ_TRY(oz_safetensors_open(&st, path, err));
+    oz_status s = OZ_OK;
+    int expected = layout->n * n_buffers;
+    if (st.n_tensors != expected) {
+        /* Find a name that is not ours to make the message concrete. */
+        for (int t = 0; t < st.n_tensors && s == OZ_OK; t++) {
+            bool known = false;
+            for (int b = 0; b < n_buffers && !known; b++) {
+                size_t plen = strlen(prefixes[b]);
+                const char *nm = st.tensors[t].name;
+                known = strncmp(nm, prefixes[b], plen) == 0 && oz_param_layout_find(layout, nm + plen);
+            }
+            if (!known)
+                s = oz_fail(err, OZ_ERR_INPUT,
+                            "%s: unexpected tensor \"%s\" (not part of a Llama with this config)", path,
+                            st.tensors[t].name);
+        }
+    }
+    for (int b = 0; b < n_buffers && s == OZ_OK; b++) {
+        for (int i = 0; i < layout->n && s == OZ_OK; i++) {
+            const oz_param_info *p = &layout->params[i];
+            char name[160];
+            snprintf(name, sizeof name, "%s%s", prefixes[b], p->name);
+            const oz_st_tensor *t = oz_safetensors_find(&st, name);
+            if (!t) {
+                s = oz_fail(err, OZ_ERR_INPUT, "%s: missing tensor \"%s\"", path, name);
+                break;
+            }
+            bool same = t->ndim == p->ndim && t->shape[0] == p->shape[0] &&
+                        (p->ndim < 2 || t->shape[1] == p->shape[1]);
+            if (!same) {
+                char have[64], want[64];
+                shape_str(have, sizeof have, t->ndim, t->shape);
+                shape_str(want, sizeof want, p->ndim, p->shape);
+                s = oz_fail(err, OZ_ERR_INPUT, "%s: tensor \"%s\" has shape %s but the config needs %s",
+                            path, name, have, want);
+                break;
+            }
+            s = oz_st_tensor_to_f32(t, buffers[b] + p->offset, p->numel, err);
+        }
+    }
+    if (s == OZ_OK && st.n_tensors != expected)
+        s = oz_fail(err, OZ_ERR_INPUT, "%s: holds %d tensors, expected %d", path, st.n_tensors, expected);
+    oz_safetensors_close(&st);
+    return s;
+}
+
+oz_status oz_model_save(const char *dir, const oz_llama_config *cfg, const char *tokenizer,
+                        const oz_param_layout *layout, const float *params, oz_err *err) {
+    OZ_TRY(oz_mkdir_p(dir, err));
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    const float *bufs[1] = {params};
+    const char *prefixes[1] = {""};
+    OZ_TRY(oz_tensors_save(path, layout, bufs, prefixes, 1, err));
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    return oz_config_write(path, cfg, tokenizer, err);
+}
+
+oz_status oz_llama_load(oz_llama **out, const char *dir, oz_backend *be, oz_arena *arena,
+                        oz_llama_shape shape, char *tokenizer, oz_err *err) {
+    *out = NULL;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    oz_llama_config cfg;
+    OZ_TRY(oz_config_read(path, &cfg, tokenizer, err));
+    oz_llama *m;
+    OZ_TRY(oz_llama_create(&m, &cfg, be, arena, shape, err));
+    const oz_param_layout *lay = oz_llama_get_layout(m);
+    float *host = malloc(lay->total * sizeof *host);
+    if (!host) {
+        oz_llama_destroy(m);
+        return oz_fail(err, OZ_ERR_NOMEM, "out of memory loading %s", dir);
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    float *bufs[1] = {host};
+    const char *prefixes[1] = {""};
+    oz_status st = oz_tensors_load(path, lay, bufs, prefixes, 1, err);
+    if (st == OZ_OK) be->to_device(be, oz_llama_params(m), host, lay->total * sizeof *host);
+    free(host);
+    if (st != OZ_OK) {
+        oz_llama_destroy(m);
+        return st;
+    }
+    *out = m;
+    return OZ_OK;
+}

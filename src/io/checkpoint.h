@@ -1,0 +1,42 @@
+/* Model files as Hugging Face lays them out (config.json + model.safetensors with HF tensor names)
+ * and the flat-buffer <-> named-tensor mapping used for weights and optimizer moments. */
+#ifndef OZ_CHECKPOINT_H
+#define OZ_CHECKPOINT_H
+#include <stdbool.h>
+#include "model/llama.h"
+#include "util/err.h"
+
+#define OZ_TOKENIZER_NAME_MAX 32
+
+/* Reads a Hugging Face Llama config.json. Unsupported fields (e.g. rope_scaling, for now) and
+ * non-Llama model types are errors naming the field. `tokenizer` (may be NULL) receives the
+ * tokenizer kind ounce recorded ("byte"), or "" when absent. */
+oz_status oz_config_read(const char *path, oz_llama_config *cfg, char *tokenizer, oz_err *err);
+/* Writes config.json atomically with HF field names (loadable by transformers' LlamaConfig). */
+oz_status oz_config_write(const char *path, const oz_llama_config *cfg, const char *tokenizer, oz_err *err);
+
+/* Resolves --model: a preset name, a config.json path, or a directory holding config.json.
+ * *is_preset tells the caller whether sizes such as the vocabulary may follow the data. */
+oz_status oz_model_resolve(const char *spec, oz_llama_config *cfg, char *tokenizer, bool *is_preset,
+                           oz_err *err);
+
+/* Saves layout-shaped buffers (host memory) as one safetensors file: tensor i of buffer b is named
+ * prefixes[b] + layout name. n_buffers >= 1. */
+oz_status oz_tensors_save(const char *path, const oz_param_layout *layout, const float *const *buffers,
+                          const char *const *prefixes, int n_buffers, oz_err *err);
+/* Loads the same; every expected tensor must be present with the layout's shape, and no tensor
+ * outside the layout may be present. Floating dtypes are converted to fp32. */
+oz_status oz_tensors_load(const char *path, const oz_param_layout *layout, float *const *buffers,
+                          const char *const *prefixes, int n_buffers, oz_err *err);
+
+/* DIR/model.safetensors + DIR/config.json. */
+oz_status oz_model_save(const char *dir, const oz_llama_config *cfg, const char *tokenizer,
+                        const oz_param_layout *layout, const float *params, oz_err *err);
+
+
+
+/* Loads DIR (config.json + model.safetensors) into a new model on `be` with buffers for `shape`.
+ * `tokenizer` (OZ_TOKENIZER_NAME_MAX bytes, may be NULL) receives the recorded tokenizer kind. */
+oz_status oz_llama_load(oz_llama **out, const char *dir, oz_backend *be, oz_arena *arena,
+                        oz_llama_shape shape, char *tokenizer, oz_err *err);
+#endif

@@ -1,0 +1,60 @@
+/* Llama configuration: presets by name and validation. Presets are the GaLore paper's sizes
+ * (vocab 32000, untied), Llama-3-8B, and two small ones for tests and the demo. */
+#include "model/llama.h"
+
+#include <string.h>
+
+typedef struct {
+    const char *name;
+    oz_llama_config cfg;
+} preset_entry;
+
+#define LLAMA(V, D, F, L, H, KV, P, EPS, THETA, TIE) \
+    {V, D, F, L, H, KV, (D) / (H), P, EPS, THETA, TIE, -1, -1}
+
+static const preset_entry presets[] = {
+    {"tiny", LLAMA(258, 32, 64, 2, 4, 2, 256, 1e-5f, 10000.0f, false)},
+    {"demo", LLAMA(258, 256, 688, 4, 4, 2, 1024, 1e-5f, 10000.0f, false)},
+    {"60m", LLAMA(32000, 512, 1376, 8, 8, 8, 1024, 1e-6f, 10000.0f, false)},
+    {"130m", LLAMA(32000, 768, 2048, 12, 12, 12, 1024, 1e-6f, 10000.0f, false)},
+    {"350m", LLAMA(32000, 1024, 2736, 24, 16, 16, 1024, 1e-6f, 10000.0f, false)},
+    {"1b", LLAMA(32000, 2048, 5461, 24, 32, 32, 2048, 1e-6f, 10000.0f, false)},
+    {"7b", LLAMA(32000, 4096, 11008, 32, 32, 32, 2048, 1e-6f, 10000.0f, false)},
+    {"llama3-8b", LLAMA(128256, 4096, 14336, 32, 32, 8, 8192, 1e-5f, 500000.0f, false)},
+};
+
+bool oz_llama_preset(const char *name, oz_llama_config *cfg) {
+    for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++) {
+        if (strcmp(presets[i].name, name) == 0) {
+            *cfg = presets[i].cfg;
+            return true;
+        }
+    }
+    return false;
+}
+
+const char *oz_llama_preset_names(void) { return "tiny, demo, 60m, 130m, 350m, 1b, 7b, llama3-8b"; }
+
+oz_status oz_llama_config_validate(const oz_llama_config *c, oz_err *err) {
+#define NEED(cond, ...) \
+    if (!(cond)) return oz_fail(err, OZ_ERR_INPUT, __VA_ARGS__)
+    NEED(c->vocab_size > 0, "config: vocab_size must be positive (got %d)", c->vocab_size);
+    NEED(c->hidden_size > 0, "config: hidden_size must be positive (got %d)", c->hidden_size);
+    NEED(c->intermediate_size > 0, "config: intermediate_size must be positive (got %d)",
+         c->intermediate_size);
+    NEED(c->num_hidden_layers > 0, "config: num_hidden_layers must be positive (got %d)",
+         c->num_hidden_layers);
+    NEED(c->num_attention_heads > 0, "config: num_attention_heads must be positive (got %d)",
+         c->num_attention_heads);
+    NEED(c->num_key_value_heads > 0 && c->num_attention_heads % c->num_key_value_heads == 0,
+         "config: num_attention_heads (%d) must be a multiple of num_key_value_heads (%d)",
+         c->num_attention_heads, c->num_key_value_heads);
+    NEED(c->head_dim > 0 && c->head_dim % 2 == 0, "config: head_dim must be positive and even (got %d)",
+         c->head_dim);
+    NEED(c->max_position_embeddings > 0, "config: max_position_embeddings must be positive (got %d)",
+         c->max_position_embeddings);
+    NEED(c->rms_norm_eps > 0, "config: rms_norm_eps must be positive (got %g)", (double)c->rms_norm_eps);
+    NEED(c->rope_theta > 0, "config: rope_theta must be positive (got %g)", (double)c->rope_theta);
+#undef NEED
+    return OZ_OK;
+}

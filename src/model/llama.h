@@ -1,0 +1,107 @@
+/* The Llama decoder: configuration (Hugging Face field names), parameter layout (HF tensor names),
+ * and forward/backward written once against the backend op table. */
+#ifndef OZ_LLAMA_H
+#define OZ_LLAMA_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "backend/backend.h"
+#include "mem/arena.h"
+#include "util/err.h"
+
+typedef struct {
+    int vocab_size;
+    int hidden_size;
+    int intermediate_size;
+    int num_hidden_layers;
+    int num_attention_heads;
+    int num_key_value_heads;
+    int head_dim;                 /* hidden_size / num_attention_heads unless the config says otherwise */
+    int max_position_embeddings;
+    float rms_norm_eps;
+    float rope_theta;
+    bool tie_word_embeddings;
+    int bos_token_id, eos_token_id; /* -1 when unknown */
+} oz_llama_config;
+
+/* Fills `cfg` from a preset name (tiny, demo, 60m, 130m, 350m, 1b, 7b, llama3-8b).
+ * Returns false for an unknown name. */
+bool oz_llama_preset(const char *name, oz_llama_config *cfg);
+/* Comma-separated list of preset names, for help texts. */
+const char *oz_llama_preset_names(void);
+/* Checks the config is well formed (positive sizes, heads divide hidden, ...). */
+oz_status oz_llama_config_validate(const oz_llama_config *cfg, oz_err *err);
+
+/* One named parameter tensor inside the flat parameter buffer. */
+typedef enum {
+    OZ_P_EMBED, OZ_P_ATTN_NORM, OZ_P_Q, OZ_P_K, OZ_P_V, OZ_P_O, OZ_P_MLP_NORM, OZ_P_GATE, OZ_P_UP,
+    OZ_P_DOWN, OZ_P_FINAL_NORM, OZ_P_LM_HEAD
+} oz_param_kind;
+
+typedef struct {
+    char name[96];         /* Hugging Face name, e.g. model.layers.3.self_attn.q_proj.weight */
+    oz_param_kind kind;
+    int layer;             /* -1 for embedding, final norm, head */
+    int ndim;
+    int64_t shape[2];      /* (out, in) for matrices, (d) for norms */
+    size_t offset;         /* in floats, into the flat parameter buffer */
+    size_t numel;
+    bool is_norm;          /* norms get no weight decay */
+} oz_param_info;
+
+/* Parameter table: embedding, then per layer {attn norm, q, k, v, o, mlp norm, gate, up, down},
+ * then final norm and (when untied) lm_head. Each layer's tensors are contiguous, so a layer's
+ * gradients form one span (what per-layer optimizer updates consume). */
+typedef struct {
+    int n;
+    oz_param_info *params;
+    size_t total;                 /* floats */
+    size_t layer_begin, layer_stride; /* offset of layer 0 and floats per layer */
+} oz_param_layout;
+
+oz_status oz_param_layout_build(const oz_llama_config *cfg, oz_param_layout *layout, oz_err *err);
+void oz_param_layout_free(oz_param_layout *layout);
+const oz_param_info *oz_param_layout_find(const oz_param_layout *layout, const char *name);
+
+/* Deterministic initialisation: normal(0, 0.02) for matrices (HF's initializer_range), ones for
+ * norms. `params` is a host buffer of layout->total floats. */
+void oz_llama_init_params(const oz_llama_config *cfg, const oz_param_layout *layout, float *params,
+                          uint64_t seed);
+
+/* A model instance on a backend: parameters, optional gradients, activations for (B, T). */
+typedef struct oz_llama oz_llama;
+
+typedef struct {
+    int batch, seq;               /* activation buffers are sized for these */
+    bool with_grads;              /* allocate the full gradient buffer */
+} oz_llama_shape;
+
+oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend *be, oz_arena *arena,
+                          oz_llama_shape shape, oz_err *err);
+void oz_llama_destroy(oz_llama *model);
+
+const oz_llama_config *oz_llama_get_config(const oz_llama *model);
+const oz_param_layout *oz_llama_get_layout(const oz_llama *model);
+float *oz_llama_params(oz_llama *model);  /* backend memory, layout->total floats */
+float *oz_llama_grads(oz_llama *model);   /* NULL without with_grads */
+
+/* Forward over ids (B,T) with the model's batch/seq (B <= shape.batch, T <= shape.seq).
+ * With targets, returns the mean cross-entropy over targets >= 0 in *loss and (if want_logits is
+ * false) never materialises more than needed; with logits_out (host, (B,T,V)), copies the logits. */
+typedef struct {
+    const int32_t *ids;      /* host (B,T) */
+    const int32_t *targets;  /* host (B,T) or NULL; -1 = ignore */
+    int B, T;
+    float *logits_out;       /* host (B,T,V) or NULL */
+} oz_llama_batch;
+
+/* Forward pass; *loss_sum and *n_targets receive the summed loss and the count of targets. */
+oz_status oz_llama_forward(oz_llama *model, const oz_llama_batch *batch, double *loss_sum,
+                           long *n_targets, oz_err *err);
+/* Forward + backward; gradients are ACCUMULATED into the gradient buffer, scaled so that the
+ * gradient is d(loss_sum * grad_scale). Call oz_llama_zero_grads first for a fresh step. */
+oz_status oz_llama_forward_backward(oz_llama *model, const oz_llama_batch *batch, float grad_scale,
+                                    double *loss_sum, long *n_targets, oz_err *err);
+void oz_llama_zero_grads(oz_llama *model);
+
+#endif

@@ -1,0 +1,552 @@
+/* The training loop: gradient accumulation, global-norm clipping, AdamW with warmup + cosine,
+ * periodic validation and checkpoints, bit-exact resume.
+ *
+ * A checkpoint directory (OUT/step-N) holds model.safetensors + config.json (what Hugging Face
+ * reads), optimizer.safetensors (Adam moments under exp_avg./exp_avg_sq. + HF name) and
+ * trainer_state.json (step, every setting, the data cursor). Resume restores all of it, so the
+ * continued run computes exactly the numbers the uninterrupted run would have. */
+#include "train/trainer.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backend/backend.h"
+#include "data/loader.h"
+#include "io/atomic.h"
+#include "io/checkpoint.h"
+#include "model/llama.h"
+#include "optim/adamw.h"
+#include "optim/schedule.h"
+
+void oz_train_opts_default(oz_train_opts *o) {
+    memset(o, 0, sizeof *o);
+    snprintf(o->model, sizeof o->model, "demo");
+    snprintf(o->optim, sizeof o->optim, "adamw");
+    snprintf(o->device, sizeof o->device, "cpu");
+    o->steps = 1000;
+    o->batch = 8;
+    o->seq = 256;
+    o->grad_accum = 1;
+    o->lr = 1e-3f;
+    o->min_lr_ratio = 0.1f;
+    o->warmup = -1; /* -1: 5% of the steps */
+    o->weight_decay = 0.1f;
+    o->clip = 1.0f;
+    o->beta1 = 0.9f;
+    o->beta2 = 0.95f;
+    o->adam_eps = 1e-8f;
+    o->seed = 1;
+    o->eval_every = 100;
+    o->eval_batches = 8;
+    o->save_every = 0;
+    o->keep = 2;
+    o->log_every = 10;
+    o->threads = 0;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ------------------------------------------------------------------ trainer state (JSON) */
+
+#define OPT_INT_FIELDS(X)                                                                             \
+    X(steps) X(batch) X(seq) X(grad_accum) X(warmup) X(eval_every) X(eval_batches) X(save_every)     \
+        X(keep) X(log_every) X(threads)
+#define OPT_FLOAT_FIELDS(X) \
+    X(lr) X(min_lr_ratio) X(weight_decay) X(clip) X(beta1) X(beta2) X(adam_eps)
+#define OPT_STR_FIELDS(X) X(data) X(model) X(out) X(optim) X(device)
+
+static cJSON *opts_to_json(const oz_train_opts *o) {
+    cJSON *j = cJSON_CreateObject();
+#define ADD_NUM(f) cJSON_AddNumberToObject(j, #f, (double)o->f);
+#define ADD_STR(f) cJSON_AddStringToObject(j, #f, o->f);
+    OPT_INT_FIELDS(ADD_NUM)
+    OPT_FLOAT_FIELDS(ADD_NUM)
+    OPT_STR_FIELDS(ADD_STR)
+#undef ADD_NUM
+#undef ADD_STR
+    char seed[32];
+    snprintf(seed, sizeof seed, "%" PRIu64, o->seed);
+    cJSON_AddStringToObject(j, "seed", seed); /* as a string: JSON numbers lose 64-bit integers */
+    return j;
+}
+
+static oz_status opts_from_json(const cJSON *j, const char *path, oz_train_opts *o, oz_err *err) {
+    oz_train_opts_default(o);
+    const cJSON *it;
+#define GET_INT(f)                                                                            \
+    it = cJSON_GetObjectItemCaseSensitive(j, #f);                                             \
+    if (!cJSON_IsNumber(it)) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"%s\"", path, #f); \
+    o->f = (int)it->valuedouble;
+#define GET_FLOAT(f)                                                                          \
+    it = cJSON_GetObjectItemCaseSensitive(j, #f);                                             \
+    if (!cJSON_IsNumber(it)) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"%s\"", path, #f); \
+    o->f = (float)it->valuedouble;
+#define GET_STR(f)                                                                            \
+    it = cJSON_GetObjectItemCaseSensitive(j, #f);                                             \
+    if (!cJSON_IsString(it)) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"%s\"", path, #f); \
+    snprintf(o->f, sizeof o->f, "%s", it->valuestring);
+    OPT_INT_FIELDS(GET_INT)
+    OPT_FLOAT_FIELDS(GET_FLOAT)
+    OPT_STR_FIELDS(GET_STR)
+#undef GET_INT
+#undef GET_FLOAT
+#undef GET_STR
+    it = cJSON_GetObjectItemCaseSensitive(j, "seed");
+    if (!cJSON_IsString(it)) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"seed\"", path);
+    o->seed = strtoull(it->valuestring, NULL, 10);
+    return OZ_OK;
+}
+
+typedef struct {
+    int step;
+    long adam_step;
+    oz_data_cursor cursor;
+    double tokens_seen;
+} run_position;
+
+static oz_status state_write(const char *path, const oz_train_opts *o, const run_position *pos,
+                             const char *tokenizer, oz_err *err) {
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "format", "ounce-trainer-state");
+    cJSON_AddNumberToObject(root, "version", 1);
+    cJSON_AddNumberToObject(root, "step", pos->step);
+    cJSON_AddNumberToObject(root, "optimizer_step", (double)pos->adam_step);
+    cJSON_AddNumberToObject(root, "tokens_seen", pos->tokens_seen);
+    cJSON_AddStringToObject(root, "tokenizer", tokenizer);
+    cJSON_AddItemToObject(root, "options", opts_to_json(o));
+    cJSON *cur = cJSON_AddObjectToObject(root, "data_cursor");
+    char buf[32];
+    cJSON *rng = cJSON_AddArrayToObject(cur, "rng");
+    for (int i = 0; i < 4; i++) {
+        snprintf(buf, sizeof buf, "%" PRIu64, pos->cursor.rng.s[i]);
+        cJSON_AddItemToArray(rng, cJSON_CreateString(buf));
+    }
+    snprintf(buf, sizeof buf, "%" PRIu64, (uint64_t)pos->cursor.batches);
+    cJSON_AddStringToObject(cur, "batches", buf);
+    char *text = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!text) return oz_fail(err, OZ_ERR_NOMEM, "out of memory writing %s", path);
+    oz_status st = oz_atomic_write(path, text, strlen(text), err);
+    free(text);
+    return st;
+}
+
+static oz_status state_read(const char *path, oz_train_opts *o, run_position *pos, oz_err *err) {
+    char *text;
+    size_t n;
+    OZ_TRY(oz_read_file(path, &text, &n, err));
+    cJSON *root = cJSON_ParseWithLength(text, n);
+    free(text);
+    oz_status st = OZ_OK;
+    const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(root, "format");
+    if (!root || !cJSON_IsString(fmt) || strcmp(fmt->valuestring, "ounce-trainer-state") != 0) {
+        st = oz_fail(err, OZ_ERR_INPUT, "%s: not an ounce trainer state file", path);
+        goto done;
+    }
+    const cJSON *step = cJSON_GetObjectItemCaseSensitive(root, "step");
+    const cJSON *astep = cJSON_GetObjectItemCaseSensitive(root, "optimizer_step");
+    const cJSON *seen = cJSON_GetObjectItemCaseSensitive(root, "tokens_seen");
+    const cJSON *cur = cJSON_GetObjectItemCaseSensitive(root, "data_cursor");
+    const cJSON *rng = cJSON_GetObjectItemCaseSensitive(cur, "rng");
+    const cJSON *batches = cJSON_GetObjectItemCaseSensitive(cur, "batches");
+    if (!cJSON_IsNumber(step) || !cJSON_IsNumber(astep) || !cJSON_IsArray(rng) ||
+        cJSON_GetArraySize(rng) != 4 || !cJSON_IsString(batches)) {
+        st = oz_fail(err, OZ_ERR_INPUT, "%s: trainer state is incomplete", path);
+        goto done;
+    }
+    pos->step = (int)step->valuedouble;
+    pos->adam_step = (long)astep->valuedouble;
+    pos->tokens_seen = cJSON_IsNumber(seen) ? seen->valuedouble : 0;
+    for (int i = 0; i < 4; i++) {
+        const cJSON *w = cJSON_GetArrayItem(rng, i);
+        if (!cJSON_IsString(w)) {
+            st = oz_fail(err, OZ_ERR_INPUT, "%s: bad data cursor", path);
+            goto done;
+        }
+        pos->cursor.rng.s[i] = strtoull(w->valuestring, NULL, 10);
+    }
+    pos->cursor.batches = strtoull(batches->valuestring, NULL, 10);
+    st = opts_from_json(cJSON_GetObjectItemCaseSensitive(root, "options"), path, o, err);
+done:
+    cJSON_Delete(root);
+    return st;
+}
+
+/* ------------------------------------------------------------------ checkpoints */
+
+typedef struct {
+    oz_train_opts opts;
+    oz_llama_config cfg;
+    char tokenizer[OZ_TOKENIZER_NAME_MAX];
+    oz_backend be;
+    bool be_ready;
+    oz_arena arena;
+    oz_llama *model;
+    oz_adamw opt;
+    oz_dataset data;
+    bool data_ready;
+    float *host_params, *host_m, *host_v; /* staging for saves (host memory) */
+    int32_t *inputs, *targets;
+    FILE *metrics;
+} trainer;
+
+static oz_status save_checkpoint(trainer *t, const char *dir, const run_position *pos, bool with_optimizer,
+                                 oz_err *err) {
+    const oz_param_layout *lay = oz_llama_get_layout(t->model);
+    size_t bytes = lay->total * sizeof(float);
+    t->be.to_host(&t->be, t->host_params, oz_llama_params(t->model), bytes);
+    OZ_TRY(oz_model_save(dir, &t->cfg, t->tokenizer, lay, t->host_params, err));
+    char path[OZ_PATH_MAX + 64];
+    if (with_optimizer) {
+        t->be.to_host(&t->be, t->host_m, t->opt.m, bytes);
+        t->be.to_host(&t->be, t->host_v, t->opt.v, bytes);
+        const float *bufs[2] = {t->host_m, t->host_v};
+        const char *prefixes[2] = {"exp_avg.", "exp_avg_sq."};
+        snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+        OZ_TRY(oz_tensors_save(path, lay, bufs, prefixes, 2, err));
+    }
+    snprintf(path, sizeof path, "%s/trainer_state.json", dir);
+    return state_write(path, &t->opts, pos, t->tokenizer, err);
+}
+
+static int step_dir_number(const char *name) {
+    if (strncmp(name, "step-", 5) != 0) return -1;
+    char *end;
+    long n = strtol(name + 5, &end, 10);
+    return (*end == '\0' && n >= 0 && n < 1000000000) ? (int)n : -1;
+}
+
+/* Removes the oldest step-N directories so that at most `keep` remain. */
+static oz_status prune_checkpoints(const char *out, int keep, oz_err *err) {
+    if (keep <= 0) return OZ_OK;
+    DIR *d = opendir(out);
+    if (!d) return OZ_OK;
+    int steps[4096], n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 4096) {
+        int s = step_dir_number(e->d_name);
+        if (s >= 0) steps[n++] = s;
+    }
+    closedir(d);
+    while (n > keep) {
+        int oldest = 0;
+        for (int i = 1; i < n; i++)
+            if (steps[i] < steps[oldest]) oldest = i;
+        char path[OZ_PATH_MAX + 32];
+        snprintf(path, sizeof path, "%s/step-%d", out, steps[oldest]);
+        OZ_TRY(oz_remove_tree(path, err));
+        steps[oldest] = steps[--n];
+    }
+    return OZ_OK;
+}
+
+static oz_status save_periodic(trainer *t, const run_position *pos, const oz_train_callbacks *cb,
+                               oz_err *err) {
+    char tmp[OZ_PATH_MAX + 64], final_dir[OZ_PATH_MAX + 32];
+    snprintf(tmp, sizeof tmp, "%s/.step-%d.tmp", t->opts.out, pos->step);
+    snprintf(final_dir, sizeof final_dir, "%s/step-%d", t->opts.out, pos->step);
+    OZ_TRY(oz_remove_tree(tmp, err));
+    oz_status st = save_checkpoint(t, tmp, pos, true, err);
+    if (st == OZ_OK) st = oz_replace_dir(tmp, final_dir, err);
+    if (st != OZ_OK) {
+        oz_err ignored = {0};
+        oz_remove_tree(tmp, &ignored);
+        return st;
+    }
+    if (cb && cb->on_save) cb->on_save(cb->user, pos->step, final_dir);
+    return prune_checkpoints(t->opts.out, t->opts.keep, err);
+}
+
+/* ------------------------------------------------------------------ evaluation */
+
+static oz_status evaluate(trainer *t, double *val_loss, long *val_tokens, oz_err *err) {
+    int B = t->opts.batch, T = t->opts.seq;
+    int windows = oz_dataset_val_windows(&t->data, T);
+    double sum = 0;
+    long count = 0;
+    for (int b = 0; b < t->opts.eval_batches; b++) {
+        int first = b * B;
+        if (first >= windows) break;
+        int rows = oz_dataset_val_batch(&t->data, first, B, T, t->inputs, t->targets);
+        if (rows <= 0) break;
+        oz_llama_batch batch = {t->inputs, t->targets, rows, T, NULL};
+        double s;
+        long c;
+        OZ_TRY(oz_llama_forward(t->model, &batch, &s, &c, err));
+        sum += s;
+        count += c;
+    }
+    *val_loss = count ? sum / count : NAN;
+    *val_tokens = count;
+    return OZ_OK;
+}
+
+/* ------------------------------------------------------------------ setup */
+
+static oz_status check_opts(const oz_train_opts *o, oz_err *err) {
+#define NEED(cond, ...) \
+    if (!(cond)) return oz_fail(err, OZ_ERR_INPUT, __VA_ARGS__)
+    NEED(o->data[0], "train: --data is required (a directory made by `ounce prepare`, or random:VOCAB)");
+    NEED(o->out[0], "train: --out is required");
+    NEED(strcmp(o->optim, "adamw") == 0, "train: --optim %s is not available (choose: adamw)", o->optim);
+    NEED(strcmp(o->device, "cpu") == 0, "train: --device %s is not available in this build (choose: cpu)",
+         o->device);
+    NEED(o->steps > 0, "train: --steps must be positive (got %d)", o->steps);
+    NEED(o->batch > 0, "train: --batch must be positive (got %d)", o->batch);
+    NEED(o->seq > 1, "train: --seq must be at least 2 (got %d)", o->seq);
+    NEED(o->grad_accum > 0, "train: --grad-accum must be positive (got %d)", o->grad_accum);
+    NEED(o->lr > 0 && isfinite(o->lr), "train: --lr must be a positive number (got %g)", (double)o->lr);
+    NEED(o->min_lr_ratio >= 0 && o->min_lr_ratio <= 1, "train: --min-lr-ratio must be in [0, 1] (got %g)",
+         (double)o->min_lr_ratio);
+    NEED(o->warmup >= -1, "train: --warmup must be >= 0 (got %d)", o->warmup);
+    NEED(o->weight_decay >= 0, "train: --weight-decay must be >= 0 (got %g)", (double)o->weight_decay);
+    NEED(o->clip >= 0, "train: --clip must be >= 0 (0 disables clipping; got %g)", (double)o->clip);
+    NEED(o->beta1 >= 0 && o->beta1 < 1 && o->beta2 >= 0 && o->beta2 < 1,
+         "train: --beta1/--beta2 must be in [0, 1)");
+    NEED(o->adam_eps > 0, "train: --adam-eps must be positive");
+    NEED(o->eval_every >= 0 && o->save_every >= 0 && o->log_every >= 0 && o->keep >= 0 && o->eval_batches > 0,
+         "train: --eval-every, --save-every, --log-every and --keep must be >= 0, --eval-batches > 0");
+    NEED(o->threads >= 0, "train: --threads must be >= 0 (0 = all cores)");
+#undef NEED
+    return OZ_OK;
+}
+
+static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz_err *err) {
+    const oz_train_opts *o = &t->opts;
+    OZ_TRY(check_opts(o, err));
+    OZ_TRY(oz_dataset_open(&t->data, o->data, o->seed, err));
+    t->data_ready = true;
+    OZ_TRY(oz_dataset_check_window(&t->data, o->seq, err));
+
+    bool is_preset;
+    OZ_TRY(oz_model_resolve(o->model, &t->cfg, t->tokenizer, &is_preset, err));
+    int data_vocab = oz_dataset_vocab_size(&t->data);
+    if (is_preset) {
+        /* Presets are shapes: the vocabulary follows the data, the context follows --seq. */
+        t->cfg.vocab_size = data_vocab;
+        if (t->cfg.max_position_embeddings < o->seq) t->cfg.max_position_embeddings = o->seq;
+    } else {
+        if (t->cfg.vocab_size < data_vocab)
+            return oz_fail(err, OZ_ERR_INPUT, "model vocab_size %d is smaller than the data's vocabulary (%d)",
+                           t->cfg.vocab_size, data_vocab);
+        if (o->seq > t->cfg.max_position_embeddings)
+            return oz_fail(err, OZ_ERR_INPUT, "--seq %d exceeds the model's max_position_embeddings (%d)",
+                           o->seq, t->cfg.max_position_embeddings);
+    }
+    if (t->data.has_tokenizer) {
+        snprintf(t->tokenizer, sizeof t->tokenizer, "%s", oz_tokenizer_name(&t->data.tokenizer));
+        t->cfg.bos_token_id = t->data.tokenizer.bos_id;
+        t->cfg.eos_token_id = t->data.tokenizer.eos_id;
+    } else {
+        t->tokenizer[0] = '\0';
+    }
+
+    OZ_TRY(oz_backend_cpu_create(&t->be, o->threads, err));
+    t->be_ready = true;
+    oz_arena_init(&t->arena, t->be.allocator);
+    oz_llama_shape shape = {o->batch, o->seq, true};
+    OZ_TRY(oz_llama_create(&t->model, &t->cfg, &t->be, &t->arena, shape, err));
+    const oz_param_layout *lay = oz_llama_get_layout(t->model);
+    oz_adamw_hparams hp = {o->beta1, o->beta2, o->adam_eps, o->weight_decay};
+    OZ_TRY(oz_adamw_create(&t->opt, lay, hp, &t->be, &t->arena, err));
+
+    size_t bytes = lay->total * sizeof(float);
+    t->host_params = malloc(bytes);
+    t->host_m = malloc(bytes);
+    t->host_v = malloc(bytes);
+    t->inputs = malloc((size_t)o->batch * o->seq * sizeof(int32_t));
+    t->targets = malloc((size_t)o->batch * o->seq * sizeof(int32_t));
+    if (!t->host_params || !t->host_m || !t->host_v || !t->inputs || !t->targets)
+        return oz_fail(err, OZ_ERR_NOMEM, "out of memory allocating host staging buffers");
+
+    if (resume_dir) {
+        char path[OZ_PATH_MAX + 64];
+        float *wbuf[1] = {t->host_params};
+        const char *wprefix[1] = {""};
+        snprintf(path, sizeof path, "%s/model.safetensors", resume_dir);
+        OZ_TRY(oz_tensors_load(path, lay, wbuf, wprefix, 1, err));
+        float *mbuf[2] = {t->host_m, t->host_v};
+        const char *mprefix[2] = {"exp_avg.", "exp_avg_sq."};
+        snprintf(path, sizeof path, "%s/optimizer.safetensors", resume_dir);
+        OZ_TRY(oz_tensors_load(path, lay, mbuf, mprefix, 2, err));
+        t->be.to_device(&t->be, t->opt.m, t->host_m, bytes);
+        t->be.to_device(&t->be, t->opt.v, t->host_v, bytes);
+        t->opt.step = pos->adam_step;
+        oz_dataset_set_cursor(&t->data, &pos->cursor);
+    } else {
+        oz_llama_init_params(&t->cfg, lay, t->host_params, o->seed);
+    }
+    t->be.to_device(&t->be, oz_llama_params(t->model), t->host_params, bytes);
+
+    OZ_TRY(oz_mkdir_p(o->out, err));
+    char mpath[OZ_PATH_MAX + 32];
+    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", o->out);
+    t->metrics = fopen(mpath, resume_dir ? "a" : "w");
+    if (!t->metrics) return oz_fail(err, OZ_ERR_IO, "cannot write %s", mpath);
+    return OZ_OK;
+}
+
+static void teardown(trainer *t) {
+    if (t->metrics) fclose(t->metrics);
+    if (t->model) {
+        oz_adamw_destroy(&t->opt, &t->arena);
+        oz_llama_destroy(t->model);
+    }
+    if (t->be_ready) {
+        oz_arena_destroy(&t->arena);
+        t->be.destroy(&t->be);
+    }
+    if (t->data_ready) oz_dataset_close(&t->data);
+    free(t->host_params);
+    free(t->host_m);
+    free(t->host_v);
+    free(t->inputs);
+    free(t->targets);
+}
+
+/* ------------------------------------------------------------------ the loop */
+
+static double grad_global_norm(trainer *t) {
+    const oz_param_layout *lay = oz_llama_get_layout(t->model);
+    return sqrt(t->be.sumsq(&t->be, oz_llama_grads(t->model), lay->total));
+}
+
+static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb, oz_train_result *res,
+                     oz_err *err) {
+    const oz_train_opts *o = &t->opts;
+    int warmup = o->warmup >= 0 ? o->warmup : o->steps / 20;
+    oz_schedule sched = {o->lr, o->min_lr_ratio, warmup, o->steps};
+    int B = o->batch, T = o->seq;
+    long tokens_per_step = (long)B * T * o->grad_accum;
+    float grad_scale = 1.0f / (float)((double)B * T * o->grad_accum);
+    const oz_param_layout *lay = oz_llama_get_layout(t->model);
+
+    res->params = 0;
+    for (int i = 0; i < lay->n; i++) res->params += (long long)lay->params[i].numel;
+    if (cb && cb->on_start) {
+        char line[1600];
+        snprintf(line, sizeof line,
+                 "model %s: %lld parameters (vocab %d, hidden %d, layers %d, heads %d/%d kv); steps %d, "
+                 "batch %d x seq %d x accum %d = %ld tokens/step; %s on %s, %d threads%s",
+                 o->model, res->params, t->cfg.vocab_size, t->cfg.hidden_size, t->cfg.num_hidden_layers,
+                 t->cfg.num_attention_heads, t->cfg.num_key_value_heads, o->steps, B, T, o->grad_accum,
+                 tokens_per_step, o->optim, o->device, t->be.threads, pos->step ? " (resumed)" : "");
+        cb->on_start(cb->user, line);
+    }
+
+    double t_start = now_s(), train_time = 0;
+    int steps_here = 0;
+    res->val_loss = NAN;
+    res->train_loss = NAN;
+    for (int step = pos->step; step < o->steps; step++) {
+        double t0 = now_s();
+        oz_llama_zero_grads(t->model);
+        double loss_sum = 0;
+        long n_targets = 0;
+        for (int micro = 0; micro < o->grad_accum; micro++) {
+            OZ_TRY(oz_dataset_next_batch(&t->data, B, T, t->inputs, t->targets));
+            oz_llama_batch batch = {t->inputs, t->targets, B, T, NULL};
+            double s;
+            long c;
+            OZ_TRY(oz_llama_forward_backward(t->model, &batch, grad_scale, &s, &c, err));
+            loss_sum += s;
+            n_targets += c;
+        }
+        double loss = loss_sum / (double)n_targets;
+        if (!isfinite(loss))
+            return oz_fail(err, OZ_ERR_NUMERIC,
+                           "training loss is %s at step %d: stopping (try a lower --lr); checkpoints "
+                           "already written are intact",
+                           isnan(loss) ? "NaN" : "infinite", step + 1);
+        double gnorm = grad_global_norm(t);
+        if (!isfinite(gnorm))
+            return oz_fail(err, OZ_ERR_NUMERIC,
+                           "gradient norm is not finite at step %d: stopping (try a lower --lr); "
+                           "checkpoints already written are intact",
+                           step + 1);
+        float clip_scale = (o->clip > 0 && gnorm > o->clip) ? (float)(o->clip / (gnorm + 1e-6)) : 1.0f;
+        float lr = oz_schedule_lr(&sched, step);
+        oz_adamw_update(&t->opt, &t->be, oz_llama_params(t->model), oz_llama_grads(t->model), lr, clip_scale);
+        double dt = now_s() - t0;
+        train_time += dt;
+        steps_here++;
+        pos->step = step + 1;
+        pos->adam_step = t->opt.step;
+        pos->tokens_seen += (double)tokens_per_step;
+        oz_dataset_get_cursor(&t->data, &pos->cursor);
+        res->train_loss = loss;
+        res->steps = pos->step;
+
+        double tps = steps_here * (double)tokens_per_step / train_time;
+        fprintf(t->metrics,
+                "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,"
+                "\"step_s\":%.4f,\"tokens\":%.0f}\n",
+                pos->step, loss, (double)lr, gnorm, tps, dt, pos->tokens_seen);
+        bool last = pos->step == o->steps;
+        if (cb && cb->on_step && (last || (o->log_every > 0 && pos->step % o->log_every == 0) ||
+                                  steps_here == 1)) {
+            oz_train_progress p = {pos->step, o->steps, loss, lr, gnorm, tps, now_s() - t_start,
+                                   (o->steps - pos->step) * (train_time / steps_here),
+                                   t->arena.peak, t->arena.peak_total};
+            cb->on_step(cb->user, &p);
+        }
+        if (o->eval_every > 0 && (pos->step % o->eval_every == 0 || last)) {
+            long tokens;
+            OZ_TRY(evaluate(t, &res->val_loss, &tokens, err));
+            fprintf(t->metrics, "{\"step\":%d,\"val_loss\":%.6f,\"val_tokens\":%ld}\n", pos->step,
+                    res->val_loss, tokens);
+            if (cb && cb->on_eval) cb->on_eval(cb->user, pos->step, res->val_loss, tokens);
+        }
+        fflush(t->metrics);
+        if (o->save_every > 0 && pos->step % o->save_every == 0 && !last) {
+            OZ_TRY(save_periodic(t, pos, cb, err));
+        }
+    }
+    /* The final model goes to OUT itself: weights, config and the state (for the record). */
+    OZ_TRY(save_checkpoint(t, o->out, pos, false, err));
+    if (cb && cb->on_save) cb->on_save(cb->user, pos->step, o->out);
+    res->tokens_per_s = train_time > 0 ? steps_here * (double)tokens_per_step / train_time : 0;
+    memcpy(res->peak_bytes, t->arena.peak, sizeof res->peak_bytes);
+    res->peak_total = t->arena.peak_total;
+    return OZ_OK;
+}
+
+oz_status oz_train(const oz_train_opts *opts, const char *resume_dir, const oz_train_callbacks *cb,
+                   oz_train_result *result, oz_err *err) {
+    trainer t;
+    memset(&t, 0, sizeof t);
+    memset(result, 0, sizeof *result);
+    run_position pos;
+    memset(&pos, 0, sizeof pos);
+    oz_status st = OZ_OK;
+    if (resume_dir) {
+        char path[OZ_PATH_MAX + 64];
+        snprintf(path, sizeof path, "%s/trainer_state.json", resume_dir);
+        st = state_read(path, &t.opts, &pos, err);
+        if (st != OZ_OK) return st;
+        /* The run continues in the directory that holds the checkpoint. */
+        char copy[OZ_PATH_MAX];
+        snprintf(copy, sizeof copy, "%s", resume_dir);
+        snprintf(t.opts.out, sizeof t.opts.out, "%s", dirname(copy));
+        if (pos.step >= t.opts.steps)
+            return oz_fail(err, OZ_ERR_INPUT, "%s: this run already finished (step %d of %d)", resume_dir,
+                           pos.step, t.opts.steps);
+    } else {
+        t.opts = *opts;
+    }
+    st = setup(&t, resume_dir, &pos, err);
+    if (st == OZ_OK) st = run(&t, &pos, cb, result, err);
+    teardown(&t);
+    return st;
+}

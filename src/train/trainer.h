@@ -1,0 +1,62 @@
+/* The training loop as a library call: data, model, optimizer, schedule, clipping, evaluation,
+ * checkpoints and resume. It prints nothing; progress reaches the caller through callbacks. */
+#ifndef OZ_TRAINER_H
+#define OZ_TRAINER_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "mem/arena.h"
+#include "util/err.h"
+
+#define OZ_PATH_MAX 1024
+
+typedef struct {
+    char data[OZ_PATH_MAX];   /* prepared directory or random:V */
+    char model[OZ_PATH_MAX];  /* preset name, config.json path, or directory holding one */
+    char out[OZ_PATH_MAX];
+    char optim[32];           /* adamw */
+    char device[16];          /* cpu */
+    int steps, batch, seq, grad_accum;
+    float lr, min_lr_ratio;
+    int warmup;
+    float weight_decay, clip, beta1, beta2, adam_eps;
+    uint64_t seed;
+    int eval_every, eval_batches, save_every, keep, log_every, threads;
+} oz_train_opts;
+
+/* The defaults documented in `ounce train --help`. */
+void oz_train_opts_default(oz_train_opts *o);
+
+typedef struct {
+    int step, total_steps;        /* step = number of completed updates */
+    double loss;                  /* mean training loss of this step */
+    double lr, grad_norm;
+    double tokens_per_s;          /* over the steps run in this process */
+    double elapsed_s, eta_s;
+    const size_t *peak_bytes;     /* OZ_MEM_NCATEGORIES entries */
+    size_t peak_total;
+} oz_train_progress;
+
+typedef struct {
+    void (*on_start)(void *user, const char *summary);   /* a line describing the run */
+    void (*on_step)(void *user, const oz_train_progress *p);
+    void (*on_eval)(void *user, int step, double val_loss, long tokens);
+    void (*on_save)(void *user, int step, const char *dir);
+    void *user;
+} oz_train_callbacks;
+
+typedef struct {
+    int steps;                    /* completed updates */
+    double train_loss, val_loss;  /* last step's loss; last validation loss (NAN if none) */
+    double tokens_per_s;
+    size_t peak_bytes[OZ_MEM_NCATEGORIES];
+    size_t peak_total;
+    long long params;
+} oz_train_result;
+
+/* Runs training from opts, or (when resume_dir is non-NULL) continues the run saved in resume_dir
+ * (a step-N checkpoint) with its saved settings, to its planned end. */
+oz_status oz_train(const oz_train_opts *opts, const char *resume_dir, const oz_train_callbacks *cb,
+                   oz_train_result *result, oz_err *err);
+
+#endif

@@ -1,0 +1,762 @@
+/* CPU op tests. The ops of cpu_ops.inc are instantiated here in double precision so every backward
+ * can be checked against central finite differences to ~1e-6 relative; the fp32 backend is then
+ * checked against those double ops on identical inputs, and for bitwise run-to-run determinism.
+ * Each gradient check is paired with a plausibly wrong gradient that must be rejected, so the
+ * tolerances are known to have teeth. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend.h"
+#include "harness.h"
+
+#define OZ_REAL double
+#define OZ_SFX(name) name##_f64
+#define OZ_GEMM cblas_dgemm
+#include "backend/cpu/cpu_ops.inc"
+#undef OZ_REAL
+#undef OZ_SFX
+#undef OZ_GEMM
+
+#define FD_EPS 1e-5 /* at 1e-6 the rounding of the summed loss (T=70 case) eats half the tolerance */
+#define FD_RTOL 1e-6
+#define FD_ATOL 1e-8
+#define F32_TOL 1e-5
+
+/* ---- helpers ---- */
+
+static uint64_t rng_state = 0x243F6A8885A308D3ull;
+
+/* Values are rounded to float so the fp32 backend and the double ops see identical inputs. */
+static double urand(double lo, double hi) {
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    const double u = (double)(rng_state >> 11) / 9007199254740992.0;
+    return (double)(float)(lo + (hi - lo) * u);
+}
+
+static void *xalloc(size_t bytes) {
+    void *p = calloc(bytes ? bytes : 1, 1);
+    if (!p) {
+        fprintf(stderr, "test_ops: out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+static double *dalloc(size_t n) { return xalloc(n * sizeof(double)); }
+static float *falloc(size_t n) { return xalloc(n * sizeof(float)); }
+
+static double *drand(size_t n, double lo, double hi) {
+    double *x = dalloc(n);
+    for (size_t i = 0; i < n; i++) x[i] = urand(lo, hi);
+    return x;
+}
+
+static double *dcopy(const double *x, size_t n) {
+    double *y = dalloc(n);
+    memcpy(y, x, n * sizeof *x);
+    return y;
+}
+
+static float *to_f32(const double *x, size_t n) {
+    float *y = falloc(n);
+    for (size_t i = 0; i < n; i++) y[i] = (float)x[i];
+    return y;
+}
+
+static double dot_n(const double *a, const double *b, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* Worst ratio |a-ref| / (atol + rtol |ref|) over the tensor: <= 1 means every element passes. */
+static double violation(const double *a, const double *ref, size_t n, double rtol, double atol,
+                        size_t *worst) {
+    double v = 0;
+    *worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double diff = fabs(a[i] - ref[i]);
+        double r = diff == 0 ? 0 : diff / (atol + rtol * fabs(ref[i]));
+        if (isnan(r)) r = INFINITY;
+        if (r > v) v = r, *worst = i;
+    }
+    return v;
+}
+
+static void check_all(const char *what, const double *a, const double *ref, size_t n, double rtol,
+                      double atol) {
+    size_t w;
+    const double v = violation(a, ref, n, rtol, atol, &w);
+    CHECK(v <= 1, "%s: element %zu: %.12g vs %.12g (%.3g x tolerance)", what, w, a[w], ref[w], v);
+}
+
+/* A wrong candidate must fail the same tolerance the right one passes. */
+static void check_rejects(const char *what, const double *wrong, const double *ref, size_t n,
+                          double rtol, double atol) {
+    size_t w;
+    CHECK(violation(wrong, ref, n, rtol, atol, &w) > 1, "%s: a wrong gradient passed the check", what);
+}
+
+/* fp32 vs double, scaled by the largest reference value so cancellation in small elements does
+ * not dominate. */
+static void check_f32(const char *what, const float *a, const double *ref, size_t n, double tol) {
+    double maxref = 0, maxdiff = 0;
+    size_t w = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (fabs(ref[i]) > maxref) maxref = fabs(ref[i]);
+        double d = fabs((double)a[i] - ref[i]);
+        if (isnan(d)) d = INFINITY;
+        if (d > maxdiff) maxdiff = d, w = i;
+    }
+    CHECK(maxdiff <= tol * maxref + 1e-30, "%s (fp32 vs fp64): element %zu: %.9g vs %.9g, max |ref| %.3g",
+          what, w, (double)a[w], ref[w], maxref);
+}
+
+typedef double (*loss_fn)(void *ctx);
+
+/* Central differences of loss(ctx) with respect to each element of x (perturbed in place). */
+static void fd_grad(loss_fn loss, void *ctx, double *x, size_t n, double *grad) {
+    for (size_t i = 0; i < n; i++) {
+        const double x0 = x[i];
+        x[i] = x0 + FD_EPS;
+        const double lp = loss(ctx);
+        x[i] = x0 - FD_EPS;
+        const double lm = loss(ctx);
+        x[i] = x0;
+        grad[i] = (lp - lm) / (2 * FD_EPS);
+    }
+}
+
+static oz_backend be;
+
+/* ---- gemm ---- */
+
+static void test_gemm(void) {
+    const int M = 5, N = 7, K = 3;
+    const double alpha = 0.7, beta = -0.3;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            /* Leading dimensions wider than the rows, to catch ld mix-ups. */
+            const int arows = ta ? K : M, acols = ta ? M : K, lda = acols + 2;
+            const int brows = tb ? N : K, bcols = tb ? K : N, ldb = bcols + 1;
+            const int ldc = N + 3;
+            double *A = drand((size_t)arows * lda, -1, 1), *B = drand((size_t)brows * ldb, -1, 1);
+            double *C = drand((size_t)M * ldc, -1, 1), *ref = dcopy(C, (size_t)M * ldc);
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) {
+                    double s = 0;
+                    for (int p = 0; p < K; p++)
+                        s += (ta ? A[p * lda + i] : A[i * lda + p]) * (tb ? B[j * ldb + p] : B[p * ldb + j]);
+                    ref[i * ldc + j] = alpha * s + beta * ref[i * ldc + j];
+                }
+            float *Af = to_f32(A, (size_t)arows * lda), *Bf = to_f32(B, (size_t)brows * ldb);
+            float *Cf = to_f32(C, (size_t)M * ldc);
+            oz_cpu_gemm_f64(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+            char what[64];
+            snprintf(what, sizeof what, "gemm ta=%d tb=%d", ta, tb);
+            check_all(what, C, ref, (size_t)M * ldc, 1e-14, 1e-14); /* includes untouched padding */
+            be.gemm(&be, ta, tb, M, N, K, (float)alpha, Af, lda, Bf, ldb, (float)beta, Cf, ldc);
+            check_f32(what, Cf, ref, (size_t)M * ldc, F32_TOL);
+            free(A), free(B), free(C), free(ref), free(Af), free(Bf), free(Cf);
+        }
+    /* beta == 0 overwrites C even when it holds NaN; K == 0 leaves beta * C. */
+    double A[6] = {1, 2, 3, 4, 5, 6}, B[6] = {1, 0, 0, 1, 1, 1}, C[4] = {NAN, NAN, NAN, NAN};
+    oz_cpu_gemm_f64(0, 0, 2, 2, 3, 1.0, A, 3, B, 2, 0.0, C, 2);
+    CHECK(C[0] == 4 && C[1] == 5 && C[2] == 10 && C[3] == 11, "gemm beta=0: %g %g %g %g", C[0], C[1], C[2],
+          C[3]);
+    oz_cpu_gemm_f64(0, 0, 2, 2, 0, 1.0, A, 1, B, 2, 0.5, C, 2);
+    CHECK(C[0] == 2 && C[3] == 5.5, "gemm K=0: %g %g", C[0], C[3]);
+}
+
+/* ---- elementwise and reductions ---- */
+
+static void test_elementwise(void) {
+    const size_t sizes[2] = {1001, 100003}; /* below and above the parallel threshold */
+    for (int s = 0; s < 2; s++) {
+        const size_t n = sizes[s];
+        double *x = drand(n, -2, 2), *y = drand(n, -2, 2), *ref = dalloc(n);
+        float *xf = to_f32(x, n), *yf = to_f32(y, n);
+        for (size_t i = 0; i < n; i++) ref[i] = y[i] + 0.375 * x[i];
+        oz_cpu_axpy_f64(y, 0.375, x, n);
+        check_all("axpy", y, ref, n, 1e-15, 0);
+        be.axpy(&be, yf, 0.375f, xf, n);
+        check_f32("axpy", yf, ref, n, F32_TOL);
+        for (size_t i = 0; i < n; i++) ref[i] = y[i] * -1.25;
+        oz_cpu_scale_f64(y, -1.25, n);
+        check_all("scale", y, ref, n, 1e-15, 0);
+        be.scale(&be, yf, -1.25f, n);
+        check_f32("scale", yf, ref, n, F32_TOL);
+
+        double naive = 0;
+        for (size_t i = 0; i < n; i++) naive += x[i] * x[i];
+        CHECK_CLOSE(oz_cpu_sumsq_f64(x, n), naive, 1e-12, 0, "sumsq");
+        /* Products of floats are exact in double, so the fp32 backend matches to rounding of the sum. */
+        CHECK_CLOSE(be.sumsq(&be, xf, n), naive, 1e-12, 0, "sumsq fp32");
+
+        oz_cpu_fill_f64(y, 0.5, n);
+        be.fill(&be, yf, 0.5f, n);
+        size_t bad = 0;
+        for (size_t i = 0; i < n; i++) bad += y[i] != 0.5 || yf[i] != 0.5f;
+        CHECK(bad == 0, "fill: %zu wrong elements", bad);
+
+        x[n / 2] = NAN;
+        xf[n / 2] = NAN;
+        CHECK(isnan(oz_cpu_sumsq_f64(x, n)) && isnan(be.sumsq(&be, xf, n)), "sumsq must propagate NaN");
+        x[n / 2] = INFINITY;
+        xf[n / 2] = INFINITY;
+        CHECK(isinf(oz_cpu_sumsq_f64(x, n)) && isinf(be.sumsq(&be, xf, n)), "sumsq must propagate Inf");
+        free(x), free(y), free(ref), free(xf), free(yf);
+    }
+    CHECK(oz_cpu_sumsq_f64(NULL, 0) == 0, "sumsq of nothing");
+}
+
+/* ---- embedding ---- */
+
+static void test_embedding(void) {
+    enum { V = 7, d = 37, N = 9 }; /* d spans two column blocks */
+    const int32_t ids[N] = {3, 1, 3, 0, 6, 3, 1, 2, 6};
+    double *table = drand((size_t)V * d, -1, 1), *out = dalloc((size_t)N * d);
+    double *dout = drand((size_t)N * d, -1, 1), *dtable = drand((size_t)V * d, -1, 1);
+    double *ref = dcopy(dtable, (size_t)V * d);
+    oz_cpu_embedding_fwd_f64(out, table, ids, N, d);
+    size_t bad = 0;
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < d; j++) bad += out[i * d + j] != table[ids[i] * d + j];
+    CHECK(bad == 0, "embedding_fwd: %zu wrong elements", bad);
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < d; j++) ref[ids[i] * d + j] += dout[i * d + j];
+    float *dtf = to_f32(dtable, (size_t)V * d), *doutf = to_f32(dout, (size_t)N * d);
+    float *tf = to_f32(table, (size_t)V * d), *outf = falloc((size_t)N * d);
+    oz_cpu_embedding_bwd_f64(dtable, dout, ids, N, d, V);
+    check_all("embedding_bwd (repeated ids accumulate onto the initial dtable)", dtable, ref,
+              (size_t)V * d, 1e-15, 1e-15);
+    be.embedding_fwd(&be, outf, tf, ids, N, d);
+    check_f32("embedding_fwd", outf, out, (size_t)N * d, 0);
+    be.embedding_bwd(&be, dtf, doutf, ids, N, d, V);
+    check_f32("embedding_bwd", dtf, ref, (size_t)V * d, F32_TOL);
+    free(table), free(out), free(dout), free(dtable), free(ref), free(dtf), free(doutf), free(tf), free(outf);
+}
+
+/* ---- rmsnorm ---- */
+
+typedef struct {
+    double *x, *w, *G, *out, *rstd;
+    int N, d;
+    double eps;
+} rms_ctx;
+
+static double rms_loss(void *p) {
+    rms_ctx *c = p;
+    oz_cpu_rmsnorm_fwd_f64(c->out, c->rstd, c->x, c->w, c->N, c->d, c->eps);
+    return dot_n(c->out, c->G, (size_t)c->N * c->d);
+}
+
+static void test_rmsnorm(void) {
+    enum { N = 3, d = 37 };
+    const size_t nd = (size_t)N * d;
+    rms_ctx c = {drand(nd, -2, 2), drand(d, 0.5, 1.5), drand(nd, -1, 1), dalloc(nd), dalloc(N), N, d, 1e-5};
+    /* forward vs the definition */
+    rms_loss(&c);
+    double *ref = dalloc(nd), *rref = dalloc(N);
+    for (int i = 0; i < N; i++) {
+        double ms = 0;
+        for (int j = 0; j < d; j++) ms += c.x[i * d + j] * c.x[i * d + j] / d;
+        rref[i] = 1 / sqrt(ms + c.eps);
+        for (int j = 0; j < d; j++) ref[i * d + j] = c.x[i * d + j] * rref[i] * c.w[j];
+    }
+    check_all("rmsnorm_fwd out", c.out, ref, nd, 1e-14, 1e-14);
+    check_all("rmsnorm_fwd rstd", c.rstd, rref, N, 1e-14, 0);
+
+    /* backward accumulates onto nonzero dx, dw */
+    double *dx0 = drand(nd, -1, 1), *dw0 = drand(d, -1, 1);
+    double *dx = dcopy(dx0, nd), *dw = dcopy(dw0, d);
+    oz_cpu_rmsnorm_bwd_f64(dx, dw, c.G, c.x, c.w, c.rstd, N, d);
+    for (size_t i = 0; i < nd; i++) dx[i] -= dx0[i];
+    for (int j = 0; j < d; j++) dw[j] -= dw0[j];
+    double *gx = dalloc(nd), *gw = dalloc(d);
+    fd_grad(rms_loss, &c, c.x, nd, gx);
+    fd_grad(rms_loss, &c, c.w, d, gw);
+    check_all("rmsnorm dx vs FD (accumulated)", dx, gx, nd, FD_RTOL, FD_ATOL);
+    check_all("rmsnorm dw vs FD (accumulated)", dw, gw, d, FD_RTOL, FD_ATOL);
+    /* wrong: dropping the normaliser's own derivative (dx = rstd * w * g) */
+    rms_loss(&c);
+    double *wrong = dalloc(nd);
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < d; j++) wrong[i * d + j] = c.rstd[i] * c.w[j] * c.G[i * d + j];
+    check_rejects("rmsnorm dx without the rstd term", wrong, gx, nd, FD_RTOL, FD_ATOL);
+    /* wrong: a 1e-4 relative error in one element of dw */
+    memcpy(wrong, dw, d * sizeof *dw);
+    wrong[d / 2] *= 1 + 1e-4;
+    check_rejects("rmsnorm dw off by 1e-4", wrong, gw, d, FD_RTOL, FD_ATOL);
+
+    /* fp32 backend on the same inputs, same nonzero initial dx/dw */
+    float *xf = to_f32(c.x, nd), *wf = to_f32(c.w, d), *Gf = to_f32(c.G, nd), *outf = falloc(nd);
+    float *rf = falloc(N), *dxf = to_f32(dx0, nd), *dwf = to_f32(dw0, d);
+    be.rmsnorm_fwd(&be, outf, rf, xf, wf, N, d, (float)c.eps);
+    check_f32("rmsnorm_fwd", outf, c.out, nd, F32_TOL);
+    be.rmsnorm_bwd(&be, dxf, dwf, Gf, xf, wf, rf, N, d);
+    for (size_t i = 0; i < nd; i++) dx[i] += dx0[i];
+    for (int j = 0; j < d; j++) dw[j] += dw0[j];
+    check_f32("rmsnorm_bwd dx", dxf, dx, nd, F32_TOL);
+    check_f32("rmsnorm_bwd dw", dwf, dw, d, F32_TOL);
+    free(c.x), free(c.w), free(c.G), free(c.out), free(c.rstd), free(ref), free(rref), free(dx0), free(dw0);
+    free(dx), free(dw), free(gx), free(gw), free(wrong), free(xf), free(wf), free(Gf), free(outf), free(rf);
+    free(dxf), free(dwf);
+}
+
+/* ---- rope ---- */
+
+typedef struct {
+    double *x, *W, *tmp, *cs, *sn;
+    int B, T, H, hd, pos0;
+} rope_ctx;
+
+static double rope_loss(void *p) {
+    rope_ctx *c = p;
+    const size_t n = (size_t)c->B * c->T * c->H * c->hd;
+    memcpy(c->tmp, c->x, n * sizeof *c->x);
+    oz_cpu_rope_f64(c->tmp, c->cs, c->sn, c->B, c->T, c->H, c->hd, c->pos0, 0);
+    return dot_n(c->tmp, c->W, n);
+}
+
+static void test_rope(void) {
+    enum { B = 2, T = 3, H = 3, hd = 8, pos0 = 2, max_pos = 8, half = hd / 2 };
+    const size_t n = (size_t)B * T * H * hd;
+    double inv_freq[half], cs[max_pos * half], sn[max_pos * half];
+    for (int i = 0; i < half; i++) inv_freq[i] = pow(10000.0, -2.0 * i / hd);
+    for (int p = 0; p < max_pos; p++)
+        for (int i = 0; i < half; i++) {
+            cs[p * half + i] = cos(p * inv_freq[i]);
+            sn[p * half + i] = sin(p * inv_freq[i]);
+        }
+    double *x = drand(n, -1, 1), *y = drand(n, -1, 1), *ref = dalloc(n);
+    /* naive rotate-half, angle computed directly */
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < H; h++) {
+                const double *xr = x + (((size_t)b * T + t) * H + h) * hd;
+                double *rr = ref + (((size_t)b * T + t) * H + h) * hd;
+                for (int i = 0; i < half; i++) {
+                    const double a = (pos0 + t) * inv_freq[i];
+                    rr[i] = xr[i] * cos(a) - xr[i + half] * sin(a);
+                    rr[i + half] = xr[i + half] * cos(a) + xr[i] * sin(a);
+                }
+            }
+    double *rx = dcopy(x, n), *ry = dcopy(y, n);
+    oz_cpu_rope_f64(rx, cs, sn, B, T, H, hd, pos0, 0);
+    check_all("rope vs naive formula (pos0 = 2)", rx, ref, n, 1e-13, 1e-14);
+    /* a rope that ignores pos0 must not pass */
+    double *wrong = dcopy(x, n);
+    oz_cpu_rope_f64(wrong, cs, sn, B, T, H, hd, 0, 0);
+    check_rejects("rope with pos0 ignored", wrong, ref, n, 1e-13, 1e-14);
+    double *back = dcopy(rx, n);
+    oz_cpu_rope_f64(back, cs, sn, B, T, H, hd, pos0, 1);
+    check_all("rope inverse undoes forward", back, x, n, 1e-13, 1e-14);
+    oz_cpu_rope_f64(ry, cs, sn, B, T, H, hd, pos0, 1);
+    CHECK_CLOSE(dot_n(rx, y, n), dot_n(x, ry, n), 1e-13, 1e-14, "<rope(x),y> == <x,rope_inv(y)>");
+    /* the backward of L = <rope(x), W> is rope_inv(W) */
+    rope_ctx c = {x, y, dalloc(n), cs, sn, B, T, H, hd, pos0};
+    double *g = dalloc(n);
+    fd_grad(rope_loss, &c, x, n, g);
+    check_all("rope backward (inverse) vs FD", ry, g, n, FD_RTOL, FD_ATOL);
+    memcpy(wrong, y, n * sizeof *y);
+    oz_cpu_rope_f64(wrong, cs, sn, B, T, H, hd, pos0, 0);
+    check_rejects("rope backward using +angle", wrong, g, n, FD_RTOL, FD_ATOL);
+
+    float *xf = to_f32(x, n), *csf = to_f32(cs, max_pos * half), *snf = to_f32(sn, max_pos * half);
+    be.rope(&be, xf, csf, snf, B, T, H, hd, pos0, 0);
+    check_f32("rope", xf, ref, n, F32_TOL);
+    be.rope(&be, xf, csf, snf, B, T, H, hd, pos0, 1);
+    check_f32("rope inverse", xf, x, n, F32_TOL);
+    free(x), free(y), free(ref), free(rx), free(ry), free(wrong), free(back), free(c.tmp), free(g);
+    free(xf), free(csf), free(snf);
+}
+
+/* ---- attention ---- */
+
+static void naive_attention(double *out, double *lse, const double *q, const double *k, const double *v,
+                            int B, int T, int Hq, int Hkv, int hd) {
+    double *s = dalloc(T);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < Hq; h++) {
+            const int g = h / (Hq / Hkv);
+            for (int t = 0; t < T; t++) {
+                const double *qr = q + (((size_t)b * T + t) * Hq + h) * hd;
+                double mx = -INFINITY, sum = 0;
+                for (int j = 0; j <= t; j++) {
+                    s[j] = dot_n(qr, k + (((size_t)b * T + j) * Hkv + g) * hd, hd) / sqrt((double)hd);
+                    mx = fmax(mx, s[j]);
+                }
+                for (int j = 0; j <= t; j++) sum += exp(s[j] - mx);
+                double *o = out + (((size_t)b * T + t) * Hq + h) * hd;
+                for (int i = 0; i < hd; i++) {
+                    double acc = 0;
+                    for (int j = 0; j <= t; j++)
+                        acc += exp(s[j] - mx) / sum * v[(((size_t)b * T + j) * Hkv + g) * hd + i];
+                    o[i] = acc;
+                }
+                lse[((size_t)b * Hq + h) * T + t] = mx + log(sum);
+            }
+        }
+    free(s);
+}
+
+typedef struct {
+    double *q, *k, *v, *W, *out, *lse;
+    int B, T, Hq, Hkv, hd;
+} att_ctx;
+
+static double att_loss(void *p) {
+    att_ctx *c = p;
+    oz_cpu_attention_fwd_f64(c->out, c->lse, c->q, c->k, c->v, c->B, c->T, c->Hq, c->Hkv, c->hd);
+    return dot_n(c->out, c->W, (size_t)c->B * c->T * c->Hq * c->hd);
+}
+
+static void check_attention(int B, int T, int Hq, int Hkv, int hd) {
+    char what[160];
+    const size_t nq = (size_t)B * T * Hq * hd, nk = (size_t)B * T * Hkv * hd, nl = (size_t)B * Hq * T;
+    att_ctx c = {drand(nq, -1.5, 1.5), drand(nk, -1.5, 1.5), drand(nk, -1, 1), drand(nq, -1, 1),
+                 dalloc(nq), dalloc(nl), B, T, Hq, Hkv, hd};
+    double *ref = dalloc(nq), *lref = dalloc(nl);
+    naive_attention(ref, lref, c.q, c.k, c.v, B, T, Hq, Hkv, hd);
+    att_loss(&c);
+    snprintf(what, sizeof what, "attention_fwd B=%d T=%d Hq=%d Hkv=%d hd=%d", B, T, Hq, Hkv, hd);
+    check_all(what, c.out, ref, nq, 1e-12, 1e-13);
+    check_all("attention_fwd lse", c.lse, lref, nl, 1e-12, 1e-13);
+
+    /* causality: changing position p may only change rows t >= p */
+    const int p = T / 2;
+    double *q2 = dcopy(c.q, nq), *k2 = dcopy(c.k, nk), *v2 = dcopy(c.v, nk);
+    for (int b = 0; b < B; b++)
+        for (int t = p; t < T; t++) {
+            for (int i = 0; i < Hq * hd; i++) q2[((size_t)b * T + t) * Hq * hd + i] += 0.5;
+            for (int i = 0; i < Hkv * hd; i++) {
+                k2[((size_t)b * T + t) * Hkv * hd + i] -= 0.7;
+                v2[((size_t)b * T + t) * Hkv * hd + i] += 0.9;
+            }
+        }
+    double *out2 = dalloc(nq), *lse2 = dalloc(nl);
+    oz_cpu_attention_fwd_f64(out2, lse2, q2, k2, v2, B, T, Hq, Hkv, hd);
+    size_t leaked = 0, changed = 0;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int i = 0; i < Hq * hd; i++) {
+                const size_t at = ((size_t)b * T + t) * Hq * hd + i;
+                if (t < p) leaked += out2[at] != c.out[at];
+                else changed += out2[at] != c.out[at];
+            }
+    CHECK(leaked == 0 && changed > 0, "attention causality: %zu earlier outputs changed, %zu later", leaked,
+          changed);
+
+    /* backward vs FD of L = sum(out * W); dq/dk/dv start as garbage to check they are overwritten */
+    double *dq = drand(nq, 5, 6), *dk = drand(nk, 5, 6), *dv = drand(nk, 5, 6);
+    att_loss(&c);
+    oz_cpu_attention_bwd_f64(dq, dk, dv, c.W, c.q, c.k, c.v, c.out, c.lse, B, T, Hq, Hkv, hd);
+    double *gq = dalloc(nq), *gk = dalloc(nk), *gv = dalloc(nk);
+    fd_grad(att_loss, &c, c.q, nq, gq);
+    fd_grad(att_loss, &c, c.k, nk, gk);
+    fd_grad(att_loss, &c, c.v, nk, gv);
+    snprintf(what, sizeof what, "attention dq vs FD (T=%d Hq=%d Hkv=%d)", T, Hq, Hkv);
+    check_all(what, dq, gq, nq, FD_RTOL, FD_ATOL);
+    snprintf(what, sizeof what, "attention dk vs FD (T=%d Hq=%d Hkv=%d)", T, Hq, Hkv);
+    check_all(what, dk, gk, nk, FD_RTOL, FD_ATOL);
+    snprintf(what, sizeof what, "attention dv vs FD (T=%d Hq=%d Hkv=%d)", T, Hq, Hkv);
+    check_all(what, dv, gv, nk, FD_RTOL, FD_ATOL);
+    /* wrong: a small error in one dk element (additive too: with T = 1 dk is exactly 0), and a dq
+     * missing its 1/sqrt(hd) (only meaningful when dq is nonzero, i.e. T > 1) */
+    double *wrong = dcopy(dk, nk);
+    wrong[nk / 3] += 1e-4 * fabs(wrong[nk / 3]) + 1e-6;
+    check_rejects("attention dk off by 1e-4", wrong, gk, nk, FD_RTOL, FD_ATOL);
+    free(wrong);
+    wrong = dcopy(dq, nq);
+    for (size_t i = 0; i < nq; i++) wrong[i] *= sqrt((double)hd);
+    if (T > 1) check_rejects("attention dq without scale", wrong, gq, nq, FD_RTOL, FD_ATOL);
+
+    /* fp32 backend on the same inputs */
+    att_loss(&c);
+    float *qf = to_f32(c.q, nq), *kf = to_f32(c.k, nk), *vf = to_f32(c.v, nk), *Wf = to_f32(c.W, nq);
+    float *of = falloc(nq), *lf = falloc(nl), *dqf = falloc(nq), *dkf = falloc(nk), *dvf = falloc(nk);
+    be.attention_fwd(&be, of, lf, qf, kf, vf, B, T, Hq, Hkv, hd);
+    check_f32("attention_fwd out", of, c.out, nq, F32_TOL);
+    check_f32("attention_fwd lse", lf, c.lse, nl, F32_TOL);
+    be.attention_bwd(&be, dqf, dkf, dvf, Wf, qf, kf, vf, of, lf, B, T, Hq, Hkv, hd);
+    check_f32("attention_bwd dq", dqf, dq, nq, F32_TOL);
+    check_f32("attention_bwd dk", dkf, dk, nk, F32_TOL);
+    check_f32("attention_bwd dv", dvf, dv, nk, F32_TOL);
+
+    free(c.q), free(c.k), free(c.v), free(c.W), free(c.out), free(c.lse), free(ref), free(lref);
+    free(q2), free(k2), free(v2), free(out2), free(lse2), free(dq), free(dk), free(dv), free(gq), free(gk);
+    free(gv), free(wrong), free(qf), free(kf), free(vf), free(Wf), free(of), free(lf), free(dqf), free(dkf);
+    free(dvf);
+}
+
+/* Scores far beyond exp's range, placed mid-block and in a later key block: only a correct running
+ * max (within and across blocks) keeps the online softmax finite. */
+static void check_attention_large_scores(void) {
+    enum { T = 70, hd = 4 };
+    const size_t n = (size_t)T * hd;
+    double *q = dalloc(n), *k = drand(n, -1, 1), *v = drand(n, -1, 1), *out = dalloc(n), *lse = dalloc(T);
+    double *ref = dalloc(n), *lref = dalloc(T);
+    for (size_t i = 0; i < n; i++) q[i] = 1;
+    for (int i = 0; i < hd; i++) k[3 * hd + i] = 400, k[66 * hd + i] = 600; /* scores 800 and 1200 */
+    naive_attention(ref, lref, q, k, v, 1, T, 1, 1, hd);
+    oz_cpu_attention_fwd_f64(out, lse, q, k, v, 1, T, 1, 1, hd);
+    check_all("attention_fwd with scores ~1e3", out, ref, n, 1e-12, 1e-13);
+    check_all("attention_fwd lse with scores ~1e3", lse, lref, T, 1e-12, 1e-13);
+    float *qf = to_f32(q, n), *kf = to_f32(k, n), *vf = to_f32(v, n), *of = falloc(n), *lf = falloc(T);
+    be.attention_fwd(&be, of, lf, qf, kf, vf, 1, T, 1, 1, hd);
+    check_f32("attention_fwd with scores ~1e3", of, ref, n, F32_TOL);
+    free(q), free(k), free(v), free(out), free(lse), free(ref), free(lref), free(qf), free(kf), free(vf);
+    free(of), free(lf);
+}
+
+static void test_attention(void) {
+    check_attention(2, 5, 4, 2, 6); /* GQA */
+    check_attention(1, 7, 3, 3, 5); /* plain multi-head, odd head_dim */
+    check_attention(1, 70, 2, 1, 4); /* crosses the forward's 64-key block */
+    check_attention(1, 1, 2, 2, 3); /* a single position */
+    check_attention_large_scores();
+}
+
+/* ---- swiglu ---- */
+
+typedef struct {
+    double *g, *u, *W, *h;
+    size_t n;
+} swiglu_ctx;
+
+static double swiglu_loss(void *p) {
+    swiglu_ctx *c = p;
+    oz_cpu_swiglu_fwd_f64(c->h, c->g, c->u, c->n);
+    return dot_n(c->h, c->W, c->n);
+}
+
+static void test_swiglu(void) {
+    enum { n = 11 };
+    swiglu_ctx c = {drand(n, -4, 4), drand(n, -2, 2), drand(n, -1, 1), dalloc(n), n};
+    swiglu_loss(&c);
+    double ref[n];
+    for (int i = 0; i < n; i++) ref[i] = c.g[i] / (1 + exp(-c.g[i])) * c.u[i];
+    check_all("swiglu_fwd", c.h, ref, n, 1e-14, 1e-15);
+    double dg[n], du[n], fg[n], fu[n];
+    oz_cpu_swiglu_bwd_f64(dg, du, c.W, c.g, c.u, n);
+    fd_grad(swiglu_loss, &c, c.g, n, fg);
+    fd_grad(swiglu_loss, &c, c.u, n, fu);
+    check_all("swiglu dgate vs FD", dg, fg, n, FD_RTOL, FD_ATOL);
+    check_all("swiglu dup vs FD", du, fu, n, FD_RTOL, FD_ATOL);
+    double wrong[n]; /* wrong: d silu/dg taken as sigmoid(g) */
+    for (int i = 0; i < n; i++) wrong[i] = c.W[i] * c.u[i] / (1 + exp(-c.g[i]));
+    check_rejects("swiglu dgate = dh * up * sigmoid", wrong, fg, n, FD_RTOL, FD_ATOL);
+    /* in place: dgate aliases gate, dup aliases up */
+    double *ga = dcopy(c.g, n), *ua = dcopy(c.u, n);
+    oz_cpu_swiglu_bwd_f64(ga, ua, c.W, ga, ua, n);
+    check_all("swiglu_bwd in place dgate", ga, dg, n, 0, 0);
+    check_all("swiglu_bwd in place dup", ua, du, n, 0, 0);
+
+    float *gf = to_f32(c.g, n), *uf = to_f32(c.u, n), *Wf = to_f32(c.W, n), *hf = falloc(n);
+    be.swiglu_fwd(&be, hf, gf, uf, n);
+    check_f32("swiglu_fwd", hf, c.h, n, F32_TOL);
+    be.swiglu_bwd(&be, gf, uf, Wf, gf, uf, n);
+    check_f32("swiglu_bwd dgate (in place)", gf, dg, n, F32_TOL);
+    check_f32("swiglu_bwd dup (in place)", uf, du, n, F32_TOL);
+    free(c.g), free(c.u), free(c.W), free(c.h), free(ga), free(ua), free(gf), free(uf), free(Wf), free(hf);
+}
+
+/* ---- cross entropy ---- */
+
+typedef struct {
+    double *logits, *tmp, *losses;
+    const int32_t *targets;
+    int N, V;
+    double gs;
+} ce_ctx;
+
+static double ce_loss(void *p) {
+    ce_ctx *c = p;
+    memcpy(c->tmp, c->logits, (size_t)c->N * c->V * sizeof(double));
+    oz_cpu_cross_entropy_f64(c->tmp, c->losses, c->targets, c->N, c->V, 0);
+    double s = 0;
+    for (int i = 0; i < c->N; i++) s += c->losses[i];
+    return c->gs * s;
+}
+
+static void test_cross_entropy(void) {
+    enum { N = 5, V = 7 };
+    const int32_t targets[N] = {3, -1, 0, 6, 3};
+    const size_t nv = (size_t)N * V;
+    ce_ctx c = {drand(nv, -3, 3), dalloc(nv), dalloc(N), targets, N, V, 0.37};
+    double ref[N];
+    for (int i = 0; i < N; i++) {
+        double s = 0;
+        for (int j = 0; j < V; j++) s += exp(c.logits[i * V + j]);
+        ref[i] = targets[i] < 0 ? 0 : log(s) - c.logits[i * V + targets[i]];
+    }
+    ce_loss(&c);
+    check_all("cross_entropy losses", c.losses, ref, N, 1e-14, 1e-15);
+    CHECK(memcmp(c.tmp, c.logits, nv * sizeof(double)) == 0, "grad_scale 0 must leave logits untouched");
+
+    double *grad = dcopy(c.logits, nv), losses[N], *fd = dalloc(nv);
+    oz_cpu_cross_entropy_f64(grad, losses, targets, N, V, c.gs);
+    check_all("cross_entropy losses with gradient", losses, ref, N, 1e-14, 1e-15);
+    fd_grad(ce_loss, &c, c.logits, nv, fd);
+    check_all("cross_entropy gradient vs FD", grad, fd, nv, FD_RTOL, FD_ATOL);
+    size_t nonzero = 0;
+    for (int j = 0; j < V; j++) nonzero += grad[1 * V + j] != 0;
+    CHECK(nonzero == 0, "ignored target: %zu nonzero gradient entries", nonzero);
+    double *wrong = dcopy(grad, nv); /* wrong: forgetting grad_scale on the one-hot term */
+    for (int i = 0; i < N; i++)
+        if (targets[i] >= 0) wrong[i * V + targets[i]] += c.gs - 1;
+    check_rejects("cross_entropy gradient with unscaled one-hot", wrong, fd, nv, FD_RTOL, FD_ATOL);
+
+    /* large logits must not overflow */
+    double big[V], bl;
+    const int32_t t0 = 2;
+    for (int j = 0; j < V; j++) big[j] = 1000 + j;
+    oz_cpu_cross_entropy_f64(big, &bl, &t0, 1, V, 1);
+    CHECK(isfinite(bl) && isfinite(big[0]) && bl > 0, "cross_entropy at logits ~1000: loss %g", bl);
+    /* a target past the vocabulary is reported as NaN, not read out of bounds */
+    const int32_t tbad = V;
+    double row[V] = {0};
+    oz_cpu_cross_entropy_f64(row, &bl, &tbad, 1, V, 1);
+    CHECK(isnan(bl), "cross_entropy target >= V: loss %g", bl);
+
+    /* fp32 backend with a wider vocabulary */
+    enum { N2 = 9, V2 = 1001 };
+    int32_t t2[N2];
+    for (int i = 0; i < N2; i++) t2[i] = i == 4 ? -1 : (i * 97) % V2;
+    double *l2 = drand((size_t)N2 * V2, -4, 4), loss2[N2];
+    float *l2f = to_f32(l2, (size_t)N2 * V2), loss2f[N2];
+    oz_cpu_cross_entropy_f64(l2, loss2, t2, N2, V2, 0.25);
+    be.cross_entropy(&be, l2f, loss2f, t2, N2, V2, 0.25f);
+    check_f32("cross_entropy losses", loss2f, loss2, N2, F32_TOL);
+    check_f32("cross_entropy gradient", l2f, l2, (size_t)N2 * V2, F32_TOL);
+    free(c.logits), free(c.tmp), free(c.losses), free(grad), free(fd), free(wrong), free(l2), free(l2f);
+}
+
+/* ---- AdamW ---- */
+
+static void test_adamw(void) {
+    enum { n = 9 };
+    double *p = drand(n, -1, 1), *m = dalloc(n), *v = dalloc(n);
+    double pr[n], mr[n], vr[n];
+    memcpy(pr, p, sizeof pr);
+    memset(mr, 0, sizeof mr), memset(vr, 0, sizeof vr);
+    float *pf = to_f32(p, n), *mf = falloc(n), *vf = falloc(n);
+    const float lr = 1e-2f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, gs = 0.5f;
+    for (int step = 1; step <= 3; step++) {
+        double *g = drand(n, -1, 1);
+        if (step == 2) g[0] = 0; /* a zero gradient still decays and moves with momentum */
+        const oz_adamw_args a = {lr, b1, b2, eps, wd, 1 - powf(b1, (float)step), 1 - powf(b2, (float)step), gs};
+        /* torch.optim.AdamW, single-tensor path, in double */
+        for (int i = 0; i < n; i++) {
+            const double gi = g[i] * (double)gs;
+            pr[i] *= 1 - (double)lr * (double)wd;
+            mr[i] = (double)b1 * mr[i] + (1 - (double)b1) * gi;
+            vr[i] = (double)b2 * vr[i] + (1 - (double)b2) * gi * gi;
+            const double denom = sqrt(vr[i]) / sqrt((double)a.bias_correction2) + (double)eps;
+            pr[i] -= (double)lr / (double)a.bias_correction1 * (mr[i] / denom);
+        }
+        oz_cpu_adamw_step_f64(p, g, m, v, n, &a);
+        float *gf = to_f32(g, n);
+        be.adamw_step(&be, pf, gf, mf, vf, n, &a);
+        char what[64];
+        snprintf(what, sizeof what, "adamw param step %d", step);
+        check_all(what, p, pr, n, 1e-14, 1e-15);
+        check_f32(what, pf, pr, n, F32_TOL);
+        snprintf(what, sizeof what, "adamw m step %d", step);
+        check_all(what, m, mr, n, 1e-14, 1e-15);
+        check_f32(what, mf, mr, n, F32_TOL);
+        snprintf(what, sizeof what, "adamw v step %d", step);
+        check_all(what, v, vr, n, 1e-14, 1e-16);
+        check_f32(what, vf, vr, n, F32_TOL);
+        free(g), free(gf);
+    }
+    /* the tolerance above separates parameters half a step apart */
+    double wrong[n];
+    for (int i = 0; i < n; i++) wrong[i] = p[i] + 1e-2 * 0.5;
+    check_rejects("adamw param shifted by half a step", wrong, pr, n, 1e-14, 1e-15);
+    free(p), free(m), free(v), free(pf), free(mf), free(vf);
+}
+
+/* ---- fp32 backend: plumbing and determinism ---- */
+
+static void test_backend_plumbing(void) {
+    CHECK(be.name && strcmp(be.name, "cpu") == 0, "backend name");
+    CHECK(be.threads >= 1, "threads = %d", be.threads);
+    float src[5] = {1, 2, 3, 4, 5}, *dev = be.allocator.alloc(be.allocator.ctx, sizeof src), back[5];
+    CHECK(dev != NULL, "allocator");
+    if (!dev) return;
+    be.to_device(&be, dev, src, sizeof src);
+    be.copy(&be, dev + 1, dev, 3 * sizeof(float)); /* overlapping */
+    be.to_host(&be, back, dev, sizeof back);
+    CHECK(back[0] == 1 && back[1] == 1 && back[2] == 2 && back[3] == 3 && back[4] == 5, "copy: %g %g %g %g %g",
+          back[0], back[1], back[2], back[3], back[4]);
+    be.allocator.free(be.allocator.ctx, dev);
+}
+
+static float *frand(size_t n, double lo, double hi) {
+    float *x = falloc(n);
+    for (size_t i = 0; i < n; i++) x[i] = (float)urand(lo, hi);
+    return x;
+}
+
+#define SAME(a, b, n, what) CHECK(memcmp((a), (b), (n) * sizeof *(a)) == 0, "%s differs between two runs", what)
+
+static void test_determinism(void) {
+    /* sizes large enough that every op takes its parallel path */
+    enum { B = 2, T = 67, Hq = 4, Hkv = 2, hd = 16, N = 300, d = 257, V = 503 };
+    const size_t nq = (size_t)B * T * Hq * hd, nk = (size_t)B * T * Hkv * hd, nl = (size_t)B * Hq * T;
+    float *q = frand(nq, -1, 1), *k = frand(nk, -1, 1), *v = frand(nk, -1, 1), *dout = frand(nq, -1, 1);
+    float *out = falloc(nq), *lse = falloc(nl);
+    float *dq[2] = {falloc(nq), falloc(nq)}, *dk[2] = {falloc(nk), falloc(nk)}, *dv[2] = {falloc(nk), falloc(nk)};
+    be.attention_fwd(&be, out, lse, q, k, v, B, T, Hq, Hkv, hd);
+    for (int r = 0; r < 2; r++) be.attention_bwd(&be, dq[r], dk[r], dv[r], dout, q, k, v, out, lse, B, T, Hq, Hkv, hd);
+    SAME(dq[0], dq[1], nq, "attention dq");
+    SAME(dk[0], dk[1], nk, "attention dk");
+    SAME(dv[0], dv[1], nk, "attention dv");
+
+    const size_t nd = (size_t)N * d;
+    float *x = frand(nd, -1, 1), *w = frand(d, 0.5, 1.5), *g = frand(nd, -1, 1), *y = falloc(nd), *rs = falloc(N);
+    float *dx[2] = {falloc(nd), falloc(nd)}, *dw[2] = {falloc(d), falloc(d)}, *dt[2] = {falloc((size_t)V * d), falloc((size_t)V * d)};
+    int32_t *ids = xalloc(N * sizeof *ids);
+    for (int i = 0; i < N; i++) ids[i] = (int32_t)((i * 7919) % 31); /* heavy repetition */
+    be.rmsnorm_fwd(&be, y, rs, x, w, N, d, 1e-5f);
+    for (int r = 0; r < 2; r++) {
+        be.rmsnorm_bwd(&be, dx[r], dw[r], g, x, w, rs, N, d);
+        be.embedding_bwd(&be, dt[r], g, ids, N, d, V);
+    }
+    SAME(dx[0], dx[1], nd, "rmsnorm dx");
+    SAME(dw[0], dw[1], (size_t)d, "rmsnorm dw");
+    SAME(dt[0], dt[1], (size_t)V * d, "embedding dtable");
+
+    const size_t big = 3000017;
+    float *s = frand(big, -1, 1);
+    const double s1 = be.sumsq(&be, s, big), s2 = be.sumsq(&be, s, big);
+    CHECK(memcmp(&s1, &s2, sizeof s1) == 0, "sumsq differs between two runs");
+
+    free(q), free(k), free(v), free(dout), free(out), free(lse), free(x), free(w), free(g), free(y), free(rs);
+    free(ids), free(s);
+    for (int r = 0; r < 2; r++) free(dq[r]), free(dk[r]), free(dv[r]), free(dx[r]), free(dw[r]), free(dt[r]);
+}
+
+int main(void) {
+    oz_err err = {0};
+    if (oz_backend_cpu_create(&be, 0, &err) != OZ_OK) {
+        fprintf(stderr, "oz_backend_cpu_create: %s\n", err.msg);
+        return 1;
+    }
+    RUN(test_backend_plumbing);
+    RUN(test_gemm);
+    RUN(test_elementwise);
+    RUN(test_embedding);
+    RUN(test_rmsnorm);
+    RUN(test_rope);
+    RUN(test_attention);
+    RUN(test_swiglu);
+    RUN(test_cross_entropy);
+    RUN(test_adamw);
+    RUN(test_determinism);
+    be.destroy(&be);
+    return oz_test_finish("test_ops");
+}
