@@ -27,6 +27,10 @@ all: ounce
 ounce: $(BUILD)/libounce.a $(CLI_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libounce.a $(LDLIBS)
 
+# The same binary inside a build directory (the sanitizer build runs the CLI tests with it).
+$(BUILD)/ounce: $(BUILD)/libounce.a $(CLI_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libounce.a $(LDLIBS)
+
 $(BUILD)/libounce.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
@@ -38,6 +42,10 @@ $(BUILD)/%.o: %.c
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libounce.a tests/harness.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libounce.a $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libounce.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libounce.a $(LDFLAGS) $(LDLIBS)
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
 
@@ -53,7 +61,7 @@ demo: deps
 test: deps
 	@$(MAKE) --no-print-directory ounce $(TEST_BIN)
 	@$(MAKE) --no-print-directory BUILD=build-san OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
-		LDFLAGS="-fopenmp -fsanitize=address,undefined" $(TEST_SRC:tests/%.c=build-san/tests/%)
+		LDFLAGS="-fopenmp -fsanitize=address,undefined" build-san/ounce $(TEST_SRC:tests/%.c=build-san/tests/%)
 	@sh tests/run.sh $(BUILD) build-san
 
 unit: ounce $(TEST_BIN)

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 PRESETS = {
     # name: (vocab, hidden, intermediate, layers, heads, kv_heads)
-    "tiny": (258, 64, 176, 2, 4, 2),
-    "demo": (258, 256, 688, 4, 4, 4),
+    "tiny": (258, 32, 64, 2, 4, 2),
+    "demo": (258, 256, 688, 4, 4, 2),
     "60m": (32000, 512, 1376, 8, 8, 8),
     "130m": (32000, 768, 2048, 12, 12, 12),
 }

@@ -25,7 +25,7 @@ OUNCE=./ounce sh tests/e2e.sh >"$log" 2>&1; rc=$?
 [ $rc -ne 0 ] && cat "$log"
 tally "$log" "e2e" $rc
 if [ -n "$san" ]; then
-    export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
+    export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1:allocator_may_return_null=1
     export LSAN_OPTIONS=suppressions=tests/lsan.supp:print_suppressions=0
     export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
     for t in "$san"/tests/test_*; do
@@ -34,6 +34,9 @@ if [ -n "$san" ]; then
         [ $rc -ne 0 ] && cat "$log"
         tally "$log" "$(basename "$t") [asan+ubsan]" $rc
     done
+    OUNCE="$san/ounce" sh tests/e2e.sh >"$log" 2>&1; rc=$?
+    [ $rc -ne 0 ] && cat "$log"
+    tally "$log" "e2e [asan+ubsan]" $rc
 fi
 rm -f "$log"
 echo "ounce tests: $passed passed, $failed failed"

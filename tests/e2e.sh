@@ -1,0 +1,102 @@
+#!/bin/sh
+# End-to-end tests of the `ounce` binary, run the way a user runs it: prepare a real corpus, train,
+# resume, evaluate, sample, and feed it bad input. Ends with "e2e: N passed, N failed".
+OUNCE=${OUNCE:-./ounce}
+CORPUS=${CORPUS:-/usr/share/games/fortunes}
+T=$(mktemp -d /tmp/ounce-e2e.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok   $1"; }
+bad() { failed=$((failed + 1)); echo "FAIL $1"; }
+check() { # check NAME COMMAND...: passes when the command succeeds
+    name=$1; shift
+    if "$@"; then ok "$name"; else bad "$name"; fi
+}
+# expect_error NAME PATTERN COMMAND...: exit code 2, exactly one line on stderr, matching PATTERN
+expect_error() {
+    name=$1; pattern=$2; shift 2
+    "$@" >"$T/out" 2>"$T/err"; rc=$?
+    lines=$(wc -l <"$T/err")
+    if [ $rc -eq 2 ] && [ "$lines" -eq 1 ] && grep -q -- "$pattern" "$T/err"; then ok "$name"
+    else bad "$name (rc=$rc, $lines stderr lines: $(head -c 300 "$T/err"))"; fi
+}
+# losses STEP_FROM STEP_TO FILE: the training-loss fields of those steps in a metrics log
+losses() { grep '"loss"' "$3" | sed -E 's/.*"step":([0-9]+),"loss":([^,]+),.*/\1 \2/' | awk -v a="$1" -v b="$2" '$1>=a && $1<=b'; }
+json_field() { tail -n 1 "$2" | sed -E "s/.*\"$1\":([^,}]+).*/\1/"; }
+
+[ -d "$CORPUS" ] || { echo "e2e: corpus $CORPUS missing (run make deps)"; echo "e2e: 0 passed, 1 failed"; exit 1; }
+TRAIN="--model tiny --steps 40 --batch 4 --seq 64 --lr 3e-3 --eval-every 20 --eval-batches 4 --log-every 20 --threads 2"
+
+# --- prepare and train on a real corpus: the loss must fall well below the start
+check "prepare fortunes" $OUNCE prepare --input "$CORPUS" --out "$T/data" --json
+check "prepare wrote shards" test -s "$T/data/train.bin" -a -s "$T/data/val.bin" -a -s "$T/data/meta.json"
+check "train runs" sh -c "$OUNCE train --data '$T/data' --out '$T/run1' $TRAIN --seed 3 --json >'$T/train1.log'"
+first=$(losses 1 1 "$T/run1/metrics.jsonl" | awk '{print $2}')
+last_val=$(json_field val_loss "$T/train1.log")
+check "loss falls (train $first -> val $last_val)" awk -v a="$first" -v b="$last_val" 'BEGIN{exit !(b < a - 1.0)}'
+for key in steps train_loss val_loss tokens_per_s peak_bytes total weights grads optimizer activations; do
+    check "train --json has $key" grep -q "\"$key\"" "$T/train1.log"
+done
+check "progress line shows loss, tok/s, eta, memory" grep -q 'loss .* tok/s .* eta .* peak weights' "$T/train1.log"
+check "final model in OUT" test -s "$T/run1/model.safetensors" -a -s "$T/run1/config.json"
+check "config.json uses HF names" grep -q '"num_key_value_heads"' "$T/run1/config.json"
+
+# --- determinism: the same seed gives the same losses, bit for bit
+check "second run" sh -c "$OUNCE train --data '$T/data' --out '$T/run2' $TRAIN --seed 3 >/dev/null"
+losses 1 40 "$T/run1/metrics.jsonl" >"$T/l1"
+losses 1 40 "$T/run2/metrics.jsonl" >"$T/l2"
+check "deterministic losses" cmp -s "$T/l1" "$T/l2"
+check "deterministic weights" cmp -s "$T/run1/model.safetensors" "$T/run2/model.safetensors"
+
+# --- checkpoints, keep, and bit-exact resume
+check "checkpointed run" sh -c "$OUNCE train --data '$T/data' --out '$T/run3' $TRAIN --seed 3 --save-every 10 --keep 2 >/dev/null"
+check "newest two checkpoints kept" sh -c "test -d '$T/run3/step-20' && test -d '$T/run3/step-30' && ! test -e '$T/run3/step-10'"
+check "checkpoint holds weights, moments, state" test -s "$T/run3/step-20/model.safetensors" -a -s "$T/run3/step-20/optimizer.safetensors" -a -s "$T/run3/step-20/trainer_state.json"
+check "checkpoints do not change the run" cmp -s "$T/run1/model.safetensors" "$T/run3/model.safetensors"
+cp "$T/run3/model.safetensors" "$T/uninterrupted.safetensors"
+losses 21 40 "$T/run3/metrics.jsonl" >"$T/l3"
+check "resume from step-20" sh -c "$OUNCE train --resume '$T/run3/step-20' >'$T/resume.log'"
+losses 21 40 "$T/run3/metrics.jsonl" | tail -n 20 >"$T/l4"
+check "resumed losses are bit-identical" cmp -s "$T/l3" "$T/l4"
+check "resumed final weights are bit-identical" cmp -s "$T/uninterrupted.safetensors" "$T/run3/model.safetensors"
+
+# --- eval, sample, tokenize
+check "eval --data" sh -c "$OUNCE eval --model '$T/run1' --data '$T/data' --seq 64 --json >'$T/eval.log'"
+check "eval --json has loss and tokens" sh -c "tail -n 1 '$T/eval.log' | grep -q '\"loss\":.*\"tokens\":'"
+printf 'The quick brown fox jumps over the lazy dog.\n' >"$T/text.txt"
+check "eval --text" sh -c "$OUNCE eval --model '$T/run1' --text '$T/text.txt' --json | tail -n 1 | grep -q '\"tokens\":44'"
+check "tokenize" sh -c "$OUNCE tokenize --model '$T/run1' --text '$T/text.txt' | grep -q '^84 104 101 32 113'"
+check "sample" sh -c "$OUNCE sample --model '$T/run1' --prompt 'The ' --tokens 20 --seed 2 | grep -q '^The '"
+check "sample is reproducible" sh -c "[ \"\$($OUNCE sample --model '$T/run1' --tokens 30 --seed 5)\" = \"\$($OUNCE sample --model '$T/run1' --tokens 30 --seed 5)\" ]"
+for cmd in prepare train eval sample tokenize; do
+    check "$cmd --help" sh -c "$OUNCE $cmd --help | grep -q 'usage: ounce $cmd'"
+done
+
+# --- bad input: one clear line, exit code 2, nothing good destroyed
+expect_error "missing data" "no such\|not found\|does not exist\|cannot" $OUNCE train --data "$T/nope" --out "$T/x"
+expect_error "unknown flag" "unknown option" $OUNCE train --data "$T/data" --out "$T/x" --bogus 1
+expect_error "non-numeric flag" "expects an integer" $OUNCE train --data "$T/data" --out "$T/x" --steps abc
+expect_error "negative steps" "steps must be positive" $OUNCE train --data "$T/data" --out "$T/x" --steps -3
+expect_error "unknown preset" "not a preset" $OUNCE train --data "$T/data" --out "$T/x" --model nonsense
+expect_error "unknown command" "unknown command" $OUNCE frobnicate
+expect_error "prepare without input" "input is required" $OUNCE prepare --out "$T/x"
+expect_error "eval missing model" "config.json" $OUNCE eval --model "$T/none" --text "$T/text.txt"
+mkdir -p "$T/trunc" && cp "$T/run1/config.json" "$T/trunc/" && head -c 5000 "$T/run1/model.safetensors" >"$T/trunc/model.safetensors"
+expect_error "truncated safetensors" "model.safetensors" $OUNCE eval --model "$T/trunc" --text "$T/text.txt"
+mkdir -p "$T/garbage" && cp "$T/run1/config.json" "$T/garbage/" && head -c 4000 /dev/urandom >"$T/garbage/model.safetensors"
+expect_error "corrupt safetensors" "model.safetensors" $OUNCE eval --model "$T/garbage" --text "$T/text.txt"
+mkdir -p "$T/mismatch" && cp "$T/run1/model.safetensors" "$T/mismatch/" && sed 's/"intermediate_size":[[:space:]]*64/"intermediate_size": 96/' "$T/run1/config.json" >"$T/mismatch/config.json"
+expect_error "config does not match weights" "shape" $OUNCE eval --model "$T/mismatch" --text "$T/text.txt"
+mkdir -p "$T/badjson" && cp "$T/run1/model.safetensors" "$T/badjson/" && printf '{"hidden_size": 32,' >"$T/badjson/config.json"
+expect_error "bad config JSON" "config.json" $OUNCE eval --model "$T/badjson" --text "$T/text.txt"
+
+# NaN loss: stops with exit 2 and leaves the good model and checkpoints in OUT untouched
+cksum "$T/run3/model.safetensors" "$T/run3/step-30/model.safetensors" >"$T/before"
+expect_error "NaN loss stops the run" "NaN\|infinite\|not finite" $OUNCE train --data "$T/data" --out "$T/run3" --model tiny --steps 20 --batch 2 --seq 32 --lr 1e30 --warmup 0 --clip 0 --eval-every 0 --save-every 1 --keep 0
+cksum "$T/run3/model.safetensors" "$T/run3/step-30/model.safetensors" >"$T/after"
+check "NaN run left the good files intact" cmp -s "$T/before" "$T/after"
+check "no temporary files left behind" sh -c "! ls -a '$T/run3' '$T/run3/step-30' | grep -q '[.]tmp'"
+
+echo "e2e: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
