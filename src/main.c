@@ -48,6 +48,7 @@ static void usage(FILE *f) {
             "  eval       mean loss of a model on prepared data or a text file\n"
             "  sample     generate text from a model\n"
             "  tokenize   print the token ids of a text file\n"
+            "  memory     predict a training run's peak memory by category, without allocating\n"
             "  version    print the version\n",
             OUNCE_VERSION);
 }
@@ -63,7 +64,7 @@ int main(int argc, char **argv) {
         const char *name;
         int (*run)(int, char **);
     } commands[] = {{"prepare", oz_cmd_prepare}, {"train", oz_cmd_train}, {"eval", oz_cmd_eval},
-                    {"sample", oz_cmd_sample},   {"tokenize", oz_cmd_tokenize}};
+                    {"sample", oz_cmd_sample},   {"tokenize", oz_cmd_tokenize}, {"memory", oz_cmd_memory}};
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (strcmp(cmd, commands[i].name) == 0) return commands[i].run(argc - 2, argv + 2);
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {

@@ -68,7 +68,7 @@ static void parity_fixture(const char *file) {
     oz_arena arena;
     oz_arena_init(&arena, be.allocator);
     oz_llama *m = NULL;
-    oz_llama_shape shape = {B, T, true};
+    oz_llama_shape shape = {.batch = B, .seq = T, .with_grads = true};
     CHECK(oz_llama_create(&m, &cfg, &be, &arena, shape, &err) == OZ_OK, "%s", err.msg);
     if (!m) goto out;
     const oz_param_layout *lay = oz_llama_get_layout(m);
@@ -150,7 +150,7 @@ static void tiny_setup(tiny_model *tm, bool tie) {
     tm->cfg = c;
     oz_backend_cpu_create(&tm->be, 0, &err);
     oz_arena_init(&tm->arena, tm->be.allocator);
-    oz_llama_shape shape = {2, 7, true};
+    oz_llama_shape shape = {.batch = 2, .seq = 7, .with_grads = true};
     CHECK(oz_llama_create(&tm->m, &c, &tm->be, &tm->arena, shape, &err) == OZ_OK, "%s", err.msg);
     const oz_param_layout *lay = oz_llama_get_layout(tm->m);
     float *p = oz_llama_params(tm->m);
@@ -360,6 +360,137 @@ static void test_arena_accounting(void) {
     CHECK(a.current_total == 0, "destroy left %zu bytes", a.current_total);
 }
 
+/* Loss and every gradient with recompute and mini-sequences (counts 1, 2, 3, 7, auto; uneven
+ * chunks; grouped-query heads) against the plain model; no tokens x intermediate or tokens x vocab
+ * buffer with mini-sequences on; the planner's bytes equal the arena's. */
+static void test_recompute_and_mini_sequences(void) {
+    oz_llama_config c = {61, 16, 40, 2, 4, 2, 4, 32, 1e-5f, 10000.0f, false, -1, -1};
+    enum { B = 2, T = 9, N = B * T };
+    oz_rng rng;
+    oz_rng_seed(&rng, 11);
+    int32_t ids[N], targets[N];
+    for (int i = 0; i < N; i++) {
+        ids[i] = (int32_t)oz_rng_below(&rng, (uint64_t)c.vocab_size);
+        targets[i] = (int32_t)oz_rng_below(&rng, (uint64_t)c.vocab_size);
+    }
+    targets[5] = -1;
+    oz_param_layout lay;
+    oz_err err = {0};
+    oz_param_layout_build(&c, &lay, &err);
+    float *init = malloc(lay.total * sizeof *init), *ref_grad = malloc(lay.total * sizeof *ref_grad);
+    oz_llama_init_params(&c, &lay, init, 3);
+    for (size_t i = 0; i < lay.total; i++) init[i] *= 10.0f; /* gradients far from zero */
+    for (int i = 0; i < lay.n; i++)
+        if (lay.params[i].is_norm)
+            for (size_t j = 0; j < lay.params[i].numel; j++) init[lay.params[i].offset + j] = 1.0f;
+    int auto_mlp, auto_head;
+    oz_llama_mini_seq_auto(&c, N, &auto_mlp, &auto_head);
+    CHECK(auto_mlp == 2 && auto_head == 4, "auto rule gave %d MLP / %d head chunks for 18 tokens", auto_mlp, auto_head);
+    const int counts[][2] = {{0, 0}, {1, 1}, {2, 2}, {3, 3}, {7, 7}, {4, 5}, {auto_mlp, auto_head}};
+    double ref_loss = 0;
+    for (int recompute = 0; recompute <= 1; recompute++) {
+        for (size_t k = 0; k < sizeof counts / sizeof counts[0]; k++) {
+            oz_backend be;
+            oz_backend_cpu_create(&be, 0, &err);
+            oz_arena arena;
+            oz_arena_init(&arena, be.allocator);
+            oz_llama_shape shape = {.batch = B, .seq = T, .with_grads = true, .recompute = recompute,
+                                    .mlp_chunks = counts[k][0], .head_chunks = counts[k][1]};
+            oz_llama *m = NULL;
+            CHECK(oz_llama_create(&m, &c, &be, &arena, shape, &err) == OZ_OK, "%s", err.msg);
+            if (!m) continue;
+            oz_llama_plan plan;
+            CHECK(oz_llama_plan_memory(&c, shape, &plan, &err) == OZ_OK, "%s", err.msg);
+            for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
+                CHECK(plan.bytes[cat] == arena.current[cat] && plan.largest[cat] == arena.largest[cat],
+                      "plan/arena differ in %s: %zu vs %zu (recompute %d, chunks %d)", oz_mem_category_name(cat),
+                      plan.bytes[cat], arena.current[cat], recompute, counts[k][0]);
+            if (counts[k][0] >= 2) {
+                size_t limit = (size_t)N * c.intermediate_size * sizeof(float);
+                for (int cat = OZ_MEM_ACTIVATIONS; cat <= OZ_MEM_SCRATCH; cat++)
+                    CHECK(arena.largest[cat] < limit, "a %zu-byte %s buffer exists with %d mini-sequences",
+                          arena.largest[cat], oz_mem_category_name(cat), counts[k][0]);
+            }
+            memcpy(oz_llama_params(m), init, lay.total * sizeof *init);
+            oz_llama_batch b = {ids, targets, B, T, NULL};
+            double s;
+            long n;
+            oz_llama_zero_grads(m);
+            CHECK(oz_llama_forward_backward(m, &b, 1.0f / 17, &s, &n, &err) == OZ_OK, "%s", err.msg);
+            float *g = oz_llama_grads(m);
+            if (!recompute && counts[k][0] == 0) {
+                ref_loss = s / n;
+                memcpy(ref_grad, g, lay.total * sizeof *g);
+            } else {
+                CHECK_CLOSE(s / n, ref_loss, 1e-6, 0, "loss with recompute/mini-sequences");
+                for (int i = 0; i < lay.n; i++) {
+                    const oz_param_info *p = &lay.params[i];
+                    double diff = 0, ref = 0;
+                    for (size_t j = 0; j < p->numel; j++) {
+                        diff = fmax(diff, fabs((double)g[p->offset + j] - ref_grad[p->offset + j]));
+                        ref = fmax(ref, fabs((double)ref_grad[p->offset + j]));
+                    }
+                    CHECK(diff <= 1e-5 * ref, "%s differs by %.3g (of %.3g) with recompute %d, chunks %d/%d",
+                          p->name, diff, ref, recompute, counts[k][0], counts[k][1]);
+                }
+            }
+            /* A forward-only pass (evaluation) agrees too. */
+            double s2;
+            long n2;
+            CHECK(oz_llama_forward(m, &b, &s2, &n2, &err) == OZ_OK && fabs(s2 / n2 - ref_loss) <= 1e-6 * ref_loss,
+                  "forward-only loss %.9g vs %.9g", s2 / n2, ref_loss);
+            oz_llama_destroy(m);
+            CHECK(arena.current_total == 0, "destroy left %zu bytes", arena.current_total);
+            oz_arena_destroy(&arena);
+            be.destroy(&be);
+        }
+    }
+    free(init);
+    free(ref_grad);
+    oz_param_layout_free(&lay);
+}
+
+/* The per-layer gradient hook fires once per layer in reverse order, then once for the rest, and
+ * each layer's gradients are final when its hook fires. */
+typedef struct {
+    int calls[8], n;
+    oz_llama *m;
+    float *snapshot;
+} hook_log;
+
+static void record_hook(void *user, int layer) {
+    hook_log *h = user;
+    if (h->n < 8) h->calls[h->n] = layer;
+    h->n++;
+    if (layer == 1) {
+        const oz_param_layout *lay = oz_llama_get_layout(h->m);
+        memcpy(h->snapshot, oz_llama_grads(h->m) + lay->layer_begin + lay->layer_stride,
+               lay->layer_stride * sizeof(float));
+    }
+}
+
+static void test_grad_hook(void) {
+    tiny_model tm;
+    tiny_setup(&tm, false);
+    if (!tm.m) return;
+    const oz_param_layout *lay = oz_llama_get_layout(tm.m);
+    hook_log h = {{0}, 0, tm.m, malloc(lay->layer_stride * sizeof(float))};
+    oz_llama_set_grad_hook(tm.m, record_hook, &h);
+    oz_err err = {0};
+    oz_llama_batch b = {tm.ids, tm.targets, 2, 7, NULL};
+    double s;
+    long c;
+    oz_llama_zero_grads(tm.m);
+    oz_llama_forward_backward(tm.m, &b, 1.0f, &s, &c, &err);
+    CHECK(h.n == 3 && h.calls[0] == 1 && h.calls[1] == 0 && h.calls[2] == -1, "hook order %d: %d %d %d", h.n,
+          h.calls[0], h.calls[1], h.calls[2]);
+    CHECK(memcmp(h.snapshot, oz_llama_grads(tm.m) + lay->layer_begin + lay->layer_stride,
+                 lay->layer_stride * sizeof(float)) == 0,
+          "layer 1's gradients changed after its hook fired");
+    free(h.snapshot);
+    tiny_teardown(&tm);
+}
+
 int main(void) {
     RUN(test_parity_gqa);
     RUN(test_parity_tied);
@@ -370,5 +501,7 @@ int main(void) {
     RUN(test_schedule);
     RUN(test_adamw_lowers_loss);
     RUN(test_arena_accounting);
+    RUN(test_recompute_and_mini_sequences);
+    RUN(test_grad_hook);
     return oz_test_finish("test_model");
 }

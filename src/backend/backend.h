@@ -24,6 +24,7 @@ struct oz_backend {
     oz_allocator allocator; /* memory the ops can read and write */
     void *impl;             /* backend-private state (handles, workspaces) */
     int threads;
+    int host_visible;       /* backend memory is ordinary host memory (no staging copies needed) */
 
     /* ---- memory ---- */
     void (*to_device)(oz_backend *be, void *dst, const void *host_src, size_t bytes);

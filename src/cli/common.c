@@ -24,7 +24,7 @@ oz_status oz_cli_model_open(oz_cli_model *cm, const char *dir, int batch, int se
     oz_llama_config cfg;
     OZ_TRY(oz_config_read(path, &cfg, cm->tokenizer_name, err));
     if (seq <= 0 || seq > cfg.max_position_embeddings) seq = cfg.max_position_embeddings;
-    oz_llama_shape shape = {batch, seq, false};
+    oz_llama_shape shape = {.batch = batch, .seq = seq};
     OZ_TRY(oz_llama_load(&cm->model, dir, &cm->be, &cm->arena, shape, NULL, err));
     cm->seq = seq;
     cm->has_tokenizer = cm->tokenizer_name[0] != '\0';

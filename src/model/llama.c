@@ -114,32 +114,181 @@ struct oz_llama {
     float *rope_cos, *rope_sin; /* (rope_len, hd/2) */
     int rope_len;
     int32_t *ids, *targets;     /* (N) in backend memory */
-    layer_acts *acts;           /* L+1 entries: acts[L].x is the final residual stream */
+    /* acts[l] for l < L: what layer l's backward reads. With recompute, every acts[l] shares one
+     * work set and only acts[l].x is the layer's own; xs[0..L] are the layer inputs (xs[L] is the
+     * final residual stream). */
+    layer_acts *acts;
+    float **xs;
     float *lnf, *rstdf, *logits, *losses;
+    /* mini-sequence MLP chunk buffers (mlp_rows x F) */
+    float *cgate, *cup, *cmlp;
     /* backward scratch */
     float *dx, *dln, *dq, *dk, *dv, *datt, *dmlp;
+    oz_grad_hook hook;
+    void *hook_user;
+    /* every arena buffer, for destroy */
+    void **owned;
+    int n_owned;
 };
 
 const oz_llama_config *oz_llama_get_config(const oz_llama *m) { return &m->cfg; }
 const oz_param_layout *oz_llama_get_layout(const oz_llama *m) { return &m->layout; }
 float *oz_llama_params(oz_llama *m) { return m->params; }
 float *oz_llama_grads(oz_llama *m) { return m->grads; }
+void oz_llama_set_grad_hook(oz_llama *m, oz_grad_hook hook, void *user) {
+    m->hook = hook;
+    m->hook_user = user;
+}
 
-static oz_status alloc_floats(oz_llama *m, oz_mem_category cat, size_t n, const char *what, float **out,
-                              oz_err *err) {
-    void *p;
-    OZ_TRY(oz_arena_alloc(m->arena, cat, n * sizeof(float), what, &p, err));
-    *out = p;
+void oz_llama_mini_seq_auto(const oz_llama_config *cfg, int tokens, int *mlp_chunks, int *head_chunks) {
+    int d = cfg->hidden_size;
+    *mlp_chunks = (tokens + d - 1) / d;
+    *head_chunks = (cfg->vocab_size + d - 1) / d;
+    if (*mlp_chunks < 1) *mlp_chunks = 1;
+    if (*head_chunks < 1) *head_chunks = 1;
+    if (*mlp_chunks > tokens) *mlp_chunks = tokens;
+    if (*head_chunks > tokens) *head_chunks = tokens;
+}
+
+static int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+/* ---- the buffer list: one description drives both allocation and the memory plan */
+
+typedef struct {
+    void **dest;            /* where the pointer goes (NULL when only planning) */
+    oz_mem_category cat;
+    size_t bytes;
+    const char *what;
+} buffer_desc;
+
+typedef struct {
+    buffer_desc *items;
+    int n, cap;
+    bool planning;
+} buffer_list;
+
+static void want(buffer_list *bl, void *dest, oz_mem_category cat, size_t bytes, const char *what) {
+    if (bl->n < bl->cap) bl->items[bl->n] = (buffer_desc){bl->planning ? NULL : (void **)dest, cat, bytes, what};
+    bl->n++;
+}
+
+#define F32(n) ((size_t)(n) * sizeof(float))
+
+/* Lists every buffer a model with this config and shape allocates. m may be a zeroed dummy when
+ * planning (its acts/xs arrays must still exist). */
+static void list_buffers(oz_llama *m, buffer_list *bl) {
+    const oz_llama_config *c = &m->cfg;
+    const oz_llama_shape *s = &m->shape;
+    size_t N = (size_t)s->batch * s->seq;
+    size_t d = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
+    size_t qd = (size_t)c->num_attention_heads * c->head_dim;
+    size_t kvd = (size_t)c->num_key_value_heads * c->head_dim;
+    size_t lse = (size_t)s->batch * c->num_attention_heads * s->seq;
+    int L = c->num_hidden_layers;
+    bool mini = s->mlp_chunks > 0;
+    size_t mlp_rows = mini ? (size_t)ceil_div((int)N, s->mlp_chunks) : N;
+    size_t head_rows = s->head_chunks > 0 ? (size_t)ceil_div((int)N, s->head_chunks) : N;
+    size_t rope = (size_t)(c->max_position_embeddings > s->seq ? c->max_position_embeddings : s->seq) *
+                  (c->head_dim / 2);
+
+    want(bl, &m->params, OZ_MEM_WEIGHTS, F32(m->layout.total), "weights");
+    if (s->with_grads) want(bl, &m->grads, OZ_MEM_GRADS, F32(m->layout.total), "gradients");
+    want(bl, &m->rope_cos, OZ_MEM_SCRATCH, F32(rope), "RoPE cos table");
+    want(bl, &m->rope_sin, OZ_MEM_SCRATCH, F32(rope), "RoPE sin table");
+    want(bl, &m->ids, OZ_MEM_ACTIVATIONS, 2 * N * sizeof(int32_t), "token ids");
+    for (int l = 0; l <= L; l++) want(bl, &m->xs[l], OZ_MEM_ACTIVATIONS, F32(N * d), "layer input");
+    /* Without recompute every layer keeps its own set; with it, one work set is shared. */
+    int sets = s->recompute ? 1 : L;
+    for (int l = 0; l < sets; l++) {
+        layer_acts *a = &m->acts[l];
+        want(bl, &a->ln1, OZ_MEM_ACTIVATIONS, F32(N * d), "attention norm output");
+        want(bl, &a->rstd1, OZ_MEM_ACTIVATIONS, F32(N), "attention norm rstd");
+        want(bl, &a->q, OZ_MEM_ACTIVATIONS, F32(N * qd), "queries");
+        want(bl, &a->k, OZ_MEM_ACTIVATIONS, F32(N * kvd), "keys");
+        want(bl, &a->v, OZ_MEM_ACTIVATIONS, F32(N * kvd), "values");
+        want(bl, &a->att, OZ_MEM_ACTIVATIONS, F32(N * qd), "attention output");
+        want(bl, &a->lse, OZ_MEM_ACTIVATIONS, F32(lse), "attention log-sum-exp");
+        want(bl, &a->h, OZ_MEM_ACTIVATIONS, F32(N * d), "attention residual");
+        want(bl, &a->ln2, OZ_MEM_ACTIVATIONS, F32(N * d), "MLP norm output");
+        want(bl, &a->rstd2, OZ_MEM_ACTIVATIONS, F32(N), "MLP norm rstd");
+        if (!mini) {
+            want(bl, &a->gate, OZ_MEM_ACTIVATIONS, F32(N * F), "MLP gate");
+            want(bl, &a->up, OZ_MEM_ACTIVATIONS, F32(N * F), "MLP up");
+            want(bl, &a->mlp, OZ_MEM_ACTIVATIONS, F32(N * F), "MLP hidden");
+        }
+    }
+    if (mini) {
+        want(bl, &m->cgate, OZ_MEM_SCRATCH, F32(mlp_rows * F), "MLP gate chunk");
+        want(bl, &m->cup, OZ_MEM_SCRATCH, F32(mlp_rows * F), "MLP up chunk");
+        want(bl, &m->cmlp, OZ_MEM_SCRATCH, F32(mlp_rows * F), "MLP hidden chunk");
+    }
+    want(bl, &m->lnf, OZ_MEM_ACTIVATIONS, F32(N * d), "final norm output");
+    want(bl, &m->rstdf, OZ_MEM_ACTIVATIONS, F32(N), "final norm rstd");
+    want(bl, &m->logits, s->head_chunks > 0 ? OZ_MEM_SCRATCH : OZ_MEM_ACTIVATIONS, F32(head_rows * V), "logits");
+    want(bl, &m->losses, OZ_MEM_ACTIVATIONS, F32(N), "losses");
+    if (s->with_grads) {
+        want(bl, &m->dx, OZ_MEM_SCRATCH, F32(N * d), "residual gradient");
+        want(bl, &m->dln, OZ_MEM_SCRATCH, F32(N * d), "norm-output gradient");
+        want(bl, &m->dq, OZ_MEM_SCRATCH, F32(N * qd), "query gradient");
+        want(bl, &m->dk, OZ_MEM_SCRATCH, F32(N * kvd), "key gradient");
+        want(bl, &m->dv, OZ_MEM_SCRATCH, F32(N * kvd), "value gradient");
+        want(bl, &m->datt, OZ_MEM_SCRATCH, F32(N * qd), "attention gradient");
+        want(bl, &m->dmlp, OZ_MEM_SCRATCH, F32(mlp_rows * F), "MLP gradient");
+    }
+}
+
+static oz_status check_shape(const oz_llama_shape *s, oz_err *err) {
+    if (s->batch <= 0 || s->seq <= 0)
+        return oz_fail(err, OZ_ERR_INPUT, "batch and sequence length must be positive (got %d, %d)", s->batch,
+                       s->seq);
+    if (s->mlp_chunks < 0 || s->head_chunks < 0 || (s->mlp_chunks > 0) != (s->head_chunks > 0))
+        return oz_fail(err, OZ_ERR_INPUT, "mini-sequence chunk counts must both be positive or both 0");
+    if ((long)s->mlp_chunks > (long)s->batch * s->seq || (long)s->head_chunks > (long)s->batch * s->seq)
+        return oz_fail(err, OZ_ERR_INPUT, "more mini-sequences (%d, %d) than tokens (%ld)", s->mlp_chunks,
+                       s->head_chunks, (long)s->batch * s->seq);
     return OZ_OK;
+}
+
+oz_status oz_llama_plan_memory(const oz_llama_config *cfg, oz_llama_shape shape, oz_llama_plan *plan,
+                               oz_err *err) {
+    memset(plan, 0, sizeof *plan);
+    OZ_TRY(check_shape(&shape, err));
+    oz_llama dummy;
+    memset(&dummy, 0, sizeof dummy);
+    dummy.cfg = *cfg;
+    dummy.shape = shape;
+    OZ_TRY(oz_param_layout_build(cfg, &dummy.layout, err));
+    int L = cfg->num_hidden_layers;
+    dummy.acts = calloc((size_t)L, sizeof *dummy.acts);
+    dummy.xs = calloc((size_t)L + 1, sizeof *dummy.xs);
+    buffer_list bl = {NULL, 0, 0, true};
+    oz_status st = OZ_OK;
+    if (!dummy.acts || !dummy.xs) st = oz_fail(err, OZ_ERR_NOMEM, "out of memory planning");
+    if (st == OZ_OK) {
+        list_buffers(&dummy, &bl); /* first pass counts */
+        bl.items = calloc((size_t)bl.n, sizeof *bl.items);
+        if (!bl.items) st = oz_fail(err, OZ_ERR_NOMEM, "out of memory planning");
+    }
+    if (st == OZ_OK) {
+        bl.cap = bl.n;
+        bl.n = 0;
+        list_buffers(&dummy, &bl);
+        for (int i = 0; i < bl.n; i++) {
+            plan->bytes[bl.items[i].cat] += bl.items[i].bytes;
+            if (bl.items[i].bytes > plan->largest[bl.items[i].cat]) plan->largest[bl.items[i].cat] = bl.items[i].bytes;
+        }
+    }
+    free(bl.items);
+    free(dummy.acts);
+    free(dummy.xs);
+    oz_param_layout_free(&dummy.layout);
+    return st;
 }
 
 static oz_status build_rope_tables(oz_llama *m, oz_err *err) {
     int half = m->cfg.head_dim / 2;
-    m->rope_len = m->cfg.max_position_embeddings > m->shape.seq ? m->cfg.max_position_embeddings
-                                                                 : m->shape.seq;
+    m->rope_len = m->cfg.max_position_embeddings > m->shape.seq ? m->cfg.max_position_embeddings : m->shape.seq;
     size_t n = (size_t)m->rope_len * half;
-    OZ_TRY(alloc_floats(m, OZ_MEM_SCRATCH, n, "RoPE cos table", &m->rope_cos, err));
-    OZ_TRY(alloc_floats(m, OZ_MEM_SCRATCH, n, "RoPE sin table", &m->rope_sin, err));
     float *c = malloc(n * sizeof *c), *s = malloc(n * sizeof *s);
     if (!c || !s) {
         free(c);
@@ -164,9 +313,7 @@ static oz_status build_rope_tables(oz_llama *m, oz_err *err) {
 oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend *be, oz_arena *arena,
                           oz_llama_shape shape, oz_err *err) {
     *out = NULL;
-    if (shape.batch <= 0 || shape.seq <= 0)
-        return oz_fail(err, OZ_ERR_INPUT, "batch and sequence length must be positive (got %d, %d)",
-                       shape.batch, shape.seq);
+    OZ_TRY(check_shape(&shape, err));
     oz_llama *m = calloc(1, sizeof *m);
     if (!m) return oz_fail(err, OZ_ERR_NOMEM, "out of memory creating the model");
     m->cfg = *cfg;
@@ -179,76 +326,41 @@ oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend
         return st;
     }
     *out = m; /* from here on, oz_llama_destroy cleans up a partial model */
-
-    const oz_llama_config *c = cfg;
-    size_t N = (size_t)shape.batch * shape.seq;
-    size_t d = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
-    size_t qd = (size_t)c->num_attention_heads * c->head_dim;
-    size_t kvd = (size_t)c->num_key_value_heads * c->head_dim;
-    int L = c->num_hidden_layers;
-
-    OZ_TRY(alloc_floats(m, OZ_MEM_WEIGHTS, m->layout.total, "weights", &m->params, err));
-    if (shape.with_grads)
-        OZ_TRY(alloc_floats(m, OZ_MEM_GRADS, m->layout.total, "gradients", &m->grads, err));
-    OZ_TRY(build_rope_tables(m, err));
-
-    void *p;
-    OZ_TRY(oz_arena_alloc(arena, OZ_MEM_ACTIVATIONS, 2 * N * sizeof(int32_t), "token ids", &p, err));
-    m->ids = p;
-    m->targets = m->ids + N;
-
-    /* One activation block per layer, carved into the tensors the backward needs. */
-    m->acts = calloc((size_t)L + 1, sizeof *m->acts);
-    if (!m->acts) return oz_fail(err, OZ_ERR_NOMEM, "out of memory creating the model");
-    size_t per_layer = N * (4 * d + 2 * qd + 2 * kvd + 3 * F + 2) + (size_t)shape.batch *
-                       c->num_attention_heads * shape.seq;
-    float *block;
-    OZ_TRY(alloc_floats(m, OZ_MEM_ACTIVATIONS, per_layer * L + N * d, "layer activations", &block, err));
-    for (int l = 0; l < L; l++) {
-        layer_acts *a = &m->acts[l];
-        float *cur = block + (size_t)l * per_layer;
-#define CARVE(field, count) a->field = cur, cur += (count)
-        CARVE(x, N * d);
-        CARVE(ln1, N * d);
-        CARVE(rstd1, N);
-        CARVE(q, N * qd);
-        CARVE(k, N * kvd);
-        CARVE(v, N * kvd);
-        CARVE(att, N * qd);
-        CARVE(lse, (size_t)shape.batch * c->num_attention_heads * shape.seq);
-        CARVE(h, N * d);
-        CARVE(ln2, N * d);
-        CARVE(rstd2, N);
-        CARVE(gate, N * F);
-        CARVE(up, N * F);
-        CARVE(mlp, N * F);
-#undef CARVE
+    int L = cfg->num_hidden_layers;
+    m->acts = calloc((size_t)L, sizeof *m->acts);
+    m->xs = calloc((size_t)L + 1, sizeof *m->xs);
+    buffer_list bl = {NULL, 0, 0, false};
+    if (m->acts && m->xs) {
+        list_buffers(m, &bl);
+        bl.items = calloc((size_t)bl.n, sizeof *bl.items);
+        m->owned = calloc((size_t)bl.n, sizeof *m->owned);
     }
-    m->acts[L].x = block + (size_t)L * per_layer;
-    OZ_TRY(alloc_floats(m, OZ_MEM_ACTIVATIONS, N * d, "final norm output", &m->lnf, err));
-    OZ_TRY(alloc_floats(m, OZ_MEM_ACTIVATIONS, N, "final norm rstd", &m->rstdf, err));
-    OZ_TRY(alloc_floats(m, OZ_MEM_ACTIVATIONS, N * V, "logits", &m->logits, err));
-    OZ_TRY(alloc_floats(m, OZ_MEM_ACTIVATIONS, N, "losses", &m->losses, err));
-    if (shape.with_grads) {
-        size_t wide = qd > d ? qd : d;
-        OZ_TRY(alloc_floats(m, OZ_MEM_SCRATCH, N * d, "residual gradient", &m->dx, err));
-        OZ_TRY(alloc_floats(m, OZ_MEM_SCRATCH, N * wide, "norm-output gradient", &m->dln, err));
-        OZ_TRY(alloc_floats(m, OZ_MEM_SCRATCH, N * qd, "q gradient", &m->dq, err));
-        OZ_TRY(alloc_floats(m, OZ_MEM_SCRATCH, N * kvd, "k gradient", &m->dk, err));
-        OZ_TRY(alloc_floats(m, OZ_MEM_SCRATCH, N * kvd, "v gradient", &m->dv, err));
-        OZ_TRY(alloc_floats(m, OZ_MEM_SCRATCH, N * qd, "attention gradient", &m->datt, err));
-        OZ_TRY(alloc_floats(m, OZ_MEM_SCRATCH, N * F, "MLP gradient", &m->dmlp, err));
+    if (!bl.items || !m->owned) {
+        free(bl.items);
+        return oz_fail(err, OZ_ERR_NOMEM, "out of memory creating the model");
     }
-    return OZ_OK;
+    bl.cap = bl.n;
+    bl.n = 0;
+    list_buffers(m, &bl);
+    for (int i = 0; i < bl.n && st == OZ_OK; i++) {
+        st = oz_arena_alloc(arena, bl.items[i].cat, bl.items[i].bytes, bl.items[i].what, bl.items[i].dest, err);
+        if (st == OZ_OK) m->owned[m->n_owned++] = *bl.items[i].dest;
+    }
+    free(bl.items);
+    if (st != OZ_OK) return st;
+    m->targets = m->ids + (size_t)shape.batch * shape.seq;
+    if (shape.recompute)
+        for (int l = 1; l < L; l++) m->acts[l] = m->acts[0];
+    for (int l = 0; l < L; l++) m->acts[l].x = m->xs[l];
+    return build_rope_tables(m, err);
 }
 
 void oz_llama_destroy(oz_llama *m) {
     if (!m) return;
-    float *bufs[] = {m->params, m->grads, m->rope_cos, m->rope_sin, (float *)m->ids,
-                     m->acts ? m->acts[0].x : NULL, m->lnf, m->rstdf, m->logits, m->losses,
-                     m->dx, m->dln, m->dq, m->dk, m->dv, m->datt, m->dmlp};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) oz_arena_free(m->arena, bufs[i]);
+    for (int i = 0; i < m->n_owned; i++) oz_arena_free(m->arena, m->owned[i]);
+    free(m->owned);
     free(m->acts);
+    free(m->xs);
     oz_param_layout_free(&m->layout);
     free(m);
 }
@@ -278,8 +390,8 @@ static const float *final_norm_of(const oz_llama *m, const float *base) {
 
 static oz_status check_batch(const oz_llama *m, const oz_llama_batch *b, oz_err *err) {
     if (b->B <= 0 || b->T <= 0 || b->B > m->shape.batch || b->T > m->shape.seq)
-        return oz_fail(err, OZ_ERR_INTERNAL, "batch (%d, %d) exceeds the model's buffers (%d, %d)", b->B,
-                       b->T, m->shape.batch, m->shape.seq);
+        return oz_fail(err, OZ_ERR_INTERNAL, "batch (%d, %d) exceeds the model's buffers (%d, %d)", b->B, b->T,
+                       m->shape.batch, m->shape.seq);
     size_t N = (size_t)b->B * b->T;
     for (size_t i = 0; i < N; i++) {
         if (b->ids[i] < 0 || b->ids[i] >= m->cfg.vocab_size)
@@ -292,49 +404,150 @@ static oz_status check_batch(const oz_llama *m, const oz_llama_batch *b, oz_err 
     return OZ_OK;
 }
 
-/* Runs the forward pass; with grad_scale != 0 the logits buffer ends holding dL/dlogits. */
-static oz_status forward(oz_llama *m, const oz_llama_batch *b, float grad_scale, double *loss_sum,
-                         long *n_targets, oz_err *err) {
-    OZ_TRY(check_batch(m, b, err));
+/* Sizes of one forward/backward call. */
+typedef struct {
+    int B, T, N, d, F, V, hd, Hq, Hkv, qd, kvd, L;
+} dims;
+
+static dims dims_of(const oz_llama *m, int B, int T) {
+    const oz_llama_config *c = &m->cfg;
+    dims g = {B, T, B * T, c->hidden_size, c->intermediate_size, c->vocab_size, c->head_dim,
+              c->num_attention_heads, c->num_key_value_heads, c->num_attention_heads * c->head_dim,
+              c->num_key_value_heads * c->head_dim, c->num_hidden_layers};
+    return g;
+}
+
+/* Rows [r0, r1) of chunk i when n rows are split into `chunks` pieces whose sizes differ by at
+ * most one (none is empty while chunks <= n; no piece exceeds ceil(n / chunks), the buffer size). */
+static void chunk_rows(int n, int chunks, int i, int *r0, int *r1) {
+    *r0 = (int)((long)i * n / chunks);
+    *r1 = (int)((long)(i + 1) * n / chunks);
+}
+
+/* Layer l forward from a->x into a's buffers and out (the next layer's input). */
+static void layer_forward(oz_llama *m, int l, layer_acts *a, float *out, const dims *g) {
     oz_backend *be = m->be;
     const oz_llama_config *c = &m->cfg;
-    int B = b->B, T = b->T, N = B * T;
-    int d = c->hidden_size, F = c->intermediate_size, V = c->vocab_size, hd = c->head_dim;
-    int Hq = c->num_attention_heads, Hkv = c->num_key_value_heads, qd = Hq * hd, kvd = Hkv * hd;
-    int L = c->num_hidden_layers;
-
-    be->to_device(be, m->ids, b->ids, (size_t)N * sizeof(int32_t));
-    be->embedding_fwd(be, m->acts[0].x, m->params, m->ids, N, d);
-    for (int l = 0; l < L; l++) {
-        layer_acts *a = &m->acts[l];
-        layer_weights w = layer_tensors(m, m->params, l);
-        be->rmsnorm_fwd(be, a->ln1, a->rstd1, a->x, w.attn_norm, N, d, c->rms_norm_eps);
-        be->gemm(be, 0, 1, N, qd, d, 1.0f, a->ln1, d, w.q, d, 0.0f, a->q, qd);
-        be->gemm(be, 0, 1, N, kvd, d, 1.0f, a->ln1, d, w.k, d, 0.0f, a->k, kvd);
-        be->gemm(be, 0, 1, N, kvd, d, 1.0f, a->ln1, d, w.v, d, 0.0f, a->v, kvd);
-        be->rope(be, a->q, m->rope_cos, m->rope_sin, B, T, Hq, hd, 0, 0);
-        be->rope(be, a->k, m->rope_cos, m->rope_sin, B, T, Hkv, hd, 0, 0);
-        be->attention_fwd(be, a->att, a->lse, a->q, a->k, a->v, B, T, Hq, Hkv, hd);
-        be->copy(be, a->h, a->x, (size_t)N * d * sizeof(float));
-        be->gemm(be, 0, 1, N, d, qd, 1.0f, a->att, qd, w.o, qd, 1.0f, a->h, d);
-        be->rmsnorm_fwd(be, a->ln2, a->rstd2, a->h, w.mlp_norm, N, d, c->rms_norm_eps);
+    layer_weights w = layer_tensors(m, m->params, l);
+    int N = g->N, d = g->d, F = g->F;
+    be->rmsnorm_fwd(be, a->ln1, a->rstd1, a->x, w.attn_norm, N, d, c->rms_norm_eps);
+    be->gemm(be, 0, 1, N, g->qd, d, 1.0f, a->ln1, d, w.q, d, 0.0f, a->q, g->qd);
+    be->gemm(be, 0, 1, N, g->kvd, d, 1.0f, a->ln1, d, w.k, d, 0.0f, a->k, g->kvd);
+    be->gemm(be, 0, 1, N, g->kvd, d, 1.0f, a->ln1, d, w.v, d, 0.0f, a->v, g->kvd);
+    be->rope(be, a->q, m->rope_cos, m->rope_sin, g->B, g->T, g->Hq, g->hd, 0, 0);
+    be->rope(be, a->k, m->rope_cos, m->rope_sin, g->B, g->T, g->Hkv, g->hd, 0, 0);
+    be->attention_fwd(be, a->att, a->lse, a->q, a->k, a->v, g->B, g->T, g->Hq, g->Hkv, g->hd);
+    be->copy(be, a->h, a->x, (size_t)N * d * sizeof(float));
+    be->gemm(be, 0, 1, N, d, g->qd, 1.0f, a->att, g->qd, w.o, g->qd, 1.0f, a->h, d);
+    be->rmsnorm_fwd(be, a->ln2, a->rstd2, a->h, w.mlp_norm, N, d, c->rms_norm_eps);
+    be->copy(be, out, a->h, (size_t)N * d * sizeof(float));
+    if (m->shape.mlp_chunks == 0) {
         be->gemm(be, 0, 1, N, F, d, 1.0f, a->ln2, d, w.gate, d, 0.0f, a->gate, F);
         be->gemm(be, 0, 1, N, F, d, 1.0f, a->ln2, d, w.up, d, 0.0f, a->up, F);
         be->swiglu_fwd(be, a->mlp, a->gate, a->up, (size_t)N * F);
-        float *next = m->acts[l + 1].x;
-        be->copy(be, next, a->h, (size_t)N * d * sizeof(float));
-        be->gemm(be, 0, 1, N, d, F, 1.0f, a->mlp, F, w.down, F, 1.0f, next, d);
+        be->gemm(be, 0, 1, N, d, F, 1.0f, a->mlp, F, w.down, F, 1.0f, out, d);
+        return;
     }
-    be->rmsnorm_fwd(be, m->lnf, m->rstdf, m->acts[L].x, final_norm_of(m, m->params), N, d,
-                    c->rms_norm_eps);
-    be->gemm(be, 0, 1, N, V, d, 1.0f, m->lnf, d, lm_head_of(m, m->params), d, 0.0f, m->logits, V);
-    if (b->logits_out) be->to_host(be, b->logits_out, m->logits, (size_t)N * V * sizeof(float));
+    /* Mini-sequences: one chunk of the MLP's intermediates exists at a time. */
+    for (int i = 0; i < m->shape.mlp_chunks; i++) {
+        int r0, r1;
+        chunk_rows(N, m->shape.mlp_chunks, i, &r0, &r1);
+        int rows = r1 - r0;
+        if (rows <= 0) continue;
+        const float *xin = a->ln2 + (size_t)r0 * d;
+        be->gemm(be, 0, 1, rows, F, d, 1.0f, xin, d, w.gate, d, 0.0f, m->cgate, F);
+        be->gemm(be, 0, 1, rows, F, d, 1.0f, xin, d, w.up, d, 0.0f, m->cup, F);
+        be->swiglu_fwd(be, m->cmlp, m->cgate, m->cup, (size_t)rows * F);
+        be->gemm(be, 0, 1, rows, d, F, 1.0f, m->cmlp, F, w.down, F, 1.0f, out + (size_t)r0 * d, d);
+    }
+}
 
+/* MLP backward for rows [r0, r1): dx (rows of the residual gradient) flows in; dln gets the
+ * gradient of the MLP norm's output; weight gradients accumulate. gate/up/mlp hold the rows'
+ * forward values (they are overwritten with gradients). */
+static void mlp_backward_rows(oz_llama *m, const layer_weights *w, const layer_weights *gw, const float *ln2,
+                              const float *dx, float *dln, float *gate, float *up, const float *mlp, int rows,
+                              const dims *g) {
+    oz_backend *be = m->be;
+    int d = g->d, F = g->F;
+    be->gemm(be, 0, 0, rows, F, d, 1.0f, dx, d, w->down, F, 0.0f, m->dmlp, F);
+    be->gemm(be, 1, 0, d, F, rows, 1.0f, dx, d, mlp, F, 1.0f, (float *)gw->down, F);
+    be->swiglu_bwd(be, gate, up, m->dmlp, gate, up, (size_t)rows * F); /* gradients overwrite the inputs */
+    be->gemm(be, 0, 0, rows, d, F, 1.0f, gate, F, w->gate, d, 0.0f, dln, d);
+    be->gemm(be, 0, 0, rows, d, F, 1.0f, up, F, w->up, d, 1.0f, dln, d);
+    be->gemm(be, 1, 0, F, d, rows, 1.0f, gate, F, ln2, d, 1.0f, (float *)gw->gate, d);
+    be->gemm(be, 1, 0, F, d, rows, 1.0f, up, F, ln2, d, 1.0f, (float *)gw->up, d);
+}
+
+/* Layer l backward: m->dx holds dL/d(layer output) and ends holding dL/d(layer input). */
+static void layer_backward(oz_llama *m, int l, layer_acts *a, const dims *g) {
+    oz_backend *be = m->be;
+    layer_weights w = layer_tensors(m, m->params, l);
+    layer_weights gw = layer_tensors(m, m->grads, l);
+    int N = g->N, d = g->d, F = g->F, qd = g->qd, kvd = g->kvd;
+    if (m->shape.mlp_chunks == 0) {
+        mlp_backward_rows(m, &w, &gw, a->ln2, m->dx, m->dln, a->gate, a->up, a->mlp, N, g);
+    } else {
+        for (int i = 0; i < m->shape.mlp_chunks; i++) {
+            int r0, r1;
+            chunk_rows(N, m->shape.mlp_chunks, i, &r0, &r1);
+            int rows = r1 - r0;
+            if (rows <= 0) continue;
+            const float *xin = a->ln2 + (size_t)r0 * d;
+            /* Recompute this chunk's intermediates (MsT Alg. 3), then its backward. */
+            be->gemm(be, 0, 1, rows, F, d, 1.0f, xin, d, w.gate, d, 0.0f, m->cgate, F);
+            be->gemm(be, 0, 1, rows, F, d, 1.0f, xin, d, w.up, d, 0.0f, m->cup, F);
+            be->swiglu_fwd(be, m->cmlp, m->cgate, m->cup, (size_t)rows * F);
+            mlp_backward_rows(m, &w, &gw, xin, m->dx + (size_t)r0 * d, m->dln + (size_t)r0 * d, m->cgate,
+                              m->cup, m->cmlp, rows, g);
+        }
+    }
+    be->rmsnorm_bwd(be, m->dx, (float *)gw.mlp_norm, m->dln, a->h, w.mlp_norm, a->rstd2, N, d);
+    /* Attention: h = x + att @ o^T */
+    be->gemm(be, 0, 0, N, qd, d, 1.0f, m->dx, d, w.o, qd, 0.0f, m->datt, qd);
+    be->gemm(be, 1, 0, d, qd, N, 1.0f, m->dx, d, a->att, qd, 1.0f, (float *)gw.o, qd);
+    be->attention_bwd(be, m->dq, m->dk, m->dv, m->datt, a->q, a->k, a->v, a->att, a->lse, g->B, g->T, g->Hq,
+                      g->Hkv, g->hd);
+    be->rope(be, m->dq, m->rope_cos, m->rope_sin, g->B, g->T, g->Hq, g->hd, 0, 1);
+    be->rope(be, m->dk, m->rope_cos, m->rope_sin, g->B, g->T, g->Hkv, g->hd, 0, 1);
+    be->gemm(be, 0, 0, N, d, qd, 1.0f, m->dq, qd, w.q, d, 0.0f, m->dln, d);
+    be->gemm(be, 0, 0, N, d, kvd, 1.0f, m->dk, kvd, w.k, d, 1.0f, m->dln, d);
+    be->gemm(be, 0, 0, N, d, kvd, 1.0f, m->dv, kvd, w.v, d, 1.0f, m->dln, d);
+    be->gemm(be, 1, 0, qd, d, N, 1.0f, m->dq, qd, a->ln1, d, 1.0f, (float *)gw.q, d);
+    be->gemm(be, 1, 0, kvd, d, N, 1.0f, m->dk, kvd, a->ln1, d, 1.0f, (float *)gw.k, d);
+    be->gemm(be, 1, 0, kvd, d, N, 1.0f, m->dv, kvd, a->ln1, d, 1.0f, (float *)gw.v, d);
+    be->rmsnorm_bwd(be, m->dx, (float *)gw.attn_norm, m->dln, a->x, w.attn_norm, a->rstd1, N, d);
+}
+
+/* LM head + cross-entropy over head chunks. With grad_scale != 0 (training) each chunk's
+ * gradient is taken right away (Liger-style): dL/d(final norm output) goes to m->dln and the head's
+ * weight gradient accumulates, so only one chunk of logits ever exists. */
+static oz_status head_forward(oz_llama *m, const oz_llama_batch *b, float grad_scale, const dims *g,
+                              double *loss_sum, long *n_targets, oz_err *err) {
+    oz_backend *be = m->be;
+    int N = g->N, d = g->d, V = g->V;
+    const float *head = lm_head_of(m, m->params);
+    int chunks = m->shape.head_chunks > 0 ? m->shape.head_chunks : 1;
+    if (b->targets) be->to_device(be, m->targets, b->targets, (size_t)N * sizeof(int32_t));
+    for (int i = 0; i < chunks; i++) {
+        int r0, r1;
+        chunk_rows(N, chunks, i, &r0, &r1);
+        int rows = r1 - r0;
+        if (rows <= 0) continue;
+        const float *xin = m->lnf + (size_t)r0 * d;
+        be->gemm(be, 0, 1, rows, V, d, 1.0f, xin, d, head, d, 0.0f, m->logits, V);
+        if (b->logits_out)
+            be->to_host(be, b->logits_out + (size_t)r0 * V, m->logits, (size_t)rows * V * sizeof(float));
+        if (!b->targets) continue;
+        be->cross_entropy(be, m->logits, m->losses + r0, m->targets + r0, rows, V, grad_scale);
+        if (grad_scale != 0.0f) {
+            be->gemm(be, 0, 0, rows, d, V, 1.0f, m->logits, V, head, d, 0.0f, m->dln + (size_t)r0 * d, d);
+            be->gemm(be, 1, 0, V, d, rows, 1.0f, m->logits, V, xin, d, 1.0f, (float *)lm_head_of(m, m->grads), d);
+        }
+    }
     long count = 0;
     double sum = 0.0;
     if (b->targets) {
-        be->to_device(be, m->targets, b->targets, (size_t)N * sizeof(int32_t));
-        be->cross_entropy(be, m->logits, m->losses, m->targets, N, V, grad_scale);
         float *host_losses = malloc((size_t)N * sizeof *host_losses);
         if (!host_losses) return oz_fail(err, OZ_ERR_NOMEM, "out of memory reading losses");
         be->to_host(be, host_losses, m->losses, (size_t)N * sizeof(float));
@@ -350,6 +563,18 @@ static oz_status forward(oz_llama *m, const oz_llama_batch *b, float grad_scale,
     return OZ_OK;
 }
 
+static oz_status forward(oz_llama *m, const oz_llama_batch *b, float grad_scale, double *loss_sum,
+                         long *n_targets, oz_err *err) {
+    OZ_TRY(check_batch(m, b, err));
+    oz_backend *be = m->be;
+    dims g = dims_of(m, b->B, b->T);
+    be->to_device(be, m->ids, b->ids, (size_t)g.N * sizeof(int32_t));
+    be->embedding_fwd(be, m->xs[0], m->params, m->ids, g.N, g.d);
+    for (int l = 0; l < g.L; l++) layer_forward(m, l, &m->acts[l], m->xs[l + 1], &g);
+    be->rmsnorm_fwd(be, m->lnf, m->rstdf, m->xs[g.L], final_norm_of(m, m->params), g.N, g.d, m->cfg.rms_norm_eps);
+    return head_forward(m, b, grad_scale, &g, loss_sum, n_targets, err);
+}
+
 oz_status oz_llama_forward(oz_llama *m, const oz_llama_batch *b, double *loss_sum, long *n_targets,
                            oz_err *err) {
     return forward(m, b, 0.0f, loss_sum, n_targets, err);
@@ -363,50 +588,23 @@ oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float 
     OZ_TRY(forward(m, b, grad_scale, loss_sum, n_targets, err));
 
     oz_backend *be = m->be;
-    const oz_llama_config *c = &m->cfg;
-    int B = b->B, T = b->T, N = B * T;
-    int d = c->hidden_size, F = c->intermediate_size, V = c->vocab_size, hd = c->head_dim;
-    int Hq = c->num_attention_heads, Hkv = c->num_key_value_heads, qd = Hq * hd, kvd = Hkv * hd;
-    int L = c->num_hidden_layers;
-    float *g = m->grads;
-
-    /* LM head: logits now hold dL/dlogits. */
-    float *dlogits = m->logits;
-    be->gemm(be, 0, 0, N, d, V, 1.0f, dlogits, V, lm_head_of(m, m->params), d, 0.0f, m->dln, d);
-    be->gemm(be, 1, 0, V, d, N, 1.0f, dlogits, V, m->lnf, d, 1.0f, (float *)lm_head_of(m, g), d);
-    be->fill(be, m->dx, 0.0f, (size_t)N * d);
-    be->rmsnorm_bwd(be, m->dx, (float *)final_norm_of(m, g), m->dln, m->acts[L].x,
-                    final_norm_of(m, m->params), m->rstdf, N, d);
-
-    for (int l = L - 1; l >= 0; l--) {
+    dims g = dims_of(m, b->B, b->T);
+    /* The head's part ran inside the forward: m->dln holds dL/d(final norm output). */
+    be->fill(be, m->dx, 0.0f, (size_t)g.N * g.d);
+    be->rmsnorm_bwd(be, m->dx, (float *)final_norm_of(m, m->grads), m->dln, m->xs[g.L],
+                    final_norm_of(m, m->params), m->rstdf, g.N, g.d);
+    for (int l = g.L - 1; l >= 0; l--) {
         layer_acts *a = &m->acts[l];
-        layer_weights w = layer_tensors(m, m->params, l);
-        layer_weights gw = layer_tensors(m, g, l);
-        /* MLP: next = h + mlp @ down^T */
-        be->gemm(be, 0, 0, N, F, d, 1.0f, m->dx, d, w.down, F, 0.0f, m->dmlp, F);
-        be->gemm(be, 1, 0, d, F, N, 1.0f, m->dx, d, a->mlp, F, 1.0f, (float *)gw.down, F);
-        float *dgate = a->gate, *dup = a->up; /* gradients overwrite the dead activations */
-        be->swiglu_bwd(be, dgate, dup, m->dmlp, a->gate, a->up, (size_t)N * F);
-        be->gemm(be, 0, 0, N, d, F, 1.0f, dgate, F, w.gate, d, 0.0f, m->dln, d);
-        be->gemm(be, 0, 0, N, d, F, 1.0f, dup, F, w.up, d, 1.0f, m->dln, d);
-        be->gemm(be, 1, 0, F, d, N, 1.0f, dgate, F, a->ln2, d, 1.0f, (float *)gw.gate, d);
-        be->gemm(be, 1, 0, F, d, N, 1.0f, dup, F, a->ln2, d, 1.0f, (float *)gw.up, d);
-        be->rmsnorm_bwd(be, m->dx, (float *)gw.mlp_norm, m->dln, a->h, w.mlp_norm, a->rstd2, N, d);
-        /* Attention: h = x + att @ o^T */
-        be->gemm(be, 0, 0, N, qd, d, 1.0f, m->dx, d, w.o, qd, 0.0f, m->datt, qd);
-        be->gemm(be, 1, 0, d, qd, N, 1.0f, m->dx, d, a->att, qd, 1.0f, (float *)gw.o, qd);
-        be->attention_bwd(be, m->dq, m->dk, m->dv, m->datt, a->q, a->k, a->v, a->att, a->lse, B, T, Hq,
-                          Hkv, hd);
-        be->rope(be, m->dq, m->rope_cos, m->rope_sin, B, T, Hq, hd, 0, 1);
-        be->rope(be, m->dk, m->rope_cos, m->rope_sin, B, T, Hkv, hd, 0, 1);
-        be->gemm(be, 0, 0, N, d, qd, 1.0f, m->dq, qd, w.q, d, 0.0f, m->dln, d);
-        be->gemm(be, 0, 0, N, d, kvd, 1.0f, m->dk, kvd, w.k, d, 1.0f, m->dln, d);
-        be->gemm(be, 0, 0, N, d, kvd, 1.0f, m->dv, kvd, w.v, d, 1.0f, m->dln, d);
-        be->gemm(be, 1, 0, qd, d, N, 1.0f, m->dq, qd, a->ln1, d, 1.0f, (float *)gw.q, d);
-        be->gemm(be, 1, 0, kvd, d, N, 1.0f, m->dk, kvd, a->ln1, d, 1.0f, (float *)gw.k, d);
-        be->gemm(be, 1, 0, kvd, d, N, 1.0f, m->dv, kvd, a->ln1, d, 1.0f, (float *)gw.v, d);
-        be->rmsnorm_bwd(be, m->dx, (float *)gw.attn_norm, m->dln, a->x, w.attn_norm, a->rstd1, N, d);
+        if (m->shape.recompute) {
+            /* Rebuild this layer's activations from its saved input; the output it writes is scratch
+             * (the next layer's input was saved in the forward and is not needed any more). */
+            a->x = m->xs[l];
+            layer_forward(m, l, a, m->dln, &g);
+        }
+        layer_backward(m, l, a, &g);
+        if (m->hook) m->hook(m->hook_user, l);
     }
-    be->embedding_bwd(be, g, m->dx, m->ids, N, d, V);
+    be->embedding_bwd(be, m->grads, m->dx, m->ids, g.N, g.d, g.V);
+    if (m->hook) m->hook(m->hook_user, -1);
     return OZ_OK;
 }

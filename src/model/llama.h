@@ -74,7 +74,31 @@ typedef struct oz_llama oz_llama;
 typedef struct {
     int batch, seq;               /* activation buffers are sized for these */
     bool with_grads;              /* allocate the full gradient buffer */
+    bool recompute;               /* keep only each layer's input; recompute the layer in backward */
+    /* Mini-sequences (MsT): 0 = off. Otherwise the MLP runs over mlp_chunks chunks of the B*T
+     * tokens (its intermediates are recomputed chunk by chunk in backward, never stored for all
+     * tokens) and the LM head + loss over head_chunks chunks, so no tokens x intermediate or
+     * tokens x vocab buffer exists. The last chunk may be shorter. */
+    int mlp_chunks, head_chunks;
 } oz_llama_shape;
+
+/* MsT's rule for --mini-seq auto: MLP chunks of about hidden_size tokens, ceil(vocab/hidden)
+ * LM-head chunks (so a logits chunk is about the size of the hidden states). */
+void oz_llama_mini_seq_auto(const oz_llama_config *cfg, int tokens, int *mlp_chunks, int *head_chunks);
+
+/* Bytes the model would allocate, by arena category, without allocating anything: the same
+ * buffer list oz_llama_create allocates from. largest[] is the largest single buffer. */
+typedef struct {
+    size_t bytes[OZ_MEM_NCATEGORIES];
+    size_t largest[OZ_MEM_NCATEGORIES];
+} oz_llama_plan;
+oz_status oz_llama_plan_memory(const oz_llama_config *cfg, oz_llama_shape shape, oz_llama_plan *plan,
+                               oz_err *err);
+
+/* Called during backward as soon as a group of parameter gradients is complete: each layer
+ * (layer = 0..L-1, in reverse order), then the embedding/final-norm/head group (layer = -1) at
+ * the very end. Per-layer optimizers consume gradients here. */
+typedef void (*oz_grad_hook)(void *user, int layer);
 
 oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend *be, oz_arena *arena,
                           oz_llama_shape shape, oz_err *err);
@@ -103,5 +127,6 @@ oz_status oz_llama_forward(oz_llama *model, const oz_llama_batch *batch, double 
 oz_status oz_llama_forward_backward(oz_llama *model, const oz_llama_batch *batch, float grad_scale,
                                     double *loss_sum, long *n_targets, oz_err *err);
 void oz_llama_zero_grads(oz_llama *model);
+void oz_llama_set_grad_hook(oz_llama *model, oz_grad_hook hook, void *user);
 
 #endif

@@ -30,6 +30,8 @@ void oz_train_opts_default(oz_train_opts *o) {
     snprintf(o->model, sizeof o->model, "demo");
     snprintf(o->optim, sizeof o->optim, "adamw");
     snprintf(o->device, sizeof o->device, "cpu");
+    snprintf(o->recompute, sizeof o->recompute, "none");
+    snprintf(o->mini_seq, sizeof o->mini_seq, "off");
     o->steps = 1000;
     o->batch = 8;
     o->seq = 256;
@@ -64,7 +66,7 @@ static double now_s(void) {
         X(keep) X(log_every) X(threads)
 #define OPT_FLOAT_FIELDS(X) \
     X(lr) X(min_lr_ratio) X(weight_decay) X(clip) X(beta1) X(beta2) X(adam_eps)
-#define OPT_STR_FIELDS(X) X(data) X(model) X(out) X(optim) X(device)
+#define OPT_STR_FIELDS(X) X(data) X(model) X(out) X(optim) X(device) X(recompute) X(mini_seq)
 
 static cJSON *opts_to_json(const oz_train_opts *o) {
     cJSON *j = cJSON_CreateObject();
@@ -201,17 +203,43 @@ typedef struct {
     FILE *metrics;
 } trainer;
 
-static oz_status save_checkpoint(trainer *t, const char *dir, const run_position *pos, bool with_optimizer,
-                                 oz_err *err) {
+/* Host views of the weights and moments for saving: the backend's own memory when it is host
+ * memory (CPU), else staging copies. */
+static oz_status host_views(trainer *t, const float **params, const float **m, const float **v,
+                            bool with_optimizer, oz_err *err) {
     const oz_param_layout *lay = oz_llama_get_layout(t->model);
     size_t bytes = lay->total * sizeof(float);
+    if (t->be.host_visible) {
+        *params = oz_llama_params(t->model);
+        *m = t->opt.m;
+        *v = t->opt.v;
+        return OZ_OK;
+    }
+    if (!t->host_params) t->host_params = malloc(bytes);
+    if (with_optimizer && !t->host_m) t->host_m = malloc(bytes);
+    if (with_optimizer && !t->host_v) t->host_v = malloc(bytes);
+    if (!t->host_params || (with_optimizer && (!t->host_m || !t->host_v)))
+        return oz_fail(err, OZ_ERR_NOMEM, "out of memory staging a checkpoint");
     t->be.to_host(&t->be, t->host_params, oz_llama_params(t->model), bytes);
-    OZ_TRY(oz_model_save(dir, &t->cfg, t->tokenizer, lay, t->host_params, err));
-    char path[OZ_PATH_MAX + 64];
     if (with_optimizer) {
         t->be.to_host(&t->be, t->host_m, t->opt.m, bytes);
         t->be.to_host(&t->be, t->host_v, t->opt.v, bytes);
-        const float *bufs[2] = {t->host_m, t->host_v};
+    }
+    *params = t->host_params;
+    *m = t->host_m;
+    *v = t->host_v;
+    return OZ_OK;
+}
+
+static oz_status save_checkpoint(trainer *t, const char *dir, const run_position *pos, bool with_optimizer,
+                                 oz_err *err) {
+    const oz_param_layout *lay = oz_llama_get_layout(t->model);
+    const float *params = NULL, *m = NULL, *v = NULL;
+    OZ_TRY(host_views(t, &params, &m, &v, with_optimizer, err));
+    OZ_TRY(oz_model_save(dir, &t->cfg, t->tokenizer, lay, params, err));
+    char path[OZ_PATH_MAX + 64];
+    if (with_optimizer) {
+        const float *bufs[2] = {m, v};
         const char *prefixes[2] = {"exp_avg.", "exp_avg_sq."};
         snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
         OZ_TRY(oz_tensors_save(path, lay, bufs, prefixes, 2, err));
@@ -294,6 +322,30 @@ static oz_status evaluate(trainer *t, double *val_loss, long *val_tokens, oz_err
 
 /* ------------------------------------------------------------------ setup */
 
+oz_status oz_train_model_shape(const oz_train_opts *o, const oz_llama_config *cfg, oz_llama_shape *shape,
+                               oz_err *err) {
+    memset(shape, 0, sizeof *shape);
+    shape->batch = o->batch;
+    shape->seq = o->seq;
+    shape->with_grads = true;
+    if (strcmp(o->recompute, "layer") == 0) shape->recompute = true;
+    else if (strcmp(o->recompute, "none") != 0)
+        return oz_fail(err, OZ_ERR_INPUT, "--recompute %s is not known (choose: none, layer)", o->recompute);
+    int tokens = o->batch * o->seq;
+    if (strcmp(o->mini_seq, "off") == 0) return OZ_OK;
+    if (strcmp(o->mini_seq, "auto") == 0) {
+        oz_llama_mini_seq_auto(cfg, tokens, &shape->mlp_chunks, &shape->head_chunks);
+        return OZ_OK;
+    }
+    char *end;
+    long n = strtol(o->mini_seq, &end, 10);
+    if (*o->mini_seq == '\0' || *end != '\0' || n < 1 || n > tokens)
+        return oz_fail(err, OZ_ERR_INPUT, "--mini-seq %s: expected off, auto, or a chunk count from 1 to %d",
+                       o->mini_seq, tokens);
+    shape->mlp_chunks = shape->head_chunks = (int)n;
+    return OZ_OK;
+}
+
 static oz_status check_opts(const oz_train_opts *o, oz_err *err) {
 #define NEED(cond, ...) \
     if (!(cond)) return oz_fail(err, OZ_ERR_INPUT, __VA_ARGS__)
@@ -355,39 +407,53 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
     OZ_TRY(oz_backend_cpu_create(&t->be, o->threads, err));
     t->be_ready = true;
     oz_arena_init(&t->arena, t->be.allocator);
-    oz_llama_shape shape = {o->batch, o->seq, true};
+    oz_llama_shape shape;
+    OZ_TRY(oz_train_model_shape(o, &t->cfg, &shape, err));
     OZ_TRY(oz_llama_create(&t->model, &t->cfg, &t->be, &t->arena, shape, err));
     const oz_param_layout *lay = oz_llama_get_layout(t->model);
     oz_adamw_hparams hp = {o->beta1, o->beta2, o->adam_eps, o->weight_decay};
     OZ_TRY(oz_adamw_create(&t->opt, lay, hp, &t->be, &t->arena, err));
 
     size_t bytes = lay->total * sizeof(float);
-    t->host_params = malloc(bytes);
-    t->host_m = malloc(bytes);
-    t->host_v = malloc(bytes);
     t->inputs = malloc((size_t)o->batch * o->seq * sizeof(int32_t));
     t->targets = malloc((size_t)o->batch * o->seq * sizeof(int32_t));
-    if (!t->host_params || !t->host_m || !t->host_v || !t->inputs || !t->targets)
-        return oz_fail(err, OZ_ERR_NOMEM, "out of memory allocating host staging buffers");
-
+    if (!t->inputs || !t->targets) return oz_fail(err, OZ_ERR_NOMEM, "out of memory allocating batch buffers");
+    /* Weights and moments are loaded (or initialised) in host memory: the backend's own when it is
+     * host-visible, else a temporary staging buffer. */
+    float *host = t->be.host_visible ? oz_llama_params(t->model) : malloc(bytes);
+    if (!host) return oz_fail(err, OZ_ERR_NOMEM, "out of memory staging the weights");
+    oz_status st = OZ_OK;
     if (resume_dir) {
         char path[OZ_PATH_MAX + 64];
-        float *wbuf[1] = {t->host_params};
+        float *wbuf[1] = {host};
         const char *wprefix[1] = {""};
         snprintf(path, sizeof path, "%s/model.safetensors", resume_dir);
-        OZ_TRY(oz_tensors_load(path, lay, wbuf, wprefix, 1, err));
-        float *mbuf[2] = {t->host_m, t->host_v};
+        st = oz_tensors_load(path, lay, wbuf, wprefix, 1, err);
+        if (st == OZ_OK && !t->be.host_visible) t->be.to_device(&t->be, oz_llama_params(t->model), host, bytes);
+        float *mbuf[2] = {t->opt.m, t->opt.v};
+        float *staged[2] = {NULL, NULL};
+        if (st == OZ_OK && !t->be.host_visible) {
+            mbuf[0] = staged[0] = malloc(bytes);
+            mbuf[1] = staged[1] = malloc(bytes);
+            if (!staged[0] || !staged[1]) st = oz_fail(err, OZ_ERR_NOMEM, "out of memory staging the moments");
+        }
         const char *mprefix[2] = {"exp_avg.", "exp_avg_sq."};
         snprintf(path, sizeof path, "%s/optimizer.safetensors", resume_dir);
-        OZ_TRY(oz_tensors_load(path, lay, mbuf, mprefix, 2, err));
-        t->be.to_device(&t->be, t->opt.m, t->host_m, bytes);
-        t->be.to_device(&t->be, t->opt.v, t->host_v, bytes);
+        if (st == OZ_OK) st = oz_tensors_load(path, lay, mbuf, mprefix, 2, err);
+        if (st == OZ_OK && staged[0]) {
+            t->be.to_device(&t->be, t->opt.m, staged[0], bytes);
+            t->be.to_device(&t->be, t->opt.v, staged[1], bytes);
+        }
+        free(staged[0]);
+        free(staged[1]);
         t->opt.step = pos->adam_step;
         oz_dataset_set_cursor(&t->data, &pos->cursor);
     } else {
-        oz_llama_init_params(&t->cfg, lay, t->host_params, o->seed);
+        oz_llama_init_params(&t->cfg, lay, host, o->seed);
+        if (!t->be.host_visible) t->be.to_device(&t->be, oz_llama_params(t->model), host, bytes);
     }
-    t->be.to_device(&t->be, oz_llama_params(t->model), t->host_params, bytes);
+    if (!t->be.host_visible) free(host);
+    OZ_TRY(st);
 
     OZ_TRY(oz_mkdir_p(o->out, err));
     char mpath[OZ_PATH_MAX + 32];

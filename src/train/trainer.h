@@ -16,6 +16,8 @@ typedef struct {
     char out[OZ_PATH_MAX];
     char optim[32];           /* adamw */
     char device[16];          /* cpu */
+    char recompute[16];       /* none | layer */
+    char mini_seq[16];        /* off | auto | N (MLP and LM-head chunk count) */
     int steps, batch, seq, grad_accum;
     float lr, min_lr_ratio;
     int warmup;
@@ -53,6 +55,11 @@ typedef struct {
     size_t peak_total;
     long long params;
 } oz_train_result;
+
+/* The model shape (buffers, recompute, mini-sequence chunk counts) a run with these options uses. */
+#include "model/llama.h"
+oz_status oz_train_model_shape(const oz_train_opts *o, const oz_llama_config *cfg, oz_llama_shape *shape,
+                               oz_err *err);
 
 /* Runs training from opts, or (when resume_dir is non-NULL) continues the run saved in resume_dir
  * (a step-N checkpoint) with its saved settings, to its planned end. */

@@ -1,0 +1,69 @@
+/* `ounce memory`: the planned peak memory of a training run by category, whether it fits a
+ * budget, and the longest sequence that would. Allocates nothing. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "train/plan.h"
+
+static void print_size(const char *label, size_t bytes) {
+    printf("  %-14s %14zu bytes  %10.2f MiB\n", label, bytes, (double)bytes / 1048576.0);
+}
+
+int oz_cmd_memory(int argc, char **argv) {
+    oz_train_opts o;
+    oz_train_opts_default(&o);
+    char budget_text[64] = "";
+    int rank = 0, vocab = 0;
+    bool json = false;
+    oz_arg args[] = {
+        {"model", OZ_ARG_STR, o.model, sizeof o.model, "preset, config.json, or a directory with one [demo]", 0},
+        {"optim", OZ_ARG_STR, o.optim, sizeof o.optim, "optimizer: adamw [adamw]", 0},
+        {"rank", OZ_ARG_INT, &rank, 0, "low-rank optimizers' rank (for GaLore-family optimizers)", 0},
+        {"seq", OZ_ARG_INT, &o.seq, 0, "tokens per sequence [256]", 0},
+        {"batch", OZ_ARG_INT, &o.batch, 0, "sequences per micro-batch [8]", 0},
+        {"vocab", OZ_ARG_INT, &vocab, 0, "override the vocabulary size (presets use theirs)", 0},
+        {"recompute", OZ_ARG_STR, o.recompute, sizeof o.recompute, "none | layer [none]", 0},
+        {"mini-seq", OZ_ARG_STR, o.mini_seq, sizeof o.mini_seq, "off | auto | N [off]", 0},
+        {"device", OZ_ARG_STR, o.device, sizeof o.device, "cpu [cpu]", 0},
+        {"budget", OZ_ARG_STR, budget_text, sizeof budget_text,
+         "memory budget such as 16GiB or 512MiB: report whether the run fits and the longest --seq that does", 0},
+        {"json", OZ_ARG_FLAG, &json, 0, "end with one JSON line with peak_bytes (and fits, max_seq)", 0},
+    };
+    int rc = oz_args_parse("memory", "Predict a training run's peak memory by category without allocating it.", args,
+                           (int)(sizeof args / sizeof args[0]), argc, argv);
+    if (rc) return rc == 1 ? 0 : 2;
+    oz_err err = {0};
+    oz_llama_config cfg;
+    bool is_preset;
+    if (oz_model_resolve(o.model, &cfg, NULL, &is_preset, &err) != OZ_OK) return oz_cli_report("memory", &err);
+    if (vocab > 0) cfg.vocab_size = vocab;
+    size_t budget = 0;
+    if (budget_text[0] && !(budget = oz_parse_bytes(budget_text))) {
+        oz_fail(&err, OZ_ERR_INPUT, "--budget %s: expected a size such as 16GiB, 512MiB or 2e9", budget_text);
+        return oz_cli_report("memory", &err);
+    }
+    (void)rank;
+    oz_train_plan plan;
+    if (oz_train_plan_memory(&cfg, &o, &plan, &err) != OZ_OK) return oz_cli_report("memory", &err);
+    printf("planned peak for %s, %s, batch %d x seq %d, recompute %s, mini-seq %s (MLP %d / head %d chunks), %s:\n",
+           o.model, o.optim, o.batch, o.seq, o.recompute, o.mini_seq, plan.shape.mlp_chunks, plan.shape.head_chunks,
+           o.device);
+    for (int c = 0; c < OZ_MEM_NCATEGORIES; c++) print_size(oz_mem_category_name(c), plan.bytes[c]);
+    print_size("total", plan.total);
+    int max_seq = 0;
+    if (budget) {
+        max_seq = oz_train_plan_max_seq(&cfg, &o, budget, 1 << 22);
+        printf("budget %.2f GiB: %s; the longest sequence that fits at batch %d is %d tokens\n",
+               (double)budget / 1073741824.0, plan.total <= budget ? "fits" : "does NOT fit", o.batch, max_seq);
+    }
+    if (json) {
+        printf("{\"peak_bytes\":{");
+        for (int c = 0; c < OZ_MEM_NCATEGORIES; c++) printf("\"%s\":%zu,", oz_mem_category_name(c), plan.bytes[c]);
+        printf("\"total\":%zu}", plan.total);
+        if (budget) printf(",\"budget\":%zu,\"fits\":%s,\"max_seq\":%d", budget, plan.total <= budget ? "true" : "false", max_seq);
+        printf("}\n");
+    }
+    return 0;
+}

@@ -1,0 +1,67 @@
+/* Memory planner: model buffers (oz_llama_plan_memory) + optimizer state. */
+#include "train/plan.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "optim/adamw.h"
+
+oz_status oz_train_plan_memory(const oz_llama_config *cfg, const oz_train_opts *o, oz_train_plan *plan,
+                               oz_err *err) {
+    memset(plan, 0, sizeof *plan);
+    if (strcmp(o->device, "cpu") != 0)
+        return oz_fail(err, OZ_ERR_INPUT, "--device %s: only the CPU backend exists so far (cpu)", o->device);
+    if (o->batch <= 0 || o->seq <= 1)
+        return oz_fail(err, OZ_ERR_INPUT, "--batch must be positive and --seq at least 2 (got %d, %d)", o->batch,
+                       o->seq);
+    oz_llama_config c = *cfg;
+    if (c.max_position_embeddings < o->seq) c.max_position_embeddings = o->seq; /* as the trainer does for presets */
+    OZ_TRY(oz_train_model_shape(o, &c, &plan->shape, err));
+    oz_llama_plan mp;
+    OZ_TRY(oz_llama_plan_memory(&c, plan->shape, &mp, err));
+    memcpy(plan->bytes, mp.bytes, sizeof plan->bytes);
+    oz_param_layout lay;
+    OZ_TRY(oz_param_layout_build(&c, &lay, err));
+    size_t total_floats = lay.total;
+    oz_param_layout_free(&lay);
+    if (strcmp(o->optim, "adamw") == 0) {
+        plan->bytes[OZ_MEM_OPTIM] += oz_adamw_state_bytes(total_floats);
+    } else {
+        return oz_fail(err, OZ_ERR_INPUT, "--optim %s is not available (choose: adamw)", o->optim);
+    }
+    for (int i = 0; i < OZ_MEM_NCATEGORIES; i++) plan->total += plan->bytes[i];
+    return OZ_OK;
+}
+
+int oz_train_plan_max_seq(const oz_llama_config *cfg, const oz_train_opts *o, size_t budget, int limit) {
+    oz_train_opts probe = *o;
+    int lo = 0, hi = limit; /* invariant: lo fits (or is 0), anything > hi does not matter */
+    while (lo < hi) {
+        int mid = lo + (hi - lo + 1) / 2;
+        probe.seq = mid;
+        oz_train_plan p;
+        oz_err err = {0};
+        bool fits = mid >= 2 && oz_train_plan_memory(cfg, &probe, &p, &err) == OZ_OK && p.total <= budget;
+        if (fits) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo >= 2 ? lo : 0;
+}
+
+size_t oz_parse_bytes(const char *text) {
+    char *end;
+    double v = strtod(text, &end);
+    if (end == text || !(v > 0) || !isfinite(v)) return 0;
+    while (isspace((unsigned char)*end)) end++;
+    static const struct {
+        const char *suffix;
+        double mult;
+    } units[] = {{"", 1},          {"B", 1},          {"K", 1024.0},     {"KiB", 1024.0},   {"KB", 1e3},
+                 {"M", 1048576.0}, {"MiB", 1048576.0}, {"MB", 1e6},     {"G", 1073741824.0}, {"GiB", 1073741824.0},
+                 {"GB", 1e9},      {"T", 1099511627776.0}, {"TiB", 1099511627776.0}, {"TB", 1e12}};
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (strcmp(end, units[i].suffix) == 0) return (size_t)(v * units[i].mult);
+    return 0;
+}
