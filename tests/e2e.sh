@@ -69,9 +69,37 @@ check "eval --text" sh -c "$OUNCE eval --model '$T/run1' --text '$T/text.txt' --
 check "tokenize" sh -c "$OUNCE tokenize --model '$T/run1' --text '$T/text.txt' | grep -q '^84 104 101 32 113'"
 check "sample" sh -c "$OUNCE sample --model '$T/run1' --prompt 'The ' --tokens 20 --seed 2 | grep -q '^The '"
 check "sample is reproducible" sh -c "[ \"\$($OUNCE sample --model '$T/run1' --tokens 30 --seed 5)\" = \"\$($OUNCE sample --model '$T/run1' --tokens 30 --seed 5)\" ]"
-for cmd in prepare train eval sample tokenize; do
+for cmd in prepare train eval sample tokenize memory; do
     check "$cmd --help" sh -c "$OUNCE $cmd --help | grep -q 'usage: ounce $cmd'"
 done
+
+# --- recompute and mini-sequences: same losses as the plain run (fp32 rounding aside); the
+# planner's prediction equals the measured peak for each combination
+for combo in "none off" "layer off" "none 3" "layer auto"; do
+    set -- $combo
+    check "train --recompute $1 --mini-seq $2" sh -c "$OUNCE train --data '$T/data' --out '$T/rc' $TRAIN --steps 5 --eval-every 0 --seed 3 --recompute $1 --mini-seq $2 --json >'$T/rc.log'"
+    loss=$(losses 5 5 "$T/rc/metrics.jsonl" | awk '{print $2}')
+    [ -z "${ref_loss:-}" ] && ref_loss=$loss
+    check "same loss with --recompute $1 --mini-seq $2 ($loss vs $ref_loss)" awk -v a="$loss" -v b="$ref_loss" 'BEGIN{d=a-b; if(d<0)d=-d; exit !(d < 1e-4)}'
+    $OUNCE memory --model tiny --vocab 258 --batch 4 --seq 64 --recompute $1 --mini-seq $2 --json | tail -n 1 | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/planned"
+    tail -n 1 "$T/rc.log" | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/measured"
+    check "planned peak equals measured (--recompute $1 --mini-seq $2)" cmp -s "$T/planned" "$T/measured"
+done
+# --- every optimizer: bit-exact resume, and the planned peak equals the measured one
+for opt in adamw8bit galore galore8bit; do
+    GAL="--optim $opt --rank 8 --update-gap 7 --subspace randomized"
+    check "$opt: checkpointed run" sh -c "$OUNCE train --data '$T/data' --out '$T/o_$opt' $TRAIN --steps 20 --eval-every 0 --seed 4 $GAL --save-every 10 --json >'$T/o.log'"
+    cp "$T/o_$opt/model.safetensors" "$T/o_full.safetensors"
+    check "$opt: resume from step-10" sh -c "$OUNCE train --resume '$T/o_$opt/step-10' >/dev/null"
+    check "$opt: resumed weights are bit-identical" cmp -s "$T/o_full.safetensors" "$T/o_$opt/model.safetensors"
+    $OUNCE memory --model tiny --vocab 258 --batch 4 --seq 64 $GAL --json | tail -n 1 | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/planned"
+    tail -n 1 "$T/o.log" | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/measured"
+    check "$opt: planned peak equals measured" cmp -s "$T/planned" "$T/measured"
+done
+check "memory --budget reports fit and longest sequence" sh -c "$OUNCE memory --model 60m --batch 1 --seq 1024 --recompute layer --mini-seq auto --budget 2GiB --json | tail -n 1 | grep -q '\"fits\":true,\"max_seq\":[0-9]'"
+expect_error "bad --mini-seq" "mini-seq" $OUNCE train --data "$T/data" --out "$T/x" --model tiny --mini-seq lots
+expect_error "bad --recompute" "recompute" $OUNCE train --data "$T/data" --out "$T/x" --model tiny --recompute sometimes
+expect_error "bad --budget" "budget" $OUNCE memory --model 60m --budget lots
 
 # --- bad input: one clear line, exit code 2, nothing good destroyed
 expect_error "missing data" "no such\|not found\|does not exist\|cannot" $OUNCE train --data "$T/nope" --out "$T/x"

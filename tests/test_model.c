@@ -9,7 +9,7 @@
 #include "harness.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
-#include "optim/adamw.h"
+#include "optim/optimizer.h"
 #include "optim/schedule.h"
 #include "util/rng.h"
 
@@ -322,23 +322,29 @@ static void test_adamw_lowers_loss(void) {
     tiny_setup(&tm, false);
     if (!tm.m) return;
     oz_err err = {0};
-    oz_adamw opt;
-    oz_adamw_hparams hp = {0.9f, 0.95f, 1e-8f, 0.0f};
-    CHECK(oz_adamw_create(&opt, oz_llama_get_layout(tm.m), hp, &tm.be, &tm.arena, &err) == OZ_OK, "%s", err.msg);
-    CHECK(tm.arena.current[OZ_MEM_OPTIM] == oz_adamw_state_bytes(oz_llama_get_layout(tm.m)->total),
-          "optimizer bytes %zu differ from the formula", tm.arena.current[OZ_MEM_OPTIM]);
+    oz_optim_config oc = {.kind = OZ_OPTIM_ADAMW, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f};
+    oz_optimizer *opt = NULL;
+    const oz_param_layout *lay = oz_llama_get_layout(tm.m);
+    CHECK(oz_optimizer_create(&opt, &oc, lay, &tm.be, &tm.arena, &err) == OZ_OK, "%s", err.msg);
+    if (!opt) return;
+    size_t numel = 0;
+    for (int i = 0; i < lay->n; i++) numel += lay->params[i].numel;
+    CHECK(tm.arena.current[OZ_MEM_OPTIM] == 2 * numel * sizeof(float),
+          "AdamW state is %zu bytes, the formula 2 x 4 x %zu", tm.arena.current[OZ_MEM_OPTIM], numel);
     double first = tiny_loss(&tm), last = first;
     oz_llama_batch b = {tm.ids, tm.targets, 2, 7, NULL};
     for (int step = 0; step < 60; step++) {
         double s;
         long c;
         oz_llama_zero_grads(tm.m);
+        oz_optimizer_begin_step(opt, step);
         oz_llama_forward_backward(tm.m, &b, 1.0f / 13, &s, &c, &err);
-        oz_adamw_update(&opt, &tm.be, oz_llama_params(tm.m), oz_llama_grads(tm.m), 1e-2f, 1.0f);
+        for (int i = 0; i < lay->n; i++) oz_optimizer_consume(opt, i, oz_llama_grad(tm.m, i), false, &err);
+        oz_optimizer_apply(opt, oz_llama_params(tm.m), 1e-2f, 1.0f);
         last = s / c;
     }
     CHECK(last < 0.3 * first, "loss went from %.4f to only %.4f", first, last);
-    oz_adamw_destroy(&opt, &tm.arena);
+    oz_optimizer_destroy(opt);
     tiny_teardown(&tm);
 }
 
@@ -385,7 +391,14 @@ static void test_recompute_and_mini_sequences(void) {
             for (size_t j = 0; j < lay.params[i].numel; j++) init[lay.params[i].offset + j] = 1.0f;
     int auto_mlp, auto_head;
     oz_llama_mini_seq_auto(&c, N, &auto_mlp, &auto_head);
-    CHECK(auto_mlp == 2 && auto_head == 4, "auto rule gave %d MLP / %d head chunks for 18 tokens", auto_mlp, auto_head);
+    CHECK(auto_mlp == 1 && auto_head == 1, "auto rule gave %d MLP / %d head chunks for 18 tokens", auto_mlp, auto_head);
+    oz_llama_config big;
+    oz_llama_preset("llama3-8b", &big);
+    int m8, h8;
+    oz_llama_mini_seq_auto(&big, 60000, &m8, &h8);
+    CHECK(m8 == 15 && h8 == 32, "auto rule for llama3-8b at 60K tokens gave %d / %d (MsT: 15 / 32)", m8, h8);
+    oz_llama_mini_seq_auto(&big, 1024, &m8, &h8);
+    CHECK(m8 == 1 && h8 == 4, "auto rule for 1024 tokens gave %d / %d (floor of 256 rows: 1 / 4)", m8, h8);
     const int counts[][2] = {{0, 0}, {1, 1}, {2, 2}, {3, 3}, {7, 7}, {4, 5}, {auto_mlp, auto_head}};
     double ref_loss = 0;
     for (int recompute = 0; recompute <= 1; recompute++) {

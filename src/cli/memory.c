@@ -15,12 +15,17 @@ int oz_cmd_memory(int argc, char **argv) {
     oz_train_opts o;
     oz_train_opts_default(&o);
     char budget_text[64] = "";
-    int rank = 0, vocab = 0;
+    int vocab = 0;
     bool json = false;
     oz_arg args[] = {
         {"model", OZ_ARG_STR, o.model, sizeof o.model, "preset, config.json, or a directory with one [demo]", 0},
-        {"optim", OZ_ARG_STR, o.optim, sizeof o.optim, "optimizer: adamw [adamw]", 0},
-        {"rank", OZ_ARG_INT, &rank, 0, "low-rank optimizers' rank (for GaLore-family optimizers)", 0},
+        {"optim", OZ_ARG_STR, o.optim, sizeof o.optim, "optimizer: adamw, adamw8bit, galore, galore8bit [adamw]", 0},
+        {"rank", OZ_ARG_INT, &o.rank, 0, "GaLore rank [128]", 0},
+        {"proj-type", OZ_ARG_STR, o.proj_type, sizeof o.proj_type, "GaLore projection type [std]", 0},
+        {"update-gap", OZ_ARG_INT, &o.update_gap, 0, "GaLore refresh interval (no effect on memory) [200]", 0},
+        {"galore-targets", OZ_ARG_STR, o.galore_targets, sizeof o.galore_targets, "attn,mlp | attn | mlp [attn,mlp]", 0},
+        {"subspace", OZ_ARG_STR, o.subspace, sizeof o.subspace, "svd | randomized (its workspace counts) [randomized]", 0},
+        {"per-layer-update", OZ_ARG_STR, o.per_layer_update, sizeof o.per_layer_update, "auto | on | off [auto]", 0},
         {"seq", OZ_ARG_INT, &o.seq, 0, "tokens per sequence [256]", 0},
         {"batch", OZ_ARG_INT, &o.batch, 0, "sequences per micro-batch [8]", 0},
         {"vocab", OZ_ARG_INT, &vocab, 0, "override the vocabulary size (presets use theirs)", 0},
@@ -44,7 +49,6 @@ int oz_cmd_memory(int argc, char **argv) {
         oz_fail(&err, OZ_ERR_INPUT, "--budget %s: expected a size such as 16GiB, 512MiB or 2e9", budget_text);
         return oz_cli_report("memory", &err);
     }
-    (void)rank;
     oz_train_plan plan;
     if (oz_train_plan_memory(&cfg, &o, &plan, &err) != OZ_OK) return oz_cli_report("memory", &err);
     printf("planned peak for %s, %s, batch %d x seq %d, recompute %s, mini-seq %s (MLP %d / head %d chunks), %s:\n",

@@ -111,6 +111,7 @@ struct oz_llama {
     oz_arena *arena;
     oz_llama_shape shape;
     float *params, *grads;
+    float *layer_grads, *outer_grads; /* per-layer mode: one layer's gradients; embedding + tail */
     float *rope_cos, *rope_sin; /* (rope_len, hd/2) */
     int rope_len;
     int32_t *ids, *targets;     /* (N) in backend memory */
@@ -135,6 +136,15 @@ const oz_llama_config *oz_llama_get_config(const oz_llama *m) { return &m->cfg; 
 const oz_param_layout *oz_llama_get_layout(const oz_llama *m) { return &m->layout; }
 float *oz_llama_params(oz_llama *m) { return m->params; }
 float *oz_llama_grads(oz_llama *m) { return m->grads; }
+
+float *oz_llama_grad(oz_llama *m, int index) {
+    const oz_param_info *p = &m->layout.params[index];
+    if (m->grads) return m->grads + p->offset;
+    if (!m->outer_grads) return NULL;
+    if (p->layer >= 0) return m->layer_grads + (p->offset - m->layout.layer_begin - (size_t)p->layer * m->layout.layer_stride);
+    size_t layers_end = m->layout.layer_begin + (size_t)m->cfg.num_hidden_layers * m->layout.layer_stride;
+    return m->outer_grads + (p->offset < m->layout.layer_begin ? p->offset : p->offset - (layers_end - m->layout.layer_begin));
+}
 void oz_llama_set_grad_hook(oz_llama *m, oz_grad_hook hook, void *user) {
     m->hook = hook;
     m->hook_user = user;
@@ -142,12 +152,17 @@ void oz_llama_set_grad_hook(oz_llama *m, oz_grad_hook hook, void *user) {
 
 void oz_llama_mini_seq_auto(const oz_llama_config *cfg, int tokens, int *mlp_chunks, int *head_chunks) {
     int d = cfg->hidden_size;
+    /* MsT's rule, with a floor on the chunk length: below a few hundred rows a chunk's GEMM stops
+     * being compute-bound (the weight is re-read per chunk), and the rule would cut a 256-token
+     * batch of a 32000-vocabulary model into 63 chunks of 4 rows. */
+    int most = tokens / OZ_MINI_SEQ_MIN_ROWS;
+    if (most < 1) most = 1;
     *mlp_chunks = (tokens + d - 1) / d;
     *head_chunks = (cfg->vocab_size + d - 1) / d;
+    if (*mlp_chunks > most) *mlp_chunks = most;
+    if (*head_chunks > most) *head_chunks = most;
     if (*mlp_chunks < 1) *mlp_chunks = 1;
     if (*head_chunks < 1) *head_chunks = 1;
-    if (*mlp_chunks > tokens) *mlp_chunks = tokens;
-    if (*head_chunks > tokens) *head_chunks = tokens;
 }
 
 static int ceil_div(int a, int b) { return (a + b - 1) / b; }
@@ -192,7 +207,12 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
                   (c->head_dim / 2);
 
     want(bl, &m->params, OZ_MEM_WEIGHTS, F32(m->layout.total), "weights");
-    if (s->with_grads) want(bl, &m->grads, OZ_MEM_GRADS, F32(m->layout.total), "gradients");
+    if (s->with_grads && !s->per_layer_grads) want(bl, &m->grads, OZ_MEM_GRADS, F32(m->layout.total), "gradients");
+    if (s->with_grads && s->per_layer_grads) {
+        size_t layers = (size_t)L * m->layout.layer_stride;
+        want(bl, &m->layer_grads, OZ_MEM_GRADS, F32(m->layout.layer_stride), "one layer's gradients");
+        want(bl, &m->outer_grads, OZ_MEM_GRADS, F32(m->layout.total - layers), "embedding/head gradients");
+    }
     want(bl, &m->rope_cos, OZ_MEM_SCRATCH, F32(rope), "RoPE cos table");
     want(bl, &m->rope_sin, OZ_MEM_SCRATCH, F32(rope), "RoPE sin table");
     want(bl, &m->ids, OZ_MEM_ACTIVATIONS, 2 * N * sizeof(int32_t), "token ids");
@@ -367,6 +387,9 @@ void oz_llama_destroy(oz_llama *m) {
 
 void oz_llama_zero_grads(oz_llama *m) {
     if (m->grads) m->be->fill(m->be, m->grads, 0.0f, m->layout.total);
+    if (m->outer_grads)
+        m->be->fill(m->be, m->outer_grads, 0.0f,
+                    m->layout.total - (size_t)m->cfg.num_hidden_layers * m->layout.layer_stride);
 }
 
 /* Pointers to layer l's tensors inside a flat buffer (weights or gradients). */
@@ -377,6 +400,18 @@ static layer_weights layer_tensors(const oz_llama *m, const float *base, int l) 
                        base + p[8].offset};
     return w;
 }
+
+/* Pointers to layer l's gradient tensors (in the full buffer, or the per-layer one). */
+static layer_weights layer_grad_tensors(oz_llama *m, int l) {
+    int i = 1 + 9 * l;
+    layer_weights w = {oz_llama_grad(m, i), oz_llama_grad(m, i + 1), oz_llama_grad(m, i + 2),
+                       oz_llama_grad(m, i + 3), oz_llama_grad(m, i + 4), oz_llama_grad(m, i + 5),
+                       oz_llama_grad(m, i + 6), oz_llama_grad(m, i + 7), oz_llama_grad(m, i + 8)};
+    return w;
+}
+
+static int lm_head_index(const oz_llama *m) { return m->cfg.tie_word_embeddings ? 0 : m->layout.n - 1; }
+static int final_norm_index(const oz_llama *m) { return m->layout.n - (m->cfg.tie_word_embeddings ? 1 : 2); }
 
 static const float *lm_head_of(const oz_llama *m, const float *base) {
     const oz_param_info *last = &m->layout.params[m->layout.n - 1];
@@ -483,7 +518,8 @@ static void mlp_backward_rows(oz_llama *m, const layer_weights *w, const layer_w
 static void layer_backward(oz_llama *m, int l, layer_acts *a, const dims *g) {
     oz_backend *be = m->be;
     layer_weights w = layer_tensors(m, m->params, l);
-    layer_weights gw = layer_tensors(m, m->grads, l);
+    layer_weights gw = layer_grad_tensors(m, l);
+    if (m->layer_grads) be->fill(be, m->layer_grads, 0.0f, m->layout.layer_stride);
     int N = g->N, d = g->d, F = g->F, qd = g->qd, kvd = g->kvd;
     if (m->shape.mlp_chunks == 0) {
         mlp_backward_rows(m, &w, &gw, a->ln2, m->dx, m->dln, a->gate, a->up, a->mlp, N, g);
@@ -542,7 +578,7 @@ static oz_status head_forward(oz_llama *m, const oz_llama_batch *b, float grad_s
         be->cross_entropy(be, m->logits, m->losses + r0, m->targets + r0, rows, V, grad_scale);
         if (grad_scale != 0.0f) {
             be->gemm(be, 0, 0, rows, d, V, 1.0f, m->logits, V, head, d, 0.0f, m->dln + (size_t)r0 * d, d);
-            be->gemm(be, 1, 0, V, d, rows, 1.0f, m->logits, V, xin, d, 1.0f, (float *)lm_head_of(m, m->grads), d);
+            be->gemm(be, 1, 0, V, d, rows, 1.0f, m->logits, V, xin, d, 1.0f, oz_llama_grad(m, lm_head_index(m)), d);
         }
     }
     long count = 0;
@@ -582,7 +618,8 @@ oz_status oz_llama_forward(oz_llama *m, const oz_llama_batch *b, double *loss_su
 
 oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float grad_scale,
                                     double *loss_sum, long *n_targets, oz_err *err) {
-    if (!m->grads) return oz_fail(err, OZ_ERR_INTERNAL, "model was created without gradient buffers");
+    if (!m->grads && !m->outer_grads)
+        return oz_fail(err, OZ_ERR_INTERNAL, "model was created without gradient buffers");
     if (!b->targets) return oz_fail(err, OZ_ERR_INTERNAL, "backward needs targets");
     if (grad_scale == 0.0f) return oz_fail(err, OZ_ERR_INTERNAL, "backward needs a non-zero grad_scale");
     OZ_TRY(forward(m, b, grad_scale, loss_sum, n_targets, err));
@@ -591,7 +628,7 @@ oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float 
     dims g = dims_of(m, b->B, b->T);
     /* The head's part ran inside the forward: m->dln holds dL/d(final norm output). */
     be->fill(be, m->dx, 0.0f, (size_t)g.N * g.d);
-    be->rmsnorm_bwd(be, m->dx, (float *)final_norm_of(m, m->grads), m->dln, m->xs[g.L],
+    be->rmsnorm_bwd(be, m->dx, oz_llama_grad(m, final_norm_index(m)), m->dln, m->xs[g.L],
                     final_norm_of(m, m->params), m->rstdf, g.N, g.d);
     for (int l = g.L - 1; l >= 0; l--) {
         layer_acts *a = &m->acts[l];
@@ -604,7 +641,7 @@ oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float 
         layer_backward(m, l, a, &g);
         if (m->hook) m->hook(m->hook_user, l);
     }
-    be->embedding_bwd(be, m->grads, m->dx, m->ids, g.N, g.d, g.V);
+    be->embedding_bwd(be, oz_llama_grad(m, 0), m->dx, m->ids, g.N, g.d, g.V);
     if (m->hook) m->hook(m->hook_user, -1);
     return OZ_OK;
 }

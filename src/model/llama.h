@@ -73,7 +73,12 @@ typedef struct oz_llama oz_llama;
 
 typedef struct {
     int batch, seq;               /* activation buffers are sized for these */
-    bool with_grads;              /* allocate the full gradient buffer */
+    bool with_grads;              /* allocate gradient buffers */
+    /* With with_grads: instead of a full-model gradient buffer, one layer's worth (reused by every
+     * layer, zeroed before each layer's backward) plus the embedding/final-norm/head gradients.
+     * A layer's gradients are only valid inside its grad hook: per-layer optimizers consume them
+     * there. */
+    bool per_layer_grads;
     bool recompute;               /* keep only each layer's input; recompute the layer in backward */
     /* Mini-sequences (MsT): 0 = off. Otherwise the MLP runs over mlp_chunks chunks of the B*T
      * tokens (its intermediates are recomputed chunk by chunk in backward, never stored for all
@@ -83,7 +88,9 @@ typedef struct {
 } oz_llama_shape;
 
 /* MsT's rule for --mini-seq auto: MLP chunks of about hidden_size tokens, ceil(vocab/hidden)
- * LM-head chunks (so a logits chunk is about the size of the hidden states). */
+ * LM-head chunks (so a logits chunk is about the size of the hidden states), but no chunk shorter
+ * than OZ_MINI_SEQ_MIN_ROWS tokens (fewer chunks instead). */
+#define OZ_MINI_SEQ_MIN_ROWS 256
 void oz_llama_mini_seq_auto(const oz_llama_config *cfg, int tokens, int *mlp_chunks, int *head_chunks);
 
 /* Bytes the model would allocate, by arena category, without allocating anything: the same
@@ -107,7 +114,10 @@ void oz_llama_destroy(oz_llama *model);
 const oz_llama_config *oz_llama_get_config(const oz_llama *model);
 const oz_param_layout *oz_llama_get_layout(const oz_llama *model);
 float *oz_llama_params(oz_llama *model);  /* backend memory, layout->total floats */
-float *oz_llama_grads(oz_llama *model);   /* NULL without with_grads */
+float *oz_llama_grads(oz_llama *model);   /* the full gradient buffer; NULL without it (per-layer mode) */
+/* Gradient of parameter `index` (layout order): in per-layer mode a layer tensor's gradient is only
+ * valid inside that layer's grad hook. */
+float *oz_llama_grad(oz_llama *model, int index);
 
 /* Forward over ids (B,T) with the model's batch/seq (B <= shape.batch, T <= shape.seq).
  * With targets, returns the mean cross-entropy over targets >= 0 in *loss and (if want_logits is

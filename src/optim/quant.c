@@ -60,6 +60,20 @@ uint8_t oz_q8_nearest(float y, const float map[256]) {
     return (uint8_t)j;
 }
 
+uint8_t oz_q8_encode(float y, const float map[256]) {
+    unsigned c = oz_q8_nearest(y, map);
+    /* A second moment stored as 0 under a nonzero first moment makes the next step divide by
+     * eps alone (the "zero-point problem" of low-bit Adam states): keep nonzero values off the
+     * zero code. The loops stop within two steps for the maps built here. */
+    if (map[c] == 0.0f && y != 0.0f) {
+        if (y > 0.0f)
+            while (c < 255 && map[c] <= 0.0f) c++;
+        else
+            while (c > 0 && map[c] >= 0.0f) c--;
+    }
+    return (uint8_t)c;
+}
+
 size_t oz_q8_blocks(size_t n) { return (n + OZ_Q8_BLOCK - 1) / OZ_Q8_BLOCK; }
 
 size_t oz_q8_state_bytes(size_t n) { return 2 * (n + sizeof(float) * oz_q8_blocks(n)); }
@@ -75,7 +89,7 @@ static void q8_block(const float *x, size_t len, const float map[256], uint8_t *
     const float a = absmax_of(x, len);
     *absmax = a;
     if (a > 0.0f) {
-        for (size_t i = 0; i < len; i++) codes[i] = oz_q8_nearest(x[i] / a, map);
+        for (size_t i = 0; i < len; i++) codes[i] = oz_q8_encode(x[i] / a, map);
     } else {
         /* 0/0 would be NaN; an all-zero block is the zero code everywhere. */
         memset(codes, oz_q8_nearest(0.0f, map), len);

@@ -35,9 +35,15 @@
  *    map[255] = +1 and both map[127] and map[128] are 0 (the "-0" code). The quantizer emits 127
  *    for 0 and never emits 128 (which still decodes to 0). Largest gap 0.9/64.
  * Quantize: per block absmax = max |x| (0 for an all-zero block); y = x / absmax (y = 0 when
- * absmax == 0); code = oz_q8_nearest(y, map): the index of the map value nearest to y, found by
- * binary search for j = the first index with map[j] >= y (255 if none), then taking j - 1 when
- * j > 0 and (y - map[j-1]) <= (map[j] - y) in fp32: ties go to the lower index.
+ * absmax == 0); code = oz_q8_encode(y, map), which is
+ *   c = oz_q8_nearest(y, map): the index of the map value nearest to y, found by binary search
+ *       for j = the first index with map[j] >= y (255 if none), then taking j - 1 when j > 0 and
+ *       (y - map[j-1]) <= (map[j] - y) in fp32: ties go to the lower index;
+ *   then, if map[c] == 0 but y != 0, c moves to the nonzero code of y's sign closest to 0
+ *       (signed: 129 or 126; unsigned: 1). So zero is stored only for zero, and a nonzero second
+ *       moment is never read back as 0: with m != 0 that would make the next step divide by eps
+ *       alone (measured: parameters jumping by 100 x lr on a quadratic). The error stays within
+ *       half the largest gap, since the smallest nonzero magnitude (1e-6, 1e-7) is below it.
  * Dequantize: x = map[code] * absmax.
  * Storage for n elements: n code bytes + oz_q8_blocks(n) floats of absmax.
  *
@@ -82,6 +88,9 @@ void oz_q8_map_signed(float map[256]);
 void oz_q8_map_unsigned(float map[256]);
 /* Index of the map value nearest to y (rule in the file comment). */
 uint8_t oz_q8_nearest(float y, const float map[256]);
+/* The code the quantizer stores: oz_q8_nearest, except that a nonzero y never gets a zero code
+ * (it takes the nonzero code of its sign closest to 0). */
+uint8_t oz_q8_encode(float y, const float map[256]);
 size_t oz_q8_blocks(size_t n); /* ceil(n / OZ_Q8_BLOCK) */
 /* codes: (n), absmax: (oz_q8_blocks(n)) */
 void oz_q8_quantize(const float *x, size_t n, const float map[256], uint8_t *codes, float *absmax);

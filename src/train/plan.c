@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "optim/adamw.h"
+#include "optim/optimizer.h"
 
 oz_status oz_train_plan_memory(const oz_llama_config *cfg, const oz_train_opts *o, oz_train_plan *plan,
                                oz_err *err) {
@@ -22,15 +22,14 @@ oz_status oz_train_plan_memory(const oz_llama_config *cfg, const oz_train_opts *
     oz_llama_plan mp;
     OZ_TRY(oz_llama_plan_memory(&c, plan->shape, &mp, err));
     memcpy(plan->bytes, mp.bytes, sizeof plan->bytes);
+    oz_optim_config oc;
+    OZ_TRY(oz_train_optim_config(o, &oc, err));
     oz_param_layout lay;
     OZ_TRY(oz_param_layout_build(&c, &lay, err));
-    size_t total_floats = lay.total;
+    size_t opt_bytes[OZ_MEM_NCATEGORIES];
+    oz_optimizer_plan(&oc, &lay, opt_bytes);
     oz_param_layout_free(&lay);
-    if (strcmp(o->optim, "adamw") == 0) {
-        plan->bytes[OZ_MEM_OPTIM] += oz_adamw_state_bytes(total_floats);
-    } else {
-        return oz_fail(err, OZ_ERR_INPUT, "--optim %s is not available (choose: adamw)", o->optim);
-    }
+    for (int i = 0; i < OZ_MEM_NCATEGORIES; i++) plan->bytes[i] += opt_bytes[i];
     for (int i = 0; i < OZ_MEM_NCATEGORIES; i++) plan->total += plan->bytes[i];
     return OZ_OK;
 }

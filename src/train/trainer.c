@@ -22,7 +22,8 @@
 #include "io/atomic.h"
 #include "io/checkpoint.h"
 #include "model/llama.h"
-#include "optim/adamw.h"
+#include "optim/optimizer.h"
+#include "optim/subspace.h"
 #include "optim/schedule.h"
 
 void oz_train_opts_default(oz_train_opts *o) {
@@ -32,6 +33,14 @@ void oz_train_opts_default(oz_train_opts *o) {
     snprintf(o->device, sizeof o->device, "cpu");
     snprintf(o->recompute, sizeof o->recompute, "none");
     snprintf(o->mini_seq, sizeof o->mini_seq, "off");
+    o->rank = 128;
+    o->update_gap = 200;
+    o->galore_scale = 0.25f;
+    snprintf(o->proj_type, sizeof o->proj_type, "std");
+    snprintf(o->moments_at_switch, sizeof o->moments_at_switch, "keep");
+    snprintf(o->subspace, sizeof o->subspace, "randomized");
+    snprintf(o->galore_targets, sizeof o->galore_targets, "attn,mlp");
+    snprintf(o->per_layer_update, sizeof o->per_layer_update, "auto");
     o->steps = 1000;
     o->batch = 8;
     o->seq = 256;
@@ -63,10 +72,12 @@ static double now_s(void) {
 
 #define OPT_INT_FIELDS(X)                                                                             \
     X(steps) X(batch) X(seq) X(grad_accum) X(warmup) X(eval_every) X(eval_batches) X(save_every)     \
-        X(keep) X(log_every) X(threads)
+        X(keep) X(log_every) X(threads) X(rank) X(update_gap)
 #define OPT_FLOAT_FIELDS(X) \
-    X(lr) X(min_lr_ratio) X(weight_decay) X(clip) X(beta1) X(beta2) X(adam_eps)
-#define OPT_STR_FIELDS(X) X(data) X(model) X(out) X(optim) X(device) X(recompute) X(mini_seq)
+    X(lr) X(min_lr_ratio) X(weight_decay) X(clip) X(beta1) X(beta2) X(adam_eps) X(galore_scale)
+#define OPT_STR_FIELDS(X)                                                                          \
+    X(data) X(model) X(out) X(optim) X(device) X(recompute) X(mini_seq) X(proj_type) X(moments_at_switch) \
+        X(subspace) X(galore_targets) X(per_layer_update)
 
 static cJSON *opts_to_json(const oz_train_opts *o) {
     cJSON *j = cJSON_CreateObject();
@@ -195,7 +206,11 @@ typedef struct {
     bool be_ready;
     oz_arena arena;
     oz_llama *model;
-    oz_adamw opt;
+    oz_optimizer *opt;
+    bool per_layer;
+    int micro;                 /* current micro-batch, for the grad hook */
+    oz_status hook_status;     /* first failure inside the grad hook */
+    oz_err hook_err;
     oz_dataset data;
     bool data_ready;
     float *host_params, *host_m, *host_v; /* staging for saves (host memory) */
@@ -211,23 +226,15 @@ static oz_status host_views(trainer *t, const float **params, const float **m, c
     size_t bytes = lay->total * sizeof(float);
     if (t->be.host_visible) {
         *params = oz_llama_params(t->model);
-        *m = t->opt.m;
-        *v = t->opt.v;
+        *m = *v = NULL;
         return OZ_OK;
     }
+    (void)with_optimizer;
     if (!t->host_params) t->host_params = malloc(bytes);
-    if (with_optimizer && !t->host_m) t->host_m = malloc(bytes);
-    if (with_optimizer && !t->host_v) t->host_v = malloc(bytes);
-    if (!t->host_params || (with_optimizer && (!t->host_m || !t->host_v)))
-        return oz_fail(err, OZ_ERR_NOMEM, "out of memory staging a checkpoint");
+    if (!t->host_params) return oz_fail(err, OZ_ERR_NOMEM, "out of memory staging a checkpoint");
     t->be.to_host(&t->be, t->host_params, oz_llama_params(t->model), bytes);
-    if (with_optimizer) {
-        t->be.to_host(&t->be, t->host_m, t->opt.m, bytes);
-        t->be.to_host(&t->be, t->host_v, t->opt.v, bytes);
-    }
     *params = t->host_params;
-    *m = t->host_m;
-    *v = t->host_v;
+    *m = *v = NULL;
     return OZ_OK;
 }
 
@@ -238,11 +245,11 @@ static oz_status save_checkpoint(trainer *t, const char *dir, const run_position
     OZ_TRY(host_views(t, &params, &m, &v, with_optimizer, err));
     OZ_TRY(oz_model_save(dir, &t->cfg, t->tokenizer, lay, params, err));
     char path[OZ_PATH_MAX + 64];
+    (void)m;
+    (void)v;
     if (with_optimizer) {
-        const float *bufs[2] = {m, v};
-        const char *prefixes[2] = {"exp_avg.", "exp_avg_sq."};
         snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-        OZ_TRY(oz_tensors_save(path, lay, bufs, prefixes, 2, err));
+        OZ_TRY(oz_optimizer_save(t->opt, path, err));
     }
     snprintf(path, sizeof path, "%s/trainer_state.json", dir);
     return state_write(path, &t->opts, pos, t->tokenizer, err);
@@ -322,12 +329,68 @@ static oz_status evaluate(trainer *t, double *val_loss, long *val_tokens, oz_err
 
 /* ------------------------------------------------------------------ setup */
 
+/* Per-layer mode: a layer's gradients go to the optimizer the moment the layer's backward is done
+ * (projected into low-rank accumulators for GaLore matrices), so the full-model gradient buffer
+ * never exists. */
+static void trainer_grad_hook(void *user, int layer) {
+    trainer *t = user;
+    if (layer < 0 || t->hook_status != OZ_OK) return;
+    const oz_param_layout *lay = oz_llama_get_layout(t->model);
+    for (int i = 1 + 9 * layer; i < 1 + 9 * (layer + 1); i++) {
+        oz_status st = oz_optimizer_consume(t->opt, i, oz_llama_grad(t->model, i), t->micro > 0, &t->hook_err);
+        if (st != OZ_OK) {
+            t->hook_status = st;
+            return;
+        }
+    }
+    (void)lay;
+}
+
+oz_status oz_train_optim_config(const oz_train_opts *o, oz_optim_config *c, oz_err *err) {
+    memset(c, 0, sizeof *c);
+    if (!oz_optim_kind_parse(o->optim, &c->kind))
+        return oz_fail(err, OZ_ERR_INPUT, "--optim %s is not available (choose: adamw, adamw8bit, galore, galore8bit)",
+                       o->optim);
+    if (!oz_proj_type_parse(o->proj_type, &c->proj))
+        return oz_fail(err, OZ_ERR_INPUT, "--proj-type %s is not known (choose: std, reverse_std, left, right, full)",
+                       o->proj_type);
+    if (!oz_switch_mode_parse(o->moments_at_switch, &c->at_switch))
+        return oz_fail(err, OZ_ERR_INPUT, "--moments-at-switch %s is not known (choose: keep, reset, rotate)",
+                       o->moments_at_switch);
+    if (strcmp(o->subspace, "svd") == 0) c->subspace = OZ_SUBSPACE_EXACT;
+    else if (strcmp(o->subspace, "randomized") == 0) c->subspace = OZ_SUBSPACE_RANDOMIZED;
+    else return oz_fail(err, OZ_ERR_INPUT, "--subspace %s is not known (choose: svd, randomized)", o->subspace);
+    c->galore_attn = strstr(o->galore_targets, "attn") != NULL;
+    c->galore_mlp = strstr(o->galore_targets, "mlp") != NULL;
+    if (!c->galore_attn && !c->galore_mlp)
+        return oz_fail(err, OZ_ERR_INPUT, "--galore-targets %s: expected attn, mlp or attn,mlp", o->galore_targets);
+    bool galore = c->kind == OZ_OPTIM_GALORE || c->kind == OZ_OPTIM_GALORE8BIT;
+    if (strcmp(o->per_layer_update, "auto") == 0) c->per_layer = galore;
+    else if (strcmp(o->per_layer_update, "on") == 0) c->per_layer = true;
+    else if (strcmp(o->per_layer_update, "off") == 0) c->per_layer = false;
+    else return oz_fail(err, OZ_ERR_INPUT, "--per-layer-update %s: expected auto, on or off", o->per_layer_update);
+    if (galore && (o->rank <= 0 || o->update_gap <= 0 || !(o->galore_scale > 0)))
+        return oz_fail(err, OZ_ERR_INPUT, "--rank, --update-gap and --galore-scale must be positive");
+    c->beta1 = o->beta1;
+    c->beta2 = o->beta2;
+    c->eps = o->adam_eps;
+    c->weight_decay = o->weight_decay;
+    c->rank = o->rank;
+    c->update_gap = o->update_gap;
+    c->scale = o->galore_scale;
+    c->seed = o->seed;
+    return OZ_OK;
+}
+
 oz_status oz_train_model_shape(const oz_train_opts *o, const oz_llama_config *cfg, oz_llama_shape *shape,
                                oz_err *err) {
     memset(shape, 0, sizeof *shape);
     shape->batch = o->batch;
     shape->seq = o->seq;
     shape->with_grads = true;
+    oz_optim_config oc;
+    OZ_TRY(oz_train_optim_config(o, &oc, err));
+    shape->per_layer_grads = oc.per_layer;
     if (strcmp(o->recompute, "layer") == 0) shape->recompute = true;
     else if (strcmp(o->recompute, "none") != 0)
         return oz_fail(err, OZ_ERR_INPUT, "--recompute %s is not known (choose: none, layer)", o->recompute);
@@ -351,7 +414,6 @@ static oz_status check_opts(const oz_train_opts *o, oz_err *err) {
     if (!(cond)) return oz_fail(err, OZ_ERR_INPUT, __VA_ARGS__)
     NEED(o->data[0], "train: --data is required (a directory made by `ounce prepare`, or random:VOCAB)");
     NEED(o->out[0], "train: --out is required");
-    NEED(strcmp(o->optim, "adamw") == 0, "train: --optim %s is not available (choose: adamw)", o->optim);
     NEED(strcmp(o->device, "cpu") == 0, "train: --device %s is not available in this build (choose: cpu)",
          o->device);
     NEED(o->steps > 0, "train: --steps must be positive (got %d)", o->steps);
@@ -411,8 +473,11 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
     OZ_TRY(oz_train_model_shape(o, &t->cfg, &shape, err));
     OZ_TRY(oz_llama_create(&t->model, &t->cfg, &t->be, &t->arena, shape, err));
     const oz_param_layout *lay = oz_llama_get_layout(t->model);
-    oz_adamw_hparams hp = {o->beta1, o->beta2, o->adam_eps, o->weight_decay};
-    OZ_TRY(oz_adamw_create(&t->opt, lay, hp, &t->be, &t->arena, err));
+    oz_optim_config ocfg;
+    OZ_TRY(oz_train_optim_config(o, &ocfg, err));
+    t->per_layer = ocfg.per_layer;
+    OZ_TRY(oz_optimizer_create(&t->opt, &ocfg, lay, &t->be, &t->arena, err));
+    if (t->per_layer) oz_llama_set_grad_hook(t->model, trainer_grad_hook, t);
 
     size_t bytes = lay->total * sizeof(float);
     t->inputs = malloc((size_t)o->batch * o->seq * sizeof(int32_t));
@@ -430,23 +495,8 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
         snprintf(path, sizeof path, "%s/model.safetensors", resume_dir);
         st = oz_tensors_load(path, lay, wbuf, wprefix, 1, err);
         if (st == OZ_OK && !t->be.host_visible) t->be.to_device(&t->be, oz_llama_params(t->model), host, bytes);
-        float *mbuf[2] = {t->opt.m, t->opt.v};
-        float *staged[2] = {NULL, NULL};
-        if (st == OZ_OK && !t->be.host_visible) {
-            mbuf[0] = staged[0] = malloc(bytes);
-            mbuf[1] = staged[1] = malloc(bytes);
-            if (!staged[0] || !staged[1]) st = oz_fail(err, OZ_ERR_NOMEM, "out of memory staging the moments");
-        }
-        const char *mprefix[2] = {"exp_avg.", "exp_avg_sq."};
         snprintf(path, sizeof path, "%s/optimizer.safetensors", resume_dir);
-        if (st == OZ_OK) st = oz_tensors_load(path, lay, mbuf, mprefix, 2, err);
-        if (st == OZ_OK && staged[0]) {
-            t->be.to_device(&t->be, t->opt.m, staged[0], bytes);
-            t->be.to_device(&t->be, t->opt.v, staged[1], bytes);
-        }
-        free(staged[0]);
-        free(staged[1]);
-        t->opt.step = pos->adam_step;
+        if (st == OZ_OK) st = oz_optimizer_load(t->opt, path, err);
         oz_dataset_set_cursor(&t->data, &pos->cursor);
     } else {
         oz_llama_init_params(&t->cfg, lay, host, o->seed);
@@ -466,7 +516,7 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
 static void teardown(trainer *t) {
     if (t->metrics) fclose(t->metrics);
     if (t->model) {
-        oz_adamw_destroy(&t->opt, &t->arena);
+        oz_optimizer_destroy(t->opt);
         oz_llama_destroy(t->model);
     }
     if (t->be_ready) {
@@ -483,10 +533,6 @@ static void teardown(trainer *t) {
 
 /* ------------------------------------------------------------------ the loop */
 
-static double grad_global_norm(trainer *t) {
-    const oz_param_layout *lay = oz_llama_get_layout(t->model);
-    return sqrt(t->be.sumsq(&t->be, oz_llama_grads(t->model), lay->total));
-}
 
 static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb, oz_train_result *res,
                      oz_err *err) {
@@ -518,6 +564,7 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
     for (int step = pos->step; step < o->steps; step++) {
         double t0 = now_s();
         oz_llama_zero_grads(t->model);
+        oz_optimizer_begin_step(t->opt, step);
         double loss_sum = 0;
         long n_targets = 0;
         for (int micro = 0; micro < o->grad_accum; micro++) {
@@ -525,7 +572,15 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
             oz_llama_batch batch = {t->inputs, t->targets, B, T, NULL};
             double s;
             long c;
+            t->micro = micro;
             OZ_TRY(oz_llama_forward_backward(t->model, &batch, grad_scale, &s, &c, err));
+            if (t->hook_status != OZ_OK) {
+                *err = t->hook_err;
+                return t->hook_status;
+            }
+            /* Whole-model mode: a refreshing subspace comes from the first micro-batch's gradient,
+             * exactly as in per-layer mode. */
+            if (!t->per_layer && micro == 0) OZ_TRY(oz_optimizer_refresh_from(t->opt, t->model, err));
             loss_sum += s;
             n_targets += c;
         }
@@ -535,7 +590,12 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
                            "training loss is %s at step %d: stopping (try a lower --lr); checkpoints "
                            "already written are intact",
                            isnan(loss) ? "NaN" : "infinite", step + 1);
-        double gnorm = grad_global_norm(t);
+        /* Hand the optimizer what the layer hooks did not: everything (whole-model mode), or the
+         * embedding, final norm and head, whose gradients accumulate in the model (per-layer). */
+        for (int i = 0; i < lay->n; i++)
+            if (!t->per_layer || lay->params[i].layer < 0)
+                OZ_TRY(oz_optimizer_consume(t->opt, i, oz_llama_grad(t->model, i), false, err));
+        double gnorm = sqrt(oz_optimizer_grad_sumsq(t->opt));
         if (!isfinite(gnorm))
             return oz_fail(err, OZ_ERR_NUMERIC,
                            "gradient norm is not finite at step %d: stopping (try a lower --lr); "
@@ -543,12 +603,12 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
                            step + 1);
         float clip_scale = (o->clip > 0 && gnorm > o->clip) ? (float)(o->clip / (gnorm + 1e-6)) : 1.0f;
         float lr = oz_schedule_lr(&sched, step);
-        oz_adamw_update(&t->opt, &t->be, oz_llama_params(t->model), oz_llama_grads(t->model), lr, clip_scale);
+        oz_optimizer_apply(t->opt, oz_llama_params(t->model), lr, clip_scale);
         double dt = now_s() - t0;
         train_time += dt;
         steps_here++;
         pos->step = step + 1;
-        pos->adam_step = t->opt.step;
+        pos->adam_step = oz_optimizer_updates(t->opt);
         pos->tokens_seen += (double)tokens_per_step;
         oz_dataset_get_cursor(&t->data, &pos->cursor);
         res->train_loss = loss;

@@ -18,6 +18,14 @@ typedef struct {
     char device[16];          /* cpu */
     char recompute[16];       /* none | layer */
     char mini_seq[16];        /* off | auto | N (MLP and LM-head chunk count) */
+    /* GaLore family */
+    int rank, update_gap;
+    float galore_scale;
+    char proj_type[16];       /* std | reverse_std | left | right | full */
+    char moments_at_switch[16]; /* keep | reset | rotate */
+    char subspace[16];        /* svd | randomized */
+    char galore_targets[16];  /* attn,mlp | attn | mlp */
+    char per_layer_update[8]; /* auto | on | off (auto: on for the GaLore family) */
     int steps, batch, seq, grad_accum;
     float lr, min_lr_ratio;
     int warmup;
@@ -58,6 +66,8 @@ typedef struct {
 
 /* The model shape (buffers, recompute, mini-sequence chunk counts) a run with these options uses. */
 #include "model/llama.h"
+#include "optim/optimizer.h"
+oz_status oz_train_optim_config(const oz_train_opts *o, oz_optim_config *cfg, oz_err *err);
 oz_status oz_train_model_shape(const oz_train_opts *o, const oz_llama_config *cfg, oz_llama_shape *shape,
                                oz_err *err);
 

@@ -1,0 +1,607 @@
+/* AdamW, 8-bit AdamW, GaLore and 8-bit GaLore (see optimizer.h for the step protocol).
+ *
+ * GaLore update of a matrix W (a x b) with gradient G, basis P (a x r, left) or Q (r x b, right):
+ * R = P^T G or G Q^T (accumulated over micro-batches), Adam moments of R's shape, and
+ * W <- W (1 - lr wd) - lr * scale * back(N) with N the Adam direction of R and back(N) = P N or
+ * N Q. The Adam direction is computed by running the ordinary Adam step on a zeroed low-rank
+ * buffer u (u becomes -N), so GaLore reuses the backend's exact AdamW (and the fused 8-bit step)
+ * and needs no code of its own for the moments. */
+#include "optim/optimizer.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/safetensors.h"
+#include "optim/quant.h"
+#include "optim/subspace.h"
+
+enum { SIDE_LEFT = 0, SIDE_RIGHT = 1, SIDE_FULL = 2 };
+
+typedef struct {
+    int index;
+    const oz_param_info *p;
+    bool galore, q8;
+    int a, b;             /* matrix rows, cols (dense: numel x 1) */
+    int side, r;
+    size_t n;             /* elements of the moments: low-rank shape for GaLore, numel otherwise */
+    float *P, *Q;         /* bases: P (a, r), Q (r, b) */
+    float *racc;          /* GaLore: this step's projected gradient (n) */
+    float *gacc;          /* dense, per-layer mode, layer tensors: this step's gradient (numel) */
+    const float *grad;    /* dense: where this step's gradient is */
+    float *m, *v;         /* fp32 moments (n) */
+    uint8_t *mq, *vq;     /* 8-bit moments (n) */
+    float *ma, *va;       /* their per-block absmax (blocks) */
+    long step;            /* Adam steps taken (bias correction) */
+    long refreshes;       /* subspaces computed */
+    bool refresh_now, frozen_basis, consumed;
+} slot;
+
+struct oz_optimizer {
+    oz_optim_config cfg;
+    const oz_param_layout *layout;
+    oz_backend *be;
+    oz_arena *arena;
+    slot *slots;
+    int n_slots;
+    int step;
+    long updates;
+    float map_signed[256], map_unsigned[256];
+    float *u, *work, *rot, *cbuf, *newbasis; /* scratch */
+    size_t max_n, max_work, max_c, max_basis, max_workspace;
+    void **owned;
+    int n_owned, cap_owned;
+};
+
+bool oz_optim_kind_parse(const char *name, oz_optim_kind *kind) {
+    static const char *const names[] = {"adamw", "adamw8bit", "galore", "galore8bit"};
+    for (int i = 0; i < 4; i++)
+        if (strcmp(name, names[i]) == 0) {
+            *kind = (oz_optim_kind)i;
+            return true;
+        }
+    return false;
+}
+
+const char *oz_optim_kind_name(oz_optim_kind kind) {
+    static const char *const names[] = {"adamw", "adamw8bit", "galore", "galore8bit"};
+    return (unsigned)kind < 4 ? names[kind] : "?";
+}
+
+bool oz_proj_type_parse(const char *name, oz_proj_type *proj) {
+    static const char *const names[] = {"std", "reverse_std", "left", "right", "full"};
+    for (int i = 0; i < 5; i++)
+        if (strcmp(name, names[i]) == 0) {
+            *proj = (oz_proj_type)i;
+            return true;
+        }
+    return false;
+}
+
+bool oz_switch_mode_parse(const char *name, oz_switch_mode *mode) {
+    static const char *const names[] = {"keep", "reset", "rotate"};
+    for (int i = 0; i < 3; i++)
+        if (strcmp(name, names[i]) == 0) {
+            *mode = (oz_switch_mode)i;
+            return true;
+        }
+    return false;
+}
+
+/* ---------------------------------------------------------------- slot shapes */
+
+static bool is_galore_target(const oz_optim_config *c, const oz_param_info *p) {
+    if (c->kind != OZ_OPTIM_GALORE && c->kind != OZ_OPTIM_GALORE8BIT) return false;
+    bool attn = p->kind == OZ_P_Q || p->kind == OZ_P_K || p->kind == OZ_P_V || p->kind == OZ_P_O;
+    bool mlp = p->kind == OZ_P_GATE || p->kind == OZ_P_UP || p->kind == OZ_P_DOWN;
+    return (attn && c->galore_attn) || (mlp && c->galore_mlp);
+}
+
+static void shape_slot(const oz_optim_config *c, const oz_param_info *p, int index, slot *s) {
+    memset(s, 0, sizeof *s);
+    s->index = index;
+    s->p = p;
+    s->galore = is_galore_target(c, p) && c->rank > 0;
+    if (s->galore) {
+        s->a = (int)p->shape[0];
+        s->b = (int)p->shape[1];
+        s->r = oz_subspace_rank(s->a, s->b, c->rank);
+        bool tall = s->a >= s->b;
+        switch (c->proj) {
+        case OZ_PROJ_STD: s->side = tall ? SIDE_RIGHT : SIDE_LEFT; break;
+        case OZ_PROJ_REVERSE_STD: s->side = tall ? SIDE_LEFT : SIDE_RIGHT; break;
+        case OZ_PROJ_LEFT: s->side = SIDE_LEFT; break;
+        case OZ_PROJ_RIGHT: s->side = SIDE_RIGHT; break;
+        case OZ_PROJ_FULL: s->side = SIDE_FULL; break;
+        }
+        s->n = s->side == SIDE_LEFT    ? (size_t)s->r * s->b
+               : s->side == SIDE_RIGHT ? (size_t)s->a * s->r
+                                       : (size_t)s->r * s->r;
+    } else {
+        s->a = (int)p->numel;
+        s->b = 1;
+        s->n = p->numel;
+    }
+    bool eight = c->kind == OZ_OPTIM_ADAMW8BIT || c->kind == OZ_OPTIM_GALORE8BIT;
+    s->q8 = eight && s->n >= OZ_Q8_MIN_SIZE;
+}
+
+typedef void (*want_fn)(void *ctx, void **dest, oz_mem_category cat, size_t bytes, const char *what);
+
+/* Every buffer slot s owns, in one place, so creation and the plan cannot disagree. */
+static void slot_buffers(const oz_optim_config *c, slot *s, want_fn want, void *ctx) {
+    size_t f = sizeof(float);
+    if (s->galore) {
+        if (s->side != SIDE_RIGHT) want(ctx, (void **)&s->P, OZ_MEM_PROJ, (size_t)s->a * s->r * f, "GaLore basis P");
+        if (s->side != SIDE_LEFT) want(ctx, (void **)&s->Q, OZ_MEM_PROJ, (size_t)s->r * s->b * f, "GaLore basis Q");
+        want(ctx, (void **)&s->racc, OZ_MEM_GRADS, s->n * f, "projected gradient");
+    } else if (c->per_layer && s->p->layer >= 0) {
+        want(ctx, (void **)&s->gacc, OZ_MEM_GRADS, s->n * f, "gradient accumulator");
+    }
+    if (s->q8) {
+        size_t blocks = oz_q8_blocks(s->n);
+        want(ctx, (void **)&s->mq, OZ_MEM_OPTIM, s->n, "8-bit first moment");
+        want(ctx, (void **)&s->vq, OZ_MEM_OPTIM, s->n, "8-bit second moment");
+        want(ctx, (void **)&s->ma, OZ_MEM_QSCALES, blocks * f, "first-moment block scales");
+        want(ctx, (void **)&s->va, OZ_MEM_QSCALES, blocks * f, "second-moment block scales");
+    } else {
+        want(ctx, (void **)&s->m, OZ_MEM_OPTIM, s->n * f, "first moment");
+        want(ctx, (void **)&s->v, OZ_MEM_OPTIM, s->n * f, "second moment");
+    }
+}
+
+/* Scratch sizes shared by all slots. */
+typedef struct {
+    size_t n, work, c, basis, workspace;
+} scratch_sizes;
+
+static void scratch_of(const oz_optim_config *c, const slot *s, scratch_sizes *z) {
+    if (!s->galore) return;
+    size_t ar = (size_t)s->a * s->r, rb = (size_t)s->r * s->b;
+    size_t work = s->n;
+    if (ar > work) work = ar;
+    if (rb > work) work = rb;
+    if (s->n > z->n) z->n = s->n;
+    if (work > z->work) z->work = work;
+    if ((size_t)2 * s->r * s->r > z->c) z->c = (size_t)2 * s->r * s->r;
+    if (ar + rb > z->basis) z->basis = ar + rb;
+    size_t ws = oz_subspace_workspace_bytes(s->a, s->b, s->r, c->subspace);
+    if (ws > z->workspace) z->workspace = ws;
+}
+
+static void plan_want(void *ctx, void **dest, oz_mem_category cat, size_t bytes, const char *what) {
+    (void)dest;
+    (void)what;
+    ((size_t *)ctx)[cat] += bytes;
+}
+
+void oz_optimizer_plan(const oz_optim_config *c, const oz_param_layout *layout, size_t bytes[OZ_MEM_NCATEGORIES]) {
+    memset(bytes, 0, OZ_MEM_NCATEGORIES * sizeof *bytes);
+    scratch_sizes z = {0};
+    for (int i = 0; i < layout->n; i++) {
+        slot s;
+        shape_slot(c, &layout->params[i], i, &s);
+        slot_buffers(c, &s, plan_want, bytes);
+        scratch_of(c, &s, &z);
+    }
+    size_t f = sizeof(float);
+    if (z.n) {
+        bytes[OZ_MEM_SCRATCH] += (2 * z.n + z.work + z.c + z.basis) * f;
+        bytes[OZ_MEM_SCRATCH] += z.workspace; /* the subspace call's own workspace, while it runs */
+    }
+}
+
+/* ---------------------------------------------------------------- create / destroy */
+
+typedef struct {
+    oz_optimizer *opt;
+    oz_status st;
+    oz_err *err;
+} alloc_ctx;
+
+static void alloc_want(void *ctx, void **dest, oz_mem_category cat, size_t bytes, const char *what) {
+    alloc_ctx *a = ctx;
+    if (a->st != OZ_OK) return;
+    oz_optimizer *o = a->opt;
+    if (o->n_owned == o->cap_owned) {
+        int cap = o->cap_owned ? 2 * o->cap_owned : 64;
+        void **grown = realloc(o->owned, (size_t)cap * sizeof *grown);
+        if (!grown) {
+            a->st = oz_fail(a->err, OZ_ERR_NOMEM, "out of memory creating the optimizer");
+            return;
+        }
+        o->owned = grown;
+        o->cap_owned = cap;
+    }
+    a->st = oz_arena_alloc(o->arena, cat, bytes, what, dest, a->err);
+    if (a->st == OZ_OK) o->owned[o->n_owned++] = *dest;
+}
+
+oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, const oz_param_layout *layout,
+                              oz_backend *be, oz_arena *arena, oz_err *err) {
+    *out = NULL;
+    bool galore = cfg->kind == OZ_OPTIM_GALORE || cfg->kind == OZ_OPTIM_GALORE8BIT;
+    if (galore && (cfg->rank <= 0 || cfg->update_gap <= 0 || !(cfg->scale > 0)))
+        return oz_fail(err, OZ_ERR_INPUT, "GaLore needs --rank > 0, --update-gap > 0 and --galore-scale > 0");
+    if (!be->host_visible)
+        return oz_fail(err, OZ_ERR_INPUT, "--optim %s runs on the CPU backend only so far",
+                       oz_optim_kind_name(cfg->kind));
+    oz_optimizer *o = calloc(1, sizeof *o);
+    if (!o) return oz_fail(err, OZ_ERR_NOMEM, "out of memory creating the optimizer");
+    o->cfg = *cfg;
+    o->layout = layout;
+    o->be = be;
+    o->arena = arena;
+    o->step = -1;
+    oz_q8_map_signed(o->map_signed);
+    oz_q8_map_unsigned(o->map_unsigned);
+    *out = o;
+    o->slots = calloc((size_t)layout->n, sizeof *o->slots);
+    if (!o->slots) return oz_fail(err, OZ_ERR_NOMEM, "out of memory creating the optimizer");
+    o->n_slots = layout->n;
+    alloc_ctx ctx = {o, OZ_OK, err};
+    scratch_sizes z = {0};
+    for (int i = 0; i < layout->n && ctx.st == OZ_OK; i++) {
+        slot *s = &o->slots[i];
+        shape_slot(cfg, &layout->params[i], i, s);
+        slot_buffers(cfg, s, alloc_want, &ctx);
+        scratch_of(cfg, s, &z);
+    }
+    if (ctx.st == OZ_OK && z.n) {
+        size_t f = sizeof(float);
+        alloc_want(&ctx, (void **)&o->u, OZ_MEM_SCRATCH, z.n * f, "GaLore update buffer");
+        alloc_want(&ctx, (void **)&o->work, OZ_MEM_SCRATCH, z.work * f, "GaLore work buffer");
+        alloc_want(&ctx, (void **)&o->rot, OZ_MEM_SCRATCH, z.n * f, "GaLore rotation buffer");
+        alloc_want(&ctx, (void **)&o->cbuf, OZ_MEM_SCRATCH, z.c * f, "GaLore change of basis");
+        alloc_want(&ctx, (void **)&o->newbasis, OZ_MEM_SCRATCH, z.basis * f, "GaLore new basis");
+        o->max_workspace = z.workspace;
+    }
+    if (ctx.st != OZ_OK) return ctx.st;
+    for (int i = 0; i < o->n_slots; i++) {
+        slot *s = &o->slots[i];
+        if (s->q8) {
+            oz_q8_zero(s->mq, s->ma, s->n, o->map_signed);
+            oz_q8_zero(s->vq, s->va, s->n, o->map_unsigned);
+        }
+    }
+    return OZ_OK;
+}
+
+void oz_optimizer_destroy(oz_optimizer *o) {
+    if (!o) return;
+    for (int i = 0; i < o->n_owned; i++) oz_arena_free(o->arena, o->owned[i]);
+    free(o->owned);
+    free(o->slots);
+    free(o);
+}
+
+long oz_optimizer_subspace_refreshes(const oz_optimizer *o) {
+    long n = 0;
+    for (int i = 0; i < o->n_slots; i++) n += o->slots[i].refreshes;
+    return n;
+}
+
+long oz_optimizer_updates(const oz_optimizer *o) { return o->updates; }
+
+bool oz_optimizer_set_basis(oz_optimizer *o, int index, const float *P, const float *Q) {
+    slot *s = &o->slots[index];
+    if (!s->galore) return false;
+    if (s->P && P) memcpy(s->P, P, (size_t)s->a * s->r * sizeof(float));
+    if (s->Q && Q) memcpy(s->Q, Q, (size_t)s->r * s->b * sizeof(float));
+    s->frozen_basis = true;
+    s->refreshes = s->refreshes ? s->refreshes : 1;
+    return true;
+}
+
+/* ---------------------------------------------------------------- the step */
+
+void oz_optimizer_begin_step(oz_optimizer *o, int step) {
+    o->step = step;
+    for (int i = 0; i < o->n_slots; i++) {
+        slot *s = &o->slots[i];
+        s->consumed = false;
+        s->grad = NULL;
+        /* GaLore's rule: a new subspace at steps 0, T, 2T, ... (and whenever none exists yet). */
+        s->refresh_now = s->galore && !s->frozen_basis && (s->refreshes == 0 || step % o->cfg.update_gap == 0);
+    }
+}
+
+static void moments_zero(oz_optimizer *o, slot *s) {
+    if (s->q8) {
+        oz_q8_zero(s->mq, s->ma, s->n, o->map_signed);
+        oz_q8_zero(s->vq, s->va, s->n, o->map_unsigned);
+    } else {
+        memset(s->m, 0, s->n * sizeof(float));
+        memset(s->v, 0, s->n * sizeof(float));
+    }
+}
+
+/* Moments follow the basis change: m' = C m (left) or m C (right), v' likewise with the entrywise
+ * squares of C, which keeps v' non-negative (the diagonal of the rotated covariance when the
+ * coordinates are uncorrelated). C = P_new^T P_old, or Q_old Q_new^T. */
+static void moments_rotate(oz_optimizer *o, slot *s, const float *Pn, const float *Qn) {
+    oz_backend *be = o->be;
+    float *m = s->m, *v = s->v;
+    float *mtmp = NULL, *vtmp = NULL;
+    if (s->q8) { /* rotate in fp32: dequantize into work/u, requantize after */
+        mtmp = o->work;
+        vtmp = o->u;
+        oz_q8_dequantize(s->mq, s->ma, s->n, o->map_signed, mtmp);
+        oz_q8_dequantize(s->vq, s->va, s->n, o->map_unsigned, vtmp);
+        m = mtmp;
+        v = vtmp;
+    }
+    int r = s->r;
+    float *C = o->cbuf, *C2 = o->cbuf + (size_t)r * r;
+    /* Left side (also the left half of full): rows of m live in P's basis. */
+    if (s->side != SIDE_RIGHT) {
+        int cols = s->side == SIDE_LEFT ? s->b : r;
+        be->gemm(be, 1, 0, r, r, s->a, 1.0f, Pn, r, s->P, r, 0.0f, C, r);
+        for (size_t i = 0; i < (size_t)r * r; i++) C2[i] = C[i] * C[i];
+        float *t = o->rot;
+        be->gemm(be, 0, 0, r, cols, r, 1.0f, C, r, m, cols, 0.0f, t, cols);
+        memcpy(m, t, (size_t)r * cols * sizeof *t);
+        be->gemm(be, 0, 0, r, cols, r, 1.0f, C2, r, v, cols, 0.0f, t, cols);
+        memcpy(v, t, (size_t)r * cols * sizeof *t);
+    }
+    if (s->side != SIDE_LEFT) {
+        int rows = s->side == SIDE_RIGHT ? s->a : r;
+        be->gemm(be, 0, 1, r, r, s->b, 1.0f, s->Q, s->b, Qn, s->b, 0.0f, C, r);
+        for (size_t i = 0; i < (size_t)r * r; i++) C2[i] = C[i] * C[i];
+        float *t = o->rot;
+        be->gemm(be, 0, 0, rows, r, r, 1.0f, m, r, C, r, 0.0f, t, r);
+        memcpy(m, t, (size_t)rows * r * sizeof *t);
+        be->gemm(be, 0, 0, rows, r, r, 1.0f, v, r, C2, r, 0.0f, t, r);
+        memcpy(v, t, (size_t)rows * r * sizeof *t);
+    }
+    if (s->q8) {
+        oz_q8_quantize(mtmp, s->n, o->map_signed, s->mq, s->ma);
+        oz_q8_quantize(vtmp, s->n, o->map_unsigned, s->vq, s->va);
+    }
+}
+
+static oz_status refresh_basis(oz_optimizer *o, slot *s, const float *G, oz_err *err) {
+    float *Pn = o->newbasis, *Qn = o->newbasis + (size_t)s->a * s->r;
+    oz_rng rng;
+    oz_rng_seed(&rng, o->cfg.seed * 0x9E3779B97F4A7C15ull + (uint64_t)o->step * 0xBF58476D1CE4E5B9ull +
+                          (uint64_t)s->index);
+    /* The subspace call mallocs its own workspace; the arena records it as transient scratch. */
+    oz_arena_note_transient(o->arena, OZ_MEM_SCRATCH, oz_subspace_workspace_bytes(s->a, s->b, s->r, o->cfg.subspace));
+    for (int side = SIDE_LEFT; side <= SIDE_RIGHT; side++) {
+        if ((side == SIDE_LEFT && s->side == SIDE_RIGHT) || (side == SIDE_RIGHT && s->side == SIDE_LEFT)) continue;
+        float *dst = side == SIDE_LEFT ? Pn : Qn;
+        int got;
+        oz_status st = o->cfg.subspace == OZ_SUBSPACE_RANDOMIZED
+                           ? oz_subspace_randomized(G, s->a, s->b, s->r, side, -1, -1, &rng, dst, &got, err)
+                           : oz_subspace_svd(G, s->a, s->b, s->r, side, dst, NULL, &got, err);
+        if (st != OZ_OK) return st;
+    }
+    if (s->refreshes > 0) {
+        if (o->cfg.at_switch == OZ_SWITCH_RESET) {
+            moments_zero(o, s);
+            s->step = 0;
+        } else if (o->cfg.at_switch == OZ_SWITCH_ROTATE) {
+            moments_rotate(o, s, Pn, Qn);
+        }
+    }
+    if (s->P) memcpy(s->P, Pn, (size_t)s->a * s->r * sizeof(float));
+    if (s->Q) memcpy(s->Q, Qn, (size_t)s->r * s->b * sizeof(float));
+    s->refreshes++;
+    s->refresh_now = false;
+    return OZ_OK;
+}
+
+static void project(oz_optimizer *o, slot *s, const float *G, float beta) {
+    oz_backend *be = o->be;
+    int a = s->a, b = s->b, r = s->r;
+    switch (s->side) {
+    case SIDE_LEFT: be->gemm(be, 1, 0, r, b, a, 1.0f, s->P, r, G, b, beta, s->racc, b); break;
+    case SIDE_RIGHT: be->gemm(be, 0, 1, a, r, b, 1.0f, G, b, s->Q, b, beta, s->racc, r); break;
+    default:
+        be->gemm(be, 1, 0, r, b, a, 1.0f, s->P, r, G, b, 0.0f, o->work, b);
+        be->gemm(be, 0, 1, r, r, b, 1.0f, o->work, b, s->Q, b, beta, s->racc, r);
+    }
+}
+
+oz_status oz_optimizer_refresh_from(oz_optimizer *o, oz_llama *model, oz_err *err) {
+    for (int i = 0; i < o->n_slots; i++) {
+        slot *s = &o->slots[i];
+        if (s->refresh_now) OZ_TRY(refresh_basis(o, s, oz_llama_grad(model, i), err));
+    }
+    return OZ_OK;
+}
+
+oz_status oz_optimizer_consume(oz_optimizer *o, int index, const float *grad, bool accumulate, oz_err *err) {
+    slot *s = &o->slots[index];
+    if (s->galore) {
+        if (s->refresh_now) OZ_TRY(refresh_basis(o, s, grad, err));
+        project(o, s, grad, accumulate ? 1.0f : 0.0f);
+    } else if (s->gacc) {
+        if (accumulate) o->be->axpy(o->be, s->gacc, 1.0f, grad, s->n);
+        else o->be->copy(o->be, s->gacc, grad, s->n * sizeof(float));
+    } else {
+        s->grad = grad;
+    }
+    s->consumed = true;
+    return OZ_OK;
+}
+
+double oz_optimizer_grad_sumsq(oz_optimizer *o) {
+    double total = 0;
+    for (int i = 0; i < o->n_slots; i++) {
+        slot *s = &o->slots[i];
+        if (!s->consumed) continue;
+        const float *g = s->galore ? s->racc : s->gacc ? s->gacc : s->grad;
+        total += o->be->sumsq(o->be, g, s->n);
+    }
+    return total;
+}
+
+void oz_optimizer_apply(oz_optimizer *o, float *params, float lr, float grad_scale) {
+    oz_backend *be = o->be;
+    const oz_optim_config *c = &o->cfg;
+    o->updates++;
+    for (int i = 0; i < o->n_slots; i++) {
+        slot *s = &o->slots[i];
+        if (!s->consumed) continue;
+        s->step++;
+        float wd = s->p->is_norm ? 0.0f : c->weight_decay;
+        oz_adamw_args args = {
+            .lr = lr,
+            .beta1 = c->beta1,
+            .beta2 = c->beta2,
+            .eps = c->eps,
+            .weight_decay = wd,
+            .bias_correction1 = (float)(1.0 - pow(c->beta1, (double)s->step)),
+            .bias_correction2 = (float)(1.0 - pow(c->beta2, (double)s->step)),
+            .grad_scale = grad_scale,
+        };
+        float *W = params + s->p->offset;
+        if (!s->galore) {
+            const float *g = s->gacc ? s->gacc : s->grad;
+            if (s->q8)
+                oz_adam8bit_step(W, g, s->mq, s->ma, s->vq, s->va, s->n, o->map_signed, o->map_unsigned, &args);
+            else
+                be->adamw_step(be, W, g, s->m, s->v, s->n, &args);
+            continue;
+        }
+        /* u <- -(Adam direction of R), then W <- W (1 - lr wd) + lr scale back(u). */
+        args.lr = 1.0f;
+        args.weight_decay = 0.0f;
+        be->fill(be, o->u, 0.0f, s->n);
+        if (s->q8)
+            oz_adam8bit_step(o->u, s->racc, s->mq, s->ma, s->vq, s->va, s->n, o->map_signed, o->map_unsigned, &args);
+        else
+            be->adamw_step(be, o->u, s->racc, s->m, s->v, s->n, &args);
+        if (wd > 0) be->scale(be, W, 1.0f - lr * wd, (size_t)s->a * s->b);
+        float alpha = lr * c->scale;
+        int a = s->a, b = s->b, r = s->r;
+        switch (s->side) {
+        case SIDE_LEFT: be->gemm(be, 0, 0, a, b, r, alpha, s->P, r, o->u, b, 1.0f, W, b); break;
+        case SIDE_RIGHT: be->gemm(be, 0, 0, a, b, r, alpha, o->u, r, s->Q, b, 1.0f, W, b); break;
+        default:
+            be->gemm(be, 0, 0, a, r, r, 1.0f, s->P, r, o->u, r, 0.0f, o->work, r);
+            be->gemm(be, 0, 0, a, b, r, alpha, o->work, r, s->Q, b, 1.0f, W, b);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- checkpoints */
+
+typedef struct {
+    oz_st_entry *e;
+    char (*names)[160];
+    int n, cap;
+} entry_list;
+
+static void add_entry(entry_list *l, const char *role, const char *name, const char *suffix, oz_dtype dt, int ndim,
+                      int64_t d0, int64_t d1, const void *data) {
+    if (l->n >= l->cap) {
+        l->n++;
+        return;
+    }
+    snprintf(l->names[l->n], sizeof l->names[l->n], "%s.%s%s", role, name, suffix);
+    oz_st_entry *e = &l->e[l->n++];
+    memset(e, 0, sizeof *e);
+    e->name = l->names[l->n - 1];
+    e->dtype = dt;
+    e->ndim = ndim;
+    e->shape[0] = d0;
+    e->shape[1] = d1;
+    e->data = data;
+}
+
+/* The persistent state of every slot (moments, bases, counters), in a fixed order. counters
+ * must hold 2 int64 per slot. */
+static void list_state(const oz_optimizer *o, entry_list *l, int64_t *counters) {
+    for (int i = 0; i < o->n_slots; i++) {
+        const slot *s = &o->slots[i];
+        const char *nm = s->p->name;
+        int64_t rows = s->galore ? (s->side == SIDE_RIGHT ? s->a : s->r) : s->p->shape[0];
+        int64_t cols = s->galore ? (int64_t)(s->n / (size_t)rows) : (s->p->ndim > 1 ? s->p->shape[1] : 0);
+        int nd = s->galore || s->p->ndim > 1 ? 2 : 1;
+        if (s->q8) {
+            size_t blocks = oz_q8_blocks(s->n);
+            add_entry(l, "exp_avg", nm, ".codes", OZ_DT_U8, 1, (int64_t)s->n, 0, s->mq);
+            add_entry(l, "exp_avg", nm, ".absmax", OZ_DT_F32, 1, (int64_t)blocks, 0, s->ma);
+            add_entry(l, "exp_avg_sq", nm, ".codes", OZ_DT_U8, 1, (int64_t)s->n, 0, s->vq);
+            add_entry(l, "exp_avg_sq", nm, ".absmax", OZ_DT_F32, 1, (int64_t)blocks, 0, s->va);
+        } else {
+            add_entry(l, "exp_avg", nm, "", OZ_DT_F32, nd, rows, cols, s->m);
+            add_entry(l, "exp_avg_sq", nm, "", OZ_DT_F32, nd, rows, cols, s->v);
+        }
+        if (s->P) add_entry(l, "galore_P", nm, "", OZ_DT_F32, 2, s->a, s->r, s->P);
+        if (s->Q) add_entry(l, "galore_Q", nm, "", OZ_DT_F32, 2, s->r, s->b, s->Q);
+        counters[2 * i] = s->step;
+        counters[2 * i + 1] = s->refreshes;
+        add_entry(l, "state", nm, "", OZ_DT_I64, 1, 2, 0, &counters[2 * i]);
+    }
+}
+
+static oz_status entries_alloc(const oz_optimizer *o, entry_list *l, int64_t **counters, oz_err *err) {
+    l->cap = 7 * o->n_slots;
+    l->n = 0;
+    l->e = calloc((size_t)l->cap, sizeof *l->e);
+    l->names = calloc((size_t)l->cap, sizeof *l->names);
+    *counters = calloc((size_t)2 * o->n_slots, sizeof **counters);
+    if (!l->e || !l->names || !*counters) {
+        free(l->e);
+        free(l->names);
+        free(*counters);
+        return oz_fail(err, OZ_ERR_NOMEM, "out of memory listing optimizer state");
+    }
+    return OZ_OK;
+}
+
+oz_status oz_optimizer_save(const oz_optimizer *o, const char *path, oz_err *err) {
+    entry_list l;
+    int64_t *counters;
+    OZ_TRY(entries_alloc(o, &l, &counters, err));
+    list_state(o, &l, counters);
+    char kind[32];
+    snprintf(kind, sizeof kind, "%s", oz_optim_kind_name(o->cfg.kind));
+    const char *meta[] = {"optimizer", kind, NULL};
+    oz_status st = oz_safetensors_write(path, l.e, l.n, meta, err);
+    free(l.e);
+    free(l.names);
+    free(counters);
+    return st;
+}
+
+oz_status oz_optimizer_load(oz_optimizer *o, const char *path, oz_err *err) {
+    entry_list l;
+    int64_t *counters;
+    OZ_TRY(entries_alloc(o, &l, &counters, err));
+    list_state(o, &l, counters);
+    oz_safetensors st;
+    oz_status s = oz_safetensors_open(&st, path, err);
+    if (s == OZ_OK && st.n_tensors != l.n)
+        s = oz_fail(err, OZ_ERR_INPUT, "%s: holds %d tensors but this optimizer (%s) has %d", path, st.n_tensors,
+                    oz_optim_kind_name(o->cfg.kind), l.n);
+    for (int i = 0; s == OZ_OK && i < l.n; i++) {
+        const oz_st_entry *e = &l.e[i];
+        const oz_st_tensor *t = oz_safetensors_find(&st, e->name);
+        size_t numel = (size_t)e->shape[0] * (size_t)(e->ndim > 1 ? e->shape[1] : 1);
+        if (!t) {
+            s = oz_fail(err, OZ_ERR_INPUT, "%s: missing tensor \"%s\"", path, e->name);
+        } else if (t->dtype != e->dtype || t->numel != numel || t->ndim != e->ndim) {
+            s = oz_fail(err, OZ_ERR_INPUT, "%s: tensor \"%s\" has the wrong dtype or shape for this optimizer",
+                        path, e->name);
+        } else {
+            memcpy((void *)e->data, t->data, t->nbytes);
+        }
+    }
+    if (st.map) oz_safetensors_close(&st);
+    if (s == OZ_OK) {
+        for (int i = 0; i < o->n_slots; i++) {
+            slot *sl = &o->slots[i];
+            sl->step = counters[2 * i];
+            sl->refreshes = counters[2 * i + 1];
+        }
+    }
+    free(l.e);
+    free(l.names);
+    free(counters);
+    return s;
+}

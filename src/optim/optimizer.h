@@ -1,0 +1,80 @@
+/* The optimizers behind `--optim`: AdamW, 8-bit AdamW, GaLore and 8-bit GaLore, over the model's
+ * parameter layout. One slot per parameter tensor holds its state: dense Adam moments (fp32, or
+ * block-wise 8-bit), or for a GaLore matrix a projection basis, low-rank moments and a low-rank
+ * gradient accumulator.
+ *
+ * A step is: consume every parameter's gradient (whole-model mode: from the full gradient buffer
+ * after the last micro-batch; per-layer mode: from each layer's gradients inside the model's grad
+ * hook, projected and accumulated at once), then the gradient norm of what was consumed, then
+ * apply. A GaLore matrix's clipping norm is that of its projected gradient, the quantity its Adam
+ * step uses, so both modes clip identically. At a subspace refresh the basis is computed from
+ * the first micro-batch's gradient of that step, in both modes. */
+#ifndef OZ_OPTIMIZER_H
+#define OZ_OPTIMIZER_H
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "mem/arena.h"
+#include "model/llama.h"
+#include "util/err.h"
+
+typedef enum { OZ_OPTIM_ADAMW, OZ_OPTIM_ADAMW8BIT, OZ_OPTIM_GALORE, OZ_OPTIM_GALORE8BIT } oz_optim_kind;
+typedef enum { OZ_PROJ_STD, OZ_PROJ_REVERSE_STD, OZ_PROJ_LEFT, OZ_PROJ_RIGHT, OZ_PROJ_FULL } oz_proj_type;
+typedef enum { OZ_SWITCH_KEEP, OZ_SWITCH_RESET, OZ_SWITCH_ROTATE } oz_switch_mode;
+
+typedef struct {
+    oz_optim_kind kind;
+    float beta1, beta2, eps, weight_decay;
+    /* GaLore */
+    int rank, update_gap;
+    float scale;
+    oz_proj_type proj;
+    oz_switch_mode at_switch;
+    int subspace;          /* OZ_SUBSPACE_EXACT or OZ_SUBSPACE_RANDOMIZED */
+    bool galore_attn, galore_mlp; /* which matrices get GaLore (default both) */
+    uint64_t seed;         /* randomized subspaces draw from streams derived from (seed, step, tensor) */
+    bool per_layer;        /* gradients arrive layer by layer (no full gradient buffer) */
+} oz_optim_config;
+
+/* Parses names used on the command line; false if unknown. */
+bool oz_optim_kind_parse(const char *name, oz_optim_kind *kind);
+bool oz_proj_type_parse(const char *name, oz_proj_type *proj);
+bool oz_switch_mode_parse(const char *name, oz_switch_mode *mode);
+const char *oz_optim_kind_name(oz_optim_kind kind);
+
+typedef struct oz_optimizer oz_optimizer;
+
+oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, const oz_param_layout *layout,
+                              oz_backend *be, oz_arena *arena, oz_err *err);
+void oz_optimizer_destroy(oz_optimizer *opt);
+
+/* Bytes by arena category the optimizer allocates for this layout (the analytic formula). */
+void oz_optimizer_plan(const oz_optim_config *cfg, const oz_param_layout *layout,
+                       size_t bytes[OZ_MEM_NCATEGORIES]);
+
+/* Starts optimizer step `step` (0-based): decides which GaLore matrices refresh their subspace. */
+void oz_optimizer_begin_step(oz_optimizer *opt, int step);
+/* Whole-model mode, at a refresh step: compute the new subspaces from the first micro-batch's
+ * gradients (call right after that micro-batch's backward). No-op when nothing refreshes. */
+oz_status oz_optimizer_refresh_from(oz_optimizer *opt, oz_llama *model, oz_err *err);
+/* Consumes parameter `index`'s gradient. accumulate=false starts this step's accumulator. */
+oz_status oz_optimizer_consume(oz_optimizer *opt, int index, const float *grad, bool accumulate, oz_err *err);
+/* Sum of squares of everything consumed this step (the clipping norm squared). */
+double oz_optimizer_grad_sumsq(oz_optimizer *opt);
+/* Applies the step to the weights with learning rate lr and gradients multiplied by grad_scale. */
+void oz_optimizer_apply(oz_optimizer *opt, float *params, float lr, float grad_scale);
+
+/* Counts, for logs and tests. */
+long oz_optimizer_subspace_refreshes(const oz_optimizer *opt);
+long oz_optimizer_updates(const oz_optimizer *opt);
+/* GaLore test hook: replace tensor `index`'s basis (a GaLore slot) by `basis`, and stop refreshing
+ * it. Returns false if the tensor has no GaLore slot. */
+bool oz_optimizer_set_basis(oz_optimizer *opt, int index, const float *P, const float *Q);
+
+/* Saves every state buffer (moments, bases, scales, counters) as one safetensors file, and loads
+ * it back; names are "<role>.<HF tensor name>". Loading checks names and shapes. */
+oz_status oz_optimizer_save(const oz_optimizer *opt, const char *path, oz_err *err);
+oz_status oz_optimizer_load(oz_optimizer *opt, const char *path, oz_err *err);
+
+#endif

@@ -1,0 +1,401 @@
+/* The optimizers: GaLore against AdamW when the projection is the identity (and not when it is
+ * wrong), bases that are orthonormal and span the gradient's top subspace, the three
+ * moments-at-switch modes, state bytes against the analytic formula for every optimizer, and
+ * per-layer against whole-model updates through the real trainer (accumulation and clipping on). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend/backend.h"
+#include "harness.h"
+#include "io/atomic.h"
+#include "io/checkpoint.h"
+#include "io/safetensors.h"
+#include "optim/optimizer.h"
+#include "optim/quant.h"
+#include "optim/subspace.h"
+#include "train/trainer.h"
+#include "util/rng.h"
+
+/* A one-matrix "model": layout with a single 6x10 q_proj-like tensor and a norm. */
+static void one_matrix_layout(oz_param_layout *lay, int a, int b) {
+    memset(lay, 0, sizeof *lay);
+    lay->params = calloc(2, sizeof *lay->params);
+    lay->n = 2;
+    oz_param_info *p = &lay->params[0];
+    snprintf(p->name, sizeof p->name, "model.layers.0.self_attn.q_proj.weight");
+    p->kind = OZ_P_Q;
+    p->layer = 0;
+    p->ndim = 2;
+    p->shape[0] = a;
+    p->shape[1] = b;
+    p->numel = (size_t)a * b;
+    p->offset = 0;
+    oz_param_info *n = &lay->params[1];
+    snprintf(n->name, sizeof n->name, "model.layers.0.input_layernorm.weight");
+    n->kind = OZ_P_ATTN_NORM;
+    n->layer = 0;
+    n->ndim = 1;
+    n->shape[0] = b;
+    n->numel = (size_t)b;
+    n->offset = (p->numel + 15) & ~(size_t)15;
+    n->is_norm = true;
+    lay->total = n->offset + ((n->numel + 15) & ~(size_t)15);
+}
+
+static void random_fill(float *x, size_t n, oz_rng *rng, double scale) {
+    for (size_t i = 0; i < n; i++) x[i] = (float)(scale * oz_rng_normal(rng));
+}
+
+/* Runs `steps` updates of optimizer `c` on the one-matrix layout with fixed random gradients;
+ * optionally installs basis P (left) first. Returns the final weights (malloc'd). */
+static float *run_steps(const oz_optim_config *c, const oz_param_layout *lay, int steps, const float *P, long *refreshes) {
+    oz_backend be;
+    oz_err err = {0};
+    oz_backend_cpu_create(&be, 0, &err);
+    oz_arena arena;
+    oz_arena_init(&arena, be.allocator);
+    oz_optimizer *opt = NULL;
+    CHECK(oz_optimizer_create(&opt, c, lay, &be, &arena, &err) == OZ_OK, "%s", err.msg);
+    float *w = calloc(lay->total, sizeof *w), *g = calloc(lay->total, sizeof *g);
+    oz_rng rng;
+    oz_rng_seed(&rng, 42);
+    random_fill(w, lay->total, &rng, 1.0);
+    if (opt && P) CHECK(oz_optimizer_set_basis(opt, 0, P, NULL), "no GaLore slot for the matrix");
+    for (int s = 0; opt && s < steps; s++) {
+        random_fill(g, lay->total, &rng, 0.1 * (s + 1));
+        oz_optimizer_begin_step(opt, s);
+        for (int i = 0; i < lay->n; i++) oz_optimizer_consume(opt, i, g + lay->params[i].offset, false, &err);
+        oz_optimizer_apply(opt, w, 1e-2f, 0.7f);
+    }
+    if (refreshes) *refreshes = opt ? oz_optimizer_subspace_refreshes(opt) : -1;
+    oz_optimizer_destroy(opt);
+    oz_arena_destroy(&arena);
+    be.destroy(&be);
+    free(g);
+    return w;
+}
+
+static double max_rel_diff(const float *a, const float *b, size_t n) {
+    double d = 0, ref = 0;
+    for (size_t i = 0; i < n; i++) {
+        d = fmax(d, fabs((double)a[i] - b[i]));
+        ref = fmax(ref, fabs((double)b[i]));
+    }
+    return d / ref;
+}
+
+/* With rank = full dimension, scale 1 and an identity left basis, GaLore's update is AdamW's;
+ * a permuted basis (a wrong projection) is not. */
+static void test_galore_full_rank_is_adamw(void) {
+    enum { A = 6, Bc = 10 };
+    oz_param_layout lay;
+    one_matrix_layout(&lay, A, Bc);
+    oz_optim_config adam = {.kind = OZ_OPTIM_ADAMW, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f};
+    oz_optim_config gal = adam;
+    gal.kind = OZ_OPTIM_GALORE;
+    gal.rank = A;
+    gal.update_gap = 1000;
+    gal.scale = 1.0f;
+    gal.proj = OZ_PROJ_LEFT;
+    gal.galore_attn = gal.galore_mlp = true;
+    /* A permutation would not do as the wrong basis: elementwise Adam commutes with it. A 30
+     * degree rotation of two coordinates does not. */
+    float eye[A * A] = {0}, perm[A * A] = {0};
+    for (int i = 0; i < A; i++) eye[i * A + i] = perm[i * A + i] = 1.0f;
+    perm[0] = perm[A + 1] = (float)cos(0.5236);
+    perm[1] = (float)-sin(0.5236);
+    perm[A] = (float)sin(0.5236);
+    float *w_adam = run_steps(&adam, &lay, 5, NULL, NULL);
+    float *w_gal = run_steps(&gal, &lay, 5, eye, NULL);
+    float *w_bad = run_steps(&gal, &lay, 5, perm, NULL);
+    double good = max_rel_diff(w_gal, w_adam, lay.total), bad = max_rel_diff(w_bad, w_adam, lay.total);
+    CHECK(good < 1e-6, "GaLore with the identity basis differs from AdamW by %.3g", good);
+    CHECK(bad > 1e-3, "a rotated basis still matched AdamW (%.3g)", bad);
+    /* With a real full-rank SVD basis the projection round trip P P^T G is exact, and GaLore
+     * still runs; the norm (no GaLore) matches AdamW exactly in every case. */
+    CHECK(w_gal[lay.params[1].offset] == w_adam[lay.params[1].offset], "norm weight differs");
+    free(w_adam);
+    free(w_gal);
+    free(w_bad);
+    oz_param_layout_free(&lay);
+}
+
+/* After a refresh the basis is orthonormal and spans the gradient's top-r left subspace. */
+static void test_refresh_basis_quality(void) {
+    enum { A = 40, Bc = 64, R = 5 };
+    oz_param_layout lay;
+    one_matrix_layout(&lay, A, Bc);
+    for (int method = OZ_SUBSPACE_EXACT; method <= OZ_SUBSPACE_RANDOMIZED; method++) {
+        oz_optim_config c = {.kind = OZ_OPTIM_GALORE, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .rank = R,
+                             .update_gap = 10, .scale = 0.25f, .proj = OZ_PROJ_STD, .subspace = method,
+                             .galore_attn = true, .galore_mlp = true, .seed = 3};
+        oz_backend be;
+        oz_err err = {0};
+        oz_backend_cpu_create(&be, 0, &err);
+        oz_arena arena;
+        oz_arena_init(&arena, be.allocator);
+        oz_optimizer *opt = NULL;
+        CHECK(oz_optimizer_create(&opt, &c, &lay, &be, &arena, &err) == OZ_OK, "%s", err.msg);
+        if (!opt) continue;
+        /* A gradient with a clear spectral gap: rank-R signal plus small noise. */
+        float *g = calloc(lay.total, sizeof *g), *left = malloc(A * R * sizeof *left), *right = malloc(R * Bc * sizeof *right);
+        oz_rng rng;
+        oz_rng_seed(&rng, 9);
+        random_fill(left, A * R, &rng, 1.0);
+        random_fill(right, R * Bc, &rng, 1.0);
+        be.gemm(&be, 0, 0, A, Bc, R, 1.0f, left, R, right, Bc, 0.0f, g, Bc);
+        for (int i = 0; i < A * Bc; i++) g[i] += (float)(1e-3 * oz_rng_normal(&rng));
+        oz_optimizer_begin_step(opt, 0);
+        CHECK(oz_optimizer_consume(opt, 0, g, false, &err) == OZ_OK, "%s", err.msg);
+        CHECK(oz_optimizer_subspace_refreshes(opt) == 1, "no refresh at step 0");
+        /* std on a 40 x 64 matrix projects on the left (a < b): the state file has galore_P. */
+        char dir[] = "/tmp/ounce-optim-XXXXXX";
+        CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+        char path[64];
+        snprintf(path, sizeof path, "%s/opt.safetensors", dir);
+        CHECK(oz_optimizer_save(opt, path, &err) == OZ_OK, "%s", err.msg);
+        oz_safetensors st;
+        if (oz_safetensors_open(&st, path, &err) == OZ_OK) {
+            const oz_st_tensor *t = oz_safetensors_find(&st, "galore_P.model.layers.0.self_attn.q_proj.weight");
+            CHECK(t && t->shape[0] == A && t->shape[1] == R, "basis P missing or misshapen");
+            if (t) {
+                float *P = malloc(A * R * sizeof *P), *exact = malloc(A * R * sizeof *exact);
+                oz_st_tensor_to_f32(t, P, A * R, &err);
+                CHECK(oz_subspace_orthonormality_error(P, A, R, OZ_SUBSPACE_COLUMNS) < 1e-5, "basis not orthonormal");
+                oz_subspace_svd(g, A, Bc, R, OZ_SUBSPACE_LEFT, exact, NULL, NULL, &err);
+                double angle = oz_subspace_principal_angles_max(P, exact, A, R, OZ_SUBSPACE_COLUMNS);
+                CHECK(angle < 1e-2, "%s basis is %.3g rad from the exact top subspace", method ? "randomized" : "exact",
+                      angle);
+                free(P);
+                free(exact);
+            }
+            oz_safetensors_close(&st);
+        }
+        oz_remove_tree(dir, &err);
+        free(g);
+        free(left);
+        free(right);
+        oz_optimizer_destroy(opt);
+        oz_arena_destroy(&arena);
+        be.destroy(&be);
+    }
+    oz_param_layout_free(&lay);
+}
+
+/* Moments at a switch: keep leaves them, reset zeroes them (and restarts bias correction), rotate
+ * maps them into the new basis (a permuted basis permutes the moment rows). */
+static void read_moment(const char *path, const char *role, float *out, size_t n) {
+    oz_safetensors st;
+    oz_err err = {0};
+    if (oz_safetensors_open(&st, path, &err) != OZ_OK) return;
+    char name[160];
+    snprintf(name, sizeof name, "%s.model.layers.0.self_attn.q_proj.weight", role);
+    const oz_st_tensor *t = oz_safetensors_find(&st, name);
+    if (t) oz_st_tensor_to_f32(t, out, n, &err);
+    oz_safetensors_close(&st);
+}
+
+static void test_moments_at_switch(void) {
+    enum { A = 6, Bc = 12, R = 6 };
+    oz_param_layout lay;
+    one_matrix_layout(&lay, A, Bc);
+    float before[R * Bc], after[R * Bc];
+    for (int mode = OZ_SWITCH_KEEP; mode <= OZ_SWITCH_ROTATE; mode++) {
+        oz_optim_config c = {.kind = OZ_OPTIM_GALORE, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .rank = R,
+                             .update_gap = 1, .scale = 1.0f, .proj = OZ_PROJ_LEFT, .at_switch = mode,
+                             .subspace = OZ_SUBSPACE_EXACT, .galore_attn = true, .galore_mlp = true};
+        oz_backend be;
+        oz_err err = {0};
+        oz_backend_cpu_create(&be, 0, &err);
+        oz_arena arena;
+        oz_arena_init(&arena, be.allocator);
+        oz_optimizer *opt = NULL;
+        oz_optimizer_create(&opt, &c, &lay, &be, &arena, &err);
+        if (!opt) continue;
+        float *w = calloc(lay.total, sizeof *w), *g = calloc(lay.total, sizeof *g);
+        oz_rng rng;
+        oz_rng_seed(&rng, 5);
+        random_fill(g, lay.total, &rng, 1.0);
+        oz_optimizer_begin_step(opt, 0);
+        for (int i = 0; i < 2; i++) oz_optimizer_consume(opt, i, g + lay.params[i].offset, false, &err);
+        oz_optimizer_apply(opt, w, 1e-2f, 1.0f);
+        char dir[] = "/tmp/ounce-optim-XXXXXX", p0[64], p1[64];
+        CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+        snprintf(p0, sizeof p0, "%s/a.safetensors", dir);
+        snprintf(p1, sizeof p1, "%s/b.safetensors", dir);
+        oz_optimizer_save(opt, p0, &err);
+        /* Step 1 refreshes (gap 1) with a gradient whose rows are those of g, cyclically shifted:
+         * its left singular vectors are the old ones with rows shifted. Save right after the
+         * switch, before the Adam update changes the moments. */
+        float *g2 = calloc(lay.total, sizeof *g2);
+        for (int i = 0; i < A; i++) memcpy(g2 + ((i + 1) % A) * Bc, g + i * Bc, Bc * sizeof *g2);
+        oz_optimizer_begin_step(opt, 1);
+        oz_optimizer_consume(opt, 0, g2, false, &err);
+        oz_optimizer_save(opt, p1, &err);
+        read_moment(p0, "exp_avg", before, R * Bc);
+        read_moment(p1, "exp_avg", after, R * Bc);
+        double dmax = 0, bmax = 0, amax = 0;
+        for (int i = 0; i < R * Bc; i++) {
+            dmax = fmax(dmax, fabs(after[i] - before[i]));
+            bmax = fmax(bmax, fabs(before[i]));
+            amax = fmax(amax, fabs(after[i]));
+        }
+        if (mode == OZ_SWITCH_KEEP) CHECK(dmax == 0, "keep changed the moments by %.3g", dmax);
+        if (mode == OZ_SWITCH_RESET) CHECK(amax == 0, "reset left moments of size %.3g", amax);
+        if (mode == OZ_SWITCH_ROTATE) {
+            /* The full-rank basis change is orthogonal: the rotated first moment keeps its norm
+             * when expressed back in the weight space, P' m' = P m. */
+            float *Pold = malloc(A * R * sizeof *Pold), *Pnew = malloc(A * R * sizeof *Pnew);
+            oz_subspace_svd(g, A, Bc, R, OZ_SUBSPACE_LEFT, Pold, NULL, NULL, &err);
+            oz_subspace_svd(g2, A, Bc, R, OZ_SUBSPACE_LEFT, Pnew, NULL, NULL, &err);
+            float full_old[A * Bc], full_new[A * Bc];
+            be.gemm(&be, 0, 0, A, Bc, R, 1.0f, Pold, R, before, Bc, 0.0f, full_old, Bc);
+            be.gemm(&be, 0, 0, A, Bc, R, 1.0f, Pnew, R, after, Bc, 0.0f, full_new, Bc);
+            CHECK(max_rel_diff(full_new, full_old, A * Bc) < 1e-4, "rotated moments changed in weight space by %.3g",
+                  max_rel_diff(full_new, full_old, A * Bc));
+            CHECK(dmax > 1e-3 * bmax, "rotate left the moments untouched although the basis changed");
+            free(Pold);
+            free(Pnew);
+        }
+        oz_remove_tree(dir, &err);
+        free(w);
+        free(g);
+        free(g2);
+        oz_optimizer_destroy(opt);
+        oz_arena_destroy(&arena);
+        be.destroy(&be);
+    }
+    oz_param_layout_free(&lay);
+}
+
+/* Optimizer-state bytes against the analytic formula, derived here from the shapes alone. */
+static void test_state_bytes(void) {
+    oz_llama_config cfg;
+    oz_llama_preset("tiny", &cfg);
+    cfg.intermediate_size = 80; /* makes the MLP matrices big enough for 8-bit states */
+    cfg.hidden_size = 64;
+    cfg.head_dim = 16;
+    oz_param_layout lay;
+    oz_err err = {0};
+    oz_param_layout_build(&cfg, &lay, &err);
+    const int r = 8;
+    for (int k = OZ_OPTIM_ADAMW; k <= OZ_OPTIM_GALORE8BIT; k++) {
+        oz_optim_config c = {.kind = k, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .rank = r, .update_gap = 10,
+                             .scale = 0.25f, .proj = OZ_PROJ_STD, .galore_attn = true, .galore_mlp = true};
+        size_t want_optim = 0, want_scales = 0, want_proj = 0;
+        for (int i = 0; i < lay.n; i++) {
+            const oz_param_info *p = &lay.params[i];
+            bool gal = (k == OZ_OPTIM_GALORE || k == OZ_OPTIM_GALORE8BIT) && p->ndim == 2 && p->layer >= 0;
+            size_t n = p->numel;
+            if (gal) {
+                size_t a = (size_t)p->shape[0], b = (size_t)p->shape[1];
+                n = a >= b ? a * r : r * b;        /* std: state r x max(a, b) */
+                want_proj += (a >= b ? b : a) * r * sizeof(float); /* basis r x min(a, b) */
+            }
+            bool q8 = (k == OZ_OPTIM_ADAMW8BIT || k == OZ_OPTIM_GALORE8BIT) && n >= 4096;
+            if (q8) {
+                want_optim += 2 * n;
+                want_scales += 2 * ((n + 255) / 256) * sizeof(float);
+            } else {
+                want_optim += 2 * n * sizeof(float);
+            }
+        }
+        oz_backend be;
+        oz_backend_cpu_create(&be, 0, &err);
+        oz_arena arena;
+        oz_arena_init(&arena, be.allocator);
+        oz_optimizer *opt = NULL;
+        CHECK(oz_optimizer_create(&opt, &c, &lay, &be, &arena, &err) == OZ_OK, "%s", err.msg);
+        CHECK(arena.current[OZ_MEM_OPTIM] == want_optim, "%s: optimizer state %zu bytes, formula %zu",
+              oz_optim_kind_name(k), arena.current[OZ_MEM_OPTIM], want_optim);
+        CHECK(arena.current[OZ_MEM_QSCALES] == want_scales, "%s: scales %zu bytes, formula %zu", oz_optim_kind_name(k),
+              arena.current[OZ_MEM_QSCALES], want_scales);
+        CHECK(arena.current[OZ_MEM_PROJ] == want_proj, "%s: projections %zu bytes, formula %zu", oz_optim_kind_name(k),
+              arena.current[OZ_MEM_PROJ], want_proj);
+        size_t planned[OZ_MEM_NCATEGORIES];
+        oz_optimizer_plan(&c, &lay, planned);
+        /* Scratch is compared in e2e.sh through a real run (it includes the subspace call's
+         * transient workspace); every persistent category must match here. */
+        for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
+            if (cat != OZ_MEM_SCRATCH)
+                CHECK(planned[cat] == arena.current[cat], "%s: plan %zu vs %zu bytes of %s", oz_optim_kind_name(k),
+                      planned[cat], arena.current[cat], oz_mem_category_name(cat));
+        oz_optimizer_destroy(opt);
+        oz_arena_destroy(&arena);
+        be.destroy(&be);
+    }
+    oz_param_layout_free(&lay);
+}
+
+/* Trains the tiny preset on random tokens through the real trainer and returns its final weights. */
+static float *train_tiny(const char *optim, const char *per_layer, int accum, float clip, const char *dir,
+                         size_t *n_out) {
+    oz_train_opts o;
+    oz_train_opts_default(&o);
+    snprintf(o.data, sizeof o.data, "random:258");
+    snprintf(o.model, sizeof o.model, "tiny");
+    snprintf(o.out, sizeof o.out, "%s", dir);
+    snprintf(o.optim, sizeof o.optim, "%s", optim);
+    snprintf(o.per_layer_update, sizeof o.per_layer_update, "%s", per_layer);
+    o.steps = 6;
+    o.batch = 2;
+    o.seq = 16;
+    o.grad_accum = accum;
+    o.clip = clip;
+    o.rank = 8;
+    o.update_gap = 3;
+    o.eval_every = 0;
+    o.threads = 2;
+    oz_train_result res;
+    oz_err err = {0};
+    CHECK(oz_train(&o, NULL, NULL, &res, &err) == OZ_OK, "%s", err.msg);
+    oz_llama_config cfg;
+    char path[512];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    oz_param_layout lay;
+    float *w = NULL;
+    if (oz_config_read(path, &cfg, NULL, &err) == OZ_OK && oz_param_layout_build(&cfg, &lay, &err) == OZ_OK) {
+        w = calloc(lay.total, sizeof *w);
+        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        float *bufs[1] = {w};
+        const char *pre[1] = {""};
+        CHECK(oz_tensors_load(path, &lay, bufs, pre, 1, &err) == OZ_OK, "%s", err.msg);
+        *n_out = lay.total;
+        oz_param_layout_free(&lay);
+    }
+    return w;
+}
+
+static void test_per_layer_matches_whole_model(void) {
+    const char *optims[] = {"galore", "galore8bit", "adamw"};
+    for (int k = 0; k < 3; k++) {
+        char d1[] = "/tmp/ounce-pl-XXXXXX", d2[] = "/tmp/ounce-pl-XXXXXX";
+        CHECK(mkdtemp(d1) && mkdtemp(d2), "mkdtemp");
+        size_t n1 = 0, n2 = 0;
+        float *whole = train_tiny(optims[k], "off", 2, 0.05f, d1, &n1);
+        float *per = train_tiny(optims[k], "on", 2, 0.05f, d2, &n2);
+        if (whole && per && n1 == n2) {
+            double diff = max_rel_diff(per, whole, n1);
+            CHECK(diff < 2e-5, "%s: per-layer and whole-model weights differ by %.3g (accumulation 2, clipping)",
+                  optims[k], diff);
+        } else {
+            CHECK(0, "%s: a run failed", optims[k]);
+        }
+        free(whole);
+        free(per);
+        oz_err err = {0};
+        oz_remove_tree(d1, &err);
+        oz_remove_tree(d2, &err);
+    }
+}
+
+int main(void) {
+    RUN(test_galore_full_rank_is_adamw);
+    RUN(test_refresh_basis_quality);
+    RUN(test_moments_at_switch);
+    RUN(test_state_bytes);
+    RUN(test_per_layer_matches_whole_model);
+    return oz_test_finish("test_optim");
+}
