@@ -391,11 +391,89 @@ static void test_per_layer_matches_whole_model(void) {
     }
 }
 
+/* Lazy updates: a gradient whose subspace never moves doubles the gap once the cosine window is
+ * full, up to the ceiling; a gradient whose subspace jumps around keeps the gap. INT4 bases stay
+ * within the quantizer's error of the fp32 ones. */
+static void test_lazy_updates_and_int4_bases(void) {
+    enum { A = 12, Bc = 20 };
+    oz_param_layout lay;
+    one_matrix_layout(&lay, A, Bc);
+    for (int stable = 0; stable <= 1; stable++) {
+        oz_optim_config c = {.kind = OZ_OPTIM_GALORE8BIT, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .rank = 3,
+                             .update_gap = 2, .scale = 0.25f, .proj = OZ_PROJ_STD, .subspace = OZ_SUBSPACE_EXACT,
+                             .galore_attn = true, .galore_mlp = true, .lazy = true, .cos_threshold = 0.4f,
+                             .gap_growth = 2.0f, .cos_window = 5, .max_gap = 8, .proj_bits = 4};
+        oz_backend be;
+        oz_err err = {0};
+        oz_backend_cpu_create(&be, 0, &err);
+        oz_arena arena;
+        oz_arena_init(&arena, be.allocator);
+        oz_optimizer *opt = NULL;
+        CHECK(oz_optimizer_create(&opt, &c, &lay, &be, &arena, &err) == OZ_OK, "%s", err.msg);
+        if (!opt) continue;
+        float *w = calloc(lay.total, sizeof *w), *g = calloc(lay.total, sizeof *g);
+        oz_rng rng;
+        oz_rng_seed(&rng, 77);
+        random_fill(g, lay.total, &rng, 1.0);
+        int gaps[40];
+        for (int step = 0; step < 40; step++) {
+            if (!stable) random_fill(g, lay.total, &rng, 1.0);
+            oz_optimizer_begin_step(opt, step);
+            for (int i = 0; i < 2; i++) oz_optimizer_consume(opt, i, g + lay.params[i].offset, false, &err);
+            oz_optimizer_apply(opt, w, 1e-3f, 1.0f);
+            gaps[step] = oz_optimizer_gap(opt, 0);
+        }
+        if (stable) {
+            /* refreshes at 0,2,4,6,8,10: the 5th cosine (at step 10) fills the window: gap 4;
+             * refresh at 12: gap 8; at 16: the ceiling holds it at 8. */
+            CHECK(gaps[9] == 2 && gaps[10] == 4 && gaps[12] == 8 && gaps[39] == 8,
+                  "stable subspace gaps: step 9 %d, 10 %d, 12 %d, 39 %d", gaps[9], gaps[10], gaps[12], gaps[39]);
+            CHECK(oz_optimizer_subspace_refreshes(opt) == 10, "%ld refreshes (expected at 0,2,...,10,12,16,24,32)",
+                  oz_optimizer_subspace_refreshes(opt));
+        } else {
+            CHECK(gaps[39] == 2, "a jumping subspace grew the gap to %d", gaps[39]);
+        }
+        /* The INT4 basis dequantizes to within half a step of an orthonormal one. */
+        char dir[] = "/tmp/ounce-optim-XXXXXX", path[64];
+        CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+        snprintf(path, sizeof path, "%s/o.safetensors", dir);
+        CHECK(oz_optimizer_save(opt, path, &err) == OZ_OK, "%s", err.msg);
+        oz_safetensors st;
+        if (oz_safetensors_open(&st, path, &err) == OZ_OK) {
+            const char *nm = "model.layers.0.self_attn.q_proj.weight";
+            char n1[128], n2[128], n3[128];
+            snprintf(n1, sizeof n1, "galore_P.%s.q4", nm);
+            snprintf(n2, sizeof n2, "galore_P.%s.scale", nm);
+            snprintf(n3, sizeof n3, "galore_P.%s.zero", nm);
+            const oz_st_tensor *q = oz_safetensors_find(&st, n1), *sc = oz_safetensors_find(&st, n2),
+                               *z = oz_safetensors_find(&st, n3);
+            CHECK(q && sc && z && q->numel == (A * 3 + 1) / 2, "INT4 basis missing from the checkpoint");
+            if (q && sc && z) {
+                float P[A * 3], scale;
+                oz_i4_dequantize(q->data, sc->data, z->data, A * 3, P);
+                memcpy(&scale, sc->data, sizeof scale);
+                double orth = oz_subspace_orthonormality_error(P, A, 3, OZ_SUBSPACE_COLUMNS);
+                CHECK(orth < 8 * scale, "INT4 basis orthonormality error %.3g (step %.3g)", orth, (double)scale);
+                CHECK(orth > 0, "INT4 basis is exactly orthonormal: was it quantized at all?");
+            }
+            oz_safetensors_close(&st);
+        }
+        oz_remove_tree(dir, &err);
+        free(w);
+        free(g);
+        oz_optimizer_destroy(opt);
+        oz_arena_destroy(&arena);
+        be.destroy(&be);
+    }
+    oz_param_layout_free(&lay);
+}
+
 int main(void) {
     RUN(test_galore_full_rank_is_adamw);
     RUN(test_refresh_basis_quality);
     RUN(test_moments_at_switch);
     RUN(test_state_bytes);
     RUN(test_per_layer_matches_whole_model);
+    RUN(test_lazy_updates_and_int4_bases);
     return oz_test_finish("test_optim");
 }

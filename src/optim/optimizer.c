@@ -26,7 +26,13 @@ typedef struct {
     int a, b;             /* matrix rows, cols (dense: numel x 1) */
     int side, r;
     size_t n;             /* elements of the moments: low-rank shape for GaLore, numel otherwise */
-    float *P, *Q;         /* bases: P (a, r), Q (r, b) */
+    float *P, *Q;         /* bases: P (a, r), Q (r, b), fp32 ... */
+    uint8_t *Pq, *Qq, *Pz, *Qz; /* ... or INT4 codes and zero points */
+    float *Ps, *Qs;       /* INT4 scales */
+    float *v1;            /* lazy updates: the previous first basis vector (a or b) */
+    float cos_hist[OZ_LAZY_MAX_WINDOW];
+    int cos_n;            /* cosines recorded (the window holds the last min(cos_n, window)) */
+    int gap;              /* this matrix's refresh interval */
     float *racc;          /* GaLore: this step's projected gradient (n) */
     float *gacc;          /* dense, per-layer mode, layer tensors: this step's gradient (numel) */
     const float *grad;    /* dense: where this step's gradient is */
@@ -48,7 +54,7 @@ struct oz_optimizer {
     int step;
     long updates;
     float map_signed[256], map_unsigned[256];
-    float *u, *work, *rot, *cbuf, *newbasis; /* scratch */
+    float *u, *work, *rot, *cbuf, *newbasis, *deq; /* scratch */
     size_t max_n, max_work, max_c, max_basis, max_workspace;
     void **owned;
     int n_owned, cap_owned;
@@ -127,14 +133,32 @@ static void shape_slot(const oz_optim_config *c, const oz_param_info *p, int ind
     s->q8 = eight && s->n >= OZ_Q8_MIN_SIZE;
 }
 
+/* The vector whose drift drives lazy updates: P's first column (left, full) or Q's first row. */
+static int first_vector_len(const slot *s) { return s->side == SIDE_RIGHT ? s->b : s->a; }
+
 typedef void (*want_fn)(void *ctx, void **dest, oz_mem_category cat, size_t bytes, const char *what);
 
 /* Every buffer slot s owns, in one place, so creation and the plan cannot disagree. */
 static void slot_buffers(const oz_optim_config *c, slot *s, want_fn want, void *ctx) {
     size_t f = sizeof(float);
     if (s->galore) {
-        if (s->side != SIDE_RIGHT) want(ctx, (void **)&s->P, OZ_MEM_PROJ, (size_t)s->a * s->r * f, "GaLore basis P");
-        if (s->side != SIDE_LEFT) want(ctx, (void **)&s->Q, OZ_MEM_PROJ, (size_t)s->r * s->b * f, "GaLore basis Q");
+        size_t ar = (size_t)s->a * s->r, rb = (size_t)s->r * s->b;
+        if (c->proj_bits == 4) {
+            if (s->side != SIDE_RIGHT) {
+                want(ctx, (void **)&s->Pq, OZ_MEM_PROJ, (ar + 1) / 2, "GaLore basis P (INT4)");
+                want(ctx, (void **)&s->Ps, OZ_MEM_QSCALES, oz_qw_groups(ar) * f, "basis P scales");
+                want(ctx, (void **)&s->Pz, OZ_MEM_QSCALES, oz_qw_groups(ar), "basis P zero points");
+            }
+            if (s->side != SIDE_LEFT) {
+                want(ctx, (void **)&s->Qq, OZ_MEM_PROJ, (rb + 1) / 2, "GaLore basis Q (INT4)");
+                want(ctx, (void **)&s->Qs, OZ_MEM_QSCALES, oz_qw_groups(rb) * f, "basis Q scales");
+                want(ctx, (void **)&s->Qz, OZ_MEM_QSCALES, oz_qw_groups(rb), "basis Q zero points");
+            }
+        } else {
+            if (s->side != SIDE_RIGHT) want(ctx, (void **)&s->P, OZ_MEM_PROJ, ar * f, "GaLore basis P");
+            if (s->side != SIDE_LEFT) want(ctx, (void **)&s->Q, OZ_MEM_PROJ, rb * f, "GaLore basis Q");
+        }
+        if (c->lazy) want(ctx, (void **)&s->v1, OZ_MEM_PROJ, (size_t)first_vector_len(s) * f, "first basis vector");
         want(ctx, (void **)&s->racc, OZ_MEM_GRADS, s->n * f, "projected gradient");
     } else if (c->per_layer && s->p->layer >= 0) {
         want(ctx, (void **)&s->gacc, OZ_MEM_GRADS, s->n * f, "gradient accumulator");
@@ -188,6 +212,7 @@ void oz_optimizer_plan(const oz_optim_config *c, const oz_param_layout *layout, 
     size_t f = sizeof(float);
     if (z.n) {
         bytes[OZ_MEM_SCRATCH] += (2 * z.n + z.work + z.c + z.basis) * f;
+        if (c->proj_bits == 4) bytes[OZ_MEM_SCRATCH] += z.basis * f;
         bytes[OZ_MEM_SCRATCH] += z.workspace; /* the subspace call's own workspace, while it runs */
     }
 }
@@ -224,6 +249,13 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
     bool galore = cfg->kind == OZ_OPTIM_GALORE || cfg->kind == OZ_OPTIM_GALORE8BIT;
     if (galore && (cfg->rank <= 0 || cfg->update_gap <= 0 || !(cfg->scale > 0)))
         return oz_fail(err, OZ_ERR_INPUT, "GaLore needs --rank > 0, --update-gap > 0 and --galore-scale > 0");
+    if (cfg->proj_bits != 0 && cfg->proj_bits != 32 && cfg->proj_bits != 4)
+        return oz_fail(err, OZ_ERR_INPUT, "--proj-bits must be 32 or 4 (got %d)", cfg->proj_bits);
+    if (cfg->lazy && (cfg->cos_window < 1 || cfg->cos_window > OZ_LAZY_MAX_WINDOW || !(cfg->gap_growth >= 1) ||
+                      cfg->max_gap < cfg->update_gap))
+        return oz_fail(err, OZ_ERR_INPUT,
+                       "lazy updates need a window of 1..%d, a gap growth >= 1 and a maximum gap >= --update-gap",
+                       OZ_LAZY_MAX_WINDOW);
     if (!be->host_visible)
         return oz_fail(err, OZ_ERR_INPUT, "--optim %s runs on the CPU backend only so far",
                        oz_optim_kind_name(cfg->kind));
@@ -245,6 +277,7 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
     for (int i = 0; i < layout->n && ctx.st == OZ_OK; i++) {
         slot *s = &o->slots[i];
         shape_slot(cfg, &layout->params[i], i, s);
+        s->gap = cfg->update_gap;
         slot_buffers(cfg, s, alloc_want, &ctx);
         scratch_of(cfg, s, &z);
     }
@@ -255,6 +288,8 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
         alloc_want(&ctx, (void **)&o->rot, OZ_MEM_SCRATCH, z.n * f, "GaLore rotation buffer");
         alloc_want(&ctx, (void **)&o->cbuf, OZ_MEM_SCRATCH, z.c * f, "GaLore change of basis");
         alloc_want(&ctx, (void **)&o->newbasis, OZ_MEM_SCRATCH, z.basis * f, "GaLore new basis");
+        if (cfg->proj_bits == 4)
+            alloc_want(&ctx, (void **)&o->deq, OZ_MEM_SCRATCH, z.basis * f, "dequantized INT4 basis");
         o->max_workspace = z.workspace;
     }
     if (ctx.st != OZ_OK) return ctx.st;
@@ -284,14 +319,72 @@ long oz_optimizer_subspace_refreshes(const oz_optimizer *o) {
 
 long oz_optimizer_updates(const oz_optimizer *o) { return o->updates; }
 
+
+/* ---------------------------------------------------------------- bases */
+
+/* The fp32 bases to use now: the stored ones, or INT4 ones dequantized into scratch. */
+static const float *basis_P(oz_optimizer *o, const slot *s) {
+    if (s->P || !s->Pq) return s->P;
+    oz_i4_dequantize(s->Pq, s->Ps, s->Pz, (size_t)s->a * s->r, o->deq);
+    return o->deq;
+}
+
+static const float *basis_Q(oz_optimizer *o, const slot *s) {
+    if (s->Q || !s->Qq) return s->Q;
+    float *dst = o->deq + (size_t)s->a * s->r;
+    oz_i4_dequantize(s->Qq, s->Qs, s->Qz, (size_t)s->r * s->b, dst);
+    return dst;
+}
+
+static void store_bases(slot *s, const float *P, const float *Q) {
+    size_t ar = (size_t)s->a * s->r, rb = (size_t)s->r * s->b;
+    if (P && s->P) memcpy(s->P, P, ar * sizeof(float));
+    if (P && s->Pq) oz_i4_quantize(P, ar, s->Pq, s->Ps, s->Pz);
+    if (Q && s->Q) memcpy(s->Q, Q, rb * sizeof(float));
+    if (Q && s->Qq) oz_i4_quantize(Q, rb, s->Qq, s->Qs, s->Qz);
+}
+
 bool oz_optimizer_set_basis(oz_optimizer *o, int index, const float *P, const float *Q) {
     slot *s = &o->slots[index];
     if (!s->galore) return false;
-    if (s->P && P) memcpy(s->P, P, (size_t)s->a * s->r * sizeof(float));
-    if (s->Q && Q) memcpy(s->Q, Q, (size_t)s->r * s->b * sizeof(float));
+    store_bases(s, P, Q);
     s->frozen_basis = true;
     s->refreshes = s->refreshes ? s->refreshes : 1;
     return true;
+}
+
+int oz_optimizer_gap(const oz_optimizer *o, int index) { return o->slots[index].galore ? o->slots[index].gap : 0; }
+
+/* Q-GaLore's rule: cosine of the old and new first basis vectors into a window; a full window
+ * whose mean reaches the threshold multiplies the gap (the window is not cleared, so a stable
+ * subspace keeps growing the gap at every later refresh, up to the ceiling). Basis vector signs
+ * are fixed by the subspace code (largest entry positive), so the signed cosine is meaningful. */
+static void lazy_observe(oz_optimizer *o, slot *s, const float *Pn, const float *Qn) {
+    int len = first_vector_len(s);
+    float *v = o->rot; /* free at this point */
+    for (int i = 0; i < len; i++) v[i] = s->side == SIDE_RIGHT ? Qn[i] : Pn[(size_t)i * s->r];
+    if (s->refreshes > 0) {
+        double dot = 0, n1 = 0, n2 = 0;
+        for (int i = 0; i < len; i++) {
+            dot += (double)s->v1[i] * v[i];
+            n1 += (double)s->v1[i] * s->v1[i];
+            n2 += (double)v[i] * v[i];
+        }
+        float cosv = (float)(dot / (sqrt(n1 * n2) + 1e-30));
+        int w = o->cfg.cos_window;
+        s->cos_hist[s->cos_n % w] = cosv;
+        s->cos_n++;
+        if (s->cos_n >= w) {
+            double mean = 0;
+            for (int i = 0; i < w; i++) mean += s->cos_hist[i];
+            mean /= w;
+            if (mean >= o->cfg.cos_threshold) {
+                double grown = (double)s->gap * o->cfg.gap_growth;
+                s->gap = grown > o->cfg.max_gap ? o->cfg.max_gap : (int)grown;
+            }
+        }
+    }
+    memcpy(s->v1, v, (size_t)len * sizeof *v);
 }
 
 /* ---------------------------------------------------------------- the step */
@@ -303,7 +396,7 @@ void oz_optimizer_begin_step(oz_optimizer *o, int step) {
         s->consumed = false;
         s->grad = NULL;
         /* GaLore's rule: a new subspace at steps 0, T, 2T, ... (and whenever none exists yet). */
-        s->refresh_now = s->galore && !s->frozen_basis && (s->refreshes == 0 || step % o->cfg.update_gap == 0);
+        s->refresh_now = s->galore && !s->frozen_basis && (s->refreshes == 0 || step % s->gap == 0);
     }
 }
 
@@ -337,7 +430,7 @@ static void moments_rotate(oz_optimizer *o, slot *s, const float *Pn, const floa
     /* Left side (also the left half of full): rows of m live in P's basis. */
     if (s->side != SIDE_RIGHT) {
         int cols = s->side == SIDE_LEFT ? s->b : r;
-        be->gemm(be, 1, 0, r, r, s->a, 1.0f, Pn, r, s->P, r, 0.0f, C, r);
+        be->gemm(be, 1, 0, r, r, s->a, 1.0f, Pn, r, basis_P(o, s), r, 0.0f, C, r);
         for (size_t i = 0; i < (size_t)r * r; i++) C2[i] = C[i] * C[i];
         float *t = o->rot;
         be->gemm(be, 0, 0, r, cols, r, 1.0f, C, r, m, cols, 0.0f, t, cols);
@@ -347,7 +440,7 @@ static void moments_rotate(oz_optimizer *o, slot *s, const float *Pn, const floa
     }
     if (s->side != SIDE_LEFT) {
         int rows = s->side == SIDE_RIGHT ? s->a : r;
-        be->gemm(be, 0, 1, r, r, s->b, 1.0f, s->Q, s->b, Qn, s->b, 0.0f, C, r);
+        be->gemm(be, 0, 1, r, r, s->b, 1.0f, basis_Q(o, s), s->b, Qn, s->b, 0.0f, C, r);
         for (size_t i = 0; i < (size_t)r * r; i++) C2[i] = C[i] * C[i];
         float *t = o->rot;
         be->gemm(be, 0, 0, rows, r, r, 1.0f, m, r, C, r, 0.0f, t, r);
@@ -385,8 +478,8 @@ static oz_status refresh_basis(oz_optimizer *o, slot *s, const float *G, oz_err 
             moments_rotate(o, s, Pn, Qn);
         }
     }
-    if (s->P) memcpy(s->P, Pn, (size_t)s->a * s->r * sizeof(float));
-    if (s->Q) memcpy(s->Q, Qn, (size_t)s->r * s->b * sizeof(float));
+    if (o->cfg.lazy) lazy_observe(o, s, Pn, Qn);
+    store_bases(s, s->side != SIDE_RIGHT ? Pn : NULL, s->side != SIDE_LEFT ? Qn : NULL);
     s->refreshes++;
     s->refresh_now = false;
     return OZ_OK;
@@ -395,12 +488,14 @@ static oz_status refresh_basis(oz_optimizer *o, slot *s, const float *G, oz_err 
 static void project(oz_optimizer *o, slot *s, const float *G, float beta) {
     oz_backend *be = o->be;
     int a = s->a, b = s->b, r = s->r;
+    const float *P = s->side != SIDE_RIGHT ? basis_P(o, s) : NULL;
+    const float *Q = s->side != SIDE_LEFT ? basis_Q(o, s) : NULL;
     switch (s->side) {
-    case SIDE_LEFT: be->gemm(be, 1, 0, r, b, a, 1.0f, s->P, r, G, b, beta, s->racc, b); break;
-    case SIDE_RIGHT: be->gemm(be, 0, 1, a, r, b, 1.0f, G, b, s->Q, b, beta, s->racc, r); break;
+    case SIDE_LEFT: be->gemm(be, 1, 0, r, b, a, 1.0f, P, r, G, b, beta, s->racc, b); break;
+    case SIDE_RIGHT: be->gemm(be, 0, 1, a, r, b, 1.0f, G, b, Q, b, beta, s->racc, r); break;
     default:
-        be->gemm(be, 1, 0, r, b, a, 1.0f, s->P, r, G, b, 0.0f, o->work, b);
-        be->gemm(be, 0, 1, r, r, b, 1.0f, o->work, b, s->Q, b, beta, s->racc, r);
+        be->gemm(be, 1, 0, r, b, a, 1.0f, P, r, G, b, 0.0f, o->work, b);
+        be->gemm(be, 0, 1, r, r, b, 1.0f, o->work, b, Q, b, beta, s->racc, r);
     }
 }
 
@@ -477,12 +572,14 @@ void oz_optimizer_apply(oz_optimizer *o, float *params, float lr, float grad_sca
         if (wd > 0) be->scale(be, W, 1.0f - lr * wd, (size_t)s->a * s->b);
         float alpha = lr * c->scale;
         int a = s->a, b = s->b, r = s->r;
+        const float *P = s->side != SIDE_RIGHT ? basis_P(o, s) : NULL;
+        const float *Q = s->side != SIDE_LEFT ? basis_Q(o, s) : NULL;
         switch (s->side) {
-        case SIDE_LEFT: be->gemm(be, 0, 0, a, b, r, alpha, s->P, r, o->u, b, 1.0f, W, b); break;
-        case SIDE_RIGHT: be->gemm(be, 0, 0, a, b, r, alpha, o->u, r, s->Q, b, 1.0f, W, b); break;
+        case SIDE_LEFT: be->gemm(be, 0, 0, a, b, r, alpha, P, r, o->u, b, 1.0f, W, b); break;
+        case SIDE_RIGHT: be->gemm(be, 0, 0, a, b, r, alpha, o->u, r, Q, b, 1.0f, W, b); break;
         default:
-            be->gemm(be, 0, 0, a, r, r, 1.0f, s->P, r, o->u, r, 0.0f, o->work, r);
-            be->gemm(be, 0, 0, a, b, r, alpha, o->work, r, s->Q, b, 1.0f, W, b);
+            be->gemm(be, 0, 0, a, r, r, 1.0f, P, r, o->u, r, 0.0f, o->work, r);
+            be->gemm(be, 0, 0, a, b, r, alpha, o->work, r, Q, b, 1.0f, W, b);
         }
     }
 }
@@ -533,18 +630,36 @@ static void list_state(const oz_optimizer *o, entry_list *l, int64_t *counters) 
         }
         if (s->P) add_entry(l, "galore_P", nm, "", OZ_DT_F32, 2, s->a, s->r, s->P);
         if (s->Q) add_entry(l, "galore_Q", nm, "", OZ_DT_F32, 2, s->r, s->b, s->Q);
-        counters[2 * i] = s->step;
-        counters[2 * i + 1] = s->refreshes;
-        add_entry(l, "state", nm, "", OZ_DT_I64, 1, 2, 0, &counters[2 * i]);
+        size_t ar = (size_t)s->a * s->r, rb = (size_t)s->r * s->b;
+        if (s->Pq) {
+            add_entry(l, "galore_P", nm, ".q4", OZ_DT_U8, 1, (int64_t)(ar + 1) / 2, 0, s->Pq);
+            add_entry(l, "galore_P", nm, ".scale", OZ_DT_F32, 1, (int64_t)oz_qw_groups(ar), 0, s->Ps);
+            add_entry(l, "galore_P", nm, ".zero", OZ_DT_U8, 1, (int64_t)oz_qw_groups(ar), 0, s->Pz);
+        }
+        if (s->Qq) {
+            add_entry(l, "galore_Q", nm, ".q4", OZ_DT_U8, 1, (int64_t)(rb + 1) / 2, 0, s->Qq);
+            add_entry(l, "galore_Q", nm, ".scale", OZ_DT_F32, 1, (int64_t)oz_qw_groups(rb), 0, s->Qs);
+            add_entry(l, "galore_Q", nm, ".zero", OZ_DT_U8, 1, (int64_t)oz_qw_groups(rb), 0, s->Qz);
+        }
+        if (s->v1) {
+            add_entry(l, "galore_v1", nm, "", OZ_DT_F32, 1, first_vector_len(s), 0, s->v1);
+            add_entry(l, "galore_cos", nm, "", OZ_DT_F32, 1, OZ_LAZY_MAX_WINDOW, 0, s->cos_hist);
+        }
+        int64_t *cnt = &counters[4 * i];
+        cnt[0] = s->step;
+        cnt[1] = s->refreshes;
+        cnt[2] = s->gap;
+        cnt[3] = s->cos_n;
+        add_entry(l, "state", nm, "", OZ_DT_I64, 1, 4, 0, cnt);
     }
 }
 
 static oz_status entries_alloc(const oz_optimizer *o, entry_list *l, int64_t **counters, oz_err *err) {
-    l->cap = 7 * o->n_slots;
+    l->cap = 13 * o->n_slots;
     l->n = 0;
     l->e = calloc((size_t)l->cap, sizeof *l->e);
     l->names = calloc((size_t)l->cap, sizeof *l->names);
-    *counters = calloc((size_t)2 * o->n_slots, sizeof **counters);
+    *counters = calloc((size_t)4 * o->n_slots, sizeof **counters);
     if (!l->e || !l->names || !*counters) {
         free(l->e);
         free(l->names);
@@ -596,8 +711,10 @@ oz_status oz_optimizer_load(oz_optimizer *o, const char *path, oz_err *err) {
     if (s == OZ_OK) {
         for (int i = 0; i < o->n_slots; i++) {
             slot *sl = &o->slots[i];
-            sl->step = counters[2 * i];
-            sl->refreshes = counters[2 * i + 1];
+            sl->step = counters[4 * i];
+            sl->refreshes = counters[4 * i + 1];
+            sl->gap = (int)counters[4 * i + 2];
+            sl->cos_n = (int)counters[4 * i + 3];
         }
     }
     free(l.e);

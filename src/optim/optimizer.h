@@ -35,7 +35,16 @@ typedef struct {
     bool galore_attn, galore_mlp; /* which matrices get GaLore (default both) */
     uint64_t seed;         /* randomized subspaces draw from streams derived from (seed, step, tensor) */
     bool per_layer;        /* gradients arrive layer by layer (no full gradient buffer) */
+    /* Q-GaLore's lazy subspace updates: after each refresh, the cosine between the old and new
+     * first basis vectors joins a window; once the window is full and its mean reaches
+     * cos_threshold, that matrix's gap is multiplied by gap_growth (at most max_gap). */
+    bool lazy;
+    float cos_threshold, gap_growth;
+    int cos_window, max_gap;
+    int proj_bits;         /* 32: fp32 bases; 4: INT4 bases (groups of 256, two codes per byte) */
 } oz_optim_config;
+
+#define OZ_LAZY_MAX_WINDOW 32
 
 /* Parses names used on the command line; false if unknown. */
 bool oz_optim_kind_parse(const char *name, oz_optim_kind *kind);
@@ -67,6 +76,8 @@ void oz_optimizer_apply(oz_optimizer *opt, float *params, float lr, float grad_s
 
 /* Counts, for logs and tests. */
 long oz_optimizer_subspace_refreshes(const oz_optimizer *opt);
+/* Current refresh gap of tensor `index` (GaLore slots; 0 otherwise). */
+int oz_optimizer_gap(const oz_optimizer *opt, int index);
 long oz_optimizer_updates(const oz_optimizer *opt);
 /* GaLore test hook: replace tensor `index`'s basis (a GaLore slot) by `basis`, and stop refreshing
  * it. Returns false if the tensor has no GaLore slot. */

@@ -41,6 +41,12 @@ void oz_train_opts_default(oz_train_opts *o) {
     snprintf(o->subspace, sizeof o->subspace, "randomized");
     snprintf(o->galore_targets, sizeof o->galore_targets, "attn,mlp");
     snprintf(o->per_layer_update, sizeof o->per_layer_update, "auto");
+    snprintf(o->lazy_update, sizeof o->lazy_update, "off");
+    o->cos_threshold = 0.4f;
+    o->gap_growth = 2.0f;
+    o->cos_window = 5;
+    o->max_gap = 0;
+    o->proj_bits = 32;
     o->steps = 1000;
     o->batch = 8;
     o->seq = 256;
@@ -72,12 +78,13 @@ static double now_s(void) {
 
 #define OPT_INT_FIELDS(X)                                                                             \
     X(steps) X(batch) X(seq) X(grad_accum) X(warmup) X(eval_every) X(eval_batches) X(save_every)     \
-        X(keep) X(log_every) X(threads) X(rank) X(update_gap)
+        X(keep) X(log_every) X(threads) X(rank) X(update_gap) X(cos_window) X(max_gap) X(proj_bits)
 #define OPT_FLOAT_FIELDS(X) \
-    X(lr) X(min_lr_ratio) X(weight_decay) X(clip) X(beta1) X(beta2) X(adam_eps) X(galore_scale)
+    X(lr) X(min_lr_ratio) X(weight_decay) X(clip) X(beta1) X(beta2) X(adam_eps) X(galore_scale) X(cos_threshold) \
+        X(gap_growth)
 #define OPT_STR_FIELDS(X)                                                                          \
     X(data) X(model) X(out) X(optim) X(device) X(recompute) X(mini_seq) X(proj_type) X(moments_at_switch) \
-        X(subspace) X(galore_targets) X(per_layer_update)
+        X(subspace) X(galore_targets) X(per_layer_update) X(lazy_update)
 
 static cJSON *opts_to_json(const oz_train_opts *o) {
     cJSON *j = cJSON_CreateObject();
@@ -379,6 +386,16 @@ oz_status oz_train_optim_config(const oz_train_opts *o, oz_optim_config *c, oz_e
     c->update_gap = o->update_gap;
     c->scale = o->galore_scale;
     c->seed = o->seed;
+    if (strcmp(o->lazy_update, "on") == 0) c->lazy = true;
+    else if (strcmp(o->lazy_update, "off") != 0)
+        return oz_fail(err, OZ_ERR_INPUT, "--lazy-update %s: expected on or off", o->lazy_update);
+    c->cos_threshold = o->cos_threshold;
+    c->gap_growth = o->gap_growth;
+    c->cos_window = o->cos_window;
+    c->max_gap = o->max_gap > 0 ? o->max_gap : 8 * o->update_gap;
+    c->proj_bits = o->proj_bits;
+    if (o->proj_bits != 32 && o->proj_bits != 4)
+        return oz_fail(err, OZ_ERR_INPUT, "--proj-bits must be 32 or 4 (got %d)", o->proj_bits);
     return OZ_OK;
 }
 

@@ -26,6 +26,10 @@ typedef struct {
     char subspace[16];        /* svd | randomized */
     char galore_targets[16];  /* attn,mlp | attn | mlp */
     char per_layer_update[8]; /* auto | on | off (auto: on for the GaLore family) */
+    char lazy_update[8];      /* on | off: Q-GaLore's cosine-driven refresh gaps */
+    float cos_threshold, gap_growth;
+    int cos_window, max_gap;  /* max_gap 0: 8 x update_gap */
+    int proj_bits;            /* 32 | 4 */
     int steps, batch, seq, grad_accum;
     float lr, min_lr_ratio;
     int warmup;
