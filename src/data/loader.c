@@ -13,17 +13,6 @@
 /* Fixed so random:V validation is the same for every training seed and every run. */
 #define RANDOM_VAL_SEED 0x0BADC0FFEE5EEDull
 
-static char *join_path(const char *dir, const char *name) {
-    size_t a = strlen(dir), b = strlen(name);
-    int slash = a > 0 && dir[a - 1] != '/';
-    char *p = malloc(a + (size_t)slash + b + 1);
-    if (!p) return NULL;
-    memcpy(p, dir, a);
-    if (slash) p[a] = '/';
-    memcpy(p + a + slash, name, b + 1);
-    return p;
-}
-
 static oz_status open_random(oz_dataset *ds, const char *spec, const char *arg, oz_err *err) {
     char *end;
     errno = 0;
@@ -107,9 +96,9 @@ static oz_status open_prepared(oz_dataset *ds, const char *dir, oz_err *err) {
         return oz_fail(err, OZ_ERR_INPUT, "dataset %s does not exist (expected a directory from `ounce prepare` or random:V)", dir);
     if (!S_ISDIR(st.st_mode))
         return oz_fail(err, OZ_ERR_INPUT, "dataset %s is not a directory (expected one from `ounce prepare` or random:V)", dir);
-    char *meta_path = join_path(dir, "meta.json");
-    char *train_path = join_path(dir, "train.bin");
-    char *val_path = join_path(dir, "val.bin");
+    char *meta_path = oz_path_join(dir, "meta.json");
+    char *train_path = oz_path_join(dir, "train.bin");
+    char *val_path = oz_path_join(dir, "val.bin");
     oz_status s = meta_path && train_path && val_path ? OZ_OK : oz_fail(err, OZ_ERR_NOMEM, "out of memory");
     ds->kind = OZ_DATA_PREPARED;
     if (s == OZ_OK) s = read_meta(ds, dir, meta_path, err);

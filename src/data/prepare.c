@@ -71,17 +71,6 @@ static oz_status files_add(file_list *l, char *path, const struct stat *st, int 
     return OZ_OK;
 }
 
-static char *join_path(const char *dir, const char *name) {
-    size_t a = strlen(dir), b = strlen(name);
-    int slash = a > 0 && dir[a - 1] != '/';
-    char *p = malloc(a + (size_t)slash + b + 1);
-    if (!p) return NULL;
-    memcpy(p, dir, a);
-    if (slash) p[a] = '/';
-    memcpy(p + a + slash, name, b + 1);
-    return p;
-}
-
 static int ends_with(const char *s, const char *suffix) {
     size_t a = strlen(s), b = strlen(suffix);
     return a >= b && strcmp(s + a - b, suffix) == 0;
@@ -118,7 +107,7 @@ static oz_status walk_dir(const char *dir, int input, const dir_id *exclude, fil
     struct dirent *e;
     while (s == OZ_OK && (e = readdir(d)) != NULL) {
         if (e->d_name[0] == '.') continue; /* hidden, ".", ".." */
-        char *p = join_path(dir, e->d_name);
+        char *p = oz_path_join(dir, e->d_name);
         if (!p) {
             s = oz_fail(err, OZ_ERR_NOMEM, "out of memory walking %s", dir);
             break;
@@ -175,7 +164,7 @@ static oz_status collect(const oz_prepare_opts *o, file_list *files, uint64_t *s
             /* Sorting whole paths (not per directory) makes the order independent of readdir. */
             qsort(files->v + first, files->n - first, sizeof *files->v, cmp_path);
         } else if (S_ISREG(st.st_mode)) {
-            char *p = join_path("", in);
+            char *p = oz_path_join("", in);
             if (!p) return oz_fail(err, OZ_ERR_NOMEM, "out of memory");
             OZ_TRY(files_add(files, p, &st, i, 1, err));
         } else {
@@ -404,7 +393,7 @@ static oz_status write_meta(const oz_prepare_opts *o, const oz_tokenizer *tok, c
     cJSON_Delete(m);
     cJSON_Delete(sources);
     if (!text) return oz_fail(err, OZ_ERR_NOMEM, "out of memory building meta.json");
-    char *path = join_path(o->out_dir, "meta.json");
+    char *path = oz_path_join(o->out_dir, "meta.json");
     oz_status s = path ? OZ_OK : oz_fail(err, OZ_ERR_NOMEM, "out of memory");
     if (s == OZ_OK) {
         size_t n = strlen(text);
@@ -447,7 +436,7 @@ oz_status oz_prepare(const oz_prepare_opts *opts, oz_prepare_report *report, oz_
     if (s == OZ_OK) s = collect(&o, &files, &r.skipped_files, err);
     if (s == OZ_OK) s = oz_mkdir_p(o.out_dir, err);
     if (s == OZ_OK) {
-        tmp_path = join_path(o.out_dir, ".prepare.tmp.XXXXXX");
+        tmp_path = oz_path_join(o.out_dir, ".prepare.tmp.XXXXXX");
         if (!tmp_path) s = oz_fail(err, OZ_ERR_NOMEM, "out of memory");
     }
     if (s == OZ_OK) {
@@ -498,8 +487,8 @@ oz_status oz_prepare(const oz_prepare_opts *opts, oz_prepare_report *report, oz_
     }
     if (s == OZ_OK) {
         hist = calloc((size_t)tok->vocab_size, sizeof *hist);
-        train_path = join_path(o.out_dir, "train.bin");
-        val_path = join_path(o.out_dir, "val.bin");
+        train_path = oz_path_join(o.out_dir, "train.bin");
+        val_path = oz_path_join(o.out_dir, "val.bin");
         if (!hist || !train_path || !val_path) s = oz_fail(err, OZ_ERR_NOMEM, "out of memory");
     }
     if (s == OZ_OK) s = oz_shard_writer_open(&train_w, train_path, (uint32_t)tok->vocab_size, err);

@@ -338,3 +338,14 @@ oz_status oz_replace_dir(const char *tmp_dir, const char *final_dir, oz_err *err
     free(aside);
     return s;
 }
+
+char *oz_path_join(const char *dir, const char *name) {
+    size_t a = strlen(dir), b = strlen(name);
+    int slash = a > 0 && dir[a - 1] != '/';
+    char *p = malloc(a + (size_t)slash + b + 1);
+    if (!p) return NULL;
+    memcpy(p, dir, a);
+    if (slash) p[a] = '/';
+    memcpy(p + a + slash, name, b + 1);
+    return p;
+}

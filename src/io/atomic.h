@@ -32,6 +32,9 @@ oz_status oz_atomic_file_write(oz_atomic_file *f, const void *data, size_t n, oz
 oz_status oz_atomic_file_commit(oz_atomic_file *f, oz_err *err);
 void oz_atomic_file_abort(oz_atomic_file *f);
 
+/* dir + "/" + name (no doubled slash), malloc'd; NULL when out of memory. */
+char *oz_path_join(const char *dir, const char *name);
+
 /* mkdir -p with mode 0755; fine if the directory already exists. */
 oz_status oz_mkdir_p(const char *path, oz_err *err);
 

@@ -459,6 +459,16 @@ static void chunk_rows(int n, int chunks, int i, int *r0, int *r1) {
     *r1 = (int)((long)(i + 1) * n / chunks);
 }
 
+/* One mini-sequence of the MLP's intermediates: gate, up and silu(gate)*up of `rows` rows of the
+ * MLP norm's output, into the chunk buffers. */
+static void mlp_chunk_forward(oz_llama *m, const layer_weights *w, const float *xin, int rows, const dims *g) {
+    oz_backend *be = m->be;
+    int d = g->d, F = g->F;
+    be->gemm(be, 0, 1, rows, F, d, 1.0f, xin, d, w->gate, d, 0.0f, m->cgate, F);
+    be->gemm(be, 0, 1, rows, F, d, 1.0f, xin, d, w->up, d, 0.0f, m->cup, F);
+    be->swiglu_fwd(be, m->cmlp, m->cgate, m->cup, (size_t)rows * F);
+}
+
 /* Layer l forward from a->x into a's buffers and out (the next layer's input). */
 static void layer_forward(oz_llama *m, int l, layer_acts *a, float *out, const dims *g) {
     oz_backend *be = m->be;
@@ -489,10 +499,7 @@ static void layer_forward(oz_llama *m, int l, layer_acts *a, float *out, const d
         chunk_rows(N, m->shape.mlp_chunks, i, &r0, &r1);
         int rows = r1 - r0;
         if (rows <= 0) continue;
-        const float *xin = a->ln2 + (size_t)r0 * d;
-        be->gemm(be, 0, 1, rows, F, d, 1.0f, xin, d, w.gate, d, 0.0f, m->cgate, F);
-        be->gemm(be, 0, 1, rows, F, d, 1.0f, xin, d, w.up, d, 0.0f, m->cup, F);
-        be->swiglu_fwd(be, m->cmlp, m->cgate, m->cup, (size_t)rows * F);
+        mlp_chunk_forward(m, &w, a->ln2 + (size_t)r0 * d, rows, g);
         be->gemm(be, 0, 1, rows, d, F, 1.0f, m->cmlp, F, w.down, F, 1.0f, out + (size_t)r0 * d, d);
     }
 }
@@ -520,7 +527,7 @@ static void layer_backward(oz_llama *m, int l, layer_acts *a, const dims *g) {
     layer_weights w = layer_tensors(m, m->params, l);
     layer_weights gw = layer_grad_tensors(m, l);
     if (m->layer_grads) be->fill(be, m->layer_grads, 0.0f, m->layout.layer_stride);
-    int N = g->N, d = g->d, F = g->F, qd = g->qd, kvd = g->kvd;
+    int N = g->N, d = g->d, qd = g->qd, kvd = g->kvd;
     if (m->shape.mlp_chunks == 0) {
         mlp_backward_rows(m, &w, &gw, a->ln2, m->dx, m->dln, a->gate, a->up, a->mlp, N, g);
     } else {
@@ -531,9 +538,7 @@ static void layer_backward(oz_llama *m, int l, layer_acts *a, const dims *g) {
             if (rows <= 0) continue;
             const float *xin = a->ln2 + (size_t)r0 * d;
             /* Recompute this chunk's intermediates (MsT Alg. 3), then its backward. */
-            be->gemm(be, 0, 1, rows, F, d, 1.0f, xin, d, w.gate, d, 0.0f, m->cgate, F);
-            be->gemm(be, 0, 1, rows, F, d, 1.0f, xin, d, w.up, d, 0.0f, m->cup, F);
-            be->swiglu_fwd(be, m->cmlp, m->cgate, m->cup, (size_t)rows * F);
+            mlp_chunk_forward(m, &w, xin, rows, g);
             mlp_backward_rows(m, &w, &gw, xin, m->dx + (size_t)r0 * d, m->dln + (size_t)r0 * d, m->cgate,
                               m->cup, m->cmlp, rows, g);
         }

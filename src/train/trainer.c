@@ -2,7 +2,7 @@
  * periodic validation and checkpoints, bit-exact resume.
  *
  * A checkpoint directory (OUT/step-N) holds model.safetensors + config.json (what Hugging Face
- * reads), optimizer.safetensors (Adam moments under exp_avg./exp_avg_sq. + HF name) and
+ * reads), optimizer.safetensors (the optimizer's whole state, see optim/optimizer.h) and
  * trainer_state.json (step, every setting, the data cursor). Resume restores all of it, so the
  * continued run computes exactly the numbers the uninterrupted run would have. */
 #include "train/trainer.h"
@@ -220,40 +220,33 @@ typedef struct {
     oz_err hook_err;
     oz_dataset data;
     bool data_ready;
-    float *host_params, *host_m, *host_v; /* staging for saves (host memory) */
+    float *host_params;        /* staging for saves when the backend's memory is not host memory */
     int32_t *inputs, *targets;
     FILE *metrics;
 } trainer;
 
-/* Host views of the weights and moments for saving: the backend's own memory when it is host
- * memory (CPU), else staging copies. */
-static oz_status host_views(trainer *t, const float **params, const float **m, const float **v,
-                            bool with_optimizer, oz_err *err) {
+/* Host view of the weights for saving: the backend's own memory when it is host memory (CPU),
+ * else a staging copy. */
+static oz_status host_weights(trainer *t, const float **params, oz_err *err) {
     const oz_param_layout *lay = oz_llama_get_layout(t->model);
-    size_t bytes = lay->total * sizeof(float);
     if (t->be.host_visible) {
         *params = oz_llama_params(t->model);
-        *m = *v = NULL;
         return OZ_OK;
     }
-    (void)with_optimizer;
+    size_t bytes = lay->total * sizeof(float);
     if (!t->host_params) t->host_params = malloc(bytes);
     if (!t->host_params) return oz_fail(err, OZ_ERR_NOMEM, "out of memory staging a checkpoint");
     t->be.to_host(&t->be, t->host_params, oz_llama_params(t->model), bytes);
     *params = t->host_params;
-    *m = *v = NULL;
     return OZ_OK;
 }
 
 static oz_status save_checkpoint(trainer *t, const char *dir, const run_position *pos, bool with_optimizer,
                                  oz_err *err) {
-    const oz_param_layout *lay = oz_llama_get_layout(t->model);
-    const float *params = NULL, *m = NULL, *v = NULL;
-    OZ_TRY(host_views(t, &params, &m, &v, with_optimizer, err));
-    OZ_TRY(oz_model_save(dir, &t->cfg, t->tokenizer, lay, params, err));
+    const float *params = NULL;
+    OZ_TRY(host_weights(t, &params, err));
+    OZ_TRY(oz_model_save(dir, &t->cfg, t->tokenizer, oz_llama_get_layout(t->model), params, err));
     char path[OZ_PATH_MAX + 64];
-    (void)m;
-    (void)v;
     if (with_optimizer) {
         snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
         OZ_TRY(oz_optimizer_save(t->opt, path, err));
@@ -542,8 +535,6 @@ static void teardown(trainer *t) {
     }
     if (t->data_ready) oz_dataset_close(&t->data);
     free(t->host_params);
-    free(t->host_m);
-    free(t->host_v);
     free(t->inputs);
     free(t->targets);
 }
