@@ -368,6 +368,76 @@ static float *train_tiny(const char *optim, const char *per_layer, int accum, fl
     return w;
 }
 
+/* qgalore keeps the seven matrices of each layer as INT8 codes + one fp32 scale and one zero point
+ * per 256 values; only the embedding, head and norms stay fp32; the saved (dequantized) weights sit
+ * on each group's 255-step grid. */
+static void test_qgalore_int8_weights(void) {
+    char dir[] = "/tmp/ounce-qg-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    oz_train_opts o;
+    oz_train_opts_default(&o);
+    snprintf(o.data, sizeof o.data, "random:258");
+    snprintf(o.model, sizeof o.model, "tiny");
+    snprintf(o.out, sizeof o.out, "%s", dir);
+    snprintf(o.optim, sizeof o.optim, "qgalore");
+    o.steps = 4;
+    o.batch = 2;
+    o.seq = 16;
+    o.rank = 8;
+    o.update_gap = 2;
+    o.eval_every = 0;
+    o.threads = 2;
+    oz_train_result res;
+    oz_err err = {0};
+    CHECK(oz_train(&o, NULL, NULL, &res, &err) == OZ_OK, "%s", err.msg);
+    oz_llama_config cfg;
+    oz_llama_preset("tiny", &cfg);
+    oz_param_layout lay;
+    oz_param_layout_build(&cfg, &lay, &err);
+    size_t fp32 = 0, codes = 0, groups = 0;
+    for (int i = 0; i < lay.n; i++) {
+        const oz_param_info *p = &lay.params[i];
+        if (p->layer >= 0 && !p->is_norm) {
+            codes += p->numel;
+            groups += (p->numel + 255) / 256;
+        }
+    }
+    fp32 = (lay.total - (size_t)cfg.num_hidden_layers * lay.layer_stride + (size_t)cfg.num_hidden_layers * 2 * cfg.hidden_size) * 4;
+    CHECK(res.peak_bytes[OZ_MEM_WEIGHTS] == fp32 + codes, "weights %zu bytes, expected %zu fp32 + %zu INT8",
+          res.peak_bytes[OZ_MEM_WEIGHTS], fp32, codes);
+    CHECK(res.peak_bytes[OZ_MEM_QSCALES] >= groups * 5, "scales %zu bytes for %zu groups", res.peak_bytes[OZ_MEM_QSCALES],
+          groups);
+    /* On the grid: within a group, every value minus the smallest is a multiple of the step. */
+    float *w = calloc(lay.total, sizeof *w);
+    char path[512];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    float *bufs[1] = {w};
+    const char *pre[1] = {""};
+    CHECK(oz_tensors_load(path, &lay, bufs, pre, 1, &err) == OZ_OK, "%s", err.msg);
+    const oz_param_info *q = oz_param_layout_find(&lay, "model.layers.1.mlp.down_proj.weight");
+    double worst = 0;
+    for (size_t g0 = 0; q && g0 < q->numel; g0 += 256) {
+        size_t n = q->numel - g0 < 256 ? q->numel - g0 : 256;
+        const float *x = w + q->offset + g0;
+        /* (code - zero) * scale: every value is an integer multiple of the scale, which the smallest
+         * gap between two values reveals (256 values over at most 256 levels meet adjacent ones). */
+        double step = 1e30;
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < n; j++) {
+                double dlt = fabs((double)x[i] - x[j]);
+                if (dlt > 0 && dlt < step) step = dlt;
+            }
+        for (size_t j = 0; j < n; j++) {
+            double ratio = x[j] / step;
+            worst = fmax(worst, fabs(ratio - round(ratio)));
+        }
+    }
+    CHECK(worst < 1e-3, "a dequantized down_proj value is %.3g steps off its group's grid", worst);
+    free(w);
+    oz_param_layout_free(&lay);
+    oz_remove_tree(dir, &err);
+}
+
 static void test_per_layer_matches_whole_model(void) {
     const char *optims[] = {"galore", "galore8bit", "adamw"};
     for (int k = 0; k < 3; k++) {
@@ -475,5 +545,6 @@ int main(void) {
     RUN(test_state_bytes);
     RUN(test_per_layer_matches_whole_model);
     RUN(test_lazy_updates_and_int4_bases);
+    RUN(test_qgalore_int8_weights);
     return oz_test_finish("test_optim");
 }

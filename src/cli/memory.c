@@ -19,15 +19,15 @@ int oz_cmd_memory(int argc, char **argv) {
     bool json = false;
     oz_arg args[] = {
         {"model", OZ_ARG_STR, o.model, sizeof o.model, "preset, config.json, or a directory with one [demo]", 0},
-        {"optim", OZ_ARG_STR, o.optim, sizeof o.optim, "optimizer: adamw, adamw8bit, galore, galore8bit [adamw]", 0},
+        {"optim", OZ_ARG_STR, o.optim, sizeof o.optim, "optimizer: adamw, adamw8bit, galore, galore8bit, qgalore [adamw]", 0},
         {"rank", OZ_ARG_INT, &o.rank, 0, "GaLore rank [128]", 0},
         {"proj-type", OZ_ARG_STR, o.proj_type, sizeof o.proj_type, "GaLore projection type [std]", 0},
         {"update-gap", OZ_ARG_INT, &o.update_gap, 0, "GaLore refresh interval (no effect on memory) [200]", 0},
         {"galore-targets", OZ_ARG_STR, o.galore_targets, sizeof o.galore_targets, "attn,mlp | attn | mlp [attn,mlp]", 0},
         {"subspace", OZ_ARG_STR, o.subspace, sizeof o.subspace, "svd | randomized (its workspace counts) [randomized]", 0},
-        {"proj-bits", OZ_ARG_INT, &o.proj_bits, 0, "32 or 4 [32]", 0},
+        {"proj-bits", OZ_ARG_INT, &o.proj_bits, 0, "32 or 4 [32; 4 for qgalore]", 0},
         {"moments-at-switch", OZ_ARG_STR, o.moments_at_switch, sizeof o.moments_at_switch, "(no effect on memory)", 0},
-        {"lazy-update", OZ_ARG_STR, o.lazy_update, sizeof o.lazy_update, "on | off [off]", 0},
+        {"lazy-update", OZ_ARG_STR, o.lazy_update, sizeof o.lazy_update, "auto | on | off [auto]", 0},
         {"per-layer-update", OZ_ARG_STR, o.per_layer_update, sizeof o.per_layer_update, "auto | on | off [auto]", 0},
         {"seq", OZ_ARG_INT, &o.seq, 0, "tokens per sequence [256]", 0},
         {"batch", OZ_ARG_INT, &o.batch, 0, "sequences per micro-batch [8]", 0},

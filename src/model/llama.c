@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "optim/quant.h"
 #include "util/rng.h"
 
 /* ------------------------------------------------------------------ parameter layout */
@@ -112,6 +113,11 @@ struct oz_llama {
     oz_llama_shape shape;
     float *params, *grads;
     float *layer_grads, *outer_grads; /* per-layer mode: one layer's gradients; embedding + tail */
+    /* INT8 mode: embedding + tail and each layer's two norms in fp32; matrices as codes with
+     * per-group scales and zero points; one layer dequantized at a time into wlayer. */
+    float *outer_params, *layer_norms, *wscale, *wlayer;
+    uint8_t *wq, *wzero;
+    size_t *code_off, *group_off; /* per parameter index (INT8 matrices) */
     float *rope_cos, *rope_sin; /* (rope_len, hd/2) */
     int rope_len;
     int32_t *ids, *targets;     /* (N) in backend memory */
@@ -135,15 +141,78 @@ struct oz_llama {
 const oz_llama_config *oz_llama_get_config(const oz_llama *m) { return &m->cfg; }
 const oz_param_layout *oz_llama_get_layout(const oz_llama *m) { return &m->layout; }
 float *oz_llama_params(oz_llama *m) { return m->params; }
+
+static bool is_layer_matrix(const oz_param_info *p) { return p->layer >= 0 && !p->is_norm; }
+
+/* Offset of a non-layer tensor inside an "outer" buffer (embedding, then final norm and head). */
+static size_t outer_offset(const oz_llama *m, const oz_param_info *p) {
+    size_t layers_end = m->layout.layer_begin + (size_t)m->cfg.num_hidden_layers * m->layout.layer_stride;
+    return p->offset < m->layout.layer_begin ? p->offset : p->offset - (layers_end - m->layout.layer_begin);
+}
+
+/* Offset of a tensor inside its layer's span. */
+static size_t layer_offset(const oz_llama *m, const oz_param_info *p) {
+    return p->offset - m->layout.layer_begin - (size_t)p->layer * m->layout.layer_stride;
+}
+
+float *oz_llama_param(oz_llama *m, int index) {
+    const oz_param_info *p = &m->layout.params[index];
+    if (m->params) return m->params + p->offset;
+    if (p->layer < 0) return m->outer_params + outer_offset(m, p);
+    if (p->is_norm) {
+        size_t d = (size_t)m->cfg.hidden_size;
+        return m->layer_norms + (size_t)p->layer * 2 * d + (p->kind == OZ_P_MLP_NORM ? d : 0);
+    }
+    return NULL;
+}
+
+bool oz_llama_param_int8(oz_llama *m, int index, uint8_t **q, float **scale, uint8_t **zero) {
+    const oz_param_info *p = &m->layout.params[index];
+    if (!m->wq || !is_layer_matrix(p)) return false;
+    *q = m->wq + m->code_off[index];
+    *scale = m->wscale + m->group_off[index];
+    *zero = m->wzero + m->group_off[index];
+    return true;
+}
+
+void oz_llama_import_params(oz_llama *m, const float *host) {
+    oz_backend *be = m->be;
+    if (m->params) {
+        be->to_device(be, m->params, host, m->layout.total * sizeof(float));
+        return;
+    }
+    for (int i = 0; i < m->layout.n; i++) {
+        const oz_param_info *p = &m->layout.params[i];
+        uint8_t *q, *z;
+        float *sc;
+        if (oz_llama_param_int8(m, i, &q, &sc, &z)) oz_i8_quantize(host + p->offset, p->numel, q, sc, z);
+        else be->to_device(be, oz_llama_param(m, i), host + p->offset, p->numel * sizeof(float));
+    }
+}
+
+void oz_llama_export_params(oz_llama *m, float *host) {
+    oz_backend *be = m->be;
+    if (m->params) {
+        be->to_host(be, host, m->params, m->layout.total * sizeof(float));
+        return;
+    }
+    memset(host, 0, m->layout.total * sizeof(float));
+    for (int i = 0; i < m->layout.n; i++) {
+        const oz_param_info *p = &m->layout.params[i];
+        uint8_t *q, *z;
+        float *sc;
+        if (oz_llama_param_int8(m, i, &q, &sc, &z)) oz_i8_dequantize(q, sc, z, p->numel, host + p->offset);
+        else be->to_host(be, host + p->offset, oz_llama_param(m, i), p->numel * sizeof(float));
+    }
+}
 float *oz_llama_grads(oz_llama *m) { return m->grads; }
 
 float *oz_llama_grad(oz_llama *m, int index) {
     const oz_param_info *p = &m->layout.params[index];
     if (m->grads) return m->grads + p->offset;
     if (!m->outer_grads) return NULL;
-    if (p->layer >= 0) return m->layer_grads + (p->offset - m->layout.layer_begin - (size_t)p->layer * m->layout.layer_stride);
-    size_t layers_end = m->layout.layer_begin + (size_t)m->cfg.num_hidden_layers * m->layout.layer_stride;
-    return m->outer_grads + (p->offset < m->layout.layer_begin ? p->offset : p->offset - (layers_end - m->layout.layer_begin));
+    if (p->layer >= 0) return m->layer_grads + layer_offset(m, p);
+    return m->outer_grads + outer_offset(m, p);
 }
 void oz_llama_set_grad_hook(oz_llama *m, oz_grad_hook hook, void *user) {
     m->hook = hook;
@@ -206,7 +275,24 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
     size_t rope = (size_t)(c->max_position_embeddings > s->seq ? c->max_position_embeddings : s->seq) *
                   (c->head_dim / 2);
 
-    want(bl, &m->params, OZ_MEM_WEIGHTS, F32(m->layout.total), "weights");
+    if (!s->int8_matrices) {
+        want(bl, &m->params, OZ_MEM_WEIGHTS, F32(m->layout.total), "weights");
+    } else {
+        size_t codes = 0, groups = 0;
+        for (int i = 0; i < m->layout.n; i++) {
+            const oz_param_info *p = &m->layout.params[i];
+            if (!is_layer_matrix(p)) continue;
+            codes += p->numel;
+            groups += oz_qw_groups(p->numel);
+        }
+        want(bl, &m->outer_params, OZ_MEM_WEIGHTS, F32(m->layout.total - (size_t)L * m->layout.layer_stride),
+             "embedding/head weights");
+        want(bl, &m->layer_norms, OZ_MEM_WEIGHTS, F32((size_t)L * 2 * d), "layer norm weights");
+        want(bl, &m->wq, OZ_MEM_WEIGHTS, codes, "INT8 matrices");
+        want(bl, &m->wscale, OZ_MEM_QSCALES, F32(groups), "INT8 scales");
+        want(bl, &m->wzero, OZ_MEM_QSCALES, groups, "INT8 zero points");
+        want(bl, &m->wlayer, OZ_MEM_SCRATCH, F32(m->layout.layer_stride), "dequantized layer weights");
+    }
     if (s->with_grads && !s->per_layer_grads) want(bl, &m->grads, OZ_MEM_GRADS, F32(m->layout.total), "gradients");
     if (s->with_grads && s->per_layer_grads) {
         size_t layers = (size_t)L * m->layout.layer_stride;
@@ -369,6 +455,20 @@ oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend
     free(bl.items);
     if (st != OZ_OK) return st;
     m->targets = m->ids + (size_t)shape.batch * shape.seq;
+    if (shape.int8_matrices) {
+        m->code_off = calloc((size_t)m->layout.n, sizeof *m->code_off);
+        m->group_off = calloc((size_t)m->layout.n, sizeof *m->group_off);
+        if (!m->code_off || !m->group_off) return oz_fail(err, OZ_ERR_NOMEM, "out of memory creating the model");
+        size_t codes = 0, groups = 0;
+        for (int i = 0; i < m->layout.n; i++) {
+            const oz_param_info *p = &m->layout.params[i];
+            if (!is_layer_matrix(p)) continue;
+            m->code_off[i] = codes;
+            m->group_off[i] = groups;
+            codes += p->numel;
+            groups += oz_qw_groups(p->numel);
+        }
+    }
     if (shape.recompute)
         for (int l = 1; l < L; l++) m->acts[l] = m->acts[0];
     for (int l = 0; l < L; l++) m->acts[l].x = m->xs[l];
@@ -379,6 +479,8 @@ void oz_llama_destroy(oz_llama *m) {
     if (!m) return;
     for (int i = 0; i < m->n_owned; i++) oz_arena_free(m->arena, m->owned[i]);
     free(m->owned);
+    free(m->code_off);
+    free(m->group_off);
     free(m->acts);
     free(m->xs);
     oz_param_layout_free(&m->layout);
@@ -392,13 +494,29 @@ void oz_llama_zero_grads(oz_llama *m) {
                     m->layout.total - (size_t)m->cfg.num_hidden_layers * m->layout.layer_stride);
 }
 
-/* Pointers to layer l's tensors inside a flat buffer (weights or gradients). */
-static layer_weights layer_tensors(const oz_llama *m, const float *base, int l) {
+/* Pointers to layer l's tensors inside a buffer holding that layer's span (layout offsets
+ * relative to the layer's start). */
+static layer_weights layer_view(const oz_llama *m, const float *span, int l) {
     const oz_param_info *p = &m->layout.params[1 + 9 * l];
-    layer_weights w = {base + p[0].offset, base + p[1].offset, base + p[2].offset, base + p[3].offset,
-                       base + p[4].offset, base + p[5].offset, base + p[6].offset, base + p[7].offset,
-                       base + p[8].offset};
+    layer_weights w = {span + layer_offset(m, &p[0]), span + layer_offset(m, &p[1]), span + layer_offset(m, &p[2]),
+                       span + layer_offset(m, &p[3]), span + layer_offset(m, &p[4]), span + layer_offset(m, &p[5]),
+                       span + layer_offset(m, &p[6]), span + layer_offset(m, &p[7]), span + layer_offset(m, &p[8])};
     return w;
+}
+
+/* Layer l's weights for compute: in place, or (INT8 mode) its norms copied and its matrices
+ * dequantized into the layer scratch buffer, which then holds only this layer. */
+static layer_weights layer_params(oz_llama *m, int l) {
+    if (m->params) return layer_view(m, m->params + m->layout.layer_begin + (size_t)l * m->layout.layer_stride, l);
+    for (int i = 1 + 9 * l; i < 1 + 9 * (l + 1); i++) {
+        const oz_param_info *p = &m->layout.params[i];
+        float *dst = m->wlayer + layer_offset(m, p);
+        uint8_t *q, *z;
+        float *sc;
+        if (oz_llama_param_int8(m, i, &q, &sc, &z)) oz_i8_dequantize(q, sc, z, p->numel, dst);
+        else m->be->copy(m->be, dst, oz_llama_param(m, i), p->numel * sizeof(float));
+    }
+    return layer_view(m, m->wlayer, l);
 }
 
 /* Pointers to layer l's gradient tensors (in the full buffer, or the per-layer one). */
@@ -413,15 +531,6 @@ static layer_weights layer_grad_tensors(oz_llama *m, int l) {
 static int lm_head_index(const oz_llama *m) { return m->cfg.tie_word_embeddings ? 0 : m->layout.n - 1; }
 static int final_norm_index(const oz_llama *m) { return m->layout.n - (m->cfg.tie_word_embeddings ? 1 : 2); }
 
-static const float *lm_head_of(const oz_llama *m, const float *base) {
-    const oz_param_info *last = &m->layout.params[m->layout.n - 1];
-    return m->cfg.tie_word_embeddings ? base + m->layout.params[0].offset : base + last->offset;
-}
-
-static const float *final_norm_of(const oz_llama *m, const float *base) {
-    int idx = m->layout.n - (m->cfg.tie_word_embeddings ? 1 : 2);
-    return base + m->layout.params[idx].offset;
-}
 
 static oz_status check_batch(const oz_llama *m, const oz_llama_batch *b, oz_err *err) {
     if (b->B <= 0 || b->T <= 0 || b->B > m->shape.batch || b->T > m->shape.seq)
@@ -473,7 +582,7 @@ static void mlp_chunk_forward(oz_llama *m, const layer_weights *w, const float *
 static void layer_forward(oz_llama *m, int l, layer_acts *a, float *out, const dims *g) {
     oz_backend *be = m->be;
     const oz_llama_config *c = &m->cfg;
-    layer_weights w = layer_tensors(m, m->params, l);
+    layer_weights w = layer_params(m, l);
     int N = g->N, d = g->d, F = g->F;
     be->rmsnorm_fwd(be, a->ln1, a->rstd1, a->x, w.attn_norm, N, d, c->rms_norm_eps);
     be->gemm(be, 0, 1, N, g->qd, d, 1.0f, a->ln1, d, w.q, d, 0.0f, a->q, g->qd);
@@ -524,7 +633,7 @@ static void mlp_backward_rows(oz_llama *m, const layer_weights *w, const layer_w
 /* Layer l backward: m->dx holds dL/d(layer output) and ends holding dL/d(layer input). */
 static void layer_backward(oz_llama *m, int l, layer_acts *a, const dims *g) {
     oz_backend *be = m->be;
-    layer_weights w = layer_tensors(m, m->params, l);
+    layer_weights w = layer_params(m, l);
     layer_weights gw = layer_grad_tensors(m, l);
     if (m->layer_grads) be->fill(be, m->layer_grads, 0.0f, m->layout.layer_stride);
     int N = g->N, d = g->d, qd = g->qd, kvd = g->kvd;
@@ -567,7 +676,7 @@ static oz_status head_forward(oz_llama *m, const oz_llama_batch *b, float grad_s
                               double *loss_sum, long *n_targets, oz_err *err) {
     oz_backend *be = m->be;
     int N = g->N, d = g->d, V = g->V;
-    const float *head = lm_head_of(m, m->params);
+    const float *head = oz_llama_param(m, lm_head_index(m));
     int chunks = m->shape.head_chunks > 0 ? m->shape.head_chunks : 1;
     if (b->targets) be->to_device(be, m->targets, b->targets, (size_t)N * sizeof(int32_t));
     for (int i = 0; i < chunks; i++) {
@@ -610,9 +719,9 @@ static oz_status forward(oz_llama *m, const oz_llama_batch *b, float grad_scale,
     oz_backend *be = m->be;
     dims g = dims_of(m, b->B, b->T);
     be->to_device(be, m->ids, b->ids, (size_t)g.N * sizeof(int32_t));
-    be->embedding_fwd(be, m->xs[0], m->params, m->ids, g.N, g.d);
+    be->embedding_fwd(be, m->xs[0], oz_llama_param(m, 0), m->ids, g.N, g.d);
     for (int l = 0; l < g.L; l++) layer_forward(m, l, &m->acts[l], m->xs[l + 1], &g);
-    be->rmsnorm_fwd(be, m->lnf, m->rstdf, m->xs[g.L], final_norm_of(m, m->params), g.N, g.d, m->cfg.rms_norm_eps);
+    be->rmsnorm_fwd(be, m->lnf, m->rstdf, m->xs[g.L], oz_llama_param(m, final_norm_index(m)), g.N, g.d, m->cfg.rms_norm_eps);
     return head_forward(m, b, grad_scale, &g, loss_sum, n_targets, err);
 }
 
@@ -634,7 +743,7 @@ oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float 
     /* The head's part ran inside the forward: m->dln holds dL/d(final norm output). */
     be->fill(be, m->dx, 0.0f, (size_t)g.N * g.d);
     be->rmsnorm_bwd(be, m->dx, oz_llama_grad(m, final_norm_index(m)), m->dln, m->xs[g.L],
-                    final_norm_of(m, m->params), m->rstdf, g.N, g.d);
+                    oz_llama_param(m, final_norm_index(m)), m->rstdf, g.N, g.d);
     for (int l = g.L - 1; l >= 0; l--) {
         layer_acts *a = &m->acts[l];
         if (m->shape.recompute) {

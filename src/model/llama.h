@@ -79,6 +79,10 @@ typedef struct {
      * A layer's gradients are only valid inside its grad hook: per-layer optimizers consume them
      * there. */
     bool per_layer_grads;
+    /* Q-GaLore: the seven attention/MLP matrices of every layer are stored as INT8 (groups of 256,
+     * asymmetric, range including 0) and dequantized one layer at a time into a scratch buffer
+     * for that layer's forward and backward. No fp32 copy of them exists. */
+    bool int8_matrices;
     bool recompute;               /* keep only each layer's input; recompute the layer in backward */
     /* Mini-sequences (MsT): 0 = off. Otherwise the MLP runs over mlp_chunks chunks of the B*T
      * tokens (its intermediates are recomputed chunk by chunk in backward, never stored for all
@@ -113,7 +117,16 @@ void oz_llama_destroy(oz_llama *model);
 
 const oz_llama_config *oz_llama_get_config(const oz_llama *model);
 const oz_param_layout *oz_llama_get_layout(const oz_llama *model);
-float *oz_llama_params(oz_llama *model);  /* backend memory, layout->total floats */
+float *oz_llama_params(oz_llama *model);  /* backend memory, layout->total floats; NULL with int8_matrices */
+/* Parameter `index` in backend memory; NULL for an INT8 matrix. */
+float *oz_llama_param(oz_llama *model, int index);
+/* An INT8 matrix's codes (numel), scales and zero points (one per group of 256); false when the
+ * parameter is not stored as INT8. */
+bool oz_llama_param_int8(oz_llama *model, int index, uint8_t **q, float **scale, uint8_t **zero);
+/* Sets every parameter from a host buffer in layout order (INT8 matrices are quantized,
+ * round-to-nearest), or writes them out (INT8 matrices dequantized). */
+void oz_llama_import_params(oz_llama *model, const float *host);
+void oz_llama_export_params(oz_llama *model, float *host);
 float *oz_llama_grads(oz_llama *model);   /* the full gradient buffer; NULL without it (per-layer mode) */
 /* Gradient of parameter `index` (layout order): in per-layer mode a layer tensor's gradient is only
  * valid inside that layer's grad hook. */

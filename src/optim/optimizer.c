@@ -54,15 +54,16 @@ struct oz_optimizer {
     int step;
     long updates;
     float map_signed[256], map_unsigned[256];
-    float *u, *work, *rot, *cbuf, *newbasis, *deq; /* scratch */
+    float *u, *work, *rot, *cbuf, *newbasis, *deq, *delta; /* scratch */
+    oz_llama *model;
     size_t max_n, max_work, max_c, max_basis, max_workspace;
     void **owned;
     int n_owned, cap_owned;
 };
 
 bool oz_optim_kind_parse(const char *name, oz_optim_kind *kind) {
-    static const char *const names[] = {"adamw", "adamw8bit", "galore", "galore8bit"};
-    for (int i = 0; i < 4; i++)
+    static const char *const names[] = {"adamw", "adamw8bit", "galore", "galore8bit", "qgalore"};
+    for (int i = 0; i < 5; i++)
         if (strcmp(name, names[i]) == 0) {
             *kind = (oz_optim_kind)i;
             return true;
@@ -71,8 +72,8 @@ bool oz_optim_kind_parse(const char *name, oz_optim_kind *kind) {
 }
 
 const char *oz_optim_kind_name(oz_optim_kind kind) {
-    static const char *const names[] = {"adamw", "adamw8bit", "galore", "galore8bit"};
-    return (unsigned)kind < 4 ? names[kind] : "?";
+    static const char *const names[] = {"adamw", "adamw8bit", "galore", "galore8bit", "qgalore"};
+    return (unsigned)kind < 5 ? names[kind] : "?";
 }
 
 bool oz_proj_type_parse(const char *name, oz_proj_type *proj) {
@@ -98,7 +99,7 @@ bool oz_switch_mode_parse(const char *name, oz_switch_mode *mode) {
 /* ---------------------------------------------------------------- slot shapes */
 
 static bool is_galore_target(const oz_optim_config *c, const oz_param_info *p) {
-    if (c->kind != OZ_OPTIM_GALORE && c->kind != OZ_OPTIM_GALORE8BIT) return false;
+    if (c->kind != OZ_OPTIM_GALORE && c->kind != OZ_OPTIM_GALORE8BIT && c->kind != OZ_OPTIM_QGALORE) return false;
     bool attn = p->kind == OZ_P_Q || p->kind == OZ_P_K || p->kind == OZ_P_V || p->kind == OZ_P_O;
     bool mlp = p->kind == OZ_P_GATE || p->kind == OZ_P_UP || p->kind == OZ_P_DOWN;
     return (attn && c->galore_attn) || (mlp && c->galore_mlp);
@@ -129,7 +130,7 @@ static void shape_slot(const oz_optim_config *c, const oz_param_info *p, int ind
         s->b = 1;
         s->n = p->numel;
     }
-    bool eight = c->kind == OZ_OPTIM_ADAMW8BIT || c->kind == OZ_OPTIM_GALORE8BIT;
+    bool eight = c->kind == OZ_OPTIM_ADAMW8BIT || c->kind == OZ_OPTIM_GALORE8BIT || c->kind == OZ_OPTIM_QGALORE;
     s->q8 = eight && s->n >= OZ_Q8_MIN_SIZE;
 }
 
@@ -177,7 +178,7 @@ static void slot_buffers(const oz_optim_config *c, slot *s, want_fn want, void *
 
 /* Scratch sizes shared by all slots. */
 typedef struct {
-    size_t n, work, c, basis, workspace;
+    size_t n, work, c, basis, workspace, matrix;
 } scratch_sizes;
 
 static void scratch_of(const oz_optim_config *c, const slot *s, scratch_sizes *z) {
@@ -190,6 +191,7 @@ static void scratch_of(const oz_optim_config *c, const slot *s, scratch_sizes *z
     if (work > z->work) z->work = work;
     if ((size_t)2 * s->r * s->r > z->c) z->c = (size_t)2 * s->r * s->r;
     if (ar + rb > z->basis) z->basis = ar + rb;
+    if ((size_t)s->a * s->b > z->matrix) z->matrix = (size_t)s->a * s->b;
     size_t ws = oz_subspace_workspace_bytes(s->a, s->b, s->r, c->subspace);
     if (ws > z->workspace) z->workspace = ws;
 }
@@ -213,6 +215,7 @@ void oz_optimizer_plan(const oz_optim_config *c, const oz_param_layout *layout, 
     if (z.n) {
         bytes[OZ_MEM_SCRATCH] += (2 * z.n + z.work + z.c + z.basis) * f;
         if (c->proj_bits == 4) bytes[OZ_MEM_SCRATCH] += z.basis * f;
+        if (c->int8_weights) bytes[OZ_MEM_SCRATCH] += z.matrix * f;
         bytes[OZ_MEM_SCRATCH] += z.workspace; /* the subspace call's own workspace, while it runs */
     }
 }
@@ -246,7 +249,7 @@ static void alloc_want(void *ctx, void **dest, oz_mem_category cat, size_t bytes
 oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, const oz_param_layout *layout,
                               oz_backend *be, oz_arena *arena, oz_err *err) {
     *out = NULL;
-    bool galore = cfg->kind == OZ_OPTIM_GALORE || cfg->kind == OZ_OPTIM_GALORE8BIT;
+    bool galore = cfg->kind == OZ_OPTIM_GALORE || cfg->kind == OZ_OPTIM_GALORE8BIT || cfg->kind == OZ_OPTIM_QGALORE;
     if (galore && (cfg->rank <= 0 || cfg->update_gap <= 0 || !(cfg->scale > 0)))
         return oz_fail(err, OZ_ERR_INPUT, "GaLore needs --rank > 0, --update-gap > 0 and --galore-scale > 0");
     if (cfg->proj_bits != 0 && cfg->proj_bits != 32 && cfg->proj_bits != 4)
@@ -290,6 +293,8 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
         alloc_want(&ctx, (void **)&o->newbasis, OZ_MEM_SCRATCH, z.basis * f, "GaLore new basis");
         if (cfg->proj_bits == 4)
             alloc_want(&ctx, (void **)&o->deq, OZ_MEM_SCRATCH, z.basis * f, "dequantized INT4 basis");
+        if (cfg->int8_weights)
+            alloc_want(&ctx, (void **)&o->delta, OZ_MEM_SCRATCH, z.matrix * f, "INT8 weight update");
         o->max_workspace = z.workspace;
     }
     if (ctx.st != OZ_OK) return ctx.st;
@@ -318,6 +323,8 @@ long oz_optimizer_subspace_refreshes(const oz_optimizer *o) {
 }
 
 long oz_optimizer_updates(const oz_optimizer *o) { return o->updates; }
+
+void oz_optimizer_bind_model(oz_optimizer *o, oz_llama *model) { o->model = model; }
 
 
 /* ---------------------------------------------------------------- bases */
@@ -552,7 +559,10 @@ void oz_optimizer_apply(oz_optimizer *o, float *params, float lr, float grad_sca
             .bias_correction2 = (float)(1.0 - pow(c->beta2, (double)s->step)),
             .grad_scale = grad_scale,
         };
-        float *W = params + s->p->offset;
+        float *W = o->model ? oz_llama_param(o->model, s->index) : params + s->p->offset;
+        uint8_t *wq = NULL, *wz = NULL;
+        float *wsc = NULL;
+        bool int8 = o->model && oz_llama_param_int8(o->model, s->index, &wq, &wsc, &wz);
         if (!s->galore) {
             const float *g = s->gacc ? s->gacc : s->grad;
             if (s->q8)
@@ -569,9 +579,26 @@ void oz_optimizer_apply(oz_optimizer *o, float *params, float lr, float grad_sca
             oz_adam8bit_step(o->u, s->racc, s->mq, s->ma, s->vq, s->va, s->n, o->map_signed, o->map_unsigned, &args);
         else
             be->adamw_step(be, o->u, s->racc, s->m, s->v, s->n, &args);
-        if (wd > 0) be->scale(be, W, 1.0f - lr * wd, (size_t)s->a * s->b);
         float alpha = lr * c->scale;
         int a = s->a, b = s->b, r = s->r;
+        if (int8) {
+            /* The back-projected update, then dequantize + add + stochastic requantize per group
+             * (Q-GaLore): no fp32 copy of the weight exists outside this one matrix of scratch. */
+            float *D = o->delta;
+            const float *P = s->side != SIDE_RIGHT ? basis_P(o, s) : NULL;
+            const float *Q = s->side != SIDE_LEFT ? basis_Q(o, s) : NULL;
+            switch (s->side) {
+            case SIDE_LEFT: be->gemm(be, 0, 0, a, b, r, 1.0f, P, r, o->u, b, 0.0f, D, b); break;
+            case SIDE_RIGHT: be->gemm(be, 0, 0, a, b, r, 1.0f, o->u, r, Q, b, 0.0f, D, b); break;
+            default:
+                be->gemm(be, 0, 0, a, r, r, 1.0f, P, r, o->u, r, 0.0f, o->work, r);
+                be->gemm(be, 0, 0, a, b, r, 1.0f, o->work, r, Q, b, 0.0f, D, b);
+            }
+            uint64_t key = c->seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(s->index + 1));
+            oz_i8_update_sr(wq, wsc, wz, (size_t)a * b, D, 1.0f - lr * wd, alpha, key, (uint64_t)o->step);
+            continue;
+        }
+        if (wd > 0) be->scale(be, W, 1.0f - lr * wd, (size_t)s->a * s->b);
         const float *P = s->side != SIDE_RIGHT ? basis_P(o, s) : NULL;
         const float *Q = s->side != SIDE_LEFT ? basis_Q(o, s) : NULL;
         switch (s->side) {
@@ -645,6 +672,14 @@ static void list_state(const oz_optimizer *o, entry_list *l, int64_t *counters) 
             add_entry(l, "galore_v1", nm, "", OZ_DT_F32, 1, first_vector_len(s), 0, s->v1);
             add_entry(l, "galore_cos", nm, "", OZ_DT_F32, 1, OZ_LAZY_MAX_WINDOW, 0, s->cos_hist);
         }
+        uint8_t *wq, *wz;
+        float *wsc;
+        if (o->model && oz_llama_param_int8(o->model, i, &wq, &wsc, &wz)) {
+            size_t groups = oz_qw_groups(s->p->numel);
+            add_entry(l, "qweight", nm, ".q8", OZ_DT_U8, 1, (int64_t)s->p->numel, 0, wq);
+            add_entry(l, "qweight", nm, ".scale", OZ_DT_F32, 1, (int64_t)groups, 0, wsc);
+            add_entry(l, "qweight", nm, ".zero", OZ_DT_U8, 1, (int64_t)groups, 0, wz);
+        }
         int64_t *cnt = &counters[4 * i];
         cnt[0] = s->step;
         cnt[1] = s->refreshes;
@@ -655,7 +690,7 @@ static void list_state(const oz_optimizer *o, entry_list *l, int64_t *counters) 
 }
 
 static oz_status entries_alloc(const oz_optimizer *o, entry_list *l, int64_t **counters, oz_err *err) {
-    l->cap = 13 * o->n_slots;
+    l->cap = 16 * o->n_slots;
     l->n = 0;
     l->e = calloc((size_t)l->cap, sizeof *l->e);
     l->names = calloc((size_t)l->cap, sizeof *l->names);

@@ -19,7 +19,7 @@
 #include "model/llama.h"
 #include "util/err.h"
 
-typedef enum { OZ_OPTIM_ADAMW, OZ_OPTIM_ADAMW8BIT, OZ_OPTIM_GALORE, OZ_OPTIM_GALORE8BIT } oz_optim_kind;
+typedef enum { OZ_OPTIM_ADAMW, OZ_OPTIM_ADAMW8BIT, OZ_OPTIM_GALORE, OZ_OPTIM_GALORE8BIT, OZ_OPTIM_QGALORE } oz_optim_kind;
 typedef enum { OZ_PROJ_STD, OZ_PROJ_REVERSE_STD, OZ_PROJ_LEFT, OZ_PROJ_RIGHT, OZ_PROJ_FULL } oz_proj_type;
 typedef enum { OZ_SWITCH_KEEP, OZ_SWITCH_RESET, OZ_SWITCH_ROTATE } oz_switch_mode;
 
@@ -42,6 +42,10 @@ typedef struct {
     float cos_threshold, gap_growth;
     int cos_window, max_gap;
     int proj_bits;         /* 32: fp32 bases; 4: INT4 bases (groups of 256, two codes per byte) */
+    /* qgalore: GaLore matrices are INT8 in the model (oz_llama_shape.int8_matrices); each update
+     * is dequantize, add, requantize with stochastic rounding from streams keyed by (seed, step,
+     * tensor, group). qgalore is galore8bit plus this (and lazy updates, INT4 bases by default). */
+    bool int8_weights;
 } oz_optim_config;
 
 #define OZ_LAZY_MAX_WINDOW 32
@@ -71,8 +75,12 @@ oz_status oz_optimizer_refresh_from(oz_optimizer *opt, oz_llama *model, oz_err *
 oz_status oz_optimizer_consume(oz_optimizer *opt, int index, const float *grad, bool accumulate, oz_err *err);
 /* Sum of squares of everything consumed this step (the clipping norm squared). */
 double oz_optimizer_grad_sumsq(oz_optimizer *opt);
-/* Applies the step to the weights with learning rate lr and gradients multiplied by grad_scale. */
+/* Applies the step with learning rate lr and gradients multiplied by grad_scale, to the weights of
+ * the bound model (oz_optimizer_bind_model), else to `params` (layout order). */
 void oz_optimizer_apply(oz_optimizer *opt, float *params, float lr, float grad_scale);
+/* Weights live in this model: dense ones through oz_llama_param, INT8 ones through
+ * oz_llama_param_int8 (required for int8_weights; their codes are saved with the optimizer). */
+void oz_optimizer_bind_model(oz_optimizer *opt, oz_llama *model);
 
 /* Counts, for logs and tests. */
 long oz_optimizer_subspace_refreshes(const oz_optimizer *opt);

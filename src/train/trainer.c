@@ -41,12 +41,12 @@ void oz_train_opts_default(oz_train_opts *o) {
     snprintf(o->subspace, sizeof o->subspace, "randomized");
     snprintf(o->galore_targets, sizeof o->galore_targets, "attn,mlp");
     snprintf(o->per_layer_update, sizeof o->per_layer_update, "auto");
-    snprintf(o->lazy_update, sizeof o->lazy_update, "off");
+    snprintf(o->lazy_update, sizeof o->lazy_update, "auto");
     o->cos_threshold = 0.4f;
     o->gap_growth = 2.0f;
     o->cos_window = 5;
     o->max_gap = 0;
-    o->proj_bits = 32;
+    o->proj_bits = 0;
     o->steps = 1000;
     o->batch = 8;
     o->seq = 256;
@@ -229,14 +229,14 @@ typedef struct {
  * else a staging copy. */
 static oz_status host_weights(trainer *t, const float **params, oz_err *err) {
     const oz_param_layout *lay = oz_llama_get_layout(t->model);
-    if (t->be.host_visible) {
+    if (t->be.host_visible && oz_llama_params(t->model)) {
         *params = oz_llama_params(t->model);
         return OZ_OK;
     }
     size_t bytes = lay->total * sizeof(float);
     if (!t->host_params) t->host_params = malloc(bytes);
     if (!t->host_params) return oz_fail(err, OZ_ERR_NOMEM, "out of memory staging a checkpoint");
-    t->be.to_host(&t->be, t->host_params, oz_llama_params(t->model), bytes);
+    oz_llama_export_params(t->model, t->host_params);
     *params = t->host_params;
     return OZ_OK;
 }
@@ -349,8 +349,10 @@ static void trainer_grad_hook(void *user, int layer) {
 oz_status oz_train_optim_config(const oz_train_opts *o, oz_optim_config *c, oz_err *err) {
     memset(c, 0, sizeof *c);
     if (!oz_optim_kind_parse(o->optim, &c->kind))
-        return oz_fail(err, OZ_ERR_INPUT, "--optim %s is not available (choose: adamw, adamw8bit, galore, galore8bit)",
-                       o->optim);
+        return oz_fail(err, OZ_ERR_INPUT,
+                       "--optim %s is not available (choose: adamw, adamw8bit, galore, galore8bit, qgalore)", o->optim);
+    bool qgalore = c->kind == OZ_OPTIM_QGALORE;
+    c->int8_weights = qgalore;
     if (!oz_proj_type_parse(o->proj_type, &c->proj))
         return oz_fail(err, OZ_ERR_INPUT, "--proj-type %s is not known (choose: std, reverse_std, left, right, full)",
                        o->proj_type);
@@ -364,7 +366,7 @@ oz_status oz_train_optim_config(const oz_train_opts *o, oz_optim_config *c, oz_e
     c->galore_mlp = strstr(o->galore_targets, "mlp") != NULL;
     if (!c->galore_attn && !c->galore_mlp)
         return oz_fail(err, OZ_ERR_INPUT, "--galore-targets %s: expected attn, mlp or attn,mlp", o->galore_targets);
-    bool galore = c->kind == OZ_OPTIM_GALORE || c->kind == OZ_OPTIM_GALORE8BIT;
+    bool galore = c->kind == OZ_OPTIM_GALORE || c->kind == OZ_OPTIM_GALORE8BIT || qgalore;
     if (strcmp(o->per_layer_update, "auto") == 0) c->per_layer = galore;
     else if (strcmp(o->per_layer_update, "on") == 0) c->per_layer = true;
     else if (strcmp(o->per_layer_update, "off") == 0) c->per_layer = false;
@@ -380,14 +382,15 @@ oz_status oz_train_optim_config(const oz_train_opts *o, oz_optim_config *c, oz_e
     c->scale = o->galore_scale;
     c->seed = o->seed;
     if (strcmp(o->lazy_update, "on") == 0) c->lazy = true;
+    else if (strcmp(o->lazy_update, "auto") == 0) c->lazy = qgalore;
     else if (strcmp(o->lazy_update, "off") != 0)
-        return oz_fail(err, OZ_ERR_INPUT, "--lazy-update %s: expected on or off", o->lazy_update);
+        return oz_fail(err, OZ_ERR_INPUT, "--lazy-update %s: expected auto, on or off", o->lazy_update);
     c->cos_threshold = o->cos_threshold;
     c->gap_growth = o->gap_growth;
     c->cos_window = o->cos_window;
     c->max_gap = o->max_gap > 0 ? o->max_gap : 8 * o->update_gap;
-    c->proj_bits = o->proj_bits;
-    if (o->proj_bits != 32 && o->proj_bits != 4)
+    c->proj_bits = o->proj_bits ? o->proj_bits : (qgalore ? 4 : 32);
+    if (c->proj_bits != 32 && c->proj_bits != 4)
         return oz_fail(err, OZ_ERR_INPUT, "--proj-bits must be 32 or 4 (got %d)", o->proj_bits);
     return OZ_OK;
 }
@@ -401,6 +404,7 @@ oz_status oz_train_model_shape(const oz_train_opts *o, const oz_llama_config *cf
     oz_optim_config oc;
     OZ_TRY(oz_train_optim_config(o, &oc, err));
     shape->per_layer_grads = oc.per_layer;
+    shape->int8_matrices = oc.int8_weights;
     if (strcmp(o->recompute, "layer") == 0) shape->recompute = true;
     else if (strcmp(o->recompute, "none") != 0)
         return oz_fail(err, OZ_ERR_INPUT, "--recompute %s is not known (choose: none, layer)", o->recompute);
@@ -487,15 +491,17 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
     OZ_TRY(oz_train_optim_config(o, &ocfg, err));
     t->per_layer = ocfg.per_layer;
     OZ_TRY(oz_optimizer_create(&t->opt, &ocfg, lay, &t->be, &t->arena, err));
+    oz_optimizer_bind_model(t->opt, t->model);
     if (t->per_layer) oz_llama_set_grad_hook(t->model, trainer_grad_hook, t);
 
     size_t bytes = lay->total * sizeof(float);
     t->inputs = malloc((size_t)o->batch * o->seq * sizeof(int32_t));
     t->targets = malloc((size_t)o->batch * o->seq * sizeof(int32_t));
     if (!t->inputs || !t->targets) return oz_fail(err, OZ_ERR_NOMEM, "out of memory allocating batch buffers");
-    /* Weights and moments are loaded (or initialised) in host memory: the backend's own when it is
-     * host-visible, else a temporary staging buffer. */
-    float *host = t->be.host_visible ? oz_llama_params(t->model) : malloc(bytes);
+    /* Weights are loaded (or initialised) in host memory: the model's own when it is a plain
+     * host buffer, else a staging buffer imported from (which quantizes INT8 matrices). */
+    bool direct = t->be.host_visible && oz_llama_params(t->model) != NULL;
+    float *host = direct ? oz_llama_params(t->model) : malloc(bytes);
     if (!host) return oz_fail(err, OZ_ERR_NOMEM, "out of memory staging the weights");
     oz_status st = OZ_OK;
     if (resume_dir) {
@@ -504,15 +510,16 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
         const char *wprefix[1] = {""};
         snprintf(path, sizeof path, "%s/model.safetensors", resume_dir);
         st = oz_tensors_load(path, lay, wbuf, wprefix, 1, err);
-        if (st == OZ_OK && !t->be.host_visible) t->be.to_device(&t->be, oz_llama_params(t->model), host, bytes);
+        if (st == OZ_OK && !direct) oz_llama_import_params(t->model, host);
+        /* The optimizer state holds the exact INT8 codes, which replace the requantized ones. */
         snprintf(path, sizeof path, "%s/optimizer.safetensors", resume_dir);
         if (st == OZ_OK) st = oz_optimizer_load(t->opt, path, err);
         oz_dataset_set_cursor(&t->data, &pos->cursor);
     } else {
         oz_llama_init_params(&t->cfg, lay, host, o->seed);
-        if (!t->be.host_visible) t->be.to_device(&t->be, oz_llama_params(t->model), host, bytes);
+        if (!direct) oz_llama_import_params(t->model, host);
     }
-    if (!t->be.host_visible) free(host);
+    if (!direct) free(host);
     OZ_TRY(st);
 
     OZ_TRY(oz_mkdir_p(o->out, err));
@@ -611,7 +618,7 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
                            step + 1);
         float clip_scale = (o->clip > 0 && gnorm > o->clip) ? (float)(o->clip / (gnorm + 1e-6)) : 1.0f;
         float lr = oz_schedule_lr(&sched, step);
-        oz_optimizer_apply(t->opt, oz_llama_params(t->model), lr, clip_scale);
+        oz_optimizer_apply(t->opt, NULL, lr, clip_scale);
         double dt = now_s() - t0;
         train_time += dt;
         steps_here++;
