@@ -281,20 +281,29 @@ static void test_state_bytes(void) {
     oz_err err = {0};
     oz_param_layout_build(&cfg, &lay, &err);
     const int r = 8;
-    for (int k = OZ_OPTIM_ADAMW; k <= OZ_OPTIM_GALORE8BIT; k++) {
+    for (int k = OZ_OPTIM_ADAMW; k <= OZ_OPTIM_QGALORE; k++) {
+        bool qg = k == OZ_OPTIM_QGALORE;
         oz_optim_config c = {.kind = k, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .rank = r, .update_gap = 10,
-                             .scale = 0.25f, .proj = OZ_PROJ_STD, .galore_attn = true, .galore_mlp = true};
+                             .scale = 0.25f, .proj = OZ_PROJ_STD, .galore_attn = true, .galore_mlp = true,
+                             .proj_bits = qg ? 4 : 32, .lazy = qg, .cos_threshold = 0.4f, .gap_growth = 2,
+                             .cos_window = 5, .max_gap = 80, .int8_weights = qg};
         size_t want_optim = 0, want_scales = 0, want_proj = 0;
         for (int i = 0; i < lay.n; i++) {
             const oz_param_info *p = &lay.params[i];
-            bool gal = (k == OZ_OPTIM_GALORE || k == OZ_OPTIM_GALORE8BIT) && p->ndim == 2 && p->layer >= 0;
+            bool gal = (k == OZ_OPTIM_GALORE || k == OZ_OPTIM_GALORE8BIT || qg) && p->ndim == 2 && p->layer >= 0;
             size_t n = p->numel;
             if (gal) {
                 size_t a = (size_t)p->shape[0], b = (size_t)p->shape[1];
                 n = a >= b ? a * r : r * b;        /* std: state r x max(a, b) */
-                want_proj += (a >= b ? b : a) * r * sizeof(float); /* basis r x min(a, b) */
+                size_t basis = (a >= b ? b : a) * r; /* basis r x min(a, b) */
+                if (qg) {
+                    want_proj += (basis + 1) / 2 + (a >= b ? b : a) * sizeof(float); /* INT4 + first vector */
+                    want_scales += ((basis + 255) / 256) * 5;                            /* scale + zero point */
+                } else {
+                    want_proj += basis * sizeof(float);
+                }
             }
-            bool q8 = (k == OZ_OPTIM_ADAMW8BIT || k == OZ_OPTIM_GALORE8BIT) && n >= 4096;
+            bool q8 = (k == OZ_OPTIM_ADAMW8BIT || k == OZ_OPTIM_GALORE8BIT || qg) && n >= 4096;
             if (q8) {
                 want_optim += 2 * n;
                 want_scales += 2 * ((n + 255) / 256) * sizeof(float);
