@@ -48,16 +48,35 @@ static void random_fill(float *x, size_t n, oz_rng *rng, double scale) {
     for (size_t i = 0; i < n; i++) x[i] = (float)(scale * oz_rng_normal(rng));
 }
 
+/* A CPU backend, an arena and an optimizer over `lay`; opt is NULL (and a failure recorded) if
+ * creation fails. */
+typedef struct {
+    oz_backend be;
+    oz_arena arena;
+    oz_optimizer *opt;
+} fixture;
+
+static void fixture_open(fixture *f, const oz_optim_config *c, const oz_param_layout *lay) {
+    oz_err err = {0};
+    oz_backend_cpu_create(&f->be, 0, &err);
+    oz_arena_init(&f->arena, f->be.allocator);
+    f->opt = NULL;
+    CHECK(oz_optimizer_create(&f->opt, c, lay, &f->be, &f->arena, &err) == OZ_OK, "%s", err.msg);
+}
+
+static void fixture_close(fixture *f) {
+    oz_optimizer_destroy(f->opt);
+    oz_arena_destroy(&f->arena);
+    f->be.destroy(&f->be);
+}
+
 /* Runs `steps` updates of optimizer `c` on the one-matrix layout with fixed random gradients;
  * optionally installs basis P (left) first. Returns the final weights (malloc'd). */
 static float *run_steps(const oz_optim_config *c, const oz_param_layout *lay, int steps, const float *P, long *refreshes) {
-    oz_backend be;
+    fixture fx;
+    fixture_open(&fx, c, lay);
+    oz_optimizer *opt = fx.opt;
     oz_err err = {0};
-    oz_backend_cpu_create(&be, 0, &err);
-    oz_arena arena;
-    oz_arena_init(&arena, be.allocator);
-    oz_optimizer *opt = NULL;
-    CHECK(oz_optimizer_create(&opt, c, lay, &be, &arena, &err) == OZ_OK, "%s", err.msg);
     float *w = calloc(lay->total, sizeof *w), *g = calloc(lay->total, sizeof *g);
     oz_rng rng;
     oz_rng_seed(&rng, 42);
@@ -70,9 +89,7 @@ static float *run_steps(const oz_optim_config *c, const oz_param_layout *lay, in
         oz_optimizer_apply(opt, w, 1e-2f, 0.7f);
     }
     if (refreshes) *refreshes = opt ? oz_optimizer_subspace_refreshes(opt) : -1;
-    oz_optimizer_destroy(opt);
-    oz_arena_destroy(&arena);
-    be.destroy(&be);
+    fixture_close(&fx);
     free(g);
     return w;
 }
@@ -131,13 +148,10 @@ static void test_refresh_basis_quality(void) {
         oz_optim_config c = {.kind = OZ_OPTIM_GALORE, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .rank = R,
                              .update_gap = 10, .scale = 0.25f, .proj = OZ_PROJ_STD, .subspace = method,
                              .galore_attn = true, .galore_mlp = true, .seed = 3};
-        oz_backend be;
+        fixture fx;
+        fixture_open(&fx, &c, &lay);
+        oz_optimizer *opt = fx.opt;
         oz_err err = {0};
-        oz_backend_cpu_create(&be, 0, &err);
-        oz_arena arena;
-        oz_arena_init(&arena, be.allocator);
-        oz_optimizer *opt = NULL;
-        CHECK(oz_optimizer_create(&opt, &c, &lay, &be, &arena, &err) == OZ_OK, "%s", err.msg);
         if (!opt) continue;
         /* A gradient with a clear spectral gap: rank-R signal plus small noise. */
         float *g = calloc(lay.total, sizeof *g), *left = malloc(A * R * sizeof *left), *right = malloc(R * Bc * sizeof *right);
@@ -145,7 +159,7 @@ static void test_refresh_basis_quality(void) {
         oz_rng_seed(&rng, 9);
         random_fill(left, A * R, &rng, 1.0);
         random_fill(right, R * Bc, &rng, 1.0);
-        be.gemm(&be, 0, 0, A, Bc, R, 1.0f, left, R, right, Bc, 0.0f, g, Bc);
+        fx.be.gemm(&fx.be, 0, 0, A, Bc, R, 1.0f, left, R, right, Bc, 0.0f, g, Bc);
         for (int i = 0; i < A * Bc; i++) g[i] += (float)(1e-3 * oz_rng_normal(&rng));
         oz_optimizer_begin_step(opt, 0);
         CHECK(oz_optimizer_consume(opt, 0, g, false, &err) == OZ_OK, "%s", err.msg);
@@ -177,9 +191,7 @@ static void test_refresh_basis_quality(void) {
         free(g);
         free(left);
         free(right);
-        oz_optimizer_destroy(opt);
-        oz_arena_destroy(&arena);
-        be.destroy(&be);
+        fixture_close(&fx);
     }
     oz_param_layout_free(&lay);
 }
@@ -206,13 +218,10 @@ static void test_moments_at_switch(void) {
         oz_optim_config c = {.kind = OZ_OPTIM_GALORE, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .rank = R,
                              .update_gap = 1, .scale = 1.0f, .proj = OZ_PROJ_LEFT, .at_switch = mode,
                              .subspace = OZ_SUBSPACE_EXACT, .galore_attn = true, .galore_mlp = true};
-        oz_backend be;
+        fixture fx;
+        fixture_open(&fx, &c, &lay);
+        oz_optimizer *opt = fx.opt;
         oz_err err = {0};
-        oz_backend_cpu_create(&be, 0, &err);
-        oz_arena arena;
-        oz_arena_init(&arena, be.allocator);
-        oz_optimizer *opt = NULL;
-        oz_optimizer_create(&opt, &c, &lay, &be, &arena, &err);
         if (!opt) continue;
         float *w = calloc(lay.total, sizeof *w), *g = calloc(lay.total, sizeof *g);
         oz_rng rng;
@@ -251,8 +260,8 @@ static void test_moments_at_switch(void) {
             oz_subspace_svd(g, A, Bc, R, OZ_SUBSPACE_LEFT, Pold, NULL, NULL, &err);
             oz_subspace_svd(g2, A, Bc, R, OZ_SUBSPACE_LEFT, Pnew, NULL, NULL, &err);
             float full_old[A * Bc], full_new[A * Bc];
-            be.gemm(&be, 0, 0, A, Bc, R, 1.0f, Pold, R, before, Bc, 0.0f, full_old, Bc);
-            be.gemm(&be, 0, 0, A, Bc, R, 1.0f, Pnew, R, after, Bc, 0.0f, full_new, Bc);
+            fx.be.gemm(&fx.be, 0, 0, A, Bc, R, 1.0f, Pold, R, before, Bc, 0.0f, full_old, Bc);
+            fx.be.gemm(&fx.be, 0, 0, A, Bc, R, 1.0f, Pnew, R, after, Bc, 0.0f, full_new, Bc);
             CHECK(max_rel_diff(full_new, full_old, A * Bc) < 1e-4, "rotated moments changed in weight space by %.3g",
                   max_rel_diff(full_new, full_old, A * Bc));
             CHECK(dmax > 1e-3 * bmax, "rotate left the moments untouched although the basis changed");
@@ -263,9 +272,7 @@ static void test_moments_at_switch(void) {
         free(w);
         free(g);
         free(g2);
-        oz_optimizer_destroy(opt);
-        oz_arena_destroy(&arena);
-        be.destroy(&be);
+        fixture_close(&fx);
     }
     oz_param_layout_free(&lay);
 }
@@ -311,29 +318,23 @@ static void test_state_bytes(void) {
                 want_optim += 2 * n * sizeof(float);
             }
         }
-        oz_backend be;
-        oz_backend_cpu_create(&be, 0, &err);
-        oz_arena arena;
-        oz_arena_init(&arena, be.allocator);
-        oz_optimizer *opt = NULL;
-        CHECK(oz_optimizer_create(&opt, &c, &lay, &be, &arena, &err) == OZ_OK, "%s", err.msg);
-        CHECK(arena.current[OZ_MEM_OPTIM] == want_optim, "%s: optimizer state %zu bytes, formula %zu",
-              oz_optim_kind_name(k), arena.current[OZ_MEM_OPTIM], want_optim);
-        CHECK(arena.current[OZ_MEM_QSCALES] == want_scales, "%s: scales %zu bytes, formula %zu", oz_optim_kind_name(k),
-              arena.current[OZ_MEM_QSCALES], want_scales);
-        CHECK(arena.current[OZ_MEM_PROJ] == want_proj, "%s: projections %zu bytes, formula %zu", oz_optim_kind_name(k),
-              arena.current[OZ_MEM_PROJ], want_proj);
+        fixture fx;
+        fixture_open(&fx, &c, &lay);
+        CHECK(fx.arena.current[OZ_MEM_OPTIM] == want_optim, "%s: optimizer state %zu bytes, formula %zu",
+              oz_optim_kind_name(k), fx.arena.current[OZ_MEM_OPTIM], want_optim);
+        CHECK(fx.arena.current[OZ_MEM_QSCALES] == want_scales, "%s: scales %zu bytes, formula %zu", oz_optim_kind_name(k),
+              fx.arena.current[OZ_MEM_QSCALES], want_scales);
+        CHECK(fx.arena.current[OZ_MEM_PROJ] == want_proj, "%s: projections %zu bytes, formula %zu", oz_optim_kind_name(k),
+              fx.arena.current[OZ_MEM_PROJ], want_proj);
         size_t planned[OZ_MEM_NCATEGORIES];
         oz_optimizer_plan(&c, &lay, planned);
         /* Scratch is compared in e2e.sh through a real run (it includes the subspace call's
          * transient workspace); every persistent category must match here. */
         for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
             if (cat != OZ_MEM_SCRATCH)
-                CHECK(planned[cat] == arena.current[cat], "%s: plan %zu vs %zu bytes of %s", oz_optim_kind_name(k),
-                      planned[cat], arena.current[cat], oz_mem_category_name(cat));
-        oz_optimizer_destroy(opt);
-        oz_arena_destroy(&arena);
-        be.destroy(&be);
+                CHECK(planned[cat] == fx.arena.current[cat], "%s: plan %zu vs %zu bytes of %s", oz_optim_kind_name(k),
+                      planned[cat], fx.arena.current[cat], oz_mem_category_name(cat));
+        fixture_close(&fx);
     }
     oz_param_layout_free(&lay);
 }
@@ -482,13 +483,10 @@ static void test_lazy_updates_and_int4_bases(void) {
                              .update_gap = 2, .scale = 0.25f, .proj = OZ_PROJ_STD, .subspace = OZ_SUBSPACE_EXACT,
                              .galore_attn = true, .galore_mlp = true, .lazy = true, .cos_threshold = 0.4f,
                              .gap_growth = 2.0f, .cos_window = 5, .max_gap = 8, .proj_bits = 4};
-        oz_backend be;
+        fixture fx;
+        fixture_open(&fx, &c, &lay);
+        oz_optimizer *opt = fx.opt;
         oz_err err = {0};
-        oz_backend_cpu_create(&be, 0, &err);
-        oz_arena arena;
-        oz_arena_init(&arena, be.allocator);
-        oz_optimizer *opt = NULL;
-        CHECK(oz_optimizer_create(&opt, &c, &lay, &be, &arena, &err) == OZ_OK, "%s", err.msg);
         if (!opt) continue;
         float *w = calloc(lay.total, sizeof *w), *g = calloc(lay.total, sizeof *g);
         oz_rng rng;
@@ -540,9 +538,7 @@ static void test_lazy_updates_and_int4_bases(void) {
         oz_remove_tree(dir, &err);
         free(w);
         free(g);
-        oz_optimizer_destroy(opt);
-        oz_arena_destroy(&arena);
-        be.destroy(&be);
+        fixture_close(&fx);
     }
     oz_param_layout_free(&lay);
 }

@@ -61,39 +61,31 @@ struct oz_optimizer {
     int n_owned, cap_owned;
 };
 
-bool oz_optim_kind_parse(const char *name, oz_optim_kind *kind) {
-    static const char *const names[] = {"adamw", "adamw8bit", "galore", "galore8bit", "qgalore"};
-    for (int i = 0; i < 5; i++)
-        if (strcmp(name, names[i]) == 0) {
-            *kind = (oz_optim_kind)i;
-            return true;
-        }
-    return false;
+static const char *const kind_names[] = {"adamw", "adamw8bit", "galore", "galore8bit", "qgalore"};
+static const char *const proj_names[] = {"std", "reverse_std", "left", "right", "full"};
+static const char *const switch_names[] = {"keep", "reset", "rotate"};
+
+/* Index of `name` in `names`, or -1. */
+static int name_index(const char *const *names, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(name, names[i]) == 0) return i;
+    return -1;
 }
+
+#define PARSE_ENUM(names, type, out)                                    \
+    do {                                                                \
+        int i_ = name_index(names, (int)(sizeof names / sizeof names[0]), name); \
+        if (i_ < 0) return false;                                       \
+        *(out) = (type)i_;                                              \
+        return true;                                                    \
+    } while (0)
+
+bool oz_optim_kind_parse(const char *name, oz_optim_kind *kind) { PARSE_ENUM(kind_names, oz_optim_kind, kind); }
+bool oz_proj_type_parse(const char *name, oz_proj_type *proj) { PARSE_ENUM(proj_names, oz_proj_type, proj); }
+bool oz_switch_mode_parse(const char *name, oz_switch_mode *mode) { PARSE_ENUM(switch_names, oz_switch_mode, mode); }
 
 const char *oz_optim_kind_name(oz_optim_kind kind) {
-    static const char *const names[] = {"adamw", "adamw8bit", "galore", "galore8bit", "qgalore"};
-    return (unsigned)kind < 5 ? names[kind] : "?";
-}
-
-bool oz_proj_type_parse(const char *name, oz_proj_type *proj) {
-    static const char *const names[] = {"std", "reverse_std", "left", "right", "full"};
-    for (int i = 0; i < 5; i++)
-        if (strcmp(name, names[i]) == 0) {
-            *proj = (oz_proj_type)i;
-            return true;
-        }
-    return false;
-}
-
-bool oz_switch_mode_parse(const char *name, oz_switch_mode *mode) {
-    static const char *const names[] = {"keep", "reset", "rotate"};
-    for (int i = 0; i < 3; i++)
-        if (strcmp(name, names[i]) == 0) {
-            *mode = (oz_switch_mode)i;
-            return true;
-        }
-    return false;
+    return (unsigned)kind < sizeof kind_names / sizeof kind_names[0] ? kind_names[kind] : "?";
 }
 
 /* ---------------------------------------------------------------- slot shapes */
