@@ -96,10 +96,6 @@ void oz_arena_free(oz_arena *arena, void *ptr) {
     }
 }
 
-void oz_arena_reset_peaks(oz_arena *arena) {
-    memcpy(arena->peak, arena->current, sizeof arena->peak);
-    arena->peak_total = arena->current_total;
-}
 
 void oz_arena_note_transient(oz_arena *arena, oz_mem_category cat, size_t bytes) {
     if ((unsigned)cat >= OZ_MEM_NCATEGORIES) return;

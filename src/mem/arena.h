@@ -53,7 +53,5 @@ void oz_arena_free(oz_arena *arena, void *ptr);
 /* Records `bytes` of `cat` that something outside the arena (a LAPACK workspace) holds for a
  * moment: the peaks include it, the current usage does not. */
 void oz_arena_note_transient(oz_arena *arena, oz_mem_category cat, size_t bytes);
-/* Forget the peaks (current usage becomes the new peak), e.g. after setup. */
-void oz_arena_reset_peaks(oz_arena *arena);
 
 #endif

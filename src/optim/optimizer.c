@@ -52,7 +52,6 @@ struct oz_optimizer {
     slot *slots;
     int n_slots;
     int step;
-    long updates;
     float map_signed[256], map_unsigned[256];
     float *u, *work, *rot, *cbuf, *newbasis, *deq, *delta; /* scratch */
     oz_llama *model;
@@ -314,7 +313,6 @@ long oz_optimizer_subspace_refreshes(const oz_optimizer *o) {
     return n;
 }
 
-long oz_optimizer_updates(const oz_optimizer *o) { return o->updates; }
 
 void oz_optimizer_bind_model(oz_optimizer *o, oz_llama *model) { o->model = model; }
 
@@ -535,7 +533,6 @@ double oz_optimizer_grad_sumsq(oz_optimizer *o) {
 void oz_optimizer_apply(oz_optimizer *o, float *params, float lr, float grad_scale) {
     oz_backend *be = o->be;
     const oz_optim_config *c = &o->cfg;
-    o->updates++;
     for (int i = 0; i < o->n_slots; i++) {
         slot *s = &o->slots[i];
         if (!s->consumed) continue;

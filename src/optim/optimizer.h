@@ -86,7 +86,6 @@ void oz_optimizer_bind_model(oz_optimizer *opt, oz_llama *model);
 long oz_optimizer_subspace_refreshes(const oz_optimizer *opt);
 /* Current refresh gap of tensor `index` (GaLore slots; 0 otherwise). */
 int oz_optimizer_gap(const oz_optimizer *opt, int index);
-long oz_optimizer_updates(const oz_optimizer *opt);
 /* GaLore test hook: replace tensor `index`'s basis (a GaLore slot) by `basis`, and stop refreshing
  * it. Returns false if the tensor has no GaLore slot. */
 bool oz_optimizer_set_basis(oz_optimizer *opt, int index, const float *P, const float *Q);

@@ -130,7 +130,6 @@ static oz_status opts_from_json(const cJSON *j, const char *path, oz_train_opts 
 
 typedef struct {
     int step;
-    long adam_step;
     oz_data_cursor cursor;
     double tokens_seen;
 } run_position;
@@ -141,7 +140,6 @@ static oz_status state_write(const char *path, const oz_train_opts *o, const run
     cJSON_AddStringToObject(root, "format", "ounce-trainer-state");
     cJSON_AddNumberToObject(root, "version", 1);
     cJSON_AddNumberToObject(root, "step", pos->step);
-    cJSON_AddNumberToObject(root, "optimizer_step", (double)pos->adam_step);
     cJSON_AddNumberToObject(root, "tokens_seen", pos->tokens_seen);
     cJSON_AddStringToObject(root, "tokenizer", tokenizer);
     cJSON_AddItemToObject(root, "options", opts_to_json(o));
@@ -175,18 +173,16 @@ static oz_status state_read(const char *path, oz_train_opts *o, run_position *po
         goto done;
     }
     const cJSON *step = cJSON_GetObjectItemCaseSensitive(root, "step");
-    const cJSON *astep = cJSON_GetObjectItemCaseSensitive(root, "optimizer_step");
     const cJSON *seen = cJSON_GetObjectItemCaseSensitive(root, "tokens_seen");
     const cJSON *cur = cJSON_GetObjectItemCaseSensitive(root, "data_cursor");
     const cJSON *rng = cJSON_GetObjectItemCaseSensitive(cur, "rng");
     const cJSON *batches = cJSON_GetObjectItemCaseSensitive(cur, "batches");
-    if (!cJSON_IsNumber(step) || !cJSON_IsNumber(astep) || !cJSON_IsArray(rng) ||
+    if (!cJSON_IsNumber(step) || !cJSON_IsArray(rng) ||
         cJSON_GetArraySize(rng) != 4 || !cJSON_IsString(batches)) {
         st = oz_fail(err, OZ_ERR_INPUT, "%s: trainer state is incomplete", path);
         goto done;
     }
     pos->step = (int)step->valuedouble;
-    pos->adam_step = (long)astep->valuedouble;
     pos->tokens_seen = cJSON_IsNumber(seen) ? seen->valuedouble : 0;
     for (int i = 0; i < 4; i++) {
         const cJSON *w = cJSON_GetArrayItem(rng, i);
@@ -623,7 +619,6 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
         train_time += dt;
         steps_here++;
         pos->step = step + 1;
-        pos->adam_step = oz_optimizer_updates(t->opt);
         pos->tokens_seen += (double)tokens_per_step;
         oz_dataset_get_cursor(&t->data, &pos->cursor);
         res->train_loss = loss;
