@@ -86,9 +86,10 @@ for combo in "none off" "layer off" "none 3" "layer auto"; do
     check "planned peak equals measured (--recompute $1 --mini-seq $2)" cmp -s "$T/planned" "$T/measured"
 done
 # --- every optimizer: bit-exact resume, and the planned peak equals the measured one
-for opt in adamw8bit galore galore8bit qgalore qgalore-parts; do
+for opt in adamw8bit galore galore8bit qgalore qgalore-parts qgalore-immediate; do
     GAL="--optim $opt --rank 8 --update-gap 7 --subspace randomized"
     [ $opt = qgalore-parts ] && GAL="--optim galore8bit --rank 8 --update-gap 2 --lazy-update on --proj-bits 4 --moments-at-switch rotate"
+    [ $opt = qgalore-immediate ] && GAL="--optim qgalore --rank 8 --update-gap 3 --clip 0"
     check "$opt: checkpointed run" sh -c "$OUNCE train --data '$T/data' --out '$T/o_$opt' $TRAIN --steps 20 --eval-every 0 --seed 4 $GAL --save-every 10 --json >'$T/o.log'"
     cp "$T/o_$opt/model.safetensors" "$T/o_full.safetensors"
     check "$opt: resume from step-10" sh -c "$OUNCE train --resume '$T/o_$opt/step-10' >/dev/null"

@@ -337,7 +337,7 @@ static void test_adamw_lowers_loss(void) {
         double s;
         long c;
         oz_llama_zero_grads(tm.m);
-        oz_optimizer_begin_step(opt, step);
+        oz_optimizer_begin_step(opt, step, 1e-2f);
         oz_llama_forward_backward(tm.m, &b, 1.0f / 13, &s, &c, &err);
         for (int i = 0; i < lay->n; i++) oz_optimizer_consume(opt, i, oz_llama_grad(tm.m, i), false, &err);
         oz_optimizer_apply(opt, oz_llama_params(tm.m), 1e-2f, 1.0f);

@@ -84,7 +84,7 @@ static float *run_steps(const oz_optim_config *c, const oz_param_layout *lay, in
     if (opt && P) CHECK(oz_optimizer_set_basis(opt, 0, P, NULL), "no GaLore slot for the matrix");
     for (int s = 0; opt && s < steps; s++) {
         random_fill(g, lay->total, &rng, 0.1 * (s + 1));
-        oz_optimizer_begin_step(opt, s);
+        oz_optimizer_begin_step(opt, s, 1e-2f);
         for (int i = 0; i < lay->n; i++) oz_optimizer_consume(opt, i, g + lay->params[i].offset, false, &err);
         oz_optimizer_apply(opt, w, 1e-2f, 0.7f);
     }
@@ -161,7 +161,7 @@ static void test_refresh_basis_quality(void) {
         random_fill(right, R * Bc, &rng, 1.0);
         fx.be.gemm(&fx.be, 0, 0, A, Bc, R, 1.0f, left, R, right, Bc, 0.0f, g, Bc);
         for (int i = 0; i < A * Bc; i++) g[i] += (float)(1e-3 * oz_rng_normal(&rng));
-        oz_optimizer_begin_step(opt, 0);
+        oz_optimizer_begin_step(opt, 0, 1e-2f);
         CHECK(oz_optimizer_consume(opt, 0, g, false, &err) == OZ_OK, "%s", err.msg);
         CHECK(oz_optimizer_subspace_refreshes(opt) == 1, "no refresh at step 0");
         /* std on a 40 x 64 matrix projects on the left (a < b): the state file has galore_P. */
@@ -227,7 +227,7 @@ static void test_moments_at_switch(void) {
         oz_rng rng;
         oz_rng_seed(&rng, 5);
         random_fill(g, lay.total, &rng, 1.0);
-        oz_optimizer_begin_step(opt, 0);
+        oz_optimizer_begin_step(opt, 0, 1e-2f);
         for (int i = 0; i < 2; i++) oz_optimizer_consume(opt, i, g + lay.params[i].offset, false, &err);
         oz_optimizer_apply(opt, w, 1e-2f, 1.0f);
         char dir[] = "/tmp/ounce-optim-XXXXXX", p0[64], p1[64];
@@ -240,7 +240,7 @@ static void test_moments_at_switch(void) {
          * switch, before the Adam update changes the moments. */
         float *g2 = calloc(lay.total, sizeof *g2);
         for (int i = 0; i < A; i++) memcpy(g2 + ((i + 1) % A) * Bc, g + i * Bc, Bc * sizeof *g2);
-        oz_optimizer_begin_step(opt, 1);
+        oz_optimizer_begin_step(opt, 1, 1e-2f);
         oz_optimizer_consume(opt, 0, g2, false, &err);
         oz_optimizer_save(opt, p1, &err);
         read_moment(p0, "exp_avg", before, R * Bc);
@@ -454,17 +454,23 @@ static void test_per_layer_matches_whole_model(void) {
         char d1[] = "/tmp/ounce-pl-XXXXXX", d2[] = "/tmp/ounce-pl-XXXXXX";
         CHECK(mkdtemp(d1) && mkdtemp(d2), "mkdtemp");
         size_t n1 = 0, n2 = 0;
-        float *whole = train_tiny(optims[k], "off", 2, 0.05f, d1, &n1);
-        float *per = train_tiny(optims[k], "on", 2, 0.05f, d2, &n2);
-        if (whole && per && n1 == n2) {
-            double diff = max_rel_diff(per, whole, n1);
-            CHECK(diff < 2e-5, "%s: per-layer and whole-model weights differ by %.3g (accumulation 2, clipping)",
-                  optims[k], diff);
-        } else {
-            CHECK(0, "%s: a run failed", optims[k]);
+        /* accumulation 2 + clipping (deferred updates), then accumulation 1 without clipping
+         * (immediate updates inside the hook, no accumulators) */
+        for (int immediate = 0; immediate <= 1; immediate++) {
+            int accum = immediate ? 1 : 2;
+            float clip = immediate ? 0.0f : 0.05f;
+            float *whole = train_tiny(optims[k], "off", accum, clip, d1, &n1);
+            float *per = train_tiny(optims[k], "on", accum, clip, d2, &n2);
+            if (whole && per && n1 == n2) {
+                double diff = max_rel_diff(per, whole, n1);
+                CHECK(diff < 2e-5, "%s: per-layer and whole-model weights differ by %.3g (%s)", optims[k], diff,
+                      immediate ? "immediate updates" : "accumulation 2, clipping");
+            } else {
+                CHECK(0, "%s: a run failed", optims[k]);
+            }
+            free(whole);
+            free(per);
         }
-        free(whole);
-        free(per);
         oz_err err = {0};
         oz_remove_tree(d1, &err);
         oz_remove_tree(d2, &err);
@@ -495,7 +501,7 @@ static void test_lazy_updates_and_int4_bases(void) {
         int gaps[40];
         for (int step = 0; step < 40; step++) {
             if (!stable) random_fill(g, lay.total, &rng, 1.0);
-            oz_optimizer_begin_step(opt, step);
+            oz_optimizer_begin_step(opt, step, 1e-2f);
             for (int i = 0; i < 2; i++) oz_optimizer_consume(opt, i, g + lay.params[i].offset, false, &err);
             oz_optimizer_apply(opt, w, 1e-3f, 1.0f);
             gaps[step] = oz_optimizer_gap(opt, 0);

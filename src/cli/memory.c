@@ -28,6 +28,8 @@ int oz_cmd_memory(int argc, char **argv) {
         {"proj-bits", OZ_ARG_INT, &o.proj_bits, 0, "32 or 4 [32; 4 for qgalore]", 0},
         {"moments-at-switch", OZ_ARG_STR, o.moments_at_switch, sizeof o.moments_at_switch, "(no effect on memory)", 0},
         {"lazy-update", OZ_ARG_STR, o.lazy_update, sizeof o.lazy_update, "auto | on | off [auto]", 0},
+        {"grad-accum", OZ_ARG_INT, &o.grad_accum, 0, "micro-batches per step (with --clip 0 and 1, per-layer updates need no accumulators) [1]", 0},
+        {"clip", OZ_ARG_FLOAT, &o.clip, 0, "gradient clipping, 0 = off [1.0]", 0},
         {"per-layer-update", OZ_ARG_STR, o.per_layer_update, sizeof o.per_layer_update, "auto | on | off [auto]", 0},
         {"seq", OZ_ARG_INT, &o.seq, 0, "tokens per sequence [256]", 0},
         {"batch", OZ_ARG_INT, &o.batch, 0, "sequences per micro-batch [8]", 0},

@@ -41,7 +41,7 @@ typedef struct {
     float *ma, *va;       /* their per-block absmax (blocks) */
     long step;            /* Adam steps taken (bias correction) */
     long refreshes;       /* subspaces computed */
-    bool refresh_now, frozen_basis, consumed;
+    bool refresh_now, frozen_basis, consumed, applied;
 } slot;
 
 struct oz_optimizer {
@@ -53,8 +53,10 @@ struct oz_optimizer {
     int n_slots;
     int step;
     float map_signed[256], map_unsigned[256];
-    float *u, *work, *rot, *cbuf, *newbasis, *deq, *delta; /* scratch */
+    float *u, *work, *rot, *cbuf, *newbasis, *deq, *delta, *rimm; /* scratch */
     oz_llama *model;
+    float lr;               /* this step's learning rate (immediate updates need it in the hook) */
+    double applied_sumsq;   /* gradient norm squared of what immediate updates consumed */
     size_t max_n, max_work, max_c, max_basis, max_workspace;
     void **owned;
     int n_owned, cap_owned;
@@ -125,6 +127,9 @@ static void shape_slot(const oz_optim_config *c, const oz_param_info *p, int ind
     s->q8 = eight && s->n >= OZ_Q8_MIN_SIZE;
 }
 
+/* Immediate mode updates a layer's tensors inside the grad hook, so they need no accumulator. */
+static bool immediate_slot(const oz_optim_config *c, const slot *s) { return c->immediate && s->p->layer >= 0; }
+
 /* The vector whose drift drives lazy updates: P's first column (left, full) or Q's first row. */
 static int first_vector_len(const slot *s) { return s->side == SIDE_RIGHT ? s->b : s->a; }
 
@@ -151,8 +156,8 @@ static void slot_buffers(const oz_optim_config *c, slot *s, want_fn want, void *
             if (s->side != SIDE_LEFT) want(ctx, (void **)&s->Q, OZ_MEM_PROJ, rb * f, "GaLore basis Q");
         }
         if (c->lazy) want(ctx, (void **)&s->v1, OZ_MEM_PROJ, (size_t)first_vector_len(s) * f, "first basis vector");
-        want(ctx, (void **)&s->racc, OZ_MEM_GRADS, s->n * f, "projected gradient");
-    } else if (c->per_layer && s->p->layer >= 0) {
+        if (!immediate_slot(c, s)) want(ctx, (void **)&s->racc, OZ_MEM_GRADS, s->n * f, "projected gradient");
+    } else if (c->per_layer && s->p->layer >= 0 && !c->immediate) {
         want(ctx, (void **)&s->gacc, OZ_MEM_GRADS, s->n * f, "gradient accumulator");
     }
     if (s->q8) {
@@ -205,6 +210,7 @@ void oz_optimizer_plan(const oz_optim_config *c, const oz_param_layout *layout, 
     size_t f = sizeof(float);
     if (z.n) {
         bytes[OZ_MEM_SCRATCH] += (2 * z.n + z.work + z.c + z.basis) * f;
+        if (c->immediate) bytes[OZ_MEM_SCRATCH] += z.n * f;
         if (c->proj_bits == 4) bytes[OZ_MEM_SCRATCH] += z.basis * f;
         if (c->int8_weights) bytes[OZ_MEM_SCRATCH] += z.matrix * f;
         bytes[OZ_MEM_SCRATCH] += z.workspace; /* the subspace call's own workspace, while it runs */
@@ -280,6 +286,8 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
         alloc_want(&ctx, (void **)&o->u, OZ_MEM_SCRATCH, z.n * f, "GaLore update buffer");
         alloc_want(&ctx, (void **)&o->work, OZ_MEM_SCRATCH, z.work * f, "GaLore work buffer");
         alloc_want(&ctx, (void **)&o->rot, OZ_MEM_SCRATCH, z.n * f, "GaLore rotation buffer");
+        if (cfg->immediate)
+            alloc_want(&ctx, (void **)&o->rimm, OZ_MEM_SCRATCH, z.n * f, "projected gradient (immediate)");
         alloc_want(&ctx, (void **)&o->cbuf, OZ_MEM_SCRATCH, z.c * f, "GaLore change of basis");
         alloc_want(&ctx, (void **)&o->newbasis, OZ_MEM_SCRATCH, z.basis * f, "GaLore new basis");
         if (cfg->proj_bits == 4)
@@ -386,11 +394,14 @@ static void lazy_observe(oz_optimizer *o, slot *s, const float *Pn, const float 
 
 /* ---------------------------------------------------------------- the step */
 
-void oz_optimizer_begin_step(oz_optimizer *o, int step) {
+void oz_optimizer_begin_step(oz_optimizer *o, int step, float lr) {
     o->step = step;
+    o->lr = lr;
+    o->applied_sumsq = 0;
     for (int i = 0; i < o->n_slots; i++) {
         slot *s = &o->slots[i];
         s->consumed = false;
+        s->applied = false;
         s->grad = NULL;
         /* GaLore's rule: a new subspace at steps 0, T, 2T, ... (and whenever none exists yet). */
         s->refresh_now = s->galore && !s->frozen_basis && (s->refreshes == 0 || step % s->gap == 0);
@@ -482,17 +493,18 @@ static oz_status refresh_basis(oz_optimizer *o, slot *s, const float *G, oz_err 
     return OZ_OK;
 }
 
-static void project(oz_optimizer *o, slot *s, const float *G, float beta) {
+/* dst (s->n) = projection of G, plus beta times what dst held. */
+static void project(oz_optimizer *o, slot *s, const float *G, float beta, float *dst) {
     oz_backend *be = o->be;
     int a = s->a, b = s->b, r = s->r;
     const float *P = s->side != SIDE_RIGHT ? basis_P(o, s) : NULL;
     const float *Q = s->side != SIDE_LEFT ? basis_Q(o, s) : NULL;
     switch (s->side) {
-    case SIDE_LEFT: be->gemm(be, 1, 0, r, b, a, 1.0f, P, r, G, b, beta, s->racc, b); break;
-    case SIDE_RIGHT: be->gemm(be, 0, 1, a, r, b, 1.0f, G, b, Q, b, beta, s->racc, r); break;
+    case SIDE_LEFT: be->gemm(be, 1, 0, r, b, a, 1.0f, P, r, G, b, beta, dst, b); break;
+    case SIDE_RIGHT: be->gemm(be, 0, 1, a, r, b, 1.0f, G, b, Q, b, beta, dst, r); break;
     default:
         be->gemm(be, 1, 0, r, b, a, 1.0f, P, r, G, b, 0.0f, o->work, b);
-        be->gemm(be, 0, 1, r, r, b, 1.0f, o->work, b, Q, b, beta, s->racc, r);
+        be->gemm(be, 0, 1, r, r, b, 1.0f, o->work, b, Q, b, beta, dst, r);
     }
 }
 
@@ -504,11 +516,26 @@ oz_status oz_optimizer_refresh_from(oz_optimizer *o, oz_llama *model, oz_err *er
     return OZ_OK;
 }
 
+static void apply_slot(oz_optimizer *o, slot *s, float *params, const float *g, float lr, float grad_scale);
+
 oz_status oz_optimizer_consume(oz_optimizer *o, int index, const float *grad, bool accumulate, oz_err *err) {
     slot *s = &o->slots[index];
+    if (immediate_slot(&o->cfg, s)) {
+        /* Project (GaLore) and update right away: this tensor's gradient is never kept. */
+        const float *g = grad;
+        if (s->galore) {
+            if (s->refresh_now) OZ_TRY(refresh_basis(o, s, grad, err));
+            project(o, s, grad, 0.0f, o->rimm);
+            g = o->rimm;
+        }
+        o->applied_sumsq += o->be->sumsq(o->be, g, s->n);
+        s->consumed = true;
+        apply_slot(o, s, NULL, g, o->lr, 1.0f);
+        return OZ_OK;
+    }
     if (s->galore) {
         if (s->refresh_now) OZ_TRY(refresh_basis(o, s, grad, err));
-        project(o, s, grad, accumulate ? 1.0f : 0.0f);
+        project(o, s, grad, accumulate ? 1.0f : 0.0f, s->racc);
     } else if (s->gacc) {
         if (accumulate) o->be->axpy(o->be, s->gacc, 1.0f, grad, s->n);
         else o->be->copy(o->be, s->gacc, grad, s->n * sizeof(float));
@@ -520,83 +547,88 @@ oz_status oz_optimizer_consume(oz_optimizer *o, int index, const float *grad, bo
 }
 
 double oz_optimizer_grad_sumsq(oz_optimizer *o) {
-    double total = 0;
+    double total = o->applied_sumsq;
     for (int i = 0; i < o->n_slots; i++) {
         slot *s = &o->slots[i];
-        if (!s->consumed) continue;
+        if (!s->consumed || s->applied) continue;
         const float *g = s->galore ? s->racc : s->gacc ? s->gacc : s->grad;
         total += o->be->sumsq(o->be, g, s->n);
     }
     return total;
 }
 
-void oz_optimizer_apply(oz_optimizer *o, float *params, float lr, float grad_scale) {
+/* One slot's update from gradient g (the projected gradient for GaLore slots). */
+static void apply_slot(oz_optimizer *o, slot *s, float *params, const float *g, float lr, float grad_scale) {
     oz_backend *be = o->be;
     const oz_optim_config *c = &o->cfg;
-    for (int i = 0; i < o->n_slots; i++) {
-        slot *s = &o->slots[i];
-        if (!s->consumed) continue;
-        s->step++;
-        float wd = s->p->is_norm ? 0.0f : c->weight_decay;
-        oz_adamw_args args = {
-            .lr = lr,
-            .beta1 = c->beta1,
-            .beta2 = c->beta2,
-            .eps = c->eps,
-            .weight_decay = wd,
-            .bias_correction1 = (float)(1.0 - pow(c->beta1, (double)s->step)),
-            .bias_correction2 = (float)(1.0 - pow(c->beta2, (double)s->step)),
-            .grad_scale = grad_scale,
-        };
-        float *W = o->model ? oz_llama_param(o->model, s->index) : params + s->p->offset;
-        uint8_t *wq = NULL, *wz = NULL;
-        float *wsc = NULL;
-        bool int8 = o->model && oz_llama_param_int8(o->model, s->index, &wq, &wsc, &wz);
-        if (!s->galore) {
-            const float *g = s->gacc ? s->gacc : s->grad;
-            if (s->q8)
-                oz_adam8bit_step(W, g, s->mq, s->ma, s->vq, s->va, s->n, o->map_signed, o->map_unsigned, &args);
-            else
-                be->adamw_step(be, W, g, s->m, s->v, s->n, &args);
-            continue;
-        }
-        /* u <- -(Adam direction of R), then W <- W (1 - lr wd) + lr scale back(u). */
-        args.lr = 1.0f;
-        args.weight_decay = 0.0f;
-        be->fill(be, o->u, 0.0f, s->n);
+    s->step++;
+    s->applied = true;
+    float wd = s->p->is_norm ? 0.0f : c->weight_decay;
+    oz_adamw_args args = {
+        .lr = lr,
+        .beta1 = c->beta1,
+        .beta2 = c->beta2,
+        .eps = c->eps,
+        .weight_decay = wd,
+        .bias_correction1 = (float)(1.0 - pow(c->beta1, (double)s->step)),
+        .bias_correction2 = (float)(1.0 - pow(c->beta2, (double)s->step)),
+        .grad_scale = grad_scale,
+    };
+    float *W = o->model ? oz_llama_param(o->model, s->index) : params + s->p->offset;
+    uint8_t *wq = NULL, *wz = NULL;
+    float *wsc = NULL;
+    bool int8 = o->model && oz_llama_param_int8(o->model, s->index, &wq, &wsc, &wz);
+    if (!s->galore) {
         if (s->q8)
-            oz_adam8bit_step(o->u, s->racc, s->mq, s->ma, s->vq, s->va, s->n, o->map_signed, o->map_unsigned, &args);
+            oz_adam8bit_step(W, g, s->mq, s->ma, s->vq, s->va, s->n, o->map_signed, o->map_unsigned, &args);
         else
-            be->adamw_step(be, o->u, s->racc, s->m, s->v, s->n, &args);
-        float alpha = lr * c->scale;
-        int a = s->a, b = s->b, r = s->r;
-        if (int8) {
-            /* The back-projected update, then dequantize + add + stochastic requantize per group
-             * (Q-GaLore): no fp32 copy of the weight exists outside this one matrix of scratch. */
-            float *D = o->delta;
-            const float *P = s->side != SIDE_RIGHT ? basis_P(o, s) : NULL;
-            const float *Q = s->side != SIDE_LEFT ? basis_Q(o, s) : NULL;
-            switch (s->side) {
-            case SIDE_LEFT: be->gemm(be, 0, 0, a, b, r, 1.0f, P, r, o->u, b, 0.0f, D, b); break;
-            case SIDE_RIGHT: be->gemm(be, 0, 0, a, b, r, 1.0f, o->u, r, Q, b, 0.0f, D, b); break;
-            default:
-                be->gemm(be, 0, 0, a, r, r, 1.0f, P, r, o->u, r, 0.0f, o->work, r);
-                be->gemm(be, 0, 0, a, b, r, 1.0f, o->work, r, Q, b, 0.0f, D, b);
-            }
-            uint64_t key = c->seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(s->index + 1));
-            oz_i8_update_sr(wq, wsc, wz, (size_t)a * b, D, 1.0f - lr * wd, alpha, key, (uint64_t)o->step);
-            continue;
-        }
-        if (wd > 0) be->scale(be, W, 1.0f - lr * wd, (size_t)s->a * s->b);
+            be->adamw_step(be, W, g, s->m, s->v, s->n, &args);
+        return;
+    }
+    /* u <- -(Adam direction of R), then W <- W (1 - lr wd) + lr scale back(u). */
+    args.lr = 1.0f;
+    args.weight_decay = 0.0f;
+    be->fill(be, o->u, 0.0f, s->n);
+    if (s->q8)
+        oz_adam8bit_step(o->u, g, s->mq, s->ma, s->vq, s->va, s->n, o->map_signed, o->map_unsigned, &args);
+    else
+        be->adamw_step(be, o->u, g, s->m, s->v, s->n, &args);
+    float alpha = lr * c->scale;
+    int a = s->a, b = s->b, r = s->r;
+    if (int8) {
+        /* The back-projected update, then dequantize + add + stochastic requantize per group
+         * (Q-GaLore): no fp32 copy of the weight exists outside this one matrix of scratch. */
+        float *D = o->delta;
         const float *P = s->side != SIDE_RIGHT ? basis_P(o, s) : NULL;
         const float *Q = s->side != SIDE_LEFT ? basis_Q(o, s) : NULL;
         switch (s->side) {
-        case SIDE_LEFT: be->gemm(be, 0, 0, a, b, r, alpha, P, r, o->u, b, 1.0f, W, b); break;
-        case SIDE_RIGHT: be->gemm(be, 0, 0, a, b, r, alpha, o->u, r, Q, b, 1.0f, W, b); break;
+        case SIDE_LEFT: be->gemm(be, 0, 0, a, b, r, 1.0f, P, r, o->u, b, 0.0f, D, b); break;
+        case SIDE_RIGHT: be->gemm(be, 0, 0, a, b, r, 1.0f, o->u, r, Q, b, 0.0f, D, b); break;
         default:
             be->gemm(be, 0, 0, a, r, r, 1.0f, P, r, o->u, r, 0.0f, o->work, r);
-            be->gemm(be, 0, 0, a, b, r, alpha, o->work, r, Q, b, 1.0f, W, b);
+            be->gemm(be, 0, 0, a, b, r, 1.0f, o->work, r, Q, b, 0.0f, D, b);
         }
+        uint64_t key = c->seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(s->index + 1));
+        oz_i8_update_sr(wq, wsc, wz, (size_t)a * b, D, 1.0f - lr * wd, alpha, key, (uint64_t)o->step);
+        return;
+    }
+    if (wd > 0) be->scale(be, W, 1.0f - lr * wd, (size_t)s->a * s->b);
+    const float *P = s->side != SIDE_RIGHT ? basis_P(o, s) : NULL;
+    const float *Q = s->side != SIDE_LEFT ? basis_Q(o, s) : NULL;
+    switch (s->side) {
+    case SIDE_LEFT: be->gemm(be, 0, 0, a, b, r, alpha, P, r, o->u, b, 1.0f, W, b); break;
+    case SIDE_RIGHT: be->gemm(be, 0, 0, a, b, r, alpha, o->u, r, Q, b, 1.0f, W, b); break;
+    default:
+        be->gemm(be, 0, 0, a, r, r, 1.0f, P, r, o->u, r, 0.0f, o->work, r);
+        be->gemm(be, 0, 0, a, b, r, alpha, o->work, r, Q, b, 1.0f, W, b);
+    }
+}
+
+void oz_optimizer_apply(oz_optimizer *o, float *params, float lr, float grad_scale) {
+    for (int i = 0; i < o->n_slots; i++) {
+        slot *s = &o->slots[i];
+        if (!s->consumed || s->applied) continue;
+        apply_slot(o, s, params, s->galore ? s->racc : s->gacc ? s->gacc : s->grad, lr, grad_scale);
     }
 }
 

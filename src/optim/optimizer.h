@@ -46,6 +46,9 @@ typedef struct {
      * is dequantize, add, requantize with stochastic rounding from streams keyed by (seed, step,
      * tensor, group). qgalore is galore8bit plus this (and lazy updates, INT4 bases by default). */
     bool int8_weights;
+    /* Per-layer mode without accumulation or clipping: each layer's tensors are updated inside
+     * the grad hook, so no projected-gradient accumulator exists (GaLore's own per-layer mode). */
+    bool immediate;
 } oz_optim_config;
 
 #define OZ_LAZY_MAX_WINDOW 32
@@ -66,14 +69,16 @@ void oz_optimizer_destroy(oz_optimizer *opt);
 void oz_optimizer_plan(const oz_optim_config *cfg, const oz_param_layout *layout,
                        size_t bytes[OZ_MEM_NCATEGORIES]);
 
-/* Starts optimizer step `step` (0-based): decides which GaLore matrices refresh their subspace. */
-void oz_optimizer_begin_step(oz_optimizer *opt, int step);
+/* Starts optimizer step `step` (0-based) with learning rate lr: decides which GaLore matrices
+ * refresh their subspace (lr is used by immediate updates, which happen inside consume). */
+void oz_optimizer_begin_step(oz_optimizer *opt, int step, float lr);
 /* Whole-model mode, at a refresh step: compute the new subspaces from the first micro-batch's
  * gradients (call right after that micro-batch's backward). No-op when nothing refreshes. */
 oz_status oz_optimizer_refresh_from(oz_optimizer *opt, oz_llama *model, oz_err *err);
 /* Consumes parameter `index`'s gradient. accumulate=false starts this step's accumulator. */
 oz_status oz_optimizer_consume(oz_optimizer *opt, int index, const float *grad, bool accumulate, oz_err *err);
-/* Sum of squares of everything consumed this step (the clipping norm squared). */
+/* Sum of squares of everything consumed this step (the clipping norm squared; with immediate
+ * updates it includes what was already applied, for reporting). */
 double oz_optimizer_grad_sumsq(oz_optimizer *opt);
 /* Applies the step with learning rate lr and gradients multiplied by grad_scale, to the weights of
  * the bound model (oz_optimizer_bind_model), else to `params` (layout order). */

@@ -367,6 +367,9 @@ oz_status oz_train_optim_config(const oz_train_opts *o, oz_optim_config *c, oz_e
     else if (strcmp(o->per_layer_update, "on") == 0) c->per_layer = true;
     else if (strcmp(o->per_layer_update, "off") == 0) c->per_layer = false;
     else return oz_fail(err, OZ_ERR_INPUT, "--per-layer-update %s: expected auto, on or off", o->per_layer_update);
+    /* Without accumulation or clipping nothing needs the whole step's gradients before an update,
+     * so per-layer mode updates inside the hook and keeps no accumulator. */
+    c->immediate = c->per_layer && o->grad_accum == 1 && o->clip == 0;
     if (galore && (o->rank <= 0 || o->update_gap <= 0 || !(o->galore_scale > 0)))
         return oz_fail(err, OZ_ERR_INPUT, "--rank, --update-gap and --galore-scale must be positive");
     c->beta1 = o->beta1;
@@ -574,8 +577,9 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
     res->train_loss = NAN;
     for (int step = pos->step; step < o->steps; step++) {
         double t0 = now_s();
+        float lr = oz_schedule_lr(&sched, step);
         oz_llama_zero_grads(t->model);
-        oz_optimizer_begin_step(t->opt, step);
+        oz_optimizer_begin_step(t->opt, step, lr);
         double loss_sum = 0;
         long n_targets = 0;
         for (int micro = 0; micro < o->grad_accum; micro++) {
@@ -613,7 +617,6 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
                            "checkpoints already written are intact",
                            step + 1);
         float clip_scale = (o->clip > 0 && gnorm > o->clip) ? (float)(o->clip / (gnorm + 1e-6)) : 1.0f;
-        float lr = oz_schedule_lr(&sched, step);
         oz_optimizer_apply(t->opt, NULL, lr, clip_scale);
         double dt = now_s() - t0;
         train_time += dt;
