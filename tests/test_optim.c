@@ -550,6 +550,26 @@ static void test_lazy_updates_and_int4_bases(void) {
     oz_param_layout_free(&lay);
 }
 
+/* Lazy updates with the full projection: the first basis vector (length a) is longer than the
+ * r x r moments, which must not matter to the scratch it is compared in (ASan checks the bounds). */
+static void test_lazy_full_projection(void) {
+    enum { A = 40, Bc = 48 }; /* a far above r x r = 9, beyond the arena's 64-byte rounding */
+    oz_param_layout lay;
+    one_matrix_layout(&lay, A, Bc);
+    oz_optim_config c = {.kind = OZ_OPTIM_GALORE, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .rank = 3,
+                         .update_gap = 1, .scale = 0.25f, .proj = OZ_PROJ_FULL, .subspace = OZ_SUBSPACE_EXACT,
+                         .galore_attn = true, .galore_mlp = true, .lazy = true, .cos_threshold = 0.4f,
+                         .gap_growth = 2.0f, .cos_window = 2, .max_gap = 4, .proj_bits = 32};
+    long refreshes = 0;
+    float *w = run_steps(&c, &lay, 6, NULL, &refreshes);
+    CHECK(refreshes >= 3, "only %ld refreshes with gap 1", refreshes);
+    bool finite = true;
+    for (size_t i = 0; w && i < lay.total; i++) finite = finite && isfinite(w[i]);
+    CHECK(w && finite, "full projection with lazy updates produced non-finite weights");
+    free(w);
+    oz_param_layout_free(&lay);
+}
+
 int main(void) {
     RUN(test_galore_full_rank_is_adamw);
     RUN(test_refresh_basis_quality);
@@ -558,5 +578,6 @@ int main(void) {
     RUN(test_per_layer_matches_whole_model);
     RUN(test_lazy_updates_and_int4_bases);
     RUN(test_qgalore_int8_weights);
+    RUN(test_lazy_full_projection);
     return oz_test_finish("test_optim");
 }

@@ -175,6 +175,7 @@ static void slot_buffers(const oz_optim_config *c, slot *s, want_fn want, void *
 /* Scratch sizes shared by all slots. */
 typedef struct {
     size_t n, work, c, basis, workspace, matrix;
+    size_t rot; /* the rotation buffer, also where lazy updates stage a first basis vector */
 } scratch_sizes;
 
 static void scratch_of(const oz_optim_config *c, const slot *s, scratch_sizes *z) {
@@ -184,6 +185,8 @@ static void scratch_of(const oz_optim_config *c, const slot *s, scratch_sizes *z
     if (ar > work) work = ar;
     if (rb > work) work = rb;
     if (s->n > z->n) z->n = s->n;
+    size_t rot = s->n > (size_t)first_vector_len(s) ? s->n : (size_t)first_vector_len(s);
+    if (rot > z->rot) z->rot = rot;
     if (work > z->work) z->work = work;
     if ((size_t)2 * s->r * s->r > z->c) z->c = (size_t)2 * s->r * s->r;
     if (ar + rb > z->basis) z->basis = ar + rb;
@@ -209,7 +212,7 @@ void oz_optimizer_plan(const oz_optim_config *c, const oz_param_layout *layout, 
     }
     size_t f = sizeof(float);
     if (z.n) {
-        bytes[OZ_MEM_SCRATCH] += (2 * z.n + z.work + z.c + z.basis) * f;
+        bytes[OZ_MEM_SCRATCH] += (z.n + z.rot + z.work + z.c + z.basis) * f;
         if (c->immediate) bytes[OZ_MEM_SCRATCH] += z.n * f;
         if (c->proj_bits == 4) bytes[OZ_MEM_SCRATCH] += z.basis * f;
         if (c->int8_weights) bytes[OZ_MEM_SCRATCH] += z.matrix * f;
@@ -285,7 +288,7 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
         size_t f = sizeof(float);
         alloc_want(&ctx, (void **)&o->u, OZ_MEM_SCRATCH, z.n * f, "GaLore update buffer");
         alloc_want(&ctx, (void **)&o->work, OZ_MEM_SCRATCH, z.work * f, "GaLore work buffer");
-        alloc_want(&ctx, (void **)&o->rot, OZ_MEM_SCRATCH, z.n * f, "GaLore rotation buffer");
+        alloc_want(&ctx, (void **)&o->rot, OZ_MEM_SCRATCH, z.rot * f, "GaLore rotation buffer");
         if (cfg->immediate)
             alloc_want(&ctx, (void **)&o->rimm, OZ_MEM_SCRATCH, z.n * f, "projected gradient (immediate)");
         alloc_want(&ctx, (void **)&o->cbuf, OZ_MEM_SCRATCH, z.c * f, "GaLore change of basis");
