@@ -281,7 +281,7 @@ oz_status oz_llama_load(oz_llama **out, const char *dir, oz_backend *be, oz_aren
     float *bufs[1] = {host};
     const char *prefixes[1] = {""};
     oz_status st = oz_tensors_load(path, lay, bufs, prefixes, 1, err);
-    if (st == OZ_OK) be->to_device(be, oz_llama_params(m), host, lay->total * sizeof *host);
+    if (st == OZ_OK) oz_llama_import_params(m, host);
     free(host);
     if (st != OZ_OK) {
         oz_llama_destroy(m);

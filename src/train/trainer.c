@@ -332,14 +332,14 @@ static void trainer_grad_hook(void *user, int layer) {
     trainer *t = user;
     if (layer < 0 || t->hook_status != OZ_OK) return;
     const oz_param_layout *lay = oz_llama_get_layout(t->model);
-    for (int i = 1 + 9 * layer; i < 1 + 9 * (layer + 1); i++) {
+    for (int i = 0; i < lay->n; i++) {
+        if (lay->params[i].layer != layer) continue;
         oz_status st = oz_optimizer_consume(t->opt, i, oz_llama_grad(t->model, i), t->micro > 0, &t->hook_err);
         if (st != OZ_OK) {
             t->hook_status = st;
             return;
         }
     }
-    (void)lay;
 }
 
 oz_status oz_train_optim_config(const oz_train_opts *o, oz_optim_config *c, oz_err *err) {
