@@ -17,6 +17,9 @@ int oz_cmd_eval(int argc, char **argv);
 int oz_cmd_sample(int argc, char **argv);
 int oz_cmd_tokenize(int argc, char **argv);
 int oz_cmd_memory(int argc, char **argv);
+int oz_cmd_tokenizer(int argc, char **argv);
+int oz_cmd_compress(int argc, char **argv);
+int oz_cmd_convert(int argc, char **argv);
 
 /* Prints "ounce CMD: message" to stderr and returns the exit code for the status. */
 int oz_cli_report(const char *command, const oz_err *err);
