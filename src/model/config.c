@@ -2,6 +2,7 @@
  * (vocab 32000, untied), Llama-3-8B, and two small ones for tests and the demo. */
 #include "model/llama.h"
 
+#include <math.h>
 #include <string.h>
 
 typedef struct {
@@ -10,7 +11,7 @@ typedef struct {
 } preset_entry;
 
 #define LLAMA(V, D, F, L, H, KV, P, EPS, THETA, TIE) \
-    {V, D, F, L, H, KV, (D) / (H), P, EPS, THETA, TIE, -1, -1}
+    {V, D, F, L, H, KV, (D) / (H), P, EPS, THETA, TIE, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0}
 
 static const preset_entry presets[] = {
     {"tiny", LLAMA(258, 32, 64, 2, 4, 2, 256, 1e-5f, 10000.0f, false)},
@@ -55,6 +56,34 @@ oz_status oz_llama_config_validate(const oz_llama_config *c, oz_err *err) {
          c->max_position_embeddings);
     NEED(c->rms_norm_eps > 0, "config: rms_norm_eps must be positive (got %g)", (double)c->rms_norm_eps);
     NEED(c->rope_theta > 0, "config: rope_theta must be positive (got %g)", (double)c->rope_theta);
+    if (c->rope_type != OZ_ROPE_DEFAULT)
+        NEED(c->rope_factor >= 1.0f, "config: rope_scaling.factor must be at least 1 (got %g)", (double)c->rope_factor);
+    if (c->rope_type == OZ_ROPE_LLAMA3) {
+        NEED(c->rope_original_max_position_embeddings > 0,
+             "config: rope_scaling.original_max_position_embeddings must be positive (got %d)",
+             c->rope_original_max_position_embeddings);
+        NEED(c->rope_low_freq_factor > 0 && c->rope_high_freq_factor > c->rope_low_freq_factor,
+             "config: rope_scaling needs 0 < low_freq_factor < high_freq_factor (got %g, %g)",
+             (double)c->rope_low_freq_factor, (double)c->rope_high_freq_factor);
+    }
 #undef NEED
     return OZ_OK;
+}
+
+double oz_llama_rope_inv_freq(const oz_llama_config *c, int i) {
+    double inv_freq = pow((double)c->rope_theta, -(2.0 * i) / c->head_dim);
+    switch (c->rope_type) {
+    case OZ_ROPE_DEFAULT: return inv_freq;
+    case OZ_ROPE_LINEAR: return inv_freq / c->rope_factor;
+    case OZ_ROPE_LLAMA3: break;
+    }
+    /* Llama 3.1: high frequencies (short wavelengths) carry local order and are kept; low ones are
+     * interpolated by `factor`; the band between blends the two linearly in 1/wavelength. */
+    double old_len = c->rope_original_max_position_embeddings;
+    double wavelen = 2.0 * M_PI / inv_freq;
+    double low_wavelen = old_len / c->rope_low_freq_factor, high_wavelen = old_len / c->rope_high_freq_factor;
+    if (wavelen < high_wavelen) return inv_freq;
+    if (wavelen > low_wavelen) return inv_freq / c->rope_factor;
+    double smooth = (old_len / wavelen - c->rope_low_freq_factor) / (c->rope_high_freq_factor - c->rope_low_freq_factor);
+    return (1.0 - smooth) * inv_freq / c->rope_factor + smooth * inv_freq;
 }

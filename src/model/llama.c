@@ -403,7 +403,7 @@ static oz_status build_rope_tables(oz_llama *m, oz_err *err) {
     }
     for (int pos = 0; pos < m->rope_len; pos++) {
         for (int i = 0; i < half; i++) {
-            double inv_freq = pow((double)m->cfg.rope_theta, -(2.0 * i) / m->cfg.head_dim);
+            double inv_freq = oz_llama_rope_inv_freq(&m->cfg, i);
             double angle = pos * inv_freq;
             c[(size_t)pos * half + i] = (float)cos(angle);
             s[(size_t)pos * half + i] = (float)sin(angle);

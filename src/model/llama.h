@@ -9,6 +9,8 @@
 #include "mem/arena.h"
 #include "util/err.h"
 
+typedef enum { OZ_ROPE_DEFAULT = 0, OZ_ROPE_LINEAR, OZ_ROPE_LLAMA3 } oz_rope_type;
+
 typedef struct {
     int vocab_size;
     int hidden_size;
@@ -22,7 +24,17 @@ typedef struct {
     float rope_theta;
     bool tie_word_embeddings;
     int bos_token_id, eos_token_id; /* -1 when unknown */
+    /* HF rope_scaling (rope_parameters in transformers >= 5): default (none), linear (positions
+     * divided by factor) or llama3 (Llama 3.1's frequency-dependent interpolation: wavelengths
+     * beyond original_max_position_embeddings / low_freq_factor are stretched by factor, those
+     * below original / high_freq_factor kept, a smooth blend between). */
+    oz_rope_type rope_type;
+    float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_original_max_position_embeddings;
 } oz_llama_config;
+
+/* RoPE's inverse frequency of pair i (0 <= i < head_dim / 2), after rope scaling. */
+double oz_llama_rope_inv_freq(const oz_llama_config *cfg, int i);
 
 /* Fills `cfg` from a preset name (tiny, demo, 60m, 130m, 350m, 1b, 7b, llama3-8b).
  * Returns false for an unknown name. */
