@@ -146,7 +146,7 @@ typedef struct {
 
 static void tiny_setup(tiny_model *tm, bool tie) {
     oz_err err = {0};
-    oz_llama_config c = {29, 16, 24, 2, 4, 2, 4, 32, 1e-5f, 10000.0f, tie, -1, -1};
+    oz_llama_config c = {29, 16, 24, 2, 4, 2, 4, 32, 1e-5f, 10000.0f, tie, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0};
     tm->cfg = c;
     oz_backend_cpu_create(&tm->be, 0, &err);
     oz_arena_init(&tm->arena, tm->be.allocator);
@@ -370,7 +370,7 @@ static void test_arena_accounting(void) {
  * chunks; grouped-query heads) against the plain model; no tokens x intermediate or tokens x vocab
  * buffer with mini-sequences on; the planner's bytes equal the arena's. */
 static void test_recompute_and_mini_sequences(void) {
-    oz_llama_config c = {61, 16, 40, 2, 4, 2, 4, 32, 1e-5f, 10000.0f, false, -1, -1};
+    oz_llama_config c = {61, 16, 40, 2, 4, 2, 4, 32, 1e-5f, 10000.0f, false, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0};
     enum { B = 2, T = 9, N = B * T };
     oz_rng rng;
     oz_rng_seed(&rng, 11);

@@ -68,6 +68,8 @@ int oz_cmd_train(int argc, char **argv) {
         {"data", OZ_ARG_STR, o.data, sizeof o.data, "prepared data directory, or random:VOCAB (required)", 0},
         {"model", OZ_ARG_STR, o.model, sizeof o.model,
          "preset (tiny, demo, 60m, 130m, 350m, 1b, 7b, llama3-8b), config.json, or a directory with one [demo]", 0},
+        {"init", OZ_ARG_STR, o.init, sizeof o.init,
+         "start from this model directory's weights and config (ours or Hugging Face's; sharded, f32/f16/bf16) with a fresh optimizer; replaces --model", 0},
         {"out", OZ_ARG_STR, o.out, sizeof o.out, "output directory (required)", 0},
         {"resume", OZ_ARG_STR, resume, sizeof resume,
          "continue the run saved in OUT/step-N with its saved settings (other flags are ignored)", 0},

@@ -10,6 +10,11 @@
 
 #include "io/atomic.h"
 #include "io/safetensors.h"
+#include "io/weights.h"
+#include "optim/quant.h"
+
+static oz_status json_float(const cJSON *root, const char *path, const char *key, float dflt, float *out,
+                            oz_err *err);
 
 static oz_status json_int(const cJSON *root, const char *path, const char *key, bool required, int dflt,
                           int *out, oz_err *err) {
@@ -23,6 +28,59 @@ static oz_status json_int(const cJSON *root, const char *path, const char *key, 
         fabs(item->valuedouble) > 2147483647.0)
         return oz_fail(err, OZ_ERR_INPUT, "%s: field \"%s\" must be an integer", path, key);
     *out = (int)item->valuedouble;
+    return OZ_OK;
+}
+
+/* bos/eos ids: an integer, or (Llama 3.1's eos_token_id) a list of them, of which the first is the
+ * one ounce appends; null means unknown. */
+static oz_status json_token_id(const cJSON *root, const char *path, const char *key, int *out, oz_err *err) {
+    const cJSON *item = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (cJSON_IsArray(item)) {
+        const cJSON *first = cJSON_GetArrayItem(item, 0);
+        if (!first) {
+            *out = -1;
+            return OZ_OK;
+        }
+        if (!cJSON_IsNumber(first) || first->valuedouble < 0 || first->valuedouble != floor(first->valuedouble))
+            return oz_fail(err, OZ_ERR_INPUT, "%s: field \"%s\" must hold integer token ids", path, key);
+        *out = (int)first->valuedouble;
+        return OZ_OK;
+    }
+    return json_int(root, path, key, false, -1, out, err);
+}
+
+/* rope_scaling (transformers < 5) or rope_parameters (>= 5, which also moves rope_theta inside). */
+static oz_status read_rope(const cJSON *root, const char *path, oz_llama_config *cfg, oz_err *err) {
+    const char *key = "rope_parameters";
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!rp || cJSON_IsNull(rp)) {
+        key = "rope_scaling";
+        rp = cJSON_GetObjectItemCaseSensitive(root, key);
+    }
+    OZ_TRY(json_float(root, path, "rope_theta", 10000.0f, &cfg->rope_theta, err));
+    cfg->rope_type = OZ_ROPE_DEFAULT;
+    if (!rp || cJSON_IsNull(rp)) return OZ_OK;
+    if (!cJSON_IsObject(rp)) return oz_fail(err, OZ_ERR_INPUT, "%s: field \"%s\" must be an object", path, key);
+    if (cJSON_GetObjectItemCaseSensitive(rp, "rope_theta"))
+        OZ_TRY(json_float(rp, path, "rope_theta", cfg->rope_theta, &cfg->rope_theta, err));
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(rp, "rope_type");
+    if (!type) type = cJSON_GetObjectItemCaseSensitive(rp, "type");
+    const char *name = cJSON_IsString(type) ? type->valuestring : "default";
+    if (strcmp(name, "default") == 0) return OZ_OK;
+    if (strcmp(name, "linear") == 0) cfg->rope_type = OZ_ROPE_LINEAR;
+    else if (strcmp(name, "llama3") == 0) cfg->rope_type = OZ_ROPE_LLAMA3;
+    else
+        return oz_fail(err, OZ_ERR_INPUT, "%s: field \"%s.rope_type\" = \"%s\" is not supported (default, linear, llama3)",
+                       path, key, name);
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(rp, "factor");
+    if (!cJSON_IsNumber(f)) return oz_fail(err, OZ_ERR_INPUT, "%s: field \"%s.factor\" must be a number", path, key);
+    cfg->rope_factor = (float)f->valuedouble;
+    if (cfg->rope_type == OZ_ROPE_LLAMA3) {
+        OZ_TRY(json_float(rp, path, "low_freq_factor", 1.0f, &cfg->rope_low_freq_factor, err));
+        OZ_TRY(json_float(rp, path, "high_freq_factor", 4.0f, &cfg->rope_high_freq_factor, err));
+        OZ_TRY(json_int(rp, path, "original_max_position_embeddings", true, 0,
+                        &cfg->rope_original_max_position_embeddings, err));
+    }
     return OZ_OK;
 }
 
@@ -56,9 +114,9 @@ oz_status oz_config_read(const char *path, oz_llama_config *cfg, char *tokenizer
                      cJSON_IsString(type) ? type->valuestring : "?");
         goto done;
     }
-    const cJSON *scaling = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
-    if (scaling && !cJSON_IsNull(scaling)) {
-        st = oz_fail(err, OZ_ERR_INPUT, "%s: field \"rope_scaling\" is not supported yet", path);
+    const cJSON *mlp_bias = cJSON_GetObjectItemCaseSensitive(root, "mlp_bias");
+    if (mlp_bias && cJSON_IsTrue(mlp_bias)) {
+        st = oz_fail(err, OZ_ERR_INPUT, "%s: field \"mlp_bias\" = true is not supported", path);
         goto done;
     }
     const cJSON *bias = cJSON_GetObjectItemCaseSensitive(root, "attention_bias");
@@ -80,10 +138,10 @@ oz_status oz_config_read(const char *path, oz_llama_config *cfg, char *tokenizer
                        &cfg->num_key_value_heads, err)) ||
         (st = json_int(root, path, "max_position_embeddings", false, 2048, &cfg->max_position_embeddings,
                        err)) ||
-        (st = json_int(root, path, "bos_token_id", false, -1, &cfg->bos_token_id, err)) ||
-        (st = json_int(root, path, "eos_token_id", false, -1, &cfg->eos_token_id, err)) ||
+        (st = json_token_id(root, path, "bos_token_id", &cfg->bos_token_id, err)) ||
+        (st = json_token_id(root, path, "eos_token_id", &cfg->eos_token_id, err)) ||
         (st = json_float(root, path, "rms_norm_eps", 1e-6f, &cfg->rms_norm_eps, err)) ||
-        (st = json_float(root, path, "rope_theta", 10000.0f, &cfg->rope_theta, err)))
+        (st = read_rope(root, path, cfg, err)))
         goto done;
     int default_hd = cfg->num_attention_heads > 0 ? cfg->hidden_size / cfg->num_attention_heads : 0;
     if ((st = json_int(root, path, "head_dim", false, default_hd, &cfg->head_dim, err))) goto done;
@@ -120,6 +178,17 @@ oz_status oz_config_write(const char *path, const oz_llama_config *c, const char
     cJSON_AddNumberToObject(root, "max_position_embeddings", c->max_position_embeddings);
     cJSON_AddNumberToObject(root, "rms_norm_eps", c->rms_norm_eps);
     cJSON_AddNumberToObject(root, "rope_theta", c->rope_theta);
+    if (c->rope_type != OZ_ROPE_DEFAULT) {
+        /* The pre-5 spelling: transformers 5 still reads it (into rope_parameters), 4.x only reads this. */
+        cJSON *rs = cJSON_AddObjectToObject(root, "rope_scaling");
+        cJSON_AddStringToObject(rs, "rope_type", c->rope_type == OZ_ROPE_LINEAR ? "linear" : "llama3");
+        cJSON_AddNumberToObject(rs, "factor", c->rope_factor);
+        if (c->rope_type == OZ_ROPE_LLAMA3) {
+            cJSON_AddNumberToObject(rs, "low_freq_factor", c->rope_low_freq_factor);
+            cJSON_AddNumberToObject(rs, "high_freq_factor", c->rope_high_freq_factor);
+            cJSON_AddNumberToObject(rs, "original_max_position_embeddings", c->rope_original_max_position_embeddings);
+        }
+    }
     cJSON_AddBoolToObject(root, "tie_word_embeddings", c->tie_word_embeddings);
     cJSON_AddStringToObject(root, "hidden_act", "silu");
     cJSON_AddBoolToObject(root, "attention_bias", 0);
@@ -262,6 +331,71 @@ oz_status oz_model_save(const char *dir, const oz_llama_config *cfg, const char 
     return oz_config_write(path, cfg, tokenizer, err);
 }
 
+/* Tensors a Hugging Face checkpoint may hold that are not parameters of the model: old Llama
+ * checkpoints stored RoPE's inverse frequencies, and some tied models still save the head. */
+static bool ignorable_tensor(const oz_llama_config *cfg, const char *name) {
+    size_t n = strlen(name);
+    const char *inv = ".rotary_emb.inv_freq";
+    if (n >= strlen(inv) && strcmp(name + n - strlen(inv), inv) == 0) return true;
+    return cfg->tie_word_embeddings && strcmp(name, "lm_head.weight") == 0;
+}
+
+oz_status oz_llama_load_weights(oz_llama *m, oz_backend *be, const char *dir, oz_err *err) {
+    oz_weight_files w;
+    OZ_TRY(oz_weight_files_open(&w, dir, err));
+    const oz_param_layout *lay = oz_llama_get_layout(m);
+    const oz_llama_config *cfg = oz_llama_get_config(m);
+    const char *where = w.index_path[0] ? w.index_path : w.files[0].path;
+    oz_status st = OZ_OK;
+    for (int f = 0; f < w.n_files && st == OZ_OK; f++) {
+        for (int t = 0; t < w.files[f].n_tensors && st == OZ_OK; t++) {
+            const char *name = w.files[f].tensors[t].name;
+            if (!oz_param_layout_find(lay, name) && !ignorable_tensor(cfg, name))
+                st = oz_fail(err, OZ_ERR_INPUT, "%s: unexpected tensor \"%s\" (not part of a Llama with this config)",
+                             w.files[f].path, name);
+        }
+    }
+    float *staging = NULL;
+    for (int i = 0; i < lay->n && st == OZ_OK; i++) {
+        const oz_param_info *p = &lay->params[i];
+        const oz_st_tensor *t = oz_weight_files_find(&w, p->name);
+        if (!t) {
+            st = oz_fail(err, OZ_ERR_INPUT, "%s: missing tensor \"%s\"", where, p->name);
+            break;
+        }
+        bool same = t->ndim == p->ndim && t->shape[0] == p->shape[0] && (p->ndim < 2 || t->shape[1] == p->shape[1]);
+        if (!same) {
+            char have[64], want[64];
+            shape_str(have, sizeof have, t->ndim, t->shape);
+            shape_str(want, sizeof want, p->ndim, p->shape);
+            st = oz_fail(err, OZ_ERR_INPUT, "%s: tensor \"%s\" has shape %s but the config needs %s", t->path,
+                         p->name, have, want);
+            break;
+        }
+        /* Straight from the mapping into the weights when they are host memory; through one
+         * tensor's staging buffer otherwise (device memory, or INT8 codes to quantize). */
+        uint8_t *q, *z;
+        float *scale, *dst = oz_llama_param(m, i);
+        bool int8 = oz_llama_param_int8(m, i, &q, &scale, &z);
+        if (dst && be->host_visible && !int8) {
+            st = oz_st_tensor_to_f32(t, dst, p->numel, err);
+            continue;
+        }
+        float *tmp = realloc(staging, p->numel * sizeof *tmp);
+        if (!tmp) {
+            st = oz_fail(err, OZ_ERR_NOMEM, "out of memory loading %s", p->name);
+            break;
+        }
+        staging = tmp;
+        if ((st = oz_st_tensor_to_f32(t, staging, p->numel, err)) != OZ_OK) break;
+        if (int8) oz_i8_quantize(staging, p->numel, q, scale, z);
+        else be->to_device(be, dst, staging, p->numel * sizeof(float));
+    }
+    free(staging);
+    oz_weight_files_close(&w);
+    return st;
+}
+
 oz_status oz_llama_load(oz_llama **out, const char *dir, oz_backend *be, oz_arena *arena,
                         oz_llama_shape shape, char *tokenizer, oz_err *err) {
     *out = NULL;
@@ -271,18 +405,7 @@ oz_status oz_llama_load(oz_llama **out, const char *dir, oz_backend *be, oz_aren
     OZ_TRY(oz_config_read(path, &cfg, tokenizer, err));
     oz_llama *m;
     OZ_TRY(oz_llama_create(&m, &cfg, be, arena, shape, err));
-    const oz_param_layout *lay = oz_llama_get_layout(m);
-    float *host = malloc(lay->total * sizeof *host);
-    if (!host) {
-        oz_llama_destroy(m);
-        return oz_fail(err, OZ_ERR_NOMEM, "out of memory loading %s", dir);
-    }
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    float *bufs[1] = {host};
-    const char *prefixes[1] = {""};
-    oz_status st = oz_tensors_load(path, lay, bufs, prefixes, 1, err);
-    if (st == OZ_OK) oz_llama_import_params(m, host);
-    free(host);
+    oz_status st = oz_llama_load_weights(m, be, dir, err);
     if (st != OZ_OK) {
         oz_llama_destroy(m);
         return st;

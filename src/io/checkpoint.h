@@ -8,7 +8,8 @@
 
 #define OZ_TOKENIZER_NAME_MAX 32
 
-/* Reads a Hugging Face Llama config.json. Unsupported fields (e.g. rope_scaling, for now) and
+/* Reads a Hugging Face Llama config.json (transformers 4 or 5 spelling: rope_scaling or
+ * rope_parameters; default, linear and llama3 RoPE). Unsupported fields (another rope type, biases) and
  * non-Llama model types are errors naming the field. `tokenizer` (may be NULL) receives the
  * tokenizer kind ounce recorded ("byte"), or "" when absent. */
 oz_status oz_config_read(const char *path, oz_llama_config *cfg, char *tokenizer, oz_err *err);
@@ -35,7 +36,13 @@ oz_status oz_model_save(const char *dir, const oz_llama_config *cfg, const char 
 
 
 
-/* Loads DIR (config.json + model.safetensors) into a new model on `be` with buffers for `shape`.
+/* Loads DIR's weights (model.safetensors, or the shards model.safetensors.index.json lists; F32,
+ * F16, BF16 or F64, converted to fp32 straight from the mapped files) into m, every tensor checked
+ * against the layout. Unknown tensors are errors, except RoPE tables old checkpoints carry and a
+ * tied model's saved head. */
+oz_status oz_llama_load_weights(oz_llama *m, oz_backend *be, const char *dir, oz_err *err);
+
+/* Loads DIR (config.json + weights as above) into a new model on `be` with buffers for `shape`.
  * `tokenizer` (OZ_TOKENIZER_NAME_MAX bytes, may be NULL) receives the recorded tokenizer kind. */
 oz_status oz_llama_load(oz_llama **out, const char *dir, oz_backend *be, oz_arena *arena,
                         oz_llama_shape shape, char *tokenizer, oz_err *err);

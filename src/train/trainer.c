@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "backend/backend.h"
 #include "data/loader.h"
@@ -83,7 +84,7 @@ static double now_s(void) {
     X(lr) X(min_lr_ratio) X(weight_decay) X(clip) X(beta1) X(beta2) X(adam_eps) X(galore_scale) X(cos_threshold) \
         X(gap_growth)
 #define OPT_STR_FIELDS(X)                                                                          \
-    X(data) X(model) X(out) X(optim) X(device) X(recompute) X(mini_seq) X(proj_type) X(moments_at_switch) \
+    X(data) X(model) X(init) X(out) X(optim) X(device) X(recompute) X(mini_seq) X(proj_type) X(moments_at_switch) \
         X(subspace) X(galore_targets) X(per_layer_update) X(lazy_update)
 
 static cJSON *opts_to_json(const oz_train_opts *o) {
@@ -205,6 +206,7 @@ typedef struct {
     oz_train_opts opts;
     oz_llama_config cfg;
     char tokenizer[OZ_TOKENIZER_NAME_MAX];
+    char tokenizer_dir[OZ_PATH_MAX]; /* where tokenizer.json and friends come from, "" if none */
     oz_backend be;
     bool be_ready;
     oz_arena arena;
@@ -237,6 +239,25 @@ static oz_status host_weights(trainer *t, const float **params, oz_err *err) {
     return OZ_OK;
 }
 
+/* The Hugging Face tokenizer files of `from` (those present) into `to`. */
+static oz_status copy_tokenizer_files(const char *from, const char *to, oz_err *err) {
+    static const char *const names[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"};
+    if (!from[0] || strcmp(from, to) == 0) return OZ_OK;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char src[OZ_PATH_MAX + 64], dst[OZ_PATH_MAX + 64];
+        snprintf(src, sizeof src, "%s/%s", from, names[i]);
+        snprintf(dst, sizeof dst, "%s/%s", to, names[i]);
+        if (access(src, R_OK) != 0) continue;
+        char *text;
+        size_t n;
+        OZ_TRY(oz_read_file(src, &text, &n, err));
+        oz_status st = oz_atomic_write(dst, text, n, err);
+        free(text);
+        OZ_TRY(st);
+    }
+    return OZ_OK;
+}
+
 static oz_status save_checkpoint(trainer *t, const char *dir, const run_position *pos, bool with_optimizer,
                                  oz_err *err) {
     const float *params = NULL;
@@ -247,6 +268,7 @@ static oz_status save_checkpoint(trainer *t, const char *dir, const run_position
         snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
         OZ_TRY(oz_optimizer_save(t->opt, path, err));
     }
+    OZ_TRY(copy_tokenizer_files(t->tokenizer_dir, dir, err));
     snprintf(path, sizeof path, "%s/trainer_state.json", dir);
     return state_write(path, &t->opts, pos, t->tokenizer, err);
 }
@@ -456,8 +478,11 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
     t->data_ready = true;
     OZ_TRY(oz_dataset_check_window(&t->data, o->seq, err));
 
+    /* A resumed run takes its exact config from the checkpoint (it records the vocabulary and
+     * context the run settled on); --init takes the initial model's. */
+    const char *spec = resume_dir ? resume_dir : o->init[0] ? o->init : o->model;
     bool is_preset;
-    OZ_TRY(oz_model_resolve(o->model, &t->cfg, t->tokenizer, &is_preset, err));
+    OZ_TRY(oz_model_resolve(spec, &t->cfg, t->tokenizer, &is_preset, err));
     int data_vocab = oz_dataset_vocab_size(&t->data);
     if (is_preset) {
         /* Presets are shapes: the vocabulary follows the data, the context follows --seq. */
@@ -478,6 +503,15 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
     } else {
         t->tokenizer[0] = '\0';
     }
+    /* Tokenizer files travel with every checkpoint, so each one is a complete Hugging Face model:
+     * the data's (prepared with --tokenizer), else the initial model's, else a resumed run's. */
+    const char *sources[3] = {o->data, o->init, resume_dir};
+    for (int i = 0; i < 3 && !t->tokenizer_dir[0]; i++) {
+        if (!sources[i] || !sources[i][0]) continue;
+        char path[OZ_PATH_MAX + 32];
+        snprintf(path, sizeof path, "%s/tokenizer.json", sources[i]);
+        if (access(path, R_OK) == 0) snprintf(t->tokenizer_dir, sizeof t->tokenizer_dir, "%s", sources[i]);
+    }
 
     OZ_TRY(oz_backend_cpu_create(&t->be, o->threads, err));
     t->be_ready = true;
@@ -493,33 +527,30 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
     oz_optimizer_bind_model(t->opt, t->model);
     if (t->per_layer) oz_llama_set_grad_hook(t->model, trainer_grad_hook, t);
 
-    size_t bytes = lay->total * sizeof(float);
     t->inputs = malloc((size_t)o->batch * o->seq * sizeof(int32_t));
     t->targets = malloc((size_t)o->batch * o->seq * sizeof(int32_t));
     if (!t->inputs || !t->targets) return oz_fail(err, OZ_ERR_NOMEM, "out of memory allocating batch buffers");
-    /* Weights are loaded (or initialised) in host memory: the model's own when it is a plain
-     * host buffer, else a staging buffer imported from (which quantizes INT8 matrices). */
-    bool direct = t->be.host_visible && oz_llama_params(t->model) != NULL;
-    float *host = direct ? oz_llama_params(t->model) : malloc(bytes);
-    if (!host) return oz_fail(err, OZ_ERR_NOMEM, "out of memory staging the weights");
-    oz_status st = OZ_OK;
-    if (resume_dir) {
-        char path[OZ_PATH_MAX + 64];
-        float *wbuf[1] = {host};
-        const char *wprefix[1] = {""};
-        snprintf(path, sizeof path, "%s/model.safetensors", resume_dir);
-        st = oz_tensors_load(path, lay, wbuf, wprefix, 1, err);
-        if (st == OZ_OK && !direct) oz_llama_import_params(t->model, host);
-        /* The optimizer state holds the exact INT8 codes, which replace the requantized ones. */
-        snprintf(path, sizeof path, "%s/optimizer.safetensors", resume_dir);
-        if (st == OZ_OK) st = oz_optimizer_load(t->opt, path, err);
-        oz_dataset_set_cursor(&t->data, &pos->cursor);
+    if (resume_dir || o->init[0]) {
+        OZ_TRY(oz_llama_load_weights(t->model, &t->be, resume_dir ? resume_dir : o->init, err));
+        if (resume_dir) {
+            /* The optimizer state holds the exact INT8 codes, which replace the requantized ones. */
+            char path[OZ_PATH_MAX + 64];
+            snprintf(path, sizeof path, "%s/optimizer.safetensors", resume_dir);
+            OZ_TRY(oz_optimizer_load(t->opt, path, err));
+            oz_dataset_set_cursor(&t->data, &pos->cursor);
+        }
     } else {
+        /* Initialised in host memory: the model's own when it is a plain host buffer, else a
+         * staging buffer imported from (which quantizes INT8 matrices). */
+        bool direct = t->be.host_visible && oz_llama_params(t->model) != NULL;
+        float *host = direct ? oz_llama_params(t->model) : malloc(lay->total * sizeof(float));
+        if (!host) return oz_fail(err, OZ_ERR_NOMEM, "out of memory staging the weights");
         oz_llama_init_params(&t->cfg, lay, host, o->seed);
-        if (!direct) oz_llama_import_params(t->model, host);
+        if (!direct) {
+            oz_llama_import_params(t->model, host);
+            free(host);
+        }
     }
-    if (!direct) free(host);
-    OZ_TRY(st);
 
     OZ_TRY(oz_mkdir_p(o->out, err));
     char mpath[OZ_PATH_MAX + 32];
@@ -683,6 +714,8 @@ oz_status oz_train(const oz_train_opts *opts, const char *resume_dir, const oz_t
                            pos.step, t.opts.steps);
     } else {
         t.opts = *opts;
+        /* The run's model is the initial one (its name shows in the summary and the state). */
+        if (t.opts.init[0]) snprintf(t.opts.model, sizeof t.opts.model, "%s", t.opts.init);
     }
     st = setup(&t, resume_dir, &pos, err);
     if (st == OZ_OK) st = run(&t, &pos, cb, result, err);

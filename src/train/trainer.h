@@ -13,6 +13,7 @@
 typedef struct {
     char data[OZ_PATH_MAX];   /* prepared directory or random:V */
     char model[OZ_PATH_MAX];  /* preset name, config.json path, or directory holding one */
+    char init[OZ_PATH_MAX];   /* "" or a model directory (ours or Hugging Face's) whose weights start the run */
     char out[OZ_PATH_MAX];
     char optim[32];           /* adamw */
     char device[16];          /* cpu */
