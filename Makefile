@@ -50,6 +50,12 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libounce.a tests/harness.h
 	@$(if $(V),,echo "  CC      $@")
 	$(Q)$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libounce.a $(LDFLAGS) $(LDLIBS)
 
+# Development helpers (tools/*.c), e.g. build/tools/logits for tools/check_transformers.py.
+$(BUILD)/tools/%: tools/%.c $(BUILD)/libounce.a
+	@mkdir -p $(dir $@)
+	@$(if $(V),,echo "  CC      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libounce.a $(LDFLAGS) $(LDLIBS)
+
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libounce.a
 	@mkdir -p $(dir $@)
 	@$(if $(V),,echo "  CC      $@")
@@ -67,7 +73,7 @@ demo: deps
 
 # Unit tests, end-to-end CLI tests, then the unit tests again under AddressSanitizer + UBSan.
 test: deps
-	@$(MAKE) --no-print-directory ounce $(TEST_BIN)
+	@$(MAKE) --no-print-directory ounce $(TEST_BIN) $(BUILD)/tools/logits
 	@$(MAKE) --no-print-directory BUILD=build-san OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 		LDFLAGS="-fopenmp -fsanitize=address,undefined" build-san/ounce $(TEST_SRC:tests/%.c=build-san/tests/%)
 	@sh tests/run.sh $(BUILD) build-san

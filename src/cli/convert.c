@@ -1,11 +1,252 @@
-/* `ounce convert`: placeholder until the command lands; it says so and exits with 2. */
+/* `ounce convert`: a model directory (an ounce checkpoint with its optimizer and trainer state, a
+ * step-N directory, or a Hugging Face model, single-file or sharded) written out as a plain Hugging
+ * Face model: config.json, model.safetensors (or shards plus model.safetensors.index.json) in the
+ * chosen dtype, and the tokenizer files. It streams one shard at a time, so converting a model
+ * needs memory for one shard, not for the model. The output appears atomically. */
+#include <cjson/cJSON.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include "cli/args.h"
 #include "cli/cli.h"
+#include "io/atomic.h"
+#include "io/safetensors.h"
+#include "io/weights.h"
+#include "train/plan.h"
+
+typedef struct {
+    const char *name; /* ours and safetensors' */
+    oz_dtype dtype;
+    const char *torch_name;
+} dtype_choice;
+
+static const dtype_choice dtypes[] = {
+    {"f32", OZ_DT_F32, "float32"}, {"bf16", OZ_DT_BF16, "bfloat16"}, {"f16", OZ_DT_F16, "float16"}};
+
+/* Converts n floats into dst in `dt`. */
+static void encode(const float *src, size_t n, oz_dtype dt, void *dst) {
+    if (dt == OZ_DT_F32) {
+        memcpy(dst, src, n * sizeof *src);
+        return;
+    }
+    uint16_t *h = dst;
+    for (size_t i = 0; i < n; i++) h[i] = dt == OZ_DT_BF16 ? oz_f32_to_bf16(src[i]) : oz_f32_to_f16(src[i]);
+}
+
+/* config.json as ounce writes it, with the dtype transformers should load it in. */
+static oz_status write_config(const char *path, const oz_llama_config *cfg, const char *tokenizer,
+                              const char *torch_dtype, oz_err *err) {
+    OZ_TRY(oz_config_write(path, cfg, tokenizer, err));
+    char *text;
+    size_t n;
+    OZ_TRY(oz_read_file(path, &text, &n, err));
+    cJSON *root = cJSON_ParseWithLength(text, n);
+    free(text);
+    if (!root) return oz_fail(err, OZ_ERR_INTERNAL, "%s: cannot re-read the config just written", path);
+    cJSON_DeleteItemFromObjectCaseSensitive(root, "torch_dtype");
+    cJSON_AddStringToObject(root, "torch_dtype", torch_dtype);
+    char *out = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!out) return oz_fail(err, OZ_ERR_NOMEM, "out of memory writing %s", path);
+    size_t len = strlen(out);
+    char *with_nl = realloc(out, len + 2);
+    if (!with_nl) {
+        free(out);
+        return oz_fail(err, OZ_ERR_NOMEM, "out of memory writing %s", path);
+    }
+    memcpy(with_nl + len, "\n", 2);
+    oz_status st = oz_atomic_write(path, with_nl, len + 1, err);
+    free(with_nl);
+    return st;
+}
+
+static oz_status copy_if_present(const char *from_dir, const char *to_dir, const char *name, oz_err *err) {
+    char src[4096], dst[4096];
+    snprintf(src, sizeof src, "%s/%s", from_dir, name);
+    snprintf(dst, sizeof dst, "%s/%s", to_dir, name);
+    if (access(src, R_OK) != 0) return OZ_OK;
+    char *text;
+    size_t n;
+    OZ_TRY(oz_read_file(src, &text, &n, err));
+    oz_status st = oz_atomic_write(dst, text, n, err);
+    free(text);
+    return st;
+}
+
+/* Writes tensors [first, last) of the layout as one safetensors file. */
+static oz_status write_shard(const char *path, const oz_param_layout *lay, const oz_weight_files *w, int first,
+                             int last, oz_dtype dt, oz_err *err) {
+    int n = last - first;
+    oz_st_entry *entries = calloc((size_t)n, sizeof *entries);
+    void **bufs = calloc((size_t)n, sizeof *bufs);
+    float *f32 = NULL;
+    oz_status st = OZ_OK;
+    if (!entries || !bufs) st = oz_fail(err, OZ_ERR_NOMEM, "out of memory converting");
+    for (int i = 0; i < n && st == OZ_OK; i++) {
+        const oz_param_info *p = &lay->params[first + i];
+        const oz_st_tensor *t = oz_weight_files_find(w, p->name);
+        float *tmp = realloc(f32, p->numel * sizeof *f32);
+        bufs[i] = malloc(p->numel * oz_dtype_size(dt));
+        if (!tmp || !bufs[i]) {
+            if (tmp) f32 = tmp;
+            st = oz_fail(err, OZ_ERR_NOMEM, "out of memory converting %s", p->name);
+            break;
+        }
+        f32 = tmp;
+        if ((st = oz_st_tensor_to_f32(t, f32, p->numel, err)) != OZ_OK) break;
+        encode(f32, p->numel, dt, bufs[i]);
+        entries[i] = (oz_st_entry){p->name, dt, p->ndim, {p->shape[0], p->shape[1]}, bufs[i]};
+    }
+    if (st == OZ_OK) st = oz_safetensors_write(path, entries, n, NULL, err);
+    for (int i = 0; bufs && i < n; i++) free(bufs[i]);
+    free(bufs);
+    free(entries);
+    free(f32);
+    return st;
+}
+
+/* Checks every tensor of the layout is in the files with its shape (the same rules as loading). */
+static oz_status check_tensors(const oz_param_layout *lay, const oz_weight_files *w, const char *dir, oz_err *err) {
+    for (int i = 0; i < lay->n; i++) {
+        const oz_param_info *p = &lay->params[i];
+        const oz_st_tensor *t = oz_weight_files_find(w, p->name);
+        if (!t) return oz_fail(err, OZ_ERR_INPUT, "%s: missing tensor \"%s\"", dir, p->name);
+        if (!oz_dtype_is_float(t->dtype))
+            return oz_fail(err, OZ_ERR_INPUT, "%s: tensor \"%s\" has dtype %s, not a floating type", t->path, p->name,
+                           oz_dtype_name(t->dtype));
+        if (t->ndim != p->ndim || t->shape[0] != p->shape[0] || (p->ndim == 2 && t->shape[1] != p->shape[1]))
+            return oz_fail(err, OZ_ERR_INPUT, "%s: tensor \"%s\" does not have the shape the config needs", t->path,
+                           p->name);
+    }
+    return OZ_OK;
+}
+
+static oz_status convert(const char *in, const char *out, const dtype_choice *dt, size_t shard_bytes, int *n_shards,
+                         oz_err *err) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", in);
+    oz_llama_config cfg;
+    char tokenizer[OZ_TOKENIZER_NAME_MAX];
+    OZ_TRY(oz_config_read(path, &cfg, tokenizer, err));
+    oz_param_layout lay;
+    OZ_TRY(oz_param_layout_build(&cfg, &lay, err));
+    oz_weight_files w;
+    oz_status st = oz_weight_files_open(&w, in, err);
+    if (st != OZ_OK) {
+        oz_param_layout_free(&lay);
+        return st;
+    }
+    st = check_tensors(&lay, &w, in, err);
+
+    /* Everything goes to OUT.tmp first; OUT appears (or is replaced) only when complete. */
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp-convert", out);
+    if (st == OZ_OK) st = oz_remove_tree(tmp, err);
+    if (st == OZ_OK) st = oz_mkdir_p(tmp, err);
+
+    /* Shards: consecutive tensors in layout order, each file at most shard_bytes (a tensor larger
+     * than that gets a file of its own), as transformers' save_pretrained does. */
+    int *first = calloc((size_t)lay.n + 1, sizeof *first);
+    int shards = 0;
+    size_t total = 0;
+    if (!first && st == OZ_OK) st = oz_fail(err, OZ_ERR_NOMEM, "out of memory converting");
+    if (st == OZ_OK) {
+        size_t in_shard = 0;
+        for (int i = 0; i < lay.n; i++) {
+            size_t bytes = lay.params[i].numel * oz_dtype_size(dt->dtype);
+            if (i == 0 || (shard_bytes > 0 && in_shard > 0 && in_shard + bytes > shard_bytes)) {
+                first[shards++] = i;
+                in_shard = 0;
+            }
+            in_shard += bytes;
+            total += bytes;
+        }
+        first[shards] = lay.n;
+    }
+    cJSON *index = NULL, *map = NULL;
+    if (st == OZ_OK && shards > 1) {
+        index = cJSON_CreateObject();
+        cJSON *meta = cJSON_AddObjectToObject(index, "metadata");
+        cJSON_AddNumberToObject(meta, "total_size", (double)total);
+        map = cJSON_AddObjectToObject(index, "weight_map");
+    }
+    for (int s = 0; s < shards && st == OZ_OK; s++) {
+        char name[96];
+        if (shards == 1) snprintf(name, sizeof name, "model.safetensors");
+        else snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", s + 1, shards);
+        snprintf(path, sizeof path, "%s/%s", tmp, name);
+        st = write_shard(path, &lay, &w, first[s], first[s + 1], dt->dtype, err);
+        for (int i = first[s]; map && i < first[s + 1]; i++) cJSON_AddStringToObject(map, lay.params[i].name, name);
+    }
+    oz_weight_files_close(&w);
+    if (st == OZ_OK && index) {
+        char *text = cJSON_Print(index);
+        snprintf(path, sizeof path, "%s/model.safetensors.index.json", tmp);
+        st = text ? oz_atomic_write(path, text, strlen(text), err) : oz_fail(err, OZ_ERR_NOMEM, "out of memory");
+        free(text);
+    }
+    cJSON_Delete(index);
+    free(first);
+    if (st == OZ_OK) {
+        snprintf(path, sizeof path, "%s/config.json", tmp);
+        st = write_config(path, &cfg, tokenizer, dt->torch_name, err);
+    }
+    static const char *const extras[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                         "generation_config.json"};
+    for (size_t i = 0; i < sizeof extras / sizeof extras[0] && st == OZ_OK; i++)
+        st = copy_if_present(in, tmp, extras[i], err);
+    if (st == OZ_OK) st = oz_replace_dir(tmp, out, err);
+    if (st != OZ_OK) {
+        oz_err ignored = {0};
+        oz_remove_tree(tmp, &ignored);
+    }
+    oz_param_layout_free(&lay);
+    *n_shards = shards;
+    return st;
+}
 
 int oz_cmd_convert(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "ounce convert: not available in this build yet\n");
-    return 2;
+    char in[4096] = "", out[4096] = "", dtype_name[16] = "f32", shard_text[32] = "5GB";
+    oz_arg args[] = {
+        {"model", OZ_ARG_STR, in, sizeof in,
+         "model directory: an ounce checkpoint (step-N or a run's output) or a Hugging Face model (required)", 0},
+        {"out", OZ_ARG_STR, out, sizeof out, "directory to write the plain Hugging Face model to (required)", 0},
+        {"dtype", OZ_ARG_STR, dtype_name, sizeof dtype_name, "f32 | bf16 | f16 (round to nearest even) [f32]", 0},
+        {"shard-size", OZ_ARG_STR, shard_text, sizeof shard_text,
+         "largest weight file, e.g. 5GB or 500MiB; 0 = one file [5GB]", 0},
+    };
+    int rc = oz_args_parse("convert",
+                           "Write a checkpoint as a plain Hugging Face model (config.json, safetensors in the chosen "
+                           "dtype, sharded past --shard-size, tokenizer files).",
+                           args, (int)(sizeof args / sizeof args[0]), argc, argv);
+    if (rc) return rc == 1 ? 0 : 2;
+    oz_err err = {0};
+    if (!in[0] || !out[0]) {
+        oz_fail(&err, OZ_ERR_INPUT, "--model and --out are required");
+        return oz_cli_report("convert", &err);
+    }
+    const dtype_choice *dt = NULL;
+    for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++)
+        if (strcmp(dtype_name, dtypes[i].name) == 0) dt = &dtypes[i];
+    if (!dt) {
+        oz_fail(&err, OZ_ERR_INPUT, "--dtype %s: expected f32, bf16 or f16", dtype_name);
+        return oz_cli_report("convert", &err);
+    }
+    size_t shard_bytes = 0;
+    if (strcmp(shard_text, "0") != 0 && !(shard_bytes = oz_parse_bytes(shard_text))) {
+        oz_fail(&err, OZ_ERR_INPUT, "--shard-size %s: expected a size such as 5GB, 500MiB or 0", shard_text);
+        return oz_cli_report("convert", &err);
+    }
+    char real_in[4096], real_out[4096];
+    if (realpath(in, real_in) && realpath(out, real_out) && strcmp(real_in, real_out) == 0) {
+        oz_fail(&err, OZ_ERR_INPUT, "--out must differ from --model (%s)", in);
+        return oz_cli_report("convert", &err);
+    }
+    int shards = 0;
+    if (convert(in, out, dt, shard_bytes, &shards, &err) != OZ_OK) return oz_cli_report("convert", &err);
+    printf("wrote %s: %s weights in %d file%s\n", out, dt->name, shards, shards == 1 ? "" : "s");
+    return 0;
 }
