@@ -7,6 +7,8 @@
 
 #include "backend/backend.h"
 #include "harness.h"
+#include "io/atomic.h"
+#include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
 #include "optim/optimizer.h"
@@ -144,13 +146,26 @@ typedef struct {
     int32_t ids[2 * 7], targets[2 * 7];
 } tiny_model;
 
-static void tiny_setup(tiny_model *tm, bool tie) {
+/* Ranks of the low-rank tiny model: a mix of attention and MLP matrices, one at full rank
+ * (v of layer 1: min(8, 16) = 8), the rest dense. */
+static void tiny_low_rank(oz_llama_config *c) {
+    c->low_rank[0][OZ_M_Q] = 3;
+    c->low_rank[0][OZ_M_GATE] = 5;
+    c->low_rank[0][OZ_M_DOWN] = 4;
+    c->low_rank[1][OZ_M_K] = 2;
+    c->low_rank[1][OZ_M_V] = 8;
+    c->low_rank[1][OZ_M_O] = 6;
+    c->low_rank[1][OZ_M_UP] = 7;
+}
+
+static void tiny_setup_ex(tiny_model *tm, bool tie, bool low_rank, unsigned freeze) {
     oz_err err = {0};
-    oz_llama_config c = {29, 16, 24, 2, 4, 2, 4, 32, 1e-5f, 10000.0f, tie, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0};
+    oz_llama_config c = {29, 16, 24, 2, 4, 2, 4, 32, 1e-5f, 10000.0f, tie, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0, {{0}}};
+    if (low_rank) tiny_low_rank(&c);
     tm->cfg = c;
     oz_backend_cpu_create(&tm->be, 0, &err);
     oz_arena_init(&tm->arena, tm->be.allocator);
-    oz_llama_shape shape = {.batch = 2, .seq = 7, .with_grads = true};
+    oz_llama_shape shape = {.batch = 2, .seq = 7, .with_grads = true, .freeze = freeze};
     CHECK(oz_llama_create(&tm->m, &c, &tm->be, &tm->arena, shape, &err) == OZ_OK, "%s", err.msg);
     const oz_param_layout *lay = oz_llama_get_layout(tm->m);
     float *p = oz_llama_params(tm->m);
@@ -168,6 +183,8 @@ static void tiny_setup(tiny_model *tm, bool tie) {
     }
     tm->targets[3] = -1; /* an ignored position */
 }
+
+static void tiny_setup(tiny_model *tm, bool tie) { tiny_setup_ex(tm, tie, false, 0); }
 
 static void tiny_teardown(tiny_model *tm) {
     oz_llama_destroy(tm->m);
@@ -187,10 +204,18 @@ static double tiny_loss(tiny_model *tm) {
 /* Directional finite differences per tensor: for a direction v mixing the gradient and noise,
  * (L(w + eps v) - L(w - eps v)) / 2 eps must equal <grad, v>. Directions that include the gradient
  * keep the signal far above fp32 rounding, and the noise part catches a wrong direction. */
-static void fd_check(bool tie) {
+static void fd_check_ex(bool tie, bool low_rank, bool partial) {
     tiny_model tm;
-    tiny_setup(&tm, tie);
+    tiny_setup_ex(&tm, tie, low_rank, 0);
     if (!tm.m) return;
+    /* Active ranks below the stored ones: the inactive rows of A / columns of B get no gradient. */
+    if (partial) {
+        oz_err e2 = {0};
+        CHECK(oz_llama_set_active_rank(tm.m, 0, OZ_M_GATE, 2, &e2) == OZ_OK, "%s", e2.msg);
+        CHECK(oz_llama_set_active_rank(tm.m, 1, OZ_M_O, 1, &e2) == OZ_OK, "%s", e2.msg);
+        CHECK(oz_llama_set_active_rank(tm.m, 1, OZ_M_O, 7, &e2) == OZ_ERR_INPUT, "rank 7 above R = 6 accepted");
+        CHECK(oz_llama_set_active_rank(tm.m, 0, OZ_M_K, 1, &e2) == OZ_ERR_INPUT, "active rank of a dense matrix set");
+    }
     oz_err err = {0};
     oz_llama_batch b = {tm.ids, tm.targets, 2, 7, NULL};
     double s;
@@ -221,7 +246,7 @@ static void fd_check(bool tie) {
         }
         float *w = p + pi->offset, *saved = malloc(n * sizeof *saved);
         memcpy(saved, w, n * sizeof *saved);
-        double eps = 2e-2;
+        double eps = low_rank ? 1e-2 : 2e-2; /* factored layers curve more: a smaller step */
         for (size_t j = 0; j < n; j++) w[j] = (float)(saved[j] + eps * v[j]);
         double lp = tiny_loss(&tm) * c;
         for (size_t j = 0; j < n; j++) w[j] = (float)(saved[j] - eps * v[j]);
@@ -229,8 +254,19 @@ static void fd_check(bool tie) {
         memcpy(w, saved, n * sizeof *saved);
         double numeric = (lp - lm) / (2 * eps);
         CHECK(fabs(numeric - analytic) <= 2e-3 * fabs(analytic) + 2e-4,
-              "%s%s: directional derivative analytic %.6g vs finite difference %.6g", pi->name,
-              tie ? " (tied)" : "", analytic, numeric);
+              "%s%s%s: directional derivative analytic %.6g vs finite difference %.6g", pi->name,
+              tie ? " (tied)" : "", partial ? " (partial rank)" : "", analytic, numeric);
+        if (partial && pi->factor) {
+            int r = oz_llama_active_rank(tm.m, pi->layer, pi->matrix);
+            int R = oz_llama_rank(tm.m, pi->layer, pi->matrix);
+            double inactive = 0;
+            for (int64_t row = 0; row < pi->shape[0]; row++)
+                for (int64_t col = 0; col < pi->shape[1]; col++) {
+                    bool active = pi->factor == 1 ? row < r : col < r;
+                    if (!active) inactive += fabs(grad[pi->offset + (size_t)(row * pi->shape[1] + col)]);
+                }
+            CHECK(inactive == 0, "%s: inactive part (rank %d of %d) has gradient %g", pi->name, r, R, inactive);
+        }
         free(v);
         free(saved);
     }
@@ -238,8 +274,14 @@ static void fd_check(bool tie) {
     tiny_teardown(&tm);
 }
 
-static void test_fd_untied(void) { fd_check(false); }
-static void test_fd_tied(void) { fd_check(true); }
+static void test_fd_untied(void) { fd_check_ex(false, false, false); }
+static void test_fd_tied(void) { fd_check_ex(true, false, false); }
+/* Factored layers: dX through both factors and dA, dB, against finite differences, at full and
+ * at partial active rank. */
+static void test_fd_low_rank(void) {
+    fd_check_ex(false, true, false);
+    fd_check_ex(true, true, true);
+}
 
 static void test_determinism_and_accumulation(void) {
     tiny_model tm;
@@ -291,7 +333,7 @@ static void test_layout_and_presets(void) {
     const oz_param_info *q = oz_param_layout_find(&lay, "model.layers.3.self_attn.q_proj.weight");
     CHECK(q && q->shape[0] == 512 && q->shape[1] == 512 && q->layer == 3, "q_proj of layer 3 misplaced");
     const oz_param_info *n0 = oz_param_layout_find(&lay, "model.layers.0.input_layernorm.weight");
-    CHECK(n0 && n0->is_norm && n0->offset == lay.layer_begin, "layer 0 does not start with its norm");
+    CHECK(n0 && n0->is_norm && n0->offset == lay.layer_offset[0], "layer 0 does not start with its norm");
     oz_param_layout_free(&lay);
 
     CHECK(oz_llama_preset("llama3-8b", &c) && c.num_key_value_heads == 8 && c.vocab_size == 128256,
@@ -370,7 +412,7 @@ static void test_arena_accounting(void) {
  * chunks; grouped-query heads) against the plain model; no tokens x intermediate or tokens x vocab
  * buffer with mini-sequences on; the planner's bytes equal the arena's. */
 static void test_recompute_and_mini_sequences(void) {
-    oz_llama_config c = {61, 16, 40, 2, 4, 2, 4, 32, 1e-5f, 10000.0f, false, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0};
+    oz_llama_config c = {61, 16, 40, 2, 4, 2, 4, 32, 1e-5f, 10000.0f, false, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0, {{0}}};
     enum { B = 2, T = 9, N = B * T };
     oz_rng rng;
     oz_rng_seed(&rng, 11);
@@ -477,8 +519,8 @@ static void record_hook(void *user, int layer) {
     h->n++;
     if (layer == 1) {
         const oz_param_layout *lay = oz_llama_get_layout(h->m);
-        memcpy(h->snapshot, oz_llama_grads(h->m) + lay->layer_begin + lay->layer_stride,
-               lay->layer_stride * sizeof(float));
+        memcpy(h->snapshot, oz_llama_grads(h->m) + lay->layer_offset[1],
+               (lay->layer_offset[2] - lay->layer_offset[1]) * sizeof(float));
     }
 }
 
@@ -487,7 +529,8 @@ static void test_grad_hook(void) {
     tiny_setup(&tm, false);
     if (!tm.m) return;
     const oz_param_layout *lay = oz_llama_get_layout(tm.m);
-    hook_log h = {{0}, 0, tm.m, malloc(lay->layer_stride * sizeof(float))};
+    size_t span = lay->layer_offset[2] - lay->layer_offset[1];
+    hook_log h = {{0}, 0, tm.m, malloc(span * sizeof(float))};
     oz_llama_set_grad_hook(tm.m, record_hook, &h);
     oz_err err = {0};
     oz_llama_batch b = {tm.ids, tm.targets, 2, 7, NULL};
@@ -497,10 +540,403 @@ static void test_grad_hook(void) {
     oz_llama_forward_backward(tm.m, &b, 1.0f, &s, &c, &err);
     CHECK(h.n == 3 && h.calls[0] == 1 && h.calls[1] == 0 && h.calls[2] == -1, "hook order %d: %d %d %d", h.n,
           h.calls[0], h.calls[1], h.calls[2]);
-    CHECK(memcmp(h.snapshot, oz_llama_grads(tm.m) + lay->layer_begin + lay->layer_stride,
-                 lay->layer_stride * sizeof(float)) == 0,
+    CHECK(memcmp(h.snapshot, oz_llama_grads(tm.m) + lay->layer_offset[1], span * sizeof(float)) == 0,
           "layer 1's gradients changed after its hook fired");
     free(h.snapshot);
+    tiny_teardown(&tm);
+}
+
+/* Copies every tensor of `src` whose name `dst` also has (same shape) into dst. */
+static void copy_by_name(oz_llama *dst, oz_llama *src) {
+    const oz_param_layout *ld = oz_llama_get_layout(dst), *ls = oz_llama_get_layout(src);
+    for (int i = 0; i < ld->n; i++) {
+        const oz_param_info *q = oz_param_layout_find(ls, ld->params[i].name);
+        if (q && q->numel == ld->params[i].numel)
+            memcpy(oz_llama_param(dst, i), oz_llama_param(src, (int)(q - ls->params)), q->numel * sizeof(float));
+    }
+}
+
+static double max_rel_diff(const float *a, const double *b, size_t n) {
+    double diff = 0, ref = 0;
+    for (size_t i = 0; i < n; i++) {
+        diff = fmax(diff, fabs((double)a[i] - b[i]));
+        ref = fmax(ref, fabs(b[i]));
+    }
+    return ref > 0 ? diff / ref : diff;
+}
+
+/* A factored model whose B A equals a dense model's W gives the dense model's loss, the same
+ * gradients for every shared tensor, and dB = dW A^T, dA = B^T dW for the factors. */
+static void test_low_rank_equals_dense(void) {
+    tiny_model dn, lr;
+    tiny_setup(&dn, false);
+    tiny_setup_ex(&lr, false, true, 0);
+    if (!dn.m || !lr.m) return;
+    copy_by_name(lr.m, dn.m);
+    const oz_param_layout *ld = oz_llama_get_layout(dn.m), *ll = oz_llama_get_layout(lr.m);
+    for (int l = 0; l < 2; l++)
+        for (int j = 0; j < OZ_LLAMA_MATRICES; j++) {
+            float *A, *B;
+            int R;
+            if (!oz_llama_factors(lr.m, l, j, &A, &B, &R)) continue;
+            const oz_param_info *w = &ld->params[oz_llama_matrix_index(ld, l, j)];
+            float *W = oz_llama_param(dn.m, oz_llama_matrix_index(ld, l, j));
+            int64_t out = w->shape[0], in = w->shape[1];
+            for (int64_t o = 0; o < out; o++)
+                for (int64_t i = 0; i < in; i++) {
+                    double acc = 0;
+                    for (int k = 0; k < R; k++) acc += (double)B[o * R + k] * A[k * in + i];
+                    W[o * in + i] = (float)acc;
+                }
+        }
+    oz_err err = {0};
+    oz_llama_batch b = {dn.ids, dn.targets, 2, 7, NULL};
+    double s1, s2;
+    long c1, c2;
+    oz_llama_zero_grads(dn.m);
+    oz_llama_zero_grads(lr.m);
+    CHECK(oz_llama_forward_backward(dn.m, &b, 1.0f, &s1, &c1, &err) == OZ_OK, "%s", err.msg);
+    CHECK(oz_llama_forward_backward(lr.m, &b, 1.0f, &s2, &c2, &err) == OZ_OK, "%s", err.msg);
+    CHECK_CLOSE(s2 / c2, s1 / c1, 1e-5, 0, "factored loss vs dense loss");
+    for (int i = 0; i < ll->n; i++) {
+        const oz_param_info *p = &ll->params[i];
+        const float *g = oz_llama_grad(lr.m, i);
+        double *want = malloc(p->numel * sizeof *want);
+        if (!p->factor) {
+            const oz_param_info *q = oz_param_layout_find(ld, p->name);
+            const float *gd = oz_llama_grad(dn.m, (int)(q - ld->params));
+            for (size_t k = 0; k < p->numel; k++) want[k] = gd[k];
+        } else {
+            int di = oz_llama_matrix_index(ld, p->layer, p->matrix);
+            const float *dW = oz_llama_grad(dn.m, di);
+            int64_t out = ld->params[di].shape[0], in = ld->params[di].shape[1];
+            int R = oz_llama_rank(lr.m, p->layer, p->matrix);
+            int ai = oz_llama_matrix_index(ll, p->layer, p->matrix);
+            const float *A = oz_llama_param(lr.m, ai), *B = oz_llama_param(lr.m, ai + 1);
+            for (int64_t r0 = 0; r0 < p->shape[0]; r0++)
+                for (int64_t c0 = 0; c0 < p->shape[1]; c0++) {
+                    double acc = 0;
+                    if (p->factor == 1) /* dA (R, in) = B^T dW */
+                        for (int64_t o = 0; o < out; o++) acc += (double)B[o * R + r0] * dW[o * in + c0];
+                    else /* dB (out, R) = dW A^T */
+                        for (int64_t i = 0; i < in; i++) acc += (double)dW[r0 * in + i] * A[c0 * in + i];
+                    want[r0 * p->shape[1] + c0] = acc;
+                }
+        }
+        double e = max_rel_diff(g, want, p->numel);
+        CHECK(e < 2e-4, "%s: gradient differs from the dense model's by %.3g", p->name, e);
+        free(want);
+    }
+    tiny_teardown(&dn);
+    tiny_teardown(&lr);
+}
+
+/* A model at stored ranks R with active ranks r < R computes what a model built at ranks r with
+ * A's first r rows and B's first r columns computes, gradients included. */
+static void test_active_rank_equals_smaller_model(void) {
+    tiny_model big, small;
+    tiny_setup_ex(&big, false, true, 0);
+    if (!big.m) return;
+    oz_err err = {0};
+    static const int act[][3] = {{0, OZ_M_GATE, 2}, {1, OZ_M_O, 4}, {1, OZ_M_UP, 3}, {0, OZ_M_Q, 1}};
+    for (size_t k = 0; k < sizeof act / sizeof act[0]; k++)
+        CHECK(oz_llama_set_active_rank(big.m, act[k][0], act[k][1], act[k][2], &err) == OZ_OK, "%s", err.msg);
+    /* The smaller model: same config with the active ranks as stored ranks. */
+    oz_llama_config c = big.cfg;
+    for (size_t k = 0; k < sizeof act / sizeof act[0]; k++) c.low_rank[act[k][0]][act[k][1]] = act[k][2];
+    small = big;
+    small.m = NULL;
+    oz_backend_cpu_create(&small.be, 0, &err);
+    oz_arena_init(&small.arena, small.be.allocator);
+    oz_llama_shape shape = {.batch = 2, .seq = 7, .with_grads = true};
+    CHECK(oz_llama_create(&small.m, &c, &small.be, &small.arena, shape, &err) == OZ_OK, "%s", err.msg);
+    if (!small.m) return;
+    const oz_param_layout *lb = oz_llama_get_layout(big.m), *ls = oz_llama_get_layout(small.m);
+    for (int i = 0; i < ls->n; i++) {
+        const oz_param_info *p = &ls->params[i], *q = oz_param_layout_find(lb, p->name);
+        const float *src = oz_llama_param(big.m, (int)(q - lb->params));
+        float *dst = oz_llama_param(small.m, i);
+        for (int64_t r0 = 0; r0 < p->shape[0]; r0++)
+            for (int64_t c0 = 0; c0 < (p->ndim > 1 ? p->shape[1] : 1); c0++)
+                dst[r0 * (p->ndim > 1 ? p->shape[1] : 1) + c0] = src[r0 * (q->ndim > 1 ? q->shape[1] : 1) + c0];
+    }
+    oz_llama_batch b = {big.ids, big.targets, 2, 7, NULL};
+    double s1, s2;
+    long c1, c2;
+    oz_llama_zero_grads(big.m);
+    oz_llama_zero_grads(small.m);
+    CHECK(oz_llama_forward_backward(big.m, &b, 1.0f, &s1, &c1, &err) == OZ_OK, "%s", err.msg);
+    CHECK(oz_llama_forward_backward(small.m, &b, 1.0f, &s2, &c2, &err) == OZ_OK, "%s", err.msg);
+    CHECK_CLOSE(s1 / c1, s2 / c2, 1e-6, 0, "loss at active rank r vs a model built at rank r");
+    double worst = 0;
+    for (int i = 0; i < ls->n; i++) {
+        const oz_param_info *p = &ls->params[i], *q = oz_param_layout_find(lb, p->name);
+        const float *gb = oz_llama_grad(big.m, (int)(q - lb->params)), *gs = oz_llama_grad(small.m, i);
+        int64_t cols = p->ndim > 1 ? p->shape[1] : 1, qcols = q->ndim > 1 ? q->shape[1] : 1;
+        double *want = malloc(p->numel * sizeof *want);
+        for (int64_t r0 = 0; r0 < p->shape[0]; r0++)
+            for (int64_t c0 = 0; c0 < cols; c0++) want[r0 * cols + c0] = gb[r0 * qcols + c0];
+        double e = max_rel_diff(gs, want, p->numel);
+        if (e > worst) worst = e;
+        CHECK(e < 1e-5, "%s: gradient at active rank vs smaller model differs by %.3g", p->name, e);
+        free(want);
+    }
+    tiny_teardown(&big);
+    tiny_teardown(&small);
+}
+
+typedef struct {
+    oz_llama *m;
+    oz_optimizer *opt;
+} consume_ctx;
+
+static void consume_layer(void *user, int layer) {
+    consume_ctx *c = user;
+    oz_err err = {0};
+    const oz_param_layout *lay = oz_llama_get_layout(c->m);
+    if (layer < 0) return;
+    for (int i = lay->layer_first[layer]; i < lay->layer_first[layer + 1]; i++)
+        oz_optimizer_consume(c->opt, i, oz_llama_grad(c->m, i), false, &err);
+}
+
+/* WeLore's freezing (embedding, head, dense matrices): no gradient buffer, no state, the frozen
+ * tensors never change over steps with weight decay on, the trainable ones get exactly the
+ * gradients of the unfrozen model (dX flows through the frozen ones), and per-layer gradients
+ * (one layer-sized buffer, layers of different sizes) give the same weights as whole-model ones. */
+static void test_frozen(void) {
+    unsigned freeze = OZ_FREEZE_EMBED | OZ_FREEZE_HEAD | OZ_FREEZE_DENSE;
+    tiny_model ref;
+    tiny_setup_ex(&ref, false, true, 0);
+    if (!ref.m) return;
+    oz_err err = {0};
+    oz_llama_batch b = {ref.ids, ref.targets, 2, 7, NULL};
+    double s;
+    long c;
+    oz_llama_zero_grads(ref.m);
+    oz_llama_forward_backward(ref.m, &b, 1.0f / 13, &s, &c, &err);
+    const oz_param_layout *lr = oz_llama_get_layout(ref.m);
+    float *final[2] = {NULL, NULL};
+    for (int per_layer = 0; per_layer <= 1; per_layer++) {
+        oz_backend be;
+        oz_backend_cpu_create(&be, 0, &err);
+        oz_arena arena;
+        oz_arena_init(&arena, be.allocator);
+        oz_llama *m = NULL;
+        oz_llama_shape shape = {.batch = 2, .seq = 7, .with_grads = true, .per_layer_grads = per_layer, .freeze = freeze};
+        CHECK(oz_llama_create(&m, &ref.cfg, &be, &arena, shape, &err) == OZ_OK, "%s", err.msg);
+        if (!m) continue;
+        const oz_param_layout *lay = oz_llama_get_layout(m);
+        memcpy(oz_llama_params(m), oz_llama_params(ref.m), lay->total * sizeof(float));
+        size_t trainable = 0, trainable_aligned = 0;
+        for (int i = 0; i < lay->n; i++) {
+            const oz_param_info *p = &lay->params[i];
+            bool want_frozen = !p->is_norm && !p->factor;
+            CHECK(p->frozen == want_frozen, "%s: frozen %d", p->name, p->frozen);
+            if (!p->frozen) trainable += p->numel, trainable_aligned += (p->numel + 15) & ~(size_t)15;
+        }
+        if (!per_layer) {
+            CHECK(arena.current[OZ_MEM_GRADS] == trainable_aligned * sizeof(float),
+                  "gradient buffer %zu bytes for %zu trainable floats", arena.current[OZ_MEM_GRADS], trainable_aligned);
+            oz_llama_zero_grads(m);
+            oz_llama_forward_backward(m, &b, 1.0f / 13, &s, &c, &err);
+            for (int i = 0; i < lay->n; i++) {
+                const oz_param_info *p = &lay->params[i];
+                const float *g = oz_llama_grad(m, i);
+                CHECK((g == NULL) == p->frozen, "%s: gradient pointer %p, frozen %d", p->name, (void *)g, p->frozen);
+                if (!g) continue;
+                const float *gr = oz_llama_grad(ref.m, i);
+                double *want = malloc(p->numel * sizeof *want);
+                for (size_t k = 0; k < p->numel; k++) want[k] = gr[k];
+                double e = max_rel_diff(g, want, p->numel);
+                CHECK(e == 0, "%s: gradient with frozen tensors differs by %.3g", p->name, e);
+                free(want);
+            }
+        }
+        (void)lr;
+        oz_optim_config oc = {.kind = OZ_OPTIM_ADAMW, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f,
+                              .per_layer = per_layer};
+        oz_optimizer *opt = NULL;
+        CHECK(oz_optimizer_create(&opt, &oc, lay, &be, &arena, &err) == OZ_OK, "%s", err.msg);
+        if (!opt) continue;
+        oz_optimizer_bind_model(opt, m);
+        size_t state = arena.current[OZ_MEM_OPTIM];
+        CHECK(state == 2 * trainable * sizeof(float), "optimizer state %zu bytes for %zu trainable", state, trainable);
+        float *before = malloc(lay->total * sizeof *before);
+        memcpy(before, oz_llama_params(m), lay->total * sizeof *before);
+        consume_ctx ctx = {m, opt};
+        if (per_layer) oz_llama_set_grad_hook(m, consume_layer, &ctx);
+        for (int step = 0; step < 4; step++) {
+            oz_llama_zero_grads(m);
+            oz_optimizer_begin_step(opt, step, 1e-2f);
+            oz_llama_forward_backward(m, &b, 1.0f / 13, &s, &c, &err);
+            for (int i = 0; i < lay->n; i++)
+                if (!per_layer || lay->params[i].layer < 0)
+                    CHECK(oz_optimizer_consume(opt, i, oz_llama_grad(m, i), false, &err) == OZ_OK, "%s", err.msg);
+            oz_optimizer_apply(opt, NULL, 1e-2f, 1.0f);
+        }
+        const float *after = oz_llama_params(m);
+        for (int i = 0; i < lay->n; i++) {
+            const oz_param_info *p = &lay->params[i];
+            bool same = memcmp(before + p->offset, after + p->offset, p->numel * sizeof(float)) == 0;
+            CHECK(same == p->frozen, "%s (frozen %d) %s", p->name, p->frozen, same ? "did not change" : "changed");
+        }
+        final[per_layer] = malloc(lay->total * sizeof(float));
+        memcpy(final[per_layer], after, lay->total * sizeof(float));
+        free(before);
+        oz_optimizer_destroy(opt);
+        oz_llama_destroy(m);
+        oz_arena_destroy(&arena);
+        be.destroy(&be);
+    }
+    if (final[0] && final[1])
+        CHECK(memcmp(final[0], final[1], lr->total * sizeof(float)) == 0,
+              "per-layer and whole-model updates differ with frozen tensors and low-rank layers");
+    free(final[0]);
+    free(final[1]);
+    tiny_teardown(&ref);
+}
+
+/* The planner equals the arena byte for byte for low-rank models, with and without WeLore's
+ * freezing, recompute, mini-sequences and per-layer gradients; losses and gradients match the plain
+ * run. */
+static void test_low_rank_plan(void) {
+    oz_llama_config c = {61, 16, 40, 2, 4, 2, 4, 32, 1e-5f, 10000.0f, false, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0, {{0}}};
+    c.low_rank[0][OZ_M_Q] = 5;
+    c.low_rank[0][OZ_M_UP] = 9;
+    c.low_rank[0][OZ_M_DOWN] = 3;
+    c.low_rank[1][OZ_M_V] = 2;
+    c.low_rank[1][OZ_M_GATE] = 12;
+    c.low_rank[1][OZ_M_DOWN] = 7;
+    enum { B = 2, T = 9, N = B * T };
+    oz_rng rng;
+    oz_rng_seed(&rng, 12);
+    int32_t ids[N], targets[N];
+    for (int i = 0; i < N; i++) {
+        ids[i] = (int32_t)oz_rng_below(&rng, (uint64_t)c.vocab_size);
+        targets[i] = (int32_t)oz_rng_below(&rng, (uint64_t)c.vocab_size);
+    }
+    oz_param_layout lay;
+    oz_err err = {0};
+    CHECK(oz_param_layout_build(&c, &lay, &err) == OZ_OK, "%s", err.msg);
+    float *init = malloc(lay.total * sizeof *init), *ref_grad = malloc(lay.total * sizeof *ref_grad);
+    oz_llama_init_params(&c, &lay, init, 4);
+    for (size_t i = 0; i < lay.total; i++) init[i] *= 10.0f;
+    for (int i = 0; i < lay.n; i++)
+        if (lay.params[i].is_norm)
+            for (size_t j = 0; j < lay.params[i].numel; j++) init[lay.params[i].offset + j] = 1.0f;
+    double ref_loss = 0;
+    bool have_ref = false;
+    for (int freeze = 0; freeze <= 1; freeze++)
+        for (int recompute = 0; recompute <= 1; recompute++)
+            for (int chunks = 0; chunks <= 3; chunks += 3)
+                for (int per_layer = 0; per_layer <= 1; per_layer++) {
+                    oz_backend be;
+                    oz_backend_cpu_create(&be, 0, &err);
+                    oz_arena arena;
+                    oz_arena_init(&arena, be.allocator);
+                    oz_llama_shape shape = {.batch = B, .seq = T, .with_grads = true, .recompute = recompute,
+                                            .mlp_chunks = chunks, .head_chunks = chunks, .per_layer_grads = per_layer,
+                                            .freeze = freeze ? OZ_FREEZE_EMBED | OZ_FREEZE_HEAD | OZ_FREEZE_DENSE : 0};
+                    oz_llama *m = NULL;
+                    CHECK(oz_llama_create(&m, &c, &be, &arena, shape, &err) == OZ_OK, "%s", err.msg);
+                    if (!m) continue;
+                    oz_llama_plan plan;
+                    CHECK(oz_llama_plan_memory(&c, shape, &plan, &err) == OZ_OK, "%s", err.msg);
+                    for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
+                        CHECK(plan.bytes[cat] == arena.current[cat] && plan.largest[cat] == arena.largest[cat],
+                              "low-rank plan/arena differ in %s: %zu vs %zu (freeze %d, recompute %d, chunks %d, "
+                              "per-layer %d)",
+                              oz_mem_category_name(cat), plan.bytes[cat], arena.current[cat], freeze, recompute, chunks,
+                              per_layer);
+                    memcpy(oz_llama_params(m), init, lay.total * sizeof *init);
+                    oz_llama_batch b = {ids, targets, B, T, NULL};
+                    double s;
+                    long n;
+                    oz_llama_zero_grads(m);
+                    CHECK(oz_llama_forward_backward(m, &b, 1.0f / N, &s, &n, &err) == OZ_OK, "%s", err.msg);
+                    if (!have_ref) {
+                        have_ref = true;
+                        ref_loss = s / n;
+                        memcpy(ref_grad, oz_llama_grads(m), lay.total * sizeof(float));
+                    } else {
+                        CHECK_CLOSE(s / n, ref_loss, 1e-6, 0, "low-rank loss with recompute/mini-sequences/freezing");
+                        if (!per_layer) {
+                            const oz_param_layout *ml = oz_llama_get_layout(m);
+                            for (int i = 0; i < ml->n; i++) {
+                                const float *g = oz_llama_grad(m, i);
+                                if (!g) continue;
+                                const oz_param_info *p = &ml->params[i];
+                                double *want = malloc(p->numel * sizeof *want);
+                                for (size_t k = 0; k < p->numel; k++) want[k] = ref_grad[p->offset + k];
+                                double e = max_rel_diff(g, want, p->numel);
+                                CHECK(e < 1e-5, "%s differs by %.3g (freeze %d, recompute %d, chunks %d)", p->name, e,
+                                      freeze, recompute, chunks);
+                                free(want);
+                            }
+                        }
+                    }
+                    oz_llama_destroy(m);
+                    CHECK(arena.current_total == 0, "destroy left %zu bytes", arena.current_total);
+                    oz_arena_destroy(&arena);
+                    be.destroy(&be);
+                }
+    free(init);
+    free(ref_grad);
+    oz_param_layout_free(&lay);
+}
+
+/* A low-rank model's structure travels in config.json (its ranks, a model_type transformers
+ * refuses) and the model loads back from its directory with the same loss. */
+static void test_low_rank_checkpoint(void) {
+    tiny_model tm;
+    tiny_setup_ex(&tm, false, true, 0);
+    if (!tm.m) return;
+    char dir[] = "/tmp/ounce-lowrank-XXXXXX";
+    if (!mkdtemp(dir)) {
+        CHECK(0, "mkdtemp failed");
+        return;
+    }
+    oz_err err = {0};
+    const oz_param_layout *lay = oz_llama_get_layout(tm.m);
+    CHECK(oz_model_save(dir, &tm.cfg, "byte", lay, oz_llama_params(tm.m), &err) == OZ_OK, "%s", err.msg);
+    char path[128];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    oz_llama_config back;
+    CHECK(oz_config_read(path, &back, NULL, &err) == OZ_OK, "%s", err.msg);
+    CHECK(memcmp(back.low_rank, tm.cfg.low_rank, sizeof back.low_rank) == 0, "ranks did not survive config.json");
+    char *text;
+    size_t n;
+    CHECK(oz_read_file(path, &text, &n, &err) == OZ_OK, "%s", err.msg);
+    if (text) {
+        CHECK(strstr(text, "\"ounce_lowrank_llama\"") && strstr(text, "\"model.layers.1.mlp.up_proj\":\t7"),
+              "config.json lacks the low-rank model type or map: %s", text);
+        free(text);
+    }
+    oz_llama *m2 = NULL;
+    oz_llama_shape shape = {.batch = 2, .seq = 7};
+    CHECK(oz_llama_load(&m2, dir, &tm.be, &tm.arena, shape, NULL, &err) == OZ_OK, "%s", err.msg);
+    if (m2) {
+        oz_llama_batch b = {tm.ids, tm.targets, 2, 7, NULL};
+        double s1, s2;
+        long c1, c2;
+        oz_llama_forward(tm.m, &b, &s1, &c1, &err);
+        oz_llama_forward(m2, &b, &s2, &c2, &err);
+        CHECK(s1 == s2, "reloaded low-rank model's loss %.9g vs %.9g", s2, s1);
+        oz_llama_destroy(m2);
+    }
+    /* A rank map on a plain llama config is refused, as is a rank above min(out, in). */
+    const char *plain = "{\"model_type\":\"llama\",\"vocab_size\":29,\"hidden_size\":16,\"intermediate_size\":24,"
+                        "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"ounce_low_rank\":{}}";
+    oz_atomic_write(path, plain, strlen(plain), &err);
+    CHECK(oz_config_read(path, &back, NULL, &err) == OZ_ERR_INPUT && strstr(err.msg, "needs model_type"),
+          "rank map accepted on model_type llama: %s", err.msg);
+    const char *big = "{\"model_type\":\"ounce_lowrank_llama\",\"vocab_size\":29,\"hidden_size\":16,\"intermediate_size\":24,"
+                      "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"ounce_low_rank\":{\"model.layers.0.mlp.up_proj\":17}}";
+    oz_err_clear(&err);
+    oz_atomic_write(path, big, strlen(big), &err);
+    CHECK(oz_config_read(path, &back, NULL, &err) == OZ_ERR_INPUT && strstr(err.msg, "between 1 and"),
+          "rank 17 of a 24 x 16 matrix accepted: %s", err.msg);
+    oz_remove_tree(dir, &err);
     tiny_teardown(&tm);
 }
 
@@ -509,6 +945,12 @@ int main(void) {
     RUN(test_parity_tied);
     RUN(test_fd_untied);
     RUN(test_fd_tied);
+    RUN(test_fd_low_rank);
+    RUN(test_low_rank_equals_dense);
+    RUN(test_active_rank_equals_smaller_model);
+    RUN(test_frozen);
+    RUN(test_low_rank_plan);
+    RUN(test_low_rank_checkpoint);
     RUN(test_determinism_and_accumulation);
     RUN(test_layout_and_presets);
     RUN(test_schedule);

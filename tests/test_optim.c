@@ -412,7 +412,7 @@ static void test_qgalore_int8_weights(void) {
             groups += (p->numel + 255) / 256;
         }
     }
-    fp32 = (lay.total - (size_t)cfg.num_hidden_layers * lay.layer_stride + (size_t)cfg.num_hidden_layers * 2 * cfg.hidden_size) * 4;
+    fp32 = (lay.outer_total + (size_t)cfg.num_hidden_layers * 2 * cfg.hidden_size) * 4;
     CHECK(res.peak_bytes[OZ_MEM_WEIGHTS] == fp32 + codes, "weights %zu bytes, expected %zu fp32 + %zu INT8",
           res.peak_bytes[OZ_MEM_WEIGHTS], fp32, codes);
     CHECK(res.peak_bytes[OZ_MEM_QSCALES] >= groups * 5, "scales %zu bytes for %zu groups", res.peak_bytes[OZ_MEM_QSCALES],

@@ -96,6 +96,40 @@ static oz_status json_float(const cJSON *root, const char *path, const char *key
     return OZ_OK;
 }
 
+/* A low-rank model's config.json: a model_type and architecture transformers does not know, so it
+ * refuses the checkpoint with a clear message instead of loading random q_proj/... weights, and the
+ * stored rank of every factored matrix ("model.layers.L.<module>": R). */
+#define LOW_RANK_MODEL_TYPE "ounce_lowrank_llama"
+#define LOW_RANK_ARCH "OunceLowRankLlamaForCausalLM"
+
+static oz_status read_low_rank(const cJSON *root, const char *path, bool low_rank_type, oz_llama_config *cfg,
+                               oz_err *err) {
+    const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "ounce_low_rank");
+    if (!map || cJSON_IsNull(map)) {
+        if (low_rank_type) return oz_fail(err, OZ_ERR_INPUT, "%s: model_type \"%s\" needs an \"ounce_low_rank\" map",
+                                          path, LOW_RANK_MODEL_TYPE);
+        return OZ_OK;
+    }
+    if (!low_rank_type)
+        return oz_fail(err, OZ_ERR_INPUT, "%s: \"ounce_low_rank\" needs model_type \"%s\"", path, LOW_RANK_MODEL_TYPE);
+    if (!cJSON_IsObject(map)) return oz_fail(err, OZ_ERR_INPUT, "%s: \"ounce_low_rank\" must be an object", path);
+    const cJSON *e;
+    cJSON_ArrayForEach(e, map) {
+        int layer = -1, used = 0, matrix = -1;
+        if (sscanf(e->string, "model.layers.%d.%n", &layer, &used) == 1 && used > 0)
+            for (int j = 0; j < OZ_LLAMA_MATRICES; j++)
+                if (strcmp(e->string + used, oz_llama_matrix_path(j)) == 0) matrix = j;
+        if (matrix < 0 || layer < 0 || layer >= OZ_LLAMA_MAX_LAYERS || layer >= cfg->num_hidden_layers)
+            return oz_fail(err, OZ_ERR_INPUT, "%s: \"ounce_low_rank\" names \"%s\", not a layer matrix of this model",
+                           path, e->string);
+        if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) || e->valuedouble < 1 ||
+            e->valuedouble > 1e9)
+            return oz_fail(err, OZ_ERR_INPUT, "%s: rank of \"%s\" must be a positive integer", path, e->string);
+        cfg->low_rank[layer][matrix] = (int)e->valuedouble;
+    }
+    return OZ_OK;
+}
+
 oz_status oz_config_read(const char *path, oz_llama_config *cfg, char *tokenizer, oz_err *err) {
     char *text;
     size_t n;
@@ -109,7 +143,8 @@ oz_status oz_config_read(const char *path, oz_llama_config *cfg, char *tokenizer
     oz_status st = OZ_OK;
     memset(cfg, 0, sizeof *cfg);
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "model_type");
-    if (type && (!cJSON_IsString(type) || strcmp(type->valuestring, "llama") != 0)) {
+    bool low_rank_type = cJSON_IsString(type) && strcmp(type->valuestring, LOW_RANK_MODEL_TYPE) == 0;
+    if (type && !low_rank_type && (!cJSON_IsString(type) || strcmp(type->valuestring, "llama") != 0)) {
         st = oz_fail(err, OZ_ERR_INPUT, "%s: model_type \"%s\" is not supported (only \"llama\")", path,
                      cJSON_IsString(type) ? type->valuestring : "?");
         goto done;
@@ -145,6 +180,7 @@ oz_status oz_config_read(const char *path, oz_llama_config *cfg, char *tokenizer
         goto done;
     int default_hd = cfg->num_attention_heads > 0 ? cfg->hidden_size / cfg->num_attention_heads : 0;
     if ((st = json_int(root, path, "head_dim", false, default_hd, &cfg->head_dim, err))) goto done;
+    if ((st = read_low_rank(root, path, low_rank_type, cfg, err))) goto done;
     const cJSON *tie = cJSON_GetObjectItemCaseSensitive(root, "tie_word_embeddings");
     cfg->tie_word_embeddings = tie && cJSON_IsTrue(tie);
     if (tokenizer) {
@@ -166,8 +202,9 @@ done:
 oz_status oz_config_write(const char *path, const oz_llama_config *c, const char *tokenizer, oz_err *err) {
     cJSON *root = cJSON_CreateObject();
     cJSON *arch = cJSON_AddArrayToObject(root, "architectures");
-    cJSON_AddItemToArray(arch, cJSON_CreateString("LlamaForCausalLM"));
-    cJSON_AddStringToObject(root, "model_type", "llama");
+    bool low_rank = oz_llama_config_is_low_rank(c);
+    cJSON_AddItemToArray(arch, cJSON_CreateString(low_rank ? LOW_RANK_ARCH : "LlamaForCausalLM"));
+    cJSON_AddStringToObject(root, "model_type", low_rank ? LOW_RANK_MODEL_TYPE : "llama");
     cJSON_AddNumberToObject(root, "vocab_size", c->vocab_size);
     cJSON_AddNumberToObject(root, "hidden_size", c->hidden_size);
     cJSON_AddNumberToObject(root, "intermediate_size", c->intermediate_size);
@@ -198,6 +235,16 @@ oz_status oz_config_write(const char *path, const oz_llama_config *c, const char
     if (c->bos_token_id >= 0) cJSON_AddNumberToObject(root, "bos_token_id", c->bos_token_id);
     if (c->eos_token_id >= 0) cJSON_AddNumberToObject(root, "eos_token_id", c->eos_token_id);
     if (tokenizer && tokenizer[0]) cJSON_AddStringToObject(root, "ounce_tokenizer", tokenizer);
+    if (low_rank) {
+        cJSON *map = cJSON_AddObjectToObject(root, "ounce_low_rank");
+        for (int l = 0; l < c->num_hidden_layers && l < OZ_LLAMA_MAX_LAYERS; l++)
+            for (int j = 0; j < OZ_LLAMA_MATRICES; j++) {
+                if (!c->low_rank[l][j]) continue;
+                char key[64];
+                snprintf(key, sizeof key, "model.layers.%d.%s", l, oz_llama_matrix_path(j));
+                cJSON_AddNumberToObject(map, key, c->low_rank[l][j]);
+            }
+    }
     char *text = cJSON_Print(root);
     cJSON_Delete(root);
     if (!text) return oz_fail(err, OZ_ERR_NOMEM, "out of memory writing %s", path);

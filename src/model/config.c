@@ -11,7 +11,7 @@ typedef struct {
 } preset_entry;
 
 #define LLAMA(V, D, F, L, H, KV, P, EPS, THETA, TIE) \
-    {V, D, F, L, H, KV, (D) / (H), P, EPS, THETA, TIE, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0}
+    {V, D, F, L, H, KV, (D) / (H), P, EPS, THETA, TIE, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0, {{0}}}
 
 static const preset_entry presets[] = {
     {"tiny", LLAMA(258, 32, 64, 2, 4, 2, 256, 1e-5f, 10000.0f, false)},
@@ -66,8 +66,55 @@ oz_status oz_llama_config_validate(const oz_llama_config *c, oz_err *err) {
              "config: rope_scaling needs 0 < low_freq_factor < high_freq_factor (got %g, %g)",
              (double)c->rope_low_freq_factor, (double)c->rope_high_freq_factor);
     }
+    for (int l = 0; l < OZ_LLAMA_MAX_LAYERS; l++) {
+        for (int j = 0; j < OZ_LLAMA_MATRICES; j++) {
+            int R = c->low_rank[l][j];
+            if (!R) continue;
+            int64_t out, in;
+            oz_llama_matrix_dims(c, j, &out, &in);
+            NEED(l < c->num_hidden_layers, "config: low-rank matrix for layer %d, but the model has %d layers", l,
+                 c->num_hidden_layers);
+            /* Beyond min(out, in) a factorization only costs more than the dense matrix. */
+            NEED(R > 0 && R <= (out < in ? out : in),
+                 "config: rank %d of model.layers.%d.%s must be between 1 and min(%lld, %lld)", R, l,
+                 oz_llama_matrix_path(j), (long long)out, (long long)in);
+        }
+    }
 #undef NEED
     return OZ_OK;
+}
+
+int oz_llama_config_rank(const oz_llama_config *c, int layer, int matrix) {
+    if (layer < 0 || layer >= OZ_LLAMA_MAX_LAYERS || matrix < 0 || matrix >= OZ_LLAMA_MATRICES) return 0;
+    return c->low_rank[layer][matrix];
+}
+
+bool oz_llama_config_is_low_rank(const oz_llama_config *c) {
+    for (int l = 0; l < OZ_LLAMA_MAX_LAYERS; l++)
+        for (int j = 0; j < OZ_LLAMA_MATRICES; j++)
+            if (c->low_rank[l][j]) return true;
+    return false;
+}
+
+void oz_llama_matrix_dims(const oz_llama_config *c, int matrix, int64_t *out, int64_t *in) {
+    int64_t d = c->hidden_size, F = c->intermediate_size;
+    int64_t qd = (int64_t)c->num_attention_heads * c->head_dim, kvd = (int64_t)c->num_key_value_heads * c->head_dim;
+    switch (matrix) {
+    case OZ_M_Q: *out = qd, *in = d; break;
+    case OZ_M_K:
+    case OZ_M_V: *out = kvd, *in = d; break;
+    case OZ_M_O: *out = d, *in = qd; break;
+    case OZ_M_GATE:
+    case OZ_M_UP: *out = F, *in = d; break;
+    default: *out = d, *in = F; break;
+    }
+}
+
+const char *oz_llama_matrix_path(int matrix) {
+    static const char *const paths[OZ_LLAMA_MATRICES] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                         "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+                                                         "mlp.down_proj"};
+    return matrix >= 0 && matrix < OZ_LLAMA_MATRICES ? paths[matrix] : "?";
 }
 
 double oz_llama_rope_inv_freq(const oz_llama_config *c, int i) {

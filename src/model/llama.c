@@ -17,8 +17,8 @@
 
 /* ------------------------------------------------------------------ parameter layout */
 
-static void add_param(oz_param_layout *lay, oz_param_kind kind, int layer, const char *name,
-                      int64_t rows, int64_t cols) {
+static oz_param_info *add_param(oz_param_layout *lay, oz_param_kind kind, int layer, const char *name,
+                                int64_t rows, int64_t cols) {
     oz_param_info *p = &lay->params[lay->n++];
     memset(p, 0, sizeof *p);
     snprintf(p->name, sizeof p->name, "%s", name);
@@ -30,44 +30,123 @@ static void add_param(oz_param_layout *lay, oz_param_kind kind, int layer, const
     p->numel = (size_t)rows * (size_t)(cols > 0 ? cols : 1);
     p->offset = lay->total;
     p->is_norm = kind == OZ_P_ATTN_NORM || kind == OZ_P_MLP_NORM || kind == OZ_P_FINAL_NORM;
+    p->matrix = -1;
     /* Keep every tensor 16-float aligned (64 bytes) so vector loads never straddle tensors. */
     lay->total += (p->numel + 15) & ~(size_t)15;
+    return p;
 }
+
+static size_t aligned16(size_t n) { return (n + 15) & ~(size_t)15; }
 
 oz_status oz_param_layout_build(const oz_llama_config *c, oz_param_layout *lay, oz_err *err) {
     OZ_TRY(oz_llama_config_validate(c, err));
     memset(lay, 0, sizeof *lay);
     int L = c->num_hidden_layers;
-    lay->params = calloc((size_t)L * 9 + 3, sizeof *lay->params);
-    if (!lay->params) return oz_fail(err, OZ_ERR_NOMEM, "out of memory building the parameter table");
-    int64_t d = c->hidden_size, F = c->intermediate_size, hd = c->head_dim;
-    int64_t qdim = c->num_attention_heads * hd, kvdim = c->num_key_value_heads * hd;
+    lay->n_layers = L;
+    lay->params = calloc((size_t)L * (2 + 2 * OZ_LLAMA_MATRICES) + 3, sizeof *lay->params);
+    lay->layer_first = calloc((size_t)L + 1, sizeof *lay->layer_first);
+    lay->layer_offset = calloc((size_t)L + 1, sizeof *lay->layer_offset);
+    lay->matrix_index = calloc((size_t)L * OZ_LLAMA_MATRICES, sizeof *lay->matrix_index);
+    if (!lay->params || !lay->layer_first || !lay->layer_offset || !lay->matrix_index) {
+        oz_param_layout_free(lay);
+        return oz_fail(err, OZ_ERR_NOMEM, "out of memory building the parameter table");
+    }
+    static const oz_param_kind kinds[OZ_LLAMA_MATRICES] = {OZ_P_Q, OZ_P_K, OZ_P_V, OZ_P_O, OZ_P_GATE, OZ_P_UP, OZ_P_DOWN};
+    int64_t d = c->hidden_size;
     char name[96];
     add_param(lay, OZ_P_EMBED, -1, "model.embed_tokens.weight", c->vocab_size, d);
-    lay->layer_begin = lay->total;
     for (int l = 0; l < L; l++) {
-#define P(kind, suffix, rows, cols)                                      \
-    snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);        \
-    add_param(lay, kind, l, name, rows, cols)
-        P(OZ_P_ATTN_NORM, "input_layernorm.weight", d, 0);
-        P(OZ_P_Q, "self_attn.q_proj.weight", qdim, d);
-        P(OZ_P_K, "self_attn.k_proj.weight", kvdim, d);
-        P(OZ_P_V, "self_attn.v_proj.weight", kvdim, d);
-        P(OZ_P_O, "self_attn.o_proj.weight", d, qdim);
-        P(OZ_P_MLP_NORM, "post_attention_layernorm.weight", d, 0);
-        P(OZ_P_GATE, "mlp.gate_proj.weight", F, d);
-        P(OZ_P_UP, "mlp.up_proj.weight", F, d);
-        P(OZ_P_DOWN, "mlp.down_proj.weight", d, F);
-#undef P
-        if (l == 0) lay->layer_stride = lay->total - lay->layer_begin;
+        lay->layer_first[l] = lay->n;
+        lay->layer_offset[l] = lay->total;
+        for (int j = 0; j < OZ_LLAMA_MATRICES; j++) {
+            if (j == OZ_M_Q) {
+                snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+                add_param(lay, OZ_P_ATTN_NORM, l, name, d, 0);
+            } else if (j == OZ_M_GATE) {
+                snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+                add_param(lay, OZ_P_MLP_NORM, l, name, d, 0);
+            }
+            int64_t out, in;
+            oz_llama_matrix_dims(c, j, &out, &in);
+            int R = oz_llama_config_rank(c, l, j);
+            lay->matrix_index[l * OZ_LLAMA_MATRICES + j] = lay->n;
+            oz_param_info *p;
+            if (!R) {
+                snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, oz_llama_matrix_path(j));
+                p = add_param(lay, kinds[j], l, name, out, in);
+                p->matrix = j;
+                continue;
+            }
+            /* PEFT's lora_A / lora_B shapes: A maps the input down to R, B maps R up to the output. */
+            snprintf(name, sizeof name, "model.layers.%d.%s.lrc_A.weight", l, oz_llama_matrix_path(j));
+            p = add_param(lay, kinds[j], l, name, R, in);
+            p->matrix = j;
+            p->factor = 1;
+            snprintf(name, sizeof name, "model.layers.%d.%s.lrc_B.weight", l, oz_llama_matrix_path(j));
+            p = add_param(lay, kinds[j], l, name, out, R);
+            p->matrix = j;
+            p->factor = 2;
+        }
+        size_t span = lay->total - lay->layer_offset[l];
+        if (span > lay->max_layer) lay->max_layer = span;
     }
+    lay->layer_first[L] = lay->n;
+    lay->layer_offset[L] = lay->total;
     add_param(lay, OZ_P_FINAL_NORM, -1, "model.norm.weight", d, 0);
     if (!c->tie_word_embeddings) add_param(lay, OZ_P_LM_HEAD, -1, "lm_head.weight", c->vocab_size, d);
+    size_t layers = lay->layer_offset[L] - lay->layer_offset[0];
+    lay->outer_total = lay->total - layers;
+    for (int i = 0; i < lay->n; i++) {
+        oz_param_info *p = &lay->params[i];
+        if (p->layer >= 0) p->span_offset = p->offset - lay->layer_offset[p->layer];
+        else p->span_offset = p->offset < lay->layer_offset[0] ? p->offset : p->offset - layers;
+    }
+    oz_param_layout_freeze(lay, 0);
     return OZ_OK;
+}
+
+void oz_param_layout_freeze(oz_param_layout *lay, unsigned freeze) {
+    bool tied = true;
+    for (int i = 0; i < lay->n; i++) tied = tied && lay->params[i].kind != OZ_P_LM_HEAD;
+    size_t g = 0, outer = 0, layer_g = 0;
+    int cur = -1;
+    lay->max_layer_grad = 0;
+    for (int i = 0; i < lay->n; i++) {
+        oz_param_info *p = &lay->params[i];
+        unsigned need = p->kind == OZ_P_EMBED     ? (tied ? OZ_FREEZE_EMBED | OZ_FREEZE_HEAD : OZ_FREEZE_EMBED)
+                        : p->kind == OZ_P_LM_HEAD ? OZ_FREEZE_HEAD
+                        : p->is_norm              ? OZ_FREEZE_NORMS
+                        : p->factor               ? OZ_FREEZE_FACTORS
+                                                  : OZ_FREEZE_DENSE;
+        p->frozen = (freeze & need) != 0;
+        if (p->layer != cur) {
+            cur = p->layer;
+            layer_g = 0;
+        }
+        if (p->frozen) {
+            p->grad_offset = p->grad_span_offset = OZ_NO_GRAD;
+            continue;
+        }
+        p->grad_offset = g;
+        g += aligned16(p->numel);
+        if (p->layer >= 0) {
+            p->grad_span_offset = layer_g;
+            layer_g += aligned16(p->numel);
+            if (layer_g > lay->max_layer_grad) lay->max_layer_grad = layer_g;
+        } else {
+            p->grad_span_offset = outer;
+            outer += aligned16(p->numel);
+        }
+    }
+    lay->grad_total = g;
+    lay->outer_grad = outer;
 }
 
 void oz_param_layout_free(oz_param_layout *lay) {
     free(lay->params);
+    free(lay->layer_first);
+    free(lay->layer_offset);
+    free(lay->matrix_index);
     memset(lay, 0, sizeof *lay);
 }
 
@@ -75,6 +154,10 @@ const oz_param_info *oz_param_layout_find(const oz_param_layout *lay, const char
     for (int i = 0; i < lay->n; i++)
         if (strcmp(lay->params[i].name, name) == 0) return &lay->params[i];
     return NULL;
+}
+
+int oz_llama_matrix_index(const oz_param_layout *lay, int layer, int matrix) {
+    return lay->matrix_index[layer * OZ_LLAMA_MATRICES + matrix];
 }
 
 void oz_llama_init_params(const oz_llama_config *cfg, const oz_param_layout *lay, float *params,
@@ -97,13 +180,34 @@ void oz_llama_init_params(const oz_llama_config *cfg, const oz_param_layout *lay
 
 /* ------------------------------------------------------------------ model instance */
 
+/* One of a layer's seven matrices, ready for compute: dense w (out x in), or factors a (R x in)
+ * and b (out x R) used at active rank r. */
+typedef struct {
+    const float *w, *a, *b;
+    int out, in, R, r;
+} lin;
+
+/* Its gradients, each NULL when that tensor is frozen. */
+typedef struct {
+    float *w, *a, *b;
+} lin_grad;
+
 typedef struct {
     float *x, *ln1, *rstd1, *q, *k, *v, *att, *lse, *h, *ln2, *rstd2, *gate, *up, *mlp;
+    /* Low-rank intermediates x A_r^T (tokens x R) of the low-rank matrices, kept for the backward
+     * (dB needs them); the MLP's live in chunk buffers instead when mini-sequences are on. */
+    float *t[OZ_LLAMA_MATRICES];
 } layer_acts;
 
 typedef struct {
-    const float *attn_norm, *q, *k, *v, *o, *mlp_norm, *gate, *up, *down;
+    const float *attn_norm, *mlp_norm;
+    lin m[OZ_LLAMA_MATRICES];
 } layer_weights;
+
+typedef struct {
+    float *attn_norm, *mlp_norm;
+    lin_grad m[OZ_LLAMA_MATRICES];
+} layer_grads;
 
 struct oz_llama {
     oz_llama_config cfg;
@@ -127,10 +231,14 @@ struct oz_llama {
     layer_acts *acts;
     float **xs;
     float *lnf, *rstdf, *logits, *losses;
-    /* mini-sequence MLP chunk buffers (mlp_rows x F) */
+    /* mini-sequence MLP chunk buffers (mlp_rows x F), and the chunk's low-rank intermediates of
+     * gate, up and down (mlp_rows x R) */
     float *cgate, *cup, *cmlp;
-    /* backward scratch */
-    float *dx, *dln, *dq, *dk, *dv, *datt, *dmlp;
+    float *ct[OZ_LLAMA_MATRICES];
+    /* backward scratch; dt holds the gradient of one low-rank intermediate (rows x r) */
+    float *dx, *dln, *dq, *dk, *dv, *datt, *dmlp, *dt;
+    float *norm_sink;           /* frozen norms' weight gradients land here and are never read */
+    int *active;                /* (L * 7) active ranks; 0 for dense matrices */
     oz_grad_hook hook;
     void *hook_user;
     /* every arena buffer, for destroy */
@@ -144,21 +252,10 @@ float *oz_llama_params(oz_llama *m) { return m->params; }
 
 static bool is_layer_matrix(const oz_param_info *p) { return p->layer >= 0 && !p->is_norm; }
 
-/* Offset of a non-layer tensor inside an "outer" buffer (embedding, then final norm and head). */
-static size_t outer_offset(const oz_llama *m, const oz_param_info *p) {
-    size_t layers_end = m->layout.layer_begin + (size_t)m->cfg.num_hidden_layers * m->layout.layer_stride;
-    return p->offset < m->layout.layer_begin ? p->offset : p->offset - (layers_end - m->layout.layer_begin);
-}
-
-/* Offset of a tensor inside its layer's span. */
-static size_t layer_offset(const oz_llama *m, const oz_param_info *p) {
-    return p->offset - m->layout.layer_begin - (size_t)p->layer * m->layout.layer_stride;
-}
-
 float *oz_llama_param(oz_llama *m, int index) {
     const oz_param_info *p = &m->layout.params[index];
     if (m->params) return m->params + p->offset;
-    if (p->layer < 0) return m->outer_params + outer_offset(m, p);
+    if (p->layer < 0) return m->outer_params + p->span_offset;
     if (p->is_norm) {
         size_t d = (size_t)m->cfg.hidden_size;
         return m->layer_norms + (size_t)p->layer * 2 * d + (p->kind == OZ_P_MLP_NORM ? d : 0);
@@ -175,48 +272,83 @@ bool oz_llama_param_int8(oz_llama *m, int index, uint8_t **q, float **scale, uin
     return true;
 }
 
+void oz_llama_read_param(oz_llama *m, int index, float *host) {
+    const oz_param_info *p = &m->layout.params[index];
+    uint8_t *q, *z;
+    float *sc;
+    if (oz_llama_param_int8(m, index, &q, &sc, &z)) oz_i8_dequantize(q, sc, z, p->numel, host);
+    else m->be->to_host(m->be, host, oz_llama_param(m, index), p->numel * sizeof(float));
+}
+
+void oz_llama_write_param(oz_llama *m, int index, const float *host) {
+    const oz_param_info *p = &m->layout.params[index];
+    uint8_t *q, *z;
+    float *sc;
+    if (oz_llama_param_int8(m, index, &q, &sc, &z)) oz_i8_quantize(host, p->numel, q, sc, z);
+    else m->be->to_device(m->be, oz_llama_param(m, index), host, p->numel * sizeof(float));
+}
+
 void oz_llama_import_params(oz_llama *m, const float *host) {
-    oz_backend *be = m->be;
     if (m->params) {
-        be->to_device(be, m->params, host, m->layout.total * sizeof(float));
+        m->be->to_device(m->be, m->params, host, m->layout.total * sizeof(float));
         return;
     }
-    for (int i = 0; i < m->layout.n; i++) {
-        const oz_param_info *p = &m->layout.params[i];
-        uint8_t *q, *z;
-        float *sc;
-        if (oz_llama_param_int8(m, i, &q, &sc, &z)) oz_i8_quantize(host + p->offset, p->numel, q, sc, z);
-        else be->to_device(be, oz_llama_param(m, i), host + p->offset, p->numel * sizeof(float));
-    }
+    for (int i = 0; i < m->layout.n; i++) oz_llama_write_param(m, i, host + m->layout.params[i].offset);
 }
 
 void oz_llama_export_params(oz_llama *m, float *host) {
-    oz_backend *be = m->be;
     if (m->params) {
-        be->to_host(be, host, m->params, m->layout.total * sizeof(float));
+        m->be->to_host(m->be, host, m->params, m->layout.total * sizeof(float));
         return;
     }
     memset(host, 0, m->layout.total * sizeof(float));
-    for (int i = 0; i < m->layout.n; i++) {
-        const oz_param_info *p = &m->layout.params[i];
-        uint8_t *q, *z;
-        float *sc;
-        if (oz_llama_param_int8(m, i, &q, &sc, &z)) oz_i8_dequantize(q, sc, z, p->numel, host + p->offset);
-        else be->to_host(be, host + p->offset, oz_llama_param(m, i), p->numel * sizeof(float));
-    }
+    for (int i = 0; i < m->layout.n; i++) oz_llama_read_param(m, i, host + m->layout.params[i].offset);
 }
+
 float *oz_llama_grads(oz_llama *m) { return m->grads; }
 
 float *oz_llama_grad(oz_llama *m, int index) {
     const oz_param_info *p = &m->layout.params[index];
-    if (m->grads) return m->grads + p->offset;
-    if (!m->outer_grads) return NULL;
-    if (p->layer >= 0) return m->layer_grads + layer_offset(m, p);
-    return m->outer_grads + outer_offset(m, p);
+    if (p->frozen || !m->shape.with_grads) return NULL;
+    if (m->grads) return m->grads + p->grad_offset;
+    if (!m->shape.per_layer_grads) return NULL;
+    return (p->layer >= 0 ? m->layer_grads : m->outer_grads) + p->grad_span_offset;
 }
+
 void oz_llama_set_grad_hook(oz_llama *m, oz_grad_hook hook, void *user) {
     m->hook = hook;
     m->hook_user = user;
+}
+
+static bool valid_matrix(const oz_llama *m, int layer, int matrix) {
+    return layer >= 0 && layer < m->cfg.num_hidden_layers && matrix >= 0 && matrix < OZ_LLAMA_MATRICES;
+}
+
+int oz_llama_rank(const oz_llama *m, int layer, int matrix) {
+    return valid_matrix(m, layer, matrix) ? oz_llama_config_rank(&m->cfg, layer, matrix) : 0;
+}
+
+int oz_llama_active_rank(const oz_llama *m, int layer, int matrix) {
+    return valid_matrix(m, layer, matrix) ? m->active[layer * OZ_LLAMA_MATRICES + matrix] : 0;
+}
+
+oz_status oz_llama_set_active_rank(oz_llama *m, int layer, int matrix, int r, oz_err *err) {
+    int R = oz_llama_rank(m, layer, matrix);
+    if (!R) return oz_fail(err, OZ_ERR_INPUT, "matrix %d of layer %d is not low-rank", matrix, layer);
+    if (r < 1 || r > R)
+        return oz_fail(err, OZ_ERR_INPUT, "active rank %d of model.layers.%d.%s must be between 1 and %d", r, layer,
+                       oz_llama_matrix_path(matrix), R);
+    m->active[layer * OZ_LLAMA_MATRICES + matrix] = r;
+    return OZ_OK;
+}
+
+bool oz_llama_factors(oz_llama *m, int layer, int matrix, float **A, float **B, int *R) {
+    if (!oz_llama_rank(m, layer, matrix)) return false;
+    int i = oz_llama_matrix_index(&m->layout, layer, matrix);
+    *A = oz_llama_param(m, i);
+    *B = oz_llama_param(m, i + 1);
+    *R = oz_llama_rank(m, layer, matrix);
+    return true;
 }
 
 void oz_llama_mini_seq_auto(const oz_llama_config *cfg, int tokens, int *mlp_chunks, int *head_chunks) {
@@ -252,17 +384,29 @@ typedef struct {
 } buffer_list;
 
 static void want(buffer_list *bl, void *dest, oz_mem_category cat, size_t bytes, const char *what) {
+    if (!bytes) return; /* e.g. no trainable tensor outside the layers: the pointer stays NULL */
     if (bl->n < bl->cap) bl->items[bl->n] = (buffer_desc){bl->planning ? NULL : (void **)dest, cat, bytes, what};
     bl->n++;
 }
 
 #define F32(n) ((size_t)(n) * sizeof(float))
 
+static bool is_mlp_matrix(int j) { return j >= OZ_M_GATE; }
+
+/* Largest stored rank of matrix j over all layers (0: dense everywhere). */
+static int max_rank(const oz_llama_config *c, int j) {
+    int R = 0;
+    for (int l = 0; l < c->num_hidden_layers; l++)
+        if (oz_llama_config_rank(c, l, j) > R) R = oz_llama_config_rank(c, l, j);
+    return R;
+}
+
 /* Lists every buffer a model with this config and shape allocates. m may be a zeroed dummy when
  * planning (its acts/xs arrays must still exist). */
 static void list_buffers(oz_llama *m, buffer_list *bl) {
     const oz_llama_config *c = &m->cfg;
     const oz_llama_shape *s = &m->shape;
+    const oz_param_layout *lay = &m->layout;
     size_t N = (size_t)s->batch * s->seq;
     size_t d = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
     size_t qd = (size_t)c->num_attention_heads * c->head_dim;
@@ -276,34 +420,36 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
                   (c->head_dim / 2);
 
     if (!s->int8_matrices) {
-        want(bl, &m->params, OZ_MEM_WEIGHTS, F32(m->layout.total), "weights");
+        want(bl, &m->params, OZ_MEM_WEIGHTS, F32(lay->total), "weights");
     } else {
         size_t codes = 0, groups = 0;
-        for (int i = 0; i < m->layout.n; i++) {
-            const oz_param_info *p = &m->layout.params[i];
+        for (int i = 0; i < lay->n; i++) {
+            const oz_param_info *p = &lay->params[i];
             if (!is_layer_matrix(p)) continue;
             codes += p->numel;
             groups += oz_qw_groups(p->numel);
         }
-        want(bl, &m->outer_params, OZ_MEM_WEIGHTS, F32(m->layout.total - (size_t)L * m->layout.layer_stride),
-             "embedding/head weights");
+        want(bl, &m->outer_params, OZ_MEM_WEIGHTS, F32(lay->outer_total), "embedding/head weights");
         want(bl, &m->layer_norms, OZ_MEM_WEIGHTS, F32((size_t)L * 2 * d), "layer norm weights");
         want(bl, &m->wq, OZ_MEM_WEIGHTS, codes, "INT8 matrices");
         want(bl, &m->wscale, OZ_MEM_QSCALES, F32(groups), "INT8 scales");
         want(bl, &m->wzero, OZ_MEM_QSCALES, groups, "INT8 zero points");
-        want(bl, &m->wlayer, OZ_MEM_SCRATCH, F32(m->layout.layer_stride), "dequantized layer weights");
+        want(bl, &m->wlayer, OZ_MEM_SCRATCH, F32(lay->max_layer), "dequantized layer weights");
     }
-    if (s->with_grads && !s->per_layer_grads) want(bl, &m->grads, OZ_MEM_GRADS, F32(m->layout.total), "gradients");
+    /* Frozen tensors have no gradient: the buffers hold the trainable tensors only. */
+    if (s->with_grads && !s->per_layer_grads) want(bl, &m->grads, OZ_MEM_GRADS, F32(lay->grad_total), "gradients");
     if (s->with_grads && s->per_layer_grads) {
-        size_t layers = (size_t)L * m->layout.layer_stride;
-        want(bl, &m->layer_grads, OZ_MEM_GRADS, F32(m->layout.layer_stride), "one layer's gradients");
-        want(bl, &m->outer_grads, OZ_MEM_GRADS, F32(m->layout.total - layers), "embedding/head gradients");
+        want(bl, &m->layer_grads, OZ_MEM_GRADS, F32(lay->max_layer_grad), "one layer's gradients");
+        want(bl, &m->outer_grads, OZ_MEM_GRADS, F32(lay->outer_grad), "embedding/head gradients");
     }
+    if (s->with_grads && (s->freeze & OZ_FREEZE_NORMS))
+        want(bl, &m->norm_sink, OZ_MEM_SCRATCH, F32(d), "frozen norms' discarded gradient");
     want(bl, &m->rope_cos, OZ_MEM_SCRATCH, F32(rope), "RoPE cos table");
     want(bl, &m->rope_sin, OZ_MEM_SCRATCH, F32(rope), "RoPE sin table");
     want(bl, &m->ids, OZ_MEM_ACTIVATIONS, 2 * N * sizeof(int32_t), "token ids");
     for (int l = 0; l <= L; l++) want(bl, &m->xs[l], OZ_MEM_ACTIVATIONS, F32(N * d), "layer input");
-    /* Without recompute every layer keeps its own set; with it, one work set is shared. */
+    /* Without recompute every layer keeps its own set; with it, one work set is shared (its
+     * low-rank intermediates sized for the largest rank of each matrix over the layers). */
     int sets = s->recompute ? 1 : L;
     for (int l = 0; l < sets; l++) {
         layer_acts *a = &m->acts[l];
@@ -322,11 +468,18 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
             want(bl, &a->up, OZ_MEM_ACTIVATIONS, F32(N * F), "MLP up");
             want(bl, &a->mlp, OZ_MEM_ACTIVATIONS, F32(N * F), "MLP hidden");
         }
+        for (int j = 0; j < OZ_LLAMA_MATRICES; j++) {
+            if (mini && is_mlp_matrix(j)) continue;
+            int R = s->recompute ? max_rank(c, j) : oz_llama_config_rank(c, l, j);
+            want(bl, &a->t[j], OZ_MEM_ACTIVATIONS, F32(N * (size_t)R), "low-rank intermediate");
+        }
     }
     if (mini) {
         want(bl, &m->cgate, OZ_MEM_SCRATCH, F32(mlp_rows * F), "MLP gate chunk");
         want(bl, &m->cup, OZ_MEM_SCRATCH, F32(mlp_rows * F), "MLP up chunk");
         want(bl, &m->cmlp, OZ_MEM_SCRATCH, F32(mlp_rows * F), "MLP hidden chunk");
+        for (int j = OZ_M_GATE; j <= OZ_M_DOWN; j++)
+            want(bl, &m->ct[j], OZ_MEM_SCRATCH, F32(mlp_rows * (size_t)max_rank(c, j)), "low-rank intermediate chunk");
     }
     want(bl, &m->lnf, OZ_MEM_ACTIVATIONS, F32(N * d), "final norm output");
     want(bl, &m->rstdf, OZ_MEM_ACTIVATIONS, F32(N), "final norm rstd");
@@ -340,6 +493,12 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
         want(bl, &m->dv, OZ_MEM_SCRATCH, F32(N * kvd), "value gradient");
         want(bl, &m->datt, OZ_MEM_SCRATCH, F32(N * qd), "attention gradient");
         want(bl, &m->dmlp, OZ_MEM_SCRATCH, F32(mlp_rows * F), "MLP gradient");
+        size_t dt = 0;
+        for (int j = 0; j < OZ_LLAMA_MATRICES; j++) {
+            size_t rows = mini && is_mlp_matrix(j) ? mlp_rows : N;
+            if (rows * (size_t)max_rank(c, j) > dt) dt = rows * (size_t)max_rank(c, j);
+        }
+        want(bl, &m->dt, OZ_MEM_SCRATCH, F32(dt), "low-rank intermediate gradient");
     }
 }
 
@@ -364,6 +523,7 @@ oz_status oz_llama_plan_memory(const oz_llama_config *cfg, oz_llama_shape shape,
     dummy.cfg = *cfg;
     dummy.shape = shape;
     OZ_TRY(oz_param_layout_build(cfg, &dummy.layout, err));
+    oz_param_layout_freeze(&dummy.layout, shape.freeze);
     int L = cfg->num_hidden_layers;
     dummy.acts = calloc((size_t)L, sizeof *dummy.acts);
     dummy.xs = calloc((size_t)L + 1, sizeof *dummy.xs);
@@ -372,7 +532,7 @@ oz_status oz_llama_plan_memory(const oz_llama_config *cfg, oz_llama_shape shape,
     if (!dummy.acts || !dummy.xs) st = oz_fail(err, OZ_ERR_NOMEM, "out of memory planning");
     if (st == OZ_OK) {
         list_buffers(&dummy, &bl); /* first pass counts */
-        bl.items = calloc((size_t)bl.n, sizeof *bl.items);
+        bl.items = calloc((size_t)bl.n + 1, sizeof *bl.items);
         if (!bl.items) st = oz_fail(err, OZ_ERR_NOMEM, "out of memory planning");
     }
     if (st == OZ_OK) {
@@ -420,6 +580,10 @@ oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend
                           oz_llama_shape shape, oz_err *err) {
     *out = NULL;
     OZ_TRY(check_shape(&shape, err));
+    if (shape.int8_matrices && oz_llama_config_is_low_rank(cfg))
+        return oz_fail(err, OZ_ERR_INPUT,
+                       "INT8 matrices (qgalore) are not supported for low-rank models: their factors change "
+                       "active rank and are small; use --optim galore8bit or adamw8bit");
     oz_llama *m = calloc(1, sizeof *m);
     if (!m) return oz_fail(err, OZ_ERR_NOMEM, "out of memory creating the model");
     m->cfg = *cfg;
@@ -431,20 +595,25 @@ oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend
         free(m);
         return st;
     }
+    oz_param_layout_freeze(&m->layout, shape.freeze);
     *out = m; /* from here on, oz_llama_destroy cleans up a partial model */
     int L = cfg->num_hidden_layers;
     m->acts = calloc((size_t)L, sizeof *m->acts);
     m->xs = calloc((size_t)L + 1, sizeof *m->xs);
+    m->active = calloc((size_t)L * OZ_LLAMA_MATRICES, sizeof *m->active);
     buffer_list bl = {NULL, 0, 0, false};
-    if (m->acts && m->xs) {
+    if (m->acts && m->xs && m->active) {
         list_buffers(m, &bl);
-        bl.items = calloc((size_t)bl.n, sizeof *bl.items);
-        m->owned = calloc((size_t)bl.n, sizeof *m->owned);
+        bl.items = calloc((size_t)bl.n + 1, sizeof *bl.items);
+        m->owned = calloc((size_t)bl.n + 1, sizeof *m->owned);
     }
     if (!bl.items || !m->owned) {
         free(bl.items);
         return oz_fail(err, OZ_ERR_NOMEM, "out of memory creating the model");
     }
+    for (int l = 0; l < L; l++)
+        for (int j = 0; j < OZ_LLAMA_MATRICES; j++)
+            m->active[l * OZ_LLAMA_MATRICES + j] = oz_llama_config_rank(cfg, l, j);
     bl.cap = bl.n;
     bl.n = 0;
     list_buffers(m, &bl);
@@ -483,54 +652,103 @@ void oz_llama_destroy(oz_llama *m) {
     free(m->group_off);
     free(m->acts);
     free(m->xs);
+    free(m->active);
     oz_param_layout_free(&m->layout);
     free(m);
 }
 
 void oz_llama_zero_grads(oz_llama *m) {
-    if (m->grads) m->be->fill(m->be, m->grads, 0.0f, m->layout.total);
-    if (m->outer_grads)
-        m->be->fill(m->be, m->outer_grads, 0.0f,
-                    m->layout.total - (size_t)m->cfg.num_hidden_layers * m->layout.layer_stride);
-}
-
-/* Pointers to layer l's tensors inside a buffer holding that layer's span (layout offsets
- * relative to the layer's start). */
-static layer_weights layer_view(const oz_llama *m, const float *span, int l) {
-    const oz_param_info *p = &m->layout.params[1 + 9 * l];
-    layer_weights w = {span + layer_offset(m, &p[0]), span + layer_offset(m, &p[1]), span + layer_offset(m, &p[2]),
-                       span + layer_offset(m, &p[3]), span + layer_offset(m, &p[4]), span + layer_offset(m, &p[5]),
-                       span + layer_offset(m, &p[6]), span + layer_offset(m, &p[7]), span + layer_offset(m, &p[8])};
-    return w;
+    if (m->grads) m->be->fill(m->be, m->grads, 0.0f, m->layout.grad_total);
+    if (m->outer_grads) m->be->fill(m->be, m->outer_grads, 0.0f, m->layout.outer_grad);
 }
 
 /* Layer l's weights for compute: in place, or (INT8 mode) its norms copied and its matrices
  * dequantized into the layer scratch buffer, which then holds only this layer. */
 static layer_weights layer_params(oz_llama *m, int l) {
-    if (m->params) return layer_view(m, m->params + m->layout.layer_begin + (size_t)l * m->layout.layer_stride, l);
-    for (int i = 1 + 9 * l; i < 1 + 9 * (l + 1); i++) {
-        const oz_param_info *p = &m->layout.params[i];
-        float *dst = m->wlayer + layer_offset(m, p);
-        uint8_t *q, *z;
-        float *sc;
-        if (oz_llama_param_int8(m, i, &q, &sc, &z)) oz_i8_dequantize(q, sc, z, p->numel, dst);
-        else m->be->copy(m->be, dst, oz_llama_param(m, i), p->numel * sizeof(float));
+    const oz_param_layout *lay = &m->layout;
+    const float *span = m->params ? m->params + lay->layer_offset[l] : m->wlayer;
+    layer_weights w;
+    memset(&w, 0, sizeof w);
+    for (int i = lay->layer_first[l]; i < lay->layer_first[l + 1]; i++) {
+        const oz_param_info *p = &lay->params[i];
+        const float *ptr = span + p->span_offset;
+        if (!m->params) {
+            uint8_t *q, *z;
+            float *sc;
+            float *dst = m->wlayer + p->span_offset;
+            if (oz_llama_param_int8(m, i, &q, &sc, &z)) oz_i8_dequantize(q, sc, z, p->numel, dst);
+            else m->be->copy(m->be, dst, oz_llama_param(m, i), p->numel * sizeof(float));
+        }
+        if (p->kind == OZ_P_ATTN_NORM) w.attn_norm = ptr;
+        else if (p->kind == OZ_P_MLP_NORM) w.mlp_norm = ptr;
+        else {
+            lin *x = &w.m[p->matrix];
+            if (p->factor == 0) x->w = ptr, x->out = (int)p->shape[0], x->in = (int)p->shape[1];
+            else if (p->factor == 1) x->a = ptr, x->R = (int)p->shape[0], x->in = (int)p->shape[1];
+            else x->b = ptr, x->out = (int)p->shape[0];
+        }
     }
-    return layer_view(m, m->wlayer, l);
+    for (int j = 0; j < OZ_LLAMA_MATRICES; j++) w.m[j].r = m->active[l * OZ_LLAMA_MATRICES + j];
+    return w;
 }
 
-/* Pointers to layer l's gradient tensors (in the full buffer, or the per-layer one). */
-static layer_weights layer_grad_tensors(oz_llama *m, int l) {
-    int i = 1 + 9 * l;
-    layer_weights w = {oz_llama_grad(m, i), oz_llama_grad(m, i + 1), oz_llama_grad(m, i + 2),
-                       oz_llama_grad(m, i + 3), oz_llama_grad(m, i + 4), oz_llama_grad(m, i + 5),
-                       oz_llama_grad(m, i + 6), oz_llama_grad(m, i + 7), oz_llama_grad(m, i + 8)};
-    return w;
+/* Pointers to layer l's gradient tensors (in the full buffer, or the per-layer one); NULL for
+ * frozen matrices, the sink for frozen norms (the norm backward always writes a dw). */
+static layer_grads layer_grad_tensors(oz_llama *m, int l) {
+    const oz_param_layout *lay = &m->layout;
+    layer_grads g;
+    memset(&g, 0, sizeof g);
+    for (int i = lay->layer_first[l]; i < lay->layer_first[l + 1]; i++) {
+        const oz_param_info *p = &lay->params[i];
+        float *ptr = oz_llama_grad(m, i);
+        if (p->kind == OZ_P_ATTN_NORM) g.attn_norm = ptr ? ptr : m->norm_sink;
+        else if (p->kind == OZ_P_MLP_NORM) g.mlp_norm = ptr ? ptr : m->norm_sink;
+        else if (p->factor == 0) g.m[p->matrix].w = ptr;
+        else if (p->factor == 1) g.m[p->matrix].a = ptr;
+        else g.m[p->matrix].b = ptr;
+    }
+    return g;
 }
 
 static int lm_head_index(const oz_llama *m) { return m->cfg.tie_word_embeddings ? 0 : m->layout.n - 1; }
 static int final_norm_index(const oz_llama *m) { return m->layout.n - (m->cfg.tie_word_embeddings ? 1 : 2); }
 
+/* ---- one linear map y = x W^T, dense or through the factors */
+
+/* t (rows, r) = x (rows, in) A_r^T: the low-rank intermediate. */
+static void lr_down(oz_backend *be, const lin *w, const float *x, int rows, float *t) {
+    be->gemm(be, 0, 1, rows, w->r, w->in, 1.0f, x, w->in, w->a, w->in, 0.0f, t, w->r);
+}
+
+/* y (rows, out) = beta y + x W^T, or beta y + t B_r^T for a low-rank matrix (t from lr_down). B's
+ * row stride stays R: its first r columns are read in place. */
+static void lin_apply(oz_backend *be, const lin *w, const float *x, const float *t, int rows, float beta,
+                      float *y) {
+    if (!w->a) be->gemm(be, 0, 1, rows, w->out, w->in, 1.0f, x, w->in, w->w, w->in, beta, y, w->out);
+    else be->gemm(be, 0, 1, rows, w->out, w->r, 1.0f, t, w->r, w->b, w->R, beta, y, w->out);
+}
+
+static void lin_fwd(oz_backend *be, const lin *w, const float *x, float *t, int rows, float beta, float *y) {
+    if (w->a) lr_down(be, w, x, rows, t);
+    lin_apply(be, w, x, t, rows, beta, y);
+}
+
+/* Backward of y = x W^T: dx = beta_dx dx + dy W, and the weight gradients accumulate (unless
+ * frozen). Low-rank: dt = dy B_r, dB_r += dy^T t, dA_r += dt^T x, dx = dt A_r; the inactive parts'
+ * gradients are never touched, so they stay 0. dt is scratch of rows x r. */
+static void lin_bwd(oz_backend *be, const lin *w, const lin_grad *gw, const float *x, const float *t,
+                    const float *dy, int rows, float *dt, float beta_dx, float *dx) {
+    if (!w->a) {
+        be->gemm(be, 0, 0, rows, w->in, w->out, 1.0f, dy, w->out, w->w, w->in, beta_dx, dx, w->in);
+        if (gw->w) be->gemm(be, 1, 0, w->out, w->in, rows, 1.0f, dy, w->out, x, w->in, 1.0f, gw->w, w->in);
+        return;
+    }
+    int r = w->r;
+    be->gemm(be, 0, 0, rows, r, w->out, 1.0f, dy, w->out, w->b, w->R, 0.0f, dt, r);
+    if (gw->b) be->gemm(be, 1, 0, w->out, r, rows, 1.0f, dy, w->out, t, r, 1.0f, gw->b, w->R);
+    if (gw->a) be->gemm(be, 1, 0, r, w->in, rows, 1.0f, dt, r, x, w->in, 1.0f, gw->a, w->in);
+    be->gemm(be, 0, 0, rows, w->in, r, 1.0f, dt, r, w->a, w->in, beta_dx, dx, w->in);
+}
 
 static oz_status check_batch(const oz_llama *m, const oz_llama_batch *b, oz_err *err) {
     if (b->B <= 0 || b->T <= 0 || b->B > m->shape.batch || b->T > m->shape.seq)
@@ -569,13 +787,14 @@ static void chunk_rows(int n, int chunks, int i, int *r0, int *r1) {
 }
 
 /* One mini-sequence of the MLP's intermediates: gate, up and silu(gate)*up of `rows` rows of the
- * MLP norm's output, into the chunk buffers. */
-static void mlp_chunk_forward(oz_llama *m, const layer_weights *w, const float *xin, int rows, const dims *g) {
+ * MLP norm's output, into the chunk buffers (and down's low-rank intermediate of that chunk). */
+static void mlp_chunk_forward(oz_llama *m, const layer_weights *w, const float *xin, int rows) {
     oz_backend *be = m->be;
-    int d = g->d, F = g->F;
-    be->gemm(be, 0, 1, rows, F, d, 1.0f, xin, d, w->gate, d, 0.0f, m->cgate, F);
-    be->gemm(be, 0, 1, rows, F, d, 1.0f, xin, d, w->up, d, 0.0f, m->cup, F);
+    int F = m->cfg.intermediate_size;
+    lin_fwd(be, &w->m[OZ_M_GATE], xin, m->ct[OZ_M_GATE], rows, 0.0f, m->cgate);
+    lin_fwd(be, &w->m[OZ_M_UP], xin, m->ct[OZ_M_UP], rows, 0.0f, m->cup);
     be->swiglu_fwd(be, m->cmlp, m->cgate, m->cup, (size_t)rows * F);
+    if (w->m[OZ_M_DOWN].a) lr_down(be, &w->m[OZ_M_DOWN], m->cmlp, rows, m->ct[OZ_M_DOWN]);
 }
 
 /* Layer l forward from a->x into a's buffers and out (the next layer's input). */
@@ -585,21 +804,21 @@ static void layer_forward(oz_llama *m, int l, layer_acts *a, float *out, const d
     layer_weights w = layer_params(m, l);
     int N = g->N, d = g->d, F = g->F;
     be->rmsnorm_fwd(be, a->ln1, a->rstd1, a->x, w.attn_norm, N, d, c->rms_norm_eps);
-    be->gemm(be, 0, 1, N, g->qd, d, 1.0f, a->ln1, d, w.q, d, 0.0f, a->q, g->qd);
-    be->gemm(be, 0, 1, N, g->kvd, d, 1.0f, a->ln1, d, w.k, d, 0.0f, a->k, g->kvd);
-    be->gemm(be, 0, 1, N, g->kvd, d, 1.0f, a->ln1, d, w.v, d, 0.0f, a->v, g->kvd);
+    lin_fwd(be, &w.m[OZ_M_Q], a->ln1, a->t[OZ_M_Q], N, 0.0f, a->q);
+    lin_fwd(be, &w.m[OZ_M_K], a->ln1, a->t[OZ_M_K], N, 0.0f, a->k);
+    lin_fwd(be, &w.m[OZ_M_V], a->ln1, a->t[OZ_M_V], N, 0.0f, a->v);
     be->rope(be, a->q, m->rope_cos, m->rope_sin, g->B, g->T, g->Hq, g->hd, 0, 0);
     be->rope(be, a->k, m->rope_cos, m->rope_sin, g->B, g->T, g->Hkv, g->hd, 0, 0);
     be->attention_fwd(be, a->att, a->lse, a->q, a->k, a->v, g->B, g->T, g->Hq, g->Hkv, g->hd);
     be->copy(be, a->h, a->x, (size_t)N * d * sizeof(float));
-    be->gemm(be, 0, 1, N, d, g->qd, 1.0f, a->att, g->qd, w.o, g->qd, 1.0f, a->h, d);
+    lin_fwd(be, &w.m[OZ_M_O], a->att, a->t[OZ_M_O], N, 1.0f, a->h);
     be->rmsnorm_fwd(be, a->ln2, a->rstd2, a->h, w.mlp_norm, N, d, c->rms_norm_eps);
     be->copy(be, out, a->h, (size_t)N * d * sizeof(float));
     if (m->shape.mlp_chunks == 0) {
-        be->gemm(be, 0, 1, N, F, d, 1.0f, a->ln2, d, w.gate, d, 0.0f, a->gate, F);
-        be->gemm(be, 0, 1, N, F, d, 1.0f, a->ln2, d, w.up, d, 0.0f, a->up, F);
+        lin_fwd(be, &w.m[OZ_M_GATE], a->ln2, a->t[OZ_M_GATE], N, 0.0f, a->gate);
+        lin_fwd(be, &w.m[OZ_M_UP], a->ln2, a->t[OZ_M_UP], N, 0.0f, a->up);
         be->swiglu_fwd(be, a->mlp, a->gate, a->up, (size_t)N * F);
-        be->gemm(be, 0, 1, N, d, F, 1.0f, a->mlp, F, w.down, F, 1.0f, out, d);
+        lin_fwd(be, &w.m[OZ_M_DOWN], a->mlp, a->t[OZ_M_DOWN], N, 1.0f, out);
         return;
     }
     /* Mini-sequences: one chunk of the MLP's intermediates exists at a time. */
@@ -608,37 +827,34 @@ static void layer_forward(oz_llama *m, int l, layer_acts *a, float *out, const d
         chunk_rows(N, m->shape.mlp_chunks, i, &r0, &r1);
         int rows = r1 - r0;
         if (rows <= 0) continue;
-        mlp_chunk_forward(m, &w, a->ln2 + (size_t)r0 * d, rows, g);
-        be->gemm(be, 0, 1, rows, d, F, 1.0f, m->cmlp, F, w.down, F, 1.0f, out + (size_t)r0 * d, d);
+        mlp_chunk_forward(m, &w, a->ln2 + (size_t)r0 * d, rows);
+        lin_apply(be, &w.m[OZ_M_DOWN], m->cmlp, m->ct[OZ_M_DOWN], rows, 1.0f, out + (size_t)r0 * d);
     }
 }
 
 /* MLP backward for rows [r0, r1): dx (rows of the residual gradient) flows in; dln gets the
  * gradient of the MLP norm's output; weight gradients accumulate. gate/up/mlp hold the rows'
- * forward values (they are overwritten with gradients). */
-static void mlp_backward_rows(oz_llama *m, const layer_weights *w, const layer_weights *gw, const float *ln2,
-                              const float *dx, float *dln, float *gate, float *up, const float *mlp, int rows,
-                              const dims *g) {
+ * forward values (they are overwritten with gradients), t[] the rows' low-rank intermediates. */
+static void mlp_backward_rows(oz_llama *m, const layer_weights *w, const layer_grads *gw, const float *ln2,
+                              const float *dx, float *dln, float *gate, float *up, const float *mlp,
+                              float *const *t, int rows) {
     oz_backend *be = m->be;
-    int d = g->d, F = g->F;
-    be->gemm(be, 0, 0, rows, F, d, 1.0f, dx, d, w->down, F, 0.0f, m->dmlp, F);
-    be->gemm(be, 1, 0, d, F, rows, 1.0f, dx, d, mlp, F, 1.0f, (float *)gw->down, F);
+    int F = m->cfg.intermediate_size;
+    lin_bwd(be, &w->m[OZ_M_DOWN], &gw->m[OZ_M_DOWN], mlp, t[OZ_M_DOWN], dx, rows, m->dt, 0.0f, m->dmlp);
     be->swiglu_bwd(be, gate, up, m->dmlp, gate, up, (size_t)rows * F); /* gradients overwrite the inputs */
-    be->gemm(be, 0, 0, rows, d, F, 1.0f, gate, F, w->gate, d, 0.0f, dln, d);
-    be->gemm(be, 0, 0, rows, d, F, 1.0f, up, F, w->up, d, 1.0f, dln, d);
-    be->gemm(be, 1, 0, F, d, rows, 1.0f, gate, F, ln2, d, 1.0f, (float *)gw->gate, d);
-    be->gemm(be, 1, 0, F, d, rows, 1.0f, up, F, ln2, d, 1.0f, (float *)gw->up, d);
+    lin_bwd(be, &w->m[OZ_M_GATE], &gw->m[OZ_M_GATE], ln2, t[OZ_M_GATE], gate, rows, m->dt, 0.0f, dln);
+    lin_bwd(be, &w->m[OZ_M_UP], &gw->m[OZ_M_UP], ln2, t[OZ_M_UP], up, rows, m->dt, 1.0f, dln);
 }
 
 /* Layer l backward: m->dx holds dL/d(layer output) and ends holding dL/d(layer input). */
 static void layer_backward(oz_llama *m, int l, layer_acts *a, const dims *g) {
     oz_backend *be = m->be;
     layer_weights w = layer_params(m, l);
-    layer_weights gw = layer_grad_tensors(m, l);
-    if (m->layer_grads) be->fill(be, m->layer_grads, 0.0f, m->layout.layer_stride);
-    int N = g->N, d = g->d, qd = g->qd, kvd = g->kvd;
+    layer_grads gw = layer_grad_tensors(m, l);
+    if (m->layer_grads) be->fill(be, m->layer_grads, 0.0f, m->layout.max_layer_grad);
+    int N = g->N, d = g->d;
     if (m->shape.mlp_chunks == 0) {
-        mlp_backward_rows(m, &w, &gw, a->ln2, m->dx, m->dln, a->gate, a->up, a->mlp, N, g);
+        mlp_backward_rows(m, &w, &gw, a->ln2, m->dx, m->dln, a->gate, a->up, a->mlp, a->t, N);
     } else {
         for (int i = 0; i < m->shape.mlp_chunks; i++) {
             int r0, r1;
@@ -647,26 +863,22 @@ static void layer_backward(oz_llama *m, int l, layer_acts *a, const dims *g) {
             if (rows <= 0) continue;
             const float *xin = a->ln2 + (size_t)r0 * d;
             /* Recompute this chunk's intermediates (MsT Alg. 3), then its backward. */
-            mlp_chunk_forward(m, &w, xin, rows, g);
-            mlp_backward_rows(m, &w, &gw, xin, m->dx + (size_t)r0 * d, m->dln + (size_t)r0 * d, m->cgate,
-                              m->cup, m->cmlp, rows, g);
+            mlp_chunk_forward(m, &w, xin, rows);
+            mlp_backward_rows(m, &w, &gw, xin, m->dx + (size_t)r0 * d, m->dln + (size_t)r0 * d, m->cgate, m->cup,
+                              m->cmlp, m->ct, rows);
         }
     }
-    be->rmsnorm_bwd(be, m->dx, (float *)gw.mlp_norm, m->dln, a->h, w.mlp_norm, a->rstd2, N, d);
+    be->rmsnorm_bwd(be, m->dx, gw.mlp_norm, m->dln, a->h, w.mlp_norm, a->rstd2, N, d);
     /* Attention: h = x + att @ o^T */
-    be->gemm(be, 0, 0, N, qd, d, 1.0f, m->dx, d, w.o, qd, 0.0f, m->datt, qd);
-    be->gemm(be, 1, 0, d, qd, N, 1.0f, m->dx, d, a->att, qd, 1.0f, (float *)gw.o, qd);
+    lin_bwd(be, &w.m[OZ_M_O], &gw.m[OZ_M_O], a->att, a->t[OZ_M_O], m->dx, N, m->dt, 0.0f, m->datt);
     be->attention_bwd(be, m->dq, m->dk, m->dv, m->datt, a->q, a->k, a->v, a->att, a->lse, g->B, g->T, g->Hq,
                       g->Hkv, g->hd);
     be->rope(be, m->dq, m->rope_cos, m->rope_sin, g->B, g->T, g->Hq, g->hd, 0, 1);
     be->rope(be, m->dk, m->rope_cos, m->rope_sin, g->B, g->T, g->Hkv, g->hd, 0, 1);
-    be->gemm(be, 0, 0, N, d, qd, 1.0f, m->dq, qd, w.q, d, 0.0f, m->dln, d);
-    be->gemm(be, 0, 0, N, d, kvd, 1.0f, m->dk, kvd, w.k, d, 1.0f, m->dln, d);
-    be->gemm(be, 0, 0, N, d, kvd, 1.0f, m->dv, kvd, w.v, d, 1.0f, m->dln, d);
-    be->gemm(be, 1, 0, qd, d, N, 1.0f, m->dq, qd, a->ln1, d, 1.0f, (float *)gw.q, d);
-    be->gemm(be, 1, 0, kvd, d, N, 1.0f, m->dk, kvd, a->ln1, d, 1.0f, (float *)gw.k, d);
-    be->gemm(be, 1, 0, kvd, d, N, 1.0f, m->dv, kvd, a->ln1, d, 1.0f, (float *)gw.v, d);
-    be->rmsnorm_bwd(be, m->dx, (float *)gw.attn_norm, m->dln, a->x, w.attn_norm, a->rstd1, N, d);
+    lin_bwd(be, &w.m[OZ_M_Q], &gw.m[OZ_M_Q], a->ln1, a->t[OZ_M_Q], m->dq, N, m->dt, 0.0f, m->dln);
+    lin_bwd(be, &w.m[OZ_M_K], &gw.m[OZ_M_K], a->ln1, a->t[OZ_M_K], m->dk, N, m->dt, 1.0f, m->dln);
+    lin_bwd(be, &w.m[OZ_M_V], &gw.m[OZ_M_V], a->ln1, a->t[OZ_M_V], m->dv, N, m->dt, 1.0f, m->dln);
+    be->rmsnorm_bwd(be, m->dx, gw.attn_norm, m->dln, a->x, w.attn_norm, a->rstd1, N, d);
 }
 
 /* LM head + cross-entropy over head chunks. With grad_scale != 0 (training) each chunk's
@@ -677,6 +889,7 @@ static oz_status head_forward(oz_llama *m, const oz_llama_batch *b, float grad_s
     oz_backend *be = m->be;
     int N = g->N, d = g->d, V = g->V;
     const float *head = oz_llama_param(m, lm_head_index(m));
+    float *dhead = oz_llama_grad(m, lm_head_index(m)); /* NULL when the head is frozen */
     int chunks = m->shape.head_chunks > 0 ? m->shape.head_chunks : 1;
     if (b->targets) be->to_device(be, m->targets, b->targets, (size_t)N * sizeof(int32_t));
     for (int i = 0; i < chunks; i++) {
@@ -692,7 +905,7 @@ static oz_status head_forward(oz_llama *m, const oz_llama_batch *b, float grad_s
         be->cross_entropy(be, m->logits, m->losses + r0, m->targets + r0, rows, V, grad_scale);
         if (grad_scale != 0.0f) {
             be->gemm(be, 0, 0, rows, d, V, 1.0f, m->logits, V, head, d, 0.0f, m->dln + (size_t)r0 * d, d);
-            be->gemm(be, 1, 0, V, d, rows, 1.0f, m->logits, V, xin, d, 1.0f, oz_llama_grad(m, lm_head_index(m)), d);
+            if (dhead) be->gemm(be, 1, 0, V, d, rows, 1.0f, m->logits, V, xin, d, 1.0f, dhead, d);
         }
     }
     long count = 0;
@@ -732,8 +945,7 @@ oz_status oz_llama_forward(oz_llama *m, const oz_llama_batch *b, double *loss_su
 
 oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float grad_scale,
                                     double *loss_sum, long *n_targets, oz_err *err) {
-    if (!m->grads && !m->outer_grads)
-        return oz_fail(err, OZ_ERR_INTERNAL, "model was created without gradient buffers");
+    if (!m->shape.with_grads) return oz_fail(err, OZ_ERR_INTERNAL, "model was created without gradient buffers");
     if (!b->targets) return oz_fail(err, OZ_ERR_INTERNAL, "backward needs targets");
     if (grad_scale == 0.0f) return oz_fail(err, OZ_ERR_INTERNAL, "backward needs a non-zero grad_scale");
     OZ_TRY(forward(m, b, grad_scale, loss_sum, n_targets, err));
@@ -742,7 +954,8 @@ oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float 
     dims g = dims_of(m, b->B, b->T);
     /* The head's part ran inside the forward: m->dln holds dL/d(final norm output). */
     be->fill(be, m->dx, 0.0f, (size_t)g.N * g.d);
-    be->rmsnorm_bwd(be, m->dx, oz_llama_grad(m, final_norm_index(m)), m->dln, m->xs[g.L],
+    float *dnorm = oz_llama_grad(m, final_norm_index(m));
+    be->rmsnorm_bwd(be, m->dx, dnorm ? dnorm : m->norm_sink, m->dln, m->xs[g.L],
                     oz_llama_param(m, final_norm_index(m)), m->rstdf, g.N, g.d);
     for (int l = g.L - 1; l >= 0; l--) {
         layer_acts *a = &m->acts[l];
@@ -755,7 +968,9 @@ oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float 
         layer_backward(m, l, a, &g);
         if (m->hook) m->hook(m->hook_user, l);
     }
-    be->embedding_bwd(be, oz_llama_grad(m, 0), m->dx, m->ids, g.N, g.d, g.V);
+    /* A frozen embedding needs nothing from here: nothing flows further back. */
+    float *demb = oz_llama_grad(m, 0);
+    if (demb) be->embedding_bwd(be, demb, m->dx, m->ids, g.N, g.d, g.V);
     if (m->hook) m->hook(m->hook_user, -1);
     return OZ_OK;
 }

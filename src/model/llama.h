@@ -11,6 +11,11 @@
 
 typedef enum { OZ_ROPE_DEFAULT = 0, OZ_ROPE_LINEAR, OZ_ROPE_LLAMA3 } oz_rope_type;
 
+/* The seven attention/MLP matrices of a decoder layer, in layout order. */
+enum { OZ_M_Q, OZ_M_K, OZ_M_V, OZ_M_O, OZ_M_GATE, OZ_M_UP, OZ_M_DOWN, OZ_LLAMA_MATRICES };
+/* Low-rank configs name layers 0..OZ_LLAMA_MAX_LAYERS-1 (Llama 3.1 405B has 126). */
+#define OZ_LLAMA_MAX_LAYERS 256
+
 typedef struct {
     int vocab_size;
     int hidden_size;
@@ -31,7 +36,20 @@ typedef struct {
     oz_rope_type rope_type;
     float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int rope_original_max_position_embeddings;
+    /* Low-rank matrices: low_rank[l][j] = R > 0 stores matrix j (OZ_M_Q..OZ_M_DOWN) of layer l as
+     * two factors A (R x in) and B (out x R), W = B A; 0 keeps it dense. Part of the model (it
+     * travels in config.json as "ounce_low_rank"); a value array so configs stay plain values. */
+    int low_rank[OZ_LLAMA_MAX_LAYERS][OZ_LLAMA_MATRICES];
 } oz_llama_config;
+
+/* Stored rank of matrix j of layer l (0: dense; also 0 out of range). */
+int oz_llama_config_rank(const oz_llama_config *cfg, int layer, int matrix);
+/* True when any matrix is low-rank. */
+bool oz_llama_config_is_low_rank(const oz_llama_config *cfg);
+/* Matrix j's shape (out, in) and its Hugging Face module path inside a layer
+ * ("self_attn.q_proj", ..., "mlp.down_proj"). */
+void oz_llama_matrix_dims(const oz_llama_config *cfg, int matrix, int64_t *out, int64_t *in);
+const char *oz_llama_matrix_path(int matrix);
 
 /* RoPE's inverse frequency of pair i (0 <= i < head_dim / 2), after rope scaling. */
 double oz_llama_rope_inv_freq(const oz_llama_config *cfg, int i);
@@ -52,27 +70,59 @@ typedef enum {
 
 typedef struct {
     char name[96];         /* Hugging Face name, e.g. model.layers.3.self_attn.q_proj.weight */
-    oz_param_kind kind;
+    oz_param_kind kind;    /* a factor has the kind of its matrix (OZ_P_UP for up_proj's A and B) */
     int layer;             /* -1 for embedding, final norm, head */
     int ndim;
-    int64_t shape[2];      /* (out, in) for matrices, (d) for norms */
+    int64_t shape[2];      /* (out, in) for matrices, (R, in) for A, (out, R) for B, (d) for norms */
     size_t offset;         /* in floats, into the flat parameter buffer */
     size_t numel;
     bool is_norm;          /* norms get no weight decay */
+    int matrix;            /* OZ_M_Q..OZ_M_DOWN for a layer matrix or factor, -1 otherwise */
+    int factor;            /* 0 dense, 1 = A (lrc_A, R x in), 2 = B (lrc_B, out x R) */
+    bool frozen;           /* no gradient buffer, no dW GEMM, no optimizer state (oz_param_layout_freeze) */
+    size_t span_offset;    /* offset inside its layer's span (layer tensors), or inside the buffer of
+                            * non-layer tensors (embedding, final norm, head) laid end to end */
+    size_t grad_offset;    /* into a full gradient buffer of trainable tensors only; OZ_NO_GRAD if frozen */
+    size_t grad_span_offset; /* inside one layer's trainable span, or the trainable non-layer span */
 } oz_param_info;
 
 /* Parameter table: embedding, then per layer {attn norm, q, k, v, o, mlp norm, gate, up, down},
+ * where a low-rank matrix is two tensors (A then B: "<module>.lrc_A.weight", "<module>.lrc_B.weight"),
  * then final norm and (when untied) lm_head. Each layer's tensors are contiguous, so a layer's
- * gradients form one span (what per-layer optimizer updates consume). */
+ * gradients form one span (what per-layer optimizer updates consume); layers differ in size when
+ * their ranks differ. Every tensor starts 16-float aligned. */
 typedef struct {
     int n;
     oz_param_info *params;
     size_t total;                 /* floats */
-    size_t layer_begin, layer_stride; /* offset of layer 0 and floats per layer */
+    int n_layers;
+    int *layer_first;             /* (L+1): index of layer l's first tensor; [L] = first after the layers */
+    size_t *layer_offset;         /* (L+1): float offset of layer l's span; [L] = end of the layers */
+    int *matrix_index;            /* (L*7): index of matrix j of layer l (dense W, or A with B at +1) */
+    size_t max_layer;             /* floats of the largest layer span */
+    size_t outer_total;           /* floats of the non-layer tensors */
+    size_t grad_total;            /* floats of a full gradient buffer (trainable tensors only) */
+    size_t max_layer_grad;        /* floats of the largest layer's trainable span */
+    size_t outer_grad;            /* floats of the trainable non-layer tensors */
 } oz_param_layout;
+
+/* What a training run freezes (oz_llama_shape.freeze): frozen tensors get no gradient buffer, no
+ * dW GEMM and no optimizer state, and never change; dX still flows through them. A tied embedding
+ * is frozen by either EMBED or HEAD. WeLore freezes EMBED | HEAD | DENSE. */
+enum {
+    OZ_FREEZE_EMBED = 1,   /* model.embed_tokens */
+    OZ_FREEZE_HEAD = 2,    /* lm_head */
+    OZ_FREEZE_DENSE = 4,   /* dense (not low-rank) attention/MLP matrices */
+    OZ_FREEZE_NORMS = 8,   /* every RMSNorm weight */
+    OZ_FREEZE_FACTORS = 16 /* low-rank factors */
+};
+#define OZ_NO_GRAD ((size_t)-1)
 
 oz_status oz_param_layout_build(const oz_llama_config *cfg, oz_param_layout *layout, oz_err *err);
 void oz_param_layout_free(oz_param_layout *layout);
+/* Marks the tensors `freeze` (OZ_FREEZE_* flags) names as frozen and recomputes the gradient
+ * offsets and sizes (build calls it with 0). */
+void oz_param_layout_freeze(oz_param_layout *layout, unsigned freeze);
 const oz_param_info *oz_param_layout_find(const oz_param_layout *layout, const char *name);
 
 /* Deterministic initialisation: normal(0, 0.02) for matrices (HF's initializer_range), ones for
@@ -101,6 +151,8 @@ typedef struct {
      * tokens) and the LM head + loss over head_chunks chunks, so no tokens x intermediate or
      * tokens x vocab buffer exists. The last chunk may be shorter. */
     int mlp_chunks, head_chunks;
+    /* OZ_FREEZE_* flags: which tensors train (a training choice, not part of the model file). */
+    unsigned freeze;
 } oz_llama_shape;
 
 /* MsT's rule for --mini-seq auto: MLP chunks of about hidden_size tokens, ceil(vocab/hidden)
@@ -139,10 +191,35 @@ bool oz_llama_param_int8(oz_llama *model, int index, uint8_t **q, float **scale,
  * round-to-nearest), or writes them out (INT8 matrices dequantized). */
 void oz_llama_import_params(oz_llama *model, const float *host);
 void oz_llama_export_params(oz_llama *model, float *host);
-float *oz_llama_grads(oz_llama *model);   /* the full gradient buffer; NULL without it (per-layer mode) */
-/* Gradient of parameter `index` (layout order): in per-layer mode a layer tensor's gradient is only
- * valid inside that layer's grad hook. */
+/* Copies parameter `index` (numel floats) from backend memory to host, or from host into the
+ * model (an INT8 matrix is dequantized / quantized round-to-nearest). */
+void oz_llama_read_param(oz_llama *model, int index, float *host);
+void oz_llama_write_param(oz_llama *model, int index, const float *host);
+/* The full gradient buffer (layout->grad_total floats, trainable tensors at grad_offset); NULL
+ * without it (per-layer mode). */
+float *oz_llama_grads(oz_llama *model);
+/* Gradient of parameter `index` (layout order); NULL for a frozen tensor. In per-layer mode a layer
+ * tensor's gradient is only valid inside that layer's grad hook. */
 float *oz_llama_grad(oz_llama *model, int index);
+
+/* ---- low-rank matrices
+ * A low-rank matrix j of layer l has factors A (R x in) and B (out x R), R its stored rank
+ * (oz_llama_config.low_rank), and an active rank 1 <= r <= R (R at creation): forward and backward
+ * use A's first r rows and B's first r columns only (through the GEMMs' leading dimensions), so the
+ * matrix is B[:, :r] A[:r, :]. The inactive parts keep their values and get zero gradient. Buffers
+ * are sized for R, so r can change between steps at no cost (InRank grows it). */
+
+/* Layout index of matrix j of layer l: its dense weight, or its A factor (B is index + 1). */
+int oz_llama_matrix_index(const oz_param_layout *layout, int layer, int matrix);
+/* Stored rank R of matrix j of layer l; 0 for a dense matrix. */
+int oz_llama_rank(const oz_llama *model, int layer, int matrix);
+int oz_llama_active_rank(const oz_llama *model, int layer, int matrix);
+/* Sets the active rank; OZ_ERR_INPUT unless the matrix is low-rank and 1 <= r <= R. */
+oz_status oz_llama_set_active_rank(oz_llama *model, int layer, int matrix, int r, oz_err *err);
+/* The factors of matrix j of layer l in backend memory: A (R x in, row stride in) and B (out x R,
+ * row stride R); false for a dense matrix. Read/write them on the host with oz_llama_read_param /
+ * oz_llama_write_param on oz_llama_matrix_index (A) and + 1 (B). */
+bool oz_llama_factors(oz_llama *model, int layer, int matrix, float **A, float **B, int *R);
 
 /* Forward over ids (B,T) with the model's batch/seq (B <= shape.batch, T <= shape.seq).
  * With targets, returns the mean cross-entropy over targets >= 0 in *loss and (if want_logits is

@@ -23,6 +23,7 @@ typedef struct {
     int index;
     const oz_param_info *p;
     bool galore, q8;
+    bool frozen;          /* a frozen tensor: no state at all, its gradient is never consumed */
     int a, b;             /* matrix rows, cols (dense: numel x 1) */
     int side, r;
     size_t n;             /* elements of the moments: low-rank shape for GaLore, numel otherwise */
@@ -102,6 +103,8 @@ static void shape_slot(const oz_optim_config *c, const oz_param_info *p, int ind
     memset(s, 0, sizeof *s);
     s->index = index;
     s->p = p;
+    s->frozen = p->frozen;
+    if (s->frozen) return;
     s->galore = is_galore_target(c, p) && c->rank > 0;
     if (s->galore) {
         s->a = (int)p->shape[0];
@@ -138,6 +141,7 @@ typedef void (*want_fn)(void *ctx, void **dest, oz_mem_category cat, size_t byte
 /* Every buffer slot s owns, in one place, so creation and the plan cannot disagree. */
 static void slot_buffers(const oz_optim_config *c, slot *s, want_fn want, void *ctx) {
     size_t f = sizeof(float);
+    if (s->frozen) return;
     if (s->galore) {
         size_t ar = (size_t)s->a * s->r, rb = (size_t)s->r * s->b;
         if (c->proj_bits == 4) {
@@ -262,6 +266,13 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
     if (!be->host_visible)
         return oz_fail(err, OZ_ERR_INPUT, "--optim %s runs on the CPU backend only so far",
                        oz_optim_kind_name(cfg->kind));
+    /* Q-GaLore's INT8 storage would requantize factors whose active part moves under it; a
+     * low-rank model is already small, so 8-bit states (galore8bit, adamw8bit) are the lean choice. */
+    for (int i = 0; cfg->int8_weights && i < layout->n; i++)
+        if (layout->params[i].factor)
+            return oz_fail(err, OZ_ERR_INPUT,
+                           "--optim qgalore does not support low-rank models (INT8 factors); use galore8bit or "
+                           "adamw8bit");
     oz_optimizer *o = calloc(1, sizeof *o);
     if (!o) return oz_fail(err, OZ_ERR_NOMEM, "out of memory creating the optimizer");
     o->cfg = *cfg;
@@ -523,6 +534,7 @@ static void apply_slot(oz_optimizer *o, slot *s, float *params, const float *g, 
 
 oz_status oz_optimizer_consume(oz_optimizer *o, int index, const float *grad, bool accumulate, oz_err *err) {
     slot *s = &o->slots[index];
+    if (s->frozen) return OZ_OK; /* never changes: nothing to consume (grad is NULL) */
     if (immediate_slot(&o->cfg, s)) {
         /* Project (GaLore) and update right away: this tensor's gradient is never kept. */
         const float *g = grad;
@@ -665,6 +677,7 @@ static void add_entry(entry_list *l, const char *role, const char *name, const c
 static void list_state(const oz_optimizer *o, entry_list *l, int64_t *counters) {
     for (int i = 0; i < o->n_slots; i++) {
         const slot *s = &o->slots[i];
+        if (s->frozen) continue;
         const char *nm = s->p->name;
         int64_t rows = s->galore ? (s->side == SIDE_RIGHT ? s->a : s->r) : s->p->shape[0];
         int64_t cols = s->galore ? (int64_t)(s->n / (size_t)rows) : (s->p->ndim > 1 ? s->p->shape[1] : 0);

@@ -8,7 +8,11 @@
  * hook, projected and accumulated at once), then the gradient norm of what was consumed, then
  * apply. A GaLore matrix's clipping norm is that of its projected gradient, the quantity its Adam
  * step uses, so both modes clip identically. At a subspace refresh the basis is computed from
- * the first micro-batch's gradient of that step, in both modes. */
+ * the first micro-batch's gradient of that step, in both modes.
+ *
+ * Frozen tensors (oz_param_info.frozen, set from oz_llama_shape.freeze) get an empty slot: no
+ * state, consume is a no-op, they are never updated and not saved. Low-rank factors are ordinary
+ * 2-D tensors (GaLore projects their gradients like any matrix's); qgalore refuses them. */
 #ifndef OZ_OPTIMIZER_H
 #define OZ_OPTIMIZER_H
 #include <stdbool.h>

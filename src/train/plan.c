@@ -26,6 +26,7 @@ oz_status oz_train_plan_memory(const oz_llama_config *cfg, const oz_train_opts *
     OZ_TRY(oz_train_optim_config(o, &oc, err));
     oz_param_layout lay;
     OZ_TRY(oz_param_layout_build(&c, &lay, err));
+    oz_param_layout_freeze(&lay, plan->shape.freeze); /* frozen tensors have no optimizer state */
     size_t opt_bytes[OZ_MEM_NCATEGORIES];
     oz_optimizer_plan(&oc, &lay, opt_bytes);
     oz_param_layout_free(&lay);
