@@ -10,7 +10,7 @@ OPT     ?= -O3 -march=native
 OPENBLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
 CFLAGS  += -std=c11 -Wall -Wextra -Werror -Wno-format-truncation -D_GNU_SOURCE -fopenmp $(OPT) -g -Isrc \
            -I/usr/include/x86_64-linux-gnu/openblas-openmp -I/usr/include/cjson
-LDLIBS  += -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR) -lopenblas -lcjson -lm
+LDLIBS  += -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR) -lopenblas -lcjson -lpcre2-8 -lm
 LDFLAGS += -fopenmp
 
 BUILD   ?= build

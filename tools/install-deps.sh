@@ -4,7 +4,7 @@
 set -e
 need=""
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in build-essential libopenblas-openmp-dev liblapacke-dev libcjson-dev fortunes fortunes-min; do
+for p in build-essential libopenblas-openmp-dev liblapacke-dev libcjson-dev libpcre2-dev fortunes fortunes-min; do
     have_pkg "$p" || need="$need $p"
 done
 [ -z "$need" ] && exit 0

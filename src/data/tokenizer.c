@@ -1,20 +1,78 @@
-/* Byte-level tokenizer: every byte is its own token, so any input (including invalid UTF-8)
- * round-trips exactly and there is nothing to train. */
+/* The oz_tokenizer front: the byte-level tokenizer itself (every byte is its own token, so any
+ * input, invalid UTF-8 included, round-trips exactly and there is nothing to train), and dispatch
+ * to the Hugging Face BPE tokenizer in data/bpe.c. */
 #include "data/tokenizer.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+
+#include "data/bpe.h"
+#include "io/atomic.h"
 
 void oz_tokenizer_byte(oz_tokenizer *tok) {
     tok->type = OZ_TOK_BYTE;
     tok->vocab_size = OZ_BYTE_VOCAB;
     tok->bos_id = OZ_BYTE_BOS;
     tok->eos_id = OZ_BYTE_EOS;
+    tok->bpe = NULL;
+    tok->threads = 0;
+}
+
+oz_status oz_tokenizer_load(oz_tokenizer *tok, const char *dir_or_file, oz_err *err) {
+    memset(tok, 0, sizeof *tok);
+    struct stat st;
+    if (stat(dir_or_file, &st) != 0)
+        return oz_fail(err, OZ_ERR_INPUT, "tokenizer %s: no such file or directory", dir_or_file);
+    char *json = NULL, *config = NULL;
+    if (S_ISDIR(st.st_mode)) {
+        json = oz_path_join(dir_or_file, "tokenizer.json");
+        config = oz_path_join(dir_or_file, "tokenizer_config.json");
+    } else {
+        /* tokenizer_config.json is looked for beside the file. */
+        json = oz_path_join("", dir_or_file);
+        const char *slash = strrchr(dir_or_file, '/');
+        if (slash) {
+            char *dir = malloc((size_t)(slash - dir_or_file) + 2);
+            if (dir) {
+                memcpy(dir, dir_or_file, (size_t)(slash - dir_or_file) + 1);
+                dir[slash - dir_or_file + 1] = '\0';
+                config = oz_path_join(dir, "tokenizer_config.json");
+                free(dir);
+            }
+        } else {
+            config = oz_path_join("", "tokenizer_config.json");
+        }
+    }
+    oz_status s = json && config ? OZ_OK : oz_fail(err, OZ_ERR_NOMEM, "out of memory");
+    if (s == OZ_OK && S_ISDIR(st.st_mode) && stat(json, &st) != 0)
+        s = oz_fail(err, OZ_ERR_INPUT, "tokenizer directory %s has no tokenizer.json", dir_or_file);
+    oz_bpe *b = NULL;
+    if (s == OZ_OK) s = oz_bpe_load(&b, json, config, err);
+    free(json);
+    free(config);
+    if (s != OZ_OK) return s;
+    tok->type = OZ_TOK_HF;
+    tok->bpe = b;
+    tok->vocab_size = oz_bpe_vocab_size(b);
+    tok->bos_id = oz_bpe_bos(b);
+    tok->eos_id = oz_bpe_eos(b);
+    return OZ_OK;
+}
+
+void oz_tokenizer_free(oz_tokenizer *tok) {
+    if (tok->type == OZ_TOK_HF) oz_bpe_free(tok->bpe);
+    tok->bpe = NULL;
+}
+
+const char *oz_tokenizer_source(const oz_tokenizer *tok) {
+    return tok->type == OZ_TOK_HF && tok->bpe ? oz_bpe_path(tok->bpe) : NULL;
 }
 
 const char *oz_tokenizer_name(const oz_tokenizer *tok) {
     switch (tok->type) {
     case OZ_TOK_BYTE: return "byte";
+    case OZ_TOK_HF: return OZ_TOKENIZER_HF_NAME;
     }
     return "unknown";
 }
@@ -24,10 +82,14 @@ oz_status oz_tokenizer_from_name(oz_tokenizer *tok, const char *name, oz_err *er
         oz_tokenizer_byte(tok);
         return OZ_OK;
     }
-    return oz_fail(err, OZ_ERR_INPUT, "unknown tokenizer '%s' (supported: byte)", name ? name : "(null)");
+    if (name && strcmp(name, OZ_TOKENIZER_HF_NAME) == 0)
+        return oz_fail(err, OZ_ERR_INPUT, "the '%s' tokenizer is loaded from its tokenizer.json, which is missing here",
+                       name);
+    return oz_fail(err, OZ_ERR_INPUT, "unknown tokenizer '%s' (supported: byte, hf)", name ? name : "(null)");
 }
 
 const char *oz_tokenizer_special_name(const oz_tokenizer *tok, int32_t id) {
+    if (tok->type == OZ_TOK_HF) return oz_bpe_special_content(tok->bpe, id);
     if (id == tok->bos_id) return "<|bos|>";
     if (id == tok->eos_id) return "<|eos|>";
     return NULL;
@@ -76,6 +138,7 @@ static oz_status text_reserve(oz_text *t, size_t need, oz_err *err) {
 
 oz_status oz_tokenizer_encode(const oz_tokenizer *tok, const char *text, size_t len, oz_tokens *out,
                               oz_err *err) {
+    if (tok->type == OZ_TOK_HF) return oz_bpe_encode(tok->bpe, text, len, 0, tok->threads, out, err);
     if (tok->type != OZ_TOK_BYTE) return oz_fail(err, OZ_ERR_INTERNAL, "encode: unsupported tokenizer type %d", (int)tok->type);
     OZ_TRY(oz_tokens_reserve(out, out->len + len, err));
     const unsigned char *s = (const unsigned char *)text;
@@ -85,8 +148,15 @@ oz_status oz_tokenizer_encode(const oz_tokenizer *tok, const char *text, size_t 
     return OZ_OK;
 }
 
+oz_status oz_tokenizer_encode_special(const oz_tokenizer *tok, const char *text, size_t len, oz_tokens *out,
+                                      oz_err *err) {
+    if (tok->type == OZ_TOK_HF) return oz_bpe_encode(tok->bpe, text, len, 1, tok->threads, out, err);
+    return oz_tokenizer_encode(tok, text, len, out, err);
+}
+
 oz_status oz_tokenizer_decode(const oz_tokenizer *tok, const int32_t *ids, size_t n, int show_special,
                               oz_text *out, oz_err *err) {
+    if (tok->type == OZ_TOK_HF) return oz_bpe_decode(tok->bpe, ids, n, show_special, out, err);
     if (tok->type != OZ_TOK_BYTE) return oz_fail(err, OZ_ERR_INTERNAL, "decode: unsupported tokenizer type %d", (int)tok->type);
     /* Upper bound: every id is a byte or a short special name. */
     OZ_TRY(text_reserve(out, out->len + n * (show_special ? 8 : 1), err));
