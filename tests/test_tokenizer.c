@@ -269,6 +269,67 @@ static void test_errors(void) {
           "directory without tokenizer.json: %s", err.msg);
 }
 
+/* The trainer: deterministic output that loads, names BOS/EOS, and round-trips text. */
+static void test_train(void) {
+    const cJSON *texts = cJSON_GetObjectItemCaseSensitive(g_expected, "texts");
+    char corpus[300], out1[300], out2[300];
+    snprintf(corpus, sizeof corpus, "%s/corpus", g_root);
+    snprintf(out1, sizeof out1, "%s/tok1", g_root);
+    snprintf(out2, sizeof out2, "%s/tok2", g_root);
+    oz_err err = {0};
+    oz_mkdir_p(corpus, &err);
+    for (int i = 0; i < cJSON_GetArraySize(texts); i++) {
+        char path[400];
+        snprintf(path, sizeof path, "%s/doc%02d.txt", corpus, i);
+        const char *t = cJSON_GetArrayItem(texts, i)->valuestring;
+        write_file(path, t, strlen(t));
+    }
+    const char *inputs[] = {corpus};
+    const char *specials[] = {"<s>", "</s>", "<pad>"};
+    oz_bpe_train_opts o = {inputs, 1, 420, 2, specials, 3, OZ_BPE_PATTERN_LLAMA3, out1};
+    oz_bpe_train_report rep;
+    CHECK(oz_bpe_train(&o, &rep, &err) == OZ_OK, "%s", err.msg);
+    CHECK(rep.vocab_size <= 420 && rep.vocab_size > 259 && rep.merges >= rep.vocab_size - 259, "report %d %d",
+          rep.vocab_size, rep.merges);
+    o.out_dir = out2;
+    CHECK(oz_bpe_train(&o, &rep, &err) == OZ_OK, "%s", err.msg);
+    char p1[400], p2[400];
+    snprintf(p1, sizeof p1, "%s/tokenizer.json", out1);
+    snprintf(p2, sizeof p2, "%s/tokenizer.json", out2);
+    char *a = NULL, *b = NULL;
+    size_t na = 0, nb = 0;
+    oz_read_file(p1, &a, &na, &err);
+    oz_read_file(p2, &b, &nb, &err);
+    CHECK(a && b && na == nb && memcmp(a, b, na) == 0, "training is deterministic");
+    free(a);
+    free(b);
+    oz_tokenizer t;
+    if (oz_tokenizer_load(&t, out1, &err) != OZ_OK) {
+        CHECK(0, "trained tokenizer loads: %s", err.msg);
+        return;
+    }
+    CHECK(t.bos_id == 0 && t.eos_id == 1 && t.vocab_size == rep.vocab_size, "bos %d eos %d vocab %d", t.bos_id,
+          t.eos_id, t.vocab_size);
+    const char *text = cJSON_GetArrayItem(texts, 0)->valuestring;
+    oz_tokens ids = {0};
+    oz_text back = {0};
+    CHECK(oz_tokenizer_encode_special(&t, text, strlen(text), &ids, &err) == OZ_OK && ids.ids[0] == 0, "BOS first");
+    CHECK(ids.len * 5 < strlen(text) * 4, "merges compress the text it was trained on: %zu ids for %zu bytes", ids.len,
+          strlen(text));
+    CHECK(oz_tokenizer_decode(&t, ids.ids + 1, ids.len - 1, 1, &back, &err) == OZ_OK && strcmp(back.data, text) == 0,
+          "round trip");
+    oz_tokens_free(&ids);
+    oz_text_free(&back);
+    oz_tokenizer_free(&t);
+    o.vocab_size = 200;
+    CHECK(oz_bpe_train(&o, &rep, &err) == OZ_ERR_INPUT && strstr(err.msg, "256"), "vocab too small: %s", err.msg);
+    const char *missing[] = {"/nonexistent/corpus"};
+    o = (oz_bpe_train_opts){missing, 1, 1000, 0, NULL, 0, OZ_BPE_PATTERN_GPT2, out1};
+    err = (oz_err){0};
+    CHECK(oz_bpe_train(&o, &rep, &err) == OZ_ERR_INPUT && strstr(err.msg, "/nonexistent/corpus"), "missing input: %s",
+          err.msg);
+}
+
 int main(void) {
     snprintf(g_root, sizeof g_root, "/tmp/ounce-test-tok-XXXXXX");
     if (!mkdtemp(g_root)) {
@@ -289,6 +350,7 @@ int main(void) {
     RUN(test_bos_eos_and_specials);
     RUN(test_threads_and_round_trip);
     RUN(test_errors);
+    RUN(test_train);
     cJSON_Delete(g_expected);
     oz_remove_tree(g_root, &err);
     return oz_test_finish("test_tokenizer");

@@ -1,6 +1,7 @@
 /* Helpers shared by the commands: error reporting and opening a saved model for inference. */
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli/cli.h"
 
@@ -27,6 +28,19 @@ oz_status oz_cli_model_open(oz_cli_model *cm, const char *dir, int batch, int se
     oz_llama_shape shape = {.batch = batch, .seq = seq};
     OZ_TRY(oz_llama_load(&cm->model, dir, &cm->be, &cm->arena, shape, NULL, err));
     cm->seq = seq;
+    /* A tokenizer.json beside the weights (copied from the data by the trainer, or an HF
+     * checkpoint's own) wins; otherwise the tokenizer config.json records (byte). */
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    struct stat st;
+    if (stat(path, &st) == 0) {
+        OZ_TRY(oz_tokenizer_load(&cm->tokenizer, dir, err));
+        cm->has_tokenizer = true;
+        snprintf(cm->tokenizer_name, sizeof cm->tokenizer_name, "%s", OZ_TOKENIZER_HF_NAME);
+        if (cm->tokenizer.vocab_size > cfg.vocab_size)
+            return oz_fail(err, OZ_ERR_INPUT, "%s has %d tokens but the model's vocabulary only %d", path,
+                           cm->tokenizer.vocab_size, cfg.vocab_size);
+        return OZ_OK;
+    }
     cm->has_tokenizer = cm->tokenizer_name[0] != '\0';
     if (cm->has_tokenizer) OZ_TRY(oz_tokenizer_from_name(&cm->tokenizer, cm->tokenizer_name, err));
     return OZ_OK;
@@ -40,6 +54,7 @@ oz_status oz_cli_need_tokenizer(const oz_cli_model *cm, const char *dir, oz_err 
 }
 
 void oz_cli_model_close(oz_cli_model *cm) {
+    if (cm->has_tokenizer) oz_tokenizer_free(&cm->tokenizer);
     oz_llama_destroy(cm->model);
     if (cm->be_ready) {
         oz_arena_destroy(&cm->arena);

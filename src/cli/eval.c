@@ -55,7 +55,7 @@ int oz_cmd_eval(int argc, char **argv) {
     oz_arg args[] = {
         {"model", OZ_ARG_STR, model, sizeof model, "model directory (config.json + model.safetensors)", 0},
         {"data", OZ_ARG_STR, data, sizeof data, "prepared data directory: evaluate its validation split", 0},
-        {"text", OZ_ARG_STR, text_path, sizeof text_path, "or a text file, tokenized with the model's tokenizer", 0},
+        {"text", OZ_ARG_STR, text_path, sizeof text_path, "or a text file, tokenized with the model's tokenizer (its template, e.g. BOS, included)", 0},
         {"seq", OZ_ARG_INT, &seq, 0, "window length [the model's max_position_embeddings, at most 1024]", 0},
         {"batch", OZ_ARG_INT, &batch, 0, "windows per forward pass [4]", 0},
         {"max-batches", OZ_ARG_INT, &max_batches, 0, "stop after N batches of --data, 0 = all [0]", 0},
@@ -108,7 +108,7 @@ int oz_cmd_eval(int argc, char **argv) {
             size_t n = 0;
             oz_tokens ids = {0};
             if (oz_read_file(text_path, &text, &n, &err) == OZ_OK &&
-                oz_tokenizer_encode(&cm.tokenizer, text, n, &ids, &err) == OZ_OK) {
+                oz_tokenizer_encode_special(&cm.tokenizer, text, n, &ids, &err) == OZ_OK) {
                 if (ids.len < 2) oz_fail(&err, OZ_ERR_INPUT, "%s: too short to evaluate (needs 2 tokens)", text_path);
                 else eval_windows(&cm, ids.ids, ids.len, seq, batch, &sum, &count, &err);
             }

@@ -1,5 +1,8 @@
 /* `ounce sample`: generate text with temperature and nucleus (top-p) sampling. The context is the
- * prompt after an end-of-document token, so generation starts as a fresh document does in training. */
+ * prompt after an end-of-document token (and, for a tokenizer with a template, its BOS), so
+ * generation starts as a fresh document does in training. Text is printed as it grows: the whole
+ * continuation is decoded again after each token and only what is new is written, which keeps
+ * decoders that look at neighbouring tokens (SentencePiece spaces, byte fallback) right. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,17 +73,26 @@ int oz_cmd_sample(int argc, char **argv) {
     oz_cli_model cm;
     oz_tokens ctx = {0};
     oz_text out = {0};
+    size_t prompt_start = 0, printed = 0;
     float *logits = NULL;
     prob_id *scratch = NULL;
     if (oz_cli_model_open(&cm, model, 1, 0, threads, &err) == OZ_OK &&
         oz_cli_need_tokenizer(&cm, model, &err) == OZ_OK) {
         const oz_llama_config *cfg = oz_llama_get_config(cm.model);
         int V = cfg->vocab_size, W = cm.seq;
+        /* A model may have more rows than its tokenizer has tokens (padded vocabularies): only
+         * ids the tokenizer can decode are drawn. */
+        int V_draw = cm.tokenizer.vocab_size < V ? cm.tokenizer.vocab_size : V;
         logits = malloc((size_t)W * V * sizeof *logits);
         scratch = malloc((size_t)V * sizeof *scratch);
         if (!logits || !scratch) oz_fail(&err, OZ_ERR_NOMEM, "out of memory");
         if (!err.status && cm.tokenizer.eos_id >= 0) oz_tokens_push(&ctx, cm.tokenizer.eos_id, &err);
-        if (!err.status) oz_tokenizer_encode(&cm.tokenizer, prompt, strlen(prompt), &ctx, &err);
+        prompt_start = ctx.len;
+        if (!err.status) oz_tokenizer_encode_special(&cm.tokenizer, prompt, strlen(prompt), &ctx, &err);
+        /* What the prompt decodes to is already on screen (printed as given). */
+        if (!err.status)
+            oz_tokenizer_decode(&cm.tokenizer, ctx.ids + prompt_start, ctx.len - prompt_start, 0, &out, &err);
+        printed = out.len;
         oz_rng rng;
         oz_rng_seed(&rng, seed);
         printf("%s", prompt);
@@ -90,14 +102,21 @@ int oz_cmd_sample(int argc, char **argv) {
             int T = (int)(ctx.len - start);
             oz_llama_batch b = {ctx.ids + start, NULL, 1, T, logits};
             if (oz_llama_forward(cm.model, &b, NULL, NULL, &err) != OZ_OK) break;
-            int next = draw(logits + (size_t)(T - 1) * V, V, temperature, top_p, &rng, scratch);
+            int next = draw(logits + (size_t)(T - 1) * V, V_draw, temperature, top_p, &rng, scratch);
             if (next == cm.tokenizer.eos_id) break;
             if (oz_tokens_push(&ctx, next, &err) != OZ_OK) break;
             out.len = 0;
-            if (oz_tokenizer_decode(&cm.tokenizer, &next, 1, 0, &out, &err) != OZ_OK) break;
-            fwrite(out.data, 1, out.len, stdout);
+            if (oz_tokenizer_decode(&cm.tokenizer, ctx.ids + prompt_start, ctx.len - prompt_start, 0, &out, &err) != OZ_OK)
+                break;
+            /* Hold back while the text ends in U+FFFD: a byte-fallback character still incomplete. */
+            int partial = out.len >= 3 && memcmp(out.data + out.len - 3, "\xEF\xBF\xBD", 3) == 0;
+            if (out.len > printed && !partial) {
+                fwrite(out.data + printed, 1, out.len - printed, stdout);
+                printed = out.len;
+            }
             fflush(stdout);
         }
+        if (!err.status && out.len > printed) fwrite(out.data + printed, 1, out.len - printed, stdout);
         printf("\n");
     }
     free(logits);

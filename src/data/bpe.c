@@ -2224,3 +2224,49 @@ oz_status oz_bpe_load(oz_bpe **out, const char *json_path, const char *config_pa
     *out = b;
     return OZ_OK;
 }
+
+/* ---- pre-tokenization alone, for the trainer ---- */
+
+struct oz_pretok {
+    regex re;
+    workspace ws;
+};
+
+oz_status oz_pretok_create(oz_pretok **out, oz_bpe_pattern p, oz_err *err) {
+    *out = NULL;
+    oz_pretok *pt = calloc(1, sizeof *pt);
+    if (!pt) return oz_fail(err, OZ_ERR_NOMEM, "out of memory");
+    oz_status s = regex_compile(&pt->re, oz_bpe_pattern_regex(p), 0, "pre-tokenizer", err);
+    if (s == OZ_OK) s = ws_init(&pt->ws, err);
+    if (s != OZ_OK) {
+        oz_pretok_free(pt);
+        return s;
+    }
+    *out = pt;
+    return OZ_OK;
+}
+
+oz_status oz_pretok_words(oz_pretok *pt, const char *text, size_t len, int (*fn)(void *ctx, const char *w, size_t n),
+                          void *ctx, oz_err *err) {
+    workspace *w = &pt->ws;
+    /* In slices cut where the patterns cannot match across, so span lists stay small. */
+    for (size_t a = 0; a < len;) {
+        size_t cut = len - a > 2 * PARALLEL_UNIT ? safe_cut(text, a, a + PARALLEL_UNIT, len) : len;
+        w->sp[0].n = 0;
+        span s0 = {a, cut - a, len, 0, a == 0};
+        if (!spanv_push(&w->sp[0], s0)) return oz_fail(err, OZ_ERR_NOMEM, "out of memory");
+        OZ_TRY(split_regex(w, &pt->re, BEH_ISOLATED, 0, text, &w->sp[0], &w->sp[1], err));
+        for (size_t i = 0; i < w->sp[1].n; i++)
+            if (!fn(ctx, text + w->sp[1].v[i].off, w->sp[1].v[i].len))
+                return oz_fail(err, OZ_ERR_NOMEM, "out of memory counting words");
+        a = cut;
+    }
+    return OZ_OK;
+}
+
+void oz_pretok_free(oz_pretok *pt) {
+    if (!pt) return;
+    pcre2_code_free(pt->re.code);
+    ws_free(&pt->ws);
+    free(pt);
+}

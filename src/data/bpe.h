@@ -59,7 +59,6 @@ typedef struct {
     const char *const *specials; /* special tokens, ids 0..n-1; NULL/0: "<|endoftext|>" */
     int n_specials;
     oz_bpe_pattern pattern;
-    int threads;               /* pre-tokenization threads, 0 = OpenMP's default */
     const char *out_dir;       /* receives tokenizer.json and tokenizer_config.json */
 } oz_bpe_train_opts;
 
@@ -76,5 +75,13 @@ oz_status oz_bpe_train(const oz_bpe_train_opts *opts, oz_bpe_train_report *repor
 
 /* The pre-tokenization regex of a pattern, as written into tokenizer.json. */
 const char *oz_bpe_pattern_regex(oz_bpe_pattern p);
+
+/* Internal to data/: the words a pattern splits text into, exactly as encoding splits them (the
+ * trainer counts these). fn returns 0 to stop with OZ_ERR_NOMEM. */
+typedef struct oz_pretok oz_pretok;
+oz_status oz_pretok_create(oz_pretok **out, oz_bpe_pattern p, oz_err *err);
+oz_status oz_pretok_words(oz_pretok *pt, const char *text, size_t len, int (*fn)(void *ctx, const char *w, size_t n),
+                          void *ctx, oz_err *err);
+void oz_pretok_free(oz_pretok *pt);
 
 #endif

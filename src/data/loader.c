@@ -63,14 +63,29 @@ static oz_status read_meta(oz_dataset *ds, const char *dir, const char *meta_pat
         s = oz_fail(err, OZ_ERR_INPUT, "%s: missing or bad \"train_tokens\"/\"val_tokens\"", meta_path);
     else if (!cJSON_IsString(tokname))
         s = oz_fail(err, OZ_ERR_INPUT, "%s: missing \"tokenizer\"", meta_path);
-    if (s == OZ_OK) s = oz_tokenizer_from_name(&ds->tokenizer, tokname->valuestring, err);
+    /* An "hf" dataset carries its tokenizer.json (and tokenizer_config.json) beside meta.json. */
+    int hf = s == OZ_OK && strcmp(tokname->valuestring, OZ_TOKENIZER_HF_NAME) == 0;
+    if (s == OZ_OK && hf) {
+        s = oz_tokenizer_load(&ds->tokenizer, dir, err);
+        if (s == OZ_OK) ds->has_tokenizer = 1; /* owned from here on: oz_dataset_close frees it */
+    } else if (s == OZ_OK) {
+        s = oz_tokenizer_from_name(&ds->tokenizer, tokname->valuestring, err);
+    }
     if (s == OZ_OK && (uint64_t)ds->tokenizer.vocab_size != vocab)
         s = oz_fail(err, OZ_ERR_INPUT, "%s: vocab_size %llu does not match the %s tokenizer's %d", meta_path,
                     (unsigned long long)vocab, tokname->valuestring, ds->tokenizer.vocab_size);
-    if (s == OZ_OK && (!meta_uint(meta, "bos_token_id", &bos) || !meta_uint(meta, "eos_token_id", &eos) ||
-                       bos != (uint64_t)ds->tokenizer.bos_id || eos != (uint64_t)ds->tokenizer.eos_id))
+    if (s == OZ_OK && hf) {
+        /* A tokenizer may lack BOS or EOS: those are recorded as -1. */
+        const cJSON *jb = cJSON_GetObjectItemCaseSensitive(meta, "bos_token_id");
+        const cJSON *je = cJSON_GetObjectItemCaseSensitive(meta, "eos_token_id");
+        if (!cJSON_IsNumber(jb) || !cJSON_IsNumber(je) || jb->valuedouble != (double)ds->tokenizer.bos_id ||
+            je->valuedouble != (double)ds->tokenizer.eos_id)
+            s = oz_fail(err, OZ_ERR_INPUT, "%s: bos/eos token ids do not match %s/tokenizer.json", meta_path, dir);
+    } else if (s == OZ_OK && (!meta_uint(meta, "bos_token_id", &bos) || !meta_uint(meta, "eos_token_id", &eos) ||
+                              bos != (uint64_t)ds->tokenizer.bos_id || eos != (uint64_t)ds->tokenizer.eos_id)) {
         s = oz_fail(err, OZ_ERR_INPUT, "%s: bos/eos token ids do not match the %s tokenizer", meta_path,
                     tokname->valuestring);
+    }
     cJSON_Delete(meta);
     if (s == OZ_OK) {
         ds->vocab_size = (int)vocab;
@@ -126,6 +141,7 @@ oz_status oz_dataset_open(oz_dataset *ds, const char *spec, uint64_t seed, oz_er
 }
 
 void oz_dataset_close(oz_dataset *ds) {
+    if (ds->has_tokenizer) oz_tokenizer_free(&ds->tokenizer);
     oz_shard_close(&ds->train);
     oz_shard_close(&ds->val);
     memset(ds, 0, sizeof *ds);

@@ -226,9 +226,22 @@ static oz_status emit_ids(encoder *e, const int32_t *ids, size_t n, oz_err *err)
     return OZ_OK;
 }
 
-/* One document: its text in chunks (so a huge file never needs a huge id buffer), then EOS. */
+/* One document: its text in chunks (so a huge file never needs a huge id buffer), then EOS. A
+ * BPE tokenizer gets the whole text at once, since a cut could fall inside a word (it splits
+ * large texts itself, at safe points, to encode them in parallel), wrapped in its template (BOS
+ * for Llama), exactly as the `tokenizers` library encodes a document. */
 static oz_status emit_document(encoder *e, const char *text, size_t len, oz_err *err) {
     if (len == 0) return OZ_OK;
+    if (e->tok->type == OZ_TOK_HF) {
+        e->ids.len = 0;
+        OZ_TRY(oz_tokenizer_encode_special(e->tok, text, len, &e->ids, err));
+        if (e->ids.len == 0 || e->ids.ids[e->ids.len - 1] != e->tok->eos_id)
+            OZ_TRY(oz_tokens_push(&e->ids, e->tok->eos_id, err));
+        OZ_TRY(emit_ids(e, e->ids.ids, e->ids.len, err));
+        e->documents++;
+        e->text_bytes += len;
+        return OZ_OK;
+    }
     for (size_t off = 0; off < len; off += ENCODE_CHUNK) {
         size_t m = len - off < ENCODE_CHUNK ? len - off : ENCODE_CHUNK;
         e->ids.len = 0;
@@ -367,6 +380,7 @@ static oz_status write_meta(const oz_prepare_opts *o, const oz_tokenizer *tok, c
         cJSON_AddStringToObject(m, "format", "ounce-tokens");
         cJSON_AddNumberToObject(m, "version", 1);
         cJSON_AddStringToObject(m, "tokenizer", oz_tokenizer_name(tok));
+        if (tok->type == OZ_TOK_HF) cJSON_AddStringToObject(m, "tokenizer_file", "tokenizer.json");
         cJSON_AddNumberToObject(m, "vocab_size", tok->vocab_size);
         cJSON_AddNumberToObject(m, "bos_token_id", tok->bos_id);
         cJSON_AddNumberToObject(m, "eos_token_id", tok->eos_id);
@@ -405,6 +419,48 @@ static oz_status write_meta(const oz_prepare_opts *o, const oz_tokenizer *tok, c
     return s;
 }
 
+/* ---- the tokenizer's files ---- */
+
+/* Copies src to dst atomically (a no-op when they are the same file). */
+static oz_status copy_file(const char *src, const char *dst, oz_err *err) {
+    struct stat a, b;
+    if (stat(src, &a) == 0 && stat(dst, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino) return OZ_OK;
+    char *data = NULL;
+    size_t n = 0;
+    OZ_TRY(oz_read_file(src, &data, &n, err));
+    oz_status s = oz_atomic_write(dst, data, n, err);
+    free(data);
+    return s;
+}
+
+/* An HF tokenizer travels with the data: OUT/tokenizer.json, and tokenizer_config.json when the
+ * tokenizer had one beside it (a stale one from an earlier run is removed), so the trainer and
+ * every checkpoint take the vocabulary from here. */
+static oz_status copy_tokenizer(const oz_tokenizer *tok, const char *out_dir, oz_err *err) {
+    const char *src = oz_tokenizer_source(tok);
+    if (!src) return OZ_OK;
+    char *dst = oz_path_join(out_dir, "tokenizer.json");
+    char *dst_cfg = oz_path_join(out_dir, "tokenizer_config.json");
+    char *src_dir = oz_path_join("", src);
+    char *src_cfg = NULL;
+    oz_status s = dst && dst_cfg && src_dir ? OZ_OK : oz_fail(err, OZ_ERR_NOMEM, "out of memory");
+    if (s == OZ_OK) {
+        char *slash = strrchr(src_dir, '/');
+        if (slash) slash[1] = '\0';
+        src_cfg = oz_path_join(slash ? src_dir : ".", "tokenizer_config.json");
+        if (!src_cfg) s = oz_fail(err, OZ_ERR_NOMEM, "out of memory");
+    }
+    if (s == OZ_OK) s = copy_file(src, dst, err);
+    struct stat st;
+    if (s == OZ_OK && stat(src_cfg, &st) == 0) s = copy_file(src_cfg, dst_cfg, err);
+    else if (s == OZ_OK) unlink(dst_cfg);
+    free(dst);
+    free(dst_cfg);
+    free(src_dir);
+    free(src_cfg);
+    return s;
+}
+
 /* ---- driver ---- */
 
 oz_status oz_prepare(const oz_prepare_opts *opts, oz_prepare_report *report, oz_err *err) {
@@ -416,6 +472,11 @@ oz_status oz_prepare(const oz_prepare_opts *opts, oz_prepare_report *report, oz_
     if (!o.val_min_tokens) o.val_min_tokens = DEFAULT_MIN_VAL;
     if (o.n_inputs <= 0 || !o.inputs) return oz_fail(err, OZ_ERR_INPUT, "prepare: no inputs given");
     if (!o.out_dir || !*o.out_dir) return oz_fail(err, OZ_ERR_INPUT, "prepare: no output directory given");
+    if (tok->eos_id < 0)
+        return oz_fail(err, OZ_ERR_INPUT,
+                       "prepare: tokenizer %s has no end-of-sequence token to end documents with (name one as "
+                       "eos_token in tokenizer_config.json)",
+                       oz_tokenizer_source(tok) ? oz_tokenizer_source(tok) : oz_tokenizer_name(tok));
     if (!(o.val_fraction >= 0.0 && o.val_fraction <= 0.5))
         return oz_fail(err, OZ_ERR_INPUT, "prepare: val_fraction %g is outside [0, 0.5]", o.val_fraction);
 
@@ -524,6 +585,7 @@ oz_status oz_prepare(const oz_prepare_opts *opts, oz_prepare_report *report, oz_
     if (s == OZ_OK) {
         s = oz_shard_writer_finish(&val_w, err);
     }
+    if (s == OZ_OK) s = copy_tokenizer(tok, o.out_dir, err);
     if (s == OZ_OK) s = write_meta(&o, tok, src, &r, err);
     if (train_w.f) oz_shard_writer_abort(&train_w);
     if (val_w.f) oz_shard_writer_abort(&val_w);

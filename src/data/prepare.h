@@ -2,7 +2,9 @@
  * (OUT/train.bin, OUT/val.bin) plus OUT/meta.json describing them.
  *
  * Each document (a whole text file, or one JSONL record's "text") is encoded and followed by EOS;
- * empty documents are dropped. Directories are walked recursively in sorted path order, skipping
+ * empty documents are dropped. With a Hugging Face tokenizer each document is encoded as the
+ * `tokenizers` library encodes it with add_special_tokens (so BOS first for Llama), then EOS, and
+ * OUT gets a copy of its tokenizer.json (and tokenizer_config.json); meta.json records "hf". Directories are walked recursively in sorted path order, skipping
  * hidden entries, binary files (any NUL byte), fortune's strfile indexes (X.dat next to X),
  * symlinks to directories, the output directory itself (when it lies inside an input), and
  * second paths to a file already read (hard links, fortune's X.u8 -> X). A binary file named
@@ -23,7 +25,7 @@ typedef struct {
     const char *const *inputs; /* files, directories or .jsonl files */
     int n_inputs;
     const char *out_dir;       /* created if missing */
-    const oz_tokenizer *tokenizer; /* NULL: byte-level */
+    const oz_tokenizer *tokenizer; /* NULL: byte-level; an HF one must have an EOS */
     double val_fraction;       /* in [0, 0.5]; 0 disables the split */
     uint64_t val_block_tokens; /* 0: 4096 */
     uint64_t val_min_tokens;   /* 0: 513 (one 512-token window plus its target) */
