@@ -98,6 +98,34 @@ for opt in adamw8bit galore galore8bit qgalore qgalore-parts qgalore-immediate; 
     tail -n 1 "$T/o.log" | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/measured"
     check "$opt: planned peak equals measured" cmp -s "$T/planned" "$T/measured"
 done
+# --- WeLore: compress -> eval -> train --welore (bit-exact resume, planned peak) -> convert to dense -> same loss
+check "compress --ratio 0.5" sh -c "$OUNCE compress --model '$T/run1' --out '$T/wl' --ratio 0.5 --json >'$T/wl.log'"
+check "compress wrote a low-rank model, compress.json and ranks.svg" sh -c "grep -q '\"ounce_lowrank_llama\"' '$T/wl/config.json' && grep -q 'lrc_A' '$T/wl/model.safetensors' && test -s '$T/wl/compress.json' && grep -q '<svg' '$T/wl/ranks.svg'"
+achieved=$(json_field achieved_ratio "$T/wl.log")
+check "compress removes about the asked rank ($achieved of 0.5)" awk -v a="$achieved" 'BEGIN{exit !(a > 0.4 && a < 0.6)}'
+check "compress --uniform" sh -c "$OUNCE compress --model '$T/run1' --out '$T/wlu' --ratio 0.6 --uniform --json | tail -n 1 | grep -q '\"method\":\"uniform\"'"
+check "eval on the compressed model" sh -c "$OUNCE eval --model '$T/wl' --data '$T/data' --seq 64 --max-batches 4 --json >'$T/wl_eval.log'"
+check "sample from the compressed model" sh -c "$OUNCE sample --model '$T/wl' --prompt 'The ' --tokens 10 --seed 2 | grep -q '^The '"
+WL="--init $T/wl --welore $TRAIN --steps 10 --eval-every 0 --seed 5"
+check "train --welore" sh -c "$OUNCE train --data '$T/data' --out '$T/wlft' $WL --save-every 5 --json >'$T/wlft.log'"
+params=$(tail -n 1 "$T/wlft.log" | sed -E 's/.*"params":([0-9]+).*/\1/')
+trainable=$(tail -n 1 "$T/wlft.log" | sed -E 's/.*"trainable_params":([0-9]+).*/\1/')
+check "welore trains only factors and norms ($trainable of $params)" awk -v a="$trainable" -v b="$params" 'BEGIN{exit !(a > 0 && a < b / 2)}'
+$OUNCE memory --model "$T/wl" --welore --batch 4 --seq 64 --json | tail -n 1 | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/planned"
+tail -n 1 "$T/wlft.log" | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/measured"
+check "welore: planned peak equals measured" cmp -s "$T/planned" "$T/measured"
+cp "$T/wlft/model.safetensors" "$T/wl_full.safetensors"
+check "welore: resume from step-5" sh -c "$OUNCE train --resume '$T/wlft/step-5' >/dev/null"
+check "welore: resumed weights are bit-identical" cmp -s "$T/wl_full.safetensors" "$T/wlft/model.safetensors"
+check "welore + galore8bit runs" sh -c "$OUNCE train --data '$T/data' --out '$T/wlg' $WL --steps 3 --optim galore8bit --rank 4 >/dev/null"
+check "convert the fine-tuned low-rank model to dense" sh -c "$OUNCE convert --model '$T/wlft' --out '$T/wlfd' >/dev/null && grep -q '\"model_type\":[[:space:]]*\"llama\"' '$T/wlfd/config.json' && ! grep -q lrc_A '$T/wlfd/model.safetensors'"
+l1=$($OUNCE eval --model "$T/wlft" --data "$T/data" --seq 64 --max-batches 4 --json | tail -n 1 | sed -E 's/.*"loss":([^,]+).*/\1/')
+l2=$($OUNCE eval --model "$T/wlfd" --data "$T/data" --seq 64 --max-batches 4 --json | tail -n 1 | sed -E 's/.*"loss":([^,]+).*/\1/')
+check "dense expansion evaluates the same ($l1 vs $l2)" awk -v a="$l1" -v b="$l2" 'BEGIN{d=a-b; if(d<0)d=-d; exit !(a != "" && d < 1e-5)}'
+expect_error "compress needs one of --ratio/--threshold" "exactly one" $OUNCE compress --model "$T/run1" --out "$T/x" --ratio 0.5 --threshold 0.2
+expect_error "compress a low-rank model" "already a low-rank" $OUNCE compress --model "$T/wl" --out "$T/x" --ratio 0.5
+expect_error "--welore on a dense model" "low-rank model" $OUNCE train --data "$T/data" --out "$T/x" --init "$T/run1" --welore --steps 2
+expect_error "qgalore on a low-rank model" "low-rank" $OUNCE train --data "$T/data" --out "$T/x" --init "$T/wl" --optim qgalore --steps 2
 check "memory --budget reports fit and longest sequence" sh -c "$OUNCE memory --model 60m --batch 1 --seq 1024 --recompute layer --mini-seq auto --budget 2GiB --json | tail -n 1 | grep -q '\"fits\":true,\"max_seq\":[0-9]'"
 expect_error "bad --mini-seq" "mini-seq" $OUNCE train --data "$T/data" --out "$T/x" --model tiny --mini-seq lots
 expect_error "bad --recompute" "recompute" $OUNCE train --data "$T/data" --out "$T/x" --model tiny --recompute sometimes
@@ -151,6 +179,40 @@ if [ -x "${LOGITS:-build/tools/logits}" ] && python3 -c "import transformers" 2>
 else
     echo "skip transformers checks (needs python3 with transformers and build/tools/logits)"
 fi
+
+# --- Hugging Face tokenizers: train one, prepare with it, train a model on it, and use it back
+check "tokenizer train" sh -c "$OUNCE tokenizer train --input '$CORPUS' --vocab-size 600 --out '$T/tok' --pattern llama3 --special-tokens '<|begin_of_text|>,<|end_of_text|>' --json >'$T/tok.log'"
+check "tokenizer train wrote tokenizer.json and tokenizer_config.json" test -s "$T/tok/tokenizer.json" -a -s "$T/tok/tokenizer_config.json"
+check "prepare --tokenizer" sh -c "$OUNCE prepare --input '$CORPUS' --out '$T/hfdata' --tokenizer '$T/tok' --json >'$T/hfprep.log'"
+check "prepared data carries the tokenizer files" test -s "$T/hfdata/tokenizer.json" -a -s "$T/hfdata/tokenizer_config.json"
+check "meta.json records the hf tokenizer and its vocabulary" sh -c "grep -q '\"tokenizer\":[[:space:]]*\"hf\"' '$T/hfdata/meta.json' && grep -q '\"vocab_size\":[[:space:]]*600' '$T/hfdata/meta.json'"
+byte_tokens=$(json_field train_tokens "$T/hfprep.log")
+check "BPE needs fewer tokens than bytes ($byte_tokens)" awk -v a="$byte_tokens" -v b="$(json_field text_bytes "$T/hfprep.log")" 'BEGIN{exit !(a < 0.6 * b)}'
+check "train on BPE data" sh -c "$OUNCE train --data '$T/hfdata' --out '$T/hfrun' $TRAIN --steps 10 --eval-every 0 >/dev/null"
+check "the model takes the tokenizer's vocabulary" grep -q '"vocab_size":[[:space:]]*600' "$T/hfrun/config.json"
+check "the trained model carries tokenizer.json" test -s "$T/hfrun/tokenizer.json"
+[ -s "$T/hfrun/tokenizer.json" ] || cp "$T/hfdata/tokenizer.json" "$T/hfdata/tokenizer_config.json" "$T/hfrun/"
+printf 'Hello, world! Don'"'"'t panic: 42 apples.\n' >"$T/hftext.txt"
+$OUNCE tokenize --tokenizer "$T/tok" --text "$T/hftext.txt" >"$T/ids_tok"
+$OUNCE tokenize --model "$T/hfrun" --text "$T/hftext.txt" >"$T/ids_model"
+check "tokenize --model uses the model's tokenizer.json" sh -c "cmp -s '$T/ids_tok' '$T/ids_model' && [ \$(wc -w <'$T/ids_tok') -lt 30 ]"
+check "tokenize --decode round trip" sh -c "$OUNCE tokenize --tokenizer '$T/tok/tokenizer.json' --text '$T/ids_tok' --decode >'$T/back' && cmp -s '$T/back' '$T/hftext.txt'"
+check "tokenize --add-special starts with BOS" sh -c "$OUNCE tokenize --tokenizer '$T/tok' --text '$T/hftext.txt' --add-special | grep -q '^0 '"
+check "eval --text with a BPE model" sh -c "$OUNCE eval --model '$T/hfrun' --text '$T/hftext.txt' --json | tail -n 1 | grep -q '\"loss\":'"
+check "eval --data with BPE data" sh -c "$OUNCE eval --model '$T/hfrun' --data '$T/hfdata' --seq 64 --max-batches 2 --json | tail -n 1 | grep -q '\"loss\":'"
+check "sample with a BPE model" sh -c "$OUNCE sample --model '$T/hfrun' --prompt 'The ' --tokens 10 --seed 2 | grep -q '^The '"
+check "tokenize with a Llama-2-style fixture" sh -c "$OUNCE tokenize --tokenizer tests/fixtures/tokenizers/llama2 --text '$T/hftext.txt' --add-special | grep -q '^1 '"
+check "tokenizer train --help" sh -c "$OUNCE tokenizer train --help | grep -q 'usage: ounce tokenizer train'"
+mkdir -p "$T/badtok" && head -c 300 "$T/tok/tokenizer.json" >"$T/badtok/tokenizer.json"
+expect_error "truncated tokenizer.json" "not valid JSON" $OUNCE tokenize --tokenizer "$T/badtok" --text "$T/hftext.txt"
+printf '{"model": {"type": "WordPiece", "vocab": {"a": 0}}}' >"$T/badtok/tokenizer.json"
+expect_error "unsupported tokenizer model" "model.type \"WordPiece\"" $OUNCE prepare --input "$T/hftext.txt" --out "$T/x" --tokenizer "$T/badtok"
+expect_error "missing tokenizer" "no such file" $OUNCE tokenize --tokenizer "$T/none" --text "$T/hftext.txt"
+expect_error "tokenizer without subcommand" "subcommand" $OUNCE tokenizer
+expect_error "tokenizer train: vocabulary too small" "256" $OUNCE tokenizer train --input "$T/hftext.txt" --vocab-size 100 --out "$T/x"
+expect_error "tokenizer train: bad pattern" "pattern" $OUNCE tokenizer train --input "$T/hftext.txt" --vocab-size 1000 --out "$T/x" --pattern bert
+rm "$T/hfrun/tokenizer.json"
+expect_error "model records hf but lost tokenizer.json" "tokenizer.json" $OUNCE sample --model "$T/hfrun" --tokens 5
 
 echo "e2e: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
