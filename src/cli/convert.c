@@ -3,6 +3,7 @@
  * Face model: config.json, model.safetensors (or shards plus model.safetensors.index.json) in the
  * chosen dtype, and the tokenizer files. It streams one shard at a time, so converting a model
  * needs memory for one shard, not for the model. The output appears atomically. */
+#include <cblas.h>
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,6 +77,27 @@ static oz_status copy_if_present(const char *from_dir, const char *to_dir, const
     return st;
 }
 
+/* A low-rank model's factored matrix, expanded: W = B A from "<module>.lrc_A.weight" (R x in) and
+ * "<module>.lrc_B.weight" (out x R). */
+static oz_status expand_factors(const oz_weight_files *w, const oz_param_info *p, float *W, oz_err *err) {
+    char name[160];
+    size_t base = strlen(p->name) - strlen(".weight");
+    snprintf(name, sizeof name, "%.*s.lrc_A.weight", (int)base, p->name);
+    const oz_st_tensor *ta = oz_weight_files_find(w, name);
+    snprintf(name, sizeof name, "%.*s.lrc_B.weight", (int)base, p->name);
+    const oz_st_tensor *tb = oz_weight_files_find(w, name);
+    if (!ta || !tb) return oz_fail(err, OZ_ERR_INPUT, "missing tensor \"%s\" or its factors", p->name);
+    int R = (int)ta->shape[0], out = (int)p->shape[0], in = (int)p->shape[1];
+    float *A = malloc(ta->numel * sizeof *A), *B = malloc(tb->numel * sizeof *B);
+    oz_status st = A && B ? OZ_OK : oz_fail(err, OZ_ERR_NOMEM, "out of memory expanding %s", p->name);
+    if (st == OZ_OK) st = oz_st_tensor_to_f32(ta, A, ta->numel, err);
+    if (st == OZ_OK) st = oz_st_tensor_to_f32(tb, B, tb->numel, err);
+    if (st == OZ_OK) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, R, 1.0f, B, R, A, in, 0.0f, W, in);
+    free(A);
+    free(B);
+    return st;
+}
+
 /* Writes tensors [first, last) of the layout as one safetensors file. */
 static oz_status write_shard(const char *path, const oz_param_layout *lay, const oz_weight_files *w, int first,
                              int last, oz_dtype dt, oz_err *err) {
@@ -96,7 +118,7 @@ static oz_status write_shard(const char *path, const oz_param_layout *lay, const
             break;
         }
         f32 = tmp;
-        if ((st = oz_st_tensor_to_f32(t, f32, p->numel, err)) != OZ_OK) break;
+        if ((st = t ? oz_st_tensor_to_f32(t, f32, p->numel, err) : expand_factors(w, p, f32, err)) != OZ_OK) break;
         encode(f32, p->numel, dt, bufs[i]);
         entries[i] = (oz_st_entry){p->name, dt, p->ndim, {p->shape[0], p->shape[1]}, bufs[i]};
     }
@@ -140,6 +162,13 @@ static oz_status convert(const char *in, const char *out, const dtype_choice *dt
         return st;
     }
     st = check_tensors(&lay, &w, in, err);
+    if (st == OZ_OK && oz_llama_config_is_low_rank(&cfg)) {
+        /* A low-rank model (ounce compress) goes out dense, each factored matrix as B A: transformers
+         * has no factors, and the dense model is what it can load. */
+        memset(cfg.low_rank, 0, sizeof cfg.low_rank);
+        oz_param_layout_free(&lay);
+        st = oz_param_layout_build(&cfg, &lay, err);
+    }
 
     /* Everything goes to OUT.tmp first; OUT appears (or is replaced) only when complete. */
     char tmp[4096];

@@ -30,6 +30,7 @@ int oz_cmd_memory(int argc, char **argv) {
         {"lazy-update", OZ_ARG_STR, o.lazy_update, sizeof o.lazy_update, "auto | on | off [auto]", 0},
         {"grad-accum", OZ_ARG_INT, &o.grad_accum, 0, "micro-batches per step (with --clip 0 and 1, per-layer updates need no accumulators) [1]", 0},
         {"clip", OZ_ARG_FLOAT, &o.clip, 0, "gradient clipping, 0 = off [1.0]", 0},
+        {"welore", OZ_ARG_FLAG, &o.welore, 0, "a low-rank model trained WeLore's way (only factors and norms train)", 0},
         {"per-layer-update", OZ_ARG_STR, o.per_layer_update, sizeof o.per_layer_update, "auto | on | off [auto]", 0},
         {"seq", OZ_ARG_INT, &o.seq, 0, "tokens per sequence [256]", 0},
         {"batch", OZ_ARG_INT, &o.batch, 0, "sequences per micro-batch [8]", 0},

@@ -70,6 +70,8 @@ int oz_cmd_train(int argc, char **argv) {
          "preset (tiny, demo, 60m, 130m, 350m, 1b, 7b, llama3-8b), config.json, or a directory with one [demo]", 0},
         {"init", OZ_ARG_STR, o.init, sizeof o.init,
          "start from this model directory's weights and config (ours or Hugging Face's; sharded, f32/f16/bf16) with a fresh optimizer; replaces --model", 0},
+        {"welore", OZ_ARG_FLAG, &o.welore, 0,
+         "fine-tune a low-rank model (ounce compress) WeLore's way: only its factors and norms train; embedding, head and dense matrices are frozen", 0},
         {"out", OZ_ARG_STR, o.out, sizeof o.out, "output directory (required)", 0},
         {"resume", OZ_ARG_STR, resume, sizeof resume,
          "continue the run saved in OUT/step-N with its saved settings (other flags are ignored)", 0},
@@ -139,7 +141,8 @@ int oz_cmd_train(int argc, char **argv) {
         printf("{\"steps\":%d,\"train_loss\":%.6f,", res.steps, res.train_loss);
         if (isnan(res.val_loss)) printf("\"val_loss\":null,");
         else printf("\"val_loss\":%.6f,", res.val_loss);
-        printf("\"tokens_per_s\":%s,\"params\":%lld,\"peak_bytes\":{", tps, res.params);
+        printf("\"tokens_per_s\":%s,\"params\":%lld,\"trainable_params\":%lld,\"peak_bytes\":{", tps, res.params,
+               res.trainable);
         for (int c = 0; c < OZ_MEM_NCATEGORIES; c++)
             printf("\"%s\":%zu,", oz_mem_category_name(c), res.peak_bytes[c]);
         printf("\"total\":%zu}}\n", res.peak_total);

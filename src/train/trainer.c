@@ -99,6 +99,7 @@ static cJSON *opts_to_json(const oz_train_opts *o) {
     char seed[32];
     snprintf(seed, sizeof seed, "%" PRIu64, o->seed);
     cJSON_AddStringToObject(j, "seed", seed); /* as a string: JSON numbers lose 64-bit integers */
+    cJSON_AddBoolToObject(j, "welore", o->welore);
     return j;
 }
 
@@ -126,6 +127,7 @@ static oz_status opts_from_json(const cJSON *j, const char *path, oz_train_opts 
     it = cJSON_GetObjectItemCaseSensitive(j, "seed");
     if (!cJSON_IsString(it)) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"seed\"", path);
     o->seed = strtoull(it->valuestring, NULL, 10);
+    o->welore = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "welore")); /* absent in older states: off */
     return OZ_OK;
 }
 
@@ -426,6 +428,7 @@ oz_status oz_train_model_shape(const oz_train_opts *o, const oz_llama_config *cf
     OZ_TRY(oz_train_optim_config(o, &oc, err));
     shape->per_layer_grads = oc.per_layer;
     shape->int8_matrices = oc.int8_weights;
+    if (o->welore) shape->freeze = OZ_FREEZE_EMBED | OZ_FREEZE_HEAD | OZ_FREEZE_DENSE;
     if (strcmp(o->recompute, "layer") == 0) shape->recompute = true;
     else if (strcmp(o->recompute, "none") != 0)
         return oz_fail(err, OZ_ERR_INPUT, "--recompute %s is not known (choose: none, layer)", o->recompute);
@@ -518,6 +521,8 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
     oz_arena_init(&t->arena, t->be.allocator);
     oz_llama_shape shape;
     OZ_TRY(oz_train_model_shape(o, &t->cfg, &shape, err));
+    if (o->welore && !oz_llama_config_is_low_rank(&t->cfg))
+        return oz_fail(err, OZ_ERR_INPUT, "--welore needs a low-rank model (made by `ounce compress`) as --init or --resume");
     OZ_TRY(oz_llama_create(&t->model, &t->cfg, &t->be, &t->arena, shape, err));
     const oz_param_layout *lay = oz_llama_get_layout(t->model);
     oz_optim_config ocfg;
@@ -589,14 +594,17 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
     float grad_scale = 1.0f / (float)((double)B * T * o->grad_accum);
     const oz_param_layout *lay = oz_llama_get_layout(t->model);
 
-    res->params = 0;
-    for (int i = 0; i < lay->n; i++) res->params += (long long)lay->params[i].numel;
+    res->params = res->trainable = 0;
+    for (int i = 0; i < lay->n; i++) {
+        res->params += (long long)lay->params[i].numel;
+        if (!lay->params[i].frozen) res->trainable += (long long)lay->params[i].numel;
+    }
     if (cb && cb->on_start) {
         char line[1600];
         snprintf(line, sizeof line,
-                 "model %s: %lld parameters (vocab %d, hidden %d, layers %d, heads %d/%d kv); steps %d, "
+                 "model %s: %lld parameters, %lld trainable (vocab %d, hidden %d, layers %d, heads %d/%d kv); steps %d, "
                  "batch %d x seq %d x accum %d = %ld tokens/step; %s on %s, %d threads%s",
-                 o->model, res->params, t->cfg.vocab_size, t->cfg.hidden_size, t->cfg.num_hidden_layers,
+                 o->model, res->params, res->trainable, t->cfg.vocab_size, t->cfg.hidden_size, t->cfg.num_hidden_layers,
                  t->cfg.num_attention_heads, t->cfg.num_key_value_heads, o->steps, B, T, o->grad_accum,
                  tokens_per_step, o->optim, o->device, t->be.threads, pos->step ? " (resumed)" : "");
         cb->on_start(cb->user, line);

@@ -37,6 +37,9 @@ typedef struct {
     float weight_decay, clip, beta1, beta2, adam_eps;
     uint64_t seed;
     int eval_every, eval_batches, save_every, keep, log_every, threads;
+    /* WeLore: train only a low-rank model's factors and the norms; embedding, head and dense
+     * (N-LRC) matrices are frozen. */
+    bool welore;
 } oz_train_opts;
 
 /* The defaults documented in `ounce train --help`. */
@@ -67,6 +70,7 @@ typedef struct {
     size_t peak_bytes[OZ_MEM_NCATEGORIES];
     size_t peak_total;
     long long params;
+    long long trainable;          /* parameters not frozen */
 } oz_train_result;
 
 /* The model shape (buffers, recompute, mini-sequence chunk counts) a run with these options uses. */
