@@ -207,7 +207,9 @@ float *oz_llama_grad(oz_llama *model, int index);
  * (oz_llama_config.low_rank), and an active rank 1 <= r <= R (R at creation): forward and backward
  * use A's first r rows and B's first r columns only (through the GEMMs' leading dimensions), so the
  * matrix is B[:, :r] A[:r, :]. The inactive parts keep their values and get zero gradient. Buffers
- * are sized for R, so r can change between steps at no cost (InRank grows it). */
+ * are sized for R, so r can change between steps at no cost (InRank grows it). The active ranks
+ * are runtime state: checkpoints hold the factors at R and config.json the R's; a caller that
+ * changes r keeps it in its own saved state. */
 
 /* Layout index of matrix j of layer l: its dense weight, or its A factor (B is index + 1). */
 int oz_llama_matrix_index(const oz_param_layout *layout, int layer, int matrix);
