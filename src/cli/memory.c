@@ -37,7 +37,7 @@ int oz_cmd_memory(int argc, char **argv) {
         {"vocab", OZ_ARG_INT, &vocab, 0, "override the vocabulary size (presets use theirs)", 0},
         {"recompute", OZ_ARG_STR, o.recompute, sizeof o.recompute, "none | layer [none]", 0},
         {"mini-seq", OZ_ARG_STR, o.mini_seq, sizeof o.mini_seq, "off | auto | N [off]", 0},
-        {"device", OZ_ARG_STR, o.device, sizeof o.device, "cpu [cpu]", 0},
+        {"device", OZ_ARG_STR, o.device, sizeof o.device, "cpu | cuda (the CUDA backend adds its workspace) [cpu]", 0},
         {"budget", OZ_ARG_STR, budget_text, sizeof budget_text,
          "memory budget such as 16GiB or 512MiB: report whether the run fits and the longest --seq that does", 0},
         {"json", OZ_ARG_FLAG, &json, 0, "end with one JSON line with peak_bytes (and fits, max_seq)", 0},

@@ -108,7 +108,7 @@ int oz_cmd_train(int argc, char **argv) {
         {"proj-bits", OZ_ARG_INT, &o.proj_bits, 0, "GaLore: 32 (fp32 bases) or 4 (INT4 bases) [32; 4 for qgalore]", 0},
         {"per-layer-update", OZ_ARG_STR, o.per_layer_update, sizeof o.per_layer_update,
          "auto | on | off: consume gradients layer by layer, no full gradient buffer [auto: on for GaLore]", 0},
-        {"device", OZ_ARG_STR, o.device, sizeof o.device, "device: cpu [cpu]", 0},
+        {"device", OZ_ARG_STR, o.device, sizeof o.device, "cpu | cuda | cuda:N | cuda+tf32 (TF32 GEMMs; cuda: adamw only) [cpu]", 0},
         {"recompute", OZ_ARG_STR, o.recompute, sizeof o.recompute,
          "none | layer: keep only layer inputs and recompute each layer in backward [none]", 0},
         {"mini-seq", OZ_ARG_STR, o.mini_seq, sizeof o.mini_seq,

@@ -227,7 +227,15 @@ typedef struct {
     size_t mask;
 } pairmap;
 
-static inline size_t pair_hash(uint64_t k, size_t mask) { return (size_t)((k * 0x9E3779B97F4A7C15ull) >> 17) & mask; }
+/* Both ids must reach the low bits the mask keeps: a full 64-bit finalizer, not one multiply. */
+static inline size_t pair_hash(uint64_t k, size_t mask) {
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdull;
+    k ^= k >> 33;
+    k *= 0xc4ceb9fe1a85ec53ull;
+    k ^= k >> 33;
+    return (size_t)k & mask;
+}
 static inline uint64_t pair_key(int32_t a, int32_t b) { return ((uint64_t)(uint32_t)a << 32 | (uint32_t)b) + 1; }
 
 /* Returns 0 when the pair is already present (the first, lower rank wins as in the library). */

@@ -144,7 +144,7 @@ typedef struct {
     size_t cap, n;
 } pair_map;
 
-static size_t pslot(const pair_map *m, uint64_t key) { return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 20) & (m->cap - 1); }
+static size_t pslot(const pair_map *m, uint64_t key) { return (size_t)hash64(&key, sizeof key) & (m->cap - 1); }
 
 static pair_rec *pair_get(pair_map *m, int32_t a, int32_t b, int create) {
     uint64_t key = ((uint64_t)(uint32_t)a << 32 | (uint32_t)b) + 1;

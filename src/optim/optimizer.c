@@ -263,9 +263,10 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
         return oz_fail(err, OZ_ERR_INPUT,
                        "lazy updates need a window of 1..%d, a gap growth >= 1 and a maximum gap >= --update-gap",
                        OZ_LAZY_MAX_WINDOW);
-    if (!be->host_visible)
-        return oz_fail(err, OZ_ERR_INPUT, "--optim %s runs on the CPU backend only so far",
-                       oz_optim_kind_name(cfg->kind));
+    /* Only AdamW runs purely on backend ops; the others read parameters or states on the host. */
+    if (!be->host_visible && cfg->kind != OZ_OPTIM_ADAMW)
+        return oz_fail(err, OZ_ERR_INPUT, "--optim %s runs on the CPU backend only so far (on %s: adamw)",
+                       oz_optim_kind_name(cfg->kind), be->name);
     /* Q-GaLore's INT8 storage would requantize factors whose active part moves under it; a
      * low-rank model is already small, so 8-bit states (galore8bit, adamw8bit) are the lean choice. */
     for (int i = 0; cfg->int8_weights && i < layout->n; i++)
@@ -741,6 +742,25 @@ static oz_status entries_alloc(const oz_optimizer *o, entry_list *l, int64_t **c
     return OZ_OK;
 }
 
+/* An entry whose data is backend memory (moments, bases, INT8 codes: everything the arena holds)
+ * rather than a host array (the counters and the cosine history), on a backend that needs staging. */
+static bool entry_on_device(const oz_optimizer *o, const oz_st_entry *e) {
+    return !o->be->host_visible && strncmp(e->name, "state.", 6) != 0 && strncmp(e->name, "galore_cos.", 11) != 0;
+}
+
+/* Replaces each device entry's data by a host copy (staging[i], freed by the caller). */
+static oz_status stage_entries(const oz_optimizer *o, entry_list *l, void **staging, oz_err *err) {
+    for (int i = 0; i < l->n; i++) {
+        oz_st_entry *e = &l->e[i];
+        if (!entry_on_device(o, e)) continue;
+        size_t bytes = (size_t)e->shape[0] * (size_t)(e->ndim > 1 ? e->shape[1] : 1) * oz_dtype_size(e->dtype);
+        if (!(staging[i] = malloc(bytes ? bytes : 1))) return oz_fail(err, OZ_ERR_NOMEM, "out of memory staging %s", e->name);
+        o->be->to_host(o->be, staging[i], e->data, bytes);
+        e->data = staging[i];
+    }
+    return OZ_OK;
+}
+
 oz_status oz_optimizer_save(const oz_optimizer *o, const char *path, oz_err *err) {
     entry_list l;
     int64_t *counters;
@@ -749,7 +769,12 @@ oz_status oz_optimizer_save(const oz_optimizer *o, const char *path, oz_err *err
     char kind[32];
     snprintf(kind, sizeof kind, "%s", oz_optim_kind_name(o->cfg.kind));
     const char *meta[] = {"optimizer", kind, NULL};
-    oz_status st = oz_safetensors_write(path, l.e, l.n, meta, err);
+    void **staging = o->be->host_visible ? NULL : calloc((size_t)l.n + 1, sizeof *staging);
+    oz_status st = o->be->host_visible || staging ? OZ_OK : oz_fail(err, OZ_ERR_NOMEM, "out of memory staging state");
+    if (st == OZ_OK && staging) st = stage_entries(o, &l, staging, err);
+    if (st == OZ_OK) st = oz_safetensors_write(path, l.e, l.n, meta, err);
+    for (int i = 0; staging && i < l.n; i++) free(staging[i]);
+    free(staging);
     free(l.e);
     free(l.names);
     free(counters);
@@ -776,7 +801,8 @@ oz_status oz_optimizer_load(oz_optimizer *o, const char *path, oz_err *err) {
             s = oz_fail(err, OZ_ERR_INPUT, "%s: tensor \"%s\" has the wrong dtype or shape for this optimizer",
                         path, e->name);
         } else {
-            memcpy((void *)e->data, t->data, t->nbytes);
+            if (entry_on_device(o, e)) o->be->to_device(o->be, (void *)e->data, t->data, t->nbytes);
+            else memcpy((void *)e->data, t->data, t->nbytes);
         }
     }
     if (st.map) oz_safetensors_close(&st);

@@ -11,8 +11,9 @@
 oz_status oz_train_plan_memory(const oz_llama_config *cfg, const oz_train_opts *o, oz_train_plan *plan,
                                oz_err *err) {
     memset(plan, 0, sizeof *plan);
-    if (strcmp(o->device, "cpu") != 0)
-        return oz_fail(err, OZ_ERR_INPUT, "--device %s: only the CPU backend exists so far (cpu)", o->device);
+    bool cuda = oz_backend_is_cuda(o->device);
+    if (strcmp(o->device, "cpu") != 0 && !cuda)
+        return oz_fail(err, OZ_ERR_INPUT, "--device %s is not known (choose: cpu, cuda)", o->device);
     if (o->batch <= 0 || o->seq <= 1)
         return oz_fail(err, OZ_ERR_INPUT, "--batch must be positive and --seq at least 2 (got %d, %d)", o->batch,
                        o->seq);
@@ -31,6 +32,10 @@ oz_status oz_train_plan_memory(const oz_llama_config *cfg, const oz_train_opts *
     oz_optimizer_plan(&oc, &lay, opt_bytes);
     oz_param_layout_free(&lay);
     for (int i = 0; i < OZ_MEM_NCATEGORIES; i++) plan->bytes[i] += opt_bytes[i];
+    /* The CUDA backend allocates the same buffers (fp32, one arena) plus its own workspace. */
+    if (cuda && oc.kind != OZ_OPTIM_ADAMW)
+        return oz_fail(err, OZ_ERR_INPUT, "--optim %s runs on the CPU backend only so far (on cuda: adamw)", o->optim);
+    if (cuda) plan->bytes[OZ_MEM_SCRATCH] += OZ_CUDA_WORKSPACE_BYTES;
     for (int i = 0; i < OZ_MEM_NCATEGORIES; i++) plan->total += plan->bytes[i];
     return OZ_OK;
 }

@@ -452,8 +452,8 @@ static oz_status check_opts(const oz_train_opts *o, oz_err *err) {
     if (!(cond)) return oz_fail(err, OZ_ERR_INPUT, __VA_ARGS__)
     NEED(o->data[0], "train: --data is required (a directory made by `ounce prepare`, or random:VOCAB)");
     NEED(o->out[0], "train: --out is required");
-    NEED(strcmp(o->device, "cpu") == 0, "train: --device %s is not available in this build (choose: cpu)",
-         o->device);
+    NEED(strcmp(o->device, "cpu") == 0 || oz_backend_is_cuda(o->device),
+         "train: --device %s is not known (choose: cpu, cuda, cuda:N, cuda+tf32)", o->device);
     NEED(o->steps > 0, "train: --steps must be positive (got %d)", o->steps);
     NEED(o->batch > 0, "train: --batch must be positive (got %d)", o->batch);
     NEED(o->seq > 1, "train: --seq must be at least 2 (got %d)", o->seq);
@@ -516,9 +516,10 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
         if (access(path, R_OK) == 0) snprintf(t->tokenizer_dir, sizeof t->tokenizer_dir, "%s", sources[i]);
     }
 
-    OZ_TRY(oz_backend_cpu_create(&t->be, o->threads, err));
+    OZ_TRY(oz_backend_open(&t->be, o->device, o->threads, err));
     t->be_ready = true;
     oz_arena_init(&t->arena, t->be.allocator);
+    OZ_TRY(oz_backend_attach(&t->be, &t->arena, err)); /* the backend's own workspace, accounted */
     oz_llama_shape shape;
     OZ_TRY(oz_train_model_shape(o, &t->cfg, &shape, err));
     if (o->welore && !oz_llama_config_is_low_rank(&t->cfg))
@@ -638,6 +639,7 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
             loss_sum += s;
             n_targets += c;
         }
+        OZ_TRY(oz_backend_sync(&t->be, err)); /* a GPU failure, not its NaN, is what gets reported */
         double loss = loss_sum / (double)n_targets;
         if (!isfinite(loss))
             return oz_fail(err, OZ_ERR_NUMERIC,
@@ -657,6 +659,7 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
                            step + 1);
         float clip_scale = (o->clip > 0 && gnorm > o->clip) ? (float)(o->clip / (gnorm + 1e-6)) : 1.0f;
         oz_optimizer_apply(t->opt, NULL, lr, clip_scale);
+        OZ_TRY(oz_backend_sync(&t->be, err)); /* the step's queued GPU work belongs to its time */
         double dt = now_s() - t0;
         train_time += dt;
         steps_here++;
