@@ -13,15 +13,32 @@ CFLAGS  += -std=c11 -Wall -Wextra -Werror -Wno-format-truncation -D_GNU_SOURCE -
 LDLIBS  += -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR) -lopenblas -lcjson -lpcre2-8 -lm
 LDFLAGS += -fopenmp
 
-BUILD   ?= build
+# A CUDA build keeps its objects apart: the stub and the real backend must never mix.
+BUILD   ?= $(if $(filter 1,$(CUDA)),build-cuda,build)
 LIB_SRC := $(sort $(filter-out src/main.c src/cli/%,$(wildcard src/*.c src/*/*.c src/*/*/*.c)))
 CLI_SRC := src/main.c $(sort $(wildcard src/cli/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
+# ---- CUDA (sm_90). `make CUDA=1` links the GPU backend in; without it src/backend/cuda/cuda_stub.c
+# answers --device cuda with one clear line. `cuda-check` compiles the .cu files (objects only) and
+# the GPU test, so a CUDA compile error fails `make test` on any machine with nvcc, GPU or not.
+NVCC      ?= $(or $(shell command -v nvcc 2>/dev/null),/usr/local/cuda/bin/nvcc)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90
+NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH) -lineinfo -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror \
+             -DOZ_HAVE_CUDA -Isrc -I/usr/include/cjson
+CUDA_SRC  := $(sort $(wildcard src/backend/cuda/*.cu))
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+ifeq ($(CUDA),1)
+CFLAGS  += -DOZ_HAVE_CUDA -I$(CUDA_HOME)/include
+LIB_OBJ += $(CUDA_SRC:%.cu=$(BUILD)/%.o)
+LDLIBS  += $(CUDA_LIBS)
+endif
+
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps demo test unit e2e sanitize bench clean
+.PHONY: all deps demo test unit e2e sanitize bench clean cuda-check gpu-test
 all: ounce
 
 ounce: $(BUILD)/libounce.a $(CLI_OBJ)
@@ -61,6 +78,29 @@ $(BUILD)/bench/%: bench/%.c $(BUILD)/libounce.a
 	@$(if $(V),,echo "  CC      $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libounce.a $(LDFLAGS) $(LDLIBS)
 
+$(BUILD)/%.o: %.cu src/backend/cuda/cuda_internal.h src/backend/backend.h
+	@mkdir -p $(dir $@)
+	@$(if $(V),,echo "  NVCC    $<")
+	$(Q)$(NVCC) $(NVCCFLAGS) -c -o $@ $<
+
+# GPU tests: built with CUDA=1, run on a machine with a GPU (tools/gpu_check.sh).
+GPU_TEST_BIN := $(BUILD)/tests/gpu/test_cuda
+$(BUILD)/tests/gpu/%: tests/gpu/%.c $(BUILD)/libounce.a tests/harness.h
+	@mkdir -p $(dir $@)
+	@$(if $(V),,echo "  CC      $@")
+	$(Q)$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libounce.a $(LDFLAGS) $(LDLIBS)
+
+CUDA_CHECK_DIR := build-cuda-check
+cuda-check:
+	@if [ -x "$(NVCC)" ]; then \
+		$(MAKE) --no-print-directory $(CUDA_SRC:%.cu=$(CUDA_CHECK_DIR)/%.o) BUILD=$(CUDA_CHECK_DIR) && \
+		$(CC) $(CFLAGS) -DOZ_HAVE_CUDA -Itests -fsyntax-only tests/gpu/test_cuda.c && echo "  cuda-check: ok"; \
+	else echo "  cuda-check: skipped (no nvcc at $(NVCC))"; fi
+
+gpu-test:
+	@$(MAKE) --no-print-directory CUDA=1 build-cuda/ounce build-cuda/tests/gpu/test_cuda
+	@build-cuda/tests/gpu/test_cuda
+
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
 
 # Installs the Debian packages the build, the tests and the demo need, when any is missing.
@@ -73,6 +113,7 @@ demo: deps
 
 # Unit tests, end-to-end CLI tests, then the unit tests again under AddressSanitizer + UBSan.
 test: deps
+	@$(MAKE) --no-print-directory cuda-check
 	@$(MAKE) --no-print-directory ounce $(TEST_BIN) $(BUILD)/tools/logits
 	@$(MAKE) --no-print-directory BUILD=build-san OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 		LDFLAGS="-fopenmp -fsanitize=address,undefined" build-san/ounce $(TEST_SRC:tests/%.c=build-san/tests/%)
@@ -85,4 +126,4 @@ bench: ounce
 	@sh bench/run.sh
 
 clean:
-	rm -rf build build-san ounce
+	rm -rf build build-san build-cuda build-cuda-check ounce

@@ -21,6 +21,7 @@ PRESETS = {
     "demo": (258, 256, 688, 4, 4, 2),
     "60m": (32000, 512, 1376, 8, 8, 8),
     "130m": (32000, 768, 2048, 12, 12, 12),
+    "350m": (32000, 1024, 2736, 24, 16, 16),
 }
 ROPE_THETA = 10000.0
 RMS_EPS = 1e-5
@@ -126,6 +127,11 @@ def main():
     # fused measured fastest on CPU (torch 2.x); the others stay selectable for comparison.
     ap.add_argument("--optim-impl", choices=["fused", "foreach", "forloop"], default="fused")
     ap.add_argument("--seed", type=int, default=0)
+    # GPU peer (bench/gpu.sh): the same model on a CUDA device, in fp32 (the precision ounce's
+    # CUDA backend computes in; TF32 stays off, torch's default) or bf16 weights and activations
+    # (the setup of /work/shared/reference/peers_h200.md: bf16 parameters, fused AdamW on them).
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     args = ap.parse_args()
 
     if args.threads:
@@ -134,17 +140,19 @@ def main():
     vocab, d, f, layers, heads, kv_heads = PRESETS[args.preset]
     vocab = args.vocab or vocab
     model = Llama(vocab, d, f, layers, heads, kv_heads, args.seq)
+    dev = torch.device(args.device)
+    model = model.to(dev, dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
     model.train()
     opt = make_optimizer(model, args.optim_impl)
     gen = torch.Generator().manual_seed(args.seed + 1)
 
     times, loss_val = [], float("nan")
     for step in range(args.warmup_steps + args.steps):
-        tokens = torch.randint(0, vocab, (args.batch, args.seq + 1), generator=gen)
+        tokens = torch.randint(0, vocab, (args.batch, args.seq + 1), generator=gen).to(dev)
         ids, targets = tokens[:, :-1], tokens[:, 1:]
         t0 = time.perf_counter()
         logits = model(ids)
-        loss = F.cross_entropy(logits.view(-1, vocab), targets.reshape(-1))
+        loss = F.cross_entropy(logits.view(-1, vocab).float(), targets.reshape(-1))
         loss.backward()
         if args.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -170,6 +178,9 @@ def main():
         "ms_per_step": round(ms, 3),
         "tokens_per_s": round(args.batch * args.seq / (ms / 1e3), 1) if times else None,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "device": args.device,
+        "dtype": args.dtype,
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if dev.type == "cuda" else None,
         "final_loss": None if math.isnan(loss_val) else round(loss_val, 6),
     }))
 

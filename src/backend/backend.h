@@ -91,9 +91,38 @@ struct oz_backend {
                        float *m /* (n) */, float *v /* (n) */, size_t n, const oz_adamw_args *args);
 
     void (*destroy)(oz_backend *be);
+
+    /* ---- asynchronous backends (NULL on the CPU backend, where nothing is queued) ----
+     * The ops above return nothing, so a backend whose work runs asynchronously (CUDA) records its
+     * first failure (with file:line) and reports it here, after waiting for queued work. */
+    oz_status (*sync)(oz_backend *be, oz_err *err);
+    /* Moves the backend's own workspaces (cuBLAS workspace, reduction buffers: OZ_CUDA_WORKSPACE_BYTES
+     * of scratch) into `arena`, so the arena accounts every byte the run holds. */
+    oz_status (*attach_arena)(oz_backend *be, oz_arena *arena, oz_err *err);
 };
 
 /* The fp32 reference backend: OpenMP + BLAS. threads <= 0 keeps the library defaults. */
 oz_status oz_backend_cpu_create(oz_backend *be, int threads, oz_err *err);
+
+/* The CUDA backend (fp32; cuBLAS GEMMs in fp32, TF32 only when asked for) on GPU `device`.
+ * A build without CUDA=1 has a stub that fails with OZ_ERR_INPUT. */
+oz_status oz_backend_cuda_create(oz_backend *be, int device, oz_err *err);
+/* TF32 tensor-core GEMMs (10-bit mantissa inputs, fp32 accumulation): faster, not fp32-exact. */
+oz_status oz_backend_cuda_set_tf32(oz_backend *be, int on, oz_err *err);
+/* Scratch the CUDA backend holds for itself (cuBLAS workspace + deterministic reduction buffers),
+ * accounted in the arena by attach_arena and predicted by the planner. */
+#define OZ_CUDA_CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20)
+#define OZ_CUDA_REDUCE_BYTES ((size_t)4 << 20)
+#define OZ_CUDA_WORKSPACE_BYTES (OZ_CUDA_CUBLAS_WORKSPACE_BYTES + OZ_CUDA_REDUCE_BYTES)
+
+/* Opens the backend a `--device` string names: "cpu", "cuda", "cuda:N", with "+tf32" allowed after
+ * a cuda name ("cuda+tf32"). A name that is not known, or a GPU this build or machine lacks, is an
+ * OZ_ERR_INPUT with one clear line. */
+oz_status oz_backend_open(oz_backend *be, const char *device, int threads, oz_err *err);
+/* True when `device` names the CUDA backend (whether or not this build has it). */
+int oz_backend_is_cuda(const char *device);
+/* be->attach_arena when the backend has one; be->sync when it has one. */
+oz_status oz_backend_attach(oz_backend *be, oz_arena *arena, oz_err *err);
+oz_status oz_backend_sync(oz_backend *be, oz_err *err);
 
 #endif

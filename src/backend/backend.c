@@ -1,0 +1,40 @@
+/* Backend selection by name (--device) and the calls every caller makes on any backend. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend.h"
+
+int oz_backend_is_cuda(const char *device) { return device && strncmp(device, "cuda", 4) == 0; }
+
+oz_status oz_backend_open(oz_backend *be, const char *device, int threads, oz_err *err) {
+    if (!device || strcmp(device, "cpu") == 0) return oz_backend_cpu_create(be, threads, err);
+    if (!oz_backend_is_cuda(device))
+        return oz_fail(err, OZ_ERR_INPUT, "--device %s is not known (choose: cpu, cuda, cuda:N, cuda+tf32)", device);
+    const char *p = device + 4;
+    int index = 0, tf32 = 0;
+    if (*p == ':') {
+        char *end;
+        long v = strtol(p + 1, &end, 10);
+        if (end == p + 1 || v < 0 || v > 1024)
+            return oz_fail(err, OZ_ERR_INPUT, "--device %s: expected cuda:N with N a GPU index", device);
+        index = (int)v;
+        p = end;
+    }
+    if (strcmp(p, "+tf32") == 0) tf32 = 1, p += 5;
+    if (*p) return oz_fail(err, OZ_ERR_INPUT, "--device %s is not known (choose: cpu, cuda, cuda:N, cuda+tf32)", device);
+    OZ_TRY(oz_backend_cuda_create(be, index, err));
+    if (tf32) {
+        oz_status st = oz_backend_cuda_set_tf32(be, 1, err);
+        if (st != OZ_OK) {
+            be->destroy(be);
+            return st;
+        }
+    }
+    return OZ_OK;
+}
+
+oz_status oz_backend_attach(oz_backend *be, oz_arena *arena, oz_err *err) {
+    return be->attach_arena ? be->attach_arena(be, arena, err) : OZ_OK;
+}
+
+oz_status oz_backend_sync(oz_backend *be, oz_err *err) { return be->sync ? be->sync(be, err) : OZ_OK; }

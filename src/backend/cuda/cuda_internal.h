@@ -1,0 +1,46 @@
+/* Private to the CUDA backend: its state (be->impl), the one check-macro family every CUDA and
+ * cuBLAS call goes through, and the attention entry points that live in cuda_attention.cu. */
+#ifndef OZ_CUDA_INTERNAL_H
+#define OZ_CUDA_INTERNAL_H
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "backend/backend.h"
+}
+
+typedef struct {
+    int device;
+    cudaStream_t stream;      /* every op is queued here, in program order */
+    cublasHandle_t blas;
+    int tf32;
+    /* The first failure since creation: ops return void, so it waits here until sync. */
+    oz_status status;
+    char msg[sizeof(((oz_err *)0)->msg)];
+    /* Workspace: cuBLAS's part, then the reduction part (rmsnorm dw partials, sumsq partials). */
+    char *ws;
+    int ws_owned;             /* cudaMalloc'ed here (no arena attached) rather than the arena's */
+    oz_arena *arena;
+} oz_cuda;
+
+/* Records the first failure; returns 1 when `e` is a success. */
+int oz_cuda_check_rt(oz_cuda *c, cudaError_t e, const char *what, const char *file, int line);
+int oz_cuda_check_blas(oz_cuda *c, cublasStatus_t s, const char *what, const char *file, int line);
+/* An op-level contract violation (e.g. a head_dim the kernels were not built for). */
+void oz_cuda_fail(oz_cuda *c, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+#define OZ_CUDA_CHECK(c, call) oz_cuda_check_rt((c), (call), #call, __FILE__, __LINE__)
+#define OZ_CUBLAS_CHECK(c, call) oz_cuda_check_blas((c), (call), #call, __FILE__, __LINE__)
+/* After every kernel launch: a bad launch configuration shows up here, not at the next sync. */
+#define OZ_CUDA_LAUNCHED(c) oz_cuda_check_rt((c), cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
+
+void oz_cuda_attention_fwd(oz_cuda *c, float *out, float *lse, const float *q, const float *k, const float *v,
+                           int B, int T, int Hq, int Hkv, int hd);
+void oz_cuda_attention_bwd(oz_cuda *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                           const float *k, const float *v, const float *out, const float *lse, int B, int T,
+                           int Hq, int Hkv, int hd);
+/* Opts the attention kernels into the shared memory they use (above the 48 KiB default). */
+int oz_cuda_attention_init(oz_cuda *c);
+
+#endif

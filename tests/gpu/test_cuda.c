@@ -1,0 +1,507 @@
+/* CUDA backend tests (built with `make CUDA=1`, run on a machine with a GPU; tools/gpu_check.sh).
+ * Every op against the CPU reference op on the same random inputs (GQA, odd sizes, T not a
+ * multiple of any tile, head_dims that need padding); a whole model's loss and every gradient
+ * against the CPU backend; training steps through the real trainer on both backends; bit-exact
+ * resume on the GPU; and the planner's prediction against the arena's measured peak.
+ *
+ * Tolerances: fp32 on both sides with different summation orders, so results agree to ~1e-6
+ * relative per op; errors are measured as max |a-b| / max(|b|) over a tensor (a norm-wise bound
+ * that does not blow up on values near zero). */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend/backend.h"
+#include "harness.h"
+#include "model/llama.h"
+#include "train/plan.h"
+#include "train/trainer.h"
+
+static oz_backend cpu, gpu;
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static float frand(float lo, float hi) {
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return lo + (hi - lo) * (float)((double)(rng_state >> 11) / 9007199254740992.0);
+}
+static int irand(int n) {
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (int)((rng_state >> 33) % (uint64_t)n);
+}
+
+static float *hrand(size_t n, float lo, float hi) {
+    float *x = malloc((n ? n : 1) * sizeof *x);
+    for (size_t i = 0; i < n; i++) x[i] = frand(lo, hi);
+    return x;
+}
+static float *hcopy(const float *x, size_t n) {
+    float *y = malloc((n ? n : 1) * sizeof *y);
+    memcpy(y, x, n * sizeof *x);
+    return y;
+}
+
+/* A device copy of host data (bytes), and back. */
+static void *dev(const void *host, size_t bytes) {
+    void *p = gpu.allocator.alloc(gpu.allocator.ctx, bytes);
+    if (!p) {
+        fprintf(stderr, "test_cuda: device allocation of %zu bytes failed\n", bytes);
+        exit(1);
+    }
+    if (host) gpu.to_device(&gpu, p, host, bytes);
+    return p;
+}
+static float *back(const void *d, size_t n) {
+    float *h = malloc((n ? n : 1) * sizeof *h);
+    gpu.to_host(&gpu, h, d, n * sizeof *h);
+    return h;
+}
+static void dfree(void *p) { gpu.allocator.free(gpu.allocator.ctx, p); }
+
+/* max |a - b| / max(max |b|, tiny) */
+static double rel_err(const float *a, const float *b, size_t n) {
+    double num = 0, den = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= num)) num = d; /* NaN counts as the largest error */
+        if (fabs((double)b[i]) > den) den = fabs((double)b[i]);
+    }
+    return num / den;
+}
+
+/* Compares a device result with the CPU's, then frees both. */
+static void expect_close(const char *what, float *d, float *h, size_t n, double tol) {
+    float *g = back(d, n);
+    double e = rel_err(g, h, n);
+    CHECK(e <= tol, "%s: relative error %.3g > %.3g", what, e, tol);
+    free(g);
+}
+
+static void gpu_ok(const char *what) {
+    oz_err err = {0};
+    CHECK(oz_backend_sync(&gpu, &err) == OZ_OK, "%s: %s", what, err.msg);
+}
+
+/* ------------------------------------------------------------------ ops */
+
+static void check_gemm(int ta, int tb, int M, int N, int K, int pad, float alpha, float beta) {
+    int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+    size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb, nc = (size_t)M * ldc;
+    float *A = hrand(na, -1, 1), *B = hrand(nb, -1, 1), *Cc = hrand(nc, -1, 1);
+    float *dA = dev(A, na * 4), *dB = dev(B, nb * 4), *dC = dev(Cc, nc * 4);
+    cpu.gemm(&cpu, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, Cc, ldc);
+    gpu.gemm(&gpu, ta, tb, M, N, K, alpha, dA, lda, dB, ldb, beta, dC, ldc);
+    char what[96];
+    snprintf(what, sizeof what, "gemm ta=%d tb=%d %dx%dx%d pad %d beta %g", ta, tb, M, N, K, pad, (double)beta);
+    expect_close(what, dC, Cc, nc, 1e-5);
+    dfree(dA), dfree(dB), dfree(dC);
+    free(A), free(B), free(Cc);
+}
+
+static void test_gemm(void) {
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            check_gemm(ta, tb, 37, 53, 29, 0, 1.0f, 0.0f);
+            check_gemm(ta, tb, 65, 7, 130, 3, 0.5f, 1.0f);
+        }
+    check_gemm(0, 1, 256, 384, 512, 0, 1.0f, 0.0f);
+    check_gemm(0, 0, 5, 6, 0, 1, 1.0f, 0.5f); /* K == 0: C = beta C */
+    check_gemm(0, 0, 5, 6, 0, 1, 1.0f, 0.0f);
+    gpu_ok("gemm");
+}
+
+static void test_elementwise(void) {
+    const size_t n = 1000003;
+    float *x = hrand(n, -2, 2), *y = hrand(n, -2, 2);
+    float *dx = dev(x, n * 4), *dy = dev(y, n * 4);
+    cpu.axpy(&cpu, y, -0.7f, x, n);
+    gpu.axpy(&gpu, dy, -0.7f, dx, n);
+    expect_close("axpy", dy, y, n, 0);
+    cpu.scale(&cpu, y, 1.3f, n);
+    gpu.scale(&gpu, dy, 1.3f, n);
+    expect_close("scale", dy, y, n, 0);
+    double sc = cpu.sumsq(&cpu, y, n), sg = gpu.sumsq(&gpu, dy, n);
+    CHECK(fabs(sc - sg) <= 1e-12 * sc, "sumsq %.17g vs %.17g", sg, sc);
+    CHECK(gpu.sumsq(&gpu, dy, n) == sg, "sumsq is not deterministic");
+    CHECK(gpu.sumsq(&gpu, dy, 5) == cpu.sumsq(&cpu, y, 5), "sumsq of 5 values");
+    cpu.fill(&cpu, y, 0.25f, 1001);
+    gpu.fill(&gpu, dy, 0.25f, 1001);
+    expect_close("fill", dy, y, n, 0);
+    /* swiglu, then its backward in place (dgate/dup aliasing gate/up, as the model calls it) */
+    float *g = hrand(n, -6, 6), *u = hrand(n, -2, 2), *h = hrand(n, 0, 1), *dh = hrand(n, -1, 1);
+    float *dg = dev(g, n * 4), *du = dev(u, n * 4), *dhh = dev(h, n * 4), *ddh = dev(dh, n * 4);
+    cpu.swiglu_fwd(&cpu, h, g, u, n);
+    gpu.swiglu_fwd(&gpu, dhh, dg, du, n);
+    expect_close("swiglu_fwd", dhh, h, n, 2e-6);
+    cpu.swiglu_bwd(&cpu, g, u, dh, g, u, n);
+    gpu.swiglu_bwd(&gpu, dg, du, ddh, dg, du, n);
+    expect_close("swiglu_bwd dgate", dg, g, n, 2e-6);
+    expect_close("swiglu_bwd dup", du, u, n, 2e-6);
+    /* AdamW with decay and a clipping scale */
+    float *p = hrand(n, -1, 1), *gr = hrand(n, -1, 1), *m = hrand(n, -0.1f, 0.1f), *v = hrand(n, 0, 0.01f);
+    float *dp = dev(p, n * 4), *dgr = dev(gr, n * 4), *dm = dev(m, n * 4), *dv = dev(v, n * 4);
+    oz_adamw_args a = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1 - 0.9f * 0.9f * 0.9f, 1 - 0.95f * 0.95f * 0.95f, 0.5f};
+    for (int s = 0; s < 3; s++) {
+        cpu.adamw_step(&cpu, p, gr, m, v, n, &a);
+        gpu.adamw_step(&gpu, dp, dgr, dm, dv, n, &a);
+    }
+    expect_close("adamw param", dp, p, n, 1e-6);
+    expect_close("adamw m", dm, m, n, 1e-6);
+    expect_close("adamw v", dv, v, n, 1e-6);
+    gpu_ok("elementwise");
+    void *ptrs[] = {dx, dy, dg, du, dhh, ddh, dp, dgr, dm, dv};
+    for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) dfree(ptrs[i]);
+    float *hp[] = {x, y, g, u, h, dh, p, gr, m, v};
+    for (size_t i = 0; i < sizeof hp / sizeof hp[0]; i++) free(hp[i]);
+}
+
+static void test_embedding(void) {
+    const int N = 3000, d = 70, V = 97;
+    int32_t ids[3000];
+    for (int i = 0; i < N; i++) ids[i] = i % 7 == 0 ? 5 : irand(V); /* many repeats of one id */
+    float *table = hrand((size_t)V * d, -1, 1), *out = hrand((size_t)N * d, 0, 1);
+    float *dtable = hrand((size_t)V * d, -1, 1), *dout = hrand((size_t)N * d, -1, 1);
+    int32_t *dids = dev(ids, sizeof ids);
+    float *dt = dev(table, (size_t)V * d * 4), *dO = dev(out, (size_t)N * d * 4);
+    float *ddt = dev(dtable, (size_t)V * d * 4), *ddo = dev(dout, (size_t)N * d * 4);
+    cpu.embedding_fwd(&cpu, out, table, ids, N, d);
+    gpu.embedding_fwd(&gpu, dO, dt, dids, N, d);
+    expect_close("embedding_fwd", dO, out, (size_t)N * d, 0);
+    cpu.embedding_bwd(&cpu, dtable, dout, ids, N, d, V);
+    gpu.embedding_bwd(&gpu, ddt, ddo, dids, N, d, V);
+    /* Same summation order as the CPU (token order per row): equal bit for bit. */
+    expect_close("embedding_bwd", ddt, dtable, (size_t)V * d, 0);
+    gpu_ok("embedding");
+    dfree(dids), dfree(dt), dfree(dO), dfree(ddt), dfree(ddo);
+    free(table), free(out), free(dtable), free(dout);
+}
+
+static void check_rmsnorm(int N, int d) {
+    size_t n = (size_t)N * d;
+    float *x = hrand(n, -3, 3), *w = hrand((size_t)d, 0.5f, 1.5f), *out = hrand(n, 0, 1), *rstd = hrand((size_t)N, 0, 1);
+    float *dout = hrand(n, -1, 1), *dx = hrand(n, -1, 1), *dw = hrand((size_t)d, -1, 1);
+    float *gx = dev(x, n * 4), *gw = dev(w, (size_t)d * 4), *gout = dev(out, n * 4), *grstd = dev(rstd, (size_t)N * 4);
+    float *gdout = dev(dout, n * 4), *gdx = dev(dx, n * 4), *gdw = dev(dw, (size_t)d * 4);
+    cpu.rmsnorm_fwd(&cpu, out, rstd, x, w, N, d, 1e-5f);
+    gpu.rmsnorm_fwd(&gpu, gout, grstd, gx, gw, N, d, 1e-5f);
+    char what[64];
+    snprintf(what, sizeof what, "rmsnorm_fwd %dx%d", N, d);
+    expect_close(what, gout, out, n, 1e-6);
+    expect_close("rmsnorm rstd", grstd, rstd, (size_t)N, 1e-6);
+    cpu.rmsnorm_bwd(&cpu, dx, dw, dout, x, w, rstd, N, d);
+    gpu.rmsnorm_bwd(&gpu, gdx, gdw, gdout, gx, gw, grstd, N, d);
+    snprintf(what, sizeof what, "rmsnorm_bwd dx %dx%d", N, d);
+    expect_close(what, gdx, dx, n, 2e-6);
+    snprintf(what, sizeof what, "rmsnorm_bwd dw %dx%d", N, d);
+    expect_close(what, gdw, dw, (size_t)d, 2e-6);
+    void *ptrs[] = {gx, gw, gout, grstd, gdout, gdx, gdw};
+    for (size_t i = 0; i < 7; i++) dfree(ptrs[i]);
+    free(x), free(w), free(out), free(rstd), free(dout), free(dx), free(dw);
+}
+
+static void test_rmsnorm(void) {
+    check_rmsnorm(77, 300);
+    check_rmsnorm(1, 33);
+    check_rmsnorm(4099, 1030); /* more rows than reduction chunks */
+    gpu_ok("rmsnorm");
+}
+
+static void test_rope(void) {
+    const int B = 2, T = 37, H = 3, hd = 16, half = hd / 2, maxpos = 64;
+    size_t n = (size_t)B * T * H * hd;
+    float *cs = malloc((size_t)maxpos * half * 4), *sn = malloc((size_t)maxpos * half * 4);
+    for (int p = 0; p < maxpos; p++)
+        for (int i = 0; i < half; i++) {
+            double a = p * pow(10000.0, -2.0 * i / hd);
+            cs[p * half + i] = (float)cos(a);
+            sn[p * half + i] = (float)sin(a);
+        }
+    float *x = hrand(n, -1, 1), *x0 = hcopy(x, n);
+    float *gx = dev(x, n * 4), *gc = dev(cs, (size_t)maxpos * half * 4), *gs = dev(sn, (size_t)maxpos * half * 4);
+    cpu.rope(&cpu, x, cs, sn, B, T, H, hd, 5, 0);
+    gpu.rope(&gpu, gx, gc, gs, B, T, H, hd, 5, 0);
+    expect_close("rope", gx, x, n, 1e-6);
+    gpu.rope(&gpu, gx, gc, gs, B, T, H, hd, 5, 1);
+    expect_close("rope inverse", gx, x0, n, 1e-6);
+    gpu_ok("rope");
+    dfree(gx), dfree(gc), dfree(gs);
+    free(cs), free(sn), free(x), free(x0);
+}
+
+static void check_attention(int B, int T, int Hq, int Hkv, int hd) {
+    size_t nq = (size_t)B * T * Hq * hd, nkv = (size_t)B * T * Hkv * hd, nl = (size_t)B * Hq * T;
+    float *q = hrand(nq, -2, 2), *k = hrand(nkv, -2, 2), *v = hrand(nkv, -1, 1), *dout = hrand(nq, -1, 1);
+    float *out = hrand(nq, 0, 1), *lse = hrand(nl, 0, 1);
+    float *dq = hrand(nq, 0, 1), *dk = hrand(nkv, 0, 1), *dv = hrand(nkv, 0, 1);
+    float *gq = dev(q, nq * 4), *gk = dev(k, nkv * 4), *gv = dev(v, nkv * 4), *gdout = dev(dout, nq * 4);
+    float *gout = dev(out, nq * 4), *glse = dev(lse, nl * 4);
+    /* Outputs start as garbage: the ops overwrite them. */
+    float *gdq = dev(dq, nq * 4), *gdk = dev(dk, nkv * 4), *gdv = dev(dv, nkv * 4);
+    cpu.attention_fwd(&cpu, out, lse, q, k, v, B, T, Hq, Hkv, hd);
+    gpu.attention_fwd(&gpu, gout, glse, gq, gk, gv, B, T, Hq, Hkv, hd);
+    char what[96];
+    snprintf(what, sizeof what, "attention_fwd B%d T%d H%d/%d hd%d", B, T, Hq, Hkv, hd);
+    expect_close(what, gout, out, nq, 2e-6);
+    snprintf(what, sizeof what, "attention lse B%d T%d H%d/%d hd%d", B, T, Hq, Hkv, hd);
+    expect_close(what, glse, lse, nl, 1e-6);
+    /* Backward from the CPU's forward results on both sides, so only the backward is compared. */
+    gpu.to_device(&gpu, gout, out, nq * 4);
+    gpu.to_device(&gpu, glse, lse, nl * 4);
+    cpu.attention_bwd(&cpu, dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv, hd);
+    gpu.attention_bwd(&gpu, gdq, gdk, gdv, gdout, gq, gk, gv, gout, glse, B, T, Hq, Hkv, hd);
+    snprintf(what, sizeof what, "attention_bwd dq B%d T%d H%d/%d hd%d", B, T, Hq, Hkv, hd);
+    expect_close(what, gdq, dq, nq, 1e-5);
+    snprintf(what, sizeof what, "attention_bwd dk B%d T%d H%d/%d hd%d", B, T, Hq, Hkv, hd);
+    expect_close(what, gdk, dk, nkv, 1e-5);
+    snprintf(what, sizeof what, "attention_bwd dv B%d T%d H%d/%d hd%d", B, T, Hq, Hkv, hd);
+    expect_close(what, gdv, dv, nkv, 1e-5);
+    gpu_ok(what);
+    void *ptrs[] = {gq, gk, gv, gdout, gout, glse, gdq, gdk, gdv};
+    for (size_t i = 0; i < 9; i++) dfree(ptrs[i]);
+    float *hp[] = {q, k, v, dout, out, lse, dq, dk, dv};
+    for (size_t i = 0; i < 9; i++) free(hp[i]);
+}
+
+static void test_attention(void) {
+    check_attention(2, 37, 4, 2, 16);   /* GQA, head_dim padded to 32, T below one tile */
+    check_attention(1, 130, 6, 2, 64);  /* T = 2 tiles + 2 */
+    check_attention(2, 70, 2, 1, 128);  /* wide heads: two column chunks in the backward */
+    check_attention(1, 1, 2, 2, 8);     /* a single position */
+    check_attention(1, 97, 5, 5, 40);   /* no GQA, head_dim 40 padded to 64 */
+    check_attention(2, 256, 8, 8, 64);  /* the 60m shape */
+    check_attention(1, 300, 8, 2, 128); /* Llama-3 style GQA 4:1 */
+}
+
+static void check_ce(int N, int V, float grad_scale) {
+    size_t n = (size_t)N * V;
+    float *logits = hrand(n, -8, 8), *losses = hrand((size_t)N, 0, 1);
+    int32_t *tg = malloc((size_t)N * 4);
+    for (int i = 0; i < N; i++) tg[i] = i % 5 == 3 ? -1 : irand(V);
+    float *gl = dev(logits, n * 4), *gloss = dev(losses, (size_t)N * 4);
+    int32_t *gt = dev(tg, (size_t)N * 4);
+    cpu.cross_entropy(&cpu, logits, losses, tg, N, V, grad_scale);
+    gpu.cross_entropy(&gpu, gl, gloss, gt, N, V, grad_scale);
+    char what[96];
+    snprintf(what, sizeof what, "cross_entropy losses N%d V%d scale %g", N, V, (double)grad_scale);
+    expect_close(what, gloss, losses, (size_t)N, 1e-6);
+    snprintf(what, sizeof what, "cross_entropy grad N%d V%d scale %g", N, V, (double)grad_scale);
+    expect_close(what, gl, logits, n, 2e-6);
+    dfree(gl), dfree(gloss), dfree(gt);
+    free(logits), free(losses), free(tg);
+}
+
+static void test_cross_entropy(void) {
+    check_ce(33, 1000, 0.0f);
+    check_ce(33, 1000, 0.5f);
+    check_ce(6, 32000, 1.0f / 7);
+    check_ce(3, 1, 1.0f);
+    gpu_ok("cross_entropy");
+}
+
+/* ------------------------------------------------------------------ whole model */
+
+static oz_llama_config small_config(bool tie) {
+    oz_llama_config c;
+    memset(&c, 0, sizeof c);
+    c.vocab_size = 301;
+    c.hidden_size = 96;
+    c.intermediate_size = 200;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 6;
+    c.num_key_value_heads = 2;
+    c.head_dim = 16;
+    c.max_position_embeddings = 64;
+    c.rms_norm_eps = 1e-5f;
+    c.rope_theta = 10000.0f;
+    c.tie_word_embeddings = tie;
+    c.bos_token_id = c.eos_token_id = -1;
+    return c;
+}
+
+/* Forward + backward of the same model and batch on both backends: loss and every gradient. */
+static void check_model(bool tie, bool recompute, int chunks) {
+    const int B = 2, T = 37;
+    oz_llama_config c = small_config(tie);
+    oz_llama_shape shape = {.batch = B, .seq = T, .with_grads = true, .recompute = recompute,
+                            .mlp_chunks = chunks, .head_chunks = chunks};
+    oz_err err = {0};
+    oz_arena ac, ag;
+    oz_arena_init(&ac, cpu.allocator);
+    oz_arena_init(&ag, gpu.allocator);
+    oz_llama *mc = NULL, *mg = NULL;
+    CHECK(oz_llama_create(&mc, &c, &cpu, &ac, shape, &err) == OZ_OK, "%s", err.msg);
+    CHECK(oz_llama_create(&mg, &c, &gpu, &ag, shape, &err) == OZ_OK, "%s", err.msg);
+    if (!mc || !mg) return;
+    const oz_param_layout *lay = oz_llama_get_layout(mc);
+    float *init = malloc(lay->total * sizeof *init);
+    oz_llama_init_params(&c, lay, init, 11);
+    for (size_t i = 0; i < lay->total; i++) init[i] *= 10.0f; /* larger weights: a loss that is not flat */
+    for (int i = 0; i < lay->n; i++)
+        if (lay->params[i].is_norm)
+            for (size_t j = 0; j < lay->params[i].numel; j++) init[lay->params[i].offset + j] = frand(0.8f, 1.2f);
+    oz_llama_import_params(mc, init);
+    oz_llama_import_params(mg, init);
+    int32_t ids[2 * 37], tg[2 * 37];
+    for (int i = 0; i < B * T; i++) ids[i] = irand(c.vocab_size), tg[i] = i % 9 == 4 ? -1 : irand(c.vocab_size);
+    oz_llama_batch b = {ids, tg, B, T, NULL};
+    double lc = 0, lg = 0;
+    long nc = 0, ng = 0;
+    oz_llama_zero_grads(mc);
+    oz_llama_zero_grads(mg);
+    CHECK(oz_llama_forward_backward(mc, &b, 1.0f / 66, &lc, &nc, &err) == OZ_OK, "%s", err.msg);
+    CHECK(oz_llama_forward_backward(mg, &b, 1.0f / 66, &lg, &ng, &err) == OZ_OK, "%s", err.msg);
+    gpu_ok("model forward_backward");
+    char what[160];
+    snprintf(what, sizeof what, "model loss (tie %d, recompute %d, chunks %d)", tie, recompute, chunks);
+    CHECK(nc == ng && fabs(lc - lg) <= 1e-5 * fabs(lc), "%s: %.9g vs %.9g", what, lg, lc);
+    for (int i = 0; i < lay->n; i++) {
+        const oz_param_info *p = &lay->params[i];
+        float *g = back(oz_llama_grad(mg, i), p->numel);
+        double e = rel_err(g, oz_llama_grad(mc, i), p->numel);
+        CHECK(e <= 1e-4, "gradient of %s (tie %d, recompute %d, chunks %d): relative error %.3g", p->name, tie,
+              recompute, chunks, e);
+        free(g);
+    }
+    /* The forward alone, with logits copied out */
+    float *logc = malloc((size_t)B * T * c.vocab_size * 4), *logg = malloc((size_t)B * T * c.vocab_size * 4);
+    oz_llama_batch bl = {ids, NULL, B, T, logc};
+    CHECK(oz_llama_forward(mc, &bl, NULL, NULL, &err) == OZ_OK, "%s", err.msg);
+    bl.logits_out = logg;
+    CHECK(oz_llama_forward(mg, &bl, NULL, NULL, &err) == OZ_OK, "%s", err.msg);
+    double e = rel_err(logg, logc, (size_t)B * T * c.vocab_size);
+    CHECK(e <= 1e-5, "logits: relative error %.3g", e);
+    free(logc), free(logg), free(init);
+    oz_llama_destroy(mc);
+    oz_llama_destroy(mg);
+    oz_arena_destroy(&ac);
+    oz_arena_destroy(&ag);
+}
+
+static void test_model(void) {
+    check_model(false, false, 0);
+    check_model(true, false, 0);
+    check_model(false, true, 3);
+}
+
+/* ------------------------------------------------------------------ training */
+
+static void train_opts(oz_train_opts *o, const char *device, const char *dir, int steps) {
+    oz_train_opts_default(o);
+    snprintf(o->data, sizeof o->data, "random:258");
+    snprintf(o->model, sizeof o->model, "demo");
+    snprintf(o->out, sizeof o->out, "%s", dir);
+    snprintf(o->device, sizeof o->device, "%s", device);
+    o->steps = steps;
+    o->batch = 4;
+    o->seq = 64;
+    o->warmup = 1;
+    o->eval_every = steps;
+    o->eval_batches = 2;
+    o->threads = 2;
+}
+
+static bool same_file(const char *a, const char *b) {
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    bool same = fa && fb;
+    while (same) {
+        int x = fgetc(fa), y = fgetc(fb);
+        if (x != y) same = false;
+        if (x == EOF || y == EOF) break;
+    }
+    if (fa) fclose(fa);
+    if (fb) fclose(fb);
+    return same;
+}
+
+static void test_training(void) {
+    char dc[] = "/tmp/ounce-gpu-cpu-XXXXXX", dg[] = "/tmp/ounce-gpu-cuda-XXXXXX";
+    CHECK(mkdtemp(dc) && mkdtemp(dg), "mkdtemp");
+    oz_train_opts o;
+    oz_train_result rc, rg;
+    oz_err err = {0};
+    train_opts(&o, "cpu", dc, 8);
+    CHECK(oz_train(&o, NULL, NULL, &rc, &err) == OZ_OK, "cpu: %s", err.msg);
+    train_opts(&o, "cuda", dg, 8);
+    o.save_every = 4;
+    CHECK(oz_train(&o, NULL, NULL, &rg, &err) == OZ_OK, "cuda: %s", err.msg);
+    fprintf(stderr, "  8 steps of demo: train loss cpu %.7f cuda %.7f, val loss cpu %.7f cuda %.7f\n", rc.train_loss,
+            rg.train_loss, rc.val_loss, rg.val_loss);
+    CHECK(fabs(rc.train_loss - rg.train_loss) <= 2e-5 * rc.train_loss, "train loss cuda %.9g vs cpu %.9g",
+          rg.train_loss, rc.train_loss);
+    CHECK(fabs(rc.val_loss - rg.val_loss) <= 2e-5 * rc.val_loss, "val loss cuda %.9g vs cpu %.9g", rg.val_loss,
+          rc.val_loss);
+    /* Planned == measured on the GPU too (arena peak, the CUDA workspace included). */
+    oz_train_plan plan;
+    oz_llama_config cfg;
+    oz_llama_preset("demo", &cfg);
+    cfg.vocab_size = 258;
+    CHECK(oz_train_plan_memory(&cfg, &o, &plan, &err) == OZ_OK, "%s", err.msg);
+    for (int k = 0; k < OZ_MEM_NCATEGORIES; k++)
+        CHECK(plan.bytes[k] == rg.peak_bytes[k], "%s: planned %zu, measured %zu", oz_mem_category_name(k),
+              plan.bytes[k], rg.peak_bytes[k]);
+    CHECK(plan.total == rg.peak_total, "total: planned %zu, measured %zu", plan.total, rg.peak_total);
+    /* Resume from step 4 on the GPU: the same final weights, bit for bit (no atomics anywhere). */
+    char path[600], keep[600], step[600];
+    snprintf(path, sizeof path, "%s/model.safetensors", dg);
+    snprintf(keep, sizeof keep, "%s/final-uninterrupted.safetensors", dg);
+    CHECK(rename(path, keep) == 0, "rename %s", path);
+    snprintf(step, sizeof step, "%s/step-4", dg);
+    CHECK(oz_train(NULL, step, NULL, &rg, &err) == OZ_OK, "resume: %s", err.msg);
+    CHECK(same_file(path, keep), "resumed run's weights differ from the uninterrupted run's");
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", dc, dg);
+    CHECK(system(cmd) == 0, "cleanup");
+}
+
+static void test_errors(void) {
+    oz_backend be;
+    oz_err err = {0};
+    CHECK(oz_backend_open(&be, "cuda:4096", 0, &err) == OZ_ERR_INPUT, "cuda:4096 opened (%s)", err.msg);
+    oz_err_clear(&err);
+    CHECK(oz_backend_open(&be, "tpu", 0, &err) == OZ_ERR_INPUT, "tpu accepted");
+    /* An op the kernels were not built for: reported by sync with a message, not a crash. */
+    oz_err_clear(&err);
+    CHECK(oz_backend_open(&be, "cuda", 0, &err) == OZ_OK, "%s", err.msg);
+    be.attention_fwd(&be, NULL, NULL, NULL, NULL, NULL, 1, 4, 1, 1, 256);
+    oz_err_clear(&err);
+    CHECK(be.sync(&be, &err) != OZ_OK && strstr(err.msg, "head_dim 256"), "unsupported head_dim not reported (%s)",
+          err.msg);
+    be.destroy(&be);
+    /* A GaLore-family optimizer says so in one line. */
+    char dir[] = "/tmp/ounce-gpu-galore-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    oz_train_opts o;
+    train_opts(&o, "cuda", dir, 2);
+    snprintf(o.optim, sizeof o.optim, "galore");
+    oz_train_result r;
+    oz_err_clear(&err);
+    CHECK(oz_train(&o, NULL, NULL, &r, &err) == OZ_ERR_INPUT && strstr(err.msg, "adamw"), "galore on cuda: %s",
+          err.msg);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0, "cleanup");
+}
+
+int main(void) {
+    oz_err err = {0};
+    if (oz_backend_cpu_create(&cpu, 0, &err) != OZ_OK || oz_backend_open(&gpu, "cuda", 0, &err) != OZ_OK) {
+        fprintf(stderr, "test_cuda: %s\n", err.msg);
+        printf("test_cuda: 0 passed, 1 failed\n");
+        return 1;
+    }
+    RUN(test_gemm);
+    RUN(test_elementwise);
+    RUN(test_embedding);
+    RUN(test_rmsnorm);
+    RUN(test_rope);
+    RUN(test_attention);
+    RUN(test_cross_entropy);
+    RUN(test_model);
+    RUN(test_training);
+    RUN(test_errors);
+    gpu.destroy(&gpu);
+    cpu.destroy(&cpu);
+    return oz_test_finish("test_cuda");
+}

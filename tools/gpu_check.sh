@@ -1,0 +1,40 @@
+#!/bin/sh
+# The device run (on a machine with a GPU): the GPU tests, then bench/gpu.sh; logs and results go
+# to $OUT. Uses the binaries tools/gpu_dist.sh built into gpu-dist/ when they start here, else
+# builds with `make CUDA=1`.
+# usage: OUT=dir sh tools/gpu_check.sh [all|tests|bench] [PRESETS]
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+WHAT=${1:-all}
+PRESETS=${2:-"60m 130m 350m"}
+mkdir -p "$OUT"
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+head -n 12 "$OUT/nvidia-smi.txt"
+OUNCE="" TEST=""
+if [ -x gpu-dist/ounce ]; then
+    export LD_LIBRARY_PATH="$PWD/gpu-dist/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    if ! ldd gpu-dist/ounce | grep -q "not found" && ! ldd gpu-dist/test_cuda | grep -q "not found"; then
+        OUNCE=gpu-dist/ounce TEST=gpu-dist/test_cuda
+        echo "using gpu-dist (commit $(cat gpu-dist/COMMIT))"
+    else
+        ldd gpu-dist/ounce | grep "not found"
+    fi
+fi
+if [ -z "$OUNCE" ]; then
+    echo "building here"
+    make -j"$(nproc)" CUDA=1 build-cuda/ounce build-cuda/tests/gpu/test_cuda >"$OUT/build.log" 2>&1 ||
+        { tail -n 30 "$OUT/build.log"; exit 1; }
+    OUNCE=build-cuda/ounce TEST=build-cuda/tests/gpu/test_cuda
+fi
+rc=0
+if [ "$WHAT" != bench ]; then
+    start=$(date +%s)
+    "$TEST" >"$OUT/test_cuda.log" 2>&1 || rc=1
+    echo "test_cuda: $(tail -n 1 "$OUT/test_cuda.log") ($(( $(date +%s) - start )) s)"
+    grep -E "^FAIL|^  " "$OUT/test_cuda.log" | head -n 60
+fi
+if [ "$WHAT" != tests ]; then
+    sh bench/gpu.sh "$OUNCE" "$PRESETS" | tee "$OUT/bench.jsonl"
+fi
+exit $rc
