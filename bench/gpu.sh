@@ -30,7 +30,7 @@ smi_peak() {
 for P in $PRESETS; do
     for DEV in cuda cuda+tf32; do
         rm -rf "$TMP/run"
-        if smi_peak "$OUNCE" train --data random:32000 --model "$P" --out "$TMP/run" --steps "$STEPS" --batch "$BATCH" \
+        if smi_peak timeout 150 "$OUNCE" train --data random:32000 --model "$P" --out "$TMP/run" --steps "$STEPS" --batch "$BATCH" \
             --seq "$SEQ" --warmup 0 --eval-every 0 --log-every 1000 --device "$DEV" --json >"$TMP/out" 2>"$TMP/err"; then
             python3 - "$TMP/run/metrics.jsonl" "$TMP/out" "$P" "$DEV" "$BATCH" "$SEQ" "$SMI_PEAK" <<'EOF'
 import json, statistics, sys
@@ -50,7 +50,7 @@ EOF
         fi
     done
     for DT in fp32 bf16; do
-        if smi_peak python3 bench/torch_llama.py --device cuda --dtype "$DT" --preset "$P" --batch "$BATCH" --seq "$SEQ" \
+        if smi_peak timeout 150 python3 bench/torch_llama.py --device cuda --dtype "$DT" --preset "$P" --batch "$BATCH" --seq "$SEQ" \
             --steps $((STEPS - 2)) --warmup-steps 2 >"$TMP/out" 2>"$TMP/err"; then
             tail -n 1 "$TMP/out" | sed -E "s/\}$/,\"smi_peak_mib\":${SMI_PEAK:-null}}/"
         else

@@ -2,7 +2,7 @@
 # The device run (on a machine with a GPU): the GPU tests, then bench/gpu.sh; logs and results go
 # to $OUT. Uses the binaries tools/gpu_dist.sh built into gpu-dist/ when they start here, else
 # builds with `make CUDA=1`.
-# usage: OUT=dir sh tools/gpu_check.sh [all|tests|bench] [PRESETS]
+# usage: OUT=dir sh tools/gpu_check.sh [all|tests|ops|bench] [PRESETS]
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -11,11 +11,13 @@ PRESETS=${2:-"60m 130m 350m"}
 mkdir -p "$OUT"
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 head -n 12 "$OUT/nvidia-smi.txt"
-OUNCE="" TEST=""
+OUNCE="" TEST="" OPS=""
+# Carried compressed (the device tool caps what travels).
+[ -f gpu-dist.tgz ] && [ ! -d gpu-dist ] && tar xzf gpu-dist.tgz
 if [ -x gpu-dist/ounce ]; then
     export LD_LIBRARY_PATH="$PWD/gpu-dist/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     if ! ldd gpu-dist/ounce | grep -q "not found" && ! ldd gpu-dist/test_cuda | grep -q "not found"; then
-        OUNCE=gpu-dist/ounce TEST=gpu-dist/test_cuda
+        OUNCE=gpu-dist/ounce TEST=gpu-dist/test_cuda OPS=gpu-dist/gpu_ops
         echo "using gpu-dist (commit $(cat gpu-dist/COMMIT))"
     else
         ldd gpu-dist/ounce | grep "not found"
@@ -23,18 +25,21 @@ if [ -x gpu-dist/ounce ]; then
 fi
 if [ -z "$OUNCE" ]; then
     echo "building here"
-    make -j"$(nproc)" CUDA=1 build-cuda/ounce build-cuda/tests/gpu/test_cuda >"$OUT/build.log" 2>&1 ||
+    make -j"$(nproc)" CUDA=1 build-cuda/ounce build-cuda/tests/gpu/test_cuda build-cuda/bench/gpu_ops >"$OUT/build.log" 2>&1 ||
         { tail -n 30 "$OUT/build.log"; exit 1; }
-    OUNCE=build-cuda/ounce TEST=build-cuda/tests/gpu/test_cuda
+    OUNCE=build-cuda/ounce TEST=build-cuda/tests/gpu/test_cuda OPS=build-cuda/bench/gpu_ops
 fi
 rc=0
-if [ "$WHAT" != bench ]; then
+if [ "$WHAT" = all ] || [ "$WHAT" = tests ]; then
     start=$(date +%s)
     "$TEST" >"$OUT/test_cuda.log" 2>&1 || rc=1
     echo "test_cuda: $(tail -n 1 "$OUT/test_cuda.log") ($(( $(date +%s) - start )) s)"
     grep -E "^FAIL|^  " "$OUT/test_cuda.log" | head -n 60
 fi
-if [ "$WHAT" != tests ]; then
+if [ "$WHAT" = all ] || [ "$WHAT" = ops ]; then
+    "$OPS" 60m 64 256 | tee "$OUT/ops-60m.jsonl"
+fi
+if [ "$WHAT" = all ] || [ "$WHAT" = bench ]; then
     sh bench/gpu.sh "$OUNCE" "$PRESETS" | tee "$OUT/bench.jsonl"
 fi
 exit $rc

@@ -6,15 +6,16 @@
 set -e
 cd "$(dirname "$0")/.."
 make -s -j"$(nproc)" CUDA=1 BUILD=build-cuda-dist OPT="-O3 -march=x86-64-v3" build-cuda-dist/ounce \
-    build-cuda-dist/tests/gpu/test_cuda
+    build-cuda-dist/tests/gpu/test_cuda build-cuda-dist/bench/gpu_ops
 rm -rf gpu-dist
 mkdir -p gpu-dist/lib
-cp build-cuda-dist/ounce build-cuda-dist/tests/gpu/test_cuda gpu-dist/
-strip --strip-debug gpu-dist/ounce gpu-dist/test_cuda
+cp build-cuda-dist/ounce build-cuda-dist/tests/gpu/test_cuda build-cuda-dist/bench/gpu_ops gpu-dist/
+strip --strip-debug gpu-dist/ounce gpu-dist/test_cuda gpu-dist/gpu_ops
 for lib in libopenblas.so.0 libcjson.so.1 libpcre2-8.so.0 libgfortran.so.5 libquadmath.so.0; do
     path=$(ldd gpu-dist/ounce | awk -v l="$lib" '$1 == l {print $3}')
     [ -n "$path" ] && cp -L "$path" gpu-dist/lib/
 done
 git rev-parse HEAD >gpu-dist/COMMIT
 git status --short -- src tests bench tools Makefile >gpu-dist/DIRTY || true
-du -sh gpu-dist
+tar czf gpu-dist.tgz gpu-dist  # what tools/gpu_check.sh unpacks on the GPU machine
+du -sh gpu-dist gpu-dist.tgz
