@@ -807,7 +807,9 @@ static uint64_t heap_pop(uint64_t *h, size_t *n) {
 
 static int merge_heap(const oz_bpe *b, workspace *w) {
     size_t n = w->sym.n;
-    if (!ivec_reserve(&w->prev, n) || !ivec_reserve(&w->next, n) || !ivec_reserve(&w->heap, 2 * n + 2)) return 0;
+    /* The heap holds at most every push: n - 1 pairs, then two per merge (at most n - 1 merges);
+     * entries are 64-bit, two int32 slots each. */
+    if (!ivec_reserve(&w->prev, n) || !ivec_reserve(&w->next, n) || !ivec_reserve(&w->heap, 6 * n + 2)) return 0;
     int32_t *sym = w->sym.v, *prev = w->prev.v, *next = w->next.v;
     uint64_t *heap = (uint64_t *)w->heap.v;
     size_t hn = 0;
