@@ -126,6 +126,39 @@ expect_error "compress needs one of --ratio/--threshold" "exactly one" $OUNCE co
 expect_error "compress a low-rank model" "already a low-rank" $OUNCE compress --model "$T/wl" --out "$T/x" --ratio 0.5
 expect_error "--welore on a dense model" "low-rank model" $OUNCE train --data "$T/data" --out "$T/x" --init "$T/run1" --welore --steps 2
 expect_error "qgalore on a low-rank model" "low-rank" $OUNCE train --data "$T/data" --out "$T/x" --init "$T/wl" --optim qgalore --steps 2
+# --- InRank: ranks grow at checks, freeze at step 12; an interrupted run resumed (before and after
+# the freeze) equals the uninterrupted one, ranks included; ranks never shrink; the planned peak
+# equals the measured one; the dense export evaluates the same
+IR="$TRAIN --steps 16 --eval-every 0 --seed 6 --inrank --inrank-targets attn,mlp --inrank-warmup 4 --inrank-check-every 2 --inrank-init-rank 1 --inrank-buffer 3"
+check "inrank: checkpointed run with a freeze" sh -c "$OUNCE train --data '$T/data' --out '$T/ir' $IR --inrank-freeze-after 12 --save-every 6 --keep 0 >'$T/ir.log'"
+check "inrank: factors and the freeze reported" sh -c "grep -q '^inrank: 14 matrices (attn,mlp) as factors' '$T/ir.log' && grep -q 'step 12 | inrank: frozen' '$T/ir.log'"
+check "inrank: rank log, plot and final ranks in the state" sh -c "test -s '$T/ir/ranks.jsonl' && grep -q '<svg' '$T/ir/ranks.svg' && grep -q '\"stage\":[[:space:]]*2' '$T/ir/trainer_state.json'"
+check "inrank: the frozen model is stored at ranks k" sh -c "grep -q '\"ounce_low_rank\"' '$T/ir/config.json' && ! cmp -s '$T/ir/step-6/config.json' '$T/ir/config.json'"
+# ranks per matrix, line by line, never below the line before
+check "inrank: ranks never shrink" sh -c "sed -E 's/.*\"ranks\":\\{//; s/\\}\\}\$//' '$T/ir/ranks.jsonl' | awk -F, '{for(i=1;i<=NF;i++){split(\$i,kv,\":\"); if(NR>1 && kv[2]+0 < prev[i]) bad=1; prev[i]=kv[2]+0}} END{exit bad}'"
+check "inrank: some rank grew" sh -c "[ \"\$(head -n 1 '$T/ir/ranks.jsonl' | sed -E 's/.*\"ranks\"//')\" != \"\$(tail -n 1 '$T/ir/ranks.jsonl' | sed -E 's/.*\"ranks\"//')\" ]"
+cp "$T/ir/model.safetensors" "$T/ir_full.safetensors"
+cp "$T/ir/trainer_state.json" "$T/ir_full_state.json"
+for from in 6 12; do
+    losses $((from + 1)) 16 "$T/ir/metrics.jsonl" | head -n $((16 - from)) >"$T/ir_l1"
+    check "inrank: resume from step-$from" sh -c "$OUNCE train --resume '$T/ir/step-$from' >/dev/null"
+    losses $((from + 1)) 16 "$T/ir/metrics.jsonl" | tail -n $((16 - from)) >"$T/ir_l2"
+    check "inrank: resumed from step-$from, losses bit-identical" cmp -s "$T/ir_l1" "$T/ir_l2"
+    check "inrank: resumed from step-$from, weights bit-identical" cmp -s "$T/ir_full.safetensors" "$T/ir/model.safetensors"
+    check "inrank: resumed from step-$from, trainer state (ranks, stage, cursor) identical" cmp -s "$T/ir_full_state.json" "$T/ir/trainer_state.json"
+done
+check "inrank: one step with a rank check" sh -c "$OUNCE train --data '$T/data' --out '$T/ir1' $TRAIN --steps 1 --eval-every 0 --inrank --inrank-warmup 1 --inrank-check-every 1 --json >'$T/ir1.log'"
+$OUNCE memory --model tiny --vocab 258 --batch 4 --seq 64 --inrank --json | tail -n 1 | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/planned"
+tail -n 1 "$T/ir1.log" | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/measured"
+check "inrank: planned peak equals measured" cmp -s "$T/planned" "$T/measured"
+check "inrank: convert to dense" sh -c "$OUNCE convert --model '$T/ir/step-6' --out '$T/ird' >/dev/null && grep -q '\"model_type\":[[:space:]]*\"llama\"' '$T/ird/config.json'"
+l1=$($OUNCE eval --model "$T/ir/step-6" --data "$T/data" --seq 64 --max-batches 4 --json | tail -n 1 | sed -E 's/.*"loss":([^,]+).*/\1/')
+l2=$($OUNCE eval --model "$T/ird" --data "$T/data" --seq 64 --max-batches 4 --json | tail -n 1 | sed -E 's/.*"loss":([^,]+).*/\1/')
+check "inrank: the dense export evaluates the same ($l1 vs $l2)" awk -v a="$l1" -v b="$l2" 'BEGIN{d=a-b; if(d<0)d=-d; exit !(a != "" && d < 1e-5)}'
+expect_error "inrank with galore" "adamw" $OUNCE train --data "$T/data" --out "$T/x" --model tiny --inrank --optim galore --steps 2
+expect_error "inrank with --init" "from scratch" $OUNCE train --data "$T/data" --out "$T/x" --init "$T/run1" --inrank --steps 2
+expect_error "bad --inrank-targets" "inrank-targets" $OUNCE train --data "$T/data" --out "$T/x" --model tiny --inrank --inrank-targets attn --steps 2
+expect_error "bad --inrank-threshold" "inrank-threshold" $OUNCE train --data "$T/data" --out "$T/x" --model tiny --inrank --inrank-threshold 1.5 --steps 2
 check "memory --budget reports fit and longest sequence" sh -c "$OUNCE memory --model 60m --batch 1 --seq 1024 --recompute layer --mini-seq auto --budget 2GiB --json | tail -n 1 | grep -q '\"fits\":true,\"max_seq\":[0-9]'"
 expect_error "bad --mini-seq" "mini-seq" $OUNCE train --data "$T/data" --out "$T/x" --model tiny --mini-seq lots
 expect_error "bad --recompute" "recompute" $OUNCE train --data "$T/data" --out "$T/x" --model tiny --recompute sometimes

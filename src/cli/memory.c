@@ -31,6 +31,10 @@ int oz_cmd_memory(int argc, char **argv) {
         {"grad-accum", OZ_ARG_INT, &o.grad_accum, 0, "micro-batches per step (with --clip 0 and 1, per-layer updates need no accumulators) [1]", 0},
         {"clip", OZ_ARG_FLOAT, &o.clip, 0, "gradient clipping, 0 = off [1.0]", 0},
         {"welore", OZ_ARG_FLAG, &o.welore, 0, "a low-rank model trained WeLore's way (only factors and norms train)", 0},
+        {"inrank", OZ_ARG_FLAG, &o.inrank, 0,
+         "InRank stage 1: the --inrank-targets matrices as factors at rank min(in,out)/2, plus a rank check's workspace "
+         "(for stage 2 give the frozen run's directory as --model)", 0},
+        {"inrank-targets", OZ_ARG_STR, o.inrank_targets, sizeof o.inrank_targets, "mlp | attn,mlp [mlp]", 0},
         {"per-layer-update", OZ_ARG_STR, o.per_layer_update, sizeof o.per_layer_update, "auto | on | off [auto]", 0},
         {"seq", OZ_ARG_INT, &o.seq, 0, "tokens per sequence [256]", 0},
         {"batch", OZ_ARG_INT, &o.batch, 0, "sequences per micro-batch [8]", 0},

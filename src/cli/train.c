@@ -108,6 +108,18 @@ int oz_cmd_train(int argc, char **argv) {
         {"proj-bits", OZ_ARG_INT, &o.proj_bits, 0, "GaLore: 32 (fp32 bases) or 4 (INT4 bases) [32; 4 for qgalore]", 0},
         {"per-layer-update", OZ_ARG_STR, o.per_layer_update, sizeof o.per_layer_update,
          "auto | on | off: consume gradients layer by layer, no full gradient buffer [auto: on for GaLore]", 0},
+        {"inrank", OZ_ARG_FLAG, &o.inrank, 0,
+         "InRank: store the target matrices as factors (stored rank min(in,out)/2) whose active rank grows during training", 0},
+        {"inrank-targets", OZ_ARG_STR, o.inrank_targets, sizeof o.inrank_targets,
+         "InRank: matrices to factorize: mlp (gate, up, down) | attn,mlp [mlp]", 0},
+        {"inrank-init-rank", OZ_ARG_INT, &o.inrank_init_rank, 0, "InRank: starting rank k [2]", 0},
+        {"inrank-buffer", OZ_ARG_INT, &o.inrank_buffer, 0,
+         "InRank: extra components trained beyond k (capped at a third of the stored rank) [100]", 0},
+        {"inrank-threshold", OZ_ARG_FLOAT, &o.inrank_threshold, 0, "InRank: explained-variance threshold [0.9]", 0},
+        {"inrank-check-every", OZ_ARG_INT, &o.inrank_check_every, 0, "InRank: optimizer steps between rank checks [25]", 0},
+        {"inrank-warmup", OZ_ARG_INT, &o.inrank_warmup, 0, "InRank: optimizer step of the first rank check [200]", 0},
+        {"inrank-freeze-after", OZ_ARG_INT, &o.inrank_freeze_after, 0,
+         "InRank: at this step truncate every factored matrix to its rank k and continue at fixed rank, 0 = never [0]", 0},
         {"device", OZ_ARG_STR, o.device, sizeof o.device, "cpu | cuda | cuda:N | cuda+tf32 (TF32 GEMMs; cuda: adamw only) [cpu]", 0},
         {"recompute", OZ_ARG_STR, o.recompute, sizeof o.recompute,
          "none | layer: keep only layer inputs and recompute each layer in backward [none]", 0},
@@ -126,7 +138,7 @@ int oz_cmd_train(int argc, char **argv) {
     int rc = oz_args_parse("train", "Train a Llama model; the final model is written to OUT.", args, n, argc, argv);
     if (rc) return rc == 1 ? 0 : 2;
 
-    oz_train_callbacks cb = {on_start, on_step, on_eval, on_save, NULL};
+    oz_train_callbacks cb = {on_start, on_step, on_eval, on_save, NULL, on_start};
     oz_train_result res;
     oz_err err = {0};
     oz_status st = oz_train(&o, resume[0] ? resume : NULL, &cb, &res, &err);

@@ -123,7 +123,9 @@ static void upper(const double *qr, int rows, int r, double *R) {
 oz_status oz_inrank_factored_svd(const float *A, const float *B, int out, int in, int R, int r, double *s, int k,
                                  float *A_new, float *B_new, oz_err *err) {
     svd_plan p;
-    if (!A || !B || !s || R < r || !plan_svd(out, in, r, &p) || k < 0 || k > r)
+    /* Sized for R, not r: one figure per matrix, whatever its active rank, so the planner can
+     * predict it (LAPACK's workspace needs only grow with the size). */
+    if (!A || !B || !s || r < 1 || R < r || !plan_svd(out, in, R, &p) || k < 0 || k > r)
         return oz_fail(err, OZ_ERR_INPUT, "factored SVD: bad sizes (out %d, in %d, R %d, r %d, k %d)", out, in, R, r, k);
     void *block = aligned_alloc(64, p.total * sizeof(double) + 64);
     if (!block) return oz_fail(err, OZ_ERR_NOMEM, "out of memory for the factored SVD (%d x %d at rank %d)", out, in, r);

@@ -40,8 +40,9 @@ double oz_inrank_explained(const double *s, int n, int n_full, int idx);
 oz_status oz_inrank_factored_svd(const float *A, const float *B, int out, int in, int R, int r, double *s, int k,
                                  float *A_new, float *B_new, oz_err *err);
 
-/* Bytes oz_inrank_factored_svd mallocs at active rank r (its whole workspace, one block); the
- * caller notes it in the arena as a transient. 0 on bad sizes. */
-size_t oz_inrank_workspace_bytes(int out, int in, int r);
+/* Bytes oz_inrank_factored_svd mallocs for a matrix of stored rank R (its whole workspace, one
+ * block, the same at any active rank); the caller notes it in the arena as a transient. 0 on bad
+ * sizes. */
+size_t oz_inrank_workspace_bytes(int out, int in, int R);
 
 #endif

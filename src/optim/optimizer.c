@@ -820,3 +820,66 @@ oz_status oz_optimizer_load(oz_optimizer *o, const char *path, oz_err *err) {
     free(counters);
     return s;
 }
+
+/* The parameter name inside a state entry's name "<role>.<param name><suffix>": parameter names
+ * end in ".weight", suffixes (".codes", ".q4", ...) never contain it. */
+static bool entry_param(const char *entry, char *name, size_t cap) {
+    const char *dot = strchr(entry, '.');
+    const char *end = NULL;
+    for (const char *p = dot ? strstr(dot, ".weight") : NULL; p; p = strstr(p + 1, ".weight")) end = p;
+    if (!dot || !end) return false;
+    size_t n = (size_t)(end + 7 - (dot + 1));
+    if (n >= cap) return false;
+    memcpy(name, dot + 1, n);
+    name[n] = '\0';
+    return true;
+}
+
+oz_status oz_optimizer_copy_state(oz_optimizer *dst, const oz_optimizer *src, bool reset_factors, oz_err *err) {
+    if (dst->cfg.kind != src->cfg.kind)
+        return oz_fail(err, OZ_ERR_INPUT, "optimizer state transfer between %s and %s", oz_optim_kind_name(src->cfg.kind),
+                       oz_optim_kind_name(dst->cfg.kind));
+    entry_list ld, ls;
+    int64_t *cd, *cs;
+    OZ_TRY(entries_alloc(dst, &ld, &cd, err));
+    oz_status st = entries_alloc(src, &ls, &cs, err);
+    if (st != OZ_OK) {
+        free(ld.e);
+        free(ld.names);
+        free(cd);
+        return st;
+    }
+    list_state(dst, &ld, cd);
+    list_state(src, &ls, cs);
+    for (int i = 0; i < ld.n; i++) {
+        const oz_st_entry *e = &ld.e[i];
+        char pname[128];
+        if (!entry_param(e->name, pname, sizeof pname)) continue;
+        const oz_param_info *p = oz_param_layout_find(dst->layout, pname);
+        if (!p || (reset_factors && p->factor)) continue;
+        for (int j = 0; j < ls.n; j++) {
+            const oz_st_entry *f = &ls.e[j];
+            if (strcmp(f->name, e->name) != 0) continue;
+            size_t ne = (size_t)e->shape[0] * (size_t)(e->ndim > 1 ? e->shape[1] : 1);
+            size_t nf = (size_t)f->shape[0] * (size_t)(f->ndim > 1 ? f->shape[1] : 1);
+            if (f->dtype == e->dtype && ne == nf && f->ndim == e->ndim)
+                memcpy((void *)e->data, f->data, ne * oz_dtype_size(e->dtype));
+            break;
+        }
+    }
+    /* The counters were copied into dst's list ("state.<name>"); hand them to the slots. */
+    for (int i = 0; i < dst->n_slots; i++) {
+        slot *sl = &dst->slots[i];
+        sl->step = cd[4 * i];
+        sl->refreshes = cd[4 * i + 1];
+        sl->gap = (int)cd[4 * i + 2];
+        sl->cos_n = (int)cd[4 * i + 3];
+    }
+    free(ld.e);
+    free(ld.names);
+    free(cd);
+    free(ls.e);
+    free(ls.names);
+    free(cs);
+    return OZ_OK;
+}

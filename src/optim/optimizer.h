@@ -103,5 +103,9 @@ bool oz_optimizer_set_basis(oz_optimizer *opt, int index, const float *P, const 
  * it back; names are "<role>.<HF tensor name>". Loading checks names and shapes. */
 oz_status oz_optimizer_save(const oz_optimizer *opt, const char *path, oz_err *err);
 oz_status oz_optimizer_load(oz_optimizer *opt, const char *path, oz_err *err);
+/* Copies the state (moments, bases, counters) of every tensor of src into the tensor of dst with
+ * the same name, kind and shapes; dst's other tensors, and with reset_factors its low-rank factors,
+ * keep their fresh state. InRank's freeze uses it when it rebuilds the model at smaller ranks. */
+oz_status oz_optimizer_copy_state(oz_optimizer *dst, const oz_optimizer *src, bool reset_factors, oz_err *err);
 
 #endif

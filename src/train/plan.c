@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "optim/optimizer.h"
+#include "train/inrank.h"
 
 oz_status oz_train_plan_memory(const oz_llama_config *cfg, const oz_train_opts *o, oz_train_plan *plan,
                                oz_err *err) {
@@ -19,6 +20,11 @@ oz_status oz_train_plan_memory(const oz_llama_config *cfg, const oz_train_opts *
                        o->seq);
     oz_llama_config c = *cfg;
     if (c.max_position_embeddings < o->seq) c.max_position_embeddings = o->seq; /* as the trainer does for presets */
+    /* InRank stores its target matrices as factors at rank min(in, out)/2 (stage 1); a config that
+     * is already low-rank (a run after its freeze) is planned as it is. */
+    oz_inrank_settings irs;
+    OZ_TRY(oz_inrank_settings_from_opts(o, &irs, err));
+    if (o->inrank) oz_inrank_factorize_config(&c, &irs);
     OZ_TRY(oz_train_model_shape(o, &c, &plan->shape, err));
     oz_llama_plan mp;
     OZ_TRY(oz_llama_plan_memory(&c, plan->shape, &mp, err));
@@ -36,6 +42,7 @@ oz_status oz_train_plan_memory(const oz_llama_config *cfg, const oz_train_opts *
     if (cuda && oc.kind != OZ_OPTIM_ADAMW)
         return oz_fail(err, OZ_ERR_INPUT, "--optim %s runs on the CPU backend only so far (on cuda: adamw)", o->optim);
     if (cuda) plan->bytes[OZ_MEM_SCRATCH] += OZ_CUDA_WORKSPACE_BYTES;
+    if (o->inrank) plan->bytes[OZ_MEM_SCRATCH] += oz_inrank_check_bytes(&c); /* a rank check's host workspace */
     for (int i = 0; i < OZ_MEM_NCATEGORIES; i++) plan->total += plan->bytes[i];
     return OZ_OK;
 }

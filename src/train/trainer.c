@@ -26,6 +26,7 @@
 #include "optim/optimizer.h"
 #include "optim/subspace.h"
 #include "optim/schedule.h"
+#include "train/inrank.h"
 
 void oz_train_opts_default(oz_train_opts *o) {
     memset(o, 0, sizeof *o);
@@ -67,6 +68,13 @@ void oz_train_opts_default(oz_train_opts *o) {
     o->keep = 2;
     o->log_every = 10;
     o->threads = 0;
+    o->inrank_init_rank = 2;      /* InRank's defaults (the reference's) */
+    o->inrank_buffer = 100;
+    o->inrank_threshold = 0.9f;
+    o->inrank_check_every = 25;
+    o->inrank_warmup = 200;
+    o->inrank_freeze_after = 0;
+    snprintf(o->inrank_targets, sizeof o->inrank_targets, "mlp");
 }
 
 static double now_s(void) {
@@ -100,6 +108,16 @@ static cJSON *opts_to_json(const oz_train_opts *o) {
     snprintf(seed, sizeof seed, "%" PRIu64, o->seed);
     cJSON_AddStringToObject(j, "seed", seed); /* as a string: JSON numbers lose 64-bit integers */
     cJSON_AddBoolToObject(j, "welore", o->welore);
+    if (o->inrank) {
+        cJSON *ir = cJSON_AddObjectToObject(j, "inrank");
+        cJSON_AddNumberToObject(ir, "init_rank", o->inrank_init_rank);
+        cJSON_AddNumberToObject(ir, "buffer", o->inrank_buffer);
+        cJSON_AddNumberToObject(ir, "threshold", o->inrank_threshold);
+        cJSON_AddNumberToObject(ir, "check_every", o->inrank_check_every);
+        cJSON_AddNumberToObject(ir, "warmup", o->inrank_warmup);
+        cJSON_AddNumberToObject(ir, "freeze_after", o->inrank_freeze_after);
+        cJSON_AddStringToObject(ir, "targets", o->inrank_targets);
+    }
     return j;
 }
 
@@ -128,6 +146,24 @@ static oz_status opts_from_json(const cJSON *j, const char *path, oz_train_opts 
     if (!cJSON_IsString(it)) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"seed\"", path);
     o->seed = strtoull(it->valuestring, NULL, 10);
     o->welore = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "welore")); /* absent in older states: off */
+    const cJSON *ir = cJSON_GetObjectItemCaseSensitive(j, "inrank"); /* absent: not an InRank run */
+    if (ir) {
+        const cJSON *n[6], *tg = cJSON_GetObjectItemCaseSensitive(ir, "targets");
+        static const char *const keys[6] = {"init_rank", "buffer", "threshold", "check_every", "warmup", "freeze_after"};
+        for (int i = 0; i < 6; i++) {
+            n[i] = cJSON_GetObjectItemCaseSensitive(ir, keys[i]);
+            if (!cJSON_IsNumber(n[i])) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"inrank.%s\"", path, keys[i]);
+        }
+        if (!cJSON_IsString(tg)) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"inrank.targets\"", path);
+        o->inrank = true;
+        o->inrank_init_rank = n[0]->valueint;
+        o->inrank_buffer = n[1]->valueint;
+        o->inrank_threshold = (float)n[2]->valuedouble;
+        o->inrank_check_every = n[3]->valueint;
+        o->inrank_warmup = n[4]->valueint;
+        o->inrank_freeze_after = n[5]->valueint;
+        snprintf(o->inrank_targets, sizeof o->inrank_targets, "%s", tg->valuestring);
+    }
     return OZ_OK;
 }
 
@@ -138,7 +174,7 @@ typedef struct {
 } run_position;
 
 static oz_status state_write(const char *path, const oz_train_opts *o, const run_position *pos,
-                             const char *tokenizer, oz_err *err) {
+                             const char *tokenizer, cJSON *inrank, oz_err *err) {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "format", "ounce-trainer-state");
     cJSON_AddNumberToObject(root, "version", 1);
@@ -146,6 +182,7 @@ static oz_status state_write(const char *path, const oz_train_opts *o, const run
     cJSON_AddNumberToObject(root, "tokens_seen", pos->tokens_seen);
     cJSON_AddStringToObject(root, "tokenizer", tokenizer);
     cJSON_AddItemToObject(root, "options", opts_to_json(o));
+    if (inrank) cJSON_AddItemToObject(root, "inrank", inrank);
     cJSON *cur = cJSON_AddObjectToObject(root, "data_cursor");
     char buf[32];
     cJSON *rng = cJSON_AddArrayToObject(cur, "rng");
@@ -223,6 +260,9 @@ typedef struct {
     float *host_params;        /* staging for saves when the backend's memory is not host memory */
     int32_t *inputs, *targets;
     FILE *metrics;
+    oz_inrank_settings irs;    /* InRank: settings, ranks and stage, the rank log */
+    oz_inrank_run ir;
+    FILE *rank_log;
 } trainer;
 
 /* Host view of the weights for saving: the backend's own memory when it is host memory (CPU),
@@ -272,7 +312,8 @@ static oz_status save_checkpoint(trainer *t, const char *dir, const run_position
     }
     OZ_TRY(copy_tokenizer_files(t->tokenizer_dir, dir, err));
     snprintf(path, sizeof path, "%s/trainer_state.json", dir);
-    return state_write(path, &t->opts, pos, t->tokenizer, err);
+    return state_write(path, &t->opts, pos, t->tokenizer, t->opts.inrank ? oz_inrank_state_to_json(&t->ir, &t->cfg) : NULL,
+                       err);
 }
 
 static int step_dir_number(const char *name) {
@@ -474,9 +515,33 @@ static oz_status check_opts(const oz_train_opts *o, oz_err *err) {
     return OZ_OK;
 }
 
+/* InRank: a resumed run takes its ranks and stage from the trainer state; then the active ranks
+ * are set and the rank log opened (OUT/ranks.jsonl, appended to on resume). */
+static oz_status inrank_setup(trainer *t, const char *resume_dir, oz_err *err) {
+    if (resume_dir) {
+        char path[OZ_PATH_MAX + 64], *text;
+        size_t n;
+        snprintf(path, sizeof path, "%s/trainer_state.json", resume_dir);
+        OZ_TRY(oz_read_file(path, &text, &n, err));
+        cJSON *root = cJSON_ParseWithLength(text, n);
+        free(text);
+        oz_status st = oz_inrank_state_from_json(&t->ir, cJSON_GetObjectItemCaseSensitive(root, "inrank"), &t->cfg, path, err);
+        cJSON_Delete(root);
+        OZ_TRY(st);
+    }
+    OZ_TRY(oz_inrank_apply(&t->ir, &t->irs, t->model, err));
+    char path[OZ_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/ranks.jsonl", t->opts.out);
+    t->rank_log = fopen(path, resume_dir ? "a" : "w");
+    if (!t->rank_log) return oz_fail(err, OZ_ERR_IO, "cannot write %s", path);
+    if (!resume_dir) oz_inrank_log(t->rank_log, 0, &t->ir, &t->cfg);
+    return OZ_OK;
+}
+
 static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz_err *err) {
     const oz_train_opts *o = &t->opts;
     OZ_TRY(check_opts(o, err));
+    OZ_TRY(oz_inrank_settings_from_opts(o, &t->irs, err));
     OZ_TRY(oz_dataset_open(&t->data, o->data, o->seed, err));
     t->data_ready = true;
     OZ_TRY(oz_dataset_check_window(&t->data, o->seq, err));
@@ -516,6 +581,7 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
         if (access(path, R_OK) == 0) snprintf(t->tokenizer_dir, sizeof t->tokenizer_dir, "%s", sources[i]);
     }
 
+    if (o->inrank && !resume_dir) oz_inrank_factorize_config(&t->cfg, &t->irs);
     OZ_TRY(oz_backend_open(&t->be, o->device, o->threads, err));
     t->be_ready = true;
     oz_arena_init(&t->arena, t->be.allocator);
@@ -552,6 +618,10 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
         float *host = direct ? oz_llama_params(t->model) : malloc(lay->total * sizeof(float));
         if (!host) return oz_fail(err, OZ_ERR_NOMEM, "out of memory staging the weights");
         oz_llama_init_params(&t->cfg, lay, host, o->seed);
+        if (o->inrank) {
+            oz_inrank_begin(&t->ir, &t->cfg, &t->irs);
+            oz_inrank_init_factors(&t->ir, &t->irs, &t->cfg, lay, host, o->seed);
+        }
         if (!direct) {
             oz_llama_import_params(t->model, host);
             free(host);
@@ -563,11 +633,13 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", o->out);
     t->metrics = fopen(mpath, resume_dir ? "a" : "w");
     if (!t->metrics) return oz_fail(err, OZ_ERR_IO, "cannot write %s", mpath);
+    if (o->inrank) OZ_TRY(inrank_setup(t, resume_dir, err));
     return OZ_OK;
 }
 
 static void teardown(trainer *t) {
     if (t->metrics) fclose(t->metrics);
+    if (t->rank_log) fclose(t->rank_log);
     if (t->model) {
         oz_optimizer_destroy(t->opt);
         oz_llama_destroy(t->model);
@@ -577,6 +649,7 @@ static void teardown(trainer *t) {
         t->be.destroy(&t->be);
     }
     if (t->data_ready) oz_dataset_close(&t->data);
+    oz_inrank_run_free(&t->ir); /* after the optimizer: a rebuilt one refers to its layout */
     free(t->host_params);
     free(t->inputs);
     free(t->targets);
@@ -584,6 +657,64 @@ static void teardown(trainer *t) {
 
 /* ------------------------------------------------------------------ the loop */
 
+
+static double mib(size_t bytes) { return (double)bytes / 1048576.0; }
+
+/* What InRank stores: the factored matrices, their stored and starting ranks, and the bytes of the
+ * factors against the dense matrices they replace. */
+static void inrank_note_factors(trainer *t, const oz_train_callbacks *cb) {
+    const oz_param_layout *lay = oz_llama_get_layout(t->model);
+    size_t factors = 0, dense = 0;
+    int n = 0, rmin = 1 << 30, rmax = 0, amin = 1 << 30, amax = 0;
+    for (int l = 0; l < t->cfg.num_hidden_layers; l++)
+        for (int j = 0; j < OZ_LLAMA_MATRICES; j++) {
+            int R = oz_llama_rank(t->model, l, j), a = oz_llama_active_rank(t->model, l, j);
+            if (!R) continue;
+            int i = oz_llama_matrix_index(lay, l, j);
+            factors += (lay->params[i].numel + lay->params[i + 1].numel) * sizeof(float);
+            int64_t out, in;
+            oz_llama_matrix_dims(&t->cfg, j, &out, &in);
+            dense += (size_t)out * (size_t)in * sizeof(float);
+            n++;
+            rmin = R < rmin ? R : rmin, rmax = R > rmax ? R : rmax;
+            amin = a < amin ? a : amin, amax = a > amax ? a : amax;
+        }
+    char line[512];
+    snprintf(line, sizeof line,
+             "inrank: %d matrices (%s) as factors, stage %d, stored rank %d..%d, active %d..%d, mean rank %.1f%% of "
+             "full; factors %.2f MiB where the dense matrices would be %.2f MiB",
+             n, t->opts.inrank_targets, t->ir.stage, rmin, rmax, amin, amax,
+             100 * oz_inrank_mean_fraction(&t->ir, &t->cfg), mib(factors), mib(dense));
+    if (n) cb->on_start(cb->user, line);
+}
+
+/* After optimizer step `step` (1-based): the rank check when one is due, then the freeze. */
+static oz_status inrank_after_step(trainer *t, int step, const oz_train_callbacks *cb, oz_err *err) {
+    if (oz_inrank_due(&t->ir, &t->irs, step)) {
+        int grown;
+        OZ_TRY(oz_inrank_check(&t->ir, &t->irs, t->model, &t->arena, &grown, err));
+        oz_inrank_log(t->rank_log, step, &t->ir, &t->cfg);
+    }
+    if (t->ir.stage != 1 || step != t->irs.freeze_after) return OZ_OK;
+    oz_llama_shape shape;
+    oz_optim_config ocfg;
+    OZ_TRY(oz_train_model_shape(&t->opts, &t->cfg, &shape, err));
+    OZ_TRY(oz_train_optim_config(&t->opts, &ocfg, err));
+    size_t before = t->arena.current_total, wbefore = t->arena.current[OZ_MEM_WEIGHTS];
+    OZ_TRY(oz_inrank_freeze(&t->ir, step, &t->model, &t->opt, &t->cfg, &t->be, &t->arena, shape, &ocfg, err));
+    if (t->per_layer) oz_llama_set_grad_hook(t->model, trainer_grad_hook, t);
+    oz_inrank_log(t->rank_log, step, &t->ir, &t->cfg);
+    if (cb && cb->on_note) {
+        char line[256];
+        snprintf(line, sizeof line,
+                 "step %d | inrank: frozen at rank k (mean %.1f%% of full), model rebuilt: weights %.2f -> %.2f MiB, "
+                 "all buffers %.2f -> %.2f MiB",
+                 step, 100 * oz_inrank_mean_fraction(&t->ir, &t->cfg), mib(wbefore),
+                 mib(t->arena.current[OZ_MEM_WEIGHTS]), mib(before), mib(t->arena.current_total));
+        cb->on_note(cb->user, line);
+    }
+    return OZ_OK;
+}
 
 static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb, oz_train_result *res,
                      oz_err *err) {
@@ -594,6 +725,7 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
     long tokens_per_step = (long)B * T * o->grad_accum;
     float grad_scale = 1.0f / (float)((double)B * T * o->grad_accum);
     const oz_param_layout *lay = oz_llama_get_layout(t->model);
+    if (o->inrank && cb && cb->on_start) inrank_note_factors(t, cb);
 
     res->params = res->trainable = 0;
     for (int i = 0; i < lay->n; i++) {
@@ -666,6 +798,10 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
         pos->step = step + 1;
         pos->tokens_seen += (double)tokens_per_step;
         oz_dataset_get_cursor(&t->data, &pos->cursor);
+        if (o->inrank) {
+            OZ_TRY(inrank_after_step(t, pos->step, cb, err));
+            lay = oz_llama_get_layout(t->model); /* the freeze rebuilds the model */
+        }
         res->train_loss = loss;
         res->steps = pos->step;
 
@@ -696,6 +832,13 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
     }
     /* The final model goes to OUT itself: weights, config and the state (for the record). */
     OZ_TRY(save_checkpoint(t, o->out, pos, false, err));
+    if (o->inrank) {
+        char log[OZ_PATH_MAX + 32], svg[OZ_PATH_MAX + 32];
+        snprintf(log, sizeof log, "%s/ranks.jsonl", o->out);
+        snprintf(svg, sizeof svg, "%s/ranks.svg", o->out);
+        fflush(t->rank_log);
+        OZ_TRY(oz_inrank_plot(log, svg, err));
+    }
     if (cb && cb->on_save) cb->on_save(cb->user, pos->step, o->out);
     res->tokens_per_s = train_time > 0 ? steps_here * (double)tokens_per_step / train_time : 0;
     memcpy(res->peak_bytes, t->arena.peak, sizeof res->peak_bytes);

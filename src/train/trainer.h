@@ -40,6 +40,11 @@ typedef struct {
     /* WeLore: train only a low-rank model's factors and the norms; embedding, head and dense
      * (N-LRC) matrices are frozen. */
     bool welore;
+    /* InRank (train/inrank.h): the target matrices as factors whose rank grows; freeze_after 0 = never */
+    bool inrank;
+    int inrank_init_rank, inrank_buffer, inrank_check_every, inrank_warmup, inrank_freeze_after;
+    float inrank_threshold;
+    char inrank_targets[16];  /* mlp | attn,mlp */
 } oz_train_opts;
 
 /* The defaults documented in `ounce train --help`. */
@@ -61,6 +66,7 @@ typedef struct {
     void (*on_eval)(void *user, int step, double val_loss, long tokens);
     void (*on_save)(void *user, int step, const char *dir);
     void *user;
+    void (*on_note)(void *user, const char *line);       /* an event worth a line (InRank's freeze) */
 } oz_train_callbacks;
 
 typedef struct {
