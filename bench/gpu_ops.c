@@ -110,6 +110,13 @@ int main(int argc, char **argv) {
     report("cross_entropy", ms, 2.0 * N * V * 4, "GB_s", 1);
     float *table = dalloc((size_t)V * d * 4), *x = dalloc((size_t)N * F * 4), *y = dalloc((size_t)N * F * 4);
     float *w = dalloc((size_t)F * 4), *r = dalloc((size_t)N * 4);
+    /* worst case first (every token the same id: one warp adds every row), then uniform ids */
+    ms = TIME(3, be.embedding_bwd(&be, table, x, tg, N, d, V));
+    report("embedding_bwd_one_id", ms, (double)N * d * 8, "GB_s", 1);
+    int32_t *hid = malloc((size_t)N * sizeof *hid);
+    for (int i = 0; i < N; i++) hid[i] = (int32_t)(((uint64_t)i * 2654435761u) % (uint64_t)V);
+    be.to_device(&be, tg, hid, (size_t)N * sizeof *hid);
+    free(hid);
     ms = TIME(3, be.embedding_bwd(&be, table, x, tg, N, d, V));
     report("embedding_bwd", ms, (double)N * d * 8, "GB_s", 1);
     ms = TIME(5, be.rmsnorm_fwd(&be, y, r, x, w, N, d, 1e-5f));

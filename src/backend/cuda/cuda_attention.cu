@@ -230,16 +230,21 @@ __global__ void __launch_bounds__(ATT_THREADS)
             __syncthreads();
             load_tile<HD, DKV_BQ, false>(qs, q + qoff, qstride, i0, T, hd);
             load_tile<HD, DKV_BQ, false>(es, dout + qoff, qstride, i0, T, hd);
-            if (tid < DKV_BQ) {
-                float D = 0.0f, L = 0.0f;
-                if (i0 + tid < T) {
-                    const float *er = dout + qoff + (size_t)(i0 + tid) * qstride;
-                    const float *orow = out + qoff + (size_t)(i0 + tid) * qstride;
-                    for (int d = 0; d < hd; d++) D = fmaf(er[d], orow[d], D);
-                    L = lse[((size_t)b * Hq + h) * T + i0 + tid];
+            /* D = dout . out per query row, a warp per row (lanes over columns, then a fixed
+             * shuffle tree): one thread per row looping over hd serialised every tile. */
+            for (int r = tid >> 5; r < DKV_BQ; r += ATT_THREADS / 32) {
+                const int lane = tid & 31;
+                float D = 0.0f;
+                if (i0 + r < T) {
+                    const float *er = dout + qoff + (size_t)(i0 + r) * qstride;
+                    const float *orow = out + qoff + (size_t)(i0 + r) * qstride;
+                    for (int d = lane; d < hd; d += 32) D = fmaf(er[d], orow[d], D);
                 }
-                Ds[tid] = D;
-                Ls[tid] = L;
+                for (int o = 16; o > 0; o >>= 1) D += __shfl_xor_sync(0xffffffffu, D, o);
+                if (lane == 0) {
+                    Ds[r] = D;
+                    Ls[r] = i0 + r < T ? lse[((size_t)b * Hq + h) * T + i0 + r] : 0.0f;
+                }
             }
             __syncthreads();
             float s[DKV_BQ], dp[DKV_BQ];

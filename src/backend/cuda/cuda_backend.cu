@@ -284,31 +284,53 @@ static void cuda_embedding_fwd(oz_backend *be, float *out, const float *table, c
 /* dtable += scatter(dout) without atomics: warp w owns vocabulary row w and scans every id (a
  * tile at a time, staged in shared memory for the block's 8 rows); matches are added in token
  * order, the CPU's order, so the two backends agree bit for bit. The scan costs V*N/32 warp
- * steps, a fraction of a millisecond at V=32000, N=16384. */
+ * steps, a fraction of a millisecond at V=32000, N=16384. The row is held in registers (EMB_COLS
+ * columns at a time) while matches are added, so a frequent id costs independent loads, not a
+ * chain of read-modify-writes through memory. */
 #define EMB_WARPS 8
 #define EMB_TILE 2048
+#define EMB_PER_LANE 8
+#define EMB_COLS (32 * EMB_PER_LANE)
 
 __global__ void embedding_bwd_k(float *dtable, const float *dout, const int32_t *ids, int N, int d, int V) {
     __shared__ int32_t sid[EMB_TILE];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int row = blockIdx.x * EMB_WARPS + w;
     float *dst = dtable + (size_t)(row < V ? row : 0) * d;
-    for (int i0 = 0; i0 < N; i0 += EMB_TILE) {
-        const int n = N - i0 < EMB_TILE ? N - i0 : EMB_TILE;
-        __syncthreads();
-        for (int i = threadIdx.x; i < n; i += blockDim.x) sid[i] = ids[i0 + i];
-        __syncthreads();
-        if (row >= V) continue; /* warp-uniform: the ballot below sees whole warps */
-        for (int j0 = 0; j0 < n; j0 += 32) {
-            const int j = j0 + lane;
-            unsigned mask = __ballot_sync(0xffffffffu, j < n && sid[j] == row);
-            while (mask) {
-                const int k = __ffs(mask) - 1;
-                mask &= mask - 1;
-                const float *src = dout + (size_t)(i0 + j0 + k) * d;
-                for (int col = lane; col < d; col += 32) dst[col] += src[col];
+    for (int c0 = 0; c0 < d; c0 += EMB_COLS) {
+        float acc[EMB_PER_LANE];
+#pragma unroll
+        for (int u = 0; u < EMB_PER_LANE; u++) {
+            const int col = c0 + lane + 32 * u;
+            acc[u] = row < V && col < d ? dst[col] : 0.0f;
+        }
+        for (int i0 = 0; i0 < N; i0 += EMB_TILE) {
+            const int n = N - i0 < EMB_TILE ? N - i0 : EMB_TILE;
+            __syncthreads();
+            for (int i = threadIdx.x; i < n; i += blockDim.x) sid[i] = ids[i0 + i];
+            __syncthreads();
+            if (row >= V) continue; /* warp-uniform: the ballot below sees whole warps */
+            for (int j0 = 0; j0 < n; j0 += 32) {
+                const int j = j0 + lane;
+                unsigned mask = __ballot_sync(0xffffffffu, j < n && sid[j] == row);
+                while (mask) {
+                    const int k = __ffs(mask) - 1;
+                    mask &= mask - 1;
+                    const float *src = dout + (size_t)(i0 + j0 + k) * d;
+#pragma unroll
+                    for (int u = 0; u < EMB_PER_LANE; u++) {
+                        const int col = c0 + lane + 32 * u;
+                        if (col < d) acc[u] += src[col];
+                    }
+                }
             }
         }
+        if (row < V)
+#pragma unroll
+            for (int u = 0; u < EMB_PER_LANE; u++) {
+                const int col = c0 + lane + 32 * u;
+                if (col < d) dst[col] = acc[u];
+            }
     }
 }
 
