@@ -3,18 +3,18 @@
 # WeLore and uniform rank reduction, then fine-tuning the 50% model WeLore's way (--welore: only
 # factors and norms train) against full fine-tuning of the dense model on the same tokens.
 # JSON lines. The corpus is ../shared/data/tinyshakespeare.txt when present, else Debian's fortunes.
-# usage: bench/welore.sh [PRETRAIN_STEPS] [FINETUNE_STEPS] [THREADS]
+# usage: [OUNCE=./ounce] [CORPUS=...] [OUT=/tmp/ounce-welore] [EVAL_BATCHES=16] bench/welore.sh [PRETRAIN_STEPS] [FINETUNE_STEPS] [THREADS]
 set -e
 PRE=${1:-300}
 FT=${2:-100}
 THREADS=${3:-2}
 OUNCE=${OUNCE:-./ounce}
-CORPUS=../shared/data/tinyshakespeare.txt
+CORPUS=${CORPUS:-../shared/data/tinyshakespeare.txt}
 [ -f "$CORPUS" ] || CORPUS=/usr/share/games/fortunes
 OUT=${OUT:-/tmp/ounce-welore}
 mkdir -p "$OUT"
 [ -f "$OUT/data/meta.json" ] || $OUNCE prepare --input "$CORPUS" --out "$OUT/data" >/dev/null
-EVAL="--data $OUT/data --seq 128 --batch 8 --max-batches 16 --threads $THREADS --json"
+EVAL="--data $OUT/data --seq 128 --batch 8 --max-batches ${EVAL_BATCHES:-16} --threads $THREADS --json"
 # The base model: bench/quality.sh's ~19M AdamW run.
 [ -f "$OUT/base/model.safetensors" ] || $OUNCE train --data "$OUT/data" --model bench/configs/llama-20m.json \
     --out "$OUT/base" --steps "$PRE" --batch 8 --seq 128 --lr 2e-3 --warmup 30 --eval-every 0 --threads "$THREADS" \
