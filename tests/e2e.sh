@@ -125,7 +125,14 @@ check "dense expansion evaluates the same ($l1 vs $l2)" awk -v a="$l1" -v b="$l2
 expect_error "compress needs one of --ratio/--threshold" "exactly one" $OUNCE compress --model "$T/run1" --out "$T/x" --ratio 0.5 --threshold 0.2
 expect_error "compress a low-rank model" "already a low-rank" $OUNCE compress --model "$T/wl" --out "$T/x" --ratio 0.5
 expect_error "--welore on a dense model" "low-rank model" $OUNCE train --data "$T/data" --out "$T/x" --init "$T/run1" --welore --steps 2
-expect_error "qgalore on a low-rank model" "low-rank" $OUNCE train --data "$T/data" --out "$T/x" --init "$T/wl" --optim qgalore --steps 2
+# Q-GaLore on a compressed model: factors and frozen N-LRCs stored INT8; resume bit-exact (the frozen
+# matrices' codes travel with the optimizer state), planned = measured, frozen tensors unchanged.
+check "welore + qgalore" sh -c "$OUNCE train --data '$T/data' --out '$T/wlq' $WL --optim qgalore --rank 4 --save-every 5 --json >'$T/wlq.log'"
+cp "$T/wlq/model.safetensors" "$T/wlq_full.safetensors"
+check "welore + qgalore: resume is bit-exact" sh -c "$OUNCE train --resume '$T/wlq/step-5' >/dev/null && cmp -s '$T/wlq_full.safetensors' '$T/wlq/model.safetensors'"
+$OUNCE memory --model "$T/wl" --welore --optim qgalore --rank 4 --batch 4 --seq 64 --json | tail -n 1 | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/planned_q"
+tail -n 1 "$T/wlq.log" | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/measured_q"
+check "welore + qgalore: planned peak equals measured" cmp -s "$T/planned_q" "$T/measured_q"
 # --- InRank: ranks grow at checks, freeze at step 12; an interrupted run resumed (before and after
 # the freeze) equals the uninterrupted one, ranks included; ranks never shrink; the planned peak
 # equals the measured one; the dense export evaluates the same

@@ -12,6 +12,7 @@
 #include "io/safetensors.h"
 #include "model/llama.h"
 #include "optim/optimizer.h"
+#include "optim/quant.h"
 #include "optim/schedule.h"
 #include "util/rng.h"
 
@@ -796,6 +797,106 @@ static void test_frozen(void) {
     tiny_teardown(&ref);
 }
 
+/* Q-GaLore on a WeLore model: factors and frozen dense matrices are INT8 in the model; over steps
+ * the frozen matrices' codes, scales and zero points never change, the factors' do, and the
+ * embedding and head (frozen, fp32) stay bit for bit. */
+static void test_frozen_qgalore(void) {
+    unsigned freeze = OZ_FREEZE_EMBED | OZ_FREEZE_HEAD | OZ_FREEZE_DENSE;
+    tiny_model ref;
+    tiny_setup_ex(&ref, false, true, 0);
+    if (!ref.m) return;
+    oz_err err = {0};
+    oz_backend be;
+    oz_backend_cpu_create(&be, 0, &err);
+    oz_arena arena;
+    oz_arena_init(&arena, be.allocator);
+    oz_llama *m = NULL;
+    oz_llama_shape shape = {.batch = 2, .seq = 7, .with_grads = true, .freeze = freeze, .int8_matrices = true};
+    CHECK(oz_llama_create(&m, &ref.cfg, &be, &arena, shape, &err) == OZ_OK, "%s", err.msg);
+    if (!m) {
+        oz_arena_destroy(&arena);
+        be.destroy(&be);
+        tiny_teardown(&ref);
+        return;
+    }
+    const oz_param_layout *lay = oz_llama_get_layout(m);
+    float *host = malloc(lay->total * sizeof *host);
+    oz_llama_export_params(ref.m, host);
+    oz_llama_import_params(m, host);
+    oz_optim_config oc = {.kind = OZ_OPTIM_QGALORE, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .rank = 2,
+                          .update_gap = 2, .scale = 0.25f, .proj = OZ_PROJ_STD, .galore_attn = true,
+                          .galore_mlp = true, .proj_bits = 4, .lazy = true, .cos_threshold = 0.4f, .gap_growth = 2,
+                          .cos_window = 5, .max_gap = 16, .int8_weights = true};
+    oz_optimizer *opt = NULL;
+    CHECK(oz_optimizer_create(&opt, &oc, lay, &be, &arena, &err) == OZ_OK, "%s", err.msg);
+    if (opt) {
+        oz_optimizer_bind_model(opt, m);
+        /* Snapshot every tensor: INT8 ones as codes + scales + zero points, the rest as floats. */
+        size_t *snap_off = calloc((size_t)lay->n + 1, sizeof *snap_off);
+        for (int i = 0; i < lay->n; i++) {
+            const oz_param_info *p = &lay->params[i];
+            size_t bytes = p->numel * sizeof(float);
+            uint8_t *q, *z;
+            float *sc;
+            if (oz_llama_param_int8(m, i, &q, &sc, &z)) bytes = p->numel + oz_qw_groups(p->numel) * 5;
+            snap_off[i + 1] = snap_off[i] + bytes;
+        }
+        unsigned char *before = malloc(snap_off[lay->n]), *after = malloc(snap_off[lay->n]);
+        for (int pass = 0; pass < 2; pass++) {
+            unsigned char *dst = pass ? after : before;
+            for (int i = 0; i < lay->n; i++) {
+                const oz_param_info *p = &lay->params[i];
+                uint8_t *q, *z;
+                float *sc;
+                unsigned char *d = dst + snap_off[i];
+                if (oz_llama_param_int8(m, i, &q, &sc, &z)) {
+                    size_t g = oz_qw_groups(p->numel);
+                    memcpy(d, q, p->numel);
+                    memcpy(d + p->numel, sc, g * sizeof(float));
+                    memcpy(d + p->numel + g * sizeof(float), z, g);
+                } else {
+                    memcpy(d, oz_llama_param(m, i), p->numel * sizeof(float));
+                }
+            }
+            if (pass) break;
+            oz_llama_batch b = {ref.ids, ref.targets, 2, 7, NULL};
+            double s;
+            long c;
+            for (int step = 0; step < 4; step++) {
+                oz_llama_zero_grads(m);
+                oz_optimizer_begin_step(opt, step, 1e-2f);
+                CHECK(oz_llama_forward_backward(m, &b, 1.0f / 13, &s, &c, &err) == OZ_OK, "%s", err.msg);
+                CHECK(oz_optimizer_refresh_from(opt, m, &err) == OZ_OK, "%s", err.msg);
+                for (int i = 0; i < lay->n; i++)
+                    CHECK(oz_optimizer_consume(opt, i, oz_llama_grad(m, i), false, &err) == OZ_OK, "%s", err.msg);
+                oz_optimizer_apply(opt, NULL, 1e-2f, 1.0f);
+            }
+        }
+        int int8_frozen = 0, int8_factors = 0;
+        for (int i = 0; i < lay->n; i++) {
+            const oz_param_info *p = &lay->params[i];
+            uint8_t *q, *z;
+            float *sc;
+            bool int8 = oz_llama_param_int8(m, i, &q, &sc, &z);
+            if (int8 && p->frozen) int8_frozen++;
+            if (int8 && p->factor) int8_factors++;
+            bool same = memcmp(before + snap_off[i], after + snap_off[i], snap_off[i + 1] - snap_off[i]) == 0;
+            CHECK(same == p->frozen, "%s (frozen %d, int8 %d) %s", p->name, p->frozen, int8,
+                  same ? "did not change" : "changed");
+        }
+        CHECK(int8_frozen > 0 && int8_factors > 0, "INT8 frozen matrices %d, INT8 factors %d", int8_frozen, int8_factors);
+        free(before);
+        free(after);
+        free(snap_off);
+        oz_optimizer_destroy(opt);
+    }
+    free(host);
+    oz_llama_destroy(m);
+    oz_arena_destroy(&arena);
+    be.destroy(&be);
+    tiny_teardown(&ref);
+}
+
 /* The planner equals the arena byte for byte for low-rank models, with and without WeLore's
  * freezing, recompute, mini-sequences and per-layer gradients; losses and gradients match the plain
  * run. */
@@ -949,6 +1050,7 @@ int main(void) {
     RUN(test_low_rank_equals_dense);
     RUN(test_active_rank_equals_smaller_model);
     RUN(test_frozen);
+    RUN(test_frozen_qgalore);
     RUN(test_low_rank_plan);
     RUN(test_low_rank_checkpoint);
     RUN(test_determinism_and_accumulation);

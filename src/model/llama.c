@@ -514,21 +514,10 @@ static oz_status check_shape(const oz_llama_shape *s, oz_err *err) {
     return OZ_OK;
 }
 
-/* Q-GaLore's INT8 storage would requantize factors whose active part can change under it, and a
- * low-rank model is small already: refused, in planning as in creation. */
-static oz_status check_int8(const oz_llama_config *cfg, const oz_llama_shape *s, oz_err *err) {
-    if (s->int8_matrices && oz_llama_config_is_low_rank(cfg))
-        return oz_fail(err, OZ_ERR_INPUT,
-                       "INT8 matrices (qgalore) are not supported for low-rank models; use --optim galore8bit or "
-                       "adamw8bit");
-    return OZ_OK;
-}
-
 oz_status oz_llama_plan_memory(const oz_llama_config *cfg, oz_llama_shape shape, oz_llama_plan *plan,
                                oz_err *err) {
     memset(plan, 0, sizeof *plan);
     OZ_TRY(check_shape(&shape, err));
-    OZ_TRY(check_int8(cfg, &shape, err));
     oz_llama dummy;
     memset(&dummy, 0, sizeof dummy);
     dummy.cfg = *cfg;
@@ -591,7 +580,6 @@ oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend
                           oz_llama_shape shape, oz_err *err) {
     *out = NULL;
     OZ_TRY(check_shape(&shape, err));
-    OZ_TRY(check_int8(cfg, &shape, err));
     oz_llama *m = calloc(1, sizeof *m);
     if (!m) return oz_fail(err, OZ_ERR_NOMEM, "out of memory creating the model");
     m->cfg = *cfg;

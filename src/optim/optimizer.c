@@ -267,13 +267,6 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
     if (!be->host_visible && cfg->kind != OZ_OPTIM_ADAMW)
         return oz_fail(err, OZ_ERR_INPUT, "--optim %s runs on the CPU backend only so far (on %s: adamw)",
                        oz_optim_kind_name(cfg->kind), be->name);
-    /* Q-GaLore's INT8 storage would requantize factors whose active part moves under it; a
-     * low-rank model is already small, so 8-bit states (galore8bit, adamw8bit) are the lean choice. */
-    for (int i = 0; cfg->int8_weights && i < layout->n; i++)
-        if (layout->params[i].factor)
-            return oz_fail(err, OZ_ERR_INPUT,
-                           "--optim qgalore does not support low-rank models (INT8 factors); use galore8bit or "
-                           "adamw8bit");
     oz_optimizer *o = calloc(1, sizeof *o);
     if (!o) return oz_fail(err, OZ_ERR_NOMEM, "out of memory creating the optimizer");
     o->cfg = *cfg;
@@ -678,8 +671,18 @@ static void add_entry(entry_list *l, const char *role, const char *name, const c
 static void list_state(const oz_optimizer *o, entry_list *l, int64_t *counters) {
     for (int i = 0; i < o->n_slots; i++) {
         const slot *s = &o->slots[i];
-        if (s->frozen) continue;
         const char *nm = s->p->name;
+        /* INT8 weights' exact codes, frozen ones included: requantizing the dequantized weights of
+         * model.safetensors would not give the same grid back, and resume must be bit-exact. */
+        uint8_t *wq, *wz;
+        float *wsc;
+        if (o->model && oz_llama_param_int8(o->model, i, &wq, &wsc, &wz)) {
+            size_t groups = oz_qw_groups(s->p->numel);
+            add_entry(l, "qweight", nm, ".q8", OZ_DT_U8, 1, (int64_t)s->p->numel, 0, wq);
+            add_entry(l, "qweight", nm, ".scale", OZ_DT_F32, 1, (int64_t)groups, 0, wsc);
+            add_entry(l, "qweight", nm, ".zero", OZ_DT_U8, 1, (int64_t)groups, 0, wz);
+        }
+        if (s->frozen) continue;
         int64_t rows = s->galore ? (s->side == SIDE_RIGHT ? s->a : s->r) : s->p->shape[0];
         int64_t cols = s->galore ? (int64_t)(s->n / (size_t)rows) : (s->p->ndim > 1 ? s->p->shape[1] : 0);
         int nd = s->galore || s->p->ndim > 1 ? 2 : 1;
@@ -709,14 +712,6 @@ static void list_state(const oz_optimizer *o, entry_list *l, int64_t *counters) 
         if (s->v1) {
             add_entry(l, "galore_v1", nm, "", OZ_DT_F32, 1, first_vector_len(s), 0, s->v1);
             add_entry(l, "galore_cos", nm, "", OZ_DT_F32, 1, OZ_LAZY_MAX_WINDOW, 0, s->cos_hist);
-        }
-        uint8_t *wq, *wz;
-        float *wsc;
-        if (o->model && oz_llama_param_int8(o->model, i, &wq, &wsc, &wz)) {
-            size_t groups = oz_qw_groups(s->p->numel);
-            add_entry(l, "qweight", nm, ".q8", OZ_DT_U8, 1, (int64_t)s->p->numel, 0, wq);
-            add_entry(l, "qweight", nm, ".scale", OZ_DT_F32, 1, (int64_t)groups, 0, wsc);
-            add_entry(l, "qweight", nm, ".zero", OZ_DT_U8, 1, (int64_t)groups, 0, wz);
         }
         int64_t *cnt = &counters[4 * i];
         cnt[0] = s->step;
