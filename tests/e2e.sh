@@ -199,21 +199,21 @@ check "no temporary files left behind" sh -c "! ls -a '$T/run3' '$T/run3/step-30
 # --- Hugging Face models in and out: fine-tune a transformers checkpoint (sharded f16, Llama-3 rope
 # scaling), convert, and (where transformers is installed) check transformers reads what we wrote
 HF=tests/fixtures/hf
-check "train --init from a sharded f16 HF model" sh -c "$OUNCE train --init $HF/llama3_sharded_f16 --data random:80 --out '$T/hfrun' --steps 4 --batch 2 --seq 32 --lr 1e-3 --eval-every 0 --threads 2 >'$T/hf.log'"
-check "fine-tuned model keeps the HF config" grep -q '"rope_type":[[:space:]]*"llama3"' "$T/hfrun/config.json"
+check "train --init from a sharded f16 HF model" sh -c "$OUNCE train --init $HF/llama3_sharded_f16 --data random:80 --out '$T/hfinit' --steps 4 --batch 2 --seq 32 --lr 1e-3 --eval-every 0 --threads 2 >'$T/hf.log'"
+check "fine-tuned model keeps the HF config" grep -q '"rope_type":[[:space:]]*"llama3"' "$T/hfinit/config.json"
 check "init run resumes" sh -c "$OUNCE train --init $HF/gqa_linear_f32 --data random:80 --out '$T/hfrun2' --steps 4 --batch 2 --seq 16 --save-every 2 --eval-every 0 --threads 2 >/dev/null && $OUNCE train --resume '$T/hfrun2/step-2' >/dev/null"
 expect_error "init vocabulary too small for the data" "smaller than the data" $OUNCE train --init $HF/gqa_linear_f32 --data "$T/data" --out "$T/x" --steps 1
 mkdir -p "$T/noshard" && cp $HF/llama3_sharded_f16/*.json $HF/llama3_sharded_f16/model-00001-of-00003.safetensors "$T/noshard/"
 expect_error "init with a missing shard" "shard model-0000[23]-of-00003.safetensors is missing" $OUNCE train --init "$T/noshard" --data random:80 --out "$T/x" --steps 1 --seq 16
-check "convert to bf16" sh -c "$OUNCE convert --model '$T/hfrun' --out '$T/hf_bf16' --dtype bf16 >/dev/null"
-check "bf16 export is half the size" sh -c "[ \$(stat -c %s '$T/hf_bf16/model.safetensors') -lt \$(( \$(stat -c %s '$T/hfrun/model.safetensors') * 6 / 10 )) ]"
-check "convert shards past --shard-size" sh -c "$OUNCE convert --model '$T/hfrun' --out '$T/hf_sh' --shard-size 40KB >/dev/null && test -s '$T/hf_sh/model.safetensors.index.json' && ls '$T/hf_sh' | grep -q 'model-00002-of-0000[2-9].safetensors'"
+check "convert to bf16" sh -c "$OUNCE convert --model '$T/hfinit' --out '$T/hf_bf16' --dtype bf16 >/dev/null"
+check "bf16 export is half the size" sh -c "[ \$(stat -c %s '$T/hf_bf16/model.safetensors') -lt \$(( \$(stat -c %s '$T/hfinit/model.safetensors') * 6 / 10 )) ]"
+check "convert shards past --shard-size" sh -c "$OUNCE convert --model '$T/hfinit' --out '$T/hf_sh' --shard-size 40KB >/dev/null && test -s '$T/hf_sh/model.safetensors.index.json' && ls '$T/hf_sh' | grep -q 'model-00002-of-0000[2-9].safetensors'"
 check "sharded export trains again" sh -c "$OUNCE train --init '$T/hf_sh' --data random:80 --out '$T/hfrun3' --steps 1 --batch 1 --seq 16 --eval-every 0 --threads 2 >/dev/null"
-expect_error "convert: bad dtype" "dtype" $OUNCE convert --model "$T/hfrun" --out "$T/x" --dtype fp8
-expect_error "convert onto itself" "must differ" $OUNCE convert --model "$T/hfrun" --out "$T/hfrun"
+expect_error "convert: bad dtype" "dtype" $OUNCE convert --model "$T/hfinit" --out "$T/x" --dtype fp8
+expect_error "convert onto itself" "must differ" $OUNCE convert --model "$T/hfinit" --out "$T/hfinit"
 expect_error "convert: missing model" "config.json" $OUNCE convert --model "$T/nope" --out "$T/x"
 if [ -x "${LOGITS:-build/tools/logits}" ] && python3 -c "import transformers" 2>/dev/null; then
-    for d in hfrun hf_bf16 hf_sh run1; do
+    for d in hfinit hf_bf16 hf_sh run1; do
         check "transformers loads $d with ounce's logits" sh -c "python3 tools/check_transformers.py '$T/$d' --logits '${LOGITS:-build/tools/logits}' >'$T/tf.log' 2>&1 || { cat '$T/tf.log'; false; }"
     done
 else
@@ -231,6 +231,10 @@ check "BPE needs fewer tokens than bytes ($byte_tokens)" awk -v a="$byte_tokens"
 check "train on BPE data" sh -c "$OUNCE train --data '$T/hfdata' --out '$T/hfrun' $TRAIN --steps 10 --eval-every 0 >/dev/null"
 check "the model takes the tokenizer's vocabulary" grep -q '"vocab_size":[[:space:]]*600' "$T/hfrun/config.json"
 check "the trained model carries tokenizer.json" test -s "$T/hfrun/tokenizer.json"
+check "convert carries the tokenizer files" sh -c "$OUNCE convert --model '$T/hfrun' --out '$T/hfrun_export' --dtype bf16 >/dev/null && cmp -s '$T/hfrun/tokenizer.json' '$T/hfrun_export/tokenizer.json'"
+if [ -x "${LOGITS:-build/tools/logits}" ] && python3 -c "import transformers" 2>/dev/null; then
+    check "transformers loads the BPE model's export, tokenizer included" sh -c "python3 tools/check_transformers.py '$T/hfrun_export' --logits '${LOGITS:-build/tools/logits}' >'$T/tf.log' 2>&1 || { cat '$T/tf.log'; false; }"
+fi
 [ -s "$T/hfrun/tokenizer.json" ] || cp "$T/hfdata/tokenizer.json" "$T/hfdata/tokenizer_config.json" "$T/hfrun/"
 printf 'Hello, world! Don'"'"'t panic: 42 apples.\n' >"$T/hftext.txt"
 $OUNCE tokenize --tokenizer "$T/tok" --text "$T/hftext.txt" >"$T/ids_tok"

@@ -111,19 +111,6 @@ static char *ranks_svg(const ranks *rk, const char *title) {
     return s;
 }
 
-static oz_status copy_if_present(const char *from, const char *to, const char *name, oz_err *err) {
-    char src[4200], dst[4200];
-    snprintf(src, sizeof src, "%s/%s", from, name);
-    snprintf(dst, sizeof dst, "%s/%s", to, name);
-    if (access(src, F_OK) != 0) return OZ_OK;
-    char *data;
-    size_t n;
-    OZ_TRY(oz_read_file(src, &data, &n, err));
-    oz_status st = oz_atomic_write(dst, data, n, err);
-    free(data);
-    return st;
-}
-
 typedef struct {
     const char *in, *out;
     double ratio, threshold, min_ratio;
@@ -227,10 +214,7 @@ static oz_status compress(const compress_opts *o, oz_err *err) {
     oz_err ignored = {0};
     oz_remove_tree(tmp, &ignored);
     if ((st = oz_model_save(tmp, &ncfg, tokenizer, &nl, host, err))) goto done;
-    static const char *const extras[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                                         "generation_config.json"};
-    for (size_t i = 0; i < sizeof extras / sizeof extras[0] && st == OZ_OK; i++)
-        st = copy_if_present(o->in, tmp, extras[i], err);
+    st = oz_copy_hf_side_files(o->in, tmp, err);
     json = report_json(&rk, tau, o->ratio, achieved, o->uniform, o->min_ratio);
     char title[256];
     if (o->uniform) snprintf(title, sizeof title, "uniform rank reduction: %.1f%% of rank removed", 100 * achieved);

@@ -37,46 +37,6 @@ static void encode(const float *src, size_t n, oz_dtype dt, void *dst) {
     for (size_t i = 0; i < n; i++) h[i] = dt == OZ_DT_BF16 ? oz_f32_to_bf16(src[i]) : oz_f32_to_f16(src[i]);
 }
 
-/* config.json as ounce writes it, with the dtype transformers should load it in. */
-static oz_status write_config(const char *path, const oz_llama_config *cfg, const char *tokenizer,
-                              const char *torch_dtype, oz_err *err) {
-    OZ_TRY(oz_config_write(path, cfg, tokenizer, err));
-    char *text;
-    size_t n;
-    OZ_TRY(oz_read_file(path, &text, &n, err));
-    cJSON *root = cJSON_ParseWithLength(text, n);
-    free(text);
-    if (!root) return oz_fail(err, OZ_ERR_INTERNAL, "%s: cannot re-read the config just written", path);
-    cJSON_DeleteItemFromObjectCaseSensitive(root, "torch_dtype");
-    cJSON_AddStringToObject(root, "torch_dtype", torch_dtype);
-    char *out = cJSON_Print(root);
-    cJSON_Delete(root);
-    if (!out) return oz_fail(err, OZ_ERR_NOMEM, "out of memory writing %s", path);
-    size_t len = strlen(out);
-    char *with_nl = realloc(out, len + 2);
-    if (!with_nl) {
-        free(out);
-        return oz_fail(err, OZ_ERR_NOMEM, "out of memory writing %s", path);
-    }
-    memcpy(with_nl + len, "\n", 2);
-    oz_status st = oz_atomic_write(path, with_nl, len + 1, err);
-    free(with_nl);
-    return st;
-}
-
-static oz_status copy_if_present(const char *from_dir, const char *to_dir, const char *name, oz_err *err) {
-    char src[4096], dst[4096];
-    snprintf(src, sizeof src, "%s/%s", from_dir, name);
-    snprintf(dst, sizeof dst, "%s/%s", to_dir, name);
-    if (access(src, R_OK) != 0) return OZ_OK;
-    char *text;
-    size_t n;
-    OZ_TRY(oz_read_file(src, &text, &n, err));
-    oz_status st = oz_atomic_write(dst, text, n, err);
-    free(text);
-    return st;
-}
-
 /* A low-rank model's factored matrix, expanded: W = B A from "<module>.lrc_A.weight" (R x in) and
  * "<module>.lrc_B.weight" (out x R). */
 static oz_status expand_factors(const oz_weight_files *w, const oz_param_info *p, float *W, oz_err *err) {
@@ -221,12 +181,9 @@ static oz_status convert(const char *in, const char *out, const dtype_choice *dt
     free(first);
     if (st == OZ_OK) {
         snprintf(path, sizeof path, "%s/config.json", tmp);
-        st = write_config(path, &cfg, tokenizer, dt->torch_name, err);
+        st = oz_config_write_dtype(path, &cfg, tokenizer, dt->torch_name, err);
     }
-    static const char *const extras[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                                         "generation_config.json"};
-    for (size_t i = 0; i < sizeof extras / sizeof extras[0] && st == OZ_OK; i++)
-        st = copy_if_present(in, tmp, extras[i], err);
+    if (st == OZ_OK) st = oz_copy_hf_side_files(in, tmp, err);
     if (st == OZ_OK) st = oz_replace_dir(tmp, out, err);
     if (st != OZ_OK) {
         oz_err ignored = {0};

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "io/atomic.h"
 #include "io/safetensors.h"
@@ -200,6 +201,30 @@ done:
 }
 
 oz_status oz_config_write(const char *path, const oz_llama_config *c, const char *tokenizer, oz_err *err) {
+    return oz_config_write_dtype(path, c, tokenizer, "float32", err);
+}
+
+oz_status oz_copy_hf_side_files(const char *from, const char *to, oz_err *err) {
+    static const char *const names[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                        "generation_config.json"};
+    if (!from || !from[0] || strcmp(from, to) == 0) return OZ_OK;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char src[4200], dst[4200];
+        snprintf(src, sizeof src, "%s/%s", from, names[i]);
+        snprintf(dst, sizeof dst, "%s/%s", to, names[i]);
+        if (access(src, R_OK) != 0) continue;
+        char *text;
+        size_t n;
+        OZ_TRY(oz_read_file(src, &text, &n, err));
+        oz_status st = oz_atomic_write(dst, text, n, err);
+        free(text);
+        OZ_TRY(st);
+    }
+    return OZ_OK;
+}
+
+oz_status oz_config_write_dtype(const char *path, const oz_llama_config *c, const char *tokenizer,
+                                const char *torch_dtype, oz_err *err) {
     cJSON *root = cJSON_CreateObject();
     cJSON *arch = cJSON_AddArrayToObject(root, "architectures");
     bool low_rank = oz_llama_config_is_low_rank(c);
@@ -231,7 +256,7 @@ oz_status oz_config_write(const char *path, const oz_llama_config *c, const char
     cJSON_AddBoolToObject(root, "attention_bias", 0);
     cJSON_AddBoolToObject(root, "mlp_bias", 0);
     cJSON_AddNumberToObject(root, "initializer_range", 0.02);
-    cJSON_AddStringToObject(root, "torch_dtype", "float32");
+    cJSON_AddStringToObject(root, "torch_dtype", torch_dtype);
     if (c->bos_token_id >= 0) cJSON_AddNumberToObject(root, "bos_token_id", c->bos_token_id);
     if (c->eos_token_id >= 0) cJSON_AddNumberToObject(root, "eos_token_id", c->eos_token_id);
     if (tokenizer && tokenizer[0]) cJSON_AddStringToObject(root, "ounce_tokenizer", tokenizer);

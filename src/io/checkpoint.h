@@ -15,6 +15,13 @@
 oz_status oz_config_read(const char *path, oz_llama_config *cfg, char *tokenizer, oz_err *err);
 /* Writes config.json atomically with HF field names (loadable by transformers' LlamaConfig). */
 oz_status oz_config_write(const char *path, const oz_llama_config *cfg, const char *tokenizer, oz_err *err);
+/* The same with another torch_dtype ("bfloat16", "float16"): what an export's weights are in. */
+oz_status oz_config_write_dtype(const char *path, const oz_llama_config *cfg, const char *tokenizer,
+                                const char *torch_dtype, oz_err *err);
+/* The Hugging Face files that travel beside the weights (tokenizer.json, tokenizer_config.json,
+ * special_tokens_map.json, generation_config.json): those present in `from` are copied atomically
+ * into `to`. Nothing happens when from is NULL, empty or the same directory. */
+oz_status oz_copy_hf_side_files(const char *from, const char *to, oz_err *err);
 
 /* Resolves --model: a preset name, a config.json path, or a directory holding config.json.
  * *is_preset tells the caller whether sizes such as the vocabulary may follow the data. */

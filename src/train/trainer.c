@@ -281,25 +281,6 @@ static oz_status host_weights(trainer *t, const float **params, oz_err *err) {
     return OZ_OK;
 }
 
-/* The Hugging Face tokenizer files of `from` (those present) into `to`. */
-static oz_status copy_tokenizer_files(const char *from, const char *to, oz_err *err) {
-    static const char *const names[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"};
-    if (!from[0] || strcmp(from, to) == 0) return OZ_OK;
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        char src[OZ_PATH_MAX + 64], dst[OZ_PATH_MAX + 64];
-        snprintf(src, sizeof src, "%s/%s", from, names[i]);
-        snprintf(dst, sizeof dst, "%s/%s", to, names[i]);
-        if (access(src, R_OK) != 0) continue;
-        char *text;
-        size_t n;
-        OZ_TRY(oz_read_file(src, &text, &n, err));
-        oz_status st = oz_atomic_write(dst, text, n, err);
-        free(text);
-        OZ_TRY(st);
-    }
-    return OZ_OK;
-}
-
 static oz_status save_checkpoint(trainer *t, const char *dir, const run_position *pos, bool with_optimizer,
                                  oz_err *err) {
     const float *params = NULL;
@@ -310,7 +291,7 @@ static oz_status save_checkpoint(trainer *t, const char *dir, const run_position
         snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
         OZ_TRY(oz_optimizer_save(t->opt, path, err));
     }
-    OZ_TRY(copy_tokenizer_files(t->tokenizer_dir, dir, err));
+    OZ_TRY(oz_copy_hf_side_files(t->tokenizer_dir, dir, err));
     snprintf(path, sizeof path, "%s/trainer_state.json", dir);
     return state_write(path, &t->opts, pos, t->tokenizer, t->opts.inrank ? oz_inrank_state_to_json(&t->ir, &t->cfg) : NULL,
                        err);
