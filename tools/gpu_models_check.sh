@@ -1,0 +1,30 @@
+#!/bin/sh
+# Device check (a machine with a GPU and tools/gpu_dist.sh's gpu-dist.tgz): models that come from
+# files train on cuda as on the CPU. A Hugging Face checkpoint (sharded f16, llama3 rope scaling)
+# through --init, and a WeLore model (factors trained, N-LRCs, embedding and head frozen) through
+# --init --welore: the same data, steps and seed on both devices; per-step losses go to $OUT.
+# usage: OUT=dir sh tools/gpu_models_check.sh
+set -eu
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+[ -f gpu-dist.tgz ] && [ ! -d gpu-dist ] && tar xzf gpu-dist.tgz
+export LD_LIBRARY_PATH="$PWD/gpu-dist/lib"
+O=gpu-dist/ounce
+T=$(mktemp -d)
+$O train --data random:258 --model tiny --out "$T/base" --steps 30 --batch 4 --seq 64 --eval-every 0 >"$OUT/base.log"
+$O compress --model "$T/base" --out "$T/wl" --ratio 0.5 >"$OUT/compress.log"
+for dev in cpu cuda; do
+    $O train --init tests/fixtures/hf/llama3_sharded_f16 --data random:80 --out "$T/init_$dev" --steps 5 --batch 2 \
+        --seq 32 --eval-every 0 --log-every 1 --device $dev --json >"$OUT/init_$dev.log" 2>&1 || echo "init on $dev failed"
+    $O train --init "$T/wl" --welore --data random:258 --out "$T/wl_$dev" --steps 5 --batch 4 --seq 64 \
+        --eval-every 0 --log-every 1 --device $dev --json >"$OUT/welore_$dev.log" 2>&1 || echo "welore on $dev failed"
+done
+losses() { grep -o '"step":[0-9]*,"loss":[0-9.]*' "$1/metrics.jsonl" 2>/dev/null | sed -E 's/"step":([0-9]+),"loss":(.*)/\1 \2/'; }
+for run in init wl; do
+    for dev in cpu cuda; do losses "$T/${run}_$dev" >"$OUT/${run}_$dev.losses"; done
+    echo "== $run: step, loss on cpu | step, loss on cuda"
+    paste "$OUT/${run}_cpu.losses" "$OUT/${run}_cuda.losses"
+done
+tail -n 1 "$OUT/welore_cuda.log"
+rm -rf "$T"
