@@ -212,6 +212,10 @@ check "sharded export trains again" sh -c "$OUNCE train --init '$T/hf_sh' --data
 expect_error "convert: bad dtype" "dtype" $OUNCE convert --model "$T/hfinit" --out "$T/x" --dtype fp8
 expect_error "convert onto itself" "must differ" $OUNCE convert --model "$T/hfinit" --out "$T/hfinit"
 expect_error "convert: missing model" "config.json" $OUNCE convert --model "$T/nope" --out "$T/x"
+if $OUNCE train --help | grep -q "cuda" && ! nvidia-smi >/dev/null 2>&1; then
+    expect_error "eval --device cuda without a GPU or CUDA build" "CUDA\|cuda\|GPU" $OUNCE eval --model "$T/run1" --data "$T/data" --max-batches 1 --device cuda
+    expect_error "sample: unknown device" "not known" $OUNCE sample --model "$T/run1" --device tpu
+fi
 if [ -x "${LOGITS:-build/tools/logits}" ] && python3 -c "import transformers" 2>/dev/null; then
     for d in hfinit hf_bf16 hf_sh run1; do
         check "transformers loads $d with ounce's logits" sh -c "python3 tools/check_transformers.py '$T/$d' --logits '${LOGITS:-build/tools/logits}' >'$T/tf.log' 2>&1 || { cat '$T/tf.log'; false; }"

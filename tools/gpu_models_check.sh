@@ -27,4 +27,12 @@ for run in init wl; do
     paste "$OUT/${run}_cpu.losses" "$OUT/${run}_cuda.losses"
 done
 tail -n 1 "$OUT/welore_cuda.log"
+# eval and sample on the GPU: the same loss and the same greedy continuation as on the CPU.
+$O prepare --input README.md --out "$T/text" >/dev/null
+$O train --data "$T/text" --model tiny --out "$T/bytes" --steps 40 --batch 4 --seq 64 --lr 3e-3 --eval-every 0 >/dev/null
+for dev in cpu cuda; do
+    echo "== eval and greedy sample on $dev"
+    $O eval --model "$T/bytes" --data "$T/text" --seq 64 --device $dev --json | tail -n 1
+    $O sample --model "$T/bytes" --prompt "The " --tokens 32 --temperature 0 --device $dev | od -c | head -n 3
+done
 rm -rf "$T"

@@ -15,11 +15,13 @@ int oz_cli_report(const char *command, const oz_err *err) {
     }
 }
 
-oz_status oz_cli_model_open(oz_cli_model *cm, const char *dir, int batch, int seq, int threads, oz_err *err) {
+oz_status oz_cli_model_open(oz_cli_model *cm, const char *dir, int batch, int seq, int threads, const char *device,
+                            oz_err *err) {
     memset(cm, 0, sizeof *cm);
-    OZ_TRY(oz_backend_cpu_create(&cm->be, threads, err));
+    OZ_TRY(oz_backend_open(&cm->be, device, threads, err));
     cm->be_ready = true;
     oz_arena_init(&cm->arena, cm->be.allocator);
+    OZ_TRY(oz_backend_attach(&cm->be, &cm->arena, err));
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
     oz_llama_config cfg;

@@ -47,7 +47,7 @@ static int draw(const float *logits, int V, float temperature, float top_p, oz_r
 }
 
 int oz_cmd_sample(int argc, char **argv) {
-    char model[4096] = "", prompt[8192] = "";
+    char model[4096] = "", prompt[8192] = "", device[32] = "cpu";
     int tokens = 200, threads = 0;
     float temperature = 0.8f, top_p = 0.95f;
     uint64_t seed = 1;
@@ -59,6 +59,7 @@ int oz_cmd_sample(int argc, char **argv) {
         {"top-p", OZ_ARG_FLOAT, &top_p, 0, "nucleus sampling: smallest set of tokens with this mass [0.95]", 0},
         {"seed", OZ_ARG_U64, &seed, 0, "sampling seed [1]", 0},
         {"threads", OZ_ARG_INT, &threads, 0, "CPU threads, 0 = all cores [0]", 0},
+        {"device", OZ_ARG_STR, device, sizeof device, "cpu | cuda | cuda:N | cuda+tf32 (a CUDA build) [cpu]", 0},
     };
     int rc = oz_args_parse("sample", "Generate text from a model; stops early at end-of-document.", args,
                            (int)(sizeof args / sizeof args[0]), argc, argv);
@@ -76,7 +77,7 @@ int oz_cmd_sample(int argc, char **argv) {
     size_t prompt_start = 0, printed = 0;
     float *logits = NULL;
     prob_id *scratch = NULL;
-    if (oz_cli_model_open(&cm, model, 1, 0, threads, &err) == OZ_OK &&
+    if (oz_cli_model_open(&cm, model, 1, 0, threads, device, &err) == OZ_OK &&
         oz_cli_need_tokenizer(&cm, model, &err) == OZ_OK) {
         const oz_llama_config *cfg = oz_llama_get_config(cm.model);
         int V = cfg->vocab_size, W = cm.seq;
@@ -102,6 +103,7 @@ int oz_cmd_sample(int argc, char **argv) {
             int T = (int)(ctx.len - start);
             oz_llama_batch b = {ctx.ids + start, NULL, 1, T, logits};
             if (oz_llama_forward(cm.model, &b, NULL, NULL, &err) != OZ_OK) break;
+            if (oz_backend_sync(&cm.be, &err) != OZ_OK) break; /* a GPU failure, not garbage logits */
             int next = draw(logits + (size_t)(T - 1) * V, V_draw, temperature, top_p, &rng, scratch);
             if (next == cm.tokenizer.eos_id) break;
             if (oz_tokens_push(&ctx, next, &err) != OZ_OK) break;
