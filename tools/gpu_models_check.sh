@@ -35,4 +35,17 @@ for dev in cpu cuda; do
     $O eval --model "$T/bytes" --data "$T/text" --seq 64 --device $dev --json | tail -n 1
     $O sample --model "$T/bytes" --prompt "The " --tokens 32 --temperature 0 --device $dev | od -c | head -n 3
 done
+# InRank on the GPU: rank checks (factors read back to the host) and the freeze (optimizer state
+# copied device to device) give the CPU's losses and ranks.
+for dev in cpu cuda; do
+    $O train --data "$T/text" --model tiny --out "$T/ir_$dev" --steps 12 --batch 4 --seq 64 --lr 3e-3 --eval-every 0 \
+        --inrank --inrank-init-rank 2 --inrank-buffer 4 --inrank-warmup 2 --inrank-check-every 2 --inrank-freeze-after 6 \
+        --device $dev >"$OUT/inrank_$dev.log" 2>&1 || echo "inrank on $dev failed: $(tail -n 1 "$OUT/inrank_$dev.log")"
+    losses "$T/ir_$dev" >"$OUT/inrank_$dev.losses"
+    tail -n 1 "$T/ir_$dev/ranks.jsonl" | sed -E 's/"step".*"ranks"/"ranks"/' >"$OUT/inrank_$dev.ranks"
+done
+echo "== inrank: step, loss on cpu | step, loss on cuda"
+paste "$OUT/inrank_cpu.losses" "$OUT/inrank_cuda.losses"
+cmp -s "$OUT/inrank_cpu.ranks" "$OUT/inrank_cuda.ranks" && echo "inrank: same final ranks on both devices" || echo "inrank: ranks differ"
+cat "$OUT/inrank_cuda.ranks"
 rm -rf "$T"

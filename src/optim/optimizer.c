@@ -857,8 +857,11 @@ oz_status oz_optimizer_copy_state(oz_optimizer *dst, const oz_optimizer *src, bo
             if (strcmp(f->name, e->name) != 0) continue;
             size_t ne = (size_t)e->shape[0] * (size_t)(e->ndim > 1 ? e->shape[1] : 1);
             size_t nf = (size_t)f->shape[0] * (size_t)(f->ndim > 1 ? f->shape[1] : 1);
-            if (f->dtype == e->dtype && ne == nf && f->ndim == e->ndim)
-                memcpy((void *)e->data, f->data, ne * oz_dtype_size(e->dtype));
+            if (f->dtype == e->dtype && ne == nf && f->ndim == e->ndim) {
+                /* Moments live in backend memory (device to device on a GPU); counters on the host. */
+                if (entry_on_device(dst, e)) dst->be->copy(dst->be, (void *)e->data, f->data, ne * oz_dtype_size(e->dtype));
+                else memcpy((void *)e->data, f->data, ne * oz_dtype_size(e->dtype));
+            }
             break;
         }
     }

@@ -36,9 +36,6 @@ oz_status oz_inrank_settings_from_opts(const oz_train_opts *o, oz_inrank_setting
     oz_optim_kind kind;
     if (oz_optim_kind_parse(o->optim, &kind) && kind != OZ_OPTIM_ADAMW && kind != OZ_OPTIM_ADAMW8BIT)
         return oz_fail(err, OZ_ERR_INPUT, "--inrank trains with --optim adamw or adamw8bit (got %s)", o->optim);
-    /* The freeze copies optimizer state and the checks read factors through host memory. */
-    if (oz_backend_is_cuda(o->device))
-        return oz_fail(err, OZ_ERR_INPUT, "--inrank runs on the CPU backend only so far (--device cpu)");
     if (o->init[0] || o->welore)
         return oz_fail(err, OZ_ERR_INPUT, "--inrank trains from scratch: it cannot start from --init or train --welore");
     s->init_rank = o->inrank_init_rank;
