@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli/args.h"
@@ -118,6 +119,27 @@ typedef struct {
     int threads;
 } compress_opts;
 
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* A progress line on stderr at most every 2 seconds (and for the last item): an SVD per matrix of
+ * a 7B model takes hours on a laptop, and the user should see it move. */
+typedef struct {
+    double start, last;
+} progress;
+
+static void progress_line(progress *pg, const char *what, int done, int total) {
+    double t = now_s();
+    if (done < total && t - pg->last < 2.0) return;
+    pg->last = t;
+    double elapsed = t - pg->start, left = done > 0 ? elapsed * (total - done) / done : 0;
+    fprintf(stderr, "compress: %s %d/%d matrices, %.0f s elapsed, about %.0f s left\n", what, done, total, elapsed,
+            left);
+}
+
 static oz_status compress(const compress_opts *o, oz_err *err) {
     oz_backend be;
     OZ_TRY(oz_backend_cpu_create(&be, o->threads, err));
@@ -158,6 +180,7 @@ static oz_status compress(const compress_opts *o, oz_err *err) {
         goto done;
     }
     /* Pass 1: every spectrum (the uniform rule needs none). */
+    progress pg = {now_s(), now_s()};
     for (int i = 0; i < rk.n; i++) {
         int l = i / OZ_LLAMA_MATRICES, j = i % OZ_LLAMA_MATRICES;
         const oz_param_info *p = &lay->params[oz_llama_matrix_index(lay, l, j)];
@@ -171,6 +194,7 @@ static oz_status compress(const compress_opts *o, oz_err *err) {
         }
         oz_llama_read_param(m, (int)(p - lay->params), W);
         if ((st = oz_welore_spectrum(W, out, in, rk.sv[i], err))) goto done;
+        progress_line(&pg, "spectra", i + 1, rk.n);
     }
     oz_welore_plan plan = {rk.n, (const float *const *)rk.sv, rk.r, rk.kept, rk.lrc};
     double tau = o->threshold, achieved;
@@ -194,6 +218,9 @@ static oz_status compress(const compress_opts *o, oz_err *err) {
         st = oz_fail(err, OZ_ERR_NOMEM, "out of memory compressing");
         goto done;
     }
+    int n_factored = 0, factored = 0;
+    for (int i = 0; i < rk.n; i++) n_factored += rk.lrc[i];
+    pg = (progress){now_s(), now_s()};
     for (int i = 0; i < nl.n && st == OZ_OK; i++) {
         const oz_param_info *p = &nl.params[i];
         if (p->factor == 2) continue; /* written with its A */
@@ -207,6 +234,7 @@ static oz_status compress(const compress_opts *o, oz_err *err) {
         oz_llama_read_param(m, src, W);
         st = oz_welore_factors(W, (int)q->shape[0], (int)q->shape[1], (int)p->shape[0], host + p->offset,
                                host + nl.params[i + 1].offset, err);
+        progress_line(&pg, "factors", ++factored, n_factored);
     }
     if (st) goto done;
     /* Assembled aside, swapped in: an existing OUT is replaced only by a complete model. */

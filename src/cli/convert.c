@@ -168,6 +168,7 @@ static oz_status convert(const char *in, const char *out, const dtype_choice *dt
         else snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", s + 1, shards);
         snprintf(path, sizeof path, "%s/%s", tmp, name);
         st = write_shard(path, &lay, &w, first[s], first[s + 1], dt->dtype, err);
+        if (st == OZ_OK && shards > 1) fprintf(stderr, "convert: wrote %s\n", name); /* big models take minutes */
         for (int i = first[s]; map && i < first[s + 1]; i++) cJSON_AddStringToObject(map, lay.params[i].name, name);
     }
     oz_weight_files_close(&w);
