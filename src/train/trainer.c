@@ -92,7 +92,7 @@ static double now_s(void) {
     X(lr) X(min_lr_ratio) X(weight_decay) X(clip) X(beta1) X(beta2) X(adam_eps) X(galore_scale) X(cos_threshold) \
         X(gap_growth)
 #define OPT_STR_FIELDS(X)                                                                          \
-    X(data) X(model) X(init) X(out) X(optim) X(device) X(recompute) X(mini_seq) X(proj_type) X(moments_at_switch) \
+    X(data) X(model) X(out) X(optim) X(device) X(recompute) X(mini_seq) X(proj_type) X(moments_at_switch) \
         X(subspace) X(galore_targets) X(per_layer_update) X(lazy_update)
 
 static cJSON *opts_to_json(const oz_train_opts *o) {
@@ -107,6 +107,7 @@ static cJSON *opts_to_json(const oz_train_opts *o) {
     char seed[32];
     snprintf(seed, sizeof seed, "%" PRIu64, o->seed);
     cJSON_AddStringToObject(j, "seed", seed); /* as a string: JSON numbers lose 64-bit integers */
+    cJSON_AddStringToObject(j, "init", o->init);
     cJSON_AddBoolToObject(j, "welore", o->welore);
     if (o->inrank) {
         cJSON *ir = cJSON_AddObjectToObject(j, "inrank");
@@ -146,6 +147,8 @@ static oz_status opts_from_json(const cJSON *j, const char *path, oz_train_opts 
     if (!cJSON_IsString(it)) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"seed\"", path);
     o->seed = strtoull(it->valuestring, NULL, 10);
     o->welore = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "welore")); /* absent in older states: off */
+    it = cJSON_GetObjectItemCaseSensitive(j, "init"); /* absent in older states: a run from scratch */
+    snprintf(o->init, sizeof o->init, "%s", cJSON_IsString(it) ? it->valuestring : "");
     const cJSON *ir = cJSON_GetObjectItemCaseSensitive(j, "inrank"); /* absent: not an InRank run */
     if (ir) {
         const cJSON *n[6], *tg = cJSON_GetObjectItemCaseSensitive(ir, "targets");
