@@ -175,14 +175,35 @@ static void expect_load_error(const char *dir, const char *needle) {
     oz_arena_destroy(&arena);
 }
 
+/* `src` copied to `d` with one fragment of its config.json replaced by another of the same length:
+ * loading fails naming `needle`. */
+static void expect_config_edit_error(const char *src, const char *d, const char *from, const char *to,
+                                     const char *needle) {
+    char src_cfg[512], dst_cfg[512];
+    snprintf(src_cfg, sizeof src_cfg, "%s/config.json", src);
+    snprintf(dst_cfg, sizeof dst_cfg, "%s/config.json", d);
+    scratch_copy(src, d, "config.json");
+    char *text = NULL;
+    size_t n;
+    oz_err err = {0};
+    CHECK(oz_read_file(src_cfg, &text, &n, &err) == OZ_OK, "%s", err.msg);
+    char *p = text ? strstr(text, from) : NULL;
+    CHECK(p != NULL && strlen(from) == strlen(to), "fixture config spelling changed (%s)", from);
+    if (p && strlen(from) == strlen(to)) {
+        memcpy(p, to, strlen(to));
+        write_text(dst_cfg, text);
+        expect_load_error(d, needle);
+    }
+    free(text);
+}
+
 static void test_broken_checkpoints(void) {
     const char *sharded = FIXTURE_DIR "/hf/llama3_sharded_f16";
     const char *single = FIXTURE_DIR "/hf/gqa_linear_f32";
-    char d[256], index[256], weights[256], config[256];
+    char d[256], index[256], weights[256];
     tmp_path(d, sizeof d, "hf_broken");
     snprintf(index, sizeof index, "%s/model.safetensors.index.json", d);
     snprintf(weights, sizeof weights, "%s/model.safetensors", d);
-    snprintf(config, sizeof config, "%s/config.json", d);
 
     scratch_copy(sharded, d, "model-00002-of-00003.safetensors");
     expect_load_error(d, "shard model-00002-of-00003.safetensors is missing");
@@ -206,32 +227,11 @@ static void test_broken_checkpoints(void) {
     CHECK(truncate(weights, 5000) == 0, "truncate");
     expect_load_error(d, "model.safetensors");
 
-    /* Shapes that do not match the config. */
-    scratch_copy(single, d, "config.json");
-    char *cfg_text;
-    size_t n;
-    oz_err err = {0};
-    CHECK(oz_read_file(FIXTURE_DIR "/hf/gqa_linear_f32/config.json", &cfg_text, &n, &err) == OZ_OK, "%s", err.msg);
-    char *p = strstr(cfg_text, "\"intermediate_size\": 48");
-    CHECK(p != NULL, "fixture config spelling changed");
-    if (p) {
-        memcpy(p, "\"intermediate_size\": 40", 23);
-        write_text(config, cfg_text);
-        expect_load_error(d, "has shape [48, 32] but the config needs [40, 32]");
-    }
-    free(cfg_text);
-
-    /* Unsupported rope type names its field. */
-    scratch_copy(single, d, "config.json");
-    CHECK(oz_read_file(FIXTURE_DIR "/hf/gqa_linear_f32/config.json", &cfg_text, &n, &err) == OZ_OK, "%s", err.msg);
-    p = cfg_text ? strstr(cfg_text, "\"linear\"") : NULL;
-    CHECK(p != NULL, "fixture config spelling changed");
-    if (p) {
-        memcpy(p, "\"yarn\"  ", 8);
-        write_text(config, cfg_text);
-        expect_load_error(d, "rope_parameters.rope_type\" = \"yarn\" is not supported");
-    }
-    free(cfg_text);
+    /* Shapes that do not match the config; an unsupported rope type names its field. */
+    expect_config_edit_error(single, d, "\"intermediate_size\": 48", "\"intermediate_size\": 40",
+                             "has shape [48, 32] but the config needs [40, 32]");
+    expect_config_edit_error(single, d, "\"linear\"", "\"yarn\"  ",
+                             "rope_parameters.rope_type\" = \"yarn\" is not supported");
 
     /* No weights at all. */
     scratch_copy(single, d, "model.safetensors");

@@ -27,12 +27,8 @@ typedef struct {
 static const dtype_choice dtypes[] = {
     {"f32", OZ_DT_F32, "float32"}, {"bf16", OZ_DT_BF16, "bfloat16"}, {"f16", OZ_DT_F16, "float16"}};
 
-/* Converts n floats into dst in `dt`. */
+/* Converts n floats into dst in `dt` (BF16 or F16). */
 static void encode(const float *src, size_t n, oz_dtype dt, void *dst) {
-    if (dt == OZ_DT_F32) {
-        memcpy(dst, src, n * sizeof *src);
-        return;
-    }
     uint16_t *h = dst;
     for (size_t i = 0; i < n; i++) h[i] = dt == OZ_DT_BF16 ? oz_f32_to_bf16(src[i]) : oz_f32_to_f16(src[i]);
 }
@@ -70,16 +66,19 @@ static oz_status write_shard(const char *path, const oz_param_layout *lay, const
     for (int i = 0; i < n && st == OZ_OK; i++) {
         const oz_param_info *p = &lay->params[first + i];
         const oz_st_tensor *t = oz_weight_files_find(w, p->name);
-        float *tmp = realloc(f32, p->numel * sizeof *f32);
+        /* fp32 output is converted straight into the entry's buffer; half precision via one fp32 tensor. */
+        bool direct = dt == OZ_DT_F32;
+        float *tmp = direct ? f32 : realloc(f32, p->numel * sizeof *f32);
         bufs[i] = malloc(p->numel * oz_dtype_size(dt));
-        if (!tmp || !bufs[i]) {
+        if ((!direct && !tmp) || !bufs[i]) {
             if (tmp) f32 = tmp;
             st = oz_fail(err, OZ_ERR_NOMEM, "out of memory converting %s", p->name);
             break;
         }
         f32 = tmp;
-        if ((st = t ? oz_st_tensor_to_f32(t, f32, p->numel, err) : expand_factors(w, p, f32, err)) != OZ_OK) break;
-        encode(f32, p->numel, dt, bufs[i]);
+        float *dst = direct ? bufs[i] : f32;
+        if ((st = t ? oz_st_tensor_to_f32(t, dst, p->numel, err) : expand_factors(w, p, dst, err)) != OZ_OK) break;
+        if (!direct) encode(f32, p->numel, dt, bufs[i]);
         entries[i] = (oz_st_entry){p->name, dt, p->ndim, {p->shape[0], p->shape[1]}, bufs[i]};
     }
     if (st == OZ_OK) st = oz_safetensors_write(path, entries, n, NULL, err);
@@ -88,22 +87,6 @@ static oz_status write_shard(const char *path, const oz_param_layout *lay, const
     free(entries);
     free(f32);
     return st;
-}
-
-/* Checks every tensor of the layout is in the files with its shape (the same rules as loading). */
-static oz_status check_tensors(const oz_param_layout *lay, const oz_weight_files *w, const char *dir, oz_err *err) {
-    for (int i = 0; i < lay->n; i++) {
-        const oz_param_info *p = &lay->params[i];
-        const oz_st_tensor *t = oz_weight_files_find(w, p->name);
-        if (!t) return oz_fail(err, OZ_ERR_INPUT, "%s: missing tensor \"%s\"", dir, p->name);
-        if (!oz_dtype_is_float(t->dtype))
-            return oz_fail(err, OZ_ERR_INPUT, "%s: tensor \"%s\" has dtype %s, not a floating type", t->path, p->name,
-                           oz_dtype_name(t->dtype));
-        if (t->ndim != p->ndim || t->shape[0] != p->shape[0] || (p->ndim == 2 && t->shape[1] != p->shape[1]))
-            return oz_fail(err, OZ_ERR_INPUT, "%s: tensor \"%s\" does not have the shape the config needs", t->path,
-                           p->name);
-    }
-    return OZ_OK;
 }
 
 static oz_status convert(const char *in, const char *out, const dtype_choice *dt, size_t shard_bytes, int *n_shards,
@@ -121,7 +104,7 @@ static oz_status convert(const char *in, const char *out, const dtype_choice *dt
         oz_param_layout_free(&lay);
         return st;
     }
-    st = check_tensors(&lay, &w, in, err);
+    st = oz_weight_files_check(&w, &lay, &cfg, err);
     if (st == OZ_OK && oz_llama_config_is_low_rank(&cfg)) {
         /* A low-rank model (ounce compress) goes out dense, each factored matrix as B A: transformers
          * has no factors, and the dense model is what it can load. */

@@ -12,7 +12,6 @@
 #include "io/atomic.h"
 #include "io/safetensors.h"
 #include "io/weights.h"
-#include "optim/quant.h"
 
 static oz_status json_float(const cJSON *root, const char *path, const char *key, float dflt, float *out,
                             oz_err *err);
@@ -341,6 +340,22 @@ static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
     if (used < cap) snprintf(buf + used, cap - used, "]");
 }
 
+/* A stored tensor can be read as layout tensor p: floating, with p's shape. `name` is what the file
+ * calls it (prefixed for optimizer state). */
+static oz_status check_tensor(const oz_st_tensor *t, const oz_param_info *p, const char *name, oz_err *err) {
+    if (!oz_dtype_is_float(t->dtype))
+        return oz_fail(err, OZ_ERR_INPUT, "%s: tensor \"%s\" has dtype %s, not a floating type", t->path, name,
+                       oz_dtype_name(t->dtype));
+    if (t->ndim != p->ndim || t->shape[0] != p->shape[0] || (p->ndim == 2 && t->shape[1] != p->shape[1])) {
+        char have[64], want[64];
+        shape_str(have, sizeof have, t->ndim, t->shape);
+        shape_str(want, sizeof want, p->ndim, p->shape);
+        return oz_fail(err, OZ_ERR_INPUT, "%s: tensor \"%s\" has shape %s but the config needs %s", t->path, name,
+                       have, want);
+    }
+    return OZ_OK;
+}
+
 oz_status oz_tensors_load(const char *path, const oz_param_layout *layout, float *const *buffers,
                           const char *const *prefixes, int n_buffers, oz_err *err) {
     oz_safetensors st;
@@ -372,16 +387,7 @@ oz_status oz_tensors_load(const char *path, const oz_param_layout *layout, float
                 s = oz_fail(err, OZ_ERR_INPUT, "%s: missing tensor \"%s\"", path, name);
                 break;
             }
-            bool same = t->ndim == p->ndim && t->shape[0] == p->shape[0] &&
-                        (p->ndim < 2 || t->shape[1] == p->shape[1]);
-            if (!same) {
-                char have[64], want[64];
-                shape_str(have, sizeof have, t->ndim, t->shape);
-                shape_str(want, sizeof want, p->ndim, p->shape);
-                s = oz_fail(err, OZ_ERR_INPUT, "%s: tensor \"%s\" has shape %s but the config needs %s",
-                            path, name, have, want);
-                break;
-            }
+            if ((s = check_tensor(t, p, name, err)) != OZ_OK) break;
             s = oz_st_tensor_to_f32(t, buffers[b] + p->offset, p->numel, err);
         }
     }
@@ -412,44 +418,39 @@ static bool ignorable_tensor(const oz_llama_config *cfg, const char *name) {
     return cfg->tie_word_embeddings && strcmp(name, "lm_head.weight") == 0;
 }
 
+oz_status oz_weight_files_check(const oz_weight_files *w, const oz_param_layout *lay, const oz_llama_config *cfg,
+                                oz_err *err) {
+    for (int f = 0; f < w->n_files; f++)
+        for (int t = 0; t < w->files[f].n_tensors; t++) {
+            const char *name = w->files[f].tensors[t].name;
+            if (!oz_param_layout_find(lay, name) && !ignorable_tensor(cfg, name))
+                return oz_fail(err, OZ_ERR_INPUT, "%s: unexpected tensor \"%s\" (not part of a Llama with this config)",
+                               w->files[f].path, name);
+        }
+    const char *where = w->index_path[0] ? w->index_path : w->files[0].path;
+    for (int i = 0; i < lay->n; i++) {
+        const oz_param_info *p = &lay->params[i];
+        const oz_st_tensor *t = oz_weight_files_find(w, p->name);
+        if (!t) return oz_fail(err, OZ_ERR_INPUT, "%s: missing tensor \"%s\"", where, p->name);
+        OZ_TRY(check_tensor(t, p, p->name, err));
+    }
+    return OZ_OK;
+}
+
 oz_status oz_llama_load_weights(oz_llama *m, oz_backend *be, const char *dir, oz_err *err) {
     oz_weight_files w;
     OZ_TRY(oz_weight_files_open(&w, dir, err));
     const oz_param_layout *lay = oz_llama_get_layout(m);
-    const oz_llama_config *cfg = oz_llama_get_config(m);
-    const char *where = w.index_path[0] ? w.index_path : w.files[0].path;
-    oz_status st = OZ_OK;
-    for (int f = 0; f < w.n_files && st == OZ_OK; f++) {
-        for (int t = 0; t < w.files[f].n_tensors && st == OZ_OK; t++) {
-            const char *name = w.files[f].tensors[t].name;
-            if (!oz_param_layout_find(lay, name) && !ignorable_tensor(cfg, name))
-                st = oz_fail(err, OZ_ERR_INPUT, "%s: unexpected tensor \"%s\" (not part of a Llama with this config)",
-                             w.files[f].path, name);
-        }
-    }
+    oz_status st = oz_weight_files_check(&w, lay, oz_llama_get_config(m), err);
     float *staging = NULL;
     for (int i = 0; i < lay->n && st == OZ_OK; i++) {
         const oz_param_info *p = &lay->params[i];
         const oz_st_tensor *t = oz_weight_files_find(&w, p->name);
-        if (!t) {
-            st = oz_fail(err, OZ_ERR_INPUT, "%s: missing tensor \"%s\"", where, p->name);
-            break;
-        }
-        bool same = t->ndim == p->ndim && t->shape[0] == p->shape[0] && (p->ndim < 2 || t->shape[1] == p->shape[1]);
-        if (!same) {
-            char have[64], want[64];
-            shape_str(have, sizeof have, t->ndim, t->shape);
-            shape_str(want, sizeof want, p->ndim, p->shape);
-            st = oz_fail(err, OZ_ERR_INPUT, "%s: tensor \"%s\" has shape %s but the config needs %s", t->path,
-                         p->name, have, want);
-            break;
-        }
-        /* Straight from the mapping into the weights when they are host memory; through one
+        /* Straight from the mapping into the weights when they are plain host memory; through one
          * tensor's staging buffer otherwise (device memory, or INT8 codes to quantize). */
         uint8_t *q, *z;
         float *scale, *dst = oz_llama_param(m, i);
-        bool int8 = oz_llama_param_int8(m, i, &q, &scale, &z);
-        if (dst && be->host_visible && !int8) {
+        if (dst && be->host_visible && !oz_llama_param_int8(m, i, &q, &scale, &z)) {
             st = oz_st_tensor_to_f32(t, dst, p->numel, err);
             continue;
         }
@@ -459,9 +460,7 @@ oz_status oz_llama_load_weights(oz_llama *m, oz_backend *be, const char *dir, oz
             break;
         }
         staging = tmp;
-        if ((st = oz_st_tensor_to_f32(t, staging, p->numel, err)) != OZ_OK) break;
-        if (int8) oz_i8_quantize(staging, p->numel, q, scale, z);
-        else be->to_device(be, dst, staging, p->numel * sizeof(float));
+        if ((st = oz_st_tensor_to_f32(t, staging, p->numel, err)) == OZ_OK) oz_llama_write_param(m, i, staging);
     }
     free(staging);
     oz_weight_files_close(&w);

@@ -3,6 +3,7 @@
 #ifndef OZ_CHECKPOINT_H
 #define OZ_CHECKPOINT_H
 #include <stdbool.h>
+#include "io/weights.h"
 #include "model/llama.h"
 #include "util/err.h"
 
@@ -48,6 +49,11 @@ oz_status oz_model_save(const char *dir, const oz_llama_config *cfg, const char 
  * against the layout. Unknown tensors are errors, except RoPE tables old checkpoints carry and a
  * tied model's saved head. */
 oz_status oz_llama_load_weights(oz_llama *m, oz_backend *be, const char *dir, oz_err *err);
+/* The checks loading makes, for callers that read the files themselves (convert): every layout
+ * tensor present, floating, with its shape; nothing else present but the ignorable tensors. */
+oz_status oz_weight_files_check(const oz_weight_files *w, const oz_param_layout *lay, const oz_llama_config *cfg,
+                                oz_err *err);
+
 
 /* Loads DIR (config.json + weights as above) into a new model on `be` with buffers for `shape`.
  * `tokenizer` (OZ_TOKENIZER_NAME_MAX bytes, may be NULL) receives the recorded tokenizer kind. */
