@@ -500,9 +500,25 @@ static void test_i8_update(void) {
     oz_i8_dequantize(q, s, z, n, w);
     for (size_t i = 0; i < n; i++) w[i] = w[i] * 0.999f + -0.5f * d[i];
     oz_i8_quantize_sr(w, n, 8, 1, q2, s2, z2);
-    oz_i8_update_sr(q, s, z, n, d, 0.999f, -0.5f, 8, 1);
+    oz_i8_update_sr(q, s, z, n, d, 0.999f, -0.5f, 8, 1, 0);
     CHECK(!memcmp(q, q2, n) && !memcmp(s, s2, ng * sizeof(float)) && !memcmp(z, z2, ng),
           "fused i8 update differs from the unfused path");
+
+    /* Slice by slice (group-aligned, the last slice ragged) with group0 = the bitwise whole-tensor update. */
+    {
+        uint8_t *q3 = xalloc(n), *z3 = xalloc(ng);
+        float *s3 = xalloc(ng * sizeof(float));
+        oz_i8_quantize_sr(x, n, 8, 0, q3, s3, z3);
+        for (size_t g0 = 0; g0 < ng; g0 += 37) {
+            size_t e0 = g0 * OZ_QW_GROUP, len = n - e0 < 37 * OZ_QW_GROUP ? n - e0 : 37 * OZ_QW_GROUP;
+            oz_i8_update_sr(q3 + e0, s3 + g0, z3 + g0, len, d + e0, 0.999f, -0.5f, 8, 1, g0);
+        }
+        CHECK(!memcmp(q3, q2, n) && !memcmp(s3, s2, ng * sizeof(float)) && !memcmp(z3, z2, ng),
+              "slice-wise i8 update (group0) differs from the whole-tensor update");
+        free(q3);
+        free(z3);
+        free(s3);
+    }
 
     /* Updates of a tenth of a step accumulate in expectation with SR and vanish with RTN. */
     float g[256], dl[256], y[256];
@@ -515,7 +531,7 @@ static void test_i8_update(void) {
     oz_i8_quantize(g, 256, gq, &gs, &gz);
     oz_i8_quantize(g, 256, rq, &rs, &rz);
     for (int t = 1; t <= 30; t++) {
-        oz_i8_update_sr(gq, &gs, &gz, 256, dl, 1.0f, 1.0f, 77, (uint64_t)t);
+        oz_i8_update_sr(gq, &gs, &gz, 256, dl, 1.0f, 1.0f, 77, (uint64_t)t, 0);
         oz_i8_dequantize(rq, &rs, &rz, 256, y);
         for (int i = 0; i < 256; i++) y[i] += dl[i];
         oz_i8_quantize(y, 256, rq, &rs, &rz);

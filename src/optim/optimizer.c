@@ -618,7 +618,7 @@ static void apply_slot(oz_optimizer *o, slot *s, float *params, const float *g, 
             be->gemm(be, 0, 0, a, b, r, 1.0f, o->work, r, Q, b, 0.0f, D, b);
         }
         uint64_t key = c->seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(s->index + 1));
-        oz_i8_update_sr(wq, wsc, wz, (size_t)a * b, D, 1.0f - lr * wd, alpha, key, (uint64_t)o->step);
+        oz_i8_update_sr(wq, wsc, wz, (size_t)a * b, D, 1.0f - lr * wd, alpha, key, (uint64_t)o->step, 0);
         return;
     }
     if (wd > 0) be->scale(be, W, 1.0f - lr * wd, (size_t)s->a * s->b);

@@ -242,7 +242,7 @@ void oz_i8_dequantize(const uint8_t *q, const float *s, const uint8_t *z, size_t
 }
 
 void oz_i8_update_sr(uint8_t *q, float *s, uint8_t *z, size_t n, const float *delta, float decay,
-                     float alpha, uint64_t seed, uint64_t step) {
+                     float alpha, uint64_t seed, uint64_t step, uint64_t group0) {
     const size_t ng = oz_qw_groups(n);
 #pragma omp parallel for schedule(static) if (n > OZ_QUANT_PAR_MIN)
     for (size_t g = 0; g < ng; g++) {
@@ -254,7 +254,7 @@ void oz_i8_update_sr(uint8_t *q, float *s, uint8_t *z, size_t n, const float *de
             const float w = ((float)q[i0 + i] - zf) * sc;
             wb[i] = w * decay + alpha * delta[i0 + i];
         }
-        i8_group_sr(wb, len, seed, step, g, q + i0, s + g, z + g);
+        i8_group_sr(wb, len, seed, step, group0 + g, q + i0, s + g, z + g);
     }
 }
 

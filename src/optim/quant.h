@@ -124,9 +124,12 @@ void oz_i8_dequantize(const uint8_t *q, const float *s, const uint8_t *z, size_t
 /* In place, per group: w = dequantize(q); w = w * decay + alpha * delta (fp32, in that order);
  * then new s, z from the updated group and SR requantization with (seed, step). Bitwise the same
  * as dequantize + that arithmetic + oz_i8_quantize_sr, without an fp32 copy of the weight.
- * decay = 1 - lr * weight_decay gives decoupled weight decay applied before the update. */
+ * decay = 1 - lr * weight_decay gives decoupled weight decay applied before the update.
+ * group0 is the index of the first group in the SR stream numbering: updating a tensor slice by
+ * slice (slices starting at multiples of OZ_QW_GROUP elements, with q, s, z, delta pointing at the
+ * slice and group0 = its first element / OZ_QW_GROUP) gives bitwise the whole-tensor result. */
 void oz_i8_update_sr(uint8_t *q, float *s, uint8_t *z, size_t n, const float *delta /* (n) */,
-                     float decay, float alpha, uint64_t seed, uint64_t step);
+                     float decay, float alpha, uint64_t seed, uint64_t step, uint64_t group0);
 /* n + 5 * oz_qw_groups(n) */
 size_t oz_i8_bytes(size_t n);
 
