@@ -75,12 +75,15 @@ done
 
 # --- recompute and mini-sequences: same losses as the plain run (fp32 rounding aside); the
 # planner's prediction equals the measured peak for each combination
-for combo in "none off" "layer off" "none 3" "layer auto"; do
+# (layer-bf16 rounds the saved layer inputs to bf16: close to the fp32 loss, not equal)
+for combo in "none off" "layer off" "none 3" "layer auto" "layer-bf16 auto"; do
     set -- $combo
     check "train --recompute $1 --mini-seq $2" sh -c "$OUNCE train --data '$T/data' --out '$T/rc' $TRAIN --steps 5 --eval-every 0 --seed 3 --recompute $1 --mini-seq $2 --json >'$T/rc.log'"
     loss=$(losses 5 5 "$T/rc/metrics.jsonl" | awk '{print $2}')
     [ -z "${ref_loss:-}" ] && ref_loss=$loss
-    check "same loss with --recompute $1 --mini-seq $2 ($loss vs $ref_loss)" awk -v a="$loss" -v b="$ref_loss" 'BEGIN{d=a-b; if(d<0)d=-d; exit !(d < 1e-4)}'
+    tol=1e-4
+    [ "$1" = layer-bf16 ] && tol=2e-2
+    check "same loss with --recompute $1 --mini-seq $2 ($loss vs $ref_loss)" awk -v a="$loss" -v b="$ref_loss" -v t="$tol" 'BEGIN{d=a-b; if(d<0)d=-d; exit !(d < t)}'
     $OUNCE memory --model tiny --vocab 258 --batch 4 --seq 64 --recompute $1 --mini-seq $2 --json | tail -n 1 | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/planned"
     tail -n 1 "$T/rc.log" | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/measured"
     check "planned peak equals measured (--recompute $1 --mini-seq $2)" cmp -s "$T/planned" "$T/measured"

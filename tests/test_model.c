@@ -506,6 +506,94 @@ static void test_recompute_and_mini_sequences(void) {
     oz_param_layout_free(&lay);
 }
 
+/* bf16 checkpoints (recompute layer-bf16): the planner equals the arena, the saved inputs take
+ * half the bytes, losses and gradients stay close to fp32 recomputation without being equal (the
+ * rounding happens), mini-sequences change nothing beyond fp32 rounding, runs are deterministic,
+ * and the option is refused without recompute. */
+static void test_bf16_checkpoints(void) {
+    oz_llama_config c = {61, 16, 40, 3, 4, 2, 4, 32, 1e-5f, 10000.0f, false, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0, {{0}}};
+    enum { B = 2, T = 9, N = B * T };
+    oz_rng rng;
+    oz_rng_seed(&rng, 12);
+    int32_t ids[N], targets[N];
+    for (int i = 0; i < N; i++) {
+        ids[i] = (int32_t)oz_rng_below(&rng, (uint64_t)c.vocab_size);
+        targets[i] = (int32_t)oz_rng_below(&rng, (uint64_t)c.vocab_size);
+    }
+    oz_param_layout lay;
+    oz_err err = {0};
+    oz_param_layout_build(&c, &lay, &err);
+    float *init = malloc(lay.total * sizeof *init), *grad[4];
+    oz_llama_init_params(&c, &lay, init, 5);
+    for (size_t i = 0; i < lay.total; i++) init[i] *= 10.0f;
+    for (int i = 0; i < lay.n; i++)
+        if (lay.params[i].is_norm)
+            for (size_t j = 0; j < lay.params[i].numel; j++) init[lay.params[i].offset + j] = 1.0f;
+    /* runs: fp32 recompute; bf16; bf16 again; bf16 with 3 mini-sequences */
+    const bool bf16[4] = {false, true, true, true};
+    const int chunks[4] = {0, 0, 0, 3};
+    double loss[4];
+    size_t acts[4];
+    for (int r = 0; r < 4; r++) {
+        grad[r] = calloc(lay.total, sizeof(float));
+        oz_backend be;
+        oz_backend_cpu_create(&be, 0, &err);
+        oz_arena arena;
+        oz_arena_init(&arena, be.allocator);
+        oz_llama_shape shape = {.batch = B, .seq = T, .with_grads = true, .recompute = true,
+                                .bf16_checkpoints = bf16[r], .mlp_chunks = chunks[r], .head_chunks = chunks[r]};
+        oz_llama *m = NULL;
+        CHECK(oz_llama_create(&m, &c, &be, &arena, shape, &err) == OZ_OK, "%s", err.msg);
+        if (!m) continue;
+        oz_llama_plan plan;
+        CHECK(oz_llama_plan_memory(&c, shape, &plan, &err) == OZ_OK, "%s", err.msg);
+        for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
+            CHECK(plan.bytes[cat] == arena.current[cat] && plan.largest[cat] == arena.largest[cat],
+                  "bf16 checkpoints: plan/arena differ in %s: %zu vs %zu", oz_mem_category_name(cat), plan.bytes[cat],
+                  arena.current[cat]);
+        acts[r] = arena.current[OZ_MEM_ACTIVATIONS];
+        memcpy(oz_llama_params(m), init, lay.total * sizeof *init);
+        oz_llama_batch b = {ids, targets, B, T, NULL};
+        double s;
+        long n;
+        oz_llama_zero_grads(m);
+        CHECK(oz_llama_forward_backward(m, &b, 1.0f / 17, &s, &n, &err) == OZ_OK, "%s", err.msg);
+        loss[r] = s / n;
+        memcpy(grad[r], oz_llama_grads(m), lay.total * sizeof(float));
+        oz_llama_destroy(m);
+        oz_arena_destroy(&arena);
+        be.destroy(&be);
+    }
+    /* (L+1) fp32 inputs become (L+1) bf16 ones plus one fp32 work copy. */
+    size_t nd = (size_t)N * c.hidden_size, L = (size_t)c.num_hidden_layers;
+    CHECK(acts[0] - acts[1] == (L + 1) * nd * 2 - nd * 4, "activations: %zu fp32 vs %zu bf16", acts[0], acts[1]);
+    CHECK(loss[1] != loss[0] && fabs(loss[1] - loss[0]) < 1e-2 * loss[0], "bf16 loss %.9g vs fp32 %.9g", loss[1],
+          loss[0]);
+    CHECK(loss[2] == loss[1] && !memcmp(grad[2], grad[1], lay.total * sizeof(float)), "bf16 run not deterministic");
+    CHECK_CLOSE(loss[3], loss[1], 1e-6, 0, "bf16 loss with mini-sequences");
+    for (int i = 0; i < lay.n; i++) {
+        const oz_param_info *p = &lay.params[i];
+        double dot = 0, n0 = 0, n1 = 0, diff = 0, ref = 0;
+        for (size_t j = 0; j < p->numel; j++) {
+            double a = grad[0][p->offset + j], g = grad[1][p->offset + j], h = grad[3][p->offset + j];
+            dot += a * g, n0 += a * a, n1 += g * g;
+            diff = fmax(diff, fabs(h - g));
+            ref = fmax(ref, fabs(g));
+        }
+        double cosv = dot / sqrt(n0 * n1 + 1e-300);
+        CHECK(cosv > 0.999, "%s: bf16-checkpoint gradient's cosine with fp32 is %.6f", p->name, cosv);
+        CHECK(diff <= 1e-5 * ref, "%s: bf16 gradient with mini-sequences differs by %.3g (of %.3g)", p->name, diff, ref);
+    }
+    /* Refused without recomputation (nothing would be saved in bf16). */
+    oz_llama_plan plan;
+    oz_llama_shape bad = {.batch = B, .seq = T, .with_grads = true, .bf16_checkpoints = true};
+    CHECK(oz_llama_plan_memory(&c, bad, &plan, &err) == OZ_ERR_INPUT && strstr(err.msg, "recompute"),
+          "bf16 checkpoints without recompute: %s", err.msg);
+    for (int r = 0; r < 4; r++) free(grad[r]);
+    free(init);
+    oz_param_layout_free(&lay);
+}
+
 /* The per-layer gradient hook fires once per layer in reverse order, then once for the rest, and
  * each layer's gradients are final when its hook fires. */
 typedef struct {
@@ -1059,6 +1147,7 @@ int main(void) {
     RUN(test_adamw_lowers_loss);
     RUN(test_arena_accounting);
     RUN(test_recompute_and_mini_sequences);
+    RUN(test_bf16_checkpoints);
     RUN(test_grad_hook);
     return oz_test_finish("test_model");
 }

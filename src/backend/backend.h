@@ -31,6 +31,10 @@ struct oz_backend {
     void (*to_host)(oz_backend *be, void *host_dst, const void *src, size_t bytes);
     void (*copy)(oz_backend *be, void *dst, const void *src, size_t bytes);
     void (*fill)(oz_backend *be, float *x /* (n) */, float value, size_t n);
+    /* bf16 storage (recomputation's saved layer inputs): dst = src rounded to nearest, ties to
+     * even (NaN stays a quiet NaN), and back (exact). Bitwise the same on every backend. */
+    void (*to_bf16)(oz_backend *be, uint16_t *dst /* (n) */, const float *src /* (n) */, size_t n);
+    void (*from_bf16)(oz_backend *be, float *dst /* (n) */, const uint16_t *src /* (n) */, size_t n);
 
     /* ---- linear algebra ----
      * C = alpha * op(A) @ op(B) + beta * C, row-major, op(A) is (M,K), op(B) is (K,N), C is (M,N).

@@ -39,7 +39,7 @@ int oz_cmd_memory(int argc, char **argv) {
         {"seq", OZ_ARG_INT, &o.seq, 0, "tokens per sequence [256]", 0},
         {"batch", OZ_ARG_INT, &o.batch, 0, "sequences per micro-batch [8]", 0},
         {"vocab", OZ_ARG_INT, &vocab, 0, "override the vocabulary size (presets use theirs)", 0},
-        {"recompute", OZ_ARG_STR, o.recompute, sizeof o.recompute, "none | layer [none]", 0},
+        {"recompute", OZ_ARG_STR, o.recompute, sizeof o.recompute, "none | layer | layer-bf16 (saved layer inputs in bf16) [none]", 0},
         {"mini-seq", OZ_ARG_STR, o.mini_seq, sizeof o.mini_seq, "off | auto | N [off]", 0},
         {"device", OZ_ARG_STR, o.device, sizeof o.device, "cpu | cuda (the CUDA backend adds its workspace) [cpu]", 0},
         {"budget", OZ_ARG_STR, budget_text, sizeof budget_text,

@@ -122,7 +122,8 @@ int oz_cmd_train(int argc, char **argv) {
          "InRank: at this step truncate every factored matrix to its rank k and continue at fixed rank, 0 = never [0]", 0},
         {"device", OZ_ARG_STR, o.device, sizeof o.device, "cpu | cuda | cuda:N | cuda+tf32 (TF32 GEMMs; cuda: adamw only) [cpu]", 0},
         {"recompute", OZ_ARG_STR, o.recompute, sizeof o.recompute,
-         "none | layer: keep only layer inputs and recompute each layer in backward [none]", 0},
+         "none | layer: keep only layer inputs and recompute each layer in backward | layer-bf16: the same with "
+         "the saved inputs in bf16 (the residual stream rounded at layer boundaries) [none]", 0},
         {"mini-seq", OZ_ARG_STR, o.mini_seq, sizeof o.mini_seq,
          "off | auto | N: run the MLP and LM head + loss over N token chunks (MsT) [off]", 0},
         {"seed", OZ_ARG_U64, &o.seed, 0, "seed for initialisation and data order [1]", 0},

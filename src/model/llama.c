@@ -230,6 +230,10 @@ struct oz_llama {
      * final residual stream). */
     layer_acts *acts;
     float **xs;
+    /* bf16_checkpoints: the layer inputs live in xs16[0..L] and xwork is the fp32 copy of the one
+     * in use (every acts[l].x points at it); xs is unused. */
+    uint16_t **xs16;
+    float *xwork;
     float *lnf, *rstdf, *logits, *losses;
     /* mini-sequence MLP chunk buffers (mlp_rows x F), and the chunk's low-rank intermediates of
      * gate, up and down (mlp_rows x R) */
@@ -447,7 +451,13 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
     want(bl, &m->rope_cos, OZ_MEM_SCRATCH, F32(rope), "RoPE cos table");
     want(bl, &m->rope_sin, OZ_MEM_SCRATCH, F32(rope), "RoPE sin table");
     want(bl, &m->ids, OZ_MEM_ACTIVATIONS, 2 * N * sizeof(int32_t), "token ids");
-    for (int l = 0; l <= L; l++) want(bl, &m->xs[l], OZ_MEM_ACTIVATIONS, F32(N * d), "layer input");
+    if (s->bf16_checkpoints) {
+        for (int l = 0; l <= L; l++)
+            want(bl, &m->xs16[l], OZ_MEM_ACTIVATIONS, N * d * sizeof(uint16_t), "layer input (bf16)");
+        want(bl, &m->xwork, OZ_MEM_ACTIVATIONS, F32(N * d), "layer input in use (fp32)");
+    } else {
+        for (int l = 0; l <= L; l++) want(bl, &m->xs[l], OZ_MEM_ACTIVATIONS, F32(N * d), "layer input");
+    }
     /* Without recompute every layer keeps its own set; with it, one work set is shared (its
      * low-rank intermediates sized for the largest rank of each matrix over the layers). */
     int sets = s->recompute ? 1 : L;
@@ -508,6 +518,8 @@ static oz_status check_shape(const oz_llama_shape *s, oz_err *err) {
                        s->seq);
     if (s->mlp_chunks < 0 || s->head_chunks < 0 || (s->mlp_chunks > 0) != (s->head_chunks > 0))
         return oz_fail(err, OZ_ERR_INPUT, "mini-sequence chunk counts must both be positive or both 0");
+    if (s->bf16_checkpoints && (!s->recompute || !s->with_grads))
+        return oz_fail(err, OZ_ERR_INPUT, "bf16 checkpoints are recomputation's saved inputs: they need recompute (training)");
     if ((long)s->mlp_chunks > (long)s->batch * s->seq || (long)s->head_chunks > (long)s->batch * s->seq)
         return oz_fail(err, OZ_ERR_INPUT, "more mini-sequences (%d, %d) than tokens (%ld)", s->mlp_chunks,
                        s->head_chunks, (long)s->batch * s->seq);
@@ -527,9 +539,10 @@ oz_status oz_llama_plan_memory(const oz_llama_config *cfg, oz_llama_shape shape,
     int L = cfg->num_hidden_layers;
     dummy.acts = calloc((size_t)L, sizeof *dummy.acts);
     dummy.xs = calloc((size_t)L + 1, sizeof *dummy.xs);
+    dummy.xs16 = calloc((size_t)L + 1, sizeof *dummy.xs16);
     buffer_list bl = {NULL, 0, 0, true};
     oz_status st = OZ_OK;
-    if (!dummy.acts || !dummy.xs) st = oz_fail(err, OZ_ERR_NOMEM, "out of memory planning");
+    if (!dummy.acts || !dummy.xs || !dummy.xs16) st = oz_fail(err, OZ_ERR_NOMEM, "out of memory planning");
     if (st == OZ_OK) {
         list_buffers(&dummy, &bl); /* first pass counts */
         bl.items = calloc((size_t)bl.n + 1, sizeof *bl.items);
@@ -547,6 +560,7 @@ oz_status oz_llama_plan_memory(const oz_llama_config *cfg, oz_llama_shape shape,
     free(bl.items);
     free(dummy.acts);
     free(dummy.xs);
+    free(dummy.xs16);
     oz_param_layout_free(&dummy.layout);
     return st;
 }
@@ -596,9 +610,10 @@ oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend
     int L = cfg->num_hidden_layers;
     m->acts = calloc((size_t)L, sizeof *m->acts);
     m->xs = calloc((size_t)L + 1, sizeof *m->xs);
+    m->xs16 = calloc((size_t)L + 1, sizeof *m->xs16);
     m->active = calloc((size_t)L * OZ_LLAMA_MATRICES, sizeof *m->active);
     buffer_list bl = {NULL, 0, 0, false};
-    if (m->acts && m->xs && m->active) {
+    if (m->acts && m->xs && m->xs16 && m->active) {
         list_buffers(m, &bl);
         bl.items = calloc((size_t)bl.n + 1, sizeof *bl.items);
         m->owned = calloc((size_t)bl.n + 1, sizeof *m->owned);
@@ -636,7 +651,7 @@ oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend
     }
     if (shape.recompute)
         for (int l = 1; l < L; l++) m->acts[l] = m->acts[0];
-    for (int l = 0; l < L; l++) m->acts[l].x = m->xs[l];
+    for (int l = 0; l < L; l++) m->acts[l].x = shape.bf16_checkpoints ? m->xwork : m->xs[l];
     return build_rope_tables(m, err);
 }
 
@@ -648,6 +663,7 @@ void oz_llama_destroy(oz_llama *m) {
     free(m->group_off);
     free(m->acts);
     free(m->xs);
+    free(m->xs16);
     free(m->active);
     oz_param_layout_free(&m->layout);
     free(m);
@@ -922,15 +938,34 @@ static oz_status head_forward(oz_llama *m, const oz_llama_batch *b, float grad_s
     return OZ_OK;
 }
 
+/* The final residual stream (the final norm's input): in bf16 mode the fp32 work copy, which holds
+ * x_L from the end of the forward until the first layer's recomputation. */
+static const float *final_input(const oz_llama *m, int L) { return m->shape.bf16_checkpoints ? m->xwork : m->xs[L]; }
+
 static oz_status forward(oz_llama *m, const oz_llama_batch *b, float grad_scale, double *loss_sum,
                          long *n_targets, oz_err *err) {
     OZ_TRY(check_batch(m, b, err));
     oz_backend *be = m->be;
     dims g = dims_of(m, b->B, b->T);
     be->to_device(be, m->ids, b->ids, (size_t)g.N * sizeof(int32_t));
-    be->embedding_fwd(be, m->xs[0], oz_llama_param(m, 0), m->ids, g.N, g.d);
-    for (int l = 0; l < g.L; l++) layer_forward(m, l, &m->acts[l], m->xs[l + 1], &g);
-    be->rmsnorm_fwd(be, m->lnf, m->rstdf, m->xs[g.L], oz_llama_param(m, final_norm_index(m)), g.N, g.d, m->cfg.rms_norm_eps);
+    if (m->shape.bf16_checkpoints) {
+        /* Each layer's output goes to dln (free until the head's backward), is saved in bf16, and
+         * the next layer starts from the saved (rounded) value, as its recomputation will. */
+        size_t nd = (size_t)g.N * g.d;
+        be->embedding_fwd(be, m->xwork, oz_llama_param(m, 0), m->ids, g.N, g.d);
+        be->to_bf16(be, m->xs16[0], m->xwork, nd);
+        be->from_bf16(be, m->xwork, m->xs16[0], nd);
+        for (int l = 0; l < g.L; l++) {
+            layer_forward(m, l, &m->acts[l], m->dln, &g);
+            be->to_bf16(be, m->xs16[l + 1], m->dln, nd);
+            be->from_bf16(be, m->xwork, m->xs16[l + 1], nd);
+        }
+    } else {
+        be->embedding_fwd(be, m->xs[0], oz_llama_param(m, 0), m->ids, g.N, g.d);
+        for (int l = 0; l < g.L; l++) layer_forward(m, l, &m->acts[l], m->xs[l + 1], &g);
+    }
+    be->rmsnorm_fwd(be, m->lnf, m->rstdf, final_input(m, g.L), oz_llama_param(m, final_norm_index(m)), g.N, g.d,
+                    m->cfg.rms_norm_eps);
     return head_forward(m, b, grad_scale, &g, loss_sum, n_targets, err);
 }
 
@@ -951,14 +986,15 @@ oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float 
     /* The head's part ran inside the forward: m->dln holds dL/d(final norm output). */
     be->fill(be, m->dx, 0.0f, (size_t)g.N * g.d);
     float *dnorm = oz_llama_grad(m, final_norm_index(m));
-    be->rmsnorm_bwd(be, m->dx, dnorm ? dnorm : m->norm_sink, m->dln, m->xs[g.L],
+    be->rmsnorm_bwd(be, m->dx, dnorm ? dnorm : m->norm_sink, m->dln, final_input(m, g.L),
                     oz_llama_param(m, final_norm_index(m)), m->rstdf, g.N, g.d);
     for (int l = g.L - 1; l >= 0; l--) {
         layer_acts *a = &m->acts[l];
         if (m->shape.recompute) {
             /* Rebuild this layer's activations from its saved input; the output it writes is scratch
              * (the next layer's input was saved in the forward and is not needed any more). */
-            a->x = m->xs[l];
+            if (m->shape.bf16_checkpoints) be->from_bf16(be, m->xwork, m->xs16[l], (size_t)g.N * g.d);
+            else a->x = m->xs[l];
             layer_forward(m, l, a, m->dln, &g);
         }
         layer_backward(m, l, a, &g);

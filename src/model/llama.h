@@ -146,6 +146,12 @@ typedef struct {
      * for that layer's forward and backward. No fp32 copy of them exists. */
     bool int8_matrices;
     bool recompute;               /* keep only each layer's input; recompute the layer in backward */
+    /* With recompute and with_grads: the saved layer inputs are stored in bf16 (half the bytes;
+     * the dominant activation term at long sequences). The forward rounds the residual stream to
+     * bf16 at every layer boundary (and after the embedding) and continues from the rounded value,
+     * so the recomputation sees exactly what the forward saw and the step is still deterministic;
+     * the backward treats the rounding as identity. */
+    bool bf16_checkpoints;
     /* Mini-sequences (MsT): 0 = off. Otherwise the MLP runs over mlp_chunks chunks of the B*T
      * tokens (its intermediates are recomputed chunk by chunk in backward, never stored for all
      * tokens) and the LM head + loss over head_chunks chunks, so no tokens x intermediate or

@@ -455,8 +455,9 @@ oz_status oz_train_model_shape(const oz_train_opts *o, const oz_llama_config *cf
     shape->int8_matrices = oc.int8_weights;
     if (o->welore) shape->freeze = OZ_FREEZE_EMBED | OZ_FREEZE_HEAD | OZ_FREEZE_DENSE;
     if (strcmp(o->recompute, "layer") == 0) shape->recompute = true;
+    else if (strcmp(o->recompute, "layer-bf16") == 0) shape->recompute = shape->bf16_checkpoints = true;
     else if (strcmp(o->recompute, "none") != 0)
-        return oz_fail(err, OZ_ERR_INPUT, "--recompute %s is not known (choose: none, layer)", o->recompute);
+        return oz_fail(err, OZ_ERR_INPUT, "--recompute %s is not known (choose: none, layer, layer-bf16)", o->recompute);
     int tokens = o->batch * o->seq;
     if (strcmp(o->mini_seq, "off") == 0) return OZ_OK;
     if (strcmp(o->mini_seq, "auto") == 0) {

@@ -132,6 +132,24 @@ static void test_elementwise(void) {
     cpu.fill(&cpu, y, 0.25f, 1001);
     gpu.fill(&gpu, dy, 0.25f, 1001);
     expect_close("fill", dy, y, n, 0);
+    /* bf16 storage: bitwise the CPU's rounding (x holds random values; add a tie, NaN, Inf, tiny) */
+    {
+        x[0] = 1.00390625f, x[1] = NAN, x[2] = -INFINITY, x[3] = 1.0e-40f, x[4] = -0.0f;
+        uint16_t *hb = malloc(n * 2), *gb = malloc(n * 2);
+        float *fb = malloc(n * 4);
+        void *db = dev(NULL, n * 2);
+        gpu.to_device(&gpu, dx, x, n * 4);
+        cpu.to_bf16(&cpu, hb, x, n);
+        gpu.to_bf16(&gpu, (uint16_t *)db, dx, n);
+        gpu.to_host(&gpu, gb, db, n * 2);
+        CHECK(!memcmp(hb, gb, n * 2), "to_bf16 differs from the CPU's rounding");
+        gpu.from_bf16(&gpu, dx, (const uint16_t *)db, n);
+        cpu.from_bf16(&cpu, fb, hb, n);
+        float *gf = back(dx, n);
+        CHECK(!memcmp(gf, fb, n * 4), "from_bf16 differs from the CPU's");
+        free(hb), free(gb), free(fb), free(gf);
+        dfree(db);
+    }
     /* swiglu, then its backward in place (dgate/dup aliasing gate/up, as the model calls it) */
     float *g = hrand(n, -6, 6), *u = hrand(n, -2, 2), *h = hrand(n, 0, 1), *dh = hrand(n, -1, 1);
     float *dg = dev(g, n * 4), *du = dev(u, n * 4), *dhh = dev(h, n * 4), *ddh = dev(dh, n * 4);
@@ -334,11 +352,14 @@ static oz_llama_config small_config(bool tie) {
 }
 
 /* Forward + backward of the same model and batch on both backends: loss and every gradient. */
-static void check_model(bool tie, bool recompute, int chunks) {
+/* bf16 checkpoints round the residual stream: an fp32 difference between the backends can move a
+ * value to the neighbouring bf16 step, so that comparison gets looser bounds. */
+static void check_model(bool tie, bool recompute, int chunks, bool bf16) {
     const int B = 2, T = 37;
     oz_llama_config c = small_config(tie);
     oz_llama_shape shape = {.batch = B, .seq = T, .with_grads = true, .recompute = recompute,
-                            .mlp_chunks = chunks, .head_chunks = chunks};
+                            .bf16_checkpoints = bf16, .mlp_chunks = chunks, .head_chunks = chunks};
+    const double loss_tol = bf16 ? 1e-4 : 1e-5, grad_tol = bf16 ? 2e-2 : 1e-4, logit_tol = bf16 ? 1e-2 : 1e-5;
     oz_err err = {0};
     oz_arena ac, ag;
     oz_arena_init(&ac, cpu.allocator);
@@ -368,13 +389,13 @@ static void check_model(bool tie, bool recompute, int chunks) {
     gpu_ok("model forward_backward");
     char what[160];
     snprintf(what, sizeof what, "model loss (tie %d, recompute %d, chunks %d)", tie, recompute, chunks);
-    CHECK(nc == ng && fabs(lc - lg) <= 1e-5 * fabs(lc), "%s: %.9g vs %.9g", what, lg, lc);
+    CHECK(nc == ng && fabs(lc - lg) <= loss_tol * fabs(lc), "%s: %.9g vs %.9g", what, lg, lc);
     for (int i = 0; i < lay->n; i++) {
         const oz_param_info *p = &lay->params[i];
         float *g = back(oz_llama_grad(mg, i), p->numel);
         double e = rel_err(g, oz_llama_grad(mc, i), p->numel);
-        CHECK(e <= 1e-4, "gradient of %s (tie %d, recompute %d, chunks %d): relative error %.3g", p->name, tie,
-              recompute, chunks, e);
+        CHECK(e <= grad_tol, "gradient of %s (tie %d, recompute %d, chunks %d, bf16 %d): relative error %.3g", p->name,
+              tie, recompute, chunks, bf16, e);
         free(g);
     }
     /* The forward alone, with logits copied out */
@@ -384,7 +405,7 @@ static void check_model(bool tie, bool recompute, int chunks) {
     bl.logits_out = logg;
     CHECK(oz_llama_forward(mg, &bl, NULL, NULL, &err) == OZ_OK, "%s", err.msg);
     double e = rel_err(logg, logc, (size_t)B * T * c.vocab_size);
-    CHECK(e <= 1e-5, "logits: relative error %.3g", e);
+    CHECK(e <= logit_tol, "logits: relative error %.3g", e);
     free(logc), free(logg), free(init);
     oz_llama_destroy(mc);
     oz_llama_destroy(mg);
@@ -393,9 +414,10 @@ static void check_model(bool tie, bool recompute, int chunks) {
 }
 
 static void test_model(void) {
-    check_model(false, false, 0);
-    check_model(true, false, 0);
-    check_model(false, true, 3);
+    check_model(false, false, 0, false);
+    check_model(true, false, 0, false);
+    check_model(false, true, 3, false);
+    check_model(false, true, 3, true);
 }
 
 /* ------------------------------------------------------------------ training */

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "io/safetensors.h" /* oz_f32_to_bf16, oz_bf16_to_f32 */
 
 #define OZ_REAL float
 #define OZ_SFX(name) name##_f32
@@ -26,6 +27,18 @@ static void cpu_memcpy(oz_backend *be, void *dst, const void *src, size_t bytes)
 static void cpu_fill(oz_backend *be, float *x, float value, size_t n) {
     (void)be;
     oz_cpu_fill_f32(x, value, n);
+}
+
+static void cpu_to_bf16(oz_backend *be, uint16_t *dst, const float *src, size_t n) {
+    (void)be;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) dst[i] = oz_f32_to_bf16(src[i]);
+}
+
+static void cpu_from_bf16(oz_backend *be, float *dst, const uint16_t *src, size_t n) {
+    (void)be;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) dst[i] = oz_bf16_to_f32(src[i]);
 }
 
 static void cpu_gemm(oz_backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha,
@@ -136,6 +149,8 @@ oz_status oz_backend_cpu_create(oz_backend *be, int threads, oz_err *err) {
     be->to_host = cpu_memcpy;
     be->copy = cpu_memcpy;
     be->fill = cpu_fill;
+    be->to_bf16 = cpu_to_bf16;
+    be->from_bf16 = cpu_from_bf16;
     be->gemm = cpu_gemm;
     be->axpy = cpu_axpy;
     be->scale = cpu_scale;

@@ -173,6 +173,34 @@ static void cuda_fill(oz_backend *be, float *x, float value, size_t n) {
     OZ_CUDA_LAUNCHED(c);
 }
 
+/* Round to nearest even as oz_f32_to_bf16 does (NaN -> quiet NaN), in integer arithmetic so it
+ * is bitwise the CPU's. */
+__global__ void to_bf16_k(uint16_t *dst, const float *src, size_t n) {
+    GRID_STRIDE(i, n) {
+        uint32_t x = __float_as_uint(src[i]);
+        if ((x & 0x7fffffffu) > 0x7f800000u) dst[i] = (uint16_t)((x >> 16) | 0x0040u);
+        else dst[i] = (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+    }
+}
+
+__global__ void from_bf16_k(float *dst, const uint16_t *src, size_t n) {
+    GRID_STRIDE(i, n) dst[i] = __uint_as_float((uint32_t)src[i] << 16);
+}
+
+static void cuda_to_bf16(oz_backend *be, uint16_t *dst, const float *src, size_t n) {
+    oz_cuda *c = C(be);
+    if (!n) return;
+    to_bf16_k<<<grid_for(n, 256), 256, 0, c->stream>>>(dst, src, n);
+    OZ_CUDA_LAUNCHED(c);
+}
+
+static void cuda_from_bf16(oz_backend *be, float *dst, const uint16_t *src, size_t n) {
+    oz_cuda *c = C(be);
+    if (!n) return;
+    from_bf16_k<<<grid_for(n, 256), 256, 0, c->stream>>>(dst, src, n);
+    OZ_CUDA_LAUNCHED(c);
+}
+
 /* The scratch the reductions use (after cuBLAS's part of the workspace). */
 static char *reduce_ws(oz_cuda *c) { return c->ws ? c->ws + OZ_CUDA_CUBLAS_WORKSPACE_BYTES : NULL; }
 
@@ -671,6 +699,8 @@ extern "C" oz_status oz_backend_cuda_create(oz_backend *be, int device, oz_err *
     be->to_host = cuda_to_host;
     be->copy = cuda_copy;
     be->fill = cuda_fill;
+    be->to_bf16 = cuda_to_bf16;
+    be->from_bf16 = cuda_from_bf16;
     be->gemm = cuda_gemm;
     be->axpy = cuda_axpy;
     be->scale = cuda_scale;
