@@ -164,6 +164,9 @@ void oz_llama_init_params(const oz_llama_config *cfg, const oz_param_layout *lay
                           uint64_t seed) {
     (void)cfg;
     memset(params, 0, lay->total * sizeof *params);
+    /* Tensors in parallel (a 7B model is 6.7e9 normals): each has its own stream, so the values do
+     * not depend on the thread count. */
+#pragma omp parallel for schedule(dynamic, 1)
     for (int i = 0; i < lay->n; i++) {
         const oz_param_info *p = &lay->params[i];
         float *w = params + p->offset;
