@@ -816,7 +816,7 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
         }
     }
     /* The final model goes to OUT itself: weights, config and the state (for the record). */
-    OZ_TRY(save_checkpoint(t, o->out, pos, false, err));
+    if (!o->no_save) OZ_TRY(save_checkpoint(t, o->out, pos, false, err));
     if (o->inrank) {
         char log[OZ_PATH_MAX + 32], svg[OZ_PATH_MAX + 32];
         snprintf(log, sizeof log, "%s/ranks.jsonl", o->out);

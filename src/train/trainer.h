@@ -40,6 +40,7 @@ typedef struct {
     /* WeLore: train only a low-rank model's factors and the norms; embedding, head and dense
      * (N-LRC) matrices are frozen. */
     bool welore;
+    bool no_save;              /* benchmarks: no final model (metrics only); periodic saves still happen */
     /* InRank (train/inrank.h): the target matrices as factors whose rank grows; freeze_after 0 = never */
     bool inrank;
     int inrank_init_rank, inrank_buffer, inrank_check_every, inrank_warmup, inrank_freeze_after;
