@@ -594,6 +594,156 @@ static void test_bf16_checkpoints(void) {
     oz_param_layout_free(&lay);
 }
 
+/* Embedding/head gradients in vocabulary blocks (outer_grad_blocks): the blocks handed to the rows
+ * hook, in order and covering every row once, are the full-buffer gradients to fp32 rounding, and
+ * so are the loss, dX (seen through the layers' gradients) and the final norm's gradient; with and
+ * without mini-sequences; the planner equals the arena, whose largest gradient buffer is a block. */
+typedef struct {
+    oz_llama *m;
+    float *out;
+    size_t n;
+} hook_log_l0;
+
+static void snapshot_layer0(void *user, int layer) {
+    hook_log_l0 *h = user;
+    if (layer != 0) return;
+    memcpy(h->out, oz_llama_grad(h->m, oz_llama_get_layout(h->m)->layer_first[0]), h->n * sizeof(float));
+}
+
+typedef struct {
+    float *grad[2]; /* embedding, head */
+    int next[2], calls, bad;
+    int head, d;
+    oz_backend *be;
+} rows_log;
+
+static void record_rows(void *user, int index, int row0, int rows, const float *grad) {
+    rows_log *r = user;
+    int k = index == 0 ? 0 : index == r->head ? 1 : -1;
+    if (k < 0 || row0 != r->next[k]) {
+        r->bad++;
+        return;
+    }
+    r->be->to_host(r->be, r->grad[k] + (size_t)row0 * r->d, grad, (size_t)rows * r->d * sizeof(float));
+    r->next[k] += rows;
+    r->calls++;
+}
+
+static void test_outer_grad_blocks(void) {
+    oz_llama_config c = {61, 16, 40, 2, 4, 2, 4, 32, 1e-5f, 10000.0f, false, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0, {{0}}};
+    enum { B = 2, T = 9, N = B * T };
+    oz_rng rng;
+    oz_rng_seed(&rng, 21);
+    int32_t ids[N], targets[N];
+    for (int i = 0; i < N; i++) {
+        ids[i] = (int32_t)oz_rng_below(&rng, (uint64_t)c.vocab_size);
+        targets[i] = (int32_t)oz_rng_below(&rng, (uint64_t)c.vocab_size);
+    }
+    targets[3] = -1;
+    ids[4] = ids[5] = 60; /* a repeated id in the last (short) block */
+    oz_param_layout lay;
+    oz_err err = {0};
+    oz_param_layout_build(&c, &lay, &err);
+    float *init = malloc(lay.total * sizeof *init);
+    oz_llama_init_params(&c, &lay, init, 8);
+    for (size_t i = 0; i < lay.total; i++) init[i] *= 10.0f;
+    int head = lay.n - 1, block = oz_llama_vocab_block_rows(&c);
+    CHECK(block == 16, "61 x 16 vocabulary: %d-row blocks (expected 4 blocks of 16)", block);
+    for (int chunks = 0; chunks <= 3; chunks += 3) {
+        double loss[2];
+        size_t grads[2] = {0, 0};
+        float *ref[3] = {NULL, NULL, NULL}; /* embedding, head, final norm */
+        float *lay_ref = NULL;
+        for (int blocks = 0; blocks <= 1; blocks++) {
+            oz_backend be;
+            oz_backend_cpu_create(&be, 0, &err);
+            oz_arena arena;
+            oz_arena_init(&arena, be.allocator);
+            oz_llama_shape shape = {.batch = B, .seq = T, .with_grads = true, .per_layer_grads = true,
+                                    .outer_grad_blocks = blocks, .mlp_chunks = chunks, .head_chunks = chunks};
+            oz_llama *m = NULL;
+            CHECK(oz_llama_create(&m, &c, &be, &arena, shape, &err) == OZ_OK, "%s", err.msg);
+            if (!m) return;
+            oz_llama_plan plan;
+            CHECK(oz_llama_plan_memory(&c, shape, &plan, &err) == OZ_OK, "%s", err.msg);
+            for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
+                CHECK(plan.bytes[cat] == arena.current[cat] && plan.largest[cat] == arena.largest[cat],
+                      "outer blocks %d: plan/arena differ in %s", blocks, oz_mem_category_name(cat));
+            grads[blocks] = arena.current[OZ_MEM_GRADS];
+            if (blocks) /* two V x d gradients and the norm's become the norm's and one block */
+                CHECK(grads[0] - grads[1] == (lay.outer_grad - (size_t)c.hidden_size * (1 + block)) * sizeof(float),
+                      "gradient bytes %zu without blocks, %zu with", grads[0], grads[1]);
+            memcpy(oz_llama_params(m), init, lay.total * sizeof *init);
+            rows_log rl = {{calloc((size_t)c.vocab_size * c.hidden_size, 4), calloc((size_t)c.vocab_size * c.hidden_size, 4)},
+                           {0, 0}, 0, 0, head, c.hidden_size, &be};
+            oz_llama_set_rows_hook(m, record_rows, &rl);
+            /* the layer hook snapshots layer 0's gradients (they flow from dX of the head) */
+            float *l0 = malloc(lay.max_layer_grad * sizeof *l0);
+            hook_log_l0 hl = {m, l0, lay.max_layer_grad};
+            oz_llama_set_grad_hook(m, snapshot_layer0, &hl);
+            oz_llama_batch b = {ids, targets, B, T, NULL};
+            double s;
+            long n;
+            oz_llama_zero_grads(m);
+            CHECK(oz_llama_forward_backward(m, &b, 1.0f / 17, &s, &n, &err) == OZ_OK, "%s", err.msg);
+            loss[blocks] = s / n;
+            float *norm = oz_llama_grad(m, head - 1);
+            if (!blocks) {
+                ref[0] = malloc(lay.params[0].numel * 4);
+                ref[1] = malloc(lay.params[head].numel * 4);
+                ref[2] = malloc(lay.params[head - 1].numel * 4);
+                memcpy(ref[0], oz_llama_grad(m, 0), lay.params[0].numel * 4);
+                memcpy(ref[1], oz_llama_grad(m, head), lay.params[head].numel * 4);
+                memcpy(ref[2], norm, lay.params[head - 1].numel * 4);
+                lay_ref = l0;
+                l0 = NULL;
+                CHECK(rl.calls == 0, "rows hook called without blocks");
+            } else {
+                CHECK(oz_llama_grad(m, 0) == NULL && oz_llama_grad(m, head) == NULL && oz_llama_grad_in_blocks(m, 0) &&
+                          oz_llama_grad_in_blocks(m, head) && !oz_llama_grad_in_blocks(m, head - 1),
+                      "embedding/head gradients should only come through the rows hook");
+                CHECK(rl.bad == 0 && rl.calls == 8 && rl.next[0] == c.vocab_size && rl.next[1] == c.vocab_size,
+                      "rows hook: %d calls, %d out of order, rows %d / %d", rl.calls, rl.bad, rl.next[0], rl.next[1]);
+                CHECK_CLOSE(loss[1], loss[0], 1e-6, 0, "loss with vocabulary blocks");
+                const float *got[3] = {rl.grad[0], rl.grad[1], norm};
+                const size_t cnt[3] = {lay.params[0].numel, lay.params[head].numel, lay.params[head - 1].numel};
+                const char *names[3] = {"embedding", "head", "final norm"};
+                for (int t = 0; t < 3; t++) {
+                    double diff = 0, mx = 0;
+                    for (size_t j = 0; j < cnt[t]; j++) {
+                        diff = fmax(diff, fabs((double)got[t][j] - ref[t][j]));
+                        mx = fmax(mx, fabs((double)ref[t][j]));
+                    }
+                    CHECK(mx > 0 && diff <= 1e-5 * mx, "%s gradient in blocks differs by %.3g (of %.3g), chunks %d",
+                          names[t], diff, mx, chunks);
+                }
+                double diff = 0, mx = 0;
+                for (size_t j = 0; j < lay.max_layer_grad; j++) {
+                    diff = fmax(diff, fabs((double)l0[j] - lay_ref[j]));
+                    mx = fmax(mx, fabs((double)lay_ref[j]));
+                }
+                CHECK(mx > 0 && diff <= 1e-5 * mx, "layer 0 gradients with blocks differ by %.3g (of %.3g)", diff, mx);
+                for (int t = 0; t < 3; t++) free(ref[t]);
+                free(lay_ref);
+            }
+            free(l0);
+            free(rl.grad[0]);
+            free(rl.grad[1]);
+            oz_llama_destroy(m);
+            oz_arena_destroy(&arena);
+            be.destroy(&be);
+        }
+    }
+    /* A tied head has one gradient from two places: blocks are refused. */
+    oz_llama_config tied = c;
+    tied.tie_word_embeddings = true;
+    oz_llama_plan plan;
+    oz_llama_shape bad = {.batch = B, .seq = T, .with_grads = true, .per_layer_grads = true, .outer_grad_blocks = true};
+    CHECK(oz_llama_plan_memory(&tied, bad, &plan, &err) == OZ_ERR_INPUT, "blocks with a tied head were accepted");
+    free(init);
+    oz_param_layout_free(&lay);
+}
+
 /* The per-layer gradient hook fires once per layer in reverse order, then once for the rest, and
  * each layer's gradients are final when its hook fires. */
 typedef struct {
@@ -1148,6 +1298,7 @@ int main(void) {
     RUN(test_arena_accounting);
     RUN(test_recompute_and_mini_sequences);
     RUN(test_bf16_checkpoints);
+    RUN(test_outer_grad_blocks);
     RUN(test_grad_hook);
     return oz_test_finish("test_model");
 }

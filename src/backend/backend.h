@@ -51,7 +51,8 @@ struct oz_backend {
     /* ---- model ops ---- */
     void (*embedding_fwd)(oz_backend *be, float *out /* (N,d) */, const float *table /* (V,d) */,
                           const int32_t *ids /* (N) */, int N, int d);
-    /* dtable += scatter(dout); deterministic (no atomics). */
+    /* dtable += scatter(dout); deterministic (no atomics). Tokens with ids[i] < 0 are skipped
+     * (a block of the table: ids outside it are passed as -1). */
     void (*embedding_bwd)(oz_backend *be, float *dtable /* (V,d) */, const float *dout /* (N,d) */,
                           const int32_t *ids /* (N) */, int N, int d, int V);
     /* out = x * rstd * w, rstd = 1/sqrt(mean(x^2) + eps) saved for backward. */
@@ -89,6 +90,16 @@ struct oz_backend {
      * targets[i] < 0): the fused backward, so no second (N,V) buffer exists. */
     void (*cross_entropy)(oz_backend *be, float *logits /* (N,V) */, float *losses /* (N) */,
                           const int32_t *targets /* (N) */, int N, int V, float grad_scale);
+
+    /* The same loss with the vocabulary taken in blocks (training with the LM head's gradient
+     * handed off block by block): lse[i] = log sum_j exp(logits[i][j]) over full rows first; then
+     * for each block, logits (N, Vb) of entries [v0, v0 + Vb) are overwritten with
+     * grad_scale * (softmax - onehot) (0 rows where targets[i] < 0), and losses[i] =
+     * lse[i] - logit of targets[i] for rows whose target is in the block. */
+    void (*logsumexp_rows)(oz_backend *be, float *lse /* (N) */, const float *logits /* (N,V) */, int N, int V);
+    void (*cross_entropy_block)(oz_backend *be, float *logits /* (N,Vb) */, const float *lse /* (N) */,
+                                float *losses /* (N) */, const int32_t *targets /* (N) */, int N, int Vb, int v0,
+                                float grad_scale);
 
     /* ---- optimizer ---- */
     void (*adamw_step)(oz_backend *be, float *param /* (n) */, const float *grad /* (n) */,

@@ -248,6 +248,12 @@ struct oz_llama {
     int *active;                /* (L * 7) active ranks; 0 for dense matrices */
     oz_grad_hook hook;
     void *hook_user;
+    /* outer_grad_blocks: one block of embedding/head gradient rows, each row's log-sum-exp, and a
+     * block's remapped token ids (-1 outside the block) */
+    float *vblock, *lse;
+    int32_t *ids_block;
+    oz_rows_hook rows_hook;
+    void *rows_user;
     /* every arena buffer, for destroy */
     void **owned;
     int n_owned;
@@ -314,17 +320,47 @@ void oz_llama_export_params(oz_llama *m, float *host) {
 
 float *oz_llama_grads(oz_llama *m) { return m->grads; }
 
+static bool is_vocab_tensor(const oz_param_info *p) { return p->kind == OZ_P_EMBED || p->kind == OZ_P_LM_HEAD; }
+
+bool oz_llama_grad_in_blocks(const oz_llama *m, int index) {
+    const oz_param_info *p = &m->layout.params[index];
+    return m->shape.outer_grad_blocks && m->shape.with_grads && !p->frozen && is_vocab_tensor(p);
+}
+
 float *oz_llama_grad(oz_llama *m, int index) {
     const oz_param_info *p = &m->layout.params[index];
     if (p->frozen || !m->shape.with_grads) return NULL;
     if (m->grads) return m->grads + p->grad_offset;
     if (!m->shape.per_layer_grads) return NULL;
-    return (p->layer >= 0 ? m->layer_grads : m->outer_grads) + p->grad_span_offset;
+    if (p->layer >= 0) return m->layer_grads + p->grad_span_offset;
+    /* In blocks only the final norm's gradient is kept, alone in the outer buffer. */
+    if (m->shape.outer_grad_blocks) return is_vocab_tensor(p) ? NULL : m->outer_grads;
+    return m->outer_grads + p->grad_span_offset;
 }
 
 void oz_llama_set_grad_hook(oz_llama *m, oz_grad_hook hook, void *user) {
     m->hook = hook;
     m->hook_user = user;
+}
+
+void oz_llama_set_rows_hook(oz_llama *m, oz_rows_hook hook, void *user) {
+    m->rows_hook = hook;
+    m->rows_user = user;
+}
+
+int oz_llama_vocab_block_rows(const oz_llama_config *c) {
+    int V = c->vocab_size, d = c->hidden_size;
+    int blocks = (V + d - 1) / d;
+    int rows = (V + blocks - 1) / blocks;
+    int g = d, b = 256; /* gcd(d, 256) */
+    while (b) {
+        int t = g % b;
+        g = b;
+        b = t;
+    }
+    int align = 256 / g;
+    rows = (rows + align - 1) / align * align;
+    return rows < V ? rows : V;
 }
 
 static bool valid_matrix(const oz_llama *m, int layer, int matrix) {
@@ -447,7 +483,24 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
     if (s->with_grads && !s->per_layer_grads) want(bl, &m->grads, OZ_MEM_GRADS, F32(lay->grad_total), "gradients");
     if (s->with_grads && s->per_layer_grads) {
         want(bl, &m->layer_grads, OZ_MEM_GRADS, F32(lay->max_layer_grad), "one layer's gradients");
-        want(bl, &m->outer_grads, OZ_MEM_GRADS, F32(lay->outer_grad), "embedding/head gradients");
+        if (!s->outer_grad_blocks) {
+            want(bl, &m->outer_grads, OZ_MEM_GRADS, F32(lay->outer_grad), "embedding/head gradients");
+        } else {
+            bool embed = false, head = false, norm = false;
+            for (int i = 0; i < lay->n; i++) {
+                const oz_param_info *p = &lay->params[i];
+                if (p->layer >= 0 || p->frozen) continue;
+                if (p->kind == OZ_P_EMBED) embed = true;
+                else if (p->kind == OZ_P_LM_HEAD) head = true;
+                else norm = true;
+            }
+            if (norm) want(bl, &m->outer_grads, OZ_MEM_GRADS, F32(d), "final norm gradient");
+            if (embed || head)
+                want(bl, &m->vblock, OZ_MEM_GRADS, F32((size_t)oz_llama_vocab_block_rows(c) * d),
+                     "embedding/head gradient block");
+            if (head) want(bl, &m->lse, OZ_MEM_ACTIVATIONS, F32(N), "log-sum-exp per token");
+            if (embed) want(bl, &m->ids_block, OZ_MEM_ACTIVATIONS, N * sizeof(int32_t), "token ids of a block");
+        }
     }
     if (s->with_grads && (s->freeze & OZ_FREEZE_NORMS))
         want(bl, &m->norm_sink, OZ_MEM_SCRATCH, F32(d), "frozen norms' discarded gradient");
@@ -515,7 +568,9 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
     }
 }
 
-static oz_status check_shape(const oz_llama_shape *s, oz_err *err) {
+static oz_status check_shape(const oz_llama_config *c, const oz_llama_shape *s, oz_err *err) {
+    if (s->outer_grad_blocks && (!s->with_grads || !s->per_layer_grads || c->tie_word_embeddings))
+        return oz_fail(err, OZ_ERR_INPUT, "embedding/head gradients in blocks need per-layer gradients and an untied head");
     if (s->batch <= 0 || s->seq <= 0)
         return oz_fail(err, OZ_ERR_INPUT, "batch and sequence length must be positive (got %d, %d)", s->batch,
                        s->seq);
@@ -532,7 +587,7 @@ static oz_status check_shape(const oz_llama_shape *s, oz_err *err) {
 oz_status oz_llama_plan_memory(const oz_llama_config *cfg, oz_llama_shape shape, oz_llama_plan *plan,
                                oz_err *err) {
     memset(plan, 0, sizeof *plan);
-    OZ_TRY(check_shape(&shape, err));
+    OZ_TRY(check_shape(cfg, &shape, err));
     oz_llama dummy;
     memset(&dummy, 0, sizeof dummy);
     dummy.cfg = *cfg;
@@ -596,7 +651,7 @@ static oz_status build_rope_tables(oz_llama *m, oz_err *err) {
 oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend *be, oz_arena *arena,
                           oz_llama_shape shape, oz_err *err) {
     *out = NULL;
-    OZ_TRY(check_shape(&shape, err));
+    OZ_TRY(check_shape(cfg, &shape, err));
     oz_llama *m = calloc(1, sizeof *m);
     if (!m) return oz_fail(err, OZ_ERR_NOMEM, "out of memory creating the model");
     m->cfg = *cfg;
@@ -674,7 +729,8 @@ void oz_llama_destroy(oz_llama *m) {
 
 void oz_llama_zero_grads(oz_llama *m) {
     if (m->grads) m->be->fill(m->be, m->grads, 0.0f, m->layout.grad_total);
-    if (m->outer_grads) m->be->fill(m->be, m->outer_grads, 0.0f, m->layout.outer_grad);
+    if (m->outer_grads)
+        m->be->fill(m->be, m->outer_grads, 0.0f, m->shape.outer_grad_blocks ? (size_t)m->cfg.hidden_size : m->layout.outer_grad);
 }
 
 /* Layer l's weights for compute: in place, or (INT8 mode) its norms copied and its matrices
@@ -896,6 +952,66 @@ static void layer_backward(oz_llama *m, int l, layer_acts *a, const dims *g) {
     be->rmsnorm_bwd(be, m->dx, gw.attn_norm, m->dln, a->x, w.attn_norm, a->rstd1, N, d);
 }
 
+/* Training with the head's gradient in vocabulary blocks (outer_grad_blocks): each row's
+ * log-sum-exp over the whole vocabulary first (chunk by chunk), then per block of vocabulary rows
+ * and per token chunk the block's logits, its loss gradient, the rows' dX contribution (into dln)
+ * and the block's weight gradient; the finished block goes to the rows hook, which may update
+ * those rows at once (nothing reads them again in this step). Losses are those of the fused path
+ * to fp32 rounding (tested). */
+static void head_blocks(oz_llama *m, const oz_llama_batch *b, float grad_scale, const dims *g, int chunks) {
+    oz_backend *be = m->be;
+    int N = g->N, d = g->d, V = g->V, hi = lm_head_index(m);
+    const float *head = oz_llama_param(m, hi);
+    for (int i = 0; i < chunks; i++) {
+        int r0, r1;
+        chunk_rows(N, chunks, i, &r0, &r1);
+        if (r1 <= r0) continue;
+        be->gemm(be, 0, 1, r1 - r0, V, d, 1.0f, m->lnf + (size_t)r0 * d, d, head, d, 0.0f, m->logits, V);
+        if (b->logits_out)
+            be->to_host(be, b->logits_out + (size_t)r0 * V, m->logits, (size_t)(r1 - r0) * V * sizeof(float));
+        be->logsumexp_rows(be, m->lse + r0, m->logits, r1 - r0, V);
+    }
+    be->fill(be, m->losses, 0.0f, (size_t)N); /* each target's loss is written by its block */
+    int block = oz_llama_vocab_block_rows(&m->cfg);
+    for (int v0 = 0; v0 < V; v0 += block) {
+        int vr = V - v0 < block ? V - v0 : block;
+        const float *wb = head + (size_t)v0 * d;
+        for (int i = 0; i < chunks; i++) {
+            int r0, r1;
+            chunk_rows(N, chunks, i, &r0, &r1);
+            int rows = r1 - r0;
+            if (rows <= 0) continue;
+            const float *xin = m->lnf + (size_t)r0 * d;
+            be->gemm(be, 0, 1, rows, vr, d, 1.0f, xin, d, wb, d, 0.0f, m->logits, vr);
+            be->cross_entropy_block(be, m->logits, m->lse + r0, m->losses + r0, m->targets + r0, rows, vr, v0,
+                                    grad_scale);
+            be->gemm(be, 0, 0, rows, d, vr, 1.0f, m->logits, vr, wb, d, v0 == 0 ? 0.0f : 1.0f, m->dln + (size_t)r0 * d, d);
+            be->gemm(be, 1, 0, vr, d, rows, 1.0f, m->logits, vr, xin, d, i == 0 ? 0.0f : 1.0f, m->vblock, d);
+        }
+        if (m->rows_hook) m->rows_hook(m->rows_user, hi, v0, vr, m->vblock);
+    }
+}
+
+/* The embedding's gradient in vocabulary blocks: dx (dL/d embedding output) scattered into one
+ * block of rows at a time, tokens outside the block passed as id -1; each block goes to the rows
+ * hook. */
+static oz_status embedding_blocks(oz_llama *m, const oz_llama_batch *b, const dims *g, oz_err *err) {
+    oz_backend *be = m->be;
+    int N = g->N, d = g->d, V = g->V, block = oz_llama_vocab_block_rows(&m->cfg);
+    int32_t *ids = malloc((size_t)N * sizeof *ids);
+    if (!ids) return oz_fail(err, OZ_ERR_NOMEM, "out of memory remapping token ids");
+    for (int v0 = 0; v0 < V; v0 += block) {
+        int vr = V - v0 < block ? V - v0 : block;
+        for (int i = 0; i < N; i++) ids[i] = b->ids[i] >= v0 && b->ids[i] < v0 + vr ? b->ids[i] - v0 : -1;
+        be->to_device(be, m->ids_block, ids, (size_t)N * sizeof *ids);
+        be->fill(be, m->vblock, 0.0f, (size_t)vr * d);
+        be->embedding_bwd(be, m->vblock, m->dx, m->ids_block, N, d, vr);
+        if (m->rows_hook) m->rows_hook(m->rows_user, 0, v0, vr, m->vblock);
+    }
+    free(ids);
+    return OZ_OK;
+}
+
 /* LM head + cross-entropy over head chunks. With grad_scale != 0 (training) each chunk's
  * gradient is taken right away (Liger-style): dL/d(final norm output) goes to m->dln and the head's
  * weight gradient accumulates, so only one chunk of logits ever exists. */
@@ -907,7 +1023,9 @@ static oz_status head_forward(oz_llama *m, const oz_llama_batch *b, float grad_s
     float *dhead = oz_llama_grad(m, lm_head_index(m)); /* NULL when the head is frozen */
     int chunks = m->shape.head_chunks > 0 ? m->shape.head_chunks : 1;
     if (b->targets) be->to_device(be, m->targets, b->targets, (size_t)N * sizeof(int32_t));
-    for (int i = 0; i < chunks; i++) {
+    bool blocks = grad_scale != 0.0f && b->targets && oz_llama_grad_in_blocks(m, lm_head_index(m));
+    if (blocks) head_blocks(m, b, grad_scale, g, chunks);
+    for (int i = 0; i < chunks && !blocks; i++) {
         int r0, r1;
         chunk_rows(N, chunks, i, &r0, &r1);
         int rows = r1 - r0;
@@ -1006,6 +1124,7 @@ oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float 
     /* A frozen embedding needs nothing from here: nothing flows further back. */
     float *demb = oz_llama_grad(m, 0);
     if (demb) be->embedding_bwd(be, demb, m->dx, m->ids, g.N, g.d, g.V);
+    if (oz_llama_grad_in_blocks(m, 0)) OZ_TRY(embedding_blocks(m, b, &g, err));
     if (m->hook) m->hook(m->hook_user, -1);
     return OZ_OK;
 }

@@ -141,6 +141,14 @@ typedef struct {
      * A layer's gradients are only valid inside its grad hook: per-layer optimizers consume them
      * there. */
     bool per_layer_grads;
+    /* With per_layer_grads, an untied head and updates applied as gradients arrive: the embedding
+     * and LM-head gradients exist one block of vocabulary rows at a time (oz_llama_vocab_block_rows
+     * rows, about hidden_size: 8 blocks of 4000 rows at 7b, 62.5 MiB instead of two 500 MiB
+     * gradients) and go to the rows hook as each block completes. The head's loss then takes two
+     * passes: each row's log-sum-exp over the whole vocabulary, then per block its logits, loss
+     * gradient, dX contribution and weight gradient (one more logits GEMM than the fused path).
+     * oz_llama_grad returns NULL for the embedding and head. */
+    bool outer_grad_blocks;
     /* Q-GaLore: the seven attention/MLP matrices of every layer are stored as INT8 (groups of 256,
      * asymmetric, range including 0) and dequantized one layer at a time into a scratch buffer
      * for that layer's forward and backward. No fp32 copy of them exists. */
@@ -248,5 +256,16 @@ oz_status oz_llama_forward_backward(oz_llama *model, const oz_llama_batch *batch
                                     double *loss_sum, long *n_targets, oz_err *err);
 void oz_llama_zero_grads(oz_llama *model);
 void oz_llama_set_grad_hook(oz_llama *model, oz_grad_hook hook, void *user);
+/* outer_grad_blocks: called with the complete gradient of rows [row0, row0 + rows) of parameter
+ * `index` (the embedding, 0, or the head), in blocks in row order: the head's right after the
+ * head's backward, before any layer's; the embedding's at the very end. The head block's weights
+ * are not read again in the step, so the hook may update them at once. */
+typedef void (*oz_rows_hook)(void *user, int index, int row0, int rows, const float *grad);
+void oz_llama_set_rows_hook(oz_llama *model, oz_rows_hook hook, void *user);
+/* Rows per vocabulary block under outer_grad_blocks: ceil(V / ceil(V / hidden_size)), rounded up
+ * so a block starts at a multiple of 256 elements (8-bit optimizer blocks). */
+int oz_llama_vocab_block_rows(const oz_llama_config *cfg);
+/* True when parameter `index`'s gradient goes through the rows hook (so oz_llama_grad is NULL). */
+bool oz_llama_grad_in_blocks(const oz_llama *model, int index);
 
 #endif

@@ -525,6 +525,7 @@ oz_status oz_optimizer_refresh_from(oz_optimizer *o, oz_llama *model, oz_err *er
 }
 
 static void apply_slot(oz_optimizer *o, slot *s, float *params, const float *g, float lr, float grad_scale);
+static oz_adamw_args slot_args(const oz_optimizer *o, const slot *s, float lr, float grad_scale);
 
 oz_status oz_optimizer_consume(oz_optimizer *o, int index, const float *grad, bool accumulate, oz_err *err) {
     slot *s = &o->slots[index];
@@ -555,6 +556,31 @@ oz_status oz_optimizer_consume(oz_optimizer *o, int index, const float *grad, bo
     return OZ_OK;
 }
 
+oz_status oz_optimizer_consume_rows(oz_optimizer *o, int index, int row0, int rows, const float *grad, oz_err *err) {
+    slot *s = &o->slots[index];
+    if (s->frozen) return OZ_OK;
+    const oz_param_info *p = s->p;
+    if (!o->cfg.immediate || s->galore || p->ndim != 2 || !o->model)
+        return oz_fail(err, OZ_ERR_INTERNAL, "row blocks of %s need immediate updates of a dense matrix of a bound model",
+                       p->name);
+    size_t cols = (size_t)p->shape[1], off = (size_t)row0 * cols, n = (size_t)rows * cols;
+    if (row0 < 0 || rows <= 0 || row0 + rows > p->shape[0] || (s->q8 && off % OZ_Q8_BLOCK != 0) ||
+        (row0 == 0) == s->consumed)
+        return oz_fail(err, OZ_ERR_INTERNAL, "row block %d+%d of %s is out of order or misaligned", row0, rows, p->name);
+    if (row0 == 0) s->step++; /* one Adam step per optimizer step, whatever the block count */
+    s->consumed = true;
+    s->applied = row0 + rows == p->shape[0];
+    o->applied_sumsq += o->be->sumsq(o->be, grad, n);
+    oz_adamw_args args = slot_args(o, s, o->lr, 1.0f);
+    float *W = oz_llama_param(o->model, s->index) + off;
+    if (s->q8)
+        oz_adam8bit_step(W, grad, s->mq + off, s->ma + off / OZ_Q8_BLOCK, s->vq + off, s->va + off / OZ_Q8_BLOCK, n,
+                         o->map_signed, o->map_unsigned, &args);
+    else
+        o->be->adamw_step(o->be, W, grad, s->m + off, s->v + off, n, &args);
+    return OZ_OK;
+}
+
 double oz_optimizer_grad_sumsq(oz_optimizer *o) {
     double total = o->applied_sumsq;
     for (int i = 0; i < o->n_slots; i++) {
@@ -566,12 +592,9 @@ double oz_optimizer_grad_sumsq(oz_optimizer *o) {
     return total;
 }
 
-/* One slot's update from gradient g (the projected gradient for GaLore slots). */
-static void apply_slot(oz_optimizer *o, slot *s, float *params, const float *g, float lr, float grad_scale) {
-    oz_backend *be = o->be;
+/* AdamW arguments for slot s's current step. */
+static oz_adamw_args slot_args(const oz_optimizer *o, const slot *s, float lr, float grad_scale) {
     const oz_optim_config *c = &o->cfg;
-    s->step++;
-    s->applied = true;
     float wd = s->p->is_norm ? 0.0f : c->weight_decay;
     oz_adamw_args args = {
         .lr = lr,
@@ -583,6 +606,17 @@ static void apply_slot(oz_optimizer *o, slot *s, float *params, const float *g, 
         .bias_correction2 = (float)(1.0 - pow(c->beta2, (double)s->step)),
         .grad_scale = grad_scale,
     };
+    return args;
+}
+
+/* One slot's update from gradient g (the projected gradient for GaLore slots). */
+static void apply_slot(oz_optimizer *o, slot *s, float *params, const float *g, float lr, float grad_scale) {
+    oz_backend *be = o->be;
+    const oz_optim_config *c = &o->cfg;
+    s->step++;
+    s->applied = true;
+    float wd = s->p->is_norm ? 0.0f : c->weight_decay;
+    oz_adamw_args args = slot_args(o, s, lr, grad_scale);
     float *W = o->model ? oz_llama_param(o->model, s->index) : params + s->p->offset;
     uint8_t *wq = NULL, *wz = NULL;
     float *wsc = NULL;

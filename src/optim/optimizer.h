@@ -81,6 +81,11 @@ void oz_optimizer_begin_step(oz_optimizer *opt, int step, float lr);
 oz_status oz_optimizer_refresh_from(oz_optimizer *opt, oz_llama *model, oz_err *err);
 /* Consumes parameter `index`'s gradient. accumulate=false starts this step's accumulator. */
 oz_status oz_optimizer_consume(oz_optimizer *opt, int index, const float *grad, bool accumulate, oz_err *err);
+/* Immediate mode, a dense 2-D tensor whose gradient arrives in row blocks (the model's
+ * outer_grad_blocks): updates rows [row0, row0 + rows) at once with this step's learning rate, as
+ * the whole-tensor update would (blocks in order, starting at row 0, each starting at a multiple of
+ * 256 elements for 8-bit moments). */
+oz_status oz_optimizer_consume_rows(oz_optimizer *opt, int index, int row0, int rows, const float *grad, oz_err *err);
 /* Sum of squares of everything consumed this step (the clipping norm squared; with immediate
  * updates it includes what was already applied, for reporting). */
 double oz_optimizer_grad_sumsq(oz_optimizer *opt);

@@ -391,6 +391,14 @@ static void trainer_grad_hook(void *user, int layer) {
     }
 }
 
+/* outer_grad_blocks: a block of embedding/head gradient rows, updated at once. */
+static void trainer_rows_hook(void *user, int index, int row0, int rows, const float *grad) {
+    trainer *t = user;
+    if (t->hook_status != OZ_OK) return;
+    oz_status st = oz_optimizer_consume_rows(t->opt, index, row0, rows, grad, &t->hook_err);
+    if (st != OZ_OK) t->hook_status = st;
+}
+
 oz_status oz_train_optim_config(const oz_train_opts *o, oz_optim_config *c, oz_err *err) {
     memset(c, 0, sizeof *c);
     if (!oz_optim_kind_parse(o->optim, &c->kind))
@@ -452,6 +460,8 @@ oz_status oz_train_model_shape(const oz_train_opts *o, const oz_llama_config *cf
     oz_optim_config oc;
     OZ_TRY(oz_train_optim_config(o, &oc, err));
     shape->per_layer_grads = oc.per_layer;
+    /* Updates as gradients arrive: the embedding and head take theirs one vocabulary block at a time. */
+    shape->outer_grad_blocks = oc.immediate && !cfg->tie_word_embeddings;
     shape->int8_matrices = oc.int8_weights;
     if (o->welore) shape->freeze = OZ_FREEZE_EMBED | OZ_FREEZE_HEAD | OZ_FREEZE_DENSE;
     if (strcmp(o->recompute, "layer") == 0) shape->recompute = true;
@@ -583,6 +593,7 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
     OZ_TRY(oz_optimizer_create(&t->opt, &ocfg, lay, &t->be, &t->arena, err));
     oz_optimizer_bind_model(t->opt, t->model);
     if (t->per_layer) oz_llama_set_grad_hook(t->model, trainer_grad_hook, t);
+    oz_llama_set_rows_hook(t->model, trainer_rows_hook, t);
 
     t->inputs = malloc((size_t)o->batch * o->seq * sizeof(int32_t));
     t->targets = malloc((size_t)o->batch * o->seq * sizeof(int32_t));
@@ -688,6 +699,7 @@ static oz_status inrank_after_step(trainer *t, int step, const oz_train_callback
     size_t before = t->arena.current_total, wbefore = t->arena.current[OZ_MEM_WEIGHTS];
     OZ_TRY(oz_inrank_freeze(&t->ir, step, &t->model, &t->opt, &t->cfg, &t->be, &t->arena, shape, &ocfg, err));
     if (t->per_layer) oz_llama_set_grad_hook(t->model, trainer_grad_hook, t);
+    oz_llama_set_rows_hook(t->model, trainer_rows_hook, t);
     oz_inrank_log(t->rank_log, step, &t->ir, &t->cfg);
     if (cb && cb->on_note) {
         char line[256];
@@ -766,7 +778,7 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
         /* Hand the optimizer what the layer hooks did not: everything (whole-model mode), or the
          * embedding, final norm and head, whose gradients accumulate in the model (per-layer). */
         for (int i = 0; i < lay->n; i++)
-            if (!t->per_layer || lay->params[i].layer < 0)
+            if ((!t->per_layer || lay->params[i].layer < 0) && !oz_llama_grad_in_blocks(t->model, i))
                 OZ_TRY(oz_optimizer_consume(t->opt, i, oz_llama_grad(t->model, i), false, err));
         double gnorm = sqrt(oz_optimizer_grad_sumsq(t->opt));
         if (!isfinite(gnorm))

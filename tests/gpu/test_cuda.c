@@ -323,7 +323,38 @@ static void check_ce(int N, int V, float grad_scale) {
     free(logits), free(losses), free(tg);
 }
 
+/* The two-pass loss over vocabulary blocks: row lse, then one block's gradient and losses. */
+static void check_ce_block(int N, int V, int v0, int Vb) {
+    size_t n = (size_t)N * V, nb = (size_t)N * Vb;
+    float *logits = hrand(n, -8, 8), *lse = malloc((size_t)N * 4), *losses = hrand((size_t)N, 0, 1);
+    int32_t *tg = malloc((size_t)N * 4);
+    for (int i = 0; i < N; i++) tg[i] = i % 5 == 3 ? -1 : irand(V);
+    tg[0] = v0; /* at least one target inside the block */
+    float *gl = dev(logits, n * 4), *glse = dev(NULL, (size_t)N * 4), *gloss = dev(losses, (size_t)N * 4);
+    int32_t *gt = dev(tg, (size_t)N * 4);
+    cpu.logsumexp_rows(&cpu, lse, logits, N, V);
+    gpu.logsumexp_rows(&gpu, glse, gl, N, V);
+    char what[96];
+    snprintf(what, sizeof what, "logsumexp_rows N%d V%d", N, V);
+    expect_close(what, glse, lse, (size_t)N, 1e-6);
+    /* the block's logits, copied out of the full rows, from the same lse on both sides */
+    float *blk = malloc(nb * 4);
+    for (int i = 0; i < N; i++) memcpy(blk + (size_t)i * Vb, logits + (size_t)i * V + v0, (size_t)Vb * 4);
+    float *gb = dev(blk, nb * 4);
+    gpu.to_device(&gpu, glse, lse, (size_t)N * 4);
+    cpu.cross_entropy_block(&cpu, blk, lse, losses, tg, N, Vb, v0, 0.25f);
+    gpu.cross_entropy_block(&gpu, gb, glse, gloss, gt, N, Vb, v0, 0.25f);
+    snprintf(what, sizeof what, "cross_entropy_block grad N%d V%d [%d, +%d)", N, V, v0, Vb);
+    expect_close(what, gb, blk, nb, 2e-6);
+    snprintf(what, sizeof what, "cross_entropy_block losses N%d V%d [%d, +%d)", N, V, v0, Vb);
+    expect_close(what, gloss, losses, (size_t)N, 1e-6);
+    dfree(gl), dfree(glse), dfree(gloss), dfree(gt), dfree(gb);
+    free(logits), free(lse), free(losses), free(tg), free(blk);
+}
+
 static void test_cross_entropy(void) {
+    check_ce_block(33, 1000, 256, 300);
+    check_ce_block(7, 32000, 28000, 4000);
     check_ce(33, 1000, 0.0f);
     check_ce(33, 1000, 0.5f);
     check_ce(6, 32000, 1.0f / 7);

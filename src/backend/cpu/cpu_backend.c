@@ -116,6 +116,17 @@ static void cpu_swiglu_bwd(oz_backend *be, float *dgate, float *dup, const float
     oz_cpu_swiglu_bwd_f32(dgate, dup, dh, gate, up, n);
 }
 
+static void cpu_logsumexp_rows(oz_backend *be, float *lse, const float *logits, int N, int V) {
+    (void)be;
+    oz_cpu_logsumexp_rows_f32(lse, logits, N, V);
+}
+
+static void cpu_cross_entropy_block(oz_backend *be, float *logits, const float *lse, float *losses,
+                                    const int32_t *targets, int N, int Vb, int v0, float grad_scale) {
+    (void)be;
+    oz_cpu_cross_entropy_block_f32(logits, lse, losses, targets, N, Vb, v0, grad_scale);
+}
+
 static void cpu_cross_entropy(oz_backend *be, float *logits, float *losses, const int32_t *targets,
                               int N, int V, float grad_scale) {
     (void)be;
@@ -165,6 +176,8 @@ oz_status oz_backend_cpu_create(oz_backend *be, int threads, oz_err *err) {
     be->swiglu_fwd = cpu_swiglu_fwd;
     be->swiglu_bwd = cpu_swiglu_bwd;
     be->cross_entropy = cpu_cross_entropy;
+    be->logsumexp_rows = cpu_logsumexp_rows;
+    be->cross_entropy_block = cpu_cross_entropy_block;
     be->adamw_step = cpu_adamw_step;
     be->destroy = cpu_destroy;
     return OZ_OK;

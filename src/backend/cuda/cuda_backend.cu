@@ -570,6 +570,53 @@ static void cuda_cross_entropy(oz_backend *be, float *logits, float *losses, con
     OZ_CUDA_LAUNCHED(c);
 }
 
+/* One block per row: max, exp-sum (per-thread float, combined in double), lse. */
+__global__ void logsumexp_rows_k(float *lse, const float *logits, int V) {
+    __shared__ float shf[32];
+    __shared__ double shd[32];
+    const float *row = logits + (size_t)blockIdx.x * V;
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, row[j]);
+    mx = block_max(mx, shf);
+    float part = 0.0f;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) part += expf(row[j] - mx);
+    const double sum = block_sum<double>((double)part, shd);
+    if (threadIdx.x == 0) lse[blockIdx.x] = (float)((double)mx + log(sum));
+}
+
+static void cuda_logsumexp_rows(oz_backend *be, float *lse, const float *logits, int N, int V) {
+    oz_cuda *c = C(be);
+    if (N <= 0 || V <= 0) return;
+    logsumexp_rows_k<<<N, V >= 8192 ? 1024 : 256, 0, c->stream>>>(lse, logits, V);
+    OZ_CUDA_LAUNCHED(c);
+}
+
+/* Elementwise over (N, Vb): each element needs only its row's lse and target. */
+__global__ void cross_entropy_block_k(float *logits, const float *lse, float *losses, const int32_t *targets, int N,
+                                      int Vb, int v0, float grad_scale) {
+    GRID_STRIDE(e, (size_t)N * Vb) {
+        const int i = (int)(e / Vb), j = (int)(e % Vb), tgt = targets[i];
+        if (tgt < 0) {
+            logits[e] = 0.0f;
+            continue;
+        }
+        const float x = logits[e];
+        if (tgt - v0 == j) losses[i] = lse[i] - x;
+        float g = grad_scale * expf(x - lse[i]);
+        if (tgt - v0 == j) g -= grad_scale;
+        logits[e] = g;
+    }
+}
+
+static void cuda_cross_entropy_block(oz_backend *be, float *logits, const float *lse, float *losses,
+                                     const int32_t *targets, int N, int Vb, int v0, float grad_scale) {
+    oz_cuda *c = C(be);
+    if (N <= 0 || Vb <= 0) return;
+    size_t n = (size_t)N * Vb;
+    cross_entropy_block_k<<<grid_for(n, 256), 256, 0, c->stream>>>(logits, lse, losses, targets, N, Vb, v0, grad_scale);
+    OZ_CUDA_LAUNCHED(c);
+}
+
 /* ------------------------------------------------------------------ optimizer */
 
 /* torch.optim.AdamW's single-tensor operation order, as on the CPU. */
@@ -715,6 +762,8 @@ extern "C" oz_status oz_backend_cuda_create(oz_backend *be, int device, oz_err *
     be->swiglu_fwd = cuda_swiglu_fwd;
     be->swiglu_bwd = cuda_swiglu_bwd;
     be->cross_entropy = cuda_cross_entropy;
+    be->logsumexp_rows = cuda_logsumexp_rows;
+    be->cross_entropy_block = cuda_cross_entropy_block;
     be->adamw_step = cuda_adamw_step;
     be->sync = cuda_sync;
     be->attach_arena = cuda_attach_arena;
