@@ -614,6 +614,7 @@ static void cuda_destroy(oz_backend *be) {
     if (c) {
         cudaStreamSynchronize(c->stream);
         if (c->blas) cublasDestroy(c->blas);
+        if (c->solver) cusolverDnDestroy(c->solver);
         if (c->ws_owned) cudaFree(c->ws);
         /* An attached workspace belongs to the arena, which frees it. */
         if (c->stream) cudaStreamDestroy(c->stream);
@@ -686,6 +687,8 @@ extern "C" oz_status oz_backend_cuda_create(oz_backend *be, int device, oz_err *
     be->swiglu_bwd = cuda_swiglu_bwd;
     be->cross_entropy = cuda_cross_entropy;
     be->adamw_step = cuda_adamw_step;
+    oz_cuda_quant_ops(be);
+    oz_cuda_subspace_ops(be);
     be->sync = cuda_sync;
     be->attach_arena = cuda_attach_arena;
     return OZ_OK;
