@@ -145,10 +145,10 @@ int oz_subspace_gpu_layout(int m, int n, int r, int side, int method, oz_subspac
         pl->q = side == OZ_SUBSPACE_LEFT ? n : m;
         pl->l = pl->rank + OZ_SUBSPACE_DEFAULT_OVERSAMPLE > k ? k : pl->rank + OZ_SUBSPACE_DEFAULT_OVERSAMPLE;
         size_t l = (size_t)pl->l;
-        /* Blocked Householder QR and the bidiagonal SVD need a few panels of the long side plus a
-         * square of the short one; 128 columns of panel per row and a spare megafloat leave
-         * cuSOLVER's measured requests (printed by the GPU test) far below this. */
-        pl->lwork = ((size_t)pl->p + pl->q) * 128 + 2 * l * l + ((size_t)1 << 20);
+        /* Blocked Householder QR needs panels of the long side; gesvd of a square n x n asked
+         * for a few n^2 on an H200 (2048 x 512 asked 4.3 * rows * cols floats): 128 panel columns
+         * per row, 8 squares and a spare megafloat. The GPU test runs large shapes against it. */
+        pl->lwork = ((size_t)pl->p + pl->q) * 128 + 8 * l * l + ((size_t)1 << 20);
         pl->off_y = carve_gpu(&cur, (size_t)pl->p * l * f);
         pl->off_z = carve_gpu(&cur, (size_t)pl->q * l * f);
         pl->off_tau = carve_gpu(&cur, l * f);
@@ -160,10 +160,13 @@ int oz_subspace_gpu_layout(int m, int n, int r, int side, int method, oz_subspac
         pl->rows = m > n ? m : n;
         pl->cols = k;
         size_t rows = (size_t)pl->rows, cols = (size_t)pl->cols;
-        pl->lwork = (rows + cols) * 128 + 2 * cols * cols + ((size_t)1 << 20);
-        pl->off_y = carve_gpu(&cur, rows * cols * f); /* a: the tall copy gesvd overwrites */
-        pl->off_z = carve_gpu(&cur, rows * cols * f); /* u */
+        pl->lwork = (rows + cols) * 128 + 8 * cols * cols + ((size_t)1 << 20);
+        pl->off_y = carve_gpu(&cur, rows * cols * f); /* a: the tall copy, then Q */
+        pl->off_r = carve_gpu(&cur, cols * cols * f);
+        pl->off_z = carve_gpu(&cur, cols * cols * f); /* Ur */
         pl->off_vt = carve_gpu(&cur, cols * cols * f);
+        pl->off_ua = carve_gpu(&cur, rows * (size_t)pl->rank * f);
+        pl->off_tau = carve_gpu(&cur, cols * f);
         pl->off_s = carve_gpu(&cur, cols * f);
         pl->off_e = carve_gpu(&cur, cols * f);
     } else {

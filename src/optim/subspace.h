@@ -77,12 +77,14 @@ void oz_subspace_gaussian(float *x, size_t count, oz_rng *rng);
  * the CUDA backend checks cuSOLVER's request against, failing with one line if it were short.
  * randomized: p, q, l, rank as oz_subspace_randomized (default oversample); y (p, l), z (q, l),
  *   tau (l), rr (l, l), vt (l, l), s (l), e (l), work (lwork), info.
- * exact: rows >= cols is the tall orientation of G that gesvd takes (k = cols = min(m, n)):
- *   a (rows, cols), u (rows, cols), vt (cols, cols), s, e (cols), work (lwork), info. */
+ * exact: the tall orientation A (rows >= cols, cols = min(m, n)) of G is factored A = Q R and the
+ *   square R = Ur S Vt by gesvd, so the solver's SVD workspace grows with cols^2, not rows * cols:
+ *   a (rows, cols) (A, then Q), rr (cols, cols), z = Ur (cols, cols), vt (cols, cols),
+ *   ua = (Q Ur)[:, :rank] (rows, rank), tau, s, e (cols), work (lwork), info. */
 typedef struct {
     int p, q, l, rank, rows, cols;
     size_t lwork;
-    size_t off_y, off_z, off_tau, off_r, off_vt, off_s, off_e, off_work, off_info, total;
+    size_t off_y, off_z, off_tau, off_r, off_vt, off_s, off_e, off_ua, off_work, off_info, total;
 } oz_subspace_gpu_plan;
 /* 0 on bad arguments (as oz_subspace_workspace_bytes); side only swaps p and q. */
 int oz_subspace_gpu_layout(int m, int n, int r, int side, int method, oz_subspace_gpu_plan *pl);

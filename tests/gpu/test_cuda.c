@@ -539,6 +539,7 @@ static void test_subspace(void) {
     check_subspace(4096, 1024, 256, OZ_SUBSPACE_RANDOMIZED, false);
     check_subspace(1024, 2752, 128, OZ_SUBSPACE_RANDOMIZED, false);
     check_subspace(2048, 512, 64, OZ_SUBSPACE_EXACT, false);
+    check_subspace(1024, 1536, 64, OZ_SUBSPACE_EXACT, false);
     /* A non-finite gradient is an OZ_ERR_NUMERIC with one line, not a solver failure. */
     float *G = hrand(64 * 48, -1, 1);
     G[100] = NAN;

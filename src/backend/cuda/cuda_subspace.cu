@@ -5,7 +5,9 @@
  *  - randomized: the Gaussian test matrix is drawn on the host by oz_subspace_gaussian from the
  *    caller's rng (exactly the CPU's draws) and uploaded; Y = X Omega, QR after every product,
  *    power iterations, then the small SVD of R from B^T = Qb R (cusolverDnSgesvd), basis = Y VTr^T;
- *  - exact: cusolverDnSgesvd on the tall orientation of G (it takes rows >= cols only).
+ *  - exact: the tall orientation A of G (gesvd takes rows >= cols only) is factored A = Q R
+ *    (cusolverDnSgeqrf), the square R = Ur S VT by cusolverDnSgesvd, and U_A = Q Ur (Sorgqr, a
+ *    GEMM) only where the basis needs it: gesvd's workspace then grows with min(m, n)^2.
  * Every buffer is carved from the caller's workspace (oz_subspace_gpu_layout: the planner's
  * figure); cuSOLVER's own request is checked against the layout's allowance. Results match the CPU
  * up to fp32 rounding of different algorithms (tested by principal angles), and each vector's sign
@@ -157,14 +159,19 @@ static int randomized(oz_cuda *c, const float *G, int m, int n, int side, oz_rng
 static int exact(oz_cuda *c, const float *G, int m, int n, int side, char *ws, const oz_subspace_gpu_plan *pl,
                  float *basis) {
     const int rows = pl->rows, cols = pl->cols, rank = pl->rank;
-    float *a = (float *)(ws + pl->off_y), *u = (float *)(ws + pl->off_z), *vt = (float *)(ws + pl->off_vt);
+    float *a = (float *)(ws + pl->off_y), *rr = (float *)(ws + pl->off_r), *ur = (float *)(ws + pl->off_z);
+    float *vt = (float *)(ws + pl->off_vt), *ua = (float *)(ws + pl->off_ua), *tau = (float *)(ws + pl->off_tau);
     float *s = (float *)(ws + pl->off_s), *e = (float *)(ws + pl->off_e), *work = (float *)(ws + pl->off_work);
     int *info = (int *)(ws + pl->off_info);
-    int lwork = 0;
-    if (!OZ_CUSOLVER_CHECK(c, cusolverDnSgesvd_bufferSize(c->solver, rows, cols, &lwork)) ||
-        !fits(c, lwork, pl->lwork, "exact subspace (gesvd)"))
+    int lw[3] = {0};
+    if (!OZ_CUSOLVER_CHECK(c, cusolverDnSgeqrf_bufferSize(c->solver, rows, cols, a, rows, &lw[0])) ||
+        !OZ_CUSOLVER_CHECK(c, cusolverDnSorgqr_bufferSize(c->solver, rows, cols, cols, a, rows, tau, &lw[1])) ||
+        !OZ_CUSOLVER_CHECK(c, cusolverDnSgesvd_bufferSize(c->solver, cols, cols, &lw[2])))
         return 0;
-    /* The tall orientation: n >= m: G's bytes are G^T (n, m), U_A = V and VT_A = U^T; else the
+    int lwork = lw[0] > lw[1] ? lw[0] : lw[1];
+    lwork = lw[2] > lwork ? lw[2] : lwork;
+    if (!fits(c, lwork, pl->lwork, "exact subspace")) return 0;
+    /* The tall orientation A: n >= m: G's bytes are G^T (n, m), U_A = V and VT_A = U^T; else the
      * transposed copy is G (m, n) itself, U_A = U and VT_A = V^T. */
     const bool swap = n >= m;
     if (swap) {
@@ -174,20 +181,31 @@ static int exact(oz_cuda *c, const float *G, int m, int n, int side, char *ws, c
         transpose_k<<<grid_for((size_t)m * n), 256, 0, c->stream>>>(a, m, G, n, n, m);
         if (!OZ_CUDA_LAUNCHED(c)) return 0;
     }
-    if (!OZ_CUSOLVER_CHECK(c, cusolverDnSgesvd(c->solver, 'S', 'S', rows, cols, a, rows, s, u, rows, vt, cols, work,
+    /* A = Q R, R = Ur S VT: U_A = Q Ur, VT_A = VT; only the square R goes through gesvd. */
+    if (!OZ_CUSOLVER_CHECK(c, cusolverDnSgeqrf(c->solver, rows, cols, a, rows, tau, work, lwork, info))) return 0;
+    upper_k<<<grid_for((size_t)cols * cols), 256, 0, c->stream>>>(rr, a, cols, rows);
+    if (!OZ_CUDA_LAUNCHED(c) ||
+        !OZ_CUSOLVER_CHECK(c, cusolverDnSgesvd(c->solver, 'S', 'S', cols, cols, rr, cols, s, ur, cols, vt, cols, work,
                                                lwork, e, info + 1)))
         return 0;
+    const bool need_u = (side == OZ_SUBSPACE_LEFT) != swap; /* U_A's columns are the basis */
+    const float one = 1.0f, zero = 0.0f;
+    if (need_u &&
+        (!OZ_CUSOLVER_CHECK(c, cusolverDnSorgqr(c->solver, rows, cols, cols, a, rows, tau, work, lwork, info)) ||
+         !OZ_CUBLAS_CHECK(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, rows, rank, cols, &one, a, rows, ur, cols,
+                                         &zero, ua, rows))))
+        return 0;
     const size_t f = sizeof(float);
-    /* Four cases, each a copy or a transpose of part of U_A / VT_A:
+    /* Four cases, each a copy or a transpose of U_A[:, :r] (ua, ld rows) or VT_A[:r, :] (vt, ld cols):
      *  LEFT wants U[:, :r] row-major (m, r) = column-major (r, m); RIGHT wants V[:, :r] column-major (n, r). */
-    if (side == OZ_SUBSPACE_LEFT && swap) /* U^T's first r rows = VT_A[:r, :] (ld cols) */
+    if (side == OZ_SUBSPACE_LEFT && swap) /* U^T's first r rows = VT_A[:r, :] */
         return OZ_CUDA_CHECK(c, cudaMemcpy2DAsync(basis, rank * f, vt, cols * f, rank * f, m, cudaMemcpyDeviceToDevice,
                                                   c->stream));
     if (side == OZ_SUBSPACE_RIGHT && swap) /* V = U_A: its first r columns */
-        return OZ_CUDA_CHECK(c, cudaMemcpyAsync(basis, u, (size_t)n * rank * f, cudaMemcpyDeviceToDevice, c->stream));
-    if (side == OZ_SUBSPACE_LEFT) /* U = U_A (m, cols): transpose its first r columns */
-        transpose_k<<<grid_for((size_t)m * rank), 256, 0, c->stream>>>(basis, rank, u, rows, m, rank);
-    else /* V = VT_A^T: transpose VT_A's first r rows */
+        return OZ_CUDA_CHECK(c, cudaMemcpyAsync(basis, ua, (size_t)n * rank * f, cudaMemcpyDeviceToDevice, c->stream));
+    if (side == OZ_SUBSPACE_LEFT) /* U = U_A (m, r): transposed */
+        transpose_k<<<grid_for((size_t)m * rank), 256, 0, c->stream>>>(basis, rank, ua, rows, m, rank);
+    else /* V = VT_A^T: VT_A's first r rows transposed */
         transpose_k<<<grid_for((size_t)rank * n), 256, 0, c->stream>>>(basis, n, vt, cols, rank, n);
     return OZ_CUDA_LAUNCHED(c);
 }
