@@ -28,7 +28,7 @@ CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90
 NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH) -lineinfo -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror \
              -DOZ_HAVE_CUDA -Isrc -I/usr/include/cjson
 CUDA_SRC  := $(sort $(wildcard src/backend/cuda/*.cu))
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcusolver -lcublas -lcudart -lstdc++
 ifeq ($(CUDA),1)
 CFLAGS  += -DOZ_HAVE_CUDA -I$(CUDA_HOME)/include
 LIB_OBJ += $(CUDA_SRC:%.cu=$(BUILD)/%.o)
@@ -82,6 +82,10 @@ $(BUILD)/%.o: %.cu src/backend/cuda/cuda_internal.h src/backend/backend.h
 	@mkdir -p $(dir $@)
 	@$(if $(V),,echo "  NVCC    $<")
 	$(Q)$(NVCC) $(NVCCFLAGS) -c -o $@ $<
+
+# quant.h specifies a*b + c with two roundings; nvcc would contract it into one FMA and the GPU's
+# 8-bit states and SR codes would no longer be the CPU's bit for bit.
+$(BUILD)/src/backend/cuda/cuda_quant.o: NVCCFLAGS += -fmad=false
 
 # GPU tests: built with CUDA=1, run on a machine with a GPU (tools/gpu_check.sh).
 GPU_TEST_BIN := $(BUILD)/tests/gpu/test_cuda

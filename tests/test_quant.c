@@ -10,8 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/backend.h"
 #include "harness.h"
 #include "optim/quant.h"
+#include "optim/subspace.h"
 #include "util/rng.h"
 
 static void *xalloc(size_t bytes) {
@@ -774,6 +776,106 @@ static void test_adam8bit(void) {
     free(va);
 }
 
+/* The CPU backend's quantization and subspace ops are quant.c's and subspace.c's functions, byte
+ * for byte (the GPU test holds the CUDA ops to these same bytes). */
+static void test_backend_ops(void) {
+    oz_backend be;
+    oz_err err = {0};
+    CHECK(oz_backend_cpu_create(&be, 0, &err) == OZ_OK, "%s", err.msg);
+    float ms[256], mu[256];
+    oz_q8_map_signed(ms);
+    oz_q8_map_unsigned(mu);
+    CHECK(memcmp(ms, be.q8_map[OZ_Q8_MAP_SIGNED], sizeof ms) == 0 &&
+              memcmp(mu, be.q8_map[OZ_Q8_MAP_UNSIGNED], sizeof mu) == 0,
+          "the backend's q8 maps are not oz_q8_map_*'s");
+    const size_t n = 5000 + 77; /* a short last block and group */
+    const size_t nb = oz_q8_blocks(n), ng = oz_qw_groups(n);
+    oz_rng rng;
+    oz_rng_seed(&rng, 31);
+    float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *w1 = malloc(n * sizeof *w1), *w2 = malloc(n * sizeof *w2);
+    uint8_t *c1 = malloc(n), *c2 = malloc(n), *z1 = malloc(ng), *z2 = malloc(ng);
+    float *a1 = malloc(nb * sizeof *a1), *a2 = malloc(nb * sizeof *a2), *s1 = malloc(ng * sizeof *s1), *s2 = malloc(ng * sizeof *s2);
+    for (size_t i = 0; i < n; i++) x[i] = (float)oz_rng_normal(&rng) * (i < 256 ? 0.0f : 1.0f); /* one all-zero block */
+    for (int map = 0; map < 2; map++) {
+        const float *mp = map ? mu : ms;
+        for (size_t i = 0; i < n; i++) y[i] = map ? fabsf(x[i]) : x[i];
+        oz_q8_quantize(y, n, mp, c1, a1);
+        be.q8_quantize(&be, y, n, map, c2, a2);
+        CHECK(memcmp(c1, c2, n) == 0 && memcmp(a1, a2, nb * sizeof *a1) == 0, "q8_quantize map %d", map);
+        oz_q8_dequantize(c1, a1, n, mp, w1);
+        be.q8_dequantize(&be, c1, a1, n, map, w2);
+        CHECK(memcmp(w1, w2, n * sizeof *w1) == 0, "q8_dequantize map %d", map);
+        oz_q8_zero(c1, a1, n, mp);
+        be.q8_zero(&be, c2, a2, n, map);
+        CHECK(memcmp(c1, c2, n) == 0 && memcmp(a1, a2, nb * sizeof *a1) == 0, "q8_zero map %d", map);
+    }
+    /* adam8bit: two steps from the zero state, same arguments. */
+    uint8_t *mq1 = malloc(n), *vq1 = malloc(n), *mq2 = malloc(n), *vq2 = malloc(n);
+    float *ma1 = malloc(nb * 4), *va1 = malloc(nb * 4), *ma2 = malloc(nb * 4), *va2 = malloc(nb * 4);
+    oz_q8_zero(mq1, ma1, n, ms), oz_q8_zero(vq1, va1, n, mu), oz_q8_zero(mq2, ma2, n, ms), oz_q8_zero(vq2, va2, n, mu);
+    for (size_t i = 0; i < n; i++) w1[i] = w2[i] = (float)oz_rng_normal(&rng);
+    for (int t = 1; t <= 2; t++) {
+        oz_adamw_args args = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f,
+                              .bias_correction1 = 1.0f - powf(0.9f, (float)t), .bias_correction2 = 1.0f - powf(0.95f, (float)t),
+                              .grad_scale = 0.5f};
+        oz_adam8bit_step(w1, x, mq1, ma1, vq1, va1, n, ms, mu, &args);
+        be.adam8bit_step(&be, w2, x, mq2, ma2, vq2, va2, n, &args);
+    }
+    CHECK(memcmp(w1, w2, n * 4) == 0 && memcmp(mq1, mq2, n) == 0 && memcmp(vq1, vq2, n) == 0 &&
+              memcmp(ma1, ma2, nb * 4) == 0 && memcmp(va1, va2, nb * 4) == 0,
+          "adam8bit_step");
+    /* i8 / i4 */
+    oz_i8_quantize(x, n, c1, s1, z1);
+    be.i8_quantize(&be, x, n, c2, s2, z2);
+    CHECK(memcmp(c1, c2, n) == 0 && memcmp(s1, s2, ng * 4) == 0 && memcmp(z1, z2, ng) == 0, "i8_quantize");
+    oz_i8_dequantize(c1, s1, z1, n, w1);
+    be.i8_dequantize(&be, c1, s1, z1, n, w2);
+    CHECK(memcmp(w1, w2, n * 4) == 0, "i8_dequantize");
+    for (size_t i = 0; i < n; i++) y[i] = (float)oz_rng_normal(&rng);
+    oz_i8_update_sr(c1, s1, z1, n, y, 0.999f, 0.3f, 5, 7, 3);
+    be.i8_update_sr(&be, c2, s2, z2, n, y, 0.999f, 0.3f, 5, 7, 3);
+    CHECK(memcmp(c1, c2, n) == 0 && memcmp(s1, s2, ng * 4) == 0 && memcmp(z1, z2, ng) == 0, "i8_update_sr");
+    oz_i4_quantize(x, n, c1, s1, z1);
+    be.i4_quantize(&be, x, n, c2, s2, z2);
+    CHECK(memcmp(c1, c2, (n + 1) / 2) == 0 && memcmp(s1, s2, ng * 4) == 0 && memcmp(z1, z2, ng) == 0, "i4_quantize");
+    oz_i4_dequantize(c1, s1, z1, n, w1);
+    be.i4_dequantize(&be, c1, s1, z1, n, w2);
+    CHECK(memcmp(w1, w2, n * 4) == 0, "i4_dequantize");
+    be.square(&be, w2, x, n);
+    int sq = 1;
+    for (size_t i = 0; i < n; i++) sq = sq && w2[i] == x[i] * x[i];
+    CHECK(sq, "square");
+    /* subspace: the op is oz_subspace_randomized / oz_subspace_svd with the same rng state. */
+    const int m = 40, k = 30, r = 5;
+    float *G = malloc((size_t)m * k * sizeof *G), *b1 = malloc((size_t)m * r * sizeof *b1), *b2 = malloc((size_t)m * r * sizeof *b2);
+    for (int i = 0; i < m * k; i++) G[i] = (float)oz_rng_normal(&rng);
+    for (int side = 0; side < 2; side++) {
+        size_t len = (size_t)(side ? k : m) * r;
+        oz_rng r1, r2;
+        oz_rng_seed(&r1, 8);
+        oz_rng_seed(&r2, 8);
+        int got;
+        CHECK(oz_subspace_randomized(G, m, k, r, side, -1, -1, &r1, b1, &got, &err) == OZ_OK, "%s", err.msg);
+        CHECK(be.subspace(&be, G, m, k, r, side, OZ_SUBSPACE_RANDOMIZED, &r2, NULL, b2, &err) == OZ_OK, "%s", err.msg);
+        CHECK(memcmp(b1, b2, len * 4) == 0 && memcmp(&r1, &r2, sizeof r1) == 0, "subspace randomized side %d", side);
+        CHECK(oz_subspace_svd(G, m, k, r, side, b1, NULL, &got, &err) == OZ_OK, "%s", err.msg);
+        CHECK(be.subspace(&be, G, m, k, r, side, OZ_SUBSPACE_EXACT, NULL, NULL, b2, &err) == OZ_OK, "%s", err.msg);
+        CHECK(memcmp(b1, b2, len * 4) == 0, "subspace exact side %d", side);
+    }
+    CHECK(oz_backend_subspace_workspace_bytes(&be, m, k, r, OZ_SUBSPACE_RANDOMIZED) == 0,
+          "the CPU op takes no workspace from its caller");
+    CHECK(oz_subspace_device_workspace_bytes(1, 4096, 11008, 256, OZ_SUBSPACE_RANDOMIZED) > 0 &&
+              oz_subspace_device_workspace_bytes(1, 4096, 11008, 256, OZ_SUBSPACE_RANDOMIZED) ==
+                  oz_subspace_device_workspace_bytes(1, 11008, 4096, 256, OZ_SUBSPACE_RANDOMIZED),
+          "the GPU workspace is planned and side-independent");
+    G[7] = NAN;
+    CHECK(be.subspace(&be, G, m, k, r, 0, OZ_SUBSPACE_EXACT, NULL, NULL, b2, &err) == OZ_ERR_NUMERIC, "NaN gradient");
+    free(G), free(b1), free(b2);
+    free(x), free(y), free(w1), free(w2), free(c1), free(c2), free(z1), free(z2), free(a1), free(a2), free(s1), free(s2);
+    free(mq1), free(vq1), free(mq2), free(vq2), free(ma1), free(va1), free(ma2), free(va2);
+    be.destroy(&be);
+}
+
 int main(void) {
     RUN(test_q8_maps);
     RUN(test_q8_roundtrip);
@@ -785,5 +887,6 @@ int main(void) {
     RUN(test_i8_update);
     RUN(test_bytes);
     RUN(test_adam8bit);
+    RUN(test_backend_ops);
     return oz_test_finish("test_quant");
 }

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "optim/subspace.h"
 
 int oz_backend_is_cuda(const char *device) { return device && strncmp(device, "cuda", 4) == 0; }
 
@@ -38,3 +39,13 @@ oz_status oz_backend_attach(oz_backend *be, oz_arena *arena, oz_err *err) {
 }
 
 oz_status oz_backend_sync(oz_backend *be, oz_err *err) { return be->sync ? be->sync(be, err) : OZ_OK; }
+
+size_t oz_subspace_device_workspace_bytes(int cuda, int m, int n, int r, int method) {
+    if (!cuda) return 0;
+    oz_subspace_gpu_plan pl; /* the total does not depend on the side (p and q swap) */
+    return oz_subspace_gpu_layout(m, n, r, OZ_SUBSPACE_LEFT, method, &pl) ? pl.total : 0;
+}
+
+size_t oz_backend_subspace_workspace_bytes(const oz_backend *be, int m, int n, int r, int method) {
+    return oz_subspace_device_workspace_bytes(!be->host_visible, m, n, r, method);
+}

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include "mem/arena.h"
 #include "util/err.h"
+#include "util/rng.h"
 
 typedef struct {
     float lr;
@@ -105,6 +106,38 @@ struct oz_backend {
     void (*adamw_step)(oz_backend *be, float *param /* (n) */, const float *grad /* (n) */,
                        float *m /* (n) */, float *v /* (n) */, size_t n, const oz_adamw_args *args);
 
+    /* ---- quantized optimizer states and weights ----
+     * Formats, rounding rules and SR streams are optim/quant.h's, to the bit: every backend gives
+     * the CPU functions' bytes for the same inputs. `map` picks one of the q8 code maps below
+     * (OZ_Q8_MAP_SIGNED for first moments, OZ_Q8_MAP_UNSIGNED for second moments). */
+    float q8_map[2][256];    /* oz_q8_map_signed / oz_q8_map_unsigned, built at create */
+    void (*q8_zero)(oz_backend *be, uint8_t *codes /* (n) */, float *absmax /* (blocks) */, size_t n, int map);
+    void (*q8_quantize)(oz_backend *be, const float *x /* (n) */, size_t n, int map, uint8_t *codes,
+                        float *absmax);
+    void (*q8_dequantize)(oz_backend *be, const uint8_t *codes, const float *absmax, size_t n, int map,
+                          float *x /* (n) */);
+    /* oz_adam8bit_step: m with the signed map, v with the unsigned one. */
+    void (*adam8bit_step)(oz_backend *be, float *param /* (n) */, const float *grad /* (n) */, uint8_t *m_codes,
+                          float *m_absmax, uint8_t *v_codes, float *v_absmax, size_t n, const oz_adamw_args *args);
+    /* i8: q (n), s and z (groups); i4: packed ((n + 1) / 2), s and z (groups). */
+    void (*i8_quantize)(oz_backend *be, const float *w, size_t n, uint8_t *q, float *s, uint8_t *z);
+    void (*i8_dequantize)(oz_backend *be, const uint8_t *q, const float *s, const uint8_t *z, size_t n, float *w);
+    void (*i8_update_sr)(oz_backend *be, uint8_t *q, float *s, uint8_t *z, size_t n, const float *delta,
+                         float decay, float alpha, uint64_t seed, uint64_t step, uint64_t group0);
+    void (*i4_quantize)(oz_backend *be, const float *w, size_t n, uint8_t *packed, float *s, uint8_t *z);
+    void (*i4_dequantize)(oz_backend *be, const uint8_t *packed, const float *s, const uint8_t *z, size_t n,
+                          float *w);
+    /* y = x * x elementwise (fp32, one rounding); y may alias x. */
+    void (*square)(oz_backend *be, float *y /* (n) */, const float *x /* (n) */, size_t n);
+    /* Top-r singular subspace of G (m, n) into basis ((m, rank) for OZ_SUBSPACE_LEFT, (rank, n) for
+     * RIGHT), method OZ_SUBSPACE_EXACT or RANDOMIZED (default oversample and power iterations; the
+     * test matrix drawn from rng exactly as oz_subspace_randomized draws it), signs as subspace.h.
+     * workspace: oz_backend_subspace_workspace_bytes(be, ...) bytes of backend memory from the
+     * caller (NULL when that is 0: the CPU backend mallocs LAPACK's workspace inside the call).
+     * Errors as oz_subspace_svd (a non-finite G is OZ_ERR_NUMERIC); it waits for the result. */
+    oz_status (*subspace)(oz_backend *be, const float *G, int m, int n, int r, int side, int method, oz_rng *rng,
+                          void *workspace, float *basis, oz_err *err);
+
     void (*destroy)(oz_backend *be);
 
     /* ---- asynchronous backends (NULL on the CPU backend, where nothing is queued) ----
@@ -115,6 +148,14 @@ struct oz_backend {
      * of scratch) into `arena`, so the arena accounts every byte the run holds. */
     oz_status (*attach_arena)(oz_backend *be, oz_arena *arena, oz_err *err);
 };
+
+enum { OZ_Q8_MAP_SIGNED = 0, OZ_Q8_MAP_UNSIGNED = 1 };
+
+/* Bytes of backend memory the subspace op needs from its caller on a backend of this kind (cuda:
+ * the CUDA backend, else the CPU, whose op needs none: see oz_subspace_workspace_bytes for what
+ * LAPACK mallocs there). The planner asks with the device name, the optimizer with its backend. */
+size_t oz_subspace_device_workspace_bytes(int cuda, int m, int n, int r, int method);
+size_t oz_backend_subspace_workspace_bytes(const oz_backend *be, int m, int n, int r, int method);
 
 /* The fp32 reference backend: OpenMP + BLAS. threads <= 0 keeps the library defaults. */
 oz_status oz_backend_cpu_create(oz_backend *be, int threads, oz_err *err);

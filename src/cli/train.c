@@ -120,7 +120,7 @@ int oz_cmd_train(int argc, char **argv) {
         {"inrank-warmup", OZ_ARG_INT, &o.inrank_warmup, 0, "InRank: optimizer step of the first rank check [200]", 0},
         {"inrank-freeze-after", OZ_ARG_INT, &o.inrank_freeze_after, 0,
          "InRank: at this step truncate every factored matrix to its rank k and continue at fixed rank, 0 = never [0]", 0},
-        {"device", OZ_ARG_STR, o.device, sizeof o.device, "cpu | cuda | cuda:N | cuda+tf32 (TF32 GEMMs; cuda: adamw only) [cpu]", 0},
+        {"device", OZ_ARG_STR, o.device, sizeof o.device, "cpu | cuda | cuda:N | cuda+tf32 (TF32 GEMMs) [cpu]", 0},
         {"recompute", OZ_ARG_STR, o.recompute, sizeof o.recompute,
          "none | layer: keep only layer inputs and recompute each layer in backward | layer-bf16: the same with "
          "the saved inputs in bf16 (the residual stream rounded at layer boundaries) [none]", 0},

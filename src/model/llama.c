@@ -289,16 +289,24 @@ void oz_llama_read_param(oz_llama *m, int index, float *host) {
     const oz_param_info *p = &m->layout.params[index];
     uint8_t *q, *z;
     float *sc;
-    if (oz_llama_param_int8(m, index, &q, &sc, &z)) oz_i8_dequantize(q, sc, z, p->numel, host);
-    else m->be->to_host(m->be, host, oz_llama_param(m, index), p->numel * sizeof(float));
+    if (oz_llama_param_int8(m, index, &q, &sc, &z)) {
+        /* Dequantized by the backend; off the host through the layer scratch, free between steps. */
+        float *dst = m->be->host_visible ? host : m->wlayer;
+        m->be->i8_dequantize(m->be, q, sc, z, p->numel, dst);
+        if (dst != host) m->be->to_host(m->be, host, dst, p->numel * sizeof(float));
+    } else m->be->to_host(m->be, host, oz_llama_param(m, index), p->numel * sizeof(float));
 }
 
 void oz_llama_write_param(oz_llama *m, int index, const float *host) {
     const oz_param_info *p = &m->layout.params[index];
     uint8_t *q, *z;
     float *sc;
-    if (oz_llama_param_int8(m, index, &q, &sc, &z)) oz_i8_quantize(host, p->numel, q, sc, z);
-    else m->be->to_device(m->be, oz_llama_param(m, index), host, p->numel * sizeof(float));
+    if (oz_llama_param_int8(m, index, &q, &sc, &z)) {
+        /* Quantized by the backend (the same codes everywhere), from the layer scratch off the host. */
+        const float *src = host;
+        if (!m->be->host_visible) m->be->to_device(m->be, m->wlayer, host, p->numel * sizeof(float)), src = m->wlayer;
+        m->be->i8_quantize(m->be, src, p->numel, q, sc, z);
+    } else m->be->to_device(m->be, oz_llama_param(m, index), host, p->numel * sizeof(float));
 }
 
 void oz_llama_import_params(oz_llama *m, const float *host) {
@@ -747,7 +755,7 @@ static layer_weights layer_params(oz_llama *m, int l) {
             uint8_t *q, *z;
             float *sc;
             float *dst = m->wlayer + p->span_offset;
-            if (oz_llama_param_int8(m, i, &q, &sc, &z)) oz_i8_dequantize(q, sc, z, p->numel, dst);
+            if (oz_llama_param_int8(m, i, &q, &sc, &z)) m->be->i8_dequantize(m->be, q, sc, z, p->numel, dst);
             else m->be->copy(m->be, dst, oz_llama_param(m, i), p->numel * sizeof(float));
         }
         if (p->kind == OZ_P_ATTN_NORM) w.attn_norm = ptr;

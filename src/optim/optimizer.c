@@ -53,12 +53,10 @@ struct oz_optimizer {
     slot *slots;
     int n_slots;
     int step;
-    float map_signed[256], map_unsigned[256];
     float *u, *work, *rot, *cbuf, *newbasis, *deq, *delta, *rimm; /* scratch */
     oz_llama *model;
     float lr;               /* this step's learning rate (immediate updates need it in the hook) */
     double applied_sumsq;   /* gradient norm squared of what immediate updates consumed */
-    size_t max_n, max_work, max_c, max_basis, max_workspace;
     void **owned;
     int n_owned, cap_owned;
 };
@@ -176,26 +174,58 @@ static void slot_buffers(const oz_optim_config *c, slot *s, want_fn want, void *
     }
 }
 
-/* Scratch sizes shared by all slots. */
+/* Scratch sizes shared by all slots: each the largest any slot really uses. */
 typedef struct {
-    size_t n, work, c, basis, workspace, matrix;
+    size_t n, work, c, basis, workspace, delta;
     size_t rot; /* the rotation buffer, also where lazy updates stage a first basis vector */
 } scratch_sizes;
 
-static void scratch_of(const oz_optim_config *c, const slot *s, scratch_sizes *z) {
+/* Elements of the stored basis: P for left, Q for right, both for full (P first). */
+static size_t basis_len(const slot *s) {
+    size_t ar = (size_t)s->a * s->r, rb = (size_t)s->r * s->b;
+    return s->side == SIDE_LEFT ? ar : s->side == SIDE_RIGHT ? rb : ar + rb;
+}
+
+/* Where Q sits in the new-basis and dequantized-basis scratch: after P only for full. */
+static size_t q_offset(const slot *s) { return s->side == SIDE_FULL ? (size_t)s->a * s->r : 0; }
+
+/* Rows per block of the INT8 update: the back-projected update is built a row block at a time in
+ * a small buffer (~4 MiB, or cfg->int8_block_bytes) instead of one fp32 matrix the weight's size.
+ * A block must hold whole quantization groups so each group is updated from one block: rows * b a
+ * multiple of OZ_QW_GROUP, i.e. rows a multiple of OZ_QW_GROUP / gcd(b, OZ_QW_GROUP). */
+static size_t delta_rows(const oz_optim_config *c, const slot *s) {
+    size_t g = OZ_QW_GROUP, b = (size_t)s->b;
+    for (size_t x = b % g; x;) { /* gcd(b, OZ_QW_GROUP) */
+        size_t t = g % x;
+        g = x;
+        x = t;
+    }
+    size_t unit = OZ_QW_GROUP / g;
+    size_t target = (c->int8_block_bytes ? c->int8_block_bytes : ((size_t)4 << 20)) / sizeof(float);
+    size_t rows = target / b / unit * unit;
+    if (rows < unit) rows = unit;
+    return rows < (size_t)s->a ? rows : (size_t)s->a;
+}
+
+static void scratch_of(const oz_optim_config *c, const slot *s, bool gpu, scratch_sizes *z) {
     if (!s->galore) return;
     size_t ar = (size_t)s->a * s->r, rb = (size_t)s->r * s->b;
     size_t work = s->n;
     if (ar > work) work = ar;
     if (rb > work) work = rb;
     if (s->n > z->n) z->n = s->n;
-    size_t rot = s->n > (size_t)first_vector_len(s) ? s->n : (size_t)first_vector_len(s);
+    /* rotate: m and v pass through it (n); lazy updates: the first vector plus the 1.0 its
+     * gather multiplies by (lazy_observe). */
+    size_t rot = c->at_switch == OZ_SWITCH_ROTATE ? s->n : 0;
+    if (c->lazy && (size_t)first_vector_len(s) + 1 > rot) rot = (size_t)first_vector_len(s) + 1;
     if (rot > z->rot) z->rot = rot;
     if (work > z->work) z->work = work;
-    if ((size_t)2 * s->r * s->r > z->c) z->c = (size_t)2 * s->r * s->r;
-    if (ar + rb > z->basis) z->basis = ar + rb;
-    if ((size_t)s->a * s->b > z->matrix) z->matrix = (size_t)s->a * s->b;
-    size_t ws = oz_subspace_workspace_bytes(s->a, s->b, s->r, c->subspace);
+    if (c->at_switch == OZ_SWITCH_ROTATE && (size_t)2 * s->r * s->r > z->c) z->c = (size_t)2 * s->r * s->r;
+    if (basis_len(s) > z->basis) z->basis = basis_len(s);
+    if (c->int8_weights && delta_rows(c, s) * s->b > z->delta) z->delta = delta_rows(c, s) * s->b;
+    /* The subspace call's workspace: LAPACK's host malloc on the CPU, device scratch on a GPU. */
+    size_t ws = gpu ? oz_subspace_device_workspace_bytes(1, s->a, s->b, s->r, c->subspace)
+                    : oz_subspace_workspace_bytes(s->a, s->b, s->r, c->subspace);
     if (ws > z->workspace) z->workspace = ws;
 }
 
@@ -206,20 +236,25 @@ static void plan_want(void *ctx, void **dest, oz_mem_category cat, size_t bytes,
 }
 
 void oz_optimizer_plan(const oz_optim_config *c, const oz_param_layout *layout, size_t bytes[OZ_MEM_NCATEGORIES]) {
+    oz_optimizer_plan_on(c, layout, false, bytes);
+}
+
+void oz_optimizer_plan_on(const oz_optim_config *c, const oz_param_layout *layout, bool gpu,
+                          size_t bytes[OZ_MEM_NCATEGORIES]) {
     memset(bytes, 0, OZ_MEM_NCATEGORIES * sizeof *bytes);
     scratch_sizes z = {0};
     for (int i = 0; i < layout->n; i++) {
         slot s;
         shape_slot(c, &layout->params[i], i, &s);
         slot_buffers(c, &s, plan_want, bytes);
-        scratch_of(c, &s, &z);
+        scratch_of(c, &s, gpu, &z);
     }
     size_t f = sizeof(float);
     if (z.n) {
         bytes[OZ_MEM_SCRATCH] += (z.n + z.rot + z.work + z.c + z.basis) * f;
         if (c->immediate) bytes[OZ_MEM_SCRATCH] += z.n * f;
         if (c->proj_bits == 4) bytes[OZ_MEM_SCRATCH] += z.basis * f;
-        if (c->int8_weights) bytes[OZ_MEM_SCRATCH] += z.matrix * f;
+        if (c->int8_weights) bytes[OZ_MEM_SCRATCH] += z.delta * f;
         bytes[OZ_MEM_SCRATCH] += z.workspace; /* the subspace call's own workspace, while it runs */
     }
 }
@@ -246,6 +281,7 @@ static void alloc_want(void *ctx, void **dest, oz_mem_category cat, size_t bytes
         o->owned = grown;
         o->cap_owned = cap;
     }
+    if (bytes == 0) return; /* a buffer this configuration never uses (the plan adds 0 too) */
     a->st = oz_arena_alloc(o->arena, cat, bytes, what, dest, a->err);
     if (a->st == OZ_OK) o->owned[o->n_owned++] = *dest;
 }
@@ -263,10 +299,6 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
         return oz_fail(err, OZ_ERR_INPUT,
                        "lazy updates need a window of 1..%d, a gap growth >= 1 and a maximum gap >= --update-gap",
                        OZ_LAZY_MAX_WINDOW);
-    /* Only AdamW runs purely on backend ops; the others read parameters or states on the host. */
-    if (!be->host_visible && cfg->kind != OZ_OPTIM_ADAMW)
-        return oz_fail(err, OZ_ERR_INPUT, "--optim %s runs on the CPU backend only so far (on %s: adamw)",
-                       oz_optim_kind_name(cfg->kind), be->name);
     oz_optimizer *o = calloc(1, sizeof *o);
     if (!o) return oz_fail(err, OZ_ERR_NOMEM, "out of memory creating the optimizer");
     o->cfg = *cfg;
@@ -274,8 +306,6 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
     o->be = be;
     o->arena = arena;
     o->step = -1;
-    oz_q8_map_signed(o->map_signed);
-    oz_q8_map_unsigned(o->map_unsigned);
     *out = o;
     o->slots = calloc((size_t)layout->n, sizeof *o->slots);
     if (!o->slots) return oz_fail(err, OZ_ERR_NOMEM, "out of memory creating the optimizer");
@@ -287,7 +317,7 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
         shape_slot(cfg, &layout->params[i], i, s);
         s->gap = cfg->update_gap;
         slot_buffers(cfg, s, alloc_want, &ctx);
-        scratch_of(cfg, s, &z);
+        scratch_of(cfg, s, !be->host_visible, &z);
     }
     if (ctx.st == OZ_OK && z.n) {
         size_t f = sizeof(float);
@@ -301,15 +331,14 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
         if (cfg->proj_bits == 4)
             alloc_want(&ctx, (void **)&o->deq, OZ_MEM_SCRATCH, z.basis * f, "dequantized INT4 basis");
         if (cfg->int8_weights)
-            alloc_want(&ctx, (void **)&o->delta, OZ_MEM_SCRATCH, z.matrix * f, "INT8 weight update");
-        o->max_workspace = z.workspace;
+            alloc_want(&ctx, (void **)&o->delta, OZ_MEM_SCRATCH, z.delta * f, "INT8 weight update (row block)");
     }
     if (ctx.st != OZ_OK) return ctx.st;
     for (int i = 0; i < o->n_slots; i++) {
         slot *s = &o->slots[i];
         if (s->q8) {
-            oz_q8_zero(s->mq, s->ma, s->n, o->map_signed);
-            oz_q8_zero(s->vq, s->va, s->n, o->map_unsigned);
+            be->q8_zero(be, s->mq, s->ma, s->n, OZ_Q8_MAP_SIGNED);
+            be->q8_zero(be, s->vq, s->va, s->n, OZ_Q8_MAP_UNSIGNED);
         }
     }
     return OZ_OK;
@@ -338,29 +367,30 @@ void oz_optimizer_bind_model(oz_optimizer *o, oz_llama *model) { o->model = mode
 /* The fp32 bases to use now: the stored ones, or INT4 ones dequantized into scratch. */
 static const float *basis_P(oz_optimizer *o, const slot *s) {
     if (s->P || !s->Pq) return s->P;
-    oz_i4_dequantize(s->Pq, s->Ps, s->Pz, (size_t)s->a * s->r, o->deq);
+    o->be->i4_dequantize(o->be, s->Pq, s->Ps, s->Pz, (size_t)s->a * s->r, o->deq);
     return o->deq;
 }
 
 static const float *basis_Q(oz_optimizer *o, const slot *s) {
     if (s->Q || !s->Qq) return s->Q;
-    float *dst = o->deq + (size_t)s->a * s->r;
-    oz_i4_dequantize(s->Qq, s->Qs, s->Qz, (size_t)s->r * s->b, dst);
+    float *dst = o->deq + q_offset(s);
+    o->be->i4_dequantize(o->be, s->Qq, s->Qs, s->Qz, (size_t)s->r * s->b, dst);
     return dst;
 }
 
-static void store_bases(slot *s, const float *P, const float *Q) {
+static void store_bases(oz_optimizer *o, slot *s, const float *P, const float *Q) {
+    oz_backend *be = o->be;
     size_t ar = (size_t)s->a * s->r, rb = (size_t)s->r * s->b;
-    if (P && s->P) memcpy(s->P, P, ar * sizeof(float));
-    if (P && s->Pq) oz_i4_quantize(P, ar, s->Pq, s->Ps, s->Pz);
-    if (Q && s->Q) memcpy(s->Q, Q, rb * sizeof(float));
-    if (Q && s->Qq) oz_i4_quantize(Q, rb, s->Qq, s->Qs, s->Qz);
+    if (P && s->P) be->copy(be, s->P, P, ar * sizeof(float));
+    if (P && s->Pq) be->i4_quantize(be, P, ar, s->Pq, s->Ps, s->Pz);
+    if (Q && s->Q) be->copy(be, s->Q, Q, rb * sizeof(float));
+    if (Q && s->Qq) be->i4_quantize(be, Q, rb, s->Qq, s->Qs, s->Qz);
 }
 
 bool oz_optimizer_set_basis(oz_optimizer *o, int index, const float *P, const float *Q) {
     slot *s = &o->slots[index];
     if (!s->galore) return false;
-    store_bases(s, P, Q);
+    store_bases(o, s, P, Q);
     s->frozen_basis = true;
     s->refreshes = s->refreshes ? s->refreshes : 1;
     return true;
@@ -372,15 +402,28 @@ int oz_optimizer_gap(const oz_optimizer *o, int index) { return o->slots[index].
  * whose mean reaches the threshold multiplies the gap (the window is not cleared, so a stable
  * subspace keeps growing the gap at every later refresh, up to the ceiling). Basis vector signs
  * are fixed by the subspace code (largest entry positive), so the signed cosine is meaningful. */
-static void lazy_observe(oz_optimizer *o, slot *s, const float *Pn, const float *Qn) {
+static oz_status lazy_observe(oz_optimizer *o, slot *s, const float *Pn, const float *Qn, oz_err *err) {
+    oz_backend *be = o->be;
     int len = first_vector_len(s);
-    float *v = o->rot; /* free at this point */
-    for (int i = 0; i < len; i++) v[i] = s->side == SIDE_RIGHT ? Qn[i] : Pn[(size_t)i * s->r];
+    float *d = o->rot; /* free at this point */
+    if (s->side == SIDE_RIGHT) {
+        be->copy(be, d, Qn, (size_t)len * sizeof *d); /* Q's first row */
+    } else {
+        /* P's first column, strided by r, gathered in backend memory as the product of the (a, 1)
+         * matrix of leading dimension r with the 1x1 matrix [1.0]: x * 1.0 is exact. */
+        be->fill(be, d + len, 1.0f, 1);
+        be->gemm(be, 0, 0, len, 1, 1, 1.0f, Pn, s->r, d + len, 1, 0.0f, d, 1);
+    }
+    /* The cosine needs a and b floats on the host: the only optimizer data that leaves the device. */
+    float *v = malloc((size_t)2 * len * sizeof *v), *v1 = v + len;
+    if (!v) return oz_fail(err, OZ_ERR_NOMEM, "out of memory comparing subspaces");
+    be->to_host(be, v, d, (size_t)len * sizeof *v);
+    if (s->refreshes > 0) be->to_host(be, v1, s->v1, (size_t)len * sizeof *v);
     if (s->refreshes > 0) {
         double dot = 0, n1 = 0, n2 = 0;
         for (int i = 0; i < len; i++) {
-            dot += (double)s->v1[i] * v[i];
-            n1 += (double)s->v1[i] * s->v1[i];
+            dot += (double)v1[i] * v[i];
+            n1 += (double)v1[i] * v1[i];
             n2 += (double)v[i] * v[i];
         }
         float cosv = (float)(dot / (sqrt(n1 * n2) + 1e-30));
@@ -397,7 +440,9 @@ static void lazy_observe(oz_optimizer *o, slot *s, const float *Pn, const float 
             }
         }
     }
-    memcpy(s->v1, v, (size_t)len * sizeof *v);
+    be->copy(be, s->v1, d, (size_t)len * sizeof *d);
+    free(v);
+    return OZ_OK;
 }
 
 /* ---------------------------------------------------------------- the step */
@@ -417,12 +462,13 @@ void oz_optimizer_begin_step(oz_optimizer *o, int step, float lr) {
 }
 
 static void moments_zero(oz_optimizer *o, slot *s) {
+    oz_backend *be = o->be;
     if (s->q8) {
-        oz_q8_zero(s->mq, s->ma, s->n, o->map_signed);
-        oz_q8_zero(s->vq, s->va, s->n, o->map_unsigned);
+        be->q8_zero(be, s->mq, s->ma, s->n, OZ_Q8_MAP_SIGNED);
+        be->q8_zero(be, s->vq, s->va, s->n, OZ_Q8_MAP_UNSIGNED);
     } else {
-        memset(s->m, 0, s->n * sizeof(float));
-        memset(s->v, 0, s->n * sizeof(float));
+        be->fill(be, s->m, 0.0f, s->n);
+        be->fill(be, s->v, 0.0f, s->n);
     }
 }
 
@@ -436,8 +482,8 @@ static void moments_rotate(oz_optimizer *o, slot *s, const float *Pn, const floa
     if (s->q8) { /* rotate in fp32: dequantize into work/u, requantize after */
         mtmp = o->work;
         vtmp = o->u;
-        oz_q8_dequantize(s->mq, s->ma, s->n, o->map_signed, mtmp);
-        oz_q8_dequantize(s->vq, s->va, s->n, o->map_unsigned, vtmp);
+        be->q8_dequantize(be, s->mq, s->ma, s->n, OZ_Q8_MAP_SIGNED, mtmp);
+        be->q8_dequantize(be, s->vq, s->va, s->n, OZ_Q8_MAP_UNSIGNED, vtmp);
         m = mtmp;
         v = vtmp;
     }
@@ -447,45 +493,51 @@ static void moments_rotate(oz_optimizer *o, slot *s, const float *Pn, const floa
     if (s->side != SIDE_RIGHT) {
         int cols = s->side == SIDE_LEFT ? s->b : r;
         be->gemm(be, 1, 0, r, r, s->a, 1.0f, Pn, r, basis_P(o, s), r, 0.0f, C, r);
-        for (size_t i = 0; i < (size_t)r * r; i++) C2[i] = C[i] * C[i];
+        be->square(be, C2, C, (size_t)r * r);
         float *t = o->rot;
         be->gemm(be, 0, 0, r, cols, r, 1.0f, C, r, m, cols, 0.0f, t, cols);
-        memcpy(m, t, (size_t)r * cols * sizeof *t);
+        be->copy(be, m, t, (size_t)r * cols * sizeof *t);
         be->gemm(be, 0, 0, r, cols, r, 1.0f, C2, r, v, cols, 0.0f, t, cols);
-        memcpy(v, t, (size_t)r * cols * sizeof *t);
+        be->copy(be, v, t, (size_t)r * cols * sizeof *t);
     }
     if (s->side != SIDE_LEFT) {
         int rows = s->side == SIDE_RIGHT ? s->a : r;
         be->gemm(be, 0, 1, r, r, s->b, 1.0f, basis_Q(o, s), s->b, Qn, s->b, 0.0f, C, r);
-        for (size_t i = 0; i < (size_t)r * r; i++) C2[i] = C[i] * C[i];
+        be->square(be, C2, C, (size_t)r * r);
         float *t = o->rot;
         be->gemm(be, 0, 0, rows, r, r, 1.0f, m, r, C, r, 0.0f, t, r);
-        memcpy(m, t, (size_t)rows * r * sizeof *t);
+        be->copy(be, m, t, (size_t)rows * r * sizeof *t);
         be->gemm(be, 0, 0, rows, r, r, 1.0f, v, r, C2, r, 0.0f, t, r);
-        memcpy(v, t, (size_t)rows * r * sizeof *t);
+        be->copy(be, v, t, (size_t)rows * r * sizeof *t);
     }
     if (s->q8) {
-        oz_q8_quantize(mtmp, s->n, o->map_signed, s->mq, s->ma);
-        oz_q8_quantize(vtmp, s->n, o->map_unsigned, s->vq, s->va);
+        be->q8_quantize(be, mtmp, s->n, OZ_Q8_MAP_SIGNED, s->mq, s->ma);
+        be->q8_quantize(be, vtmp, s->n, OZ_Q8_MAP_UNSIGNED, s->vq, s->va);
     }
 }
 
 static oz_status refresh_basis(oz_optimizer *o, slot *s, const float *G, oz_err *err) {
-    float *Pn = o->newbasis, *Qn = o->newbasis + (size_t)s->a * s->r;
+    oz_backend *be = o->be;
+    float *Pn = o->newbasis, *Qn = o->newbasis + q_offset(s);
     oz_rng rng;
     oz_rng_seed(&rng, o->cfg.seed * 0x9E3779B97F4A7C15ull + (uint64_t)o->step * 0xBF58476D1CE4E5B9ull +
                           (uint64_t)s->index);
-    /* The subspace call mallocs its own workspace; the arena records it as transient scratch. */
-    oz_arena_note_transient(o->arena, OZ_MEM_SCRATCH, oz_subspace_workspace_bytes(s->a, s->b, s->r, o->cfg.subspace));
+    /* The subspace workspace: device scratch the arena lends for the call (GPU), or LAPACK's own
+     * malloc, which the arena records as transient scratch (CPU). Same figure as the plan. */
+    size_t wsb = oz_backend_subspace_workspace_bytes(be, s->a, s->b, s->r, o->cfg.subspace);
+    void *ws = NULL;
+    if (wsb) OZ_TRY(oz_arena_alloc(o->arena, OZ_MEM_SCRATCH, wsb, "subspace workspace (during a refresh)", &ws, err));
+    else oz_arena_note_transient(o->arena, OZ_MEM_SCRATCH, oz_subspace_workspace_bytes(s->a, s->b, s->r, o->cfg.subspace));
     for (int side = SIDE_LEFT; side <= SIDE_RIGHT; side++) {
         if ((side == SIDE_LEFT && s->side == SIDE_RIGHT) || (side == SIDE_RIGHT && s->side == SIDE_LEFT)) continue;
         float *dst = side == SIDE_LEFT ? Pn : Qn;
-        int got;
-        oz_status st = o->cfg.subspace == OZ_SUBSPACE_RANDOMIZED
-                           ? oz_subspace_randomized(G, s->a, s->b, s->r, side, -1, -1, &rng, dst, &got, err)
-                           : oz_subspace_svd(G, s->a, s->b, s->r, side, dst, NULL, &got, err);
-        if (st != OZ_OK) return st;
+        oz_status st = be->subspace(be, G, s->a, s->b, s->r, side, o->cfg.subspace, &rng, ws, dst, err);
+        if (st != OZ_OK) {
+            if (ws) oz_arena_free(o->arena, ws);
+            return st;
+        }
     }
+    if (ws) oz_arena_free(o->arena, ws);
     if (s->refreshes > 0) {
         if (o->cfg.at_switch == OZ_SWITCH_RESET) {
             moments_zero(o, s);
@@ -494,8 +546,8 @@ static oz_status refresh_basis(oz_optimizer *o, slot *s, const float *G, oz_err 
             moments_rotate(o, s, Pn, Qn);
         }
     }
-    if (o->cfg.lazy) lazy_observe(o, s, Pn, Qn);
-    store_bases(s, s->side != SIDE_RIGHT ? Pn : NULL, s->side != SIDE_LEFT ? Qn : NULL);
+    if (o->cfg.lazy) OZ_TRY(lazy_observe(o, s, Pn, Qn, err));
+    store_bases(o, s, s->side != SIDE_RIGHT ? Pn : NULL, s->side != SIDE_LEFT ? Qn : NULL);
     s->refreshes++;
     s->refresh_now = false;
     return OZ_OK;
@@ -574,8 +626,8 @@ oz_status oz_optimizer_consume_rows(oz_optimizer *o, int index, int row0, int ro
     oz_adamw_args args = slot_args(o, s, o->lr, 1.0f);
     float *W = oz_llama_param(o->model, s->index) + off;
     if (s->q8)
-        oz_adam8bit_step(W, grad, s->mq + off, s->ma + off / OZ_Q8_BLOCK, s->vq + off, s->va + off / OZ_Q8_BLOCK, n,
-                         o->map_signed, o->map_unsigned, &args);
+        o->be->adam8bit_step(o->be, W, grad, s->mq + off, s->ma + off / OZ_Q8_BLOCK, s->vq + off,
+                             s->va + off / OZ_Q8_BLOCK, n, &args);
     else
         o->be->adamw_step(o->be, W, grad, s->m + off, s->v + off, n, &args);
     return OZ_OK;
@@ -623,7 +675,7 @@ static void apply_slot(oz_optimizer *o, slot *s, float *params, const float *g, 
     bool int8 = o->model && oz_llama_param_int8(o->model, s->index, &wq, &wsc, &wz);
     if (!s->galore) {
         if (s->q8)
-            oz_adam8bit_step(W, g, s->mq, s->ma, s->vq, s->va, s->n, o->map_signed, o->map_unsigned, &args);
+            be->adam8bit_step(be, W, g, s->mq, s->ma, s->vq, s->va, s->n, &args);
         else
             be->adamw_step(be, W, g, s->m, s->v, s->n, &args);
         return;
@@ -633,26 +685,35 @@ static void apply_slot(oz_optimizer *o, slot *s, float *params, const float *g, 
     args.weight_decay = 0.0f;
     be->fill(be, o->u, 0.0f, s->n);
     if (s->q8)
-        oz_adam8bit_step(o->u, g, s->mq, s->ma, s->vq, s->va, s->n, o->map_signed, o->map_unsigned, &args);
+        be->adam8bit_step(be, o->u, g, s->mq, s->ma, s->vq, s->va, s->n, &args);
     else
         be->adamw_step(be, o->u, g, s->m, s->v, s->n, &args);
     float alpha = lr * c->scale;
     int a = s->a, b = s->b, r = s->r;
     if (int8) {
         /* The back-projected update, then dequantize + add + stochastic requantize per group
-         * (Q-GaLore): no fp32 copy of the weight exists outside this one matrix of scratch. */
+         * (Q-GaLore), one row block at a time: a row block of P u is P's row block times u, of u Q
+         * u's row block times Q, and for full (P u) Q is computed as before, P u (a, r) first in
+         * the work buffer, so every element is the product the whole-matrix GEMM gave. Blocks hold
+         * whole groups and pass their first group's index, so the SR streams, and the codes, are
+         * the whole-matrix update's; no fp32 matrix the weight's size exists. */
         float *D = o->delta;
         const float *P = s->side != SIDE_RIGHT ? basis_P(o, s) : NULL;
         const float *Q = s->side != SIDE_LEFT ? basis_Q(o, s) : NULL;
-        switch (s->side) {
-        case SIDE_LEFT: be->gemm(be, 0, 0, a, b, r, 1.0f, P, r, o->u, b, 0.0f, D, b); break;
-        case SIDE_RIGHT: be->gemm(be, 0, 0, a, b, r, 1.0f, o->u, r, Q, b, 0.0f, D, b); break;
-        default:
-            be->gemm(be, 0, 0, a, r, r, 1.0f, P, r, o->u, r, 0.0f, o->work, r);
-            be->gemm(be, 0, 0, a, b, r, 1.0f, o->work, r, Q, b, 0.0f, D, b);
-        }
+        if (s->side == SIDE_FULL) be->gemm(be, 0, 0, a, r, r, 1.0f, P, r, o->u, r, 0.0f, o->work, r);
         uint64_t key = c->seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(s->index + 1));
-        oz_i8_update_sr(wq, wsc, wz, (size_t)a * b, D, 1.0f - lr * wd, alpha, key, (uint64_t)o->step, 0);
+        size_t rows_blk = delta_rows(c, s);
+        for (size_t r0 = 0; r0 < (size_t)a; r0 += rows_blk) {
+            int rows = (int)((size_t)a - r0 < rows_blk ? (size_t)a - r0 : rows_blk);
+            switch (s->side) {
+            case SIDE_LEFT: be->gemm(be, 0, 0, rows, b, r, 1.0f, P + r0 * r, r, o->u, b, 0.0f, D, b); break;
+            case SIDE_RIGHT: be->gemm(be, 0, 0, rows, b, r, 1.0f, o->u + r0 * r, r, Q, b, 0.0f, D, b); break;
+            default: be->gemm(be, 0, 0, rows, b, r, 1.0f, o->work + r0 * r, r, Q, b, 0.0f, D, b);
+            }
+            size_t e0 = r0 * (size_t)b, g0 = e0 / OZ_QW_GROUP;
+            be->i8_update_sr(be, wq + e0, wsc + g0, wz + g0, (size_t)rows * b, D, 1.0f - lr * wd, alpha, key,
+                             (uint64_t)o->step, g0);
+        }
         return;
     }
     if (wd > 0) be->scale(be, W, 1.0f - lr * wd, (size_t)s->a * s->b);

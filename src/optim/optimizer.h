@@ -53,6 +53,9 @@ typedef struct {
     /* Per-layer mode without accumulation or clipping: each layer's tensors are updated inside
      * the grad hook, so no projected-gradient accumulator exists (GaLore's own per-layer mode). */
     bool immediate;
+    /* qgalore: bytes of the row block the INT8 update is built in (0: 4 MiB). Tests make it small
+     * to check that blocked updates give the whole-matrix result. */
+    size_t int8_block_bytes;
 } oz_optim_config;
 
 #define OZ_LAZY_MAX_WINDOW 32
@@ -72,6 +75,10 @@ void oz_optimizer_destroy(oz_optimizer *opt);
 /* Bytes by arena category the optimizer allocates for this layout (the analytic formula). */
 void oz_optimizer_plan(const oz_optim_config *cfg, const oz_param_layout *layout,
                        size_t bytes[OZ_MEM_NCATEGORIES]);
+/* The same for a backend whose memory is not the host's (gpu: the CUDA backend): the subspace
+ * workspace is then device scratch of oz_subspace_device_workspace_bytes, not LAPACK's. */
+void oz_optimizer_plan_on(const oz_optim_config *cfg, const oz_param_layout *layout, bool gpu,
+                          size_t bytes[OZ_MEM_NCATEGORIES]);
 
 /* Starts optimizer step `step` (0-based) with learning rate lr: decides which GaLore matrices
  * refresh their subspace (lr is used by immediate updates, which happen inside consume). */
@@ -100,8 +107,8 @@ void oz_optimizer_bind_model(oz_optimizer *opt, oz_llama *model);
 long oz_optimizer_subspace_refreshes(const oz_optimizer *opt);
 /* Current refresh gap of tensor `index` (GaLore slots; 0 otherwise). */
 int oz_optimizer_gap(const oz_optimizer *opt, int index);
-/* GaLore test hook: replace tensor `index`'s basis (a GaLore slot) by `basis`, and stop refreshing
- * it. Returns false if the tensor has no GaLore slot. */
+/* GaLore test hook: replace tensor `index`'s basis (a GaLore slot) by `basis` (backend memory), and
+ * stop refreshing it. Returns false if the tensor has no GaLore slot. */
 bool oz_optimizer_set_basis(oz_optimizer *opt, int index, const float *P, const float *Q);
 
 /* Saves every state buffer (moments, bases, scales, counters) as one safetensors file, and loads

@@ -125,6 +125,59 @@ size_t oz_subspace_workspace_bytes(int m, int n, int r, int method) {
     return 0;
 }
 
+/* ---- the GPU layout (sizes only: the CUDA backend does the work) ---- */
+
+static size_t carve_gpu(size_t *cursor, size_t bytes) {
+    size_t at = *cursor;
+    *cursor += (bytes + 255) / 256 * 256; /* cuSOLVER and cuBLAS like 256-byte aligned operands */
+    return at;
+}
+
+int oz_subspace_gpu_layout(int m, int n, int r, int side, int method, oz_subspace_gpu_plan *pl) {
+    memset(pl, 0, sizeof *pl);
+    if (m <= 0 || n <= 0 || r <= 0 || (side != OZ_SUBSPACE_LEFT && side != OZ_SUBSPACE_RIGHT)) return 0;
+    const size_t f = sizeof(float);
+    size_t cur = 0;
+    int k = imin(m, n);
+    pl->rank = imin(r, k);
+    if (method == OZ_SUBSPACE_RANDOMIZED) {
+        pl->p = side == OZ_SUBSPACE_LEFT ? m : n;
+        pl->q = side == OZ_SUBSPACE_LEFT ? n : m;
+        pl->l = pl->rank + OZ_SUBSPACE_DEFAULT_OVERSAMPLE > k ? k : pl->rank + OZ_SUBSPACE_DEFAULT_OVERSAMPLE;
+        size_t l = (size_t)pl->l;
+        /* Blocked Householder QR needs panels of the long side; gesvd of a square n x n asked
+         * for a few n^2 on an H200 (2048 x 512 asked 4.3 * rows * cols floats): 128 panel columns
+         * per row, 8 squares and a spare megafloat. The GPU test runs large shapes against it. */
+        pl->lwork = ((size_t)pl->p + pl->q) * 128 + 8 * l * l + ((size_t)1 << 20);
+        pl->off_y = carve_gpu(&cur, (size_t)pl->p * l * f);
+        pl->off_z = carve_gpu(&cur, (size_t)pl->q * l * f);
+        pl->off_tau = carve_gpu(&cur, l * f);
+        pl->off_r = carve_gpu(&cur, l * l * f);
+        pl->off_vt = carve_gpu(&cur, l * l * f);
+        pl->off_s = carve_gpu(&cur, l * f);
+        pl->off_e = carve_gpu(&cur, l * f);
+    } else if (method == OZ_SUBSPACE_EXACT) {
+        pl->rows = m > n ? m : n;
+        pl->cols = k;
+        size_t rows = (size_t)pl->rows, cols = (size_t)pl->cols;
+        pl->lwork = (rows + cols) * 128 + 8 * cols * cols + ((size_t)1 << 20);
+        pl->off_y = carve_gpu(&cur, rows * cols * f); /* a: the tall copy, then Q */
+        pl->off_r = carve_gpu(&cur, cols * cols * f);
+        pl->off_z = carve_gpu(&cur, cols * cols * f); /* Ur */
+        pl->off_vt = carve_gpu(&cur, cols * cols * f);
+        pl->off_ua = carve_gpu(&cur, rows * (size_t)pl->rank * f);
+        pl->off_tau = carve_gpu(&cur, cols * f);
+        pl->off_s = carve_gpu(&cur, cols * f);
+        pl->off_e = carve_gpu(&cur, cols * f);
+    } else {
+        return 0;
+    }
+    pl->off_work = carve_gpu(&cur, pl->lwork * f);
+    pl->off_info = carve_gpu(&cur, 4 * sizeof(int)); /* solver info, non-finite count */
+    pl->total = cur;
+    return 1;
+}
+
 /* ---- shared checks and output conventions ---- */
 
 static oz_status check_args(const char *fn, const float *G, int m, int n, int r, int side,
@@ -207,7 +260,7 @@ oz_status oz_subspace_svd(const float *G, int m, int n, int r, int side, float *
 
 /* Box-Muller using both outputs: half the transcendental calls of oz_rng_normal, and the test
  * matrix is generated sequentially so it depends only on the rng state. */
-static void fill_gaussian(float *x, size_t count, oz_rng *rng) {
+void oz_subspace_gaussian(float *x, size_t count, oz_rng *rng) {
     for (size_t i = 0; i < count; i += 2) {
         double u1 = ((double)(oz_rng_next(rng) >> 11) + 1.0) * 0x1p-53; /* (0, 1]: log is finite */
         double u2 = (double)(oz_rng_next(rng) >> 11) * 0x1p-53;
@@ -250,7 +303,7 @@ oz_status oz_subspace_randomized(const float *G, int m, int n, int r, int side, 
     int info = 0;
     const char *stage = "";
 
-    fill_gaussian(z, (size_t)q * l, rng);                                      /* Omega (q, l) */
+    oz_subspace_gaussian(z, (size_t)q * l, rng);                                      /* Omega (q, l) */
     cblas_sgemm(CblasColMajor, tx, CblasNoTrans, p, l, q, 1.0f, G, n, z, q, 0.0f, y, p); /* Y = X Omega */
     /* Re-orthonormalize after every product: otherwise the columns collapse onto the top singular
      * vector in floating point and the power iterations lose the rest of the subspace. */

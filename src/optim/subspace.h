@@ -66,4 +66,27 @@ double oz_subspace_orthonormality_error(const float *basis, int dim, int r, int 
  * Examples at 4096 x 11008: exact ~583 MB at any r; randomized ~88 MB at r = 1024, ~18 MB at 256. */
 size_t oz_subspace_workspace_bytes(int m, int n, int r, int method);
 
+/* The Gaussian test matrix oz_subspace_randomized draws: count values from rng, in the order it
+ * fills its column-major (q, l) buffer. A GPU port draws it here and uploads it, so both backends
+ * start from the same sketch. */
+void oz_subspace_gaussian(float *x, size_t count, oz_rng *rng);
+
+/* The GPU subspace's workspace, one buffer of device memory carved at these byte offsets (each
+ * 256-byte aligned). Its size depends on m, n, r and the method only (not on a solver query), so
+ * the planner predicts it on any machine: the solver's part is an allowance (`lwork` floats) that
+ * the CUDA backend checks cuSOLVER's request against, failing with one line if it were short.
+ * randomized: p, q, l, rank as oz_subspace_randomized (default oversample); y (p, l), z (q, l),
+ *   tau (l), rr (l, l), vt (l, l), s (l), e (l), work (lwork), info.
+ * exact: the tall orientation A (rows >= cols, cols = min(m, n)) of G is factored A = Q R and the
+ *   square R = Ur S Vt by gesvd, so the solver's SVD workspace grows with cols^2, not rows * cols:
+ *   a (rows, cols) (A, then Q), rr (cols, cols), z = Ur (cols, cols), vt (cols, cols),
+ *   ua = (Q Ur)[:, :rank] (rows, rank), tau, s, e (cols), work (lwork), info. */
+typedef struct {
+    int p, q, l, rank, rows, cols;
+    size_t lwork;
+    size_t off_y, off_z, off_tau, off_r, off_vt, off_s, off_e, off_ua, off_work, off_info, total;
+} oz_subspace_gpu_plan;
+/* 0 on bad arguments (as oz_subspace_workspace_bytes); side only swaps p and q. */
+int oz_subspace_gpu_layout(int m, int n, int r, int side, int method, oz_subspace_gpu_plan *pl);
+
 #endif

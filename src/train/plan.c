@@ -35,12 +35,11 @@ oz_status oz_train_plan_memory(const oz_llama_config *cfg, const oz_train_opts *
     OZ_TRY(oz_param_layout_build(&c, &lay, err));
     oz_param_layout_freeze(&lay, plan->shape.freeze); /* frozen tensors have no optimizer state */
     size_t opt_bytes[OZ_MEM_NCATEGORIES];
-    oz_optimizer_plan(&oc, &lay, opt_bytes);
+    oz_optimizer_plan_on(&oc, &lay, cuda, opt_bytes);
     oz_param_layout_free(&lay);
     for (int i = 0; i < OZ_MEM_NCATEGORIES; i++) plan->bytes[i] += opt_bytes[i];
-    /* The CUDA backend allocates the same buffers (fp32, one arena) plus its own workspace. */
-    if (cuda && oc.kind != OZ_OPTIM_ADAMW)
-        return oz_fail(err, OZ_ERR_INPUT, "--optim %s runs on the CPU backend only so far (on cuda: adamw)", o->optim);
+    /* The CUDA backend allocates the same buffers (fp32, one arena; the subspace workspace planned
+     * for the GPU above) plus its own workspace. */
     if (cuda) plan->bytes[OZ_MEM_SCRATCH] += OZ_CUDA_WORKSPACE_BYTES;
     if (o->inrank) plan->bytes[OZ_MEM_SCRATCH] += oz_inrank_check_bytes(&c); /* a rank check's host workspace */
     for (int i = 0; i < OZ_MEM_NCATEGORIES; i++) plan->total += plan->bytes[i];

@@ -5,6 +5,8 @@
 
 #include "backend/backend.h"
 #include "io/safetensors.h" /* oz_f32_to_bf16, oz_bf16_to_f32 */
+#include "optim/quant.h"
+#include "optim/subspace.h"
 
 #define OZ_REAL float
 #define OZ_SFX(name) name##_f32
@@ -139,6 +141,71 @@ static void cpu_adamw_step(oz_backend *be, float *param, const float *grad, floa
     oz_cpu_adamw_step_f32(param, grad, m, v, n, args);
 }
 
+/* ---- quantized states and weights: quant.c is the reference, so the CPU ops are its functions. */
+
+static void cpu_q8_zero(oz_backend *be, uint8_t *codes, float *absmax, size_t n, int map) {
+    oz_q8_zero(codes, absmax, n, be->q8_map[map]);
+}
+
+static void cpu_q8_quantize(oz_backend *be, const float *x, size_t n, int map, uint8_t *codes, float *absmax) {
+    oz_q8_quantize(x, n, be->q8_map[map], codes, absmax);
+}
+
+static void cpu_q8_dequantize(oz_backend *be, const uint8_t *codes, const float *absmax, size_t n, int map,
+                              float *x) {
+    oz_q8_dequantize(codes, absmax, n, be->q8_map[map], x);
+}
+
+static void cpu_adam8bit_step(oz_backend *be, float *param, const float *grad, uint8_t *m_codes, float *m_absmax,
+                              uint8_t *v_codes, float *v_absmax, size_t n, const oz_adamw_args *args) {
+    oz_adam8bit_step(param, grad, m_codes, m_absmax, v_codes, v_absmax, n, be->q8_map[OZ_Q8_MAP_SIGNED],
+                     be->q8_map[OZ_Q8_MAP_UNSIGNED], args);
+}
+
+static void cpu_i8_quantize(oz_backend *be, const float *w, size_t n, uint8_t *q, float *s, uint8_t *z) {
+    (void)be;
+    oz_i8_quantize(w, n, q, s, z);
+}
+
+static void cpu_i8_dequantize(oz_backend *be, const uint8_t *q, const float *s, const uint8_t *z, size_t n,
+                              float *w) {
+    (void)be;
+    oz_i8_dequantize(q, s, z, n, w);
+}
+
+static void cpu_i8_update_sr(oz_backend *be, uint8_t *q, float *s, uint8_t *z, size_t n, const float *delta,
+                             float decay, float alpha, uint64_t seed, uint64_t step, uint64_t group0) {
+    (void)be;
+    oz_i8_update_sr(q, s, z, n, delta, decay, alpha, seed, step, group0);
+}
+
+static void cpu_i4_quantize(oz_backend *be, const float *w, size_t n, uint8_t *packed, float *s, uint8_t *z) {
+    (void)be;
+    oz_i4_quantize(w, n, packed, s, z);
+}
+
+static void cpu_i4_dequantize(oz_backend *be, const uint8_t *packed, const float *s, const uint8_t *z, size_t n,
+                              float *w) {
+    (void)be;
+    oz_i4_dequantize(packed, s, z, n, w);
+}
+
+static void cpu_square(oz_backend *be, float *y, const float *x, size_t n) {
+    (void)be;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) y[i] = x[i] * x[i];
+}
+
+static oz_status cpu_subspace(oz_backend *be, const float *G, int m, int n, int r, int side, int method,
+                              oz_rng *rng, void *workspace, float *basis, oz_err *err) {
+    (void)be;
+    (void)workspace; /* LAPACK's workspace is malloc'd inside the call (oz_subspace_workspace_bytes) */
+    int got;
+    if (method == OZ_SUBSPACE_RANDOMIZED) return oz_subspace_randomized(G, m, n, r, side, -1, -1, rng, basis, &got, err);
+    if (method == OZ_SUBSPACE_EXACT) return oz_subspace_svd(G, m, n, r, side, basis, NULL, &got, err);
+    return oz_fail(err, OZ_ERR_INPUT, "subspace: method %d is neither EXACT nor RANDOMIZED", method);
+}
+
 static void cpu_destroy(oz_backend *be) {
     /* No private state: nothing to release, but leave the table unusable. */
     memset(be, 0, sizeof *be);
@@ -179,6 +246,19 @@ oz_status oz_backend_cpu_create(oz_backend *be, int threads, oz_err *err) {
     be->logsumexp_rows = cpu_logsumexp_rows;
     be->cross_entropy_block = cpu_cross_entropy_block;
     be->adamw_step = cpu_adamw_step;
+    oz_q8_map_signed(be->q8_map[OZ_Q8_MAP_SIGNED]);
+    oz_q8_map_unsigned(be->q8_map[OZ_Q8_MAP_UNSIGNED]);
+    be->q8_zero = cpu_q8_zero;
+    be->q8_quantize = cpu_q8_quantize;
+    be->q8_dequantize = cpu_q8_dequantize;
+    be->adam8bit_step = cpu_adam8bit_step;
+    be->i8_quantize = cpu_i8_quantize;
+    be->i8_dequantize = cpu_i8_dequantize;
+    be->i8_update_sr = cpu_i8_update_sr;
+    be->i4_quantize = cpu_i4_quantize;
+    be->i4_dequantize = cpu_i4_dequantize;
+    be->square = cpu_square;
+    be->subspace = cpu_subspace;
     be->destroy = cpu_destroy;
     return OZ_OK;
 }

@@ -689,6 +689,7 @@ static void cuda_destroy(oz_backend *be) {
     if (c) {
         cudaStreamSynchronize(c->stream);
         if (c->blas) cublasDestroy(c->blas);
+        if (c->solver) cusolverDnDestroy(c->solver);
         if (c->ws_owned) cudaFree(c->ws);
         /* An attached workspace belongs to the arena, which frees it. */
         if (c->stream) cudaStreamDestroy(c->stream);
@@ -765,6 +766,8 @@ extern "C" oz_status oz_backend_cuda_create(oz_backend *be, int device, oz_err *
     be->logsumexp_rows = cuda_logsumexp_rows;
     be->cross_entropy_block = cuda_cross_entropy_block;
     be->adamw_step = cuda_adamw_step;
+    oz_cuda_quant_ops(be);
+    oz_cuda_subspace_ops(be);
     be->sync = cuda_sync;
     be->attach_arena = cuda_attach_arena;
     return OZ_OK;

@@ -4,6 +4,7 @@
 #define OZ_CUDA_INTERNAL_H
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <cusolverDn.h>
 
 extern "C" {
 #include "backend/backend.h"
@@ -21,6 +22,7 @@ typedef struct {
     char *ws;
     int ws_owned;             /* cudaMalloc'ed here (no arena attached) rather than the arena's */
     oz_arena *arena;
+    cusolverDnHandle_t solver; /* created at the first subspace call (GaLore), NULL until then */
 } oz_cuda;
 
 /* Records the first failure; returns 1 when `e` is a success. */
@@ -40,6 +42,10 @@ void oz_cuda_attention_fwd(oz_cuda *c, float *out, float *lse, const float *q, c
 void oz_cuda_attention_bwd(oz_cuda *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
                            const float *k, const float *v, const float *out, const float *lse, int B, int T,
                            int Hq, int Hkv, int hd);
+/* Fill in the quantization ops (cuda_quant.cu) and the subspace op (cuda_subspace.cu). */
+void oz_cuda_quant_ops(oz_backend *be);
+void oz_cuda_subspace_ops(oz_backend *be);
+
 /* Opts the attention kernels into the shared memory they use (above the 48 KiB default). */
 int oz_cuda_attention_init(oz_cuda *c);
 

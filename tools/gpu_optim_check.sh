@@ -1,0 +1,72 @@
+#!/bin/sh
+# Device check (a machine with a GPU and tools/gpu_dist.sh's gpu-dist.tgz): every --optim trains on
+# cuda as on the CPU. For each optimizer the tiny preset trains 8 steps from the same seed on both
+# devices (per-step losses side by side, largest relative difference), the cuda run resumes from
+# step 4 to bit-identical weights, and `ounce memory --device cuda` equals the arena's measured peak.
+# Only the printed summary is the result (redirect it into $OUT): the device tool returns few files.
+# usage: OUT=dir sh tools/gpu_optim_check.sh
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+[ -f gpu-dist.tgz ] && [ ! -d gpu-dist ] && tar xzf gpu-dist.tgz
+export LD_LIBRARY_PATH="$PWD/gpu-dist/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+O=gpu-dist/ounce
+T=$(mktemp -d)
+COMMON="--data random:258 --model tiny --steps 8 --batch 4 --seq 64 --eval-every 0 --log-every 1 --seed 4 --save-every 4 --json"
+losses() { grep -o '"step":[0-9]*,"loss":[0-9.e+-]*' "$1/metrics.jsonl" 2>/dev/null | sed -E 's/"step":([0-9]+),"loss":(.*)/\1 \2/'; }
+peak() { tail -n 1 "$1" | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/'; }
+fails=0
+while IFS='|' read -r name args; do
+    [ -z "$name" ] && continue
+    for dev in cpu cuda; do
+        $O train $COMMON $args --device $dev --out "$T/${name}_$dev" >"$T/${name}_$dev.log" 2>&1 ||
+            { echo "$name on $dev failed: $(tail -n 1 "$T/${name}_$dev.log")"; fails=$((fails + 1)); }
+        losses "$T/${name}_$dev" >"$T/${name}_$dev.losses"
+    done
+    paste "$T/${name}_cpu.losses" "$T/${name}_cuda.losses" >"$T/${name}.pair"
+    rel=$(awk '{d = $2 - $4; if (d < 0) d = -d; r = d / $2; if (r > m) m = r} END {printf "%.2e", m}' "$T/${name}.pair")
+    echo "== $name ($args): max relative loss difference cpu vs cuda over 8 steps: $rel"
+    awk '{printf "   step %s  cpu %s  cuda %s\n", $1, $2, $4}' "$T/${name}.pair"
+    cp "$T/${name}_cuda/model.safetensors" "$T/full.safetensors" 2>/dev/null
+    if $O train --resume "$T/${name}_cuda/step-4" >"$T/resume.log" 2>&1 && cmp -s "$T/full.safetensors" "$T/${name}_cuda/model.safetensors"; then
+        echo "   resume on cuda from step 4: bit-identical weights"
+    else
+        echo "   resume on cuda from step 4: DIFFERS ($(tail -n 1 "$T/resume.log"))"; fails=$((fails + 1))
+    fi
+    $O memory --model tiny --vocab 258 --batch 4 --seq 64 $args --device cuda --json >"$T/plan.log" 2>&1
+    planned=$(peak "$T/plan.log") measured=$(peak "$T/${name}_cuda.log")
+    if [ "$planned" = "$measured" ]; then echo "   memory --device cuda equals the measured peak: $measured"
+    else echo "   memory: planned $planned, measured $measured"; fails=$((fails + 1)); fi
+done <<'CONFIGS'
+adamw|--optim adamw
+adamw8bit|--optim adamw8bit
+galore|--optim galore --rank 8 --update-gap 3
+galore-svd-rotate|--optim galore --rank 8 --update-gap 2 --subspace svd --moments-at-switch rotate
+galore8bit|--optim galore8bit --rank 8 --update-gap 2 --moments-at-switch rotate
+galore8bit-full-lazy|--optim galore8bit --rank 8 --update-gap 2 --proj-type full --lazy-update on --proj-bits 4 --moments-at-switch rotate
+qgalore|--optim qgalore --rank 8 --update-gap 2
+qgalore-immediate|--optim qgalore --rank 8 --update-gap 2 --clip 0
+qgalore-accum|--optim qgalore --rank 8 --update-gap 3 --grad-accum 2 --per-layer-update off
+CONFIGS
+# Real shapes: the 130m preset (matrices over one 4 MiB row block of the INT8 update, subspaces of
+# 768 x 2048 at rank 128), 4 steps on both devices; losses side by side, planned == measured on cuda.
+for cfg in "qgalore|--optim qgalore --rank 128 --update-gap 2" \
+    "galore8bit|--optim galore8bit --rank 128 --update-gap 2 --moments-at-switch rotate"; do
+    name=${cfg%%|*} args=${cfg#*|}
+    for dev in cpu cuda; do
+        $O train --data random:32000 --model 130m --steps 4 --batch 2 --seq 128 --eval-every 0 --log-every 1 --seed 4 \
+            --json $args --device $dev --out "$T/L${name}_$dev" >"$T/L${name}_$dev.log" 2>&1 ||
+            { echo "130m $name on $dev failed: $(tail -n 1 "$T/L${name}_$dev.log")"; fails=$((fails + 1)); }
+        losses "$T/L${name}_$dev" >"$T/L${name}_$dev.losses"
+    done
+    echo "== 130m $name ($args): step, loss on cpu, loss on cuda"
+    paste "$T/L${name}_cpu.losses" "$T/L${name}_cuda.losses" | awk '{printf "   step %s  cpu %s  cuda %s\n", $1, $2, $4}'
+    $O memory --model 130m --vocab 32000 --batch 2 --seq 128 $args --device cuda --json >"$T/plan.log" 2>&1
+    planned=$(peak "$T/plan.log") measured=$(peak "$T/L${name}_cuda.log")
+    if [ "$planned" = "$measured" ]; then echo "   memory --device cuda equals the measured peak: $measured"
+    else echo "   memory: planned $planned, measured $measured"; fails=$((fails + 1)); fi
+done
+rm -rf "$T"
+echo "gpu_optim_check: $fails failure(s)"
+exit $((fails > 0))
