@@ -5,7 +5,8 @@
 # at seq 256 (the PyTorch GaLore peer's setting in peers_h200.md). Step 0 refreshes all 224
 # subspaces on the GPU, so step 0 minus a later step is the refresh time; bench/torch_svd.py
 # --device cuda times PyTorch's refresh (torch.linalg.svd) on the same GPU, in the same run.
-# usage: sh bench/gpu_7b.sh [OUNCE_BINARY] [STEPS]   (one JSON line per measurement)
+# usage: [CONFIGS="SEQ,RECOMPUTE,MINISEQ ..."] [PEER=0] sh bench/gpu_7b.sh [OUNCE_BINARY] [STEPS]
+# (one JSON line per measurement)
 set -u
 OUNCE=${1:-./ounce}
 STEPS=${2:-4}
@@ -24,8 +25,9 @@ smi_peak() { # the most memory in use on GPU 0 while "$@" runs (MiB), sampled ev
     return $rc
 }
 
-for cfg in "2048 layer-bf16 auto" "2048 layer auto" "256 layer-bf16 auto"; do
-    set -- $cfg
+CONFIGS=${CONFIGS:-"2048,layer-bf16,auto 2048,layer,auto 256,layer-bf16,auto"}
+for cfg in $CONFIGS; do
+    set -- $(echo "$cfg" | tr , " ")
     SEQ=$1 RC=$2 MS=$3
     FLAGS="--model 7b --optim qgalore --rank 1024 --batch 1 --seq $SEQ --recompute $RC --mini-seq $MS --clip 0"
     "$OUNCE" memory $FLAGS --device cuda --json | tail -n 1 >"$TMP/plan"
@@ -52,4 +54,4 @@ PY
         echo "{\"impl\":\"ounce\",\"seq\":$SEQ,\"recompute\":\"$RC\",\"error\":\"$(tail -n 2 "$TMP/err" | tr '"\n' "' ")\"}"
     fi
 done
-python3 "$(dirname "$0")/torch_svd.py" 16 --device cuda
+[ "${PEER:-1}" = 1 ] && python3 "$(dirname "$0")/torch_svd.py" 16 --device cuda
