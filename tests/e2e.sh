@@ -89,10 +89,13 @@ for combo in "none off" "layer off" "none 3" "layer auto" "layer-bf16 auto"; do
     check "planned peak equals measured (--recompute $1 --mini-seq $2)" cmp -s "$T/planned" "$T/measured"
 done
 # --- every optimizer: bit-exact resume, and the planned peak equals the measured one
-for opt in adamw8bit galore galore8bit qgalore qgalore-parts qgalore-immediate; do
+for opt in adamw8bit galore galore8bit qgalore qgalore-parts qgalore-immediate galore-immediate adamw8bit-immediate; do
     GAL="--optim $opt --rank 8 --update-gap 7 --subspace randomized"
     [ $opt = qgalore-parts ] && GAL="--optim galore8bit --rank 8 --update-gap 2 --lazy-update on --proj-bits 4 --moments-at-switch rotate"
     [ $opt = qgalore-immediate ] && GAL="--optim qgalore --rank 8 --update-gap 3 --clip 0"
+    # immediate mode hands gradients off tensor by tensor (the MLP's together with 3 chunks)
+    [ $opt = galore-immediate ] && GAL="--optim galore --rank 8 --update-gap 3 --clip 0 --recompute layer --mini-seq 3"
+    [ $opt = adamw8bit-immediate ] && GAL="--optim adamw8bit --per-layer-update on --clip 0 --recompute layer --mini-seq auto"
     check "$opt: checkpointed run" sh -c "$OUNCE train --data '$T/data' --out '$T/o_$opt' $TRAIN --steps 20 --eval-every 0 --seed 4 $GAL --save-every 10 --json >'$T/o.log'"
     cp "$T/o_$opt/model.safetensors" "$T/o_full.safetensors"
     check "$opt: resume from step-10" sh -c "$OUNCE train --resume '$T/o_$opt/step-10' >/dev/null"
@@ -136,6 +139,11 @@ check "welore + qgalore: resume is bit-exact" sh -c "$OUNCE train --resume '$T/w
 $OUNCE memory --model "$T/wl" --welore --optim qgalore --rank 4 --batch 4 --seq 64 --json | tail -n 1 | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/planned_q"
 tail -n 1 "$T/wlq.log" | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/measured_q"
 check "welore + qgalore: planned peak equals measured" cmp -s "$T/planned_q" "$T/measured_q"
+# the same in immediate mode (frozen embedding and head: only the final norm's gradient outside the layers)
+check "welore + qgalore --clip 0" sh -c "$OUNCE train --data '$T/data' --out '$T/wlqi' $WL --optim qgalore --rank 4 --clip 0 --recompute layer --mini-seq 2 --json >'$T/wlqi.log'"
+$OUNCE memory --model "$T/wl" --welore --optim qgalore --rank 4 --clip 0 --recompute layer --mini-seq 2 --batch 4 --seq 64 --json | tail -n 1 | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/planned_q"
+tail -n 1 "$T/wlqi.log" | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/measured_q"
+check "welore + qgalore --clip 0: planned peak equals measured" cmp -s "$T/planned_q" "$T/measured_q"
 # --- InRank: ranks grow at checks, freeze at step 12; an interrupted run resumed (before and after
 # the freeze) equals the uninterrupted one, ranks included; ranks never shrink; the planned peak
 # equals the measured one; the dense export evaluates the same

@@ -1224,6 +1224,223 @@ static void test_low_rank_plan(void) {
     oz_param_layout_free(&lay);
 }
 
+/* Per-tensor hand-off (oz_llama_shape.per_tensor_grads). One forward_backward per case, against the
+ * whole-model gradient buffer of the same model: every trainable tensor is handed off exactly once,
+ * an untied head and the final norm before any layer tensor and the embedding last (tied: embedding
+ * and final norm last); each handed-off gradient equals the whole-model one bit for bit even though
+ * the hook poisons that tensor's weights with NaN right away (so nothing after its hand-off reads
+ * them: the premise of updating inside the hook); the planner equals the arena. Then immediate
+ * updates through the tensor hook give bit for bit the weights of immediate updates through the
+ * layer hook (the mode this one replaces in the trainer). Dense and INT8 matrices, untied, tied,
+ * low-rank and WeLore-frozen models, recompute, and 0/1/2/3 MLP chunks (3 uneven). */
+typedef struct {
+    oz_llama *m;
+    oz_optimizer *opt;      /* update mode: consume (and apply the outer tensors) */
+    float lr;
+    float *grads;           /* check mode: layout->grad_total floats, at grad_offset */
+    int *order, n, max;
+    bool poison;
+} tensor_log;
+
+static void poison_param(oz_llama *m, int i) {
+    const oz_param_info *p = &oz_llama_get_layout(m)->params[i];
+    uint8_t *q, *z;
+    float *sc;
+    if (oz_llama_param_int8(m, i, &q, &sc, &z)) {
+        memset(sc, 0xff, oz_qw_groups(p->numel) * sizeof *sc); /* NaN scales: any dequantized value is NaN */
+        memset(q, 0xff, p->numel);
+    } else {
+        memset(oz_llama_param(m, i), 0xff, p->numel * sizeof(float));
+    }
+}
+
+static void log_tensor(void *user, int index) {
+    tensor_log *t = user;
+    const oz_param_info *p = &oz_llama_get_layout(t->m)->params[index];
+    const float *g = oz_llama_grad(t->m, index);
+    if (t->n < t->max) t->order[t->n] = index;
+    t->n++;
+    if (t->opt) {
+        oz_err err = {0};
+        oz_optimizer_consume(t->opt, index, g, false, &err);
+        if (p->layer < 0) oz_optimizer_apply(t->opt, NULL, t->lr, 1.0f);
+        return;
+    }
+    memcpy(t->grads + p->grad_offset, g, p->numel * sizeof(float));
+    if (t->poison) poison_param(t->m, index);
+}
+
+static oz_optimizer *immediate_optimizer(oz_llama *m, oz_backend *be, oz_arena *arena, bool int8, bool per_layer) {
+    oz_optim_config oc = {.kind = int8 ? OZ_OPTIM_QGALORE : OZ_OPTIM_GALORE8BIT, .beta1 = 0.9f, .beta2 = 0.95f,
+                          .eps = 1e-8f, .weight_decay = 0.1f, .rank = 2, .update_gap = 2, .scale = 0.25f,
+                          .proj = OZ_PROJ_STD, .galore_attn = true, .galore_mlp = true, .proj_bits = int8 ? 4 : 32,
+                          .per_layer = per_layer, .immediate = per_layer, .int8_weights = int8};
+    oz_optimizer *opt = NULL;
+    oz_err err = {0};
+    CHECK(oz_optimizer_create(&opt, &oc, oz_llama_get_layout(m), be, arena, &err) == OZ_OK, "%s", err.msg);
+    if (opt) oz_optimizer_bind_model(opt, m);
+    return opt;
+}
+
+typedef struct {
+    oz_backend be;
+    oz_arena arena;
+    oz_llama *m;
+} model_fixture;
+
+static oz_llama *fixture_model(model_fixture *f, const oz_llama_config *c, oz_llama_shape shape, const float *init) {
+    oz_err err = {0};
+    oz_backend_cpu_create(&f->be, 0, &err);
+    oz_arena_init(&f->arena, f->be.allocator);
+    f->m = NULL;
+    CHECK(oz_llama_create(&f->m, c, &f->be, &f->arena, shape, &err) == OZ_OK, "%s", err.msg);
+    if (f->m) oz_llama_import_params(f->m, init);
+    return f->m;
+}
+
+static void fixture_drop(model_fixture *f) {
+    oz_llama_destroy(f->m);
+    oz_arena_destroy(&f->arena);
+    f->be.destroy(&f->be);
+}
+
+static void test_per_tensor_grads(void) {
+    enum { B = 2, T = 9, N = B * T, STEPS = 3 };
+    oz_rng rng;
+    oz_rng_seed(&rng, 13);
+    int32_t ids[N], targets[N];
+    for (int i = 0; i < N; i++) {
+        ids[i] = (int32_t)oz_rng_below(&rng, 61);
+        targets[i] = (int32_t)oz_rng_below(&rng, 61);
+    }
+    targets[4] = -1;
+    oz_llama_batch b = {ids, targets, B, T, NULL};
+    for (int variant = 0; variant < 4; variant++) { /* untied, tied, low-rank, low-rank + WeLore freeze */
+        oz_llama_config c = {61, 16, 40, 2, 4, 2, 4, 32, 1e-5f, 10000.0f, variant == 1, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0, {{0}}};
+        if (variant >= 2) {
+            c.low_rank[0][OZ_M_Q] = 5;
+            c.low_rank[0][OZ_M_UP] = 9;
+            c.low_rank[1][OZ_M_GATE] = 12;
+            c.low_rank[1][OZ_M_DOWN] = 7;
+        }
+        unsigned freeze = variant == 3 ? OZ_FREEZE_EMBED | OZ_FREEZE_HEAD | OZ_FREEZE_DENSE : 0;
+        oz_param_layout lay;
+        oz_err err = {0};
+        CHECK(oz_param_layout_build(&c, &lay, &err) == OZ_OK, "%s", err.msg);
+        oz_param_layout_freeze(&lay, freeze);
+        float *init = malloc(lay.total * sizeof *init);
+        float *want = calloc(lay.grad_total, sizeof *want), *got = calloc(lay.grad_total, sizeof *got);
+        float *w1 = malloc(lay.total * sizeof *w1), *w2 = malloc(lay.total * sizeof *w2);
+        int *order = malloc((size_t)lay.n * sizeof *order);
+        oz_llama_init_params(&c, &lay, init, 5);
+        for (size_t i = 0; i < lay.total; i++) init[i] *= 10.0f; /* gradients far from zero */
+        for (int int8 = 0; int8 <= 1; int8++)
+            for (int recompute = 0; recompute <= 1; recompute++)
+                for (int chunks = 0; chunks <= 3; chunks++) {
+                    oz_llama_shape whole = {.batch = B, .seq = T, .with_grads = true, .recompute = recompute,
+                                            .mlp_chunks = chunks, .head_chunks = chunks, .int8_matrices = int8,
+                                            .freeze = freeze};
+                    oz_llama_shape per = whole;
+                    per.per_layer_grads = per.per_tensor_grads = true;
+                    char what[96];
+                    snprintf(what, sizeof what, "variant %d, int8 %d, recompute %d, chunks %d", variant, int8, recompute,
+                             chunks);
+                    /* The reference: the whole-model buffer. */
+                    model_fixture fw, fp;
+                    double s1 = 0, s2 = 0;
+                    long n1 = 0, n2 = 0;
+                    if (fixture_model(&fw, &c, whole, init)) {
+                        oz_llama_zero_grads(fw.m);
+                        CHECK(oz_llama_forward_backward(fw.m, &b, 1.0f / N, &s1, &n1, &err) == OZ_OK, "%s", err.msg);
+                        memcpy(want, oz_llama_grads(fw.m), lay.grad_total * sizeof(float));
+                    }
+                    fixture_drop(&fw);
+                    if (!fixture_model(&fp, &c, per, init)) {
+                        fixture_drop(&fp);
+                        continue;
+                    }
+                    oz_llama_plan plan;
+                    CHECK(oz_llama_plan_memory(&c, per, &plan, &err) == OZ_OK, "%s", err.msg);
+                    for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
+                        CHECK(plan.bytes[cat] == fp.arena.current[cat] && plan.largest[cat] == fp.arena.largest[cat],
+                              "per-tensor plan/arena differ in %s: %zu vs %zu (%s)", oz_mem_category_name(cat),
+                              plan.bytes[cat], fp.arena.current[cat], what);
+                    tensor_log log = {fp.m, NULL, 0, NULL, order, 0, lay.n, true};
+                    log.grads = got;
+                    memset(got, 0, lay.grad_total * sizeof *got);
+                    oz_llama_set_tensor_hook(fp.m, log_tensor, &log);
+                    CHECK(oz_llama_forward_backward(fp.m, &b, 1.0f / N, &s2, &n2, &err) == OZ_OK, "%s", err.msg);
+                    CHECK(s1 == s2 && n1 == n2, "per-tensor loss %.9g vs %.9g (%s)", s2, s1, what);
+                    int trainable = 0, first_layer_call = lay.n, seen_twice = 0;
+                    int *calls = calloc((size_t)lay.n, sizeof *calls);
+                    for (int k = 0; k < log.n && k < lay.n; k++) {
+                        if (calls[order[k]]++) seen_twice++;
+                        if (lay.params[order[k]].layer >= 0 && k < first_layer_call) first_layer_call = k;
+                    }
+                    for (int i = 0; i < lay.n; i++) {
+                        const oz_param_info *p = &lay.params[i];
+                        trainable += !p->frozen;
+                        CHECK(calls[i] == !p->frozen, "%s handed off %d times (frozen %d; %s)", p->name, calls[i],
+                              p->frozen, what);
+                        if (p->frozen) continue;
+                        CHECK(memcmp(got + p->grad_offset, want + p->grad_offset, p->numel * sizeof(float)) == 0,
+                              "%s: handed-off gradient differs from the whole-model one (%s)", p->name, what);
+                    }
+                    CHECK(log.n == trainable && !seen_twice, "%d hand-offs for %d trainable tensors (%s)", log.n,
+                          trainable, what);
+                    int fn = lay.layer_first[lay.n_layers];
+                    int outer_first = (int)!lay.params[fn].frozen + (int)(!c.tie_word_embeddings && !lay.params[lay.n - 1].frozen);
+                    if (!c.tie_word_embeddings)
+                        CHECK(first_layer_call == outer_first && (lay.params[0].frozen || order[log.n - 1] == 0),
+                              "untied: head/final norm not first or embedding not last (%s)", what);
+                    else
+                        CHECK(order[log.n - 2] == 0 && order[log.n - 1] == fn,
+                              "tied: embedding and final norm not handed off last (%s)", what);
+                    free(calls);
+                    fixture_drop(&fp);
+                    /* Immediate updates: tensor hook against layer hook, bit for bit. */
+                    for (int mode = 0; mode <= 1; mode++) {
+                        oz_llama_shape shape = mode ? per : whole;
+                        shape.per_layer_grads = true;
+                        model_fixture f;
+                        if (!fixture_model(&f, &c, shape, init)) {
+                            fixture_drop(&f);
+                            continue;
+                        }
+                        oz_optimizer *opt = immediate_optimizer(f.m, &f.be, &f.arena, int8, true);
+                        tensor_log tl = {f.m, opt, 1e-2f, NULL, order, 0, lay.n, false};
+                        consume_ctx ctx = {f.m, opt};
+                        if (mode) oz_llama_set_tensor_hook(f.m, log_tensor, &tl);
+                        else oz_llama_set_grad_hook(f.m, consume_layer, &ctx);
+                        for (int step = 0; opt && step < STEPS; step++) {
+                            double s;
+                            long n;
+                            oz_llama_zero_grads(f.m);
+                            oz_optimizer_begin_step(opt, step, 1e-2f);
+                            CHECK(oz_llama_forward_backward(f.m, &b, 1.0f / N, &s, &n, &err) == OZ_OK, "%s", err.msg);
+                            if (mode) continue;
+                            for (int i = 0; i < lay.n; i++)
+                                if (lay.params[i].layer < 0) oz_optimizer_consume(opt, i, oz_llama_grad(f.m, i), false, &err);
+                            oz_optimizer_apply(opt, NULL, 1e-2f, 1.0f);
+                        }
+                        oz_llama_export_params(f.m, mode ? w2 : w1);
+                        oz_optimizer_destroy(opt);
+                        fixture_drop(&f);
+                    }
+                    CHECK(memcmp(w1, w2, lay.total * sizeof(float)) == 0,
+                          "immediate updates through the tensor hook differ from the layer hook's (%s)", what);
+                    CHECK(memcmp(w1, init, lay.total * sizeof(float)) != 0, "nothing trained (%s)", what);
+                }
+        free(init);
+        free(want);
+        free(got);
+        free(w1);
+        free(w2);
+        free(order);
+        oz_param_layout_free(&lay);
+    }
+}
+
 /* A low-rank model's structure travels in config.json (its ranks, a model_type transformers
  * refuses) and the model loads back from its directory with the same loss. */
 static void test_low_rank_checkpoint(void) {
@@ -1290,6 +1507,7 @@ int main(void) {
     RUN(test_frozen);
     RUN(test_frozen_qgalore);
     RUN(test_low_rank_plan);
+    RUN(test_per_tensor_grads);
     RUN(test_low_rank_checkpoint);
     RUN(test_determinism_and_accumulation);
     RUN(test_layout_and_presets);

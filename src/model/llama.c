@@ -202,7 +202,10 @@ typedef struct {
     float *t[OZ_LLAMA_MATRICES];
 } layer_acts;
 
+/* A layer's weights for compute. The matrices' pointers are only valid as returned by use_matrix
+ * (INT8 mode fills them when it dequantizes). */
 typedef struct {
+    int layer;
     const float *attn_norm, *mlp_norm;
     lin m[OZ_LLAMA_MATRICES];
 } layer_weights;
@@ -220,9 +223,14 @@ struct oz_llama {
     oz_llama_shape shape;
     float *params, *grads;
     float *layer_grads, *outer_grads; /* per-layer mode: one layer's gradients; embedding + tail */
+    size_t layer_grad_n;              /* its size in floats */
+    /* Per-tensor mode: each layer tensor's gradient offset in layer_grads (index order). */
+    size_t *tgrad_off;
     /* INT8 mode: embedding + tail and each layer's two norms in fp32; matrices as codes with
-     * per-group scales and zero points; one layer dequantized at a time into wlayer. */
-    float *outer_params, *layer_norms, *wscale, *wlayer;
+     * per-group scales and zero points; one matrix (or factor pair) at a time dequantized into
+     * wmat, which holds matrix wmat_id (layer * 7 + matrix; -1: nothing valid). */
+    float *outer_params, *layer_norms, *wscale, *wmat;
+    int wmat_id;
     uint8_t *wq, *wzero;
     size_t *code_off, *group_off; /* per parameter index (INT8 matrices) */
     float *rope_cos, *rope_sin; /* (rope_len, hd/2) */
@@ -254,6 +262,8 @@ struct oz_llama {
     int32_t *ids_block;
     oz_rows_hook rows_hook;
     void *rows_user;
+    oz_tensor_hook thook;
+    void *thook_user;
     /* every arena buffer, for destroy */
     void **owned;
     int n_owned;
@@ -290,8 +300,10 @@ void oz_llama_read_param(oz_llama *m, int index, float *host) {
     uint8_t *q, *z;
     float *sc;
     if (oz_llama_param_int8(m, index, &q, &sc, &z)) {
-        /* Dequantized by the backend; off the host through the layer scratch, free between steps. */
-        float *dst = m->be->host_visible ? host : m->wlayer;
+        /* Dequantized by the backend; off the host through the matrix scratch, free between steps
+         * (whatever it cached is then gone). */
+        float *dst = m->be->host_visible ? host : m->wmat;
+        if (dst == m->wmat) m->wmat_id = -1;
         m->be->i8_dequantize(m->be, q, sc, z, p->numel, dst);
         if (dst != host) m->be->to_host(m->be, host, dst, p->numel * sizeof(float));
     } else m->be->to_host(m->be, host, oz_llama_param(m, index), p->numel * sizeof(float));
@@ -302,9 +314,11 @@ void oz_llama_write_param(oz_llama *m, int index, const float *host) {
     uint8_t *q, *z;
     float *sc;
     if (oz_llama_param_int8(m, index, &q, &sc, &z)) {
-        /* Quantized by the backend (the same codes everywhere), from the layer scratch off the host. */
+        /* Quantized by the backend (the same codes everywhere), from the matrix scratch off the host;
+         * the weights change, so no cached dequantization stays valid. */
         const float *src = host;
-        if (!m->be->host_visible) m->be->to_device(m->be, m->wlayer, host, p->numel * sizeof(float)), src = m->wlayer;
+        m->wmat_id = -1;
+        if (!m->be->host_visible) m->be->to_device(m->be, m->wmat, host, p->numel * sizeof(float)), src = m->wmat;
         m->be->i8_quantize(m->be, src, p->numel, q, sc, z);
     } else m->be->to_device(m->be, oz_llama_param(m, index), host, p->numel * sizeof(float));
 }
@@ -340,7 +354,8 @@ float *oz_llama_grad(oz_llama *m, int index) {
     if (p->frozen || !m->shape.with_grads) return NULL;
     if (m->grads) return m->grads + p->grad_offset;
     if (!m->shape.per_layer_grads) return NULL;
-    if (p->layer >= 0) return m->layer_grads + p->grad_span_offset;
+    if (p->layer >= 0)
+        return m->layer_grads + (m->shape.per_tensor_grads ? m->tgrad_off[index] : p->grad_span_offset);
     /* In blocks only the final norm's gradient is kept, alone in the outer buffer. */
     if (m->shape.outer_grad_blocks) return is_vocab_tensor(p) ? NULL : m->outer_grads;
     return m->outer_grads + p->grad_span_offset;
@@ -369,6 +384,11 @@ int oz_llama_vocab_block_rows(const oz_llama_config *c) {
     int align = 256 / g;
     rows = (rows + align - 1) / align * align;
     return rows < V ? rows : V;
+}
+
+void oz_llama_set_tensor_hook(oz_llama *m, oz_tensor_hook hook, void *user) {
+    m->thook = hook;
+    m->thook_user = user;
 }
 
 static bool valid_matrix(const oz_llama *m, int layer, int matrix) {
@@ -452,6 +472,57 @@ static int max_rank(const oz_llama_config *c, int j) {
     return R;
 }
 
+/* Floats of INT8 mode's dequantization scratch: the largest matrix, or factor pair (A, then B from
+ * the next 16-float boundary), since one is dequantized at a time. */
+static size_t max_matrix_floats(const oz_param_layout *lay) {
+    size_t most = 0;
+    for (int i = 0; i < lay->n; i++) {
+        const oz_param_info *p = &lay->params[i];
+        if (!is_layer_matrix(p) || p->factor == 2) continue;
+        size_t n = p->factor == 1 ? aligned16(p->numel) + lay->params[i + 1].numel : p->numel;
+        if (n > most) most = n;
+    }
+    return most;
+}
+
+/* Per-tensor mode hands gradients off by group, and a group's gradients are live together: a
+ * matrix's tensors (W, or A and B, both complete after its backward) or one norm; with more than
+ * one MLP chunk the three MLP matrices form one group, because their gradients accumulate over the
+ * chunks and their weights are read again by every chunk. */
+enum { GRP_ATTN_NORM = OZ_LLAMA_MATRICES, GRP_MLP_NORM, GRP_COUNT };
+
+static int grad_group(const oz_llama_shape *s, const oz_param_info *p) {
+    if (p->kind == OZ_P_ATTN_NORM) return GRP_ATTN_NORM;
+    if (p->kind == OZ_P_MLP_NORM) return GRP_MLP_NORM;
+    return s->mlp_chunks > 1 && is_mlp_matrix(p->matrix) ? OZ_M_GATE : p->matrix;
+}
+
+/* Per-tensor mode's layer gradient buffer: each trainable layer tensor's offset (off may be NULL
+ * when only sizing) and the buffer's size in floats. A layer's groups each start at 0 (one group is
+ * live at a time). Tensors outside the layers keep their per-layer-mode places. */
+static void per_tensor_sizes(const oz_param_layout *lay, const oz_llama_shape *s, size_t *off, size_t *layer_n) {
+    size_t run[GRP_COUNT] = {0};
+    int cur = -1;
+    *layer_n = 0;
+    for (int i = 0; i < lay->n; i++) {
+        const oz_param_info *p = &lay->params[i];
+        if (p->frozen || p->layer < 0) continue;
+        if (p->layer != cur) {
+            cur = p->layer;
+            memset(run, 0, sizeof run);
+        }
+        int g = grad_group(s, p);
+        if (off) off[i] = run[g];
+        run[g] += aligned16(p->numel);
+        if (run[g] > *layer_n) *layer_n = run[g];
+    }
+}
+
+/* Floats of the outer gradient buffer: the final norm alone in blocks, else the layout's span. */
+static size_t outer_grad_floats(const oz_llama *m) {
+    return m->shape.outer_grad_blocks ? (size_t)m->cfg.hidden_size : m->layout.outer_grad;
+}
+
 /* Lists every buffer a model with this config and shape allocates. m may be a zeroed dummy when
  * planning (its acts/xs arrays must still exist). */
 static void list_buffers(oz_llama *m, buffer_list *bl) {
@@ -485,12 +556,15 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
         want(bl, &m->wq, OZ_MEM_WEIGHTS, codes, "INT8 matrices");
         want(bl, &m->wscale, OZ_MEM_QSCALES, F32(groups), "INT8 scales");
         want(bl, &m->wzero, OZ_MEM_QSCALES, groups, "INT8 zero points");
-        want(bl, &m->wlayer, OZ_MEM_SCRATCH, F32(lay->max_layer), "dequantized layer weights");
+        want(bl, &m->wmat, OZ_MEM_SCRATCH, F32(max_matrix_floats(lay)), "one dequantized matrix");
     }
     /* Frozen tensors have no gradient: the buffers hold the trainable tensors only. */
     if (s->with_grads && !s->per_layer_grads) want(bl, &m->grads, OZ_MEM_GRADS, F32(lay->grad_total), "gradients");
     if (s->with_grads && s->per_layer_grads) {
-        want(bl, &m->layer_grads, OZ_MEM_GRADS, F32(lay->max_layer_grad), "one layer's gradients");
+        size_t layer_n = lay->max_layer_grad;
+        if (s->per_tensor_grads) per_tensor_sizes(lay, s, NULL, &layer_n);
+        want(bl, &m->layer_grads, OZ_MEM_GRADS, F32(layer_n),
+             s->per_tensor_grads ? "gradients handed off together" : "one layer's gradients");
         if (!s->outer_grad_blocks) {
             want(bl, &m->outer_grads, OZ_MEM_GRADS, F32(lay->outer_grad), "embedding/head gradients");
         } else {
@@ -589,6 +663,8 @@ static oz_status check_shape(const oz_llama_config *c, const oz_llama_shape *s, 
     if ((long)s->mlp_chunks > (long)s->batch * s->seq || (long)s->head_chunks > (long)s->batch * s->seq)
         return oz_fail(err, OZ_ERR_INPUT, "more mini-sequences (%d, %d) than tokens (%ld)", s->mlp_chunks,
                        s->head_chunks, (long)s->batch * s->seq);
+    if (s->per_tensor_grads && !(s->with_grads && s->per_layer_grads))
+        return oz_fail(err, OZ_ERR_INTERNAL, "per-tensor gradients need with_grads and per_layer_grads");
     return OZ_OK;
 }
 
@@ -701,6 +777,13 @@ oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend
     free(bl.items);
     if (st != OZ_OK) return st;
     m->targets = m->ids + (size_t)shape.batch * shape.seq;
+    m->wmat_id = -1;
+    m->layer_grad_n = m->layout.max_layer_grad;
+    if (shape.per_tensor_grads) {
+        m->tgrad_off = calloc((size_t)m->layout.n, sizeof *m->tgrad_off);
+        if (!m->tgrad_off) return oz_fail(err, OZ_ERR_NOMEM, "out of memory creating the model");
+        per_tensor_sizes(&m->layout, &m->shape, m->tgrad_off, &m->layer_grad_n);
+    }
     if (shape.int8_matrices) {
         m->code_off = calloc((size_t)m->layout.n, sizeof *m->code_off);
         m->group_off = calloc((size_t)m->layout.n, sizeof *m->group_off);
@@ -727,6 +810,7 @@ void oz_llama_destroy(oz_llama *m) {
     free(m->owned);
     free(m->code_off);
     free(m->group_off);
+    free(m->tgrad_off);
     free(m->acts);
     free(m->xs);
     free(m->xs16);
@@ -737,29 +821,21 @@ void oz_llama_destroy(oz_llama *m) {
 
 void oz_llama_zero_grads(oz_llama *m) {
     if (m->grads) m->be->fill(m->be, m->grads, 0.0f, m->layout.grad_total);
-    if (m->outer_grads)
-        m->be->fill(m->be, m->outer_grads, 0.0f, m->shape.outer_grad_blocks ? (size_t)m->cfg.hidden_size : m->layout.outer_grad);
+    if (m->outer_grads) m->be->fill(m->be, m->outer_grads, 0.0f, outer_grad_floats(m));
 }
 
-/* Layer l's weights for compute: in place, or (INT8 mode) its norms copied and its matrices
- * dequantized into the layer scratch buffer, which then holds only this layer. */
+/* Layer l's weights for compute: shapes, active ranks, the norms (always in place: INT8 mode keeps
+ * them in fp32), and the matrices in place unless they are INT8 (see use_matrix). */
 static layer_weights layer_params(oz_llama *m, int l) {
     const oz_param_layout *lay = &m->layout;
-    const float *span = m->params ? m->params + lay->layer_offset[l] : m->wlayer;
     layer_weights w;
     memset(&w, 0, sizeof w);
+    w.layer = l;
     for (int i = lay->layer_first[l]; i < lay->layer_first[l + 1]; i++) {
         const oz_param_info *p = &lay->params[i];
-        const float *ptr = span + p->span_offset;
-        if (!m->params) {
-            uint8_t *q, *z;
-            float *sc;
-            float *dst = m->wlayer + p->span_offset;
-            if (oz_llama_param_int8(m, i, &q, &sc, &z)) m->be->i8_dequantize(m->be, q, sc, z, p->numel, dst);
-            else m->be->copy(m->be, dst, oz_llama_param(m, i), p->numel * sizeof(float));
-        }
-        if (p->kind == OZ_P_ATTN_NORM) w.attn_norm = ptr;
-        else if (p->kind == OZ_P_MLP_NORM) w.mlp_norm = ptr;
+        const float *ptr = m->params ? m->params + p->offset : NULL;
+        if (p->kind == OZ_P_ATTN_NORM) w.attn_norm = oz_llama_param(m, i);
+        else if (p->kind == OZ_P_MLP_NORM) w.mlp_norm = oz_llama_param(m, i);
         else {
             lin *x = &w.m[p->matrix];
             if (p->factor == 0) x->w = ptr, x->out = (int)p->shape[0], x->in = (int)p->shape[1];
@@ -769,6 +845,34 @@ static layer_weights layer_params(oz_llama *m, int l) {
     }
     for (int j = 0; j < OZ_LLAMA_MATRICES; j++) w.m[j].r = m->active[l * OZ_LLAMA_MATRICES + j];
     return w;
+}
+
+/* INT8 parameter i dequantized into dst (numel floats). The forward and backward turn codes into
+ * weights only here. */
+static void dequantize_param(oz_llama *m, int i, float *dst) {
+    uint8_t *q, *z;
+    float *sc;
+    if (oz_llama_param_int8(m, i, &q, &sc, &z)) m->be->i8_dequantize(m->be, q, sc, z, m->layout.params[i].numel, dst);
+}
+
+/* Matrix j of w's layer, ready for the GEMMs that read its weights. INT8 mode dequantizes it into the
+ * one-matrix scratch unless that already holds it, so every such GEMM must take its matrix from here
+ * (another matrix may have replaced it since the last call). */
+static const lin *use_matrix(oz_llama *m, layer_weights *w, int j) {
+    lin *x = &w->m[j];
+    if (m->params) return x;
+    int i = oz_llama_matrix_index(&m->layout, w->layer, j);
+    const oz_param_info *p = &m->layout.params[i];
+    size_t b_off = aligned16(p->numel); /* a factor pair: B after A */
+    if (p->factor) x->a = m->wmat, x->b = m->wmat + b_off;
+    else x->w = m->wmat;
+    int id = w->layer * OZ_LLAMA_MATRICES + j;
+    if (m->wmat_id != id) {
+        dequantize_param(m, i, m->wmat);
+        if (p->factor) dequantize_param(m, i + 1, m->wmat + b_off);
+        m->wmat_id = id;
+    }
+    return x;
 }
 
 /* Pointers to layer l's gradient tensors (in the full buffer, or the per-layer one); NULL for
@@ -867,13 +971,13 @@ static void chunk_rows(int n, int chunks, int i, int *r0, int *r1) {
 
 /* One mini-sequence of the MLP's intermediates: gate, up and silu(gate)*up of `rows` rows of the
  * MLP norm's output, into the chunk buffers (and down's low-rank intermediate of that chunk). */
-static void mlp_chunk_forward(oz_llama *m, const layer_weights *w, const float *xin, int rows) {
+static void mlp_chunk_forward(oz_llama *m, layer_weights *w, const float *xin, int rows) {
     oz_backend *be = m->be;
     int F = m->cfg.intermediate_size;
-    lin_fwd(be, &w->m[OZ_M_GATE], xin, m->ct[OZ_M_GATE], rows, 0.0f, m->cgate);
-    lin_fwd(be, &w->m[OZ_M_UP], xin, m->ct[OZ_M_UP], rows, 0.0f, m->cup);
+    lin_fwd(be, use_matrix(m, w, OZ_M_GATE), xin, m->ct[OZ_M_GATE], rows, 0.0f, m->cgate);
+    lin_fwd(be, use_matrix(m, w, OZ_M_UP), xin, m->ct[OZ_M_UP], rows, 0.0f, m->cup);
     be->swiglu_fwd(be, m->cmlp, m->cgate, m->cup, (size_t)rows * F);
-    if (w->m[OZ_M_DOWN].a) lr_down(be, &w->m[OZ_M_DOWN], m->cmlp, rows, m->ct[OZ_M_DOWN]);
+    if (w->m[OZ_M_DOWN].R) lr_down(be, use_matrix(m, w, OZ_M_DOWN), m->cmlp, rows, m->ct[OZ_M_DOWN]);
 }
 
 /* Layer l forward from a->x into a's buffers and out (the next layer's input). */
@@ -883,21 +987,21 @@ static void layer_forward(oz_llama *m, int l, layer_acts *a, float *out, const d
     layer_weights w = layer_params(m, l);
     int N = g->N, d = g->d, F = g->F;
     be->rmsnorm_fwd(be, a->ln1, a->rstd1, a->x, w.attn_norm, N, d, c->rms_norm_eps);
-    lin_fwd(be, &w.m[OZ_M_Q], a->ln1, a->t[OZ_M_Q], N, 0.0f, a->q);
-    lin_fwd(be, &w.m[OZ_M_K], a->ln1, a->t[OZ_M_K], N, 0.0f, a->k);
-    lin_fwd(be, &w.m[OZ_M_V], a->ln1, a->t[OZ_M_V], N, 0.0f, a->v);
+    lin_fwd(be, use_matrix(m, &w, OZ_M_Q), a->ln1, a->t[OZ_M_Q], N, 0.0f, a->q);
+    lin_fwd(be, use_matrix(m, &w, OZ_M_K), a->ln1, a->t[OZ_M_K], N, 0.0f, a->k);
+    lin_fwd(be, use_matrix(m, &w, OZ_M_V), a->ln1, a->t[OZ_M_V], N, 0.0f, a->v);
     be->rope(be, a->q, m->rope_cos, m->rope_sin, g->B, g->T, g->Hq, g->hd, 0, 0);
     be->rope(be, a->k, m->rope_cos, m->rope_sin, g->B, g->T, g->Hkv, g->hd, 0, 0);
     be->attention_fwd(be, a->att, a->lse, a->q, a->k, a->v, g->B, g->T, g->Hq, g->Hkv, g->hd);
     be->copy(be, a->h, a->x, (size_t)N * d * sizeof(float));
-    lin_fwd(be, &w.m[OZ_M_O], a->att, a->t[OZ_M_O], N, 1.0f, a->h);
+    lin_fwd(be, use_matrix(m, &w, OZ_M_O), a->att, a->t[OZ_M_O], N, 1.0f, a->h);
     be->rmsnorm_fwd(be, a->ln2, a->rstd2, a->h, w.mlp_norm, N, d, c->rms_norm_eps);
     be->copy(be, out, a->h, (size_t)N * d * sizeof(float));
     if (m->shape.mlp_chunks == 0) {
-        lin_fwd(be, &w.m[OZ_M_GATE], a->ln2, a->t[OZ_M_GATE], N, 0.0f, a->gate);
-        lin_fwd(be, &w.m[OZ_M_UP], a->ln2, a->t[OZ_M_UP], N, 0.0f, a->up);
+        lin_fwd(be, use_matrix(m, &w, OZ_M_GATE), a->ln2, a->t[OZ_M_GATE], N, 0.0f, a->gate);
+        lin_fwd(be, use_matrix(m, &w, OZ_M_UP), a->ln2, a->t[OZ_M_UP], N, 0.0f, a->up);
         be->swiglu_fwd(be, a->mlp, a->gate, a->up, (size_t)N * F);
-        lin_fwd(be, &w.m[OZ_M_DOWN], a->mlp, a->t[OZ_M_DOWN], N, 1.0f, out);
+        lin_fwd(be, use_matrix(m, &w, OZ_M_DOWN), a->mlp, a->t[OZ_M_DOWN], N, 1.0f, out);
         return;
     }
     /* Mini-sequences: one chunk of the MLP's intermediates exists at a time. */
@@ -907,57 +1011,109 @@ static void layer_forward(oz_llama *m, int l, layer_acts *a, float *out, const d
         int rows = r1 - r0;
         if (rows <= 0) continue;
         mlp_chunk_forward(m, &w, a->ln2 + (size_t)r0 * d, rows);
-        lin_apply(be, &w.m[OZ_M_DOWN], m->cmlp, m->ct[OZ_M_DOWN], rows, 1.0f, out + (size_t)r0 * d);
+        lin_apply(be, use_matrix(m, &w, OZ_M_DOWN), m->cmlp, m->ct[OZ_M_DOWN], rows, 1.0f, out + (size_t)r0 * d);
     }
+}
+
+/* Per-tensor mode brackets the backward of each gradient group of layer l (grad_group): begin
+ * zeroes the group's gradients (the buffer holds the group before), end hands each tensor to the
+ * tensor hook. No-ops in the other modes. */
+static void group_begin(oz_llama *m, int l, int group) {
+    if (!m->shape.per_tensor_grads) return;
+    const oz_param_layout *lay = &m->layout;
+    for (int i = lay->layer_first[l]; i < lay->layer_first[l + 1]; i++) {
+        float *g = oz_llama_grad(m, i);
+        if (g && grad_group(&m->shape, &lay->params[i]) == group) m->be->fill(m->be, g, 0.0f, lay->params[i].numel);
+    }
+}
+
+/* Hands tensor i's gradient to the tensor hook (not a frozen one, nor one whose rows went to the
+ * rows hook). The hook may update weights, so the dequantized matrix is stale afterwards. */
+static void hand_off(oz_llama *m, int i) {
+    if (m->layout.params[i].frozen || !m->thook || oz_llama_grad_in_blocks(m, i)) return;
+    m->wmat_id = -1;
+    m->thook(m->thook_user, i);
+}
+
+static void group_end(oz_llama *m, int l, int group) {
+    if (!m->shape.per_tensor_grads) return;
+    const oz_param_layout *lay = &m->layout;
+    for (int i = lay->layer_first[l]; i < lay->layer_first[l + 1]; i++)
+        if (grad_group(&m->shape, &lay->params[i]) == group) hand_off(m, i);
 }
 
 /* MLP backward for rows [r0, r1): dx (rows of the residual gradient) flows in; dln gets the
  * gradient of the MLP norm's output; weight gradients accumulate. gate/up/mlp hold the rows'
- * forward values (they are overwritten with gradients), t[] the rows' low-rank intermediates. */
-static void mlp_backward_rows(oz_llama *m, const layer_weights *w, const layer_grads *gw, const float *ln2,
+ * forward values (they are overwritten with gradients), t[] the rows' low-rank intermediates.
+ * each: the rows are all rows (one chunk), so each matrix's gradient is complete after its
+ * backward and is handed off there (per-tensor mode). */
+static void mlp_backward_rows(oz_llama *m, layer_weights *w, const layer_grads *gw, bool each, const float *ln2,
                               const float *dx, float *dln, float *gate, float *up, const float *mlp,
                               float *const *t, int rows) {
     oz_backend *be = m->be;
-    int F = m->cfg.intermediate_size;
-    lin_bwd(be, &w->m[OZ_M_DOWN], &gw->m[OZ_M_DOWN], mlp, t[OZ_M_DOWN], dx, rows, m->dt, 0.0f, m->dmlp);
+    int F = m->cfg.intermediate_size, l = w->layer;
+    if (each) group_begin(m, l, OZ_M_DOWN);
+    lin_bwd(be, use_matrix(m, w, OZ_M_DOWN), &gw->m[OZ_M_DOWN], mlp, t[OZ_M_DOWN], dx, rows, m->dt, 0.0f, m->dmlp);
+    if (each) group_end(m, l, OZ_M_DOWN);
     be->swiglu_bwd(be, gate, up, m->dmlp, gate, up, (size_t)rows * F); /* gradients overwrite the inputs */
-    lin_bwd(be, &w->m[OZ_M_GATE], &gw->m[OZ_M_GATE], ln2, t[OZ_M_GATE], gate, rows, m->dt, 0.0f, dln);
-    lin_bwd(be, &w->m[OZ_M_UP], &gw->m[OZ_M_UP], ln2, t[OZ_M_UP], up, rows, m->dt, 1.0f, dln);
+    if (each) group_begin(m, l, OZ_M_GATE);
+    lin_bwd(be, use_matrix(m, w, OZ_M_GATE), &gw->m[OZ_M_GATE], ln2, t[OZ_M_GATE], gate, rows, m->dt, 0.0f, dln);
+    if (each) group_end(m, l, OZ_M_GATE);
+    if (each) group_begin(m, l, OZ_M_UP);
+    lin_bwd(be, use_matrix(m, w, OZ_M_UP), &gw->m[OZ_M_UP], ln2, t[OZ_M_UP], up, rows, m->dt, 1.0f, dln);
+    if (each) group_end(m, l, OZ_M_UP);
 }
 
-/* Layer l backward: m->dx holds dL/d(layer output) and ends holding dL/d(layer input). */
+/* Layer l backward: m->dx holds dL/d(layer output) and ends holding dL/d(layer input). In per-tensor
+ * mode each gradient group is handed off as soon as it is complete; nothing after reads that
+ * group's weights, so the hook may already have updated them. */
 static void layer_backward(oz_llama *m, int l, layer_acts *a, const dims *g) {
     oz_backend *be = m->be;
     layer_weights w = layer_params(m, l);
     layer_grads gw = layer_grad_tensors(m, l);
-    if (m->layer_grads) be->fill(be, m->layer_grads, 0.0f, m->layout.max_layer_grad);
-    int N = g->N, d = g->d;
-    if (m->shape.mlp_chunks == 0) {
-        mlp_backward_rows(m, &w, &gw, a->ln2, m->dx, m->dln, a->gate, a->up, a->mlp, a->t, N);
+    bool per_tensor = m->shape.per_tensor_grads;
+    if (m->layer_grads && !per_tensor) be->fill(be, m->layer_grads, 0.0f, m->layer_grad_n);
+    int N = g->N, d = g->d, chunks = m->shape.mlp_chunks;
+    if (chunks == 0) {
+        mlp_backward_rows(m, &w, &gw, per_tensor, a->ln2, m->dx, m->dln, a->gate, a->up, a->mlp, a->t, N);
     } else {
-        for (int i = 0; i < m->shape.mlp_chunks; i++) {
+        /* More than one chunk: the MLP's gradients accumulate over the chunks (one group). */
+        if (chunks > 1) group_begin(m, l, OZ_M_GATE);
+        for (int i = 0; i < chunks; i++) {
             int r0, r1;
-            chunk_rows(N, m->shape.mlp_chunks, i, &r0, &r1);
+            chunk_rows(N, chunks, i, &r0, &r1);
             int rows = r1 - r0;
             if (rows <= 0) continue;
             const float *xin = a->ln2 + (size_t)r0 * d;
             /* Recompute this chunk's intermediates (MsT Alg. 3), then its backward. */
             mlp_chunk_forward(m, &w, xin, rows);
-            mlp_backward_rows(m, &w, &gw, xin, m->dx + (size_t)r0 * d, m->dln + (size_t)r0 * d, m->cgate, m->cup,
-                              m->cmlp, m->ct, rows);
+            mlp_backward_rows(m, &w, &gw, per_tensor && chunks == 1, xin, m->dx + (size_t)r0 * d,
+                              m->dln + (size_t)r0 * d, m->cgate, m->cup, m->cmlp, m->ct, rows);
         }
+        if (chunks > 1) group_end(m, l, OZ_M_GATE);
     }
+    group_begin(m, l, GRP_MLP_NORM);
     be->rmsnorm_bwd(be, m->dx, gw.mlp_norm, m->dln, a->h, w.mlp_norm, a->rstd2, N, d);
+    group_end(m, l, GRP_MLP_NORM);
     /* Attention: h = x + att @ o^T */
-    lin_bwd(be, &w.m[OZ_M_O], &gw.m[OZ_M_O], a->att, a->t[OZ_M_O], m->dx, N, m->dt, 0.0f, m->datt);
+    group_begin(m, l, OZ_M_O);
+    lin_bwd(be, use_matrix(m, &w, OZ_M_O), &gw.m[OZ_M_O], a->att, a->t[OZ_M_O], m->dx, N, m->dt, 0.0f, m->datt);
+    group_end(m, l, OZ_M_O);
     be->attention_bwd(be, m->dq, m->dk, m->dv, m->datt, a->q, a->k, a->v, a->att, a->lse, g->B, g->T, g->Hq,
                       g->Hkv, g->hd);
     be->rope(be, m->dq, m->rope_cos, m->rope_sin, g->B, g->T, g->Hq, g->hd, 0, 1);
     be->rope(be, m->dk, m->rope_cos, m->rope_sin, g->B, g->T, g->Hkv, g->hd, 0, 1);
-    lin_bwd(be, &w.m[OZ_M_Q], &gw.m[OZ_M_Q], a->ln1, a->t[OZ_M_Q], m->dq, N, m->dt, 0.0f, m->dln);
-    lin_bwd(be, &w.m[OZ_M_K], &gw.m[OZ_M_K], a->ln1, a->t[OZ_M_K], m->dk, N, m->dt, 1.0f, m->dln);
-    lin_bwd(be, &w.m[OZ_M_V], &gw.m[OZ_M_V], a->ln1, a->t[OZ_M_V], m->dv, N, m->dt, 1.0f, m->dln);
+    static const int qkv[3] = {OZ_M_Q, OZ_M_K, OZ_M_V};
+    float *dqkv[3] = {m->dq, m->dk, m->dv};
+    for (int k = 0; k < 3; k++) {
+        group_begin(m, l, qkv[k]);
+        lin_bwd(be, use_matrix(m, &w, qkv[k]), &gw.m[qkv[k]], a->ln1, a->t[qkv[k]], dqkv[k], N, m->dt,
+                k ? 1.0f : 0.0f, m->dln);
+        group_end(m, l, qkv[k]);
+    }
+    group_begin(m, l, GRP_ATTN_NORM);
     be->rmsnorm_bwd(be, m->dx, gw.attn_norm, m->dln, a->x, w.attn_norm, a->rstd1, N, d);
+    group_end(m, l, GRP_ATTN_NORM);
 }
 
 /* Training with the head's gradient in vocabulary blocks (outer_grad_blocks): each row's
@@ -1076,6 +1232,9 @@ static oz_status forward(oz_llama *m, const oz_llama_batch *b, float grad_scale,
     OZ_TRY(check_batch(m, b, err));
     oz_backend *be = m->be;
     dims g = dims_of(m, b->B, b->T);
+    /* The weights may have changed since the last pass (an update, oz_llama_write_param): the
+     * dequantized matrix is stale. Hand-offs invalidate it too (the hook may update weights). */
+    m->wmat_id = -1;
     be->to_device(be, m->ids, b->ids, (size_t)g.N * sizeof(int32_t));
     if (m->shape.bf16_checkpoints) {
         /* Each layer's output goes to dln (free until the head's backward), is saved in bf16, and
@@ -1108,15 +1267,25 @@ oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float 
     if (!m->shape.with_grads) return oz_fail(err, OZ_ERR_INTERNAL, "model was created without gradient buffers");
     if (!b->targets) return oz_fail(err, OZ_ERR_INTERNAL, "backward needs targets");
     if (grad_scale == 0.0f) return oz_fail(err, OZ_ERR_INTERNAL, "backward needs a non-zero grad_scale");
-    OZ_TRY(forward(m, b, grad_scale, loss_sum, n_targets, err));
-
     oz_backend *be = m->be;
     dims g = dims_of(m, b->B, b->T);
+    bool per_tensor = m->shape.per_tensor_grads, tied = m->cfg.tie_word_embeddings;
+    int fn = final_norm_index(m);
+    /* Per-tensor mode: every call starts from zero (each gradient is handed off within it). */
+    if (per_tensor && m->outer_grads) be->fill(be, m->outer_grads, 0.0f, outer_grad_floats(m));
+    OZ_TRY(forward(m, b, grad_scale, loss_sum, n_targets, err));
+
     /* The head's part ran inside the forward: m->dln holds dL/d(final norm output). */
     be->fill(be, m->dx, 0.0f, (size_t)g.N * g.d);
-    float *dnorm = oz_llama_grad(m, final_norm_index(m));
-    be->rmsnorm_bwd(be, m->dx, dnorm ? dnorm : m->norm_sink, m->dln, final_input(m, g.L),
-                    oz_llama_param(m, final_norm_index(m)), m->rstdf, g.N, g.d);
+    float *dnorm = oz_llama_grad(m, fn);
+    be->rmsnorm_bwd(be, m->dx, dnorm ? dnorm : m->norm_sink, m->dln, final_input(m, g.L), oz_llama_param(m, fn),
+                    m->rstdf, g.N, g.d);
+    /* The final norm and an untied head (unless its blocks already went to the rows hook) are
+     * complete now and never read again by this backward. */
+    if (per_tensor && !tied) {
+        hand_off(m, fn);
+        hand_off(m, lm_head_index(m));
+    }
     for (int l = g.L - 1; l >= 0; l--) {
         layer_acts *a = &m->acts[l];
         if (m->shape.recompute) {
@@ -1127,12 +1296,17 @@ oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float 
             layer_forward(m, l, a, m->dln, &g);
         }
         layer_backward(m, l, a, &g);
-        if (m->hook) m->hook(m->hook_user, l);
+        if (m->hook && !per_tensor) m->hook(m->hook_user, l);
     }
     /* A frozen embedding needs nothing from here: nothing flows further back. */
     float *demb = oz_llama_grad(m, 0);
     if (demb) be->embedding_bwd(be, demb, m->dx, m->ids, g.N, g.d, g.V);
     if (oz_llama_grad_in_blocks(m, 0)) OZ_TRY(embedding_blocks(m, b, &g, err));
-    if (m->hook) m->hook(m->hook_user, -1);
+    if (per_tensor) {
+        hand_off(m, 0);
+        if (tied) hand_off(m, fn);
+    } else if (m->hook) {
+        m->hook(m->hook_user, -1);
+    }
     return OZ_OK;
 }

@@ -149,9 +149,22 @@ typedef struct {
      * gradient, dX contribution and weight gradient (one more logits GEMM than the fused path).
      * oz_llama_grad returns NULL for the embedding and head. */
     bool outer_grad_blocks;
+    /* With per_layer_grads: each tensor's gradient is handed to the tensor hook
+     * (oz_llama_set_tensor_hook) the moment it is complete in the backward, and is only valid inside
+     * that call; the next tensors reuse its memory. The per-layer buffer then holds the largest set
+     * of gradients that are live together: one matrix (both factors of a low-rank one) or one norm,
+     * except that with mlp_chunks > 1 gate, up and down accumulate over the chunks and are handed off
+     * together after the last one. The final norm and an untied head are handed off right after the
+     * head's backward (before any layer's), the embedding at the very end (tied: with the final
+     * norm); under outer_grad_blocks the embedding and head go to the rows hook instead. Every call's
+     * gradients start from zero (nothing accumulates across calls), and the grad hook is not called.
+     * For updates that need no whole-step quantity (no clipping, no accumulation): the trainer's
+     * immediate mode. */
+    bool per_tensor_grads;
     /* Q-GaLore: the seven attention/MLP matrices of every layer are stored as INT8 (groups of 256,
-     * asymmetric, range including 0) and dequantized one layer at a time into a scratch buffer
-     * for that layer's forward and backward. No fp32 copy of them exists. */
+     * asymmetric, range including 0). Each is dequantized into a scratch of one matrix (both
+     * factors of a low-rank one) right before the GEMMs that read it, in the forward, the
+     * recompute and the backward's dX; norms are read in place. No fp32 copy of a layer exists. */
     bool int8_matrices;
     bool recompute;               /* keep only each layer's input; recompute the layer in backward */
     /* With recompute and with_grads: the saved layer inputs are stored in bf16 (half the bytes;
@@ -188,6 +201,11 @@ oz_status oz_llama_plan_memory(const oz_llama_config *cfg, oz_llama_shape shape,
  * (layer = 0..L-1, in reverse order), then the embedding/final-norm/head group (layer = -1) at
  * the very end. Per-layer optimizers consume gradients here. */
 typedef void (*oz_grad_hook)(void *user, int layer);
+/* Per-tensor mode (oz_llama_shape.per_tensor_grads): called once per trainable tensor and
+ * forward_backward call, as soon as that tensor's gradient is complete; oz_llama_grad(model, index)
+ * is valid only during the call. The tensor's weight is never read again in that backward, so the
+ * hook may update it on the spot. */
+typedef void (*oz_tensor_hook)(void *user, int index);
 
 oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend *be, oz_arena *arena,
                           oz_llama_shape shape, oz_err *err);
@@ -213,7 +231,8 @@ void oz_llama_write_param(oz_llama *model, int index, const float *host);
  * without it (per-layer mode). */
 float *oz_llama_grads(oz_llama *model);
 /* Gradient of parameter `index` (layout order); NULL for a frozen tensor. In per-layer mode a layer
- * tensor's gradient is only valid inside that layer's grad hook. */
+ * tensor's gradient is only valid inside that layer's grad hook; in per-tensor mode every tensor's
+ * only inside its tensor hook. */
 float *oz_llama_grad(oz_llama *model, int index);
 
 /* ---- low-rank matrices
@@ -267,5 +286,6 @@ void oz_llama_set_rows_hook(oz_llama *model, oz_rows_hook hook, void *user);
 int oz_llama_vocab_block_rows(const oz_llama_config *cfg);
 /* True when parameter `index`'s gradient goes through the rows hook (so oz_llama_grad is NULL). */
 bool oz_llama_grad_in_blocks(const oz_llama *model, int index);
+void oz_llama_set_tensor_hook(oz_llama *model, oz_tensor_hook hook, void *user);
 
 #endif

@@ -255,6 +255,9 @@ typedef struct {
     oz_llama *model;
     oz_optimizer *opt;
     bool per_layer;
+    bool per_tensor;           /* immediate updates: gradients handed off tensor by tensor */
+    float lr;                  /* this step's learning rate, for updates inside the tensor hook */
+    double outer_sumsq[3];     /* per-tensor mode: embedding, final norm, head gradients' sums of squares */
     int micro;                 /* current micro-batch, for the grad hook */
     oz_status hook_status;     /* first failure inside the grad hook */
     oz_err hook_err;
@@ -399,6 +402,34 @@ static void trainer_rows_hook(void *user, int index, int row0, int rows, const f
     if (st != OZ_OK) t->hook_status = st;
 }
 
+/* Immediate mode: each tensor's gradient goes to the optimizer the moment the backward completes it,
+ * and a layer tensor is updated inside consume, so its gradient's memory serves the next tensor.
+ * The final norm (and a tied embedding) are not updated inside consume: they are applied here, while
+ * their gradient is valid, with what the end of the step would apply (no clipping in this mode);
+ * nothing later in the step reads them. Their sums of squares are kept for the reported norm. */
+static void trainer_tensor_hook(void *user, int index) {
+    trainer *t = user;
+    if (t->hook_status != OZ_OK) return;
+    const oz_param_layout *lay = oz_llama_get_layout(t->model);
+    const float *g = oz_llama_grad(t->model, index);
+    oz_status st = oz_optimizer_consume(t->opt, index, g, false, &t->hook_err);
+    if (st != OZ_OK) {
+        t->hook_status = st;
+        return;
+    }
+    if (lay->params[index].layer >= 0) return;
+    int k = index == 0 ? 0 : 1 + index - lay->layer_first[lay->n_layers]; /* embedding, final norm, head */
+    t->outer_sumsq[k] = t->be.sumsq(&t->be, g, lay->params[index].numel);
+    oz_optimizer_apply(t->opt, NULL, t->lr, 1.0f);
+}
+
+/* The model's hook for the run's mode (again after InRank rebuilds the model). */
+static void attach_hooks(trainer *t) {
+    if (t->per_tensor) oz_llama_set_tensor_hook(t->model, trainer_tensor_hook, t);
+    else if (t->per_layer) oz_llama_set_grad_hook(t->model, trainer_grad_hook, t);
+    oz_llama_set_rows_hook(t->model, trainer_rows_hook, t);
+}
+
 oz_status oz_train_optim_config(const oz_train_opts *o, oz_optim_config *c, oz_err *err) {
     memset(c, 0, sizeof *c);
     if (!oz_optim_kind_parse(o->optim, &c->kind))
@@ -462,6 +493,7 @@ oz_status oz_train_model_shape(const oz_train_opts *o, const oz_llama_config *cf
     shape->per_layer_grads = oc.per_layer;
     /* Updates as gradients arrive: the embedding and head take theirs one vocabulary block at a time. */
     shape->outer_grad_blocks = oc.immediate && !cfg->tie_word_embeddings;
+    shape->per_tensor_grads = oc.immediate; /* nothing needs a whole layer's gradients at once */
     shape->int8_matrices = oc.int8_weights;
     if (o->welore) shape->freeze = OZ_FREEZE_EMBED | OZ_FREEZE_HEAD | OZ_FREEZE_DENSE;
     if (strcmp(o->recompute, "layer") == 0) shape->recompute = true;
@@ -590,10 +622,10 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
     oz_optim_config ocfg;
     OZ_TRY(oz_train_optim_config(o, &ocfg, err));
     t->per_layer = ocfg.per_layer;
+    t->per_tensor = ocfg.immediate;
     OZ_TRY(oz_optimizer_create(&t->opt, &ocfg, lay, &t->be, &t->arena, err));
     oz_optimizer_bind_model(t->opt, t->model);
-    if (t->per_layer) oz_llama_set_grad_hook(t->model, trainer_grad_hook, t);
-    oz_llama_set_rows_hook(t->model, trainer_rows_hook, t);
+    attach_hooks(t);
 
     t->inputs = malloc((size_t)o->batch * o->seq * sizeof(int32_t));
     t->targets = malloc((size_t)o->batch * o->seq * sizeof(int32_t));
@@ -698,8 +730,7 @@ static oz_status inrank_after_step(trainer *t, int step, const oz_train_callback
     OZ_TRY(oz_train_optim_config(&t->opts, &ocfg, err));
     size_t before = t->arena.current_total, wbefore = t->arena.current[OZ_MEM_WEIGHTS];
     OZ_TRY(oz_inrank_freeze(&t->ir, step, &t->model, &t->opt, &t->cfg, &t->be, &t->arena, shape, &ocfg, err));
-    if (t->per_layer) oz_llama_set_grad_hook(t->model, trainer_grad_hook, t);
-    oz_llama_set_rows_hook(t->model, trainer_rows_hook, t);
+    attach_hooks(t);
     oz_inrank_log(t->rank_log, step, &t->ir, &t->cfg);
     if (cb && cb->on_note) {
         char line[256];
@@ -749,6 +780,8 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
         float lr = oz_schedule_lr(&sched, step);
         oz_llama_zero_grads(t->model);
         oz_optimizer_begin_step(t->opt, step, lr);
+        t->lr = lr;
+        memset(t->outer_sumsq, 0, sizeof t->outer_sumsq);
         double loss_sum = 0;
         long n_targets = 0;
         for (int micro = 0; micro < o->grad_accum; micro++) {
@@ -775,12 +808,18 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
                            "training loss is %s at step %d: stopping (try a lower --lr); checkpoints "
                            "already written are intact",
                            isnan(loss) ? "NaN" : "infinite", step + 1);
-        /* Hand the optimizer what the layer hooks did not: everything (whole-model mode), or the
-         * embedding, final norm and head, whose gradients accumulate in the model (per-layer). */
+        /* Hand the optimizer what the hooks did not: everything (whole-model mode), or the
+         * embedding, final norm and head, whose gradients accumulate in the model (per-layer; the
+         * tensor hook took them in per-tensor mode). */
         for (int i = 0; i < lay->n; i++)
-            if ((!t->per_layer || lay->params[i].layer < 0) && !oz_llama_grad_in_blocks(t->model, i))
+            if ((!t->per_layer || (lay->params[i].layer < 0 && !t->per_tensor)) && !oz_llama_grad_in_blocks(t->model, i))
                 OZ_TRY(oz_optimizer_consume(t->opt, i, oz_llama_grad(t->model, i), false, err));
-        double gnorm = sqrt(oz_optimizer_grad_sumsq(t->opt));
+        /* Per-tensor mode applied the outer tensors in the hook: their sums go last, in the order
+         * the optimizer would add them, so the reported norm is the same number. */
+        double sumsq = oz_optimizer_grad_sumsq(t->opt);
+        if (t->per_tensor)
+            for (int k = 0; k < 3; k++) sumsq += t->outer_sumsq[k];
+        double gnorm = sqrt(sumsq);
         if (!isfinite(gnorm))
             return oz_fail(err, OZ_ERR_NUMERIC,
                            "gradient norm is not finite at step %d: stopping (try a lower --lr); "
