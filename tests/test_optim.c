@@ -443,7 +443,10 @@ static void test_qgalore_int8_weights(void) {
             worst = fmax(worst, fabs(ratio - round(ratio)));
         }
     }
-    CHECK(worst < 1e-3, "a dequantized down_proj value is %.3g steps off its group's grid", worst);
+    /* The step comes from a difference of two rounded fp32 values, so a value k steps from 0 is
+     * off by up to about k^2 * 2^-23 steps (1.2e-3 seen at k near 127); a value off the grid is
+     * off by up to half a step. */
+    CHECK(worst < 1e-2, "a dequantized down_proj value is %.3g steps off its group's grid", worst);
     free(w);
     oz_param_layout_free(&lay);
     oz_remove_tree(dir, &err);
@@ -465,10 +468,11 @@ static void test_per_layer_matches_whole_model(void) {
             float *whole = train_tiny(optims[k], "off", accum, clip, d1, &n1);
             float *per = train_tiny(optims[k], "on", accum, clip, d2, &n2);
             if (whole && per && n1 == n2) {
-                /* 8-bit moments turn fp32 rounding differences (immediate mode sums the head's dX
-                 * over vocabulary blocks) into the odd code flip: a looser bound for them. */
+                /* 8-bit moments turn fp32 rounding differences (per-layer mode projects before it
+                 * accumulates; immediate mode sums the head's dX over vocabulary blocks) into the odd
+                 * code flip: a looser bound for them (measured up to 3.4e-5). */
                 double diff = max_rel_diff(per, whole, n1);
-                double bound = strstr(optims[k], "8bit") && immediate ? 1e-4 : 2e-5;
+                double bound = strstr(optims[k], "8bit") ? 1e-4 : 2e-5;
                 CHECK(diff < bound, "%s: per-layer and whole-model weights differ by %.3g (%s)", optims[k], diff,
                       immediate ? "immediate updates" : "accumulation 2, clipping");
             } else {

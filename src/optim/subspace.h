@@ -42,9 +42,10 @@ oz_status oz_subspace_svd(const float *G, int m, int n, int r, int side, float *
  * rank + oversample columns (clamped to min(m, n)), power_iters subspace iterations re-orthonormalized
  * by Householder QR after every product, then an SVD of the small projected matrix so the result
  * is the best rank-r basis inside the found range, ordered by singular value. oversample < 0 and
- * power_iters < 0 mean the defaults above. Draws exactly q * (rank + oversample) normals (rounded up
- * to even) from rng, q = n for LEFT and m for RIGHT, so the result is a pure function of G and the
- * rng state (for a fixed BLAS thread count). Output, signs, errors: as oz_subspace_svd. */
+ * power_iters < 0 mean the defaults above. The Gaussian test matrix (q x (rank + oversample), q = n
+ * for LEFT and m for RIGHT) comes from oz_subspace_gaussian, which takes one draw from rng, so the
+ * result is a pure function of G and the rng state (for a fixed BLAS thread count). Output, signs,
+ * errors: as oz_subspace_svd. */
 oz_status oz_subspace_randomized(const float *G, int m, int n, int r, int side, int oversample,
                                  int power_iters, oz_rng *rng, float *basis, int *rank_out, oz_err *err);
 
@@ -66,9 +67,10 @@ double oz_subspace_orthonormality_error(const float *basis, int dim, int r, int 
  * Examples at 4096 x 11008: exact ~583 MB at any r; randomized ~88 MB at r = 1024, ~18 MB at 256. */
 size_t oz_subspace_workspace_bytes(int m, int n, int r, int method);
 
-/* The Gaussian test matrix oz_subspace_randomized draws: count values from rng, in the order it
- * fills its column-major (q, l) buffer. A GPU port draws it here and uploads it, so both backends
- * start from the same sketch. */
+/* The Gaussian test matrix oz_subspace_randomized uses: count standard normals in the order it
+ * fills its column-major (q, l) buffer, from substreams of 4096 values seeded by one draw from
+ * rng (so they are drawn in parallel, and depend on rng's state only). A GPU port draws it here
+ * and uploads it, so both backends start from the same sketch. */
 void oz_subspace_gaussian(float *x, size_t count, oz_rng *rng);
 
 /* The GPU subspace's workspace, one buffer of device memory carved at these byte offsets (each
