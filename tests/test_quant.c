@@ -427,12 +427,13 @@ static void test_sr_spec(void) {
     for (size_t g = 0; g < ng; g++) {
         const uint64_t key = spec_mix(spec_mix(spec_mix(seed) ^ step) ^ g);
         bad_key += oz_qw_stream_key(seed, step, g) != key;
-        oz_rng gr;
-        oz_rng_seed(&gr, key);
         const float zf = (float)z[g];
         for (size_t i = g * 256; i < n && i < (g + 1) * 256; i++) {
             const float xs = x[i] / s[g], fl = floorf(xs);
-            const float up = oz_rng_uniform(&gr) < xs - fl ? 1.0f : 0.0f;
+            /* element i - 256 g's draw: that output of the group's splitmix64 stream */
+            const uint64_t k = (uint64_t)(i - g * 256);
+            const float u = (float)(spec_mix(key + k * 0x9E3779B97F4A7C15ull) >> 40) * (1.0f / 16777216.0f);
+            const float up = u < xs - fl ? 1.0f : 0.0f;
             const float want = fminf(fmaxf(fl + zf + up, 0.0f), 255.0f);
             bad += q[i] != (uint8_t)want;
         }

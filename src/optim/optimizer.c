@@ -54,6 +54,7 @@ struct oz_optimizer {
     int n_slots;
     int step;
     float *u, *work, *rot, *cbuf, *newbasis, *deq, *delta, *rimm; /* scratch */
+    float *grad_scratch;    /* consume_scratch: the gradient being consumed, free to overwrite */
     oz_llama *model;
     float lr;               /* this step's learning rate (immediate updates need it in the hook) */
     double applied_sumsq;   /* gradient norm squared of what immediate updates consumed */
@@ -633,6 +634,13 @@ oz_status oz_optimizer_consume_rows(oz_optimizer *o, int index, int row0, int ro
     return OZ_OK;
 }
 
+oz_status oz_optimizer_consume_scratch(oz_optimizer *o, int index, float *grad, oz_err *err) {
+    o->grad_scratch = immediate_slot(&o->cfg, &o->slots[index]) ? grad : NULL;
+    oz_status st = oz_optimizer_consume(o, index, grad, false, err);
+    o->grad_scratch = NULL;
+    return st;
+}
+
 double oz_optimizer_grad_sumsq(oz_optimizer *o) {
     double total = o->applied_sumsq;
     for (int i = 0; i < o->n_slots; i++) {
@@ -697,12 +705,14 @@ static void apply_slot(oz_optimizer *o, slot *s, float *params, const float *g, 
          * the work buffer, so every element is the product the whole-matrix GEMM gave. Blocks hold
          * whole groups and pass their first group's index, so the SR streams, and the codes, are
          * the whole-matrix update's; no fp32 matrix the weight's size exists. */
-        float *D = o->delta;
+        /* A gradient buffer handed over as scratch holds the whole matrix: one block, one GEMM (many
+         * small GEMMs cost a 7b step more than its forward and backward on an H200). */
+        float *D = o->grad_scratch ? o->grad_scratch : o->delta;
         const float *P = s->side != SIDE_RIGHT ? basis_P(o, s) : NULL;
         const float *Q = s->side != SIDE_LEFT ? basis_Q(o, s) : NULL;
         if (s->side == SIDE_FULL) be->gemm(be, 0, 0, a, r, r, 1.0f, P, r, o->u, r, 0.0f, o->work, r);
         uint64_t key = c->seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(s->index + 1));
-        size_t rows_blk = delta_rows(c, s);
+        size_t rows_blk = o->grad_scratch ? (size_t)a : delta_rows(c, s);
         for (size_t r0 = 0; r0 < (size_t)a; r0 += rows_blk) {
             int rows = (int)((size_t)a - r0 < rows_blk ? (size_t)a - r0 : rows_blk);
             switch (s->side) {

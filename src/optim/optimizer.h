@@ -93,6 +93,10 @@ oz_status oz_optimizer_consume(oz_optimizer *opt, int index, const float *grad, 
  * the whole-tensor update would (blocks in order, starting at row 0, each starting at a multiple of
  * 256 elements for 8-bit moments). */
 oz_status oz_optimizer_consume_rows(oz_optimizer *opt, int index, int row0, int rows, const float *grad, oz_err *err);
+/* Immediate mode: oz_optimizer_consume, with the gradient buffer the caller's scratch from here on
+ * (it is not read again), so the update may be built in it: Q-GaLore then back-projects a whole
+ * matrix in one GEMM instead of in row blocks (bitwise the same codes). */
+oz_status oz_optimizer_consume_scratch(oz_optimizer *opt, int index, float *grad, oz_err *err);
 /* Sum of squares of everything consumed this step (the clipping norm squared; with immediate
  * updates it includes what was already applied, for reporting). */
 double oz_optimizer_grad_sumsq(oz_optimizer *opt);

@@ -190,11 +190,16 @@ static inline uint8_t rtn_code(float w, float s, float z, float qmax) {
     return (uint8_t)fminf(fmaxf(rintf(w / s) + z, 0.0f), qmax);
 }
 
-static inline uint8_t sr_code(float w, float s, float z, float qmax, oz_rng *rng) {
+static inline uint8_t sr_code(float w, float s, float z, float qmax, float u) {
     const float x = w / s;
     const float fl = floorf(x);
-    const float up = oz_rng_uniform(rng) < x - fl ? 1.0f : 0.0f;
+    const float up = u < x - fl ? 1.0f : 0.0f;
     return (uint8_t)fminf(fmaxf(fl + z + up, 0.0f), qmax);
+}
+
+/* Element i's uniform in [0, 1) of the group whose stream key is key (the file comment's rule). */
+static inline float sr_uniform(uint64_t key, size_t i) {
+    return (float)(mix64(key + (uint64_t)i * 0x9E3779B97F4A7C15ull) >> 40) * (1.0f / 16777216.0f);
 }
 
 static void i8_group_rtn(const float *w, size_t len, uint8_t *q, float *s, uint8_t *z) {
@@ -206,10 +211,9 @@ static void i8_group_rtn(const float *w, size_t len, uint8_t *q, float *s, uint8
 static void i8_group_sr(const float *w, size_t len, uint64_t seed, uint64_t step, size_t g, uint8_t *q,
                         float *s, uint8_t *z) {
     minmax_params(w, len, 255.0f, s, z);
-    oz_rng rng;
-    oz_rng_seed(&rng, oz_qw_stream_key(seed, step, (uint64_t)g));
+    const uint64_t key = oz_qw_stream_key(seed, step, (uint64_t)g);
     const float sc = *s, zf = (float)*z;
-    for (size_t i = 0; i < len; i++) q[i] = sr_code(w[i], sc, zf, 255.0f, &rng);
+    for (size_t i = 0; i < len; i++) q[i] = sr_code(w[i], sc, zf, 255.0f, sr_uniform(key, i));
 }
 
 void oz_i8_quantize(const float *w, size_t n, uint8_t *q, float *s, uint8_t *z) {

@@ -58,13 +58,14 @@
  * RTN error <= s/2 and SR error < s per element (up to fp32 rounding); SR is unbiased:
  * E[dequantize] = w for every w inside [lo, hi].
  * SR randomness, so results are independent of the thread count and of how the groups are
- * split: group g (0-based) of a call with (seed, step) draws from its own oz_rng seeded with
- *     oz_rng_seed(&r, oz_qw_stream_key(seed, step, g)),
- *     key = mix(mix(mix(seed) ^ step) ^ g),  mix(x) = the splitmix64 output function of
- *     x + 0x9E3779B97F4A7C15: z = (z ^ z>>30) * 0xBF58476D1CE4E5B9; z = (z ^ z>>27) *
- *     0x94D049BB133111EB; z ^ z>>31
- * and uses one oz_rng_uniform(&r) per element, in element order within the group. The caller
- * must pass a different step (or seed) each time it requantizes, or the same noise repeats.
+ * split: element i (0-based) of group g (0-based) of a call with (seed, step) uses
+ *     u = (mix(key + i * 0x9E3779B97F4A7C15) >> 40) * 2^-24,
+ *     key = oz_qw_stream_key(seed, step, g) = mix(mix(mix(seed) ^ step) ^ g),
+ *     mix(x) = the splitmix64 output function of x + 0x9E3779B97F4A7C15: z = (z ^ z>>30) *
+ *     0xBF58476D1CE4E5B9; z = (z ^ z>>27) * 0x94D049BB133111EB; z ^ z>>31
+ * i.e. the group's splitmix64 stream from state key, its i-th output for element i: counter-based,
+ * so every element's draw is computed directly (a GPU thread per element, no serial stream). The
+ * caller must pass a different step (or seed) each time it requantizes, or the same noise repeats.
  *
  * i8 storage: n code bytes (element i in byte i) + groups floats s + groups bytes z.
  * i4 storage: (n + 1) / 2 code bytes, element 2i in the low nibble and 2i+1 in the high nibble

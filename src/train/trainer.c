@@ -411,8 +411,10 @@ static void trainer_tensor_hook(void *user, int index) {
     trainer *t = user;
     if (t->hook_status != OZ_OK) return;
     const oz_param_layout *lay = oz_llama_get_layout(t->model);
-    const float *g = oz_llama_grad(t->model, index);
-    oz_status st = oz_optimizer_consume(t->opt, index, g, false, &t->hook_err);
+    float *g = oz_llama_grad(t->model, index);
+    /* A layer tensor's gradient is not read again: the optimizer may build its update there. */
+    oz_status st = lay->params[index].layer >= 0 ? oz_optimizer_consume_scratch(t->opt, index, g, &t->hook_err)
+                                                 : oz_optimizer_consume(t->opt, index, g, false, &t->hook_err);
     if (st != OZ_OK) {
         t->hook_status = st;
         return;

@@ -89,41 +89,12 @@ __device__ void q8_block_store(float x, bool live, const float *map, uint8_t *co
     if (live) *code = (uint8_t)(a > 0.0f ? q8_encode(x / a, map) : q8_nearest(0.0f, map));
 }
 
-/* splitmix64 output function, oz_qw_stream_key and oz_rng (xoshiro256**) as in quant.c / rng.c. */
+/* splitmix64 output function, as quant.c's mix64 (the SR streams' key and draws). */
 __device__ uint64_t mix64(uint64_t x) {
     uint64_t z = x + 0x9E3779B97F4A7C15ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
-}
-
-struct dev_rng {
-    uint64_t s[4];
-};
-
-__device__ void rng_seed(dev_rng *r, uint64_t seed) {
-    uint64_t x = seed;
-    for (int i = 0; i < 4; i++) {
-        uint64_t z = (x += 0x9E3779B97F4A7C15ull);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        r->s[i] = z ^ (z >> 31);
-    }
-}
-
-__device__ uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-__device__ float rng_uniform(dev_rng *r) {
-    uint64_t *s = r->s;
-    const uint64_t result = rotl64(s[1] * 5, 7) * 9;
-    const uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl64(s[3], 45);
-    return (float)(result >> 40) * (1.0f / 16777216.0f);
 }
 
 /* minmax_params for the group whose element this thread holds. */
@@ -139,26 +110,26 @@ __device__ uint8_t rtn_code(float w, float s, float z, float qmax) {
     return (uint8_t)fminf(fmaxf(rintf(w / s) + z, 0.0f), qmax);
 }
 
-/* i8_group_sr: new scale and zero point, then SR codes from the group's own stream. */
-__device__ void i8_group_sr(float w, bool live, size_t len, uint64_t seed, uint64_t step, uint64_t g, uint8_t *q,
-                            float *s, uint8_t *z, float *sh, float *u) {
+/* i8_group_sr: new scale and zero point, then SR codes from the group's own stream (this thread's
+ * element is element threadIdx.x of the group: blocks are groups). */
+__device__ void i8_group_sr(float w, bool live, uint64_t seed, uint64_t step, uint64_t g, uint8_t *q, float *s,
+                            uint8_t *z, float *sh) {
     float sc, zf;
     minmax_params(w, live, 255.0f, &sc, &zf, sh);
     if (threadIdx.x == 0) {
-        dev_rng r;
-        rng_seed(&r, mix64(mix64(mix64(seed) ^ step) ^ g));
-        for (size_t i = 0; i < len; i++) u[i] = rng_uniform(&r);
         *s = sc;
         *z = (uint8_t)zf;
     }
-    __syncthreads();
     if (live) {
+        /* Counter-based: this element's draw from the group's splitmix64 stream, as quant.c. */
+        const uint64_t key = mix64(mix64(mix64(seed) ^ step) ^ g);
+        const float un = (float)(mix64(key + (uint64_t)threadIdx.x * 0x9E3779B97F4A7C15ull) >> 40) * (1.0f / 16777216.0f);
         const float x = w / sc;
         const float fl = floorf(x);
-        const float up = u[threadIdx.x] < x - fl ? 1.0f : 0.0f;
+        const float up = un < x - fl ? 1.0f : 0.0f;
         *q = (uint8_t)fminf(fmaxf(fl + zf + up, 0.0f), 255.0f);
     }
-    __syncthreads(); /* u is refilled for the next group */
+    __syncthreads(); /* sh is reused by the next group's reductions */
 }
 
 #define FOR_BLOCKS(b, nb) for (size_t b = blockIdx.x; b < (nb); b += gridDim.x)
@@ -281,18 +252,17 @@ __global__ void i8_dequantize_k(const uint8_t *q, const float *s, const uint8_t 
 
 __global__ void i8_update_sr_k(uint8_t *q, float *s, uint8_t *z, size_t n, const float *delta, float decay,
                                float alpha, uint64_t seed, uint64_t step, uint64_t group0) {
-    __shared__ float sh[QT / 32], u[QT];
+    __shared__ float sh[QT / 32];
     FOR_BLOCKS(g, (n + QT - 1) / QT) {
-        const size_t i0 = g * QT, i = i0 + threadIdx.x;
+        const size_t i = g * QT + threadIdx.x;
         const bool live = i < n;
-        const size_t len = n - i0 < QT ? n - i0 : QT;
         float wb = 0.0f;
         if (live) {
             const float w = ((float)q[i] - (float)z[g]) * s[g];
             wb = w * decay + alpha * delta[i];
         }
         __syncthreads(); /* every thread has read s[g], z[g] before thread 0 replaces them */
-        i8_group_sr(wb, live, len, seed, step, group0 + g, q + i, s + g, z + g, sh, u);
+        i8_group_sr(wb, live, seed, step, group0 + g, q + i, s + g, z + g, sh);
     }
 }
 
