@@ -14,18 +14,7 @@ SEQ=256
 TMP=$(mktemp -d /tmp/ounce-gpu-bench.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 
-# The most memory in use on GPU 0 while "$@" runs (MiB), sampled every 100 ms.
-smi_peak() {
-    ( while :; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 2>/dev/null; sleep 0.1; done ) \
-        >"$TMP/smi" &
-    sampler=$!
-    "$@"
-    rc=$?
-    kill "$sampler" 2>/dev/null
-    wait "$sampler" 2>/dev/null
-    SMI_PEAK=$(sort -n "$TMP/smi" | tail -n 1)
-    return $rc
-}
+. "$(dirname "$0")/smi_peak.sh"
 
 for P in $PRESETS; do
     for DEV in cuda cuda+tf32; do

@@ -13,17 +13,7 @@ STEPS=${2:-4}
 TMP=$(mktemp -d /tmp/ounce-gpu7b.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 
-smi_peak() { # the most memory in use on GPU 0 while "$@" runs (MiB), sampled every 100 ms
-    ( while :; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 2>/dev/null; sleep 0.1; done ) \
-        >"$TMP/smi" &
-    sampler=$!
-    "$@"
-    rc=$?
-    kill "$sampler" 2>/dev/null
-    wait "$sampler" 2>/dev/null
-    SMI_PEAK=$(sort -n "$TMP/smi" | tail -n 1)
-    return $rc
-}
+. "$(dirname "$0")/smi_peak.sh"
 
 CONFIGS=${CONFIGS:-"2048,layer-bf16,auto 2048,layer,auto 256,layer-bf16,auto"}
 for cfg in $CONFIGS; do

@@ -409,29 +409,40 @@ static void test_arena_accounting(void) {
     CHECK(a.current_total == 0, "destroy left %zu bytes", a.current_total);
 }
 
+/* Random ids and targets (below vocab) for the multi-mode model tests. */
+static void random_tokens(int32_t *ids, int32_t *targets, int n, int vocab, uint64_t seed) {
+    oz_rng rng;
+    oz_rng_seed(&rng, seed);
+    for (int i = 0; i < n; i++) {
+        ids[i] = (int32_t)oz_rng_below(&rng, (uint64_t)vocab);
+        targets[i] = (int32_t)oz_rng_below(&rng, (uint64_t)vocab);
+    }
+}
+
+/* The layout's initial weights times 10 (gradients far from zero) with norms at 1; malloc'd. */
+static float *scaled_init(const oz_llama_config *c, const oz_param_layout *lay, uint64_t seed) {
+    float *init = malloc(lay->total * sizeof *init);
+    oz_llama_init_params(c, lay, init, seed);
+    for (size_t i = 0; i < lay->total; i++) init[i] *= 10.0f;
+    for (int i = 0; i < lay->n; i++)
+        if (lay->params[i].is_norm)
+            for (size_t j = 0; j < lay->params[i].numel; j++) init[lay->params[i].offset + j] = 1.0f;
+    return init;
+}
+
 /* Loss and every gradient with recompute and mini-sequences (counts 1, 2, 3, 7, auto; uneven
  * chunks; grouped-query heads) against the plain model; no tokens x intermediate or tokens x vocab
  * buffer with mini-sequences on; the planner's bytes equal the arena's. */
 static void test_recompute_and_mini_sequences(void) {
     oz_llama_config c = {61, 16, 40, 2, 4, 2, 4, 32, 1e-5f, 10000.0f, false, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0, {{0}}};
     enum { B = 2, T = 9, N = B * T };
-    oz_rng rng;
-    oz_rng_seed(&rng, 11);
     int32_t ids[N], targets[N];
-    for (int i = 0; i < N; i++) {
-        ids[i] = (int32_t)oz_rng_below(&rng, (uint64_t)c.vocab_size);
-        targets[i] = (int32_t)oz_rng_below(&rng, (uint64_t)c.vocab_size);
-    }
+    random_tokens(ids, targets, N, c.vocab_size, 11);
     targets[5] = -1;
     oz_param_layout lay;
     oz_err err = {0};
     oz_param_layout_build(&c, &lay, &err);
-    float *init = malloc(lay.total * sizeof *init), *ref_grad = malloc(lay.total * sizeof *ref_grad);
-    oz_llama_init_params(&c, &lay, init, 3);
-    for (size_t i = 0; i < lay.total; i++) init[i] *= 10.0f; /* gradients far from zero */
-    for (int i = 0; i < lay.n; i++)
-        if (lay.params[i].is_norm)
-            for (size_t j = 0; j < lay.params[i].numel; j++) init[lay.params[i].offset + j] = 1.0f;
+    float *init = scaled_init(&c, &lay, 3), *ref_grad = malloc(lay.total * sizeof *ref_grad);
     int auto_mlp, auto_head;
     oz_llama_mini_seq_auto(&c, N, &auto_mlp, &auto_head);
     CHECK(auto_mlp == 1 && auto_head == 1, "auto rule gave %d MLP / %d head chunks for 18 tokens", auto_mlp, auto_head);
@@ -513,22 +524,12 @@ static void test_recompute_and_mini_sequences(void) {
 static void test_bf16_checkpoints(void) {
     oz_llama_config c = {61, 16, 40, 3, 4, 2, 4, 32, 1e-5f, 10000.0f, false, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0, {{0}}};
     enum { B = 2, T = 9, N = B * T };
-    oz_rng rng;
-    oz_rng_seed(&rng, 12);
     int32_t ids[N], targets[N];
-    for (int i = 0; i < N; i++) {
-        ids[i] = (int32_t)oz_rng_below(&rng, (uint64_t)c.vocab_size);
-        targets[i] = (int32_t)oz_rng_below(&rng, (uint64_t)c.vocab_size);
-    }
+    random_tokens(ids, targets, N, c.vocab_size, 12);
     oz_param_layout lay;
     oz_err err = {0};
     oz_param_layout_build(&c, &lay, &err);
-    float *init = malloc(lay.total * sizeof *init), *grad[4];
-    oz_llama_init_params(&c, &lay, init, 5);
-    for (size_t i = 0; i < lay.total; i++) init[i] *= 10.0f;
-    for (int i = 0; i < lay.n; i++)
-        if (lay.params[i].is_norm)
-            for (size_t j = 0; j < lay.params[i].numel; j++) init[lay.params[i].offset + j] = 1.0f;
+    float *init = scaled_init(&c, &lay, 5), *grad[4];
     /* runs: fp32 recompute; bf16; bf16 again; bf16 with 3 mini-sequences */
     const bool bf16[4] = {false, true, true, true};
     const int chunks[4] = {0, 0, 0, 3};
@@ -632,21 +633,14 @@ static void record_rows(void *user, int index, int row0, int rows, const float *
 static void test_outer_grad_blocks(void) {
     oz_llama_config c = {61, 16, 40, 2, 4, 2, 4, 32, 1e-5f, 10000.0f, false, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0, {{0}}};
     enum { B = 2, T = 9, N = B * T };
-    oz_rng rng;
-    oz_rng_seed(&rng, 21);
     int32_t ids[N], targets[N];
-    for (int i = 0; i < N; i++) {
-        ids[i] = (int32_t)oz_rng_below(&rng, (uint64_t)c.vocab_size);
-        targets[i] = (int32_t)oz_rng_below(&rng, (uint64_t)c.vocab_size);
-    }
+    random_tokens(ids, targets, N, c.vocab_size, 21);
     targets[3] = -1;
     ids[4] = ids[5] = 60; /* a repeated id in the last (short) block */
     oz_param_layout lay;
     oz_err err = {0};
     oz_param_layout_build(&c, &lay, &err);
-    float *init = malloc(lay.total * sizeof *init);
-    oz_llama_init_params(&c, &lay, init, 8);
-    for (size_t i = 0; i < lay.total; i++) init[i] *= 10.0f;
+    float *init = scaled_init(&c, &lay, 8);
     int head = lay.n - 1, block = oz_llama_vocab_block_rows(&c);
     CHECK(block == 16, "61 x 16 vocabulary: %d-row blocks (expected 4 blocks of 16)", block);
     for (int chunks = 0; chunks <= 3; chunks += 3) {
@@ -1147,22 +1141,12 @@ static void test_low_rank_plan(void) {
     c.low_rank[1][OZ_M_GATE] = 12;
     c.low_rank[1][OZ_M_DOWN] = 7;
     enum { B = 2, T = 9, N = B * T };
-    oz_rng rng;
-    oz_rng_seed(&rng, 12);
     int32_t ids[N], targets[N];
-    for (int i = 0; i < N; i++) {
-        ids[i] = (int32_t)oz_rng_below(&rng, (uint64_t)c.vocab_size);
-        targets[i] = (int32_t)oz_rng_below(&rng, (uint64_t)c.vocab_size);
-    }
+    random_tokens(ids, targets, N, c.vocab_size, 12);
     oz_param_layout lay;
     oz_err err = {0};
     CHECK(oz_param_layout_build(&c, &lay, &err) == OZ_OK, "%s", err.msg);
-    float *init = malloc(lay.total * sizeof *init), *ref_grad = malloc(lay.total * sizeof *ref_grad);
-    oz_llama_init_params(&c, &lay, init, 4);
-    for (size_t i = 0; i < lay.total; i++) init[i] *= 10.0f;
-    for (int i = 0; i < lay.n; i++)
-        if (lay.params[i].is_norm)
-            for (size_t j = 0; j < lay.params[i].numel; j++) init[lay.params[i].offset + j] = 1.0f;
+    float *init = scaled_init(&c, &lay, 4), *ref_grad = malloc(lay.total * sizeof *ref_grad);
     double ref_loss = 0;
     bool have_ref = false;
     for (int freeze = 0; freeze <= 1; freeze++)

@@ -526,6 +526,18 @@ static void cuda_swiglu_bwd(oz_backend *be, float *dgate, float *dup, const floa
     OZ_CUDA_LAUNCHED(c);
 }
 
+/* A row's max and exp-sum over the block's threads: per-thread float partial sums combined in
+ * double, as the CPU combines its lanes; every thread gets both. */
+__device__ float row_max_expsum(const float *row, int V, double *sum, float *shf, double *shd) {
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, row[j]);
+    mx = block_max(mx, shf);
+    float part = 0.0f;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) part += expf(row[j] - mx);
+    *sum = block_sum<double>((double)part, shd);
+    return mx;
+}
+
 /* One block per row: max, then the exp-sum (per-thread float, combined in double as the CPU
  * combines its lanes), loss = lse - x[target]; with grad_scale the row becomes
  * grad_scale * (softmax - onehot) in place. */
@@ -543,12 +555,8 @@ __global__ void cross_entropy_k(float *logits, float *losses, const int32_t *tar
             for (int j = threadIdx.x; j < V; j += blockDim.x) row[j] = fill;
         return;
     }
-    float mx = -INFINITY;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, row[j]);
-    mx = block_max(mx, shf);
-    float part = 0.0f;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) part += expf(row[j] - mx);
-    const double sum = block_sum<double>((double)part, shd);
+    double sum;
+    const float mx = row_max_expsum(row, V, &sum, shf, shd);
     const float xt = row[tgt];
     const double lse = (double)mx + log(sum);
     if (threadIdx.x == 0) losses[i] = (float)(lse - (double)xt);
@@ -575,12 +583,8 @@ __global__ void logsumexp_rows_k(float *lse, const float *logits, int V) {
     __shared__ float shf[32];
     __shared__ double shd[32];
     const float *row = logits + (size_t)blockIdx.x * V;
-    float mx = -INFINITY;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, row[j]);
-    mx = block_max(mx, shf);
-    float part = 0.0f;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) part += expf(row[j] - mx);
-    const double sum = block_sum<double>((double)part, shd);
+    double sum;
+    const float mx = row_max_expsum(row, V, &sum, shf, shd);
     if (threadIdx.x == 0) lse[blockIdx.x] = (float)((double)mx + log(sum));
 }
 
