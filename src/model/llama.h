@@ -204,7 +204,9 @@ typedef void (*oz_grad_hook)(void *user, int layer);
 /* Per-tensor mode (oz_llama_shape.per_tensor_grads): called once per trainable tensor and
  * forward_backward call, as soon as that tensor's gradient is complete; oz_llama_grad(model, index)
  * is valid only during the call. The tensor's weight is never read again in that backward, so the
- * hook may update it on the spot. */
+ * hook may update it on the spot, and a layer tensor's gradient buffer is not read again either
+ * (the next group's gradients are zeroed before they accumulate), so the hook may use it as
+ * scratch. */
 typedef void (*oz_tensor_hook)(void *user, int index);
 
 oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend *be, oz_arena *arena,
