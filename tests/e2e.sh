@@ -179,7 +179,7 @@ expect_error "bad --inrank-targets" "inrank-targets" $OUNCE train --data "$T/dat
 expect_error "bad --inrank-threshold" "inrank-threshold" $OUNCE train --data "$T/data" --out "$T/x" --model tiny --inrank --inrank-threshold 1.5 --steps 2
 check "memory --budget reports fit and longest sequence" sh -c "$OUNCE memory --model 60m --batch 1 --seq 1024 --recompute layer --mini-seq auto --budget 2GiB --json | tail -n 1 | grep -q '\"fits\":true,\"max_seq\":[0-9]'"
 expect_error "bad --mini-seq" "mini-seq" $OUNCE train --data "$T/data" --out "$T/x" --model tiny --mini-seq lots
-check "train --no-save writes metrics and no model" sh -c "$OUNCE train --data '$T/data' --out '$T/nosave' --model tiny --steps 2 --batch 2 --seq 32 --eval-every 0 --no-save >/dev/null && [ -s '$T/nosave/metrics.jsonl' ] && [ ! -e '$T/nosave/model.safetensors' ]"
+check "train --no-save writes metrics and no model" sh -c "$OUNCE train --data '$T/data' --out '$T/nosave' --model tiny --steps 2 --batch 2 --seq 32 --eval-every 0 --no-save >'$T/nosave.log' && [ -s '$T/nosave/metrics.jsonl' ] && [ ! -e '$T/nosave/model.safetensors' ] && ! grep -q saved '$T/nosave.log'"
 expect_error "bad --recompute" "recompute" $OUNCE train --data "$T/data" --out "$T/x" --model tiny --recompute sometimes
 expect_error "bad --budget" "budget" $OUNCE memory --model 60m --budget lots
 

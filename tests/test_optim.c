@@ -692,6 +692,58 @@ static void test_immediate_plan_and_losses(void) {
     oz_remove_tree(d2, &err);
 }
 
+/* The refresh progress callback: once per refresh of the step, counting up to the refreshes due;
+ * nothing in a step without refreshes. */
+typedef struct {
+    int calls, last_done, total, bad;
+} refresh_log;
+
+static void record_refresh(void *user, int done, int total) {
+    refresh_log *r = user;
+    r->bad += done != r->last_done + 1 || (r->total && total != r->total);
+    r->last_done = done;
+    r->total = total;
+    r->calls++;
+}
+
+static void test_refresh_progress(void) {
+    enum { A = 12, Bc = 20 };
+    oz_param_layout lay;
+    one_matrix_layout(&lay, A, Bc);
+    oz_optim_config c = {.kind = OZ_OPTIM_GALORE, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .rank = 3,
+                         .update_gap = 2, .scale = 0.25f, .proj = OZ_PROJ_STD, .subspace = OZ_SUBSPACE_EXACT,
+                         .galore_attn = true, .galore_mlp = true, .proj_bits = 32};
+    fixture fx;
+    fixture_open(&fx, &c, &lay);
+    if (!fx.opt) return;
+    oz_err err = {0};
+    float *g = calloc(lay.total, sizeof *g), *w = calloc(lay.total, sizeof *w);
+    oz_rng rng;
+    oz_rng_seed(&rng, 3);
+    random_fill(g, lay.total, &rng, 1.0);
+    refresh_log log = {0, 0, 0, 0};
+    oz_optimizer_on_refresh(fx.opt, record_refresh, &log);
+    for (int step = 0; step < 3; step++) {
+        oz_optimizer_begin_step(fx.opt, step, 1e-3f);
+        int due = oz_optimizer_refreshes_due(fx.opt);
+        CHECK(due == (step % 2 == 0 ? 1 : 0), "step %d: %d refreshes due", step, due);
+        log.last_done = 0;
+        log.total = 0;
+        int before = log.calls;
+        for (int i = 0; i < lay.n; i++)
+            CHECK(oz_optimizer_consume(fx.opt, i, g + lay.params[i].offset, false, &err) == OZ_OK, "%s", err.msg);
+        oz_optimizer_apply(fx.opt, w, 1e-3f, 1.0f);
+        CHECK(log.calls - before == due && (due == 0 || log.total == due), "step %d: %d progress calls for %d due",
+              step, log.calls - before, due);
+        CHECK(oz_optimizer_refreshes_due(fx.opt) == 0, "refreshes still due after the step");
+    }
+    CHECK(log.bad == 0, "progress counts out of order");
+    free(g);
+    free(w);
+    fixture_close(&fx);
+    oz_param_layout_free(&lay);
+}
+
 /* Lazy updates: a gradient whose subspace never moves doubles the gap once the cosine window is
  * full, up to the ceiling; a gradient whose subspace jumps around keeps the gap. INT4 bases stay
  * within the quantizer's error of the fp32 ones. */
@@ -874,6 +926,7 @@ int main(void) {
     RUN(test_per_layer_matches_whole_model);
     RUN(test_consume_rows_matches_whole);
     RUN(test_immediate_plan_and_losses);
+    RUN(test_refresh_progress);
     RUN(test_lazy_updates_and_int4_bases);
     RUN(test_qgalore_int8_weights);
     RUN(test_lazy_full_projection);

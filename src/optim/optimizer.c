@@ -58,6 +58,9 @@ struct oz_optimizer {
     oz_llama *model;
     float lr;               /* this step's learning rate (immediate updates need it in the hook) */
     double applied_sumsq;   /* gradient norm squared of what immediate updates consumed */
+    oz_refresh_progress_fn on_refresh; /* after each subspace refresh of a step (progress lines) */
+    void *refresh_user;
+    int refresh_total, refresh_done;    /* this step's refreshes: planned, done */
     void **owned;
     int n_owned, cap_owned;
 };
@@ -460,6 +463,19 @@ void oz_optimizer_begin_step(oz_optimizer *o, int step, float lr) {
         /* GaLore's rule: a new subspace at steps 0, T, 2T, ... (and whenever none exists yet). */
         s->refresh_now = s->galore && !s->frozen_basis && (s->refreshes == 0 || step % s->gap == 0);
     }
+    o->refresh_total = oz_optimizer_refreshes_due(o);
+    o->refresh_done = 0;
+}
+
+int oz_optimizer_refreshes_due(const oz_optimizer *o) {
+    int n = 0;
+    for (int i = 0; i < o->n_slots; i++) n += o->slots[i].refresh_now;
+    return n;
+}
+
+void oz_optimizer_on_refresh(oz_optimizer *o, oz_refresh_progress_fn fn, void *user) {
+    o->on_refresh = fn;
+    o->refresh_user = user;
 }
 
 static void moments_zero(oz_optimizer *o, slot *s) {
@@ -550,6 +566,8 @@ static oz_status refresh_basis(oz_optimizer *o, slot *s, const float *G, oz_err 
     if (o->cfg.lazy) OZ_TRY(lazy_observe(o, s, Pn, Qn, err));
     store_bases(o, s, s->side != SIDE_RIGHT ? Pn : NULL, s->side != SIDE_LEFT ? Qn : NULL);
     s->refreshes++;
+    o->refresh_done++;
+    if (o->on_refresh) o->on_refresh(o->refresh_user, o->refresh_done, o->refresh_total);
     s->refresh_now = false;
     return OZ_OK;
 }

@@ -109,6 +109,12 @@ void oz_optimizer_bind_model(oz_optimizer *opt, oz_llama *model);
 
 /* Counts, for logs and tests. */
 long oz_optimizer_subspace_refreshes(const oz_optimizer *opt);
+/* Subspace refreshes still due in the current step (set by begin_step). */
+int oz_optimizer_refreshes_due(const oz_optimizer *opt);
+/* Called after each subspace refresh with the step's refreshes done so far and planned (a 7b
+ * refresh is 224 SVD-like problems: minutes on a CPU, so the trainer shows progress). */
+typedef void (*oz_refresh_progress_fn)(void *user, int done, int total);
+void oz_optimizer_on_refresh(oz_optimizer *opt, oz_refresh_progress_fn fn, void *user);
 /* Current refresh gap of tensor `index` (GaLore slots; 0 otherwise). */
 int oz_optimizer_gap(const oz_optimizer *opt, int index);
 /* GaLore test hook: replace tensor `index`'s basis (a GaLore slot) by `basis` (backend memory), and

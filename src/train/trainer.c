@@ -269,6 +269,10 @@ typedef struct {
     oz_inrank_settings irs;    /* InRank: settings, ranks and stage, the rank log */
     oz_inrank_run ir;
     FILE *rank_log;
+    /* progress of long subspace refreshes (minutes at 7b on a CPU), through cb->on_note */
+    const oz_train_callbacks *cb;
+    int cur_step;
+    double step_t0, refresh_last;
 } trainer;
 
 /* Host view of the weights for saving: the backend's own memory when it is host memory (CPU),
@@ -425,8 +429,27 @@ static void trainer_tensor_hook(void *user, int index) {
     oz_optimizer_apply(t->opt, NULL, t->lr, 1.0f);
 }
 
+/* A line every 2 s while a step's subspace refreshes run, once they have taken 2 s, and one at
+ * the end of such a refresh; quick refreshes stay silent. */
+static void trainer_refresh_progress(void *user, int done, int total) {
+    trainer *t = user;
+    if (!t->cb || !t->cb->on_note) return;
+    double now = now_s(), elapsed = now - t->step_t0;
+    if (elapsed < 2.0 || (done < total && now - t->refresh_last < 2.0)) return;
+    char line[192];
+    if (done < total)
+        snprintf(line, sizeof line, "step %d | GaLore subspaces %d/%d refreshed | %.0f s elapsed | ~%.0f s left",
+                 t->cur_step + 1, done, total, elapsed, elapsed / done * (total - done));
+    else
+        snprintf(line, sizeof line, "step %d | GaLore subspaces %d/%d refreshed in %.0f s", t->cur_step + 1, done,
+                 total, elapsed);
+    t->refresh_last = now;
+    t->cb->on_note(t->cb->user, line);
+}
+
 /* The model's hook for the run's mode (again after InRank rebuilds the model). */
 static void attach_hooks(trainer *t) {
+    oz_optimizer_on_refresh(t->opt, trainer_refresh_progress, t);
     if (t->per_tensor) oz_llama_set_tensor_hook(t->model, trainer_tensor_hook, t);
     else if (t->per_layer) oz_llama_set_grad_hook(t->model, trainer_grad_hook, t);
     oz_llama_set_rows_hook(t->model, trainer_rows_hook, t);
@@ -783,6 +806,9 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
         oz_llama_zero_grads(t->model);
         oz_optimizer_begin_step(t->opt, step, lr);
         t->lr = lr;
+        t->cb = cb;
+        t->cur_step = step;
+        t->step_t0 = t->refresh_last = t0;
         memset(t->outer_sumsq, 0, sizeof t->outer_sumsq);
         double loss_sum = 0;
         long n_targets = 0;
@@ -877,7 +903,7 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
         fflush(t->rank_log);
         OZ_TRY(oz_inrank_plot(log, svg, err));
     }
-    if (cb && cb->on_save) cb->on_save(cb->user, pos->step, o->out);
+    if (cb && cb->on_save && !o->no_save) cb->on_save(cb->user, pos->step, o->out);
     res->tokens_per_s = train_time > 0 ? steps_here * (double)tokens_per_step / train_time : 0;
     memcpy(res->peak_bytes, t->arena.peak, sizeof res->peak_bytes);
     res->peak_total = t->arena.peak_total;
