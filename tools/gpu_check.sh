@@ -1,8 +1,9 @@
 #!/bin/sh
-# The device run (on a machine with a GPU): the GPU tests, then bench/gpu.sh; logs and results go
+# The device run (on a machine with a GPU): the GPU tests and the CPU-vs-GPU training checks, the 7b
+# figure (bench/gpu_7b.sh), then bench/gpu.sh; logs and results go
 # to $OUT. Uses the binaries tools/gpu_dist.sh built into gpu-dist/ when they start here, else
 # builds with `make CUDA=1`.
-# usage: OUT=dir sh tools/gpu_check.sh [all|tests|ops|bench] [PRESETS]
+# usage: OUT=dir sh tools/gpu_check.sh [all|tests|7b|ops|bench] [PRESETS]
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -35,6 +36,16 @@ if [ "$WHAT" = all ] || [ "$WHAT" = tests ]; then
     "$TEST" >"$OUT/test_cuda.log" 2>&1 || rc=1
     echo "test_cuda: $(tail -n 1 "$OUT/test_cuda.log") ($(( $(date +%s) - start )) s)"
     grep -E "^FAIL|^  " "$OUT/test_cuda.log" | head -n 60
+fi
+if [ "$WHAT" = all ] || [ "$WHAT" = tests ]; then
+    # every optimizer and the models from files: the same losses on both devices (gpu-dist binaries)
+    sh tools/gpu_optim_check.sh >"$OUT/optim_check.txt" 2>&1 || rc=1
+    grep -E "^==|gpu_optim_check|FAIL" "$OUT/optim_check.txt" | head -n 30
+    sh tools/gpu_models_check.sh >"$OUT/models_check.txt" 2>&1 || rc=1
+    tail -n 5 "$OUT/models_check.txt"
+fi
+if [ "$WHAT" = all ] || [ "$WHAT" = 7b ]; then
+    sh bench/gpu_7b.sh "$OUNCE" | tee "$OUT/gpu7b.jsonl"
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = ops ]; then
     "$OPS" 60m 64 256 | tee "$OUT/ops-60m.jsonl"
