@@ -251,7 +251,7 @@ struct oz_llama {
     float *cgate, *cup, *cmlp;
     float *ct[OZ_LLAMA_MATRICES];
     /* backward scratch; dt holds the gradient of one low-rank intermediate (rows x r) */
-    float *dx, *dln, *dq, *dk, *dv, *datt, *dmlp, *dt;
+    float *dx, *dln, *dq, *dk, *dv, *datt, *dt;
     float *norm_sink;           /* frozen norms' weight gradients land here and are never read */
     int *active;                /* (L * 7) active ranks; 0 for dense matrices */
     oz_grad_hook hook;
@@ -640,7 +640,6 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
         want(bl, &m->dk, OZ_MEM_SCRATCH, F32(N * kvd), "key gradient");
         want(bl, &m->dv, OZ_MEM_SCRATCH, F32(N * kvd), "value gradient");
         want(bl, &m->datt, OZ_MEM_SCRATCH, F32(N * qd), "attention gradient");
-        want(bl, &m->dmlp, OZ_MEM_SCRATCH, F32(mlp_rows * F), "MLP gradient");
         size_t dt = 0;
         for (int j = 0; j < OZ_LLAMA_MATRICES; j++) {
             size_t rows = mini && is_mlp_matrix(j) ? mlp_rows : N;
@@ -921,9 +920,11 @@ static void lin_fwd(oz_backend *be, const lin *w, const float *x, float *t, int 
  * gradients are never touched, so they stay 0. dt is scratch of rows x r. */
 static void lin_bwd(oz_backend *be, const lin *w, const lin_grad *gw, const float *x, const float *t,
                     const float *dy, int rows, float *dt, float beta_dx, float *dx) {
+    /* dx may be x's own buffer (down_proj writes its dX over the MLP hidden it no longer needs):
+     * every read of x comes before dx is written. */
     if (!w->a) {
-        be->gemm(be, 0, 0, rows, w->in, w->out, 1.0f, dy, w->out, w->w, w->in, beta_dx, dx, w->in);
         if (gw->w) be->gemm(be, 1, 0, w->out, w->in, rows, 1.0f, dy, w->out, x, w->in, 1.0f, gw->w, w->in);
+        be->gemm(be, 0, 0, rows, w->in, w->out, 1.0f, dy, w->out, w->w, w->in, beta_dx, dx, w->in);
         return;
     }
     int r = w->r;
@@ -1048,14 +1049,16 @@ static void group_end(oz_llama *m, int l, int group) {
  * each: the rows are all rows (one chunk), so each matrix's gradient is complete after its
  * backward and is handed off there (per-tensor mode). */
 static void mlp_backward_rows(oz_llama *m, layer_weights *w, const layer_grads *gw, bool each, const float *ln2,
-                              const float *dx, float *dln, float *gate, float *up, const float *mlp,
+                              const float *dx, float *dln, float *gate, float *up, float *mlp,
                               float *const *t, int rows) {
     oz_backend *be = m->be;
     int F = m->cfg.intermediate_size, l = w->layer;
     if (each) group_begin(m, l, OZ_M_DOWN);
-    lin_bwd(be, use_matrix(m, w, OZ_M_DOWN), &gw->m[OZ_M_DOWN], mlp, t[OZ_M_DOWN], dx, rows, m->dt, 0.0f, m->dmlp);
+    /* dL/d(hidden) replaces the hidden in its own buffer (down_proj's weight gradient reads the
+     * hidden first): no separate rows x intermediate gradient buffer. */
+    lin_bwd(be, use_matrix(m, w, OZ_M_DOWN), &gw->m[OZ_M_DOWN], mlp, t[OZ_M_DOWN], dx, rows, m->dt, 0.0f, mlp);
     if (each) group_end(m, l, OZ_M_DOWN);
-    be->swiglu_bwd(be, gate, up, m->dmlp, gate, up, (size_t)rows * F); /* gradients overwrite the inputs */
+    be->swiglu_bwd(be, gate, up, mlp, gate, up, (size_t)rows * F); /* gradients overwrite the inputs */
     if (each) group_begin(m, l, OZ_M_GATE);
     lin_bwd(be, use_matrix(m, w, OZ_M_GATE), &gw->m[OZ_M_GATE], ln2, t[OZ_M_GATE], gate, rows, m->dt, 0.0f, dln);
     if (each) group_end(m, l, OZ_M_GATE);
