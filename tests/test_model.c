@@ -1288,6 +1288,68 @@ static void fixture_drop(model_fixture *f) {
     f->be.destroy(&f->be);
 }
 
+/* INT8 matrices dequantized in blocks of rows inside their GEMMs: many small blocks (every matrix
+ * split, down_proj's 96 columns giving 8-row blocks) give the one-block run's loss and gradients to
+ * fp32 rounding (dX sums the blocks), with and without recompute and mini-sequences; plan = arena. */
+static void test_int8_row_blocks(void) {
+    oz_llama_config c = {61, 64, 96, 2, 4, 2, 16, 32, 1e-5f, 10000.0f, false, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0, {{0}}};
+    enum { B = 2, T = 9, N = B * T };
+    int32_t ids[N], targets[N];
+    random_tokens(ids, targets, N, c.vocab_size, 31);
+    oz_param_layout lay;
+    oz_err err = {0};
+    oz_param_layout_build(&c, &lay, &err);
+    float *init = scaled_init(&c, &lay, 6), *ref = malloc(lay.grad_total * sizeof *ref);
+    oz_llama_batch b = {ids, targets, B, T, NULL};
+    for (int mode = 0; mode < 2; mode++) {
+        double loss[2];
+        size_t scratch[2];
+        for (int tiny = 0; tiny <= 1; tiny++) {
+            oz_llama_shape shape = {.batch = B, .seq = T, .with_grads = true, .int8_matrices = true,
+                                    .recompute = mode == 1, .mlp_chunks = mode ? 3 : 0, .head_chunks = mode ? 3 : 0,
+                                    .int8_block_floats = tiny ? 1 : 0};
+            model_fixture f;
+            if (!fixture_model(&f, &c, shape, init)) {
+                fixture_drop(&f);
+                continue;
+            }
+            oz_llama_plan plan;
+            CHECK(oz_llama_plan_memory(&c, shape, &plan, &err) == OZ_OK, "%s", err.msg);
+            for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
+                CHECK(plan.bytes[cat] == f.arena.current[cat], "INT8 blocks: plan/arena differ in %s",
+                      oz_mem_category_name(cat));
+            scratch[tiny] = f.arena.current[OZ_MEM_SCRATCH];
+            double sum;
+            long n;
+            oz_llama_zero_grads(f.m);
+            CHECK(oz_llama_forward_backward(f.m, &b, 1.0f / N, &sum, &n, &err) == OZ_OK, "%s", err.msg);
+            loss[tiny] = sum / n;
+            const float *g = oz_llama_grads(f.m);
+            if (!tiny) {
+                memcpy(ref, g, lay.grad_total * sizeof *ref);
+            } else {
+                CHECK_CLOSE(loss[1], loss[0], 1e-6, 0, "loss with small INT8 row blocks");
+                for (int i = 0; i < lay.n; i++) {
+                    const oz_param_info *p = &lay.params[i];
+                    double diff = 0, mx = 0;
+                    for (size_t j = 0; j < p->numel; j++) {
+                        diff = fmax(diff, fabs((double)g[p->grad_offset + j] - ref[p->grad_offset + j]));
+                        mx = fmax(mx, fabs((double)ref[p->grad_offset + j]));
+                    }
+                    CHECK(diff <= 1e-5 * mx, "%s: gradient with small INT8 row blocks differs by %.3g (of %.3g)",
+                          p->name, diff, mx);
+                }
+                CHECK(scratch[1] < scratch[0], "small blocks should shrink the scratch (%zu vs %zu)", scratch[1],
+                      scratch[0]);
+            }
+            fixture_drop(&f);
+        }
+    }
+    free(init);
+    free(ref);
+    oz_param_layout_free(&lay);
+}
+
 static void test_per_tensor_grads(void) {
     enum { B = 2, T = 9, N = B * T, STEPS = 3 };
     oz_rng rng;
@@ -1501,6 +1563,7 @@ int main(void) {
     RUN(test_recompute_and_mini_sequences);
     RUN(test_bf16_checkpoints);
     RUN(test_outer_grad_blocks);
+    RUN(test_int8_row_blocks);
     RUN(test_grad_hook);
     return oz_test_finish("test_model");
 }

@@ -188,6 +188,10 @@ void oz_llama_init_params(const oz_llama_config *cfg, const oz_param_layout *lay
 typedef struct {
     const float *w, *a, *b;
     int out, in, R, r;
+    /* An INT8 dense matrix: w is NULL and the GEMMs dequantize it block by block of rows into
+     * blk_m's matrix scratch (parameter blk_index). */
+    oz_llama *blk_m;
+    int blk_index, blk_rows;
 } lin;
 
 /* Its gradients, each NULL when that tensor is frozen. */
@@ -231,6 +235,7 @@ struct oz_llama {
      * wmat, which holds matrix wmat_id (layer * 7 + matrix; -1: nothing valid). */
     float *outer_params, *layer_norms, *wscale, *wmat;
     int wmat_id;
+    size_t wmat_n; /* floats the matrix scratch holds */
     uint8_t *wq, *wzero;
     size_t *code_off, *group_off; /* per parameter index (INT8 matrices) */
     float *rope_cos, *rope_sin; /* (rope_len, hd/2) */
@@ -295,17 +300,27 @@ bool oz_llama_param_int8(oz_llama *m, int index, uint8_t **q, float **scale, uin
     return true;
 }
 
+/* Staging piece for INT8 parameters off the host: the matrix scratch, in whole groups. */
+static size_t staging_piece(const oz_llama *m) { return m->wmat_n / OZ_QW_GROUP * OZ_QW_GROUP; }
+
 void oz_llama_read_param(oz_llama *m, int index, float *host) {
     const oz_param_info *p = &m->layout.params[index];
     uint8_t *q, *z;
     float *sc;
     if (oz_llama_param_int8(m, index, &q, &sc, &z)) {
         /* Dequantized by the backend; off the host through the matrix scratch, free between steps
-         * (whatever it cached is then gone). */
-        float *dst = m->be->host_visible ? host : m->wmat;
-        if (dst == m->wmat) m->wmat_id = -1;
-        m->be->i8_dequantize(m->be, q, sc, z, p->numel, dst);
-        if (dst != host) m->be->to_host(m->be, host, dst, p->numel * sizeof(float));
+         * (whatever it cached is then gone), in group-aligned pieces of its size. */
+        if (m->be->host_visible) {
+            m->be->i8_dequantize(m->be, q, sc, z, p->numel, host);
+            return;
+        }
+        m->wmat_id = -1;
+        size_t piece = staging_piece(m);
+        for (size_t e0 = 0; e0 < p->numel; e0 += piece) {
+            size_t n = p->numel - e0 < piece ? p->numel - e0 : piece, g0 = e0 / OZ_QW_GROUP;
+            m->be->i8_dequantize(m->be, q + e0, sc + g0, z + g0, n, m->wmat);
+            m->be->to_host(m->be, host + e0, m->wmat, n * sizeof(float));
+        }
     } else m->be->to_host(m->be, host, oz_llama_param(m, index), p->numel * sizeof(float));
 }
 
@@ -314,12 +329,20 @@ void oz_llama_write_param(oz_llama *m, int index, const float *host) {
     uint8_t *q, *z;
     float *sc;
     if (oz_llama_param_int8(m, index, &q, &sc, &z)) {
-        /* Quantized by the backend (the same codes everywhere), from the matrix scratch off the host;
-         * the weights change, so no cached dequantization stays valid. */
-        const float *src = host;
+        /* Quantized by the backend (the same codes everywhere: groups are independent, so pieces
+         * that start on a group give the whole tensor's codes), from the matrix scratch off the
+         * host; the weights change, so no cached dequantization stays valid. */
         m->wmat_id = -1;
-        if (!m->be->host_visible) m->be->to_device(m->be, m->wmat, host, p->numel * sizeof(float)), src = m->wmat;
-        m->be->i8_quantize(m->be, src, p->numel, q, sc, z);
+        if (m->be->host_visible) {
+            m->be->i8_quantize(m->be, host, p->numel, q, sc, z);
+            return;
+        }
+        size_t piece = staging_piece(m);
+        for (size_t e0 = 0; e0 < p->numel; e0 += piece) {
+            size_t n = p->numel - e0 < piece ? p->numel - e0 : piece, g0 = e0 / OZ_QW_GROUP;
+            m->be->to_device(m->be, m->wmat, host + e0, n * sizeof(float));
+            m->be->i8_quantize(m->be, m->wmat, n, q + e0, sc + g0, z + g0);
+        }
     } else m->be->to_device(m->be, oz_llama_param(m, index), host, p->numel * sizeof(float));
 }
 
@@ -474,15 +497,35 @@ static int max_rank(const oz_llama_config *c, int j) {
 
 /* Floats of INT8 mode's dequantization scratch: the largest matrix, or factor pair (A, then B from
  * the next 16-float boundary), since one is dequantized at a time. */
-static size_t max_matrix_floats(const oz_param_layout *lay) {
+/* Values per dequantized block of an INT8 dense matrix (4 MiB): its GEMMs take it a block of rows
+ * at a time, so the scratch is this, not the matrix (172 MiB for a 7b MLP matrix). */
+#define OZ_DEQ_BLOCK_FLOATS ((size_t)1 << 20)
+
+/* Rows per dequantized block of an (out x in) INT8 matrix: about OZ_DEQ_BLOCK_FLOATS values and a
+ * whole number of quantization groups (a block starts at a multiple of OZ_QW_GROUP values). */
+static int deq_block_rows(int out, int in, size_t target) {
+    size_t g = OZ_QW_GROUP, b = (size_t)in;
+    for (size_t x = b % g; x;) { /* gcd(in, OZ_QW_GROUP) */
+        size_t t = g % x;
+        g = x;
+        x = t;
+    }
+    size_t unit = OZ_QW_GROUP / g, rows = (target ? target : OZ_DEQ_BLOCK_FLOATS) / (size_t)in / unit * unit;
+    if (rows < unit) rows = unit;
+    return rows < (size_t)out ? (int)rows : out;
+}
+
+/* The INT8 matrix scratch: a block of rows of a dense matrix, or a whole factor pair (A, then B). */
+static size_t max_matrix_floats(const oz_param_layout *lay, size_t target) {
     size_t most = 0;
     for (int i = 0; i < lay->n; i++) {
         const oz_param_info *p = &lay->params[i];
         if (!is_layer_matrix(p) || p->factor == 2) continue;
-        size_t n = p->factor == 1 ? aligned16(p->numel) + lay->params[i + 1].numel : p->numel;
+        size_t n = p->factor == 1 ? aligned16(p->numel) + lay->params[i + 1].numel
+                                  : (size_t)deq_block_rows((int)p->shape[0], (int)p->shape[1], target) * (size_t)p->shape[1];
         if (n > most) most = n;
     }
-    return most;
+    return most < OZ_QW_GROUP ? OZ_QW_GROUP : most; /* at least one group: the staging piece */
 }
 
 /* Per-tensor mode hands gradients off by group, and a group's gradients are live together: a
@@ -556,7 +599,7 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
         want(bl, &m->wq, OZ_MEM_WEIGHTS, codes, "INT8 matrices");
         want(bl, &m->wscale, OZ_MEM_QSCALES, F32(groups), "INT8 scales");
         want(bl, &m->wzero, OZ_MEM_QSCALES, groups, "INT8 zero points");
-        want(bl, &m->wmat, OZ_MEM_SCRATCH, F32(max_matrix_floats(lay)), "one dequantized matrix");
+        want(bl, &m->wmat, OZ_MEM_SCRATCH, F32(max_matrix_floats(lay, s->int8_block_floats)), "dequantized INT8 rows (or factor pair)");
     }
     /* Frozen tensors have no gradient: the buffers hold the trainable tensors only. */
     if (s->with_grads && !s->per_layer_grads) want(bl, &m->grads, OZ_MEM_GRADS, F32(lay->grad_total), "gradients");
@@ -777,6 +820,7 @@ oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend
     if (st != OZ_OK) return st;
     m->targets = m->ids + (size_t)shape.batch * shape.seq;
     m->wmat_id = -1;
+    m->wmat_n = shape.int8_matrices ? max_matrix_floats(&m->layout, shape.int8_block_floats) : 0;
     m->layer_grad_n = m->layout.max_layer_grad;
     if (shape.per_tensor_grads) {
         m->tgrad_off = calloc((size_t)m->layout.n, sizeof *m->tgrad_off);
@@ -862,9 +906,15 @@ static const lin *use_matrix(oz_llama *m, layer_weights *w, int j) {
     if (m->params) return x;
     int i = oz_llama_matrix_index(&m->layout, w->layer, j);
     const oz_param_info *p = &m->layout.params[i];
+    if (!p->factor) { /* dequantized a block of rows at a time inside its GEMMs */
+        x->w = NULL;
+        x->blk_m = m;
+        x->blk_index = i;
+        x->blk_rows = deq_block_rows(x->out, x->in, m->shape.int8_block_floats);
+        return x;
+    }
     size_t b_off = aligned16(p->numel); /* a factor pair: B after A */
-    if (p->factor) x->a = m->wmat, x->b = m->wmat + b_off;
-    else x->w = m->wmat;
+    x->a = m->wmat, x->b = m->wmat + b_off;
     int id = w->layer * OZ_LLAMA_MATRICES + j;
     if (m->wmat_id != id) {
         dequantize_param(m, i, m->wmat);
@@ -904,9 +954,28 @@ static void lr_down(oz_backend *be, const lin *w, const float *x, int rows, floa
 
 /* y (rows, out) = beta y + x W^T, or beta y + t B_r^T for a low-rank matrix (t from lr_down). B's
  * row stride stays R: its first r columns are read in place. */
+/* Rows [r0, r0 + n) of an INT8 dense matrix, dequantized into its model's matrix scratch (which
+ * then caches nothing else). */
+static const float *deq_rows(const lin *w, int r0, int n) {
+    oz_llama *m = w->blk_m;
+    uint8_t *q = NULL, *z = NULL;
+    float *sc = NULL;
+    oz_llama_param_int8(m, w->blk_index, &q, &sc, &z);
+    size_t off = (size_t)r0 * w->in, g0 = off / OZ_QW_GROUP;
+    m->wmat_id = -1;
+    m->be->i8_dequantize(m->be, q + off, sc + g0, z + g0, (size_t)n * w->in, m->wmat);
+    return m->wmat;
+}
+
 static void lin_apply(oz_backend *be, const lin *w, const float *x, const float *t, int rows, float beta,
                       float *y) {
-    if (!w->a) be->gemm(be, 0, 1, rows, w->out, w->in, 1.0f, x, w->in, w->w, w->in, beta, y, w->out);
+    if (w->blk_m) { /* y's columns [r0, r0 + n) from W's rows [r0, r0 + n) */
+        int step = w->blk_rows;
+        for (int r0 = 0; r0 < w->out; r0 += step) {
+            int n = w->out - r0 < step ? w->out - r0 : step;
+            be->gemm(be, 0, 1, rows, n, w->in, 1.0f, x, w->in, deq_rows(w, r0, n), w->in, beta, y + r0, w->out);
+        }
+    } else if (!w->a) be->gemm(be, 0, 1, rows, w->out, w->in, 1.0f, x, w->in, w->w, w->in, beta, y, w->out);
     else be->gemm(be, 0, 1, rows, w->out, w->r, 1.0f, t, w->r, w->b, w->R, beta, y, w->out);
 }
 
@@ -924,7 +993,17 @@ static void lin_bwd(oz_backend *be, const lin *w, const lin_grad *gw, const floa
      * every read of x comes before dx is written. */
     if (!w->a) {
         if (gw->w) be->gemm(be, 1, 0, w->out, w->in, rows, 1.0f, dy, w->out, x, w->in, 1.0f, gw->w, w->in);
-        be->gemm(be, 0, 0, rows, w->in, w->out, 1.0f, dy, w->out, w->w, w->in, beta_dx, dx, w->in);
+        if (!w->blk_m) {
+            be->gemm(be, 0, 0, rows, w->in, w->out, 1.0f, dy, w->out, w->w, w->in, beta_dx, dx, w->in);
+            return;
+        }
+        /* dx = sum over W's row blocks of dy's matching columns times the block */
+        int step = w->blk_rows;
+        for (int r0 = 0; r0 < w->out; r0 += step) {
+            int n = w->out - r0 < step ? w->out - r0 : step;
+            be->gemm(be, 0, 0, rows, w->in, n, 1.0f, dy + r0, w->out, deq_rows(w, r0, n), w->in,
+                     r0 == 0 ? beta_dx : 1.0f, dx, w->in);
+        }
         return;
     }
     int r = w->r;

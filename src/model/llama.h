@@ -162,10 +162,13 @@ typedef struct {
      * immediate mode. */
     bool per_tensor_grads;
     /* Q-GaLore: the seven attention/MLP matrices of every layer are stored as INT8 (groups of 256,
-     * asymmetric, range including 0). Each is dequantized into a scratch of one matrix (both
-     * factors of a low-rank one) right before the GEMMs that read it, in the forward, the
-     * recompute and the backward's dX; norms are read in place. No fp32 copy of a layer exists. */
+     * asymmetric, range including 0). The GEMMs that read one (forward, recompute, the backward's
+     * dX) dequantize it a block of rows at a time into a small scratch (int8_block_floats), a
+     * low-rank one's factor pair whole; norms are read in place. No fp32 copy of a matrix exists. */
     bool int8_matrices;
+    /* INT8 dense matrices are dequantized for their GEMMs in blocks of rows of about this many
+     * values (0: 1M, 4 MiB; tests use small blocks to run many). */
+    size_t int8_block_floats;
     bool recompute;               /* keep only each layer's input; recompute the layer in backward */
     /* With recompute and with_grads: the saved layer inputs are stored in bf16 (half the bytes;
      * the dominant activation term at long sequences). The forward rounds the residual stream to
