@@ -167,7 +167,7 @@ typedef struct {
      * low-rank one's factor pair whole; norms are read in place. No fp32 copy of a matrix exists. */
     bool int8_matrices;
     /* INT8 dense matrices are dequantized for their GEMMs in blocks of rows of about this many
-     * values (0: 1M, 4 MiB; tests use small blocks to run many). */
+     * values (0: 8M, 32 MiB; tests use small blocks to run many). */
     size_t int8_block_floats;
     bool recompute;               /* keep only each layer's input; recompute the layer in backward */
     /* With recompute and with_grads: the saved layer inputs are stored in bf16 (half the bytes;
