@@ -214,9 +214,10 @@ static size_t delta_rows(const oz_optim_config *c, const slot *s) {
 static void scratch_of(const oz_optim_config *c, const slot *s, bool gpu, scratch_sizes *z) {
     if (!s->galore) return;
     size_t ar = (size_t)s->a * s->r, rb = (size_t)s->r * s->b;
-    size_t work = s->n;
-    if (ar > work) work = ar;
-    if (rb > work) work = rb;
+    /* work: the full projection's intermediate (P^T G, or P u), and the first moment while 8-bit
+     * moments rotate; one-sided projections never touch it. */
+    size_t work = s->side == SIDE_FULL ? (ar > rb ? ar : rb) : 0;
+    if (c->at_switch == OZ_SWITCH_ROTATE && s->q8 && s->n > work) work = s->n;
     if (s->n > z->n) z->n = s->n;
     /* rotate: m and v pass through it (n); lazy updates: the first vector plus the 1.0 its
      * gather multiplies by (lazy_observe). */
@@ -326,7 +327,7 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
     if (ctx.st == OZ_OK && z.n) {
         size_t f = sizeof(float);
         alloc_want(&ctx, (void **)&o->u, OZ_MEM_SCRATCH, z.n * f, "GaLore update buffer");
-        alloc_want(&ctx, (void **)&o->work, OZ_MEM_SCRATCH, z.work * f, "GaLore work buffer");
+        if (z.work) alloc_want(&ctx, (void **)&o->work, OZ_MEM_SCRATCH, z.work * f, "GaLore work buffer");
         alloc_want(&ctx, (void **)&o->rot, OZ_MEM_SCRATCH, z.rot * f, "GaLore rotation buffer");
         if (cfg->immediate)
             alloc_want(&ctx, (void **)&o->rimm, OZ_MEM_SCRATCH, z.n * f, "projected gradient (immediate)");
