@@ -328,7 +328,7 @@ static void test_state_bytes(void) {
         CHECK(fx.arena.current[OZ_MEM_PROJ] == want_proj, "%s: projections %zu bytes, formula %zu", oz_optim_kind_name(k),
               fx.arena.current[OZ_MEM_PROJ], want_proj);
         size_t planned[OZ_MEM_NCATEGORIES];
-        oz_optimizer_plan(&c, &lay, planned);
+        oz_optimizer_plan(&c, &lay, false, planned);
         /* Scratch is compared in e2e.sh through a real run (it includes the subspace call's
          * transient workspace); every persistent category must match here. */
         for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)

@@ -257,6 +257,7 @@ struct oz_llama {
     float *ct[OZ_LLAMA_MATRICES];
     /* backward scratch; dt holds the gradient of one low-rank intermediate (rows x r) */
     float *dx, *dln, *dq, *dk, *dv, *datt, *dt;
+    bool q_alias, kv_alias; /* dq/datt, dk/dv live in dead activation buffers (list_buffers) */
     float *norm_sink;           /* frozen norms' weight gradients land here and are never read */
     int *active;                /* (L * 7) active ranks; 0 for dense matrices */
     oz_grad_hook hook;
@@ -568,18 +569,6 @@ static size_t outer_grad_floats(const oz_llama *m) {
     return m->shape.outer_grad_blocks ? (size_t)m->cfg.hidden_size : m->layout.outer_grad;
 }
 
-/* The attention backward's gradients live in buffers that are dead by then, when they fit: dL/d(att)
- * and dL/dq in the MLP norm's output and the attention residual (both read for the last time by
- * the MLP norm's backward), dL/dk and dL/dv in the MLP gate and up buffers (the layer's, or the
- * mini-sequence chunk's, free until the next layer's MLP). */
-static void attn_grad_aliases(const oz_llama_config *c, const oz_llama_shape *s, bool *q_alias, bool *kv_alias) {
-    size_t N = (size_t)s->batch * s->seq, d = c->hidden_size, F = c->intermediate_size;
-    size_t qd = (size_t)c->num_attention_heads * c->head_dim, kvd = (size_t)c->num_key_value_heads * c->head_dim;
-    size_t mlp_rows = s->mlp_chunks > 0 ? (size_t)ceil_div((int)N, s->mlp_chunks) : N;
-    *q_alias = qd <= d;
-    *kv_alias = N * kvd <= mlp_rows * F;
-}
-
 /* Lists every buffer a model with this config and shape allocates. m may be a zeroed dummy when
  * planning (its acts/xs arrays must still exist). */
 static void list_buffers(oz_llama *m, buffer_list *bl) {
@@ -693,13 +682,17 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
     if (s->with_grads) {
         want(bl, &m->dx, OZ_MEM_SCRATCH, F32(N * d), "residual gradient");
         want(bl, &m->dln, OZ_MEM_SCRATCH, F32(N * d), "norm-output gradient");
-        bool q_alias, kv_alias;
-        attn_grad_aliases(c, s, &q_alias, &kv_alias);
-        if (!q_alias) {
+        /* The attention backward's gradients live in buffers that are dead by then, when they fit:
+         * dL/d(att) and dL/dq in the MLP norm's output and the attention residual (read for the last
+         * time by the MLP norm's backward), dL/dk and dL/dv in the MLP gate and up buffers (the
+         * layer's, or the mini-sequence chunk's, free until the next layer's MLP). */
+        m->q_alias = qd <= d;
+        m->kv_alias = N * kvd <= mlp_rows * F;
+        if (!m->q_alias) {
             want(bl, &m->dq, OZ_MEM_SCRATCH, F32(N * qd), "query gradient");
             want(bl, &m->datt, OZ_MEM_SCRATCH, F32(N * qd), "attention gradient");
         }
-        if (!kv_alias) {
+        if (!m->kv_alias) {
             want(bl, &m->dk, OZ_MEM_SCRATCH, F32(N * kvd), "key gradient");
             want(bl, &m->dv, OZ_MEM_SCRATCH, F32(N * kvd), "value gradient");
         }
@@ -1197,12 +1190,11 @@ static void layer_backward(oz_llama *m, int l, layer_acts *a, const dims *g) {
     group_begin(m, l, GRP_MLP_NORM);
     be->rmsnorm_bwd(be, m->dx, gw.mlp_norm, m->dln, a->h, w.mlp_norm, a->rstd2, N, d);
     group_end(m, l, GRP_MLP_NORM);
-    /* Attention: h = x + att @ o^T. Its gradients go where attn_grad_aliases says. */
-    bool q_alias, kv_alias;
-    attn_grad_aliases(&m->cfg, &m->shape, &q_alias, &kv_alias);
+    /* Attention: h = x + att @ o^T. Its gradients go where list_buffers put them (q_alias, kv_alias). */
     bool mini = m->shape.mlp_chunks > 0;
-    float *datt = q_alias ? a->ln2 : m->datt, *dq = q_alias ? a->h : m->dq;
-    float *dk = kv_alias ? (mini ? m->cgate : a->gate) : m->dk, *dv = kv_alias ? (mini ? m->cup : a->up) : m->dv;
+    float *datt = m->q_alias ? a->ln2 : m->datt, *dq = m->q_alias ? a->h : m->dq;
+    float *dk = m->kv_alias ? (mini ? m->cgate : a->gate) : m->dk;
+    float *dv = m->kv_alias ? (mini ? m->cup : a->up) : m->dv;
     group_begin(m, l, OZ_M_O);
     lin_bwd(be, use_matrix(m, &w, OZ_M_O), &gw.m[OZ_M_O], a->att, a->t[OZ_M_O], m->dx, N, m->dt, 0.0f, datt);
     group_end(m, l, OZ_M_O);

@@ -132,8 +132,9 @@ static void shape_slot(const oz_optim_config *c, const oz_param_info *p, int ind
     s->q8 = eight && s->n >= OZ_Q8_MIN_SIZE;
 }
 
-/* Immediate mode updates a layer's tensors inside the grad hook, so they need no accumulator. */
-static bool immediate_slot(const oz_optim_config *c, const slot *s) { return c->immediate && s->p->layer >= 0; }
+/* Immediate mode updates each tensor the moment its gradient is consumed (inside the model's hooks
+ * for layer tensors, wherever the caller hands over the others), so nothing needs an accumulator. */
+static bool immediate_slot(const oz_optim_config *c, const slot *s) { (void)s; return c->immediate; }
 
 /* The vector whose drift drives lazy updates: P's first column (left, full) or Q's first row. */
 static int first_vector_len(const slot *s) { return s->side == SIDE_RIGHT ? s->b : s->a; }
@@ -240,12 +241,8 @@ static void plan_want(void *ctx, void **dest, oz_mem_category cat, size_t bytes,
     ((size_t *)ctx)[cat] += bytes;
 }
 
-void oz_optimizer_plan(const oz_optim_config *c, const oz_param_layout *layout, size_t bytes[OZ_MEM_NCATEGORIES]) {
-    oz_optimizer_plan_on(c, layout, false, bytes);
-}
-
-void oz_optimizer_plan_on(const oz_optim_config *c, const oz_param_layout *layout, bool gpu,
-                          size_t bytes[OZ_MEM_NCATEGORIES]) {
+void oz_optimizer_plan(const oz_optim_config *c, const oz_param_layout *layout, bool gpu,
+                       size_t bytes[OZ_MEM_NCATEGORIES]) {
     memset(bytes, 0, OZ_MEM_NCATEGORIES * sizeof *bytes);
     scratch_sizes z = {0};
     for (int i = 0; i < layout->n; i++) {

@@ -12,7 +12,8 @@
  *
  * Frozen tensors (oz_param_info.frozen, set from oz_llama_shape.freeze) get an empty slot: no
  * state, consume is a no-op, they are never updated and not saved. Low-rank factors are ordinary
- * 2-D tensors (GaLore projects their gradients like any matrix's); qgalore refuses them. */
+ * 2-D tensors (GaLore projects their gradients like any matrix's; qgalore stores them as INT8 like
+ * dense matrices). */
 #ifndef OZ_OPTIMIZER_H
 #define OZ_OPTIMIZER_H
 #include <stdbool.h>
@@ -50,8 +51,9 @@ typedef struct {
      * is dequantize, add, requantize with stochastic rounding from streams keyed by (seed, step,
      * tensor, group). qgalore is galore8bit plus this (and lazy updates, INT4 bases by default). */
     bool int8_weights;
-    /* Per-layer mode without accumulation or clipping: each layer's tensors are updated inside
-     * the grad hook, so no projected-gradient accumulator exists (GaLore's own per-layer mode). */
+    /* Per-layer mode without accumulation or clipping: every tensor is updated inside consume, the
+     * moment its gradient is handed over (inside the model's hooks), so no projected-gradient
+     * accumulator exists (GaLore's own per-layer mode, per tensor). */
     bool immediate;
     /* qgalore: bytes of the row block the INT8 update is built in (0: 4 MiB). Tests make it small
      * to check that blocked updates give the whole-matrix result. */
@@ -72,13 +74,11 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
                               oz_backend *be, oz_arena *arena, oz_err *err);
 void oz_optimizer_destroy(oz_optimizer *opt);
 
-/* Bytes by arena category the optimizer allocates for this layout (the analytic formula). */
-void oz_optimizer_plan(const oz_optim_config *cfg, const oz_param_layout *layout,
+/* Bytes by arena category the optimizer allocates for this layout (the analytic formula). gpu: the
+ * backend's memory is not the host's (CUDA), so the subspace workspace is device scratch of
+ * oz_subspace_device_workspace_bytes, not LAPACK's. */
+void oz_optimizer_plan(const oz_optim_config *cfg, const oz_param_layout *layout, bool gpu,
                        size_t bytes[OZ_MEM_NCATEGORIES]);
-/* The same for a backend whose memory is not the host's (gpu: the CUDA backend): the subspace
- * workspace is then device scratch of oz_subspace_device_workspace_bytes, not LAPACK's. */
-void oz_optimizer_plan_on(const oz_optim_config *cfg, const oz_param_layout *layout, bool gpu,
-                          size_t bytes[OZ_MEM_NCATEGORIES]);
 
 /* Starts optimizer step `step` (0-based) with learning rate lr: decides which GaLore matrices
  * refresh their subspace (lr is used by immediate updates, which happen inside consume). */

@@ -8,7 +8,6 @@
 #include <math.h>
 #include <string.h>
 
-#include "util/rng.h"
 
 /* Below this many elements the OpenMP fork/join costs more than the loop. */
 #define OZ_QUANT_PAR_MIN 32768

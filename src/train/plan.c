@@ -35,7 +35,7 @@ oz_status oz_train_plan_memory(const oz_llama_config *cfg, const oz_train_opts *
     OZ_TRY(oz_param_layout_build(&c, &lay, err));
     oz_param_layout_freeze(&lay, plan->shape.freeze); /* frozen tensors have no optimizer state */
     size_t opt_bytes[OZ_MEM_NCATEGORIES];
-    oz_optimizer_plan_on(&oc, &lay, cuda, opt_bytes);
+    oz_optimizer_plan(&oc, &lay, cuda, opt_bytes);
     oz_param_layout_free(&lay);
     for (int i = 0; i < OZ_MEM_NCATEGORIES; i++) plan->bytes[i] += opt_bytes[i];
     /* The CUDA backend allocates the same buffers (fp32, one arena; the subspace workspace planned

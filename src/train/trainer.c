@@ -256,8 +256,6 @@ typedef struct {
     oz_optimizer *opt;
     bool per_layer;
     bool per_tensor;           /* immediate updates: gradients handed off tensor by tensor */
-    float lr;                  /* this step's learning rate, for updates inside the tensor hook */
-    double outer_sumsq[3];     /* per-tensor mode: embedding, final norm, head gradients' sums of squares */
     int micro;                 /* current micro-batch, for the grad hook */
     oz_status hook_status;     /* first failure inside the grad hook */
     oz_err hook_err;
@@ -407,10 +405,8 @@ static void trainer_rows_hook(void *user, int index, int row0, int rows, const f
 }
 
 /* Immediate mode: each tensor's gradient goes to the optimizer the moment the backward completes it,
- * and a layer tensor is updated inside consume, so its gradient's memory serves the next tensor.
- * The final norm (and a tied embedding) are not updated inside consume: they are applied here, while
- * their gradient is valid, with what the end of the step would apply (no clipping in this mode);
- * nothing later in the step reads them. Their sums of squares are kept for the reported norm. */
+ * and is applied inside consume (nothing later in the step reads that tensor's weights), so its
+ * gradient's memory serves the next tensor. */
 static void trainer_tensor_hook(void *user, int index) {
     trainer *t = user;
     if (t->hook_status != OZ_OK) return;
@@ -419,14 +415,7 @@ static void trainer_tensor_hook(void *user, int index) {
     /* A layer tensor's gradient is not read again: the optimizer may build its update there. */
     oz_status st = lay->params[index].layer >= 0 ? oz_optimizer_consume_scratch(t->opt, index, g, &t->hook_err)
                                                  : oz_optimizer_consume(t->opt, index, g, false, &t->hook_err);
-    if (st != OZ_OK) {
-        t->hook_status = st;
-        return;
-    }
-    if (lay->params[index].layer >= 0) return;
-    int k = index == 0 ? 0 : 1 + index - lay->layer_first[lay->n_layers]; /* embedding, final norm, head */
-    t->outer_sumsq[k] = t->be.sumsq(&t->be, g, lay->params[index].numel);
-    oz_optimizer_apply(t->opt, NULL, t->lr, 1.0f);
+    if (st != OZ_OK) t->hook_status = st;
 }
 
 /* A line every 2 s while a step's subspace refreshes run, once they have taken 2 s, and one at
@@ -796,6 +785,7 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
         cb->on_start(cb->user, line);
     }
 
+    t->cb = cb;
     double t_start = now_s(), train_time = 0;
     int steps_here = 0;
     res->val_loss = NAN;
@@ -805,11 +795,8 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
         float lr = oz_schedule_lr(&sched, step);
         oz_llama_zero_grads(t->model);
         oz_optimizer_begin_step(t->opt, step, lr);
-        t->lr = lr;
-        t->cb = cb;
         t->cur_step = step;
         t->step_t0 = t->refresh_last = t0;
-        memset(t->outer_sumsq, 0, sizeof t->outer_sumsq);
         double loss_sum = 0;
         long n_targets = 0;
         for (int micro = 0; micro < o->grad_accum; micro++) {
@@ -842,12 +829,7 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
         for (int i = 0; i < lay->n; i++)
             if ((!t->per_layer || (lay->params[i].layer < 0 && !t->per_tensor)) && !oz_llama_grad_in_blocks(t->model, i))
                 OZ_TRY(oz_optimizer_consume(t->opt, i, oz_llama_grad(t->model, i), false, err));
-        /* Per-tensor mode applied the outer tensors in the hook: their sums go last, in the order
-         * the optimizer would add them, so the reported norm is the same number. */
-        double sumsq = oz_optimizer_grad_sumsq(t->opt);
-        if (t->per_tensor)
-            for (int k = 0; k < 3; k++) sumsq += t->outer_sumsq[k];
-        double gnorm = sqrt(sumsq);
+        double gnorm = sqrt(oz_optimizer_grad_sumsq(t->opt));
         if (!isfinite(gnorm))
             return oz_fail(err, OZ_ERR_NUMERIC,
                            "gradient norm is not finite at step %d: stopping (try a lower --lr); "
