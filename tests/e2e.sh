@@ -75,18 +75,24 @@ done
 
 # --- recompute and mini-sequences: same losses as the plain run (fp32 rounding aside); the
 # planner's prediction equals the measured peak for each combination
-# (layer-bf16 rounds the saved layer inputs to bf16: close to the fp32 loss, not equal)
-for combo in "none off" "layer off" "none 3" "layer auto" "layer-bf16 auto"; do
+# (layer-bf16 rounds the saved layer inputs to bf16: close to the fp32 loss, not equal; layer-offload
+# keeps them in host memory: layer-bf16's loss exactly)
+for combo in "none off" "layer off" "none 3" "layer auto" "layer-bf16 auto" "layer-offload auto"; do
     set -- $combo
     check "train --recompute $1 --mini-seq $2" sh -c "$OUNCE train --data '$T/data' --out '$T/rc' $TRAIN --steps 5 --eval-every 0 --seed 3 --recompute $1 --mini-seq $2 --json >'$T/rc.log'"
     loss=$(losses 5 5 "$T/rc/metrics.jsonl" | awk '{print $2}')
     [ -z "${ref_loss:-}" ] && ref_loss=$loss
     tol=1e-4
-    [ "$1" = layer-bf16 ] && tol=2e-2
+    [ "$1" = layer-bf16 ] && tol=2e-2 && bf16_loss=$loss
+    [ "$1" = layer-offload ] && tol=2e-2 && check "layer-offload: layer-bf16's loss exactly ($loss vs $bf16_loss)" test "$loss" = "$bf16_loss"
     check "same loss with --recompute $1 --mini-seq $2 ($loss vs $ref_loss)" awk -v a="$loss" -v b="$ref_loss" -v t="$tol" 'BEGIN{d=a-b; if(d<0)d=-d; exit !(d < t)}'
     $OUNCE memory --model tiny --vocab 258 --batch 4 --seq 64 --recompute $1 --mini-seq $2 --json | tail -n 1 | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/planned"
     tail -n 1 "$T/rc.log" | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/measured"
     check "planned peak equals measured (--recompute $1 --mini-seq $2)" cmp -s "$T/planned" "$T/measured"
+    if [ "$1" = layer-offload ]; then
+        planned_host=$($OUNCE memory --model tiny --vocab 258 --batch 4 --seq 64 --recompute $1 --mini-seq $2 --json | tail -n 1 | sed -E 's/.*"host_bytes":([0-9]+).*/\1/')
+        check "planned host bytes equal measured ($planned_host)" grep -q "\"host_bytes\":$planned_host}" "$T/rc.log"
+    fi
 done
 # --- every optimizer: bit-exact resume, and the planned peak equals the measured one
 for opt in adamw8bit galore galore8bit qgalore qgalore-parts qgalore-immediate galore-immediate adamw8bit-immediate; do

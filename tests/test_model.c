@@ -520,7 +520,9 @@ static void test_recompute_and_mini_sequences(void) {
 /* bf16 checkpoints (recompute layer-bf16): the planner equals the arena, the saved inputs take
  * half the bytes, losses and gradients stay close to fp32 recomputation without being equal (the
  * rounding happens), mini-sequences change nothing beyond fp32 rounding, runs are deterministic,
- * and the option is refused without recompute. */
+ * and the option is refused without recompute. Offloaded checkpoints (layer-offload) give the bf16
+ * run's loss and gradients bit for bit, with one staging checkpoint on the backend and the rest in
+ * the planned host memory. */
 static void test_bf16_checkpoints(void) {
     oz_llama_config c = {61, 16, 40, 3, 4, 2, 4, 32, 1e-5f, 10000.0f, false, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0, {{0}}};
     enum { B = 2, T = 9, N = B * T };
@@ -529,25 +531,29 @@ static void test_bf16_checkpoints(void) {
     oz_param_layout lay;
     oz_err err = {0};
     oz_param_layout_build(&c, &lay, &err);
-    float *init = scaled_init(&c, &lay, 5), *grad[4];
-    /* runs: fp32 recompute; bf16; bf16 again; bf16 with 3 mini-sequences */
-    const bool bf16[4] = {false, true, true, true};
-    const int chunks[4] = {0, 0, 0, 3};
-    double loss[4];
-    size_t acts[4];
-    for (int r = 0; r < 4; r++) {
+    float *init = scaled_init(&c, &lay, 5), *grad[6];
+    /* runs: fp32 recompute; bf16; bf16 again; bf16 with 3 mini-sequences; offloaded; offloaded
+     * with 3 mini-sequences */
+    const bool bf16[6] = {false, true, true, true, true, true}, offload[6] = {false, false, false, false, true, true};
+    const int chunks[6] = {0, 0, 0, 3, 0, 3};
+    double loss[6];
+    size_t acts[6], host[6];
+    for (int r = 0; r < 6; r++) {
         grad[r] = calloc(lay.total, sizeof(float));
         oz_backend be;
         oz_backend_cpu_create(&be, 0, &err);
         oz_arena arena;
         oz_arena_init(&arena, be.allocator);
         oz_llama_shape shape = {.batch = B, .seq = T, .with_grads = true, .recompute = true,
-                                .bf16_checkpoints = bf16[r], .mlp_chunks = chunks[r], .head_chunks = chunks[r]};
+                                .bf16_checkpoints = bf16[r], .offload_checkpoints = offload[r],
+                                .mlp_chunks = chunks[r], .head_chunks = chunks[r]};
         oz_llama *m = NULL;
         CHECK(oz_llama_create(&m, &c, &be, &arena, shape, &err) == OZ_OK, "%s", err.msg);
         if (!m) continue;
         oz_llama_plan plan;
         CHECK(oz_llama_plan_memory(&c, shape, &plan, &err) == OZ_OK, "%s", err.msg);
+        host[r] = oz_llama_host_bytes(m);
+        CHECK(plan.host_bytes == host[r], "offload: planned %zu host bytes, model holds %zu", plan.host_bytes, host[r]);
         for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
             CHECK(plan.bytes[cat] == arena.current[cat] && plan.largest[cat] == arena.largest[cat],
                   "bf16 checkpoints: plan/arena differ in %s: %zu vs %zu", oz_mem_category_name(cat), plan.bytes[cat],
@@ -572,6 +578,16 @@ static void test_bf16_checkpoints(void) {
           loss[0]);
     CHECK(loss[2] == loss[1] && !memcmp(grad[2], grad[1], lay.total * sizeof(float)), "bf16 run not deterministic");
     CHECK_CLOSE(loss[3], loss[1], 1e-6, 0, "bf16 loss with mini-sequences");
+    /* Offloaded: the same numbers as on the backend, L bf16 inputs moved to the host. */
+    for (int r = 4; r < 6; r++) {
+        int same = r == 4 ? 1 : 3;
+        CHECK(loss[r] == loss[same] && !memcmp(grad[r], grad[same], lay.total * sizeof(float)),
+              "offloaded checkpoints changed the loss or gradients (%.9g vs %.9g, chunks %d)", loss[r], loss[same],
+              chunks[r]);
+        CHECK(host[r] == L * nd * 2 && acts[same] - acts[r] == L * nd * 2,
+              "offload: %zu host bytes, activations %zu vs %zu on the backend", host[r], acts[r], acts[same]);
+    }
+    CHECK(host[1] == 0, "bf16 checkpoints without offload hold %zu host bytes", host[1]);
     for (int i = 0; i < lay.n; i++) {
         const oz_param_info *p = &lay.params[i];
         double dot = 0, n0 = 0, n1 = 0, diff = 0, ref = 0;
@@ -590,7 +606,10 @@ static void test_bf16_checkpoints(void) {
     oz_llama_shape bad = {.batch = B, .seq = T, .with_grads = true, .bf16_checkpoints = true};
     CHECK(oz_llama_plan_memory(&c, bad, &plan, &err) == OZ_ERR_INPUT && strstr(err.msg, "recompute"),
           "bf16 checkpoints without recompute: %s", err.msg);
-    for (int r = 0; r < 4; r++) free(grad[r]);
+    oz_llama_shape bad_offload = {.batch = B, .seq = T, .with_grads = true, .recompute = true, .offload_checkpoints = true};
+    CHECK(oz_llama_plan_memory(&c, bad_offload, &plan, &err) == OZ_ERR_INPUT && strstr(err.msg, "bf16"),
+          "offload without bf16 checkpoints: %s", err.msg);
+    for (int r = 0; r < 6; r++) free(grad[r]);
     free(init);
     oz_param_layout_free(&lay);
 }

@@ -26,6 +26,9 @@ struct oz_backend {
     void *impl;             /* backend-private state (handles, workspaces) */
     int threads;
     int host_visible;       /* backend memory is ordinary host memory (no staging copies needed) */
+    /* Host memory that to_device/to_host move fastest (page-locked on CUDA, so copies run at the
+     * bus's speed; plain host memory on the CPU). Offloaded layer checkpoints live there. */
+    oz_allocator host_allocator;
 
     /* ---- memory ---- */
     void (*to_device)(oz_backend *be, void *dst, const void *host_src, size_t bytes);

@@ -39,7 +39,7 @@ int oz_cmd_memory(int argc, char **argv) {
         {"seq", OZ_ARG_INT, &o.seq, 0, "tokens per sequence [256]", 0},
         {"batch", OZ_ARG_INT, &o.batch, 0, "sequences per micro-batch [8]", 0},
         {"vocab", OZ_ARG_INT, &vocab, 0, "override the vocabulary size (presets use theirs)", 0},
-        {"recompute", OZ_ARG_STR, o.recompute, sizeof o.recompute, "none | layer | layer-bf16 (saved layer inputs in bf16) [none]", 0},
+        {"recompute", OZ_ARG_STR, o.recompute, sizeof o.recompute, "none | layer | layer-bf16 (saved layer inputs in bf16) | layer-offload (in bf16 in host memory) [none]", 0},
         {"mini-seq", OZ_ARG_STR, o.mini_seq, sizeof o.mini_seq, "off | auto | N [off]", 0},
         {"device", OZ_ARG_STR, o.device, sizeof o.device, "cpu | cuda (the CUDA backend adds its workspace) [cpu]", 0},
         {"budget", OZ_ARG_STR, budget_text, sizeof budget_text,
@@ -66,6 +66,7 @@ int oz_cmd_memory(int argc, char **argv) {
            o.device);
     for (int c = 0; c < OZ_MEM_NCATEGORIES; c++) print_size(oz_mem_category_name(c), plan.bytes[c]);
     print_size("total", plan.total);
+    if (plan.host_bytes) print_size("host (offload)", plan.host_bytes);
     int max_seq = 0;
     if (budget) {
         max_seq = oz_train_plan_max_seq(&cfg, &o, budget, 1 << 22);
@@ -76,6 +77,7 @@ int oz_cmd_memory(int argc, char **argv) {
         printf("{\"peak_bytes\":{");
         for (int c = 0; c < OZ_MEM_NCATEGORIES; c++) printf("\"%s\":%zu,", oz_mem_category_name(c), plan.bytes[c]);
         printf("\"total\":%zu}", plan.total);
+        if (plan.host_bytes) printf(",\"host_bytes\":%zu", plan.host_bytes);
         if (budget) printf(",\"budget\":%zu,\"fits\":%s,\"max_seq\":%d", budget, plan.total <= budget ? "true" : "false", max_seq);
         printf("}\n");
     }

@@ -123,7 +123,8 @@ int oz_cmd_train(int argc, char **argv) {
         {"device", OZ_ARG_STR, o.device, sizeof o.device, "cpu | cuda | cuda:N | cuda+tf32 (TF32 GEMMs) [cpu]", 0},
         {"recompute", OZ_ARG_STR, o.recompute, sizeof o.recompute,
          "none | layer: keep only layer inputs and recompute each layer in backward | layer-bf16: the same with "
-         "the saved inputs in bf16 (the residual stream rounded at layer boundaries) [none]", 0},
+         "the saved inputs in bf16 (the residual stream rounded at layer boundaries) | layer-offload: layer-bf16 with "
+         "the saved inputs in (page-locked) host memory [none]", 0},
         {"mini-seq", OZ_ARG_STR, o.mini_seq, sizeof o.mini_seq,
          "off | auto | N: run the MLP and LM head + loss over N token chunks (MsT) [off]", 0},
         {"seed", OZ_ARG_U64, &o.seed, 0, "seed for initialisation and data order [1]", 0},
@@ -151,6 +152,7 @@ int oz_cmd_train(int argc, char **argv) {
     printf("done: %d steps, train loss %.4f", res.steps, res.train_loss);
     if (!isnan(res.val_loss)) printf(", val loss %.4f", res.val_loss);
     printf(", %s tokens/s\n", tps);
+    if (res.host_bytes) printf("offloaded layer inputs: %.2f MiB of host memory\n", (double)res.host_bytes / 1048576.0);
     if (json) {
         printf("{\"steps\":%d,\"train_loss\":%.6f,", res.steps, res.train_loss);
         if (isnan(res.val_loss)) printf("\"val_loss\":null,");
@@ -159,7 +161,7 @@ int oz_cmd_train(int argc, char **argv) {
                res.trainable);
         for (int c = 0; c < OZ_MEM_NCATEGORIES; c++)
             printf("\"%s\":%zu,", oz_mem_category_name(c), res.peak_bytes[c]);
-        printf("\"total\":%zu}}\n", res.peak_total);
+        printf("\"total\":%zu},\"host_bytes\":%zu}\n", res.peak_total, res.host_bytes);
     }
     return 0;
 }

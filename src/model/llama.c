@@ -250,6 +250,10 @@ struct oz_llama {
      * in use (every acts[l].x points at it); xs is unused. */
     uint16_t **xs16;
     float *xwork;
+    /* offload_checkpoints: every xs16[l] is one device staging buffer; layer l's input lives in
+     * host16 + l * N * d (host memory from the backend's host allocator, host_bytes of it). */
+    uint16_t *host16;
+    size_t host_bytes;
     float *lnf, *rstdf, *logits, *losses;
     /* mini-sequence MLP chunk buffers (mlp_rows x F), and the chunk's low-rank intermediates of
      * gate, up and down (mlp_rows x R) */
@@ -365,6 +369,7 @@ void oz_llama_export_params(oz_llama *m, float *host) {
 }
 
 float *oz_llama_grads(oz_llama *m) { return m->grads; }
+size_t oz_llama_host_bytes(const oz_llama *m) { return m->host_bytes; }
 
 static bool is_vocab_tensor(const oz_param_info *p) { return p->kind == OZ_P_EMBED || p->kind == OZ_P_LM_HEAD; }
 
@@ -635,7 +640,10 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
     want(bl, &m->rope_cos, OZ_MEM_SCRATCH, F32(rope), "RoPE cos table");
     want(bl, &m->rope_sin, OZ_MEM_SCRATCH, F32(rope), "RoPE sin table");
     want(bl, &m->ids, OZ_MEM_ACTIVATIONS, 2 * N * sizeof(int32_t), "token ids");
-    if (s->bf16_checkpoints) {
+    if (s->offload_checkpoints) {
+        want(bl, &m->xs16[0], OZ_MEM_ACTIVATIONS, N * d * sizeof(uint16_t), "layer input staging (bf16, offloaded)");
+        want(bl, &m->xwork, OZ_MEM_ACTIVATIONS, F32(N * d), "layer input in use (fp32)");
+    } else if (s->bf16_checkpoints) {
         for (int l = 0; l <= L; l++)
             want(bl, &m->xs16[l], OZ_MEM_ACTIVATIONS, N * d * sizeof(uint16_t), "layer input (bf16)");
         want(bl, &m->xwork, OZ_MEM_ACTIVATIONS, F32(N * d), "layer input in use (fp32)");
@@ -705,6 +713,12 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
     }
 }
 
+/* Host bytes of the offloaded layer inputs (layers 0..L-1; the final residual stays on the device). */
+static size_t offload_bytes(const oz_llama *m) {
+    if (!m->shape.offload_checkpoints) return 0;
+    return (size_t)m->cfg.num_hidden_layers * m->shape.batch * m->shape.seq * m->cfg.hidden_size * sizeof(uint16_t);
+}
+
 static oz_status check_shape(const oz_llama_config *c, const oz_llama_shape *s, oz_err *err) {
     if (s->outer_grad_blocks && (!s->with_grads || !s->per_layer_grads || c->tie_word_embeddings))
         return oz_fail(err, OZ_ERR_INPUT, "embedding/head gradients in blocks need per-layer gradients and an untied head");
@@ -715,6 +729,8 @@ static oz_status check_shape(const oz_llama_config *c, const oz_llama_shape *s, 
         return oz_fail(err, OZ_ERR_INPUT, "mini-sequence chunk counts must both be positive or both 0");
     if (s->bf16_checkpoints && (!s->recompute || !s->with_grads))
         return oz_fail(err, OZ_ERR_INPUT, "bf16 checkpoints are recomputation's saved inputs: they need recompute (training)");
+    if (s->offload_checkpoints && !s->bf16_checkpoints)
+        return oz_fail(err, OZ_ERR_INPUT, "offloaded checkpoints are bf16 checkpoints: they need bf16_checkpoints");
     if ((long)s->mlp_chunks > (long)s->batch * s->seq || (long)s->head_chunks > (long)s->batch * s->seq)
         return oz_fail(err, OZ_ERR_INPUT, "more mini-sequences (%d, %d) than tokens (%ld)", s->mlp_chunks,
                        s->head_chunks, (long)s->batch * s->seq);
@@ -749,6 +765,7 @@ oz_status oz_llama_plan_memory(const oz_llama_config *cfg, oz_llama_shape shape,
         bl.cap = bl.n;
         bl.n = 0;
         list_buffers(&dummy, &bl);
+        plan->host_bytes = offload_bytes(&dummy);
         for (int i = 0; i < bl.n; i++) {
             plan->bytes[bl.items[i].cat] += bl.items[i].bytes;
             if (bl.items[i].bytes > plan->largest[bl.items[i].cat]) plan->largest[bl.items[i].cat] = bl.items[i].bytes;
@@ -854,6 +871,14 @@ oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend
             groups += oz_qw_groups(p->numel);
         }
     }
+    if (shape.offload_checkpoints) {
+        for (int l = 1; l <= L; l++) m->xs16[l] = m->xs16[0]; /* the staging buffer */
+        m->host_bytes = offload_bytes(m);
+        m->host16 = be->host_allocator.alloc(be->host_allocator.ctx, m->host_bytes);
+        if (!m->host16)
+            return oz_fail(err, OZ_ERR_NOMEM, "cannot allocate %.1f MiB of host memory for offloaded layer inputs",
+                           (double)m->host_bytes / 1048576.0);
+    }
     if (shape.recompute)
         for (int l = 1; l < L; l++) m->acts[l] = m->acts[0];
     for (int l = 0; l < L; l++) m->acts[l].x = shape.bf16_checkpoints ? m->xwork : m->xs[l];
@@ -863,6 +888,7 @@ oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend
 void oz_llama_destroy(oz_llama *m) {
     if (!m) return;
     for (int i = 0; i < m->n_owned; i++) oz_arena_free(m->arena, m->owned[i]);
+    if (m->host16) m->be->host_allocator.free(m->be->host_allocator.ctx, m->host16);
     free(m->owned);
     free(m->code_off);
     free(m->group_off);
@@ -1325,6 +1351,25 @@ static oz_status head_forward(oz_llama *m, const oz_llama_batch *b, float grad_s
  * x_L from the end of the forward until the first layer's recomputation. */
 static const float *final_input(const oz_llama *m, int L) { return m->shape.bf16_checkpoints ? m->xwork : m->xs[L]; }
 
+/* bf16_checkpoints: layer input l (l = L: the final residual) rounded to bf16 and saved (offloaded:
+ * through the staging buffer to host memory; the final residual is not kept), and xwork set to the
+ * rounded value the forward continues from. */
+static void save_checkpoint(oz_llama *m, int l, const float *x, const dims *g) {
+    oz_backend *be = m->be;
+    size_t nd = (size_t)g->N * g->d;
+    be->to_bf16(be, m->xs16[l], x, nd);
+    if (m->host16 && l < g->L) be->to_host(be, m->host16 + (size_t)l * nd, m->xs16[l], nd * sizeof(uint16_t));
+    be->from_bf16(be, m->xwork, m->xs16[l], nd);
+}
+
+/* bf16_checkpoints: layer l's saved input back into xwork (offloaded: through the staging buffer). */
+static void load_checkpoint(oz_llama *m, int l, const dims *g) {
+    oz_backend *be = m->be;
+    size_t nd = (size_t)g->N * g->d;
+    if (m->host16) be->to_device(be, m->xs16[l], m->host16 + (size_t)l * nd, nd * sizeof(uint16_t));
+    be->from_bf16(be, m->xwork, m->xs16[l], nd);
+}
+
 static oz_status forward(oz_llama *m, const oz_llama_batch *b, float grad_scale, double *loss_sum,
                          long *n_targets, oz_err *err) {
     OZ_TRY(check_batch(m, b, err));
@@ -1337,14 +1382,11 @@ static oz_status forward(oz_llama *m, const oz_llama_batch *b, float grad_scale,
     if (m->shape.bf16_checkpoints) {
         /* Each layer's output goes to dln (free until the head's backward), is saved in bf16, and
          * the next layer starts from the saved (rounded) value, as its recomputation will. */
-        size_t nd = (size_t)g.N * g.d;
         be->embedding_fwd(be, m->xwork, oz_llama_param(m, 0), m->ids, g.N, g.d);
-        be->to_bf16(be, m->xs16[0], m->xwork, nd);
-        be->from_bf16(be, m->xwork, m->xs16[0], nd);
+        save_checkpoint(m, 0, m->xwork, &g);
         for (int l = 0; l < g.L; l++) {
             layer_forward(m, l, &m->acts[l], m->dln, &g);
-            be->to_bf16(be, m->xs16[l + 1], m->dln, nd);
-            be->from_bf16(be, m->xwork, m->xs16[l + 1], nd);
+            save_checkpoint(m, l + 1, m->dln, &g);
         }
     } else {
         be->embedding_fwd(be, m->xs[0], oz_llama_param(m, 0), m->ids, g.N, g.d);
@@ -1389,7 +1431,7 @@ oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float 
         if (m->shape.recompute) {
             /* Rebuild this layer's activations from its saved input; the output it writes is scratch
              * (the next layer's input was saved in the forward and is not needed any more). */
-            if (m->shape.bf16_checkpoints) be->from_bf16(be, m->xwork, m->xs16[l], (size_t)g.N * g.d);
+            if (m->shape.bf16_checkpoints) load_checkpoint(m, l, &g);
             else a->x = m->xs[l];
             layer_forward(m, l, a, m->dln, &g);
         }

@@ -176,6 +176,13 @@ typedef struct {
      * so the recomputation sees exactly what the forward saw and the step is still deterministic;
      * the backward treats the rounding as identity. */
     bool bf16_checkpoints;
+    /* With bf16_checkpoints: the saved layer inputs live in host memory the backend copies fastest
+     * (page-locked on CUDA; Unsloth's "offloaded gradient checkpointing"): each one goes out through
+     * one device staging buffer as the forward leaves its layer and comes back through it before
+     * the layer's recomputation. Device memory keeps one checkpoint instead of one per layer; the
+     * numbers are those of bf16_checkpoints, bit for bit (the same rounding, only the place
+     * differs). oz_llama_plan.host_bytes and oz_llama_host_bytes give the host side. */
+    bool offload_checkpoints;
     /* Mini-sequences (MsT): 0 = off. Otherwise the MLP runs over mlp_chunks chunks of the B*T
      * tokens (its intermediates are recomputed chunk by chunk in backward, never stored for all
      * tokens) and the LM head + loss over head_chunks chunks, so no tokens x intermediate or
@@ -196,6 +203,7 @@ void oz_llama_mini_seq_auto(const oz_llama_config *cfg, int tokens, int *mlp_chu
 typedef struct {
     size_t bytes[OZ_MEM_NCATEGORIES];
     size_t largest[OZ_MEM_NCATEGORIES];
+    size_t host_bytes; /* offload_checkpoints: the host memory holding the layer inputs */
 } oz_llama_plan;
 oz_status oz_llama_plan_memory(const oz_llama_config *cfg, oz_llama_shape shape, oz_llama_plan *plan,
                                oz_err *err);
@@ -235,6 +243,8 @@ void oz_llama_write_param(oz_llama *model, int index, const float *host);
 /* The full gradient buffer (layout->grad_total floats, trainable tensors at grad_offset); NULL
  * without it (per-layer mode). */
 float *oz_llama_grads(oz_llama *model);
+/* Host memory the model holds outside the arena (offloaded checkpoints); 0 otherwise. */
+size_t oz_llama_host_bytes(const oz_llama *model);
 /* Gradient of parameter `index` (layout order); NULL for a frozen tensor. In per-layer mode a layer
  * tensor's gradient is only valid inside that layer's grad hook; in per-tensor mode every tensor's
  * only inside its tensor hook. */

@@ -29,6 +29,7 @@ oz_status oz_train_plan_memory(const oz_llama_config *cfg, const oz_train_opts *
     oz_llama_plan mp;
     OZ_TRY(oz_llama_plan_memory(&c, plan->shape, &mp, err));
     memcpy(plan->bytes, mp.bytes, sizeof plan->bytes);
+    plan->host_bytes = mp.host_bytes;
     oz_optim_config oc;
     OZ_TRY(oz_train_optim_config(o, &oc, err));
     oz_param_layout lay;

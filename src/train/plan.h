@@ -14,6 +14,7 @@
 typedef struct {
     size_t bytes[OZ_MEM_NCATEGORIES];
     size_t total;
+    size_t host_bytes;    /* host memory outside the total: offloaded checkpoints */
     oz_llama_shape shape; /* the resolved shape (chunk counts after --mini-seq auto) */
 } oz_train_plan;
 

@@ -512,8 +512,11 @@ oz_status oz_train_model_shape(const oz_train_opts *o, const oz_llama_config *cf
     if (o->welore) shape->freeze = OZ_FREEZE_EMBED | OZ_FREEZE_HEAD | OZ_FREEZE_DENSE;
     if (strcmp(o->recompute, "layer") == 0) shape->recompute = true;
     else if (strcmp(o->recompute, "layer-bf16") == 0) shape->recompute = shape->bf16_checkpoints = true;
+    else if (strcmp(o->recompute, "layer-offload") == 0)
+        shape->recompute = shape->bf16_checkpoints = shape->offload_checkpoints = true;
     else if (strcmp(o->recompute, "none") != 0)
-        return oz_fail(err, OZ_ERR_INPUT, "--recompute %s is not known (choose: none, layer, layer-bf16)", o->recompute);
+        return oz_fail(err, OZ_ERR_INPUT, "--recompute %s is not known (choose: none, layer, layer-bf16, layer-offload)",
+                       o->recompute);
     int tokens = o->batch * o->seq;
     if (strcmp(o->mini_seq, "off") == 0) return OZ_OK;
     if (strcmp(o->mini_seq, "auto") == 0) {
@@ -889,6 +892,7 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
     res->tokens_per_s = train_time > 0 ? steps_here * (double)tokens_per_step / train_time : 0;
     memcpy(res->peak_bytes, t->arena.peak, sizeof res->peak_bytes);
     res->peak_total = t->arena.peak_total;
+    res->host_bytes = oz_llama_host_bytes(t->model);
     return OZ_OK;
 }
 

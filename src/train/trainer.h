@@ -76,6 +76,7 @@ typedef struct {
     double tokens_per_s;
     size_t peak_bytes[OZ_MEM_NCATEGORIES];
     size_t peak_total;
+    size_t host_bytes;            /* host memory outside the arena: offloaded checkpoints */
     long long params;
     long long trainable;          /* parameters not frozen */
 } oz_train_result;

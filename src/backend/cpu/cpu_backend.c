@@ -223,6 +223,7 @@ oz_status oz_backend_cpu_create(oz_backend *be, int threads, oz_err *err) {
     be->impl = NULL;
     be->threads = omp_get_max_threads();
     be->host_visible = 1;
+    be->host_allocator = oz_host_allocator();
     be->to_device = cpu_memcpy;
     be->to_host = cpu_memcpy;
     be->copy = cpu_memcpy;

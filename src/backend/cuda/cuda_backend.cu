@@ -139,6 +139,20 @@ static void cuda_free(void *ctx, void *ptr) {
     if (ptr) OZ_CUDA_CHECK(c, cudaFree(ptr));
 }
 
+/* Page-locked host memory (offloaded checkpoints): zeroed like the host allocator's. */
+static void *cuda_host_alloc(void *ctx, size_t bytes) {
+    oz_cuda *c = (oz_cuda *)ctx;
+    void *p = NULL;
+    if (!OZ_CUDA_CHECK(c, cudaHostAlloc(&p, bytes, cudaHostAllocDefault))) return NULL;
+    memset(p, 0, bytes);
+    return p;
+}
+
+static void cuda_host_free(void *ctx, void *ptr) {
+    oz_cuda *c = (oz_cuda *)ctx;
+    if (ptr) OZ_CUDA_CHECK(c, cudaFreeHost(ptr));
+}
+
 static void cuda_to_device(oz_backend *be, void *dst, const void *src, size_t bytes) {
     oz_cuda *c = C(be);
     if (!bytes) return;
@@ -747,6 +761,7 @@ extern "C" oz_status oz_backend_cuda_create(oz_backend *be, int device, oz_err *
     be->allocator = (oz_allocator){cuda_alloc, cuda_free, c};
     be->threads = 1;
     be->host_visible = 0;
+    be->host_allocator = (oz_allocator){cuda_host_alloc, cuda_host_free, c};
     be->to_device = cuda_to_device;
     be->to_host = cuda_to_host;
     be->copy = cuda_copy;
