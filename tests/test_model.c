@@ -1369,6 +1369,127 @@ static void test_int8_row_blocks(void) {
     oz_param_layout_free(&lay);
 }
 
+/* bf16 embedding/head (Q-GaLore's format beside INT8 matrices): plan = arena, the two tensors take
+ * half the bytes; weights written round to nearest and read back exactly; loss, forward-only loss
+ * and the embedding/head row gradients equal those of an fp32 model holding the same (rounded)
+ * values, with and without mini-sequences (frozen: the final norm's gradient, through the head's
+ * dX in blocks); rows loaded for an update are the stored values, and
+ * stored back stochastically they land on a bf16 neighbour; refused without INT8 matrices and
+ * vocabulary blocks. */
+static void test_bf16_vocab(void) {
+    oz_llama_config c = {61, 16, 40, 2, 4, 2, 4, 32, 1e-5f, 10000.0f, false, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0, {{0}}};
+    enum { B = 2, T = 9, N = B * T };
+    int32_t ids[N], targets[N];
+    random_tokens(ids, targets, N, c.vocab_size, 41);
+    targets[2] = -1;
+    oz_param_layout lay;
+    oz_err err = {0};
+    oz_param_layout_build(&c, &lay, &err);
+    float *init = scaled_init(&c, &lay, 9), *rounded = malloc(lay.total * sizeof *rounded);
+    memcpy(rounded, init, lay.total * sizeof *init);
+    int head = lay.n - 1;
+    const size_t Vd = (size_t)c.vocab_size * c.hidden_size;
+    for (int t = 0; t < 2; t++) {
+        const oz_param_info *p = &lay.params[t ? head : 0];
+        for (size_t j = 0; j < p->numel; j++) rounded[p->offset + j] = oz_bf16_to_f32(oz_f32_to_bf16(init[p->offset + j]));
+    }
+    oz_llama_batch b = {ids, targets, B, T, NULL};
+    for (int variant = 0; variant < 3; variant++) { /* no chunks; 3 chunks; 3 chunks, embedding/head frozen */
+        int chunks = variant ? 3 : 0;
+        bool frozen = variant == 2;
+        double loss[2], fwd[2];
+        size_t weights[2], scratch[2];
+        float *rg[2][2], norm_grad[2][16];
+        for (int bf16 = 0; bf16 <= 1; bf16++) {
+            oz_llama_shape shape = {.batch = B, .seq = T, .with_grads = true, .per_layer_grads = true,
+                                    .outer_grad_blocks = true, .int8_matrices = true, .bf16_vocab = bf16,
+                                    .mlp_chunks = chunks, .head_chunks = chunks,
+                                    .freeze = frozen ? OZ_FREEZE_EMBED | OZ_FREEZE_HEAD : 0u};
+            model_fixture f;
+            if (!fixture_model(&f, &c, shape, bf16 ? init : rounded)) {
+                fixture_drop(&f);
+                continue;
+            }
+            oz_llama_plan plan;
+            CHECK(oz_llama_plan_memory(&c, shape, &plan, &err) == OZ_OK, "%s", err.msg);
+            for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
+                CHECK(plan.bytes[cat] == f.arena.current[cat], "bf16 vocab %d: plan/arena differ in %s", bf16,
+                      oz_mem_category_name(cat));
+            weights[bf16] = f.arena.current[OZ_MEM_WEIGHTS];
+            scratch[bf16] = f.arena.current[OZ_MEM_SCRATCH];
+            CHECK((oz_llama_param_bf16(f.m, 0) != NULL) == bf16 && (oz_llama_param(f.m, 0) == NULL) == bf16 &&
+                      oz_llama_param(f.m, head - 1) != NULL,
+                  "bf16 vocab %d: tensor pointers (embedding bf16 %p)", bf16, (void *)oz_llama_param_bf16(f.m, 0));
+            float *back = malloc(lay.params[head].numel * sizeof *back);
+            oz_llama_read_param(f.m, head, back);
+            CHECK(!memcmp(back, rounded + lay.params[head].offset, lay.params[head].numel * sizeof *back),
+                  "bf16 vocab %d: the head does not read back as its rounded values", bf16);
+            free(back);
+            rows_log rl = {{calloc(Vd, 4), calloc(Vd, 4)}, {0, 0}, 0, 0, head, c.hidden_size, &f.be};
+            oz_llama_set_rows_hook(f.m, record_rows, &rl);
+            double s;
+            long n;
+            oz_llama_zero_grads(f.m);
+            CHECK(oz_llama_forward_backward(f.m, &b, 1.0f / 17, &s, &n, &err) == OZ_OK, "%s", err.msg);
+            loss[bf16] = s / n;
+            memcpy(norm_grad[bf16], oz_llama_grad(f.m, head - 1), sizeof norm_grad[bf16]);
+            CHECK(oz_llama_forward(f.m, &b, &s, &n, &err) == OZ_OK, "%s", err.msg);
+            fwd[bf16] = s / n;
+            CHECK(rl.bad == 0 && rl.calls == (frozen ? 0 : 8), "bf16 vocab %d: rows hook %d calls, %d out of order",
+                  bf16, rl.calls, rl.bad);
+            rg[bf16][0] = rl.grad[0], rg[bf16][1] = rl.grad[1];
+            if (bf16 && !frozen) {
+                /* rows 16..31 of the head: loaded as stored; nudged and stored back stochastically */
+                const int d = c.hidden_size;
+                float *w = oz_llama_rows_load(f.m, head, 16, 16), orig[16 * 16], want[16 * 16];
+                CHECK(!memcmp(w, rounded + lay.params[head].offset + 16 * d, sizeof orig), "rows_load: not the stored rows");
+                memcpy(orig, w, sizeof orig);
+                for (int j = 0; j < 16 * d; j++) w[j] = want[j] = orig[j] * 1.001f + 1e-4f;
+                oz_llama_rows_store(f.m, head, 16, 16, 77);
+                uint16_t *h16 = oz_llama_param_bf16(f.m, head) + 16 * d;
+                int off = 0;
+                for (int j = 0; j < 16 * d; j++) {
+                    uint32_t bits;
+                    memcpy(&bits, &want[j], 4);
+                    off += h16[j] != oz_bf16_sr(want[j], 77, (uint64_t)(16 * d + j)) ||
+                           (h16[j] != (uint16_t)(bits >> 16) && h16[j] != (uint16_t)((bits >> 16) + 1));
+                }
+                CHECK(off == 0, "rows_store: %d values are not the stream's stochastic rounding", off);
+            }
+            fixture_drop(&f);
+        }
+        CHECK(weights[0] - weights[1] == 2 * Vd * 2, "bf16 vocab: %zu weight bytes vs %zu in fp32", weights[1], weights[0]);
+        double nd = 0, nm = 0;
+        for (int j = 0; j < c.hidden_size; j++) {
+            nd = fmax(nd, fabs((double)norm_grad[1][j] - norm_grad[0][j]));
+            nm = fmax(nm, fabs((double)norm_grad[0][j]));
+        }
+        CHECK(nm > 0 && nd <= 1e-5 * nm, "final norm gradient with a bf16 head differs by %.3g (of %.3g), variant %d",
+              nd, nm, variant);
+        CHECK(scratch[1] - scratch[0] == (size_t)oz_llama_vocab_block_rows(&c) * c.hidden_size * 4,
+              "bf16 vocab: scratch %zu vs %zu (one fp32 vocabulary block more)", scratch[1], scratch[0]);
+        CHECK_CLOSE(loss[1], loss[0], 1e-6, 0, "loss with a bf16 embedding/head");
+        CHECK_CLOSE(fwd[1], fwd[0], 1e-6, 0, "forward-only loss with a bf16 embedding/head");
+        for (int t = 0; t < 2; t++) {
+            double diff = 0, mx = 0;
+            for (size_t j = 0; j < Vd; j++) {
+                diff = fmax(diff, fabs((double)rg[1][t][j] - rg[0][t][j]));
+                mx = fmax(mx, fabs((double)rg[0][t][j]));
+            }
+            CHECK((frozen ? mx == 0 : mx > 0) && diff <= 1e-5 * mx,
+                  "%s row gradients with bf16 storage differ by %.3g (of %.3g)", t ? "head" : "embedding", diff, mx);
+            free(rg[0][t]), free(rg[1][t]);
+        }
+    }
+    oz_llama_plan plan;
+    oz_llama_shape bad = {.batch = B, .seq = T, .with_grads = true, .per_layer_grads = true, .bf16_vocab = true};
+    CHECK(oz_llama_plan_memory(&c, bad, &plan, &err) == OZ_ERR_INPUT && strstr(err.msg, "bf16"),
+          "bf16 embedding/head without INT8 matrices and blocks: %s", err.msg);
+    free(init);
+    free(rounded);
+    oz_param_layout_free(&lay);
+}
+
 static void test_per_tensor_grads(void) {
     enum { B = 2, T = 9, N = B * T, STEPS = 3 };
     oz_rng rng;
@@ -1582,6 +1703,7 @@ int main(void) {
     RUN(test_recompute_and_mini_sequences);
     RUN(test_bf16_checkpoints);
     RUN(test_outer_grad_blocks);
+    RUN(test_bf16_vocab);
     RUN(test_int8_row_blocks);
     RUN(test_grad_hook);
     return oz_test_finish("test_model");

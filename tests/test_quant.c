@@ -12,6 +12,7 @@
 
 #include "backend/backend.h"
 #include "harness.h"
+#include "io/safetensors.h" /* oz_bf16_to_f32, oz_f32_to_bf16 */
 #include "optim/quant.h"
 #include "optim/subspace.h"
 #include "util/rng.h"
@@ -797,6 +798,20 @@ static void test_backend_ops(void) {
     uint8_t *c1 = malloc(n), *c2 = malloc(n), *z1 = malloc(ng), *z2 = malloc(ng);
     float *a1 = malloc(nb * sizeof *a1), *a2 = malloc(nb * sizeof *a2), *s1 = malloc(ng * sizeof *s1), *s2 = malloc(ng * sizeof *s2);
     for (size_t i = 0; i < n; i++) x[i] = (float)oz_rng_normal(&rng) * (i < 256 ? 0.0f : 1.0f); /* one all-zero block */
+    {
+        /* bf16 SR (a slice starting at element 77) and the embedding from a bf16 table */
+        uint16_t *h1 = malloc(n * 2), *h2 = malloc(n * 2);
+        oz_bf16_round_sr(x + 77, n - 77, 99, 77, h1);
+        be.to_bf16_sr(&be, h2, x + 77, n - 77, 99, 77);
+        CHECK(!memcmp(h1, h2, (n - 77) * 2), "the backend's to_bf16_sr is not oz_bf16_round_sr");
+        const int32_t ids[4] = {3, 0, 3, 9};
+        be.embedding_fwd_bf16(&be, y, h1, ids, 4, 500);
+        int bad = 0;
+        for (int t = 0; t < 4; t++)
+            for (int j = 0; j < 500; j++) bad += y[t * 500 + j] != oz_bf16_to_f32(h1[(size_t)ids[t] * 500 + j]);
+        CHECK(bad == 0, "embedding_fwd_bf16: %d values are not the widened table rows", bad);
+        free(h1), free(h2);
+    }
     for (int map = 0; map < 2; map++) {
         const float *mp = map ? mu : ms;
         for (size_t i = 0; i < n; i++) y[i] = map ? fabsf(x[i]) : x[i];
@@ -877,8 +892,49 @@ static void test_backend_ops(void) {
     be.destroy(&be);
 }
 
+/* bf16 stochastic rounding: the documented recipe bit for bit, one of the two neighbours always,
+ * unbiased in the mean, exact values and specials kept, and slices give the whole tensor's draws. */
+static void test_bf16_sr(void) {
+    const uint64_t key = 0x1234567ull;
+    enum { n = 4096 };
+    float x[n];
+    uint16_t whole[n], part[n];
+    oz_rng r;
+    oz_rng_seed(&r, 23);
+    fill_normal(x, n, &r, 0.05f);
+    x[0] = 1.0f, x[1] = NAN, x[2] = -INFINITY, x[3] = 0.0f, x[4] = -0.0f, x[5] = 1.0e-40f;
+    oz_bf16_round_sr(x, n, key, 0, whole);
+    oz_bf16_round_sr(x, 1000, key, 0, part);
+    oz_bf16_round_sr(x + 1000, n - 1000, key, 1000, part + 1000);
+    CHECK(!memcmp(whole, part, sizeof whole), "bf16 SR of two slices differs from the whole tensor's");
+    int bad = 0, off = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, &x[i], 4);
+        if (i == 1) {
+            CHECK(isnan(oz_bf16_to_f32(whole[i])) && (whole[i] & 0x0040u), "NaN is not a quiet NaN in bf16");
+            continue;
+        }
+        const uint32_t rr = (uint32_t)(spec_mix(key + (uint64_t)i * 0x9E3779B97F4A7C15ull) >> 48);
+        bad += whole[i] != (uint16_t)((b + rr) >> 16);
+        off += whole[i] != (uint16_t)(b >> 16) && whole[i] != (uint16_t)((b >> 16) + 1); /* not a neighbour */
+    }
+    CHECK(bad == 0 && off == 0, "bf16 SR: %d values off the recipe, %d not a neighbour", bad, off);
+    CHECK(whole[0] == 0x3F80 && whole[2] == 0xFF80 && whole[3] == 0 && whole[4] == 0x8000,
+          "exact values and infinities change under bf16 SR");
+    /* Unbiased: 1 + 0.3 ulp(bf16) averages to itself; round-to-nearest would give 1. */
+    const float v = 1.0f + 0.3f * 0x1p-7f;
+    double sum = 0;
+    const int draws = 100000;
+    for (int i = 0; i < draws; i++) sum += oz_bf16_to_f32(oz_bf16_sr(v, key, (uint64_t)i));
+    const double se = 0x1p-7 * sqrt(0.3 * 0.7 / draws);
+    CHECK(fabs(sum / draws - v) < 4 * se, "bf16 SR mean %.9f vs %.9f (se %.2g)", sum / draws, (double)v, se);
+    CHECK(oz_bf16_to_f32(oz_f32_to_bf16(v)) == 1.0f, "round-to-nearest of %.9f should be 1", (double)v);
+}
+
 int main(void) {
     RUN(test_q8_maps);
+    RUN(test_bf16_sr);
     RUN(test_q8_roundtrip);
     RUN(test_int_exact);
     RUN(test_int_roundtrips);

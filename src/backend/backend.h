@@ -39,6 +39,10 @@ struct oz_backend {
      * even (NaN stays a quiet NaN), and back (exact). Bitwise the same on every backend. */
     void (*to_bf16)(oz_backend *be, uint16_t *dst /* (n) */, const float *src /* (n) */, size_t n);
     void (*from_bf16)(oz_backend *be, float *dst /* (n) */, const uint16_t *src /* (n) */, size_t n);
+    /* bf16 weights: dst = src with quant.h's stochastic rounding (oz_bf16_sr), element i drawing
+     * index i0 + i of stream `key`. */
+    void (*to_bf16_sr)(oz_backend *be, uint16_t *dst /* (n) */, const float *src /* (n) */, size_t n, uint64_t key,
+                       uint64_t i0);
 
     /* ---- linear algebra ----
      * C = alpha * op(A) @ op(B) + beta * C, row-major, op(A) is (M,K), op(B) is (K,N), C is (M,N).
@@ -55,6 +59,9 @@ struct oz_backend {
     /* ---- model ops ---- */
     void (*embedding_fwd)(oz_backend *be, float *out /* (N,d) */, const float *table /* (V,d) */,
                           const int32_t *ids /* (N) */, int N, int d);
+    /* The same from a bf16 table (exact: bf16 widens to fp32 without rounding). */
+    void (*embedding_fwd_bf16)(oz_backend *be, float *out /* (N,d) */, const uint16_t *table /* (V,d) */,
+                               const int32_t *ids /* (N) */, int N, int d);
     /* dtable += scatter(dout); deterministic (no atomics). Tokens with ids[i] < 0 are skipped
      * (a block of the table: ids outside it are passed as -1). */
     void (*embedding_bwd)(oz_backend *be, float *dtable /* (V,d) */, const float *dout /* (N,d) */,

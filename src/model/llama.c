@@ -238,6 +238,10 @@ struct oz_llama {
     size_t wmat_n; /* floats the matrix scratch holds */
     uint8_t *wq, *wzero;
     size_t *code_off, *group_off; /* per parameter index (INT8 matrices) */
+    /* bf16_vocab: the embedding (V x d) then the head (V x d) in bf16; outer_params holds only the
+     * final norm; vocab_rows is one vocabulary block of either in fp32 (the head's GEMMs, updates). */
+    uint16_t *vocab16;
+    float *vocab_rows;
     float *rope_cos, *rope_sin; /* (rope_len, hd/2) */
     int rope_len;
     int32_t *ids, *targets;     /* (N) in backend memory */
@@ -285,9 +289,12 @@ float *oz_llama_params(oz_llama *m) { return m->params; }
 
 static bool is_layer_matrix(const oz_param_info *p) { return p->layer >= 0 && !p->is_norm; }
 
+static bool is_vocab_tensor(const oz_param_info *p) { return p->kind == OZ_P_EMBED || p->kind == OZ_P_LM_HEAD; }
+
 float *oz_llama_param(oz_llama *m, int index) {
     const oz_param_info *p = &m->layout.params[index];
     if (m->params) return m->params + p->offset;
+    if (m->vocab16 && p->layer < 0) return is_vocab_tensor(p) ? NULL : m->outer_params; /* the final norm */
     if (p->layer < 0) return m->outer_params + p->span_offset;
     if (p->is_norm) {
         size_t d = (size_t)m->cfg.hidden_size;
@@ -305,6 +312,31 @@ bool oz_llama_param_int8(oz_llama *m, int index, uint8_t **q, float **scale, uin
     return true;
 }
 
+uint16_t *oz_llama_param_bf16(oz_llama *m, int index) {
+    const oz_param_info *p = &m->layout.params[index];
+    if (!m->vocab16 || !is_vocab_tensor(p)) return NULL;
+    return m->vocab16 + (p->kind == OZ_P_LM_HEAD ? (size_t)m->cfg.vocab_size * m->cfg.hidden_size : 0);
+}
+
+/* Floats of the bf16 vocabulary row scratch: one vocabulary block. */
+static size_t vocab_rows_floats(const oz_llama_config *c) {
+    return (size_t)oz_llama_vocab_block_rows(c) * c->hidden_size;
+}
+
+float *oz_llama_rows_load(oz_llama *m, int index, int row0, int rows) {
+    size_t d = (size_t)m->layout.params[index].shape[1], off = (size_t)row0 * d;
+    uint16_t *w16 = oz_llama_param_bf16(m, index);
+    if (!w16) return oz_llama_param(m, index) + off;
+    m->be->from_bf16(m->be, m->vocab_rows, w16 + off, (size_t)rows * d);
+    return m->vocab_rows;
+}
+
+void oz_llama_rows_store(oz_llama *m, int index, int row0, int rows, uint64_t key) {
+    size_t d = (size_t)m->layout.params[index].shape[1], off = (size_t)row0 * d;
+    uint16_t *w16 = oz_llama_param_bf16(m, index);
+    if (w16) m->be->to_bf16_sr(m->be, w16 + off, m->vocab_rows, (size_t)rows * d, key, off);
+}
+
 /* Staging piece for INT8 parameters off the host: the matrix scratch, in whole groups. */
 static size_t staging_piece(const oz_llama *m) { return m->wmat_n / OZ_QW_GROUP * OZ_QW_GROUP; }
 
@@ -312,7 +344,19 @@ void oz_llama_read_param(oz_llama *m, int index, float *host) {
     const oz_param_info *p = &m->layout.params[index];
     uint8_t *q, *z;
     float *sc;
-    if (oz_llama_param_int8(m, index, &q, &sc, &z)) {
+    uint16_t *w16 = oz_llama_param_bf16(m, index);
+    if (w16) { /* widened exactly; off the host through the row scratch */
+        if (m->be->host_visible) {
+            m->be->from_bf16(m->be, host, w16, p->numel);
+            return;
+        }
+        size_t piece = vocab_rows_floats(&m->cfg);
+        for (size_t e0 = 0; e0 < p->numel; e0 += piece) {
+            size_t n = p->numel - e0 < piece ? p->numel - e0 : piece;
+            m->be->from_bf16(m->be, m->vocab_rows, w16 + e0, n);
+            m->be->to_host(m->be, host + e0, m->vocab_rows, n * sizeof(float));
+        }
+    } else if (oz_llama_param_int8(m, index, &q, &sc, &z)) {
         /* Dequantized by the backend; off the host through the matrix scratch, free between steps
          * (whatever it cached is then gone), in group-aligned pieces of its size. */
         if (m->be->host_visible) {
@@ -333,7 +377,19 @@ void oz_llama_write_param(oz_llama *m, int index, const float *host) {
     const oz_param_info *p = &m->layout.params[index];
     uint8_t *q, *z;
     float *sc;
-    if (oz_llama_param_int8(m, index, &q, &sc, &z)) {
+    uint16_t *w16 = oz_llama_param_bf16(m, index);
+    if (w16) { /* rounded to nearest (a checkpoint written from bf16 weights comes back exactly) */
+        if (m->be->host_visible) {
+            m->be->to_bf16(m->be, w16, host, p->numel);
+            return;
+        }
+        size_t piece = vocab_rows_floats(&m->cfg);
+        for (size_t e0 = 0; e0 < p->numel; e0 += piece) {
+            size_t n = p->numel - e0 < piece ? p->numel - e0 : piece;
+            m->be->to_device(m->be, m->vocab_rows, host + e0, n * sizeof(float));
+            m->be->to_bf16(m->be, w16 + e0, m->vocab_rows, n);
+        }
+    } else if (oz_llama_param_int8(m, index, &q, &sc, &z)) {
         /* Quantized by the backend (the same codes everywhere: groups are independent, so pieces
          * that start on a group give the whole tensor's codes), from the matrix scratch off the
          * host; the weights change, so no cached dequantization stays valid. */
@@ -370,8 +426,6 @@ void oz_llama_export_params(oz_llama *m, float *host) {
 
 float *oz_llama_grads(oz_llama *m) { return m->grads; }
 size_t oz_llama_host_bytes(const oz_llama *m) { return m->host_bytes; }
-
-static bool is_vocab_tensor(const oz_param_info *p) { return p->kind == OZ_P_EMBED || p->kind == OZ_P_LM_HEAD; }
 
 bool oz_llama_grad_in_blocks(const oz_llama *m, int index) {
     const oz_param_info *p = &m->layout.params[index];
@@ -602,7 +656,13 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
             codes += p->numel;
             groups += oz_qw_groups(p->numel);
         }
-        want(bl, &m->outer_params, OZ_MEM_WEIGHTS, F32(lay->outer_total), "embedding/head weights");
+        if (s->bf16_vocab) {
+            want(bl, &m->vocab16, OZ_MEM_WEIGHTS, 2 * V * d * sizeof(uint16_t), "embedding/head weights (bf16)");
+            want(bl, &m->outer_params, OZ_MEM_WEIGHTS, F32(d), "final norm weight");
+            want(bl, &m->vocab_rows, OZ_MEM_SCRATCH, F32(vocab_rows_floats(c)), "embedding/head rows in fp32");
+        } else {
+            want(bl, &m->outer_params, OZ_MEM_WEIGHTS, F32(lay->outer_total), "embedding/head weights");
+        }
         want(bl, &m->layer_norms, OZ_MEM_WEIGHTS, F32((size_t)L * 2 * d), "layer norm weights");
         want(bl, &m->wq, OZ_MEM_WEIGHTS, codes, "INT8 matrices");
         want(bl, &m->wscale, OZ_MEM_QSCALES, F32(groups), "INT8 scales");
@@ -729,6 +789,8 @@ static oz_status check_shape(const oz_llama_config *c, const oz_llama_shape *s, 
         return oz_fail(err, OZ_ERR_INPUT, "mini-sequence chunk counts must both be positive or both 0");
     if (s->bf16_checkpoints && (!s->recompute || !s->with_grads))
         return oz_fail(err, OZ_ERR_INPUT, "bf16 checkpoints are recomputation's saved inputs: they need recompute (training)");
+    if (s->bf16_vocab && !(s->int8_matrices && s->outer_grad_blocks))
+        return oz_fail(err, OZ_ERR_INPUT, "a bf16 embedding/head needs INT8 matrices and gradients in vocabulary blocks");
     if (s->offload_checkpoints && !s->bf16_checkpoints)
         return oz_fail(err, OZ_ERR_INPUT, "offloaded checkpoints are bf16 checkpoints: they need bf16_checkpoints");
     if ((long)s->mlp_chunks > (long)s->batch * s->seq || (long)s->head_chunks > (long)s->batch * s->seq)
@@ -1240,6 +1302,45 @@ static void layer_backward(oz_llama *m, int l, layer_acts *a, const dims *g) {
     group_end(m, l, GRP_ATTN_NORM);
 }
 
+/* Rows [v0, v0 + vr) of the LM head in fp32 (vr <= the vocabulary block): in place, or a bf16
+ * head's rows widened into the row scratch. */
+static const float *head_rows(oz_llama *m, int v0, int vr) {
+    int hi = lm_head_index(m);
+    size_t d = (size_t)m->cfg.hidden_size;
+    uint16_t *w16 = oz_llama_param_bf16(m, hi);
+    if (!w16) return oz_llama_param(m, hi) + (size_t)v0 * d;
+    m->be->from_bf16(m->be, m->vocab_rows, w16 + (size_t)v0 * d, (size_t)vr * d);
+    return m->vocab_rows;
+}
+
+/* logits (rows, V) = x (rows, d) head^T: one GEMM, or for a bf16 head one per vocabulary block. */
+static void head_logits(oz_llama *m, const float *x, int rows, float *logits) {
+    oz_backend *be = m->be;
+    int d = m->cfg.hidden_size, V = m->cfg.vocab_size;
+    int block = m->vocab16 ? oz_llama_vocab_block_rows(&m->cfg) : V;
+    for (int v0 = 0; v0 < V; v0 += block) {
+        int vr = V - v0 < block ? V - v0 : block;
+        be->gemm(be, 0, 1, rows, vr, d, 1.0f, x, d, head_rows(m, v0, vr), d, 0.0f, logits + v0, V);
+    }
+}
+
+/* dx (rows, d) = dlogits (rows, V) head: one GEMM, or for a bf16 head a sum over its blocks. */
+static void head_dx(oz_llama *m, const float *dlogits, int rows, float *dx) {
+    oz_backend *be = m->be;
+    int d = m->cfg.hidden_size, V = m->cfg.vocab_size;
+    int block = m->vocab16 ? oz_llama_vocab_block_rows(&m->cfg) : V;
+    for (int v0 = 0; v0 < V; v0 += block) {
+        int vr = V - v0 < block ? V - v0 : block;
+        be->gemm(be, 0, 0, rows, d, vr, 1.0f, dlogits + v0, V, head_rows(m, v0, vr), d, v0 == 0 ? 0.0f : 1.0f, dx, d);
+    }
+}
+
+/* The token embeddings of the batch into out (N, d), from an fp32 or a bf16 table. */
+static void embed_tokens(oz_llama *m, float *out, const dims *g) {
+    if (m->vocab16) m->be->embedding_fwd_bf16(m->be, out, m->vocab16, m->ids, g->N, g->d);
+    else m->be->embedding_fwd(m->be, out, oz_llama_param(m, 0), m->ids, g->N, g->d);
+}
+
 /* Training with the head's gradient in vocabulary blocks (outer_grad_blocks): each row's
  * log-sum-exp over the whole vocabulary first (chunk by chunk), then per block of vocabulary rows
  * and per token chunk the block's logits, its loss gradient, the rows' dX contribution (into dln)
@@ -1249,12 +1350,11 @@ static void layer_backward(oz_llama *m, int l, layer_acts *a, const dims *g) {
 static void head_blocks(oz_llama *m, const oz_llama_batch *b, float grad_scale, const dims *g, int chunks) {
     oz_backend *be = m->be;
     int N = g->N, d = g->d, V = g->V, hi = lm_head_index(m);
-    const float *head = oz_llama_param(m, hi);
     for (int i = 0; i < chunks; i++) {
         int r0, r1;
         chunk_rows(N, chunks, i, &r0, &r1);
         if (r1 <= r0) continue;
-        be->gemm(be, 0, 1, r1 - r0, V, d, 1.0f, m->lnf + (size_t)r0 * d, d, head, d, 0.0f, m->logits, V);
+        head_logits(m, m->lnf + (size_t)r0 * d, r1 - r0, m->logits);
         if (b->logits_out)
             be->to_host(be, b->logits_out + (size_t)r0 * V, m->logits, (size_t)(r1 - r0) * V * sizeof(float));
         be->logsumexp_rows(be, m->lse + r0, m->logits, r1 - r0, V);
@@ -1263,7 +1363,7 @@ static void head_blocks(oz_llama *m, const oz_llama_batch *b, float grad_scale, 
     int block = oz_llama_vocab_block_rows(&m->cfg);
     for (int v0 = 0; v0 < V; v0 += block) {
         int vr = V - v0 < block ? V - v0 : block;
-        const float *wb = head + (size_t)v0 * d;
+        const float *wb = head_rows(m, v0, vr);
         for (int i = 0; i < chunks; i++) {
             int r0, r1;
             chunk_rows(N, chunks, i, &r0, &r1);
@@ -1307,8 +1407,7 @@ static oz_status head_forward(oz_llama *m, const oz_llama_batch *b, float grad_s
                               double *loss_sum, long *n_targets, oz_err *err) {
     oz_backend *be = m->be;
     int N = g->N, d = g->d, V = g->V;
-    const float *head = oz_llama_param(m, lm_head_index(m));
-    float *dhead = oz_llama_grad(m, lm_head_index(m)); /* NULL when the head is frozen */
+    float *dhead = oz_llama_grad(m, lm_head_index(m)); /* NULL when the head is frozen (or in blocks) */
     int chunks = m->shape.head_chunks > 0 ? m->shape.head_chunks : 1;
     if (b->targets) be->to_device(be, m->targets, b->targets, (size_t)N * sizeof(int32_t));
     bool blocks = grad_scale != 0.0f && b->targets && oz_llama_grad_in_blocks(m, lm_head_index(m));
@@ -1319,13 +1418,13 @@ static oz_status head_forward(oz_llama *m, const oz_llama_batch *b, float grad_s
         int rows = r1 - r0;
         if (rows <= 0) continue;
         const float *xin = m->lnf + (size_t)r0 * d;
-        be->gemm(be, 0, 1, rows, V, d, 1.0f, xin, d, head, d, 0.0f, m->logits, V);
+        head_logits(m, xin, rows, m->logits);
         if (b->logits_out)
             be->to_host(be, b->logits_out + (size_t)r0 * V, m->logits, (size_t)rows * V * sizeof(float));
         if (!b->targets) continue;
         be->cross_entropy(be, m->logits, m->losses + r0, m->targets + r0, rows, V, grad_scale);
         if (grad_scale != 0.0f) {
-            be->gemm(be, 0, 0, rows, d, V, 1.0f, m->logits, V, head, d, 0.0f, m->dln + (size_t)r0 * d, d);
+            head_dx(m, m->logits, rows, m->dln + (size_t)r0 * d);
             if (dhead) be->gemm(be, 1, 0, V, d, rows, 1.0f, m->logits, V, xin, d, 1.0f, dhead, d);
         }
     }
@@ -1382,14 +1481,14 @@ static oz_status forward(oz_llama *m, const oz_llama_batch *b, float grad_scale,
     if (m->shape.bf16_checkpoints) {
         /* Each layer's output goes to dln (free until the head's backward), is saved in bf16, and
          * the next layer starts from the saved (rounded) value, as its recomputation will. */
-        be->embedding_fwd(be, m->xwork, oz_llama_param(m, 0), m->ids, g.N, g.d);
+        embed_tokens(m, m->xwork, &g);
         save_checkpoint(m, 0, m->xwork, &g);
         for (int l = 0; l < g.L; l++) {
             layer_forward(m, l, &m->acts[l], m->dln, &g);
             save_checkpoint(m, l + 1, m->dln, &g);
         }
     } else {
-        be->embedding_fwd(be, m->xs[0], oz_llama_param(m, 0), m->ids, g.N, g.d);
+        embed_tokens(m, m->xs[0], &g);
         for (int l = 0; l < g.L; l++) layer_forward(m, l, &m->acts[l], m->xs[l + 1], &g);
     }
     be->rmsnorm_fwd(be, m->lnf, m->rstdf, final_input(m, g.L), oz_llama_param(m, final_norm_index(m)), g.N, g.d,

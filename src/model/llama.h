@@ -166,6 +166,14 @@ typedef struct {
      * dX) dequantize it a block of rows at a time into a small scratch (int8_block_floats), a
      * low-rank one's factor pair whole; norms are read in place. No fp32 copy of a matrix exists. */
     bool int8_matrices;
+    /* With int8_matrices and outer_grad_blocks (Q-GaLore's format for what it does not quantize):
+     * the embedding and the LM head are stored in bf16, half their bytes. Their GEMMs read them a
+     * vocabulary block at a time widened into an fp32 scratch (exact); their updates go through
+     * oz_llama_rows_load / oz_llama_rows_store, which round the updated rows back with stochastic
+     * rounding (quant.h's oz_bf16_sr), so small updates are not lost to rounding on average. The
+     * final norm stays fp32. oz_llama_param returns NULL for the two (oz_llama_param_bf16 gives
+     * them); read/write_param convert (write rounds to nearest). */
+    bool bf16_vocab;
     /* INT8 dense matrices are dequantized for their GEMMs in blocks of rows of about this many
      * values (0: 8M, 32 MiB; tests use small blocks to run many). */
     size_t int8_block_floats;
@@ -227,8 +235,17 @@ void oz_llama_destroy(oz_llama *model);
 const oz_llama_config *oz_llama_get_config(const oz_llama *model);
 const oz_param_layout *oz_llama_get_layout(const oz_llama *model);
 float *oz_llama_params(oz_llama *model);  /* backend memory, layout->total floats; NULL with int8_matrices */
-/* Parameter `index` in backend memory; NULL for an INT8 matrix. */
+/* Parameter `index` in backend memory; NULL for an INT8 matrix or a bf16 embedding/head. */
 float *oz_llama_param(oz_llama *model, int index);
+/* A bf16 embedding or head (oz_llama_shape.bf16_vocab) in backend memory; NULL otherwise. */
+uint16_t *oz_llama_param_bf16(oz_llama *model, int index);
+/* Rows [row0, row0 + rows) of the embedding or head (rows <= oz_llama_vocab_block_rows) as fp32
+ * backend memory to update in place: the tensor itself, or for a bf16 one its rows widened into
+ * the model's row scratch (valid until the next model call). oz_llama_rows_store then rounds the
+ * scratch back into the bf16 rows with stochastic rounding from stream `key` (element indices
+ * counted over the whole tensor); a no-op for an fp32 tensor. */
+float *oz_llama_rows_load(oz_llama *model, int index, int row0, int rows);
+void oz_llama_rows_store(oz_llama *model, int index, int row0, int rows, uint64_t key);
 /* An INT8 matrix's codes (numel), scales and zero points (one per group of 256); false when the
  * parameter is not stored as INT8. */
 bool oz_llama_param_int8(oz_llama *model, int index, uint8_t **q, float **scale, uint8_t **zero);

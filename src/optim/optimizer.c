@@ -641,12 +641,16 @@ oz_status oz_optimizer_consume_rows(oz_optimizer *o, int index, int row0, int ro
     s->applied = row0 + rows == p->shape[0];
     o->applied_sumsq += o->be->sumsq(o->be, grad, n);
     oz_adamw_args args = slot_args(o, s, o->lr, 1.0f);
-    float *W = oz_llama_param(o->model, s->index) + off;
+    /* The rows in fp32 (a bf16 tensor's widened into the model's scratch), updated, and rounded
+     * back stochastically from a stream keyed by (seed, step, tensor) as the INT8 updates are. */
+    float *W = oz_llama_rows_load(o->model, s->index, row0, rows);
     if (s->q8)
         o->be->adam8bit_step(o->be, W, grad, s->mq + off, s->ma + off / OZ_Q8_BLOCK, s->vq + off,
                              s->va + off / OZ_Q8_BLOCK, n, &args);
     else
         o->be->adamw_step(o->be, W, grad, s->m + off, s->v + off, n, &args);
+    uint64_t key = oz_qw_stream_key(o->cfg.seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(s->index + 1)), (uint64_t)o->step, 0);
+    oz_llama_rows_store(o->model, s->index, row0, rows, key);
     return OZ_OK;
 }
 

@@ -171,6 +171,19 @@ uint64_t oz_qw_stream_key(uint64_t seed, uint64_t step, uint64_t group) {
     return mix64(mix64(mix64(seed) ^ step) ^ group);
 }
 
+uint16_t oz_bf16_sr(float x, uint64_t key, uint64_t i) {
+    uint32_t b;
+    memcpy(&b, &x, sizeof b);
+    if ((b & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((b >> 16) | 0x0040u); /* quiet NaN */
+    const uint32_t r = (uint32_t)(mix64(key + i * 0x9E3779B97F4A7C15ull) >> 48);
+    return (uint16_t)((b + r) >> 16);
+}
+
+void oz_bf16_round_sr(const float *x, size_t n, uint64_t key, uint64_t i0, uint16_t *out) {
+#pragma omp parallel for schedule(static) if (n > OZ_QUANT_PAR_MIN)
+    for (size_t i = 0; i < n; i++) out[i] = oz_bf16_sr(x[i], key, i0 + i);
+}
+
 /* Scale and zero point of one group; qmax = 255 or 15. */
 static void minmax_params(const float *w, size_t len, float qmax, float *s_out, uint8_t *z_out) {
     float lo = 0.0f, hi = 0.0f; /* starting at 0 is what puts 0 inside the range */

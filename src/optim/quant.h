@@ -134,6 +134,17 @@ void oz_i8_update_sr(uint8_t *q, float *s, uint8_t *z, size_t n, const float *de
 /* n + 5 * oz_qw_groups(n) */
 size_t oz_i8_bytes(size_t n);
 
+/* ---- bf16 weights updated with stochastic rounding (qgalore's embedding and LM head) ----
+ * Element i of a tensor (0-based over the whole tensor) rounds x with stream key `key` as
+ *     b = x's fp32 bits; r = mix(key + i * 0x9E3779B97F4A7C15) >> 48 (16 random bits);
+ *     bf16 = (b + r) >> 16
+ * so the magnitude rounds up with probability (b & 0xFFFF) / 65536: unbiased, E[bf16] = x.
+ * NaN becomes a quiet NaN (as the round-to-nearest conversion), +-Inf stays. Counter-based like
+ * the INT8 draws: any split of a tensor into slices (passing each slice's first index) gives the
+ * whole tensor's result. */
+uint16_t oz_bf16_sr(float x, uint64_t key, uint64_t i);
+void oz_bf16_round_sr(const float *x, size_t n, uint64_t key, uint64_t i0, uint16_t *out);
+
 /* packed: ((n + 1) / 2), s: (groups), z: (groups) */
 void oz_i4_quantize(const float *w, size_t n, uint8_t *packed, float *s, uint8_t *z);
 void oz_i4_dequantize(const uint8_t *packed, const float *s, const uint8_t *z, size_t n, float *w);

@@ -509,6 +509,9 @@ oz_status oz_train_model_shape(const oz_train_opts *o, const oz_llama_config *cf
     shape->outer_grad_blocks = oc.immediate && !cfg->tie_word_embeddings;
     shape->per_tensor_grads = oc.immediate; /* nothing needs a whole layer's gradients at once */
     shape->int8_matrices = oc.int8_weights;
+    /* Q-GaLore keeps what it does not quantize in bf16: with its updates in row blocks (which
+     * round them back stochastically) the embedding and head take half the bytes. */
+    shape->bf16_vocab = shape->int8_matrices && shape->outer_grad_blocks;
     if (o->welore) shape->freeze = OZ_FREEZE_EMBED | OZ_FREEZE_HEAD | OZ_FREEZE_DENSE;
     if (strcmp(o->recompute, "layer") == 0) shape->recompute = true;
     else if (strcmp(o->recompute, "layer-bf16") == 0) shape->recompute = shape->bf16_checkpoints = true;

@@ -149,6 +149,21 @@ static void test_elementwise(void) {
         cpu.from_bf16(&cpu, fb, hb, n);
         float *gf = back(dx, n);
         CHECK(!memcmp(gf, fb, n * 4), "from_bf16 differs from the CPU's");
+        /* stochastic rounding (bf16 weights), a slice starting at element 5, bitwise the CPU's */
+        gpu.to_device(&gpu, dx, x, n * 4);
+        cpu.to_bf16_sr(&cpu, hb, x + 5, n - 5, 0xABCDull, 5);
+        gpu.to_bf16_sr(&gpu, (uint16_t *)db, dx + 5, n - 5, 0xABCDull, 5);
+        gpu.to_host(&gpu, gb, db, (n - 5) * 2);
+        CHECK(!memcmp(hb, gb, (n - 5) * 2), "to_bf16_sr differs from the CPU's stochastic rounding");
+        /* the embedding from a bf16 table: rows of the table just written (n - 5 >= 7 * 100 values) */
+        int32_t ids[5] = {6, 0, 6, 2, 1};
+        int32_t *dids = dev(ids, sizeof ids);
+        float *demb = dev(NULL, 5 * 100 * 4), *cemb = malloc(5 * 100 * 4);
+        cpu.embedding_fwd_bf16(&cpu, cemb, hb, ids, 5, 100);
+        gpu.embedding_fwd_bf16(&gpu, demb, (const uint16_t *)db, dids, 5, 100);
+        expect_close("embedding_fwd_bf16", demb, cemb, 5 * 100, 0);
+        free(cemb);
+        dfree(demb), dfree(dids);
         free(hb), free(gb), free(fb), free(gf);
         dfree(db);
     }

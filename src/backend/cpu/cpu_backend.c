@@ -190,6 +190,19 @@ static void cpu_i4_dequantize(oz_backend *be, const uint8_t *packed, const float
     oz_i4_dequantize(packed, s, z, n, w);
 }
 
+static void cpu_to_bf16_sr(oz_backend *be, uint16_t *dst, const float *src, size_t n, uint64_t key, uint64_t i0) {
+    (void)be;
+    oz_bf16_round_sr(src, n, key, i0, dst);
+}
+
+static void cpu_embedding_fwd_bf16(oz_backend *be, float *out, const uint16_t *table, const int32_t *ids, int N,
+                                   int d) {
+    (void)be;
+#pragma omp parallel for schedule(static) if ((size_t)N * d > 65536)
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < d; j++) out[(size_t)i * d + j] = oz_bf16_to_f32(table[(size_t)ids[i] * d + j]);
+}
+
 static void cpu_square(oz_backend *be, float *y, const float *x, size_t n) {
     (void)be;
 #pragma omp parallel for schedule(static) if (n > 65536)
@@ -230,6 +243,8 @@ oz_status oz_backend_cpu_create(oz_backend *be, int threads, oz_err *err) {
     be->fill = cpu_fill;
     be->to_bf16 = cpu_to_bf16;
     be->from_bf16 = cpu_from_bf16;
+    be->to_bf16_sr = cpu_to_bf16_sr;
+    be->embedding_fwd_bf16 = cpu_embedding_fwd_bf16;
     be->gemm = cpu_gemm;
     be->axpy = cpu_axpy;
     be->scale = cpu_scale;

@@ -201,6 +201,21 @@ __global__ void from_bf16_k(float *dst, const uint16_t *src, size_t n) {
     GRID_STRIDE(i, n) dst[i] = __uint_as_float((uint32_t)src[i] << 16);
 }
 
+/* One token row per block: out[i] = widen(table[ids[i]]). */
+__global__ void embedding_bf16_k(float *out, const uint16_t *table, const int32_t *ids, int d) {
+    const uint16_t *row = table + (size_t)ids[blockIdx.x] * d;
+    float *o = out + (size_t)blockIdx.x * d;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) o[j] = __uint_as_float((uint32_t)row[j] << 16);
+}
+
+static void cuda_embedding_fwd_bf16(oz_backend *be, float *out, const uint16_t *table, const int32_t *ids, int N,
+                                    int d) {
+    oz_cuda *c = C(be);
+    if (N <= 0) return;
+    embedding_bf16_k<<<N, 256, 0, c->stream>>>(out, table, ids, d);
+    OZ_CUDA_LAUNCHED(c);
+}
+
 static void cuda_to_bf16(oz_backend *be, uint16_t *dst, const float *src, size_t n) {
     oz_cuda *c = C(be);
     if (!n) return;
@@ -768,6 +783,7 @@ extern "C" oz_status oz_backend_cuda_create(oz_backend *be, int device, oz_err *
     be->fill = cuda_fill;
     be->to_bf16 = cuda_to_bf16;
     be->from_bf16 = cuda_from_bf16;
+    be->embedding_fwd_bf16 = cuda_embedding_fwd_bf16;
     be->gemm = cuda_gemm;
     be->axpy = cuda_axpy;
     be->scale = cuda_scale;

@@ -345,7 +345,28 @@ static void cuda_square(oz_backend *be, float *y, const float *x, size_t n) {
     OZ_CUDA_LAUNCHED(c);
 }
 
+/* oz_bf16_sr per element, in integer arithmetic: bitwise the CPU's. */
+__global__ void bf16_sr_k(uint16_t *dst, const float *src, size_t n, uint64_t key, uint64_t i0) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const uint32_t b = __float_as_uint(src[i]);
+        if ((b & 0x7fffffffu) > 0x7f800000u) {
+            dst[i] = (uint16_t)((b >> 16) | 0x0040u);
+            continue;
+        }
+        const uint32_t r = (uint32_t)(mix64(key + (i0 + i) * 0x9E3779B97F4A7C15ull) >> 48);
+        dst[i] = (uint16_t)((b + r) >> 16);
+    }
+}
+
+static void cuda_to_bf16_sr(oz_backend *be, uint16_t *dst, const float *src, size_t n, uint64_t key, uint64_t i0) {
+    oz_cuda *c = C(be);
+    if (!n) return;
+    bf16_sr_k<<<grid_for(n), QT, 0, c->stream>>>(dst, src, n, key, i0);
+    OZ_CUDA_LAUNCHED(c);
+}
+
 void oz_cuda_quant_ops(oz_backend *be) {
+    be->to_bf16_sr = cuda_to_bf16_sr;
     oz_q8_map_signed(be->q8_map[OZ_Q8_MAP_SIGNED]);
     oz_q8_map_unsigned(be->q8_map[OZ_Q8_MAP_UNSIGNED]);
     be->q8_zero = cuda_q8_zero;
