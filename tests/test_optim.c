@@ -575,9 +575,11 @@ static void record_step(void *user, const oz_train_progress *p) {
 /* One short run of `model` (a preset or a directory with a config.json) through the real trainer:
  * per-step losses, the result (measured peaks) and the final weights. */
 static float *train_case(const char *model, const char *optim, const char *per_layer, const char *recompute,
-                         const char *mini_seq, const char *dir, loss_log *losses, oz_train_result *res, size_t *n_out) {
+                         const char *mini_seq, const char *vocab_bf16, const char *dir, loss_log *losses,
+                         oz_train_result *res, size_t *n_out) {
     oz_train_opts o;
     oz_train_opts_default(&o);
+    snprintf(o.vocab_bf16, sizeof o.vocab_bf16, "%s", vocab_bf16);
     snprintf(o.data, sizeof o.data, "random:258");
     snprintf(o.model, sizeof o.model, "%s", model);
     snprintf(o.out, sizeof o.out, "%s", dir);
@@ -622,7 +624,9 @@ static float *train_case(const char *model, const char *optim, const char *per_l
  * equal those of whole-model updates to fp32 rounding: the layers' arithmetic is the same, but the
  * untied head's loss takes the two-pass vocabulary-block path in immediate mode (measured: losses
  * within ~2e-8, weights ~2e-6 relative; test_model holds the per-tensor hand-off bitwise equal to
- * per-layer immediate updates). */
+ * per-layer immediate updates). qgalore's immediate runs store the embedding and head in bf16 by
+ * default: that run's plan is checked, its losses must stay within 1e-3 of the fp32-embedding run,
+ * which is the one compared with whole-model updates. */
 static void test_immediate_plan_and_losses(void) {
     const char *optims[] = {"qgalore", "galore", "galore8bit", "adamw8bit", "adamw"};
     const char *combos[][2] = {{"none", "off"}, {"layer", "off"}, {"none", "1"}, {"layer", "2"}, {"none", "3"}, {"layer", "auto"}};
@@ -650,8 +654,19 @@ static void test_immediate_plan_and_losses(void) {
                 loss_log l1, l2;
                 oz_train_result r1, r2;
                 size_t n1 = 0, n2 = 0;
-                float *imm = train_case(models[mi], optims[k], "on", combos[c][0], combos[c][1], d1, &l1, &r1, &n1);
-                float *whole = train_case(models[mi], optims[k], "off", combos[c][0], combos[c][1], d2, &l2, &r2, &n2);
+                bool qg = strcmp(optims[k], "qgalore") == 0;
+                float *imm = train_case(models[mi], optims[k], "on", combos[c][0], combos[c][1], "off", d1, &l1, &r1, &n1);
+                float *whole = train_case(models[mi], optims[k], "off", combos[c][0], combos[c][1], "off", d2, &l2, &r2, &n2);
+                if (qg) { /* the default bf16 embedding/head: its plan, and losses near the fp32 ones */
+                    loss_log lb;
+                    size_t nb = 0;
+                    free(train_case(models[mi], optims[k], "on", combos[c][0], combos[c][1], "auto", d1, &lb, &r1, &nb));
+                    for (int s = 0; s < 4 && lb.n == 4; s++)
+                        CHECK(fabs(lb.loss[s] - l1.loss[s]) < 1e-3 * fabs(l1.loss[s]) && lb.loss[s] != l1.loss[s],
+                              "qgalore with a bf16 embedding/head: step %d loss %.9g vs %.9g in fp32", s + 1,
+                              lb.loss[s], l1.loss[s]);
+                    CHECK(lb.n == 4, "the bf16 embedding/head run stopped at %d steps", lb.n);
+                }
                 oz_train_opts o;
                 oz_train_opts_default(&o);
                 snprintf(o.optim, sizeof o.optim, "%s", optims[k]);

@@ -28,6 +28,8 @@ int oz_cmd_memory(int argc, char **argv) {
         {"proj-bits", OZ_ARG_INT, &o.proj_bits, 0, "32 or 4 [32; 4 for qgalore]", 0},
         {"moments-at-switch", OZ_ARG_STR, o.moments_at_switch, sizeof o.moments_at_switch, "(no effect on memory)", 0},
         {"lazy-update", OZ_ARG_STR, o.lazy_update, sizeof o.lazy_update, "auto | on | off [auto]", 0},
+        {"vocab-bf16", OZ_ARG_STR, o.vocab_bf16, sizeof o.vocab_bf16,
+         "qgalore: auto | on | off: bf16 embedding and head [auto: on with --clip 0 and an untied head]", 0},
         {"grad-accum", OZ_ARG_INT, &o.grad_accum, 0, "micro-batches per step (with --clip 0 and 1, per-layer updates need no accumulators) [1]", 0},
         {"clip", OZ_ARG_FLOAT, &o.clip, 0, "gradient clipping, 0 = off [1.0]", 0},
         {"welore", OZ_ARG_FLAG, &o.welore, 0, "a low-rank model trained WeLore's way (only factors and norms train)", 0},

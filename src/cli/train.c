@@ -101,6 +101,9 @@ int oz_cmd_train(int argc, char **argv) {
          "GaLore: matrices that get GaLore: attn,mlp | attn | mlp [attn,mlp]", 0},
         {"lazy-update", OZ_ARG_STR, o.lazy_update, sizeof o.lazy_update,
          "GaLore: auto | on | off: grow a matrix's refresh gap while its subspace is stable [auto: on for qgalore]", 0},
+        {"vocab-bf16", OZ_ARG_STR, o.vocab_bf16, sizeof o.vocab_bf16,
+         "qgalore: auto | on | off: embedding and LM head stored in bf16, updated with stochastic rounding "
+         "[auto: on when updates come as gradients arrive (--clip 0, untied head)]", 0},
         {"cos-threshold", OZ_ARG_FLOAT, &o.cos_threshold, 0, "lazy updates: mean cosine that grows the gap [0.4]", 0},
         {"cos-window", OZ_ARG_INT, &o.cos_window, 0, "lazy updates: cosines averaged [5]", 0},
         {"gap-growth", OZ_ARG_FLOAT, &o.gap_growth, 0, "lazy updates: gap multiplier [2]", 0},

@@ -524,23 +524,64 @@ static int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 /* ---- the buffer list: one description drives both allocation and the memory plan */
 
+/* When a buffer is live, so that buffers whose lives never meet can share memory:
+ * LIFE_LAYER buffers are only used inside one layer's forward or backward (the MLP's chunk
+ * buffers, backward scratch; with recompute the whole work set, rebuilt by every backward);
+ * LIFE_HEAD buffers only outside the layers (the final norm's output, the logits, the
+ * embedding/head row blocks and their fp32 rows, also staging checkpoints between steps). A head
+ * buffer is carved out of a layer buffer where one has room (first fit, largest first), so it
+ * costs no memory of its own. */
+enum { LIFE_ALWAYS = 0, LIFE_LAYER, LIFE_HEAD };
+
 typedef struct {
     void **dest;            /* where the pointer goes (NULL when only planning) */
     oz_mem_category cat;
     size_t bytes;
     const char *what;
+    int life;
+    int host;               /* LIFE_HEAD: the layer buffer it lives in (-1: its own allocation) */
+    size_t offset, used;    /* its offset in the host; a host's bytes handed out */
 } buffer_desc;
 
 typedef struct {
     buffer_desc *items;
     int n, cap;
     bool planning;
+    int life; /* the life of the buffers being listed */
 } buffer_list;
 
 static void want(buffer_list *bl, void *dest, oz_mem_category cat, size_t bytes, const char *what) {
     if (!bytes) return; /* e.g. no trainable tensor outside the layers: the pointer stays NULL */
-    if (bl->n < bl->cap) bl->items[bl->n] = (buffer_desc){bl->planning ? NULL : (void **)dest, cat, bytes, what};
+    if (bl->n < bl->cap)
+        bl->items[bl->n] = (buffer_desc){bl->planning ? NULL : (void **)dest, cat, bytes, what, bl->life, -1, 0, 0};
     bl->n++;
+}
+
+#define OVERLAY_ALIGN ((size_t)256)
+
+/* Places every head buffer in a layer buffer with room for it: largest first, first fit, at
+ * 256-byte aligned offsets. Deterministic, so the plan and the model place them alike. */
+static void place_overlays(buffer_list *bl) {
+    for (;;) {
+        int pick = -1;
+        for (int i = 0; i < bl->n; i++) {
+            buffer_desc *h = &bl->items[i];
+            if (h->life == LIFE_HEAD && h->host < 0 && !h->used && (pick < 0 || h->bytes > bl->items[pick].bytes))
+                pick = i;
+        }
+        if (pick < 0) return;
+        buffer_desc *h = &bl->items[pick];
+        h->used = 1; /* visited (a head buffer never hosts) */
+        size_t need = (h->bytes + OVERLAY_ALIGN - 1) / OVERLAY_ALIGN * OVERLAY_ALIGN;
+        for (int j = 0; j < bl->n; j++) {
+            buffer_desc *l = &bl->items[j];
+            if (l->life != LIFE_LAYER || l->bytes < l->used + h->bytes) continue;
+            h->host = j;
+            h->offset = l->used;
+            l->used += need;
+            break;
+        }
+    }
 }
 
 #define F32(n) ((size_t)(n) * sizeof(float))
@@ -645,6 +686,7 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
     size_t head_rows = s->head_chunks > 0 ? (size_t)ceil_div((int)N, s->head_chunks) : N;
     size_t rope = (size_t)(c->max_position_embeddings > s->seq ? c->max_position_embeddings : s->seq) *
                   (c->head_dim / 2);
+    bl->life = LIFE_ALWAYS;
 
     if (!s->int8_matrices) {
         want(bl, &m->params, OZ_MEM_WEIGHTS, F32(lay->total), "weights");
@@ -659,7 +701,9 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
         if (s->bf16_vocab) {
             want(bl, &m->vocab16, OZ_MEM_WEIGHTS, 2 * V * d * sizeof(uint16_t), "embedding/head weights (bf16)");
             want(bl, &m->outer_params, OZ_MEM_WEIGHTS, F32(d), "final norm weight");
+            bl->life = LIFE_HEAD;
             want(bl, &m->vocab_rows, OZ_MEM_SCRATCH, F32(vocab_rows_floats(c)), "embedding/head rows in fp32");
+            bl->life = LIFE_ALWAYS;
         } else {
             want(bl, &m->outer_params, OZ_MEM_WEIGHTS, F32(lay->outer_total), "embedding/head weights");
         }
@@ -688,9 +732,11 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
                 else norm = true;
             }
             if (norm) want(bl, &m->outer_grads, OZ_MEM_GRADS, F32(d), "final norm gradient");
+            bl->life = LIFE_HEAD;
             if (embed || head)
                 want(bl, &m->vblock, OZ_MEM_GRADS, F32((size_t)oz_llama_vocab_block_rows(c) * d),
                      "embedding/head gradient block");
+            bl->life = LIFE_ALWAYS;
             if (head) want(bl, &m->lse, OZ_MEM_ACTIVATIONS, F32(N), "log-sum-exp per token");
             if (embed) want(bl, &m->ids_block, OZ_MEM_ACTIVATIONS, N * sizeof(int32_t), "token ids of a block");
         }
@@ -713,6 +759,7 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
     /* Without recompute every layer keeps its own set; with it, one work set is shared (its
      * low-rank intermediates sized for the largest rank of each matrix over the layers). */
     int sets = s->recompute ? 1 : L;
+    bl->life = s->recompute ? LIFE_LAYER : LIFE_ALWAYS; /* without recompute each set lives until its backward */
     for (int l = 0; l < sets; l++) {
         layer_acts *a = &m->acts[l];
         want(bl, &a->ln1, OZ_MEM_ACTIVATIONS, F32(N * d), "attention norm output");
@@ -736,6 +783,7 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
             want(bl, &a->t[j], OZ_MEM_ACTIVATIONS, F32(N * (size_t)R), "low-rank intermediate");
         }
     }
+    bl->life = LIFE_LAYER;
     if (mini) {
         want(bl, &m->cgate, OZ_MEM_SCRATCH, F32(mlp_rows * F), "MLP gate chunk");
         want(bl, &m->cup, OZ_MEM_SCRATCH, F32(mlp_rows * F), "MLP up chunk");
@@ -743,9 +791,11 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
         for (int j = OZ_M_GATE; j <= OZ_M_DOWN; j++)
             want(bl, &m->ct[j], OZ_MEM_SCRATCH, F32(mlp_rows * (size_t)max_rank(c, j)), "low-rank intermediate chunk");
     }
+    bl->life = LIFE_HEAD;
     want(bl, &m->lnf, OZ_MEM_ACTIVATIONS, F32(N * d), "final norm output");
-    want(bl, &m->rstdf, OZ_MEM_ACTIVATIONS, F32(N), "final norm rstd");
     want(bl, &m->logits, s->head_chunks > 0 ? OZ_MEM_SCRATCH : OZ_MEM_ACTIVATIONS, F32(head_rows * V), "logits");
+    bl->life = LIFE_ALWAYS;
+    want(bl, &m->rstdf, OZ_MEM_ACTIVATIONS, F32(N), "final norm rstd");
     want(bl, &m->losses, OZ_MEM_ACTIVATIONS, F32(N), "losses");
     if (s->with_grads) {
         want(bl, &m->dx, OZ_MEM_SCRATCH, F32(N * d), "residual gradient");
@@ -756,6 +806,7 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
          * layer's, or the mini-sequence chunk's, free until the next layer's MLP). */
         m->q_alias = qd <= d;
         m->kv_alias = N * kvd <= mlp_rows * F;
+        bl->life = LIFE_LAYER;
         if (!m->q_alias) {
             want(bl, &m->dq, OZ_MEM_SCRATCH, F32(N * qd), "query gradient");
             want(bl, &m->datt, OZ_MEM_SCRATCH, F32(N * qd), "attention gradient");
@@ -770,6 +821,7 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
             if (rows * (size_t)max_rank(c, j) > dt) dt = rows * (size_t)max_rank(c, j);
         }
         want(bl, &m->dt, OZ_MEM_SCRATCH, F32(dt), "low-rank intermediate gradient");
+        bl->life = LIFE_ALWAYS;
     }
 }
 
@@ -815,7 +867,7 @@ oz_status oz_llama_plan_memory(const oz_llama_config *cfg, oz_llama_shape shape,
     dummy.acts = calloc((size_t)L, sizeof *dummy.acts);
     dummy.xs = calloc((size_t)L + 1, sizeof *dummy.xs);
     dummy.xs16 = calloc((size_t)L + 1, sizeof *dummy.xs16);
-    buffer_list bl = {NULL, 0, 0, true};
+    buffer_list bl = {NULL, 0, 0, true, LIFE_ALWAYS};
     oz_status st = OZ_OK;
     if (!dummy.acts || !dummy.xs || !dummy.xs16) st = oz_fail(err, OZ_ERR_NOMEM, "out of memory planning");
     if (st == OZ_OK) {
@@ -827,8 +879,10 @@ oz_status oz_llama_plan_memory(const oz_llama_config *cfg, oz_llama_shape shape,
         bl.cap = bl.n;
         bl.n = 0;
         list_buffers(&dummy, &bl);
+        place_overlays(&bl);
         plan->host_bytes = offload_bytes(&dummy);
         for (int i = 0; i < bl.n; i++) {
+            if (bl.items[i].host >= 0) continue; /* inside a layer buffer */
             plan->bytes[bl.items[i].cat] += bl.items[i].bytes;
             if (bl.items[i].bytes > plan->largest[bl.items[i].cat]) plan->largest[bl.items[i].cat] = bl.items[i].bytes;
         }
@@ -888,7 +942,7 @@ oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend
     m->xs = calloc((size_t)L + 1, sizeof *m->xs);
     m->xs16 = calloc((size_t)L + 1, sizeof *m->xs16);
     m->active = calloc((size_t)L * OZ_LLAMA_MATRICES, sizeof *m->active);
-    buffer_list bl = {NULL, 0, 0, false};
+    buffer_list bl = {NULL, 0, 0, false, LIFE_ALWAYS};
     if (m->acts && m->xs && m->xs16 && m->active) {
         list_buffers(m, &bl);
         bl.items = calloc((size_t)bl.n + 1, sizeof *bl.items);
@@ -904,9 +958,15 @@ oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend
     bl.cap = bl.n;
     bl.n = 0;
     list_buffers(m, &bl);
+    place_overlays(&bl);
     for (int i = 0; i < bl.n && st == OZ_OK; i++) {
+        if (bl.items[i].host >= 0) continue;
         st = oz_arena_alloc(arena, bl.items[i].cat, bl.items[i].bytes, bl.items[i].what, bl.items[i].dest, err);
         if (st == OZ_OK) m->owned[m->n_owned++] = *bl.items[i].dest;
+    }
+    for (int i = 0; i < bl.n && st == OZ_OK; i++) {
+        const buffer_desc *h = &bl.items[i];
+        if (h->host >= 0) *h->dest = (char *)*bl.items[h->host].dest + h->offset;
     }
     free(bl.items);
     if (st != OZ_OK) return st;

@@ -44,6 +44,7 @@ void oz_train_opts_default(oz_train_opts *o) {
     snprintf(o->galore_targets, sizeof o->galore_targets, "attn,mlp");
     snprintf(o->per_layer_update, sizeof o->per_layer_update, "auto");
     snprintf(o->lazy_update, sizeof o->lazy_update, "auto");
+    snprintf(o->vocab_bf16, sizeof o->vocab_bf16, "auto");
     o->cos_threshold = 0.4f;
     o->gap_growth = 2.0f;
     o->cos_window = 5;
@@ -93,7 +94,7 @@ static double now_s(void) {
         X(gap_growth)
 #define OPT_STR_FIELDS(X)                                                                          \
     X(data) X(model) X(out) X(optim) X(device) X(recompute) X(mini_seq) X(proj_type) X(moments_at_switch) \
-        X(subspace) X(galore_targets) X(per_layer_update) X(lazy_update)
+        X(subspace) X(galore_targets) X(per_layer_update) X(lazy_update) X(vocab_bf16)
 
 static cJSON *opts_to_json(const oz_train_opts *o) {
     cJSON *j = cJSON_CreateObject();
@@ -511,7 +512,15 @@ oz_status oz_train_model_shape(const oz_train_opts *o, const oz_llama_config *cf
     shape->int8_matrices = oc.int8_weights;
     /* Q-GaLore keeps what it does not quantize in bf16: with its updates in row blocks (which
      * round them back stochastically) the embedding and head take half the bytes. */
-    shape->bf16_vocab = shape->int8_matrices && shape->outer_grad_blocks;
+    bool vocab_ok = shape->int8_matrices && shape->outer_grad_blocks;
+    if (strcmp(o->vocab_bf16, "auto") == 0) shape->bf16_vocab = vocab_ok;
+    else if (strcmp(o->vocab_bf16, "on") == 0) shape->bf16_vocab = true;
+    else if (strcmp(o->vocab_bf16, "off") != 0)
+        return oz_fail(err, OZ_ERR_INPUT, "--vocab-bf16 %s: expected auto, on or off", o->vocab_bf16);
+    if (shape->bf16_vocab && !vocab_ok)
+        return oz_fail(err, OZ_ERR_INPUT,
+                       "--vocab-bf16 on needs --optim qgalore with updates as gradients arrive (--clip 0, no "
+                       "--grad-accum, an untied head)");
     if (o->welore) shape->freeze = OZ_FREEZE_EMBED | OZ_FREEZE_HEAD | OZ_FREEZE_DENSE;
     if (strcmp(o->recompute, "layer") == 0) shape->recompute = true;
     else if (strcmp(o->recompute, "layer-bf16") == 0) shape->recompute = shape->bf16_checkpoints = true;

@@ -28,6 +28,7 @@ typedef struct {
     char galore_targets[16];  /* attn,mlp | attn | mlp */
     char per_layer_update[8]; /* auto | on | off (auto: on for the GaLore family) */
     char lazy_update[8];      /* on | off: Q-GaLore's cosine-driven refresh gaps */
+    char vocab_bf16[8];       /* auto | on | off: embedding and head stored in bf16 (auto: qgalore, immediate) */
     float cos_threshold, gap_growth;
     int cos_window, max_gap;  /* max_gap 0: 8 x update_gap */
     int proj_bits;            /* 32 | 4 */
