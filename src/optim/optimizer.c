@@ -54,6 +54,8 @@ struct oz_optimizer {
     int n_slots;
     int step;
     float *u, *work, *rot, *cbuf, *newbasis, *deq, *delta, *rimm; /* scratch */
+    void *pool;             /* u, rimm and delta, and on a GPU the subspace workspace (pool_of) */
+    size_t pool_bytes;
     float *grad_scratch;    /* consume_scratch: the gradient being consumed, free to overwrite */
     oz_llama *model;
     float lr;               /* this step's learning rate (immediate updates need it in the hook) */
@@ -235,6 +237,26 @@ static void scratch_of(const oz_optim_config *c, const slot *s, bool gpu, scratc
     if (ws > z->workspace) z->workspace = ws;
 }
 
+/* The update buffers (u; the immediate projected gradient rimm; the INT8 update block delta) and
+ * a GPU's subspace workspace are never live together: the workspace exists only inside a refresh's
+ * subspace calls, which come before the gradient is projected into rimm and the update built in u
+ * and delta (the moment rotation after the calls uses u, the calls' workspace is free by then).
+ * One pool holds whichever is larger. The CPU's workspace is LAPACK's own malloc, outside it. */
+typedef struct {
+    size_t u, rimm, delta, bytes; /* byte offsets; the pool's size */
+} pool_layout;
+
+static size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+static pool_layout pool_of(const oz_optim_config *c, const scratch_sizes *z, bool gpu) {
+    pool_layout p = {0, 0, 0, 0};
+    size_t f = sizeof(float), cur = align256(z->n * f);
+    if (c->immediate) p.rimm = cur, cur += align256(z->n * f);
+    if (c->int8_weights) p.delta = cur, cur += align256(z->delta * f);
+    p.bytes = gpu && z->workspace > cur ? z->workspace : cur;
+    return p;
+}
+
 static void plan_want(void *ctx, void **dest, oz_mem_category cat, size_t bytes, const char *what) {
     (void)dest;
     (void)what;
@@ -253,11 +275,9 @@ void oz_optimizer_plan(const oz_optim_config *c, const oz_param_layout *layout, 
     }
     size_t f = sizeof(float);
     if (z.n) {
-        bytes[OZ_MEM_SCRATCH] += (z.n + z.rot + z.work + z.c + z.basis) * f;
-        if (c->immediate) bytes[OZ_MEM_SCRATCH] += z.n * f;
+        bytes[OZ_MEM_SCRATCH] += (z.rot + z.work + z.c + z.basis) * f + pool_of(c, &z, gpu).bytes;
         if (c->proj_bits == 4) bytes[OZ_MEM_SCRATCH] += z.basis * f;
-        if (c->int8_weights) bytes[OZ_MEM_SCRATCH] += z.delta * f;
-        bytes[OZ_MEM_SCRATCH] += z.workspace; /* the subspace call's own workspace, while it runs */
+        if (!gpu) bytes[OZ_MEM_SCRATCH] += z.workspace; /* LAPACK's, while a subspace call runs */
     }
 }
 
@@ -323,17 +343,22 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
     }
     if (ctx.st == OZ_OK && z.n) {
         size_t f = sizeof(float);
-        alloc_want(&ctx, (void **)&o->u, OZ_MEM_SCRATCH, z.n * f, "GaLore update buffer");
+        pool_layout pl = pool_of(cfg, &z, !be->host_visible);
+        alloc_want(&ctx, &o->pool, OZ_MEM_SCRATCH, pl.bytes,
+                   "GaLore update buffers (the subspace workspace during a refresh)");
         if (z.work) alloc_want(&ctx, (void **)&o->work, OZ_MEM_SCRATCH, z.work * f, "GaLore work buffer");
         alloc_want(&ctx, (void **)&o->rot, OZ_MEM_SCRATCH, z.rot * f, "GaLore rotation buffer");
-        if (cfg->immediate)
-            alloc_want(&ctx, (void **)&o->rimm, OZ_MEM_SCRATCH, z.n * f, "projected gradient (immediate)");
         alloc_want(&ctx, (void **)&o->cbuf, OZ_MEM_SCRATCH, z.c * f, "GaLore change of basis");
         alloc_want(&ctx, (void **)&o->newbasis, OZ_MEM_SCRATCH, z.basis * f, "GaLore new basis");
         if (cfg->proj_bits == 4)
             alloc_want(&ctx, (void **)&o->deq, OZ_MEM_SCRATCH, z.basis * f, "dequantized INT4 basis");
-        if (cfg->int8_weights)
-            alloc_want(&ctx, (void **)&o->delta, OZ_MEM_SCRATCH, z.delta * f, "INT8 weight update (row block)");
+        if (ctx.st == OZ_OK) {
+            char *p = o->pool;
+            o->pool_bytes = pl.bytes;
+            o->u = (float *)p;
+            if (cfg->immediate) o->rimm = (float *)(p + pl.rimm);
+            if (cfg->int8_weights) o->delta = (float *)(p + pl.delta);
+        }
     }
     if (ctx.st != OZ_OK) return ctx.st;
     for (int i = 0; i < o->n_slots; i++) {
@@ -540,19 +565,19 @@ static oz_status refresh_basis(oz_optimizer *o, slot *s, const float *G, oz_err 
     /* The subspace workspace: device scratch the arena lends for the call (GPU), or LAPACK's own
      * malloc, which the arena records as transient scratch (CPU). Same figure as the plan. */
     size_t wsb = oz_backend_subspace_workspace_bytes(be, s->a, s->b, s->r, o->cfg.subspace);
+    /* On a GPU the workspace is the update pool (free until the gradient is projected, after
+     * these calls); on the CPU LAPACK mallocs it, which the arena notes as transient scratch. */
     void *ws = NULL;
-    if (wsb) OZ_TRY(oz_arena_alloc(o->arena, OZ_MEM_SCRATCH, wsb, "subspace workspace (during a refresh)", &ws, err));
+    if (wsb > o->pool_bytes)
+        return oz_fail(err, OZ_ERR_INTERNAL, "subspace workspace of %zu bytes exceeds the %zu-byte pool", wsb,
+                       o->pool_bytes);
+    if (wsb) ws = o->pool;
     else oz_arena_note_transient(o->arena, OZ_MEM_SCRATCH, oz_subspace_workspace_bytes(s->a, s->b, s->r, o->cfg.subspace));
     for (int side = SIDE_LEFT; side <= SIDE_RIGHT; side++) {
         if ((side == SIDE_LEFT && s->side == SIDE_RIGHT) || (side == SIDE_RIGHT && s->side == SIDE_LEFT)) continue;
         float *dst = side == SIDE_LEFT ? Pn : Qn;
-        oz_status st = be->subspace(be, G, s->a, s->b, s->r, side, o->cfg.subspace, &rng, ws, dst, err);
-        if (st != OZ_OK) {
-            if (ws) oz_arena_free(o->arena, ws);
-            return st;
-        }
+        OZ_TRY(be->subspace(be, G, s->a, s->b, s->r, side, o->cfg.subspace, &rng, ws, dst, err));
     }
-    if (ws) oz_arena_free(o->arena, ws);
     if (s->refreshes > 0) {
         if (o->cfg.at_switch == OZ_SWITCH_RESET) {
             moments_zero(o, s);
