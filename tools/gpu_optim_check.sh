@@ -47,12 +47,14 @@ galore8bit|--optim galore8bit --rank 8 --update-gap 2 --moments-at-switch rotate
 galore8bit-full-lazy|--optim galore8bit --rank 8 --update-gap 2 --proj-type full --lazy-update on --proj-bits 4 --moments-at-switch rotate
 qgalore|--optim qgalore --rank 8 --update-gap 2
 qgalore-immediate|--optim qgalore --rank 8 --update-gap 2 --clip 0
+qgalore-offload|--optim qgalore --rank 8 --update-gap 2 --clip 0 --recompute layer-offload --mini-seq 2
 qgalore-accum|--optim qgalore --rank 8 --update-gap 3 --grad-accum 2 --per-layer-update off
 CONFIGS
 # Real shapes: the 130m preset (matrices over one 4 MiB row block of the INT8 update, subspaces of
 # 768 x 2048 at rank 128), 4 steps on both devices; losses side by side, planned == measured on cuda.
 for cfg in "qgalore|--optim qgalore --rank 128 --update-gap 2" \
-    "galore8bit|--optim galore8bit --rank 128 --update-gap 2 --moments-at-switch rotate"; do
+    "galore8bit|--optim galore8bit --rank 128 --update-gap 2 --moments-at-switch rotate" \
+    "qgalore-immediate|--optim qgalore --rank 128 --update-gap 2 --clip 0 --recompute layer-offload --mini-seq auto"; do
     name=${cfg%%|*} args=${cfg#*|}
     for dev in cpu cuda; do
         $O train --data random:32000 --model 130m --steps 4 --batch 2 --seq 128 --eval-every 0 --log-every 1 --seed 4 \
