@@ -750,8 +750,12 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
         want(bl, &m->xs16[0], OZ_MEM_ACTIVATIONS, N * d * sizeof(uint16_t), "layer input staging (bf16, offloaded)");
         want(bl, &m->xwork, OZ_MEM_ACTIVATIONS, F32(N * d), "layer input in use (fp32)");
     } else if (s->bf16_checkpoints) {
-        for (int l = 0; l <= L; l++)
+        for (int l = 0; l < L; l++)
             want(bl, &m->xs16[l], OZ_MEM_ACTIVATIONS, N * d * sizeof(uint16_t), "layer input (bf16)");
+        /* the final residual is only rounded through it, between the last layer and the head */
+        bl->life = LIFE_HEAD;
+        want(bl, &m->xs16[L], OZ_MEM_ACTIVATIONS, N * d * sizeof(uint16_t), "final residual (bf16)");
+        bl->life = LIFE_ALWAYS;
         want(bl, &m->xwork, OZ_MEM_ACTIVATIONS, F32(N * d), "layer input in use (fp32)");
     } else {
         for (int l = 0; l <= L; l++) want(bl, &m->xs[l], OZ_MEM_ACTIVATIONS, F32(N * d), "layer input");
@@ -1221,8 +1225,12 @@ static void mlp_chunk_forward(oz_llama *m, layer_weights *w, const float *xin, i
     if (w->m[OZ_M_DOWN].R) lr_down(be, use_matrix(m, w, OZ_M_DOWN), m->cmlp, rows, m->ct[OZ_M_DOWN]);
 }
 
-/* Layer l forward from a->x into a's buffers and out (the next layer's input). */
-static void layer_forward(oz_llama *m, int l, layer_acts *a, float *out, const dims *g) {
+/* Layer l forward from a->x into a's buffers and out (the next layer's input). recompute: the
+ * backward's rebuild of the layer's activations, which needs no output: with mini-sequences the
+ * MLP is left to the backward's chunk loop (which recomputes its intermediates anyway), without
+ * them its intermediates are computed but not down_proj's product (only its low-rank
+ * intermediate, which the backward reads). */
+static void layer_forward(oz_llama *m, int l, layer_acts *a, float *out, const dims *g, bool recompute) {
     oz_backend *be = m->be;
     const oz_llama_config *c = &m->cfg;
     layer_weights w = layer_params(m, l);
@@ -1237,12 +1245,15 @@ static void layer_forward(oz_llama *m, int l, layer_acts *a, float *out, const d
     be->copy(be, a->h, a->x, (size_t)N * d * sizeof(float));
     lin_fwd(be, use_matrix(m, &w, OZ_M_O), a->att, a->t[OZ_M_O], N, 1.0f, a->h);
     be->rmsnorm_fwd(be, a->ln2, a->rstd2, a->h, w.mlp_norm, N, d, c->rms_norm_eps);
-    be->copy(be, out, a->h, (size_t)N * d * sizeof(float));
+    if (recompute && m->shape.mlp_chunks > 0) return;
+    if (!recompute) be->copy(be, out, a->h, (size_t)N * d * sizeof(float));
     if (m->shape.mlp_chunks == 0) {
         lin_fwd(be, use_matrix(m, &w, OZ_M_GATE), a->ln2, a->t[OZ_M_GATE], N, 0.0f, a->gate);
         lin_fwd(be, use_matrix(m, &w, OZ_M_UP), a->ln2, a->t[OZ_M_UP], N, 0.0f, a->up);
         be->swiglu_fwd(be, a->mlp, a->gate, a->up, (size_t)N * F);
-        lin_fwd(be, use_matrix(m, &w, OZ_M_DOWN), a->mlp, a->t[OZ_M_DOWN], N, 1.0f, out);
+        const lin *down = use_matrix(m, &w, OZ_M_DOWN);
+        if (!recompute) lin_fwd(be, down, a->mlp, a->t[OZ_M_DOWN], N, 1.0f, out);
+        else if (down->a) lr_down(be, down, a->mlp, N, a->t[OZ_M_DOWN]);
         return;
     }
     /* Mini-sequences: one chunk of the MLP's intermediates exists at a time. */
@@ -1544,12 +1555,12 @@ static oz_status forward(oz_llama *m, const oz_llama_batch *b, float grad_scale,
         embed_tokens(m, m->xwork, &g);
         save_checkpoint(m, 0, m->xwork, &g);
         for (int l = 0; l < g.L; l++) {
-            layer_forward(m, l, &m->acts[l], m->dln, &g);
+            layer_forward(m, l, &m->acts[l], m->dln, &g, false);
             save_checkpoint(m, l + 1, m->dln, &g);
         }
     } else {
         embed_tokens(m, m->xs[0], &g);
-        for (int l = 0; l < g.L; l++) layer_forward(m, l, &m->acts[l], m->xs[l + 1], &g);
+        for (int l = 0; l < g.L; l++) layer_forward(m, l, &m->acts[l], m->xs[l + 1], &g, false);
     }
     be->rmsnorm_fwd(be, m->lnf, m->rstdf, final_input(m, g.L), oz_llama_param(m, final_norm_index(m)), g.N, g.d,
                     m->cfg.rms_norm_eps);
@@ -1588,11 +1599,11 @@ oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float 
     for (int l = g.L - 1; l >= 0; l--) {
         layer_acts *a = &m->acts[l];
         if (m->shape.recompute) {
-            /* Rebuild this layer's activations from its saved input; the output it writes is scratch
-             * (the next layer's input was saved in the forward and is not needed any more). */
+            /* Rebuild this layer's activations from its saved input (no output: the next layer's
+             * input was saved in the forward). */
             if (m->shape.bf16_checkpoints) load_checkpoint(m, l, &g);
             else a->x = m->xs[l];
-            layer_forward(m, l, a, m->dln, &g);
+            layer_forward(m, l, a, NULL, &g, true);
         }
         layer_backward(m, l, a, &g);
         if (m->hook && !per_tensor) m->hook(m->hook_user, l);
