@@ -266,6 +266,9 @@ struct oz_llama {
     /* backward scratch; dt holds the gradient of one low-rank intermediate (rows x r) */
     float *dx, *dln, *dq, *dk, *dv, *datt, *dt;
     bool q_alias, kv_alias; /* dq/datt, dk/dv live in dead activation buffers (list_buffers) */
+    /* With recompute: the attention norm's output lives in the MLP hidden buffer (its chunk's, or
+     * the layer's), dead while the attention runs; the backward renormalizes before q/k/v's. */
+    bool ln1_alias;
     float *norm_sink;           /* frozen norms' weight gradients land here and are never read */
     int *active;                /* (L * 7) active ranks; 0 for dense matrices */
     oz_grad_hook hook;
@@ -764,9 +767,10 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
      * low-rank intermediates sized for the largest rank of each matrix over the layers). */
     int sets = s->recompute ? 1 : L;
     bl->life = s->recompute ? LIFE_LAYER : LIFE_ALWAYS; /* without recompute each set lives until its backward */
+    m->ln1_alias = s->recompute && s->with_grads && N * d <= mlp_rows * F;
     for (int l = 0; l < sets; l++) {
         layer_acts *a = &m->acts[l];
-        want(bl, &a->ln1, OZ_MEM_ACTIVATIONS, F32(N * d), "attention norm output");
+        if (!m->ln1_alias) want(bl, &a->ln1, OZ_MEM_ACTIVATIONS, F32(N * d), "attention norm output");
         want(bl, &a->rstd1, OZ_MEM_ACTIVATIONS, F32(N), "attention norm rstd");
         want(bl, &a->q, OZ_MEM_ACTIVATIONS, F32(N * qd), "queries");
         want(bl, &a->k, OZ_MEM_ACTIVATIONS, F32(N * kvd), "keys");
@@ -1005,6 +1009,7 @@ oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend
             return oz_fail(err, OZ_ERR_NOMEM, "cannot allocate %.1f MiB of host memory for offloaded layer inputs",
                            (double)m->host_bytes / 1048576.0);
     }
+    if (m->ln1_alias) m->acts[0].ln1 = shape.mlp_chunks > 0 ? m->cmlp : m->acts[0].mlp;
     if (shape.recompute)
         for (int l = 1; l < L; l++) m->acts[l] = m->acts[0];
     for (int l = 0; l < L; l++) m->acts[l].x = shape.bf16_checkpoints ? m->xwork : m->xs[l];
@@ -1360,6 +1365,8 @@ static void layer_backward(oz_llama *m, int l, layer_acts *a, const dims *g) {
     be->attention_bwd(be, dq, dk, dv, datt, a->q, a->k, a->v, a->att, a->lse, g->B, g->T, g->Hq, g->Hkv, g->hd);
     be->rope(be, dq, m->rope_cos, m->rope_sin, g->B, g->T, g->Hq, g->hd, 0, 1);
     be->rope(be, dk, m->rope_cos, m->rope_sin, g->B, g->T, g->Hkv, g->hd, 0, 1);
+    if (m->ln1_alias) /* the MLP's backward overwrote it: the same values again */
+        be->rmsnorm_fwd(be, a->ln1, a->rstd1, a->x, w.attn_norm, N, d, m->cfg.rms_norm_eps);
     static const int qkv[3] = {OZ_M_Q, OZ_M_K, OZ_M_V};
     float *dqkv[3] = {dq, dk, dv};
     for (int k = 0; k < 3; k++) {

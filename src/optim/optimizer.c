@@ -54,7 +54,7 @@ struct oz_optimizer {
     int n_slots;
     int step;
     float *u, *work, *rot, *cbuf, *newbasis, *deq, *delta, *rimm; /* scratch */
-    void *pool;             /* u, rimm and delta, and on a GPU the subspace workspace (pool_of) */
+    void *pool;             /* u, rimm, delta and deq, and on a GPU the subspace workspace (pool_of) */
     size_t pool_bytes;
     float *grad_scratch;    /* consume_scratch: the gradient being consumed, free to overwrite */
     oz_llama *model;
@@ -237,22 +237,24 @@ static void scratch_of(const oz_optim_config *c, const slot *s, bool gpu, scratc
     if (ws > z->workspace) z->workspace = ws;
 }
 
-/* The update buffers (u; the immediate projected gradient rimm; the INT8 update block delta) and
- * a GPU's subspace workspace are never live together: the workspace exists only inside a refresh's
- * subspace calls, which come before the gradient is projected into rimm and the update built in u
- * and delta (the moment rotation after the calls uses u, the calls' workspace is free by then).
- * One pool holds whichever is larger. The CPU's workspace is LAPACK's own malloc, outside it. */
+/* The update buffers (u; the immediate projected gradient rimm; the INT8 update block delta; the
+ * dequantized INT4 basis deq) and a GPU's subspace workspace are never live together: the
+ * workspace exists only inside a refresh's subspace calls, which come before the old basis is
+ * read again (lazy cosines, moment rotation: after the calls) and before the gradient is projected
+ * into rimm and the update built in u and delta. One pool holds whichever is larger. The CPU's
+ * workspace is LAPACK's own malloc, outside it. */
 typedef struct {
-    size_t u, rimm, delta, bytes; /* byte offsets; the pool's size */
+    size_t u, rimm, delta, deq, bytes; /* byte offsets; the pool's size */
 } pool_layout;
 
 static size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 static pool_layout pool_of(const oz_optim_config *c, const scratch_sizes *z, bool gpu) {
-    pool_layout p = {0, 0, 0, 0};
+    pool_layout p = {0, 0, 0, 0, 0};
     size_t f = sizeof(float), cur = align256(z->n * f);
     if (c->immediate) p.rimm = cur, cur += align256(z->n * f);
     if (c->int8_weights) p.delta = cur, cur += align256(z->delta * f);
+    if (c->proj_bits == 4) p.deq = cur, cur += align256(z->basis * f);
     p.bytes = gpu && z->workspace > cur ? z->workspace : cur;
     return p;
 }
@@ -276,7 +278,6 @@ void oz_optimizer_plan(const oz_optim_config *c, const oz_param_layout *layout, 
     size_t f = sizeof(float);
     if (z.n) {
         bytes[OZ_MEM_SCRATCH] += (z.rot + z.work + z.c + z.basis) * f + pool_of(c, &z, gpu).bytes;
-        if (c->proj_bits == 4) bytes[OZ_MEM_SCRATCH] += z.basis * f;
         if (!gpu) bytes[OZ_MEM_SCRATCH] += z.workspace; /* LAPACK's, while a subspace call runs */
     }
 }
@@ -350,14 +351,13 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
         alloc_want(&ctx, (void **)&o->rot, OZ_MEM_SCRATCH, z.rot * f, "GaLore rotation buffer");
         alloc_want(&ctx, (void **)&o->cbuf, OZ_MEM_SCRATCH, z.c * f, "GaLore change of basis");
         alloc_want(&ctx, (void **)&o->newbasis, OZ_MEM_SCRATCH, z.basis * f, "GaLore new basis");
-        if (cfg->proj_bits == 4)
-            alloc_want(&ctx, (void **)&o->deq, OZ_MEM_SCRATCH, z.basis * f, "dequantized INT4 basis");
         if (ctx.st == OZ_OK) {
             char *p = o->pool;
             o->pool_bytes = pl.bytes;
             o->u = (float *)p;
             if (cfg->immediate) o->rimm = (float *)(p + pl.rimm);
             if (cfg->int8_weights) o->delta = (float *)(p + pl.delta);
+            if (cfg->proj_bits == 4) o->deq = (float *)(p + pl.deq);
         }
     }
     if (ctx.st != OZ_OK) return ctx.st;
