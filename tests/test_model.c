@@ -1630,6 +1630,142 @@ static void test_per_tensor_grads(void) {
     }
 }
 
+/* Factored gradients: for every factored matrix the factor hook's dy^T x is the gradient the
+ * whole-model buffer gets (to fp32 rounding: a different summation), it comes before that tensor's
+ * hand-off and before anything could overwrite x, oz_llama_grad is NULL for it, the rest of the
+ * gradients are handed off unchanged, and the plan equals the arena (with fewer gradient bytes).
+ * Untied, tied and low-rank configs (low-rank matrices stay materialized), INT8 or fp32 matrices,
+ * with and without recompute, MLP chunks 0, 1 (all matrices factored) and 2 (attention only). */
+typedef struct {
+    oz_llama *m;
+    float *grads;    /* grad_offset layout: what each tensor's gradient was */
+    int *factored;   /* per index: factor hook calls */
+    int *handed;     /* per index: tensor hook calls */
+    int bad;         /* factor hook after the hand-off, or a non-NULL gradient for a factored tensor */
+} factor_log;
+
+static void log_factor(void *user, int index, const float *dy, int ldy, const float *x, int ldx, int rows) {
+    factor_log *f = user;
+    const oz_param_info *p = &oz_llama_get_layout(f->m)->params[index];
+    f->bad += f->handed[index] != 0 || oz_llama_grad(f->m, index) != NULL || !oz_llama_grad_factored(f->m, index);
+    f->factored[index]++;
+    int out = (int)p->shape[0], in = (int)p->shape[1];
+    for (int i = 0; i < out; i++)
+        for (int j = 0; j < in; j++) {
+            double v = 0;
+            for (int t = 0; t < rows; t++) v += (double)dy[(size_t)t * ldy + i] * x[(size_t)t * ldx + j];
+            f->grads[p->grad_offset + (size_t)i * in + j] = (float)v;
+        }
+}
+
+static void log_handed(void *user, int index) {
+    factor_log *f = user;
+    const oz_param_info *p = &oz_llama_get_layout(f->m)->params[index];
+    f->handed[index]++;
+    const float *g = oz_llama_grad(f->m, index);
+    if (g) memcpy(f->grads + p->grad_offset, g, p->numel * sizeof(float));
+    else f->bad += f->factored[index] != 1;
+}
+
+static void test_factored_grads(void) {
+    enum { B = 2, T = 9, N = B * T };
+    oz_rng rng;
+    oz_rng_seed(&rng, 17);
+    int32_t ids[N], targets[N];
+    for (int i = 0; i < N; i++) {
+        ids[i] = (int32_t)oz_rng_below(&rng, 61);
+        targets[i] = (int32_t)oz_rng_below(&rng, 61);
+    }
+    oz_llama_batch b = {ids, targets, B, T, NULL};
+    const unsigned all = (1u << OZ_LLAMA_MATRICES) - 1;
+    const unsigned attn = (1u << OZ_M_Q) | (1u << OZ_M_K) | (1u << OZ_M_V) | (1u << OZ_M_O);
+    for (int variant = 0; variant < 3; variant++) { /* untied, tied, low-rank */
+        oz_llama_config c = {61, 16, 40, 2, 4, 2, 4, 32, 1e-5f, 10000.0f, variant == 1, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0, {{0}}};
+        if (variant == 2) c.low_rank[0][OZ_M_Q] = 5, c.low_rank[1][OZ_M_DOWN] = 7;
+        oz_param_layout lay;
+        oz_err err = {0};
+        CHECK(oz_param_layout_build(&c, &lay, &err) == OZ_OK, "%s", err.msg);
+        float *init = malloc(lay.total * sizeof *init);
+        float *want = calloc(lay.grad_total, sizeof *want), *got = calloc(lay.grad_total, sizeof *got);
+        int *fcalls = calloc((size_t)lay.n, sizeof *fcalls), *hcalls = calloc((size_t)lay.n, sizeof *hcalls);
+        oz_llama_init_params(&c, &lay, init, 9);
+        for (size_t i = 0; i < lay.total; i++) init[i] *= 10.0f;
+        for (int int8 = 0; int8 <= 1; int8++)
+            for (int recompute = 0; recompute <= 1; recompute++)
+                for (int chunks = 0; chunks <= 2; chunks++) {
+                    oz_llama_shape whole = {.batch = B, .seq = T, .with_grads = true, .recompute = recompute,
+                                            .mlp_chunks = chunks, .head_chunks = chunks, .int8_matrices = int8};
+                    oz_llama_shape per = whole, fac;
+                    per.per_layer_grads = per.per_tensor_grads = true;
+                    fac = per;
+                    fac.factored_grads = chunks > 1 ? attn : all;
+                    char what[96];
+                    snprintf(what, sizeof what, "variant %d, int8 %d, recompute %d, chunks %d", variant, int8, recompute,
+                             chunks);
+                    model_fixture fw, fp;
+                    double s1 = 0, s2 = 0;
+                    long n1 = 0, n2 = 0;
+                    if (fixture_model(&fw, &c, whole, init)) {
+                        oz_llama_zero_grads(fw.m);
+                        CHECK(oz_llama_forward_backward(fw.m, &b, 1.0f / N, &s1, &n1, &err) == OZ_OK, "%s", err.msg);
+                        memcpy(want, oz_llama_grads(fw.m), lay.grad_total * sizeof(float));
+                    }
+                    fixture_drop(&fw);
+                    oz_llama_plan pp, pf;
+                    CHECK(oz_llama_plan_memory(&c, per, &pp, &err) == OZ_OK, "%s", err.msg);
+                    if (!fixture_model(&fp, &c, fac, init)) {
+                        fixture_drop(&fp);
+                        continue;
+                    }
+                    CHECK(oz_llama_plan_memory(&c, fac, &pf, &err) == OZ_OK, "%s", err.msg);
+                    for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
+                        CHECK(pf.bytes[cat] == fp.arena.current[cat] && pf.largest[cat] == fp.arena.largest[cat],
+                              "factored plan/arena differ in %s: %zu vs %zu (%s)", oz_mem_category_name(cat),
+                              pf.bytes[cat], fp.arena.current[cat], what);
+                    CHECK(chunks > 1 ? pf.bytes[OZ_MEM_GRADS] <= pp.bytes[OZ_MEM_GRADS]
+                                     : pf.bytes[OZ_MEM_GRADS] < pp.bytes[OZ_MEM_GRADS],
+                          "factored gradients: %zu gradient bytes vs %zu (%s)", pf.bytes[OZ_MEM_GRADS],
+                          pp.bytes[OZ_MEM_GRADS], what);
+                    memset(fcalls, 0, (size_t)lay.n * sizeof *fcalls);
+                    memset(hcalls, 0, (size_t)lay.n * sizeof *hcalls);
+                    memset(got, 0, lay.grad_total * sizeof *got);
+                    factor_log fl = {fp.m, got, fcalls, hcalls, 0};
+                    oz_llama_set_factor_hook(fp.m, log_factor, &fl);
+                    oz_llama_set_tensor_hook(fp.m, log_handed, &fl);
+                    CHECK(oz_llama_forward_backward(fp.m, &b, 1.0f / N, &s2, &n2, &err) == OZ_OK, "%s", err.msg);
+                    CHECK(s1 == s2 && n1 == n2, "factored loss %.9g vs %.9g (%s)", s2, s1, what);
+                    CHECK(fl.bad == 0, "%d factor hook calls out of order or with a gradient buffer (%s)", fl.bad, what);
+                    int nf = 0;
+                    for (int i = 0; i < lay.n; i++) {
+                        const oz_param_info *p = &lay.params[i];
+                        bool f = oz_param_factored(p, fac.factored_grads);
+                        nf += f;
+                        CHECK(hcalls[i] == 1 && fcalls[i] == (int)f, "%s: %d hand-offs, %d factor calls (%s)", p->name,
+                              hcalls[i], fcalls[i], what);
+                        double d = 0, mx = 0;
+                        for (size_t e = 0; e < p->numel; e++) {
+                            d = fmax(d, fabs((double)got[p->grad_offset + e] - want[p->grad_offset + e]));
+                            mx = fmax(mx, fabs((double)want[p->grad_offset + e]));
+                        }
+                        CHECK(f ? d <= 1e-5 * mx && mx > 0 : d == 0, "%s: gradient differs by %.3g of %.3g (factored %d; %s)",
+                              p->name, d, mx, (int)f, what);
+                    }
+                    CHECK(nf >= (chunks > 1 ? 4 : 7), "only %d factored tensors (%s)", nf, what);
+                    fixture_drop(&fp);
+                }
+        oz_llama_shape bad = {.batch = B, .seq = T, .with_grads = true, .per_layer_grads = true, .per_tensor_grads = true,
+                              .mlp_chunks = 2, .head_chunks = 2, .factored_grads = all};
+        oz_llama_plan plan;
+        CHECK(oz_llama_plan_memory(&c, bad, &plan, &err) != OZ_OK, "factored MLP gradients over 2 chunks were accepted");
+        free(init);
+        free(want);
+        free(got);
+        free(fcalls);
+        free(hcalls);
+        oz_param_layout_free(&lay);
+    }
+}
+
 /* A low-rank model's structure travels in config.json (its ranks, a model_type transformers
  * refuses) and the model loads back from its directory with the same loss. */
 static void test_low_rank_checkpoint(void) {
@@ -1697,6 +1833,7 @@ int main(void) {
     RUN(test_frozen_qgalore);
     RUN(test_low_rank_plan);
     RUN(test_per_tensor_grads);
+    RUN(test_factored_grads);
     RUN(test_low_rank_checkpoint);
     RUN(test_determinism_and_accumulation);
     RUN(test_layout_and_presets);

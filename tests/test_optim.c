@@ -574,11 +574,13 @@ static void record_step(void *user, const oz_train_progress *p) {
 
 /* One short run of `model` (a preset or a directory with a config.json) through the real trainer:
  * per-step losses, the result (measured peaks) and the final weights. */
-static float *train_case(const char *model, const char *optim, const char *per_layer, const char *recompute,
-                         const char *mini_seq, const char *vocab_bf16, const char *dir, loss_log *losses,
-                         oz_train_result *res, size_t *n_out) {
+static float *train_case_x(const char *model, const char *optim, const char *per_layer, const char *recompute,
+                           const char *mini_seq, const char *vocab_bf16, const char *factored, const char *proj,
+                           int rank, const char *dir, loss_log *losses, oz_train_result *res, size_t *n_out) {
     oz_train_opts o;
     oz_train_opts_default(&o);
+    snprintf(o.factored_grads, sizeof o.factored_grads, "%s", factored);
+    snprintf(o.proj_type, sizeof o.proj_type, "%s", proj);
     snprintf(o.vocab_bf16, sizeof o.vocab_bf16, "%s", vocab_bf16);
     snprintf(o.data, sizeof o.data, "random:258");
     snprintf(o.model, sizeof o.model, "%s", model);
@@ -591,7 +593,7 @@ static float *train_case(const char *model, const char *optim, const char *per_l
     o.batch = 2;
     o.seq = 24;
     o.clip = 0;
-    o.rank = 4;
+    o.rank = rank;
     o.update_gap = 2;
     o.eval_every = 0;
     o.log_every = 1;
@@ -615,6 +617,119 @@ static float *train_case(const char *model, const char *optim, const char *per_l
         oz_param_layout_free(&lay);
     }
     return w;
+}
+
+static float *train_case(const char *model, const char *optim, const char *per_layer, const char *recompute,
+                         const char *mini_seq, const char *vocab_bf16, const char *dir, loss_log *losses,
+                         oz_train_result *res, size_t *n_out) {
+    return train_case_x(model, optim, per_layer, recompute, mini_seq, vocab_bf16, "auto", "std", 4, dir, losses, res,
+                        n_out);
+}
+
+/* Factored gradients (immediate mode, randomized subspaces: the matrices' gradients are projected
+ * from their factors and the range finder runs on them) against the same runs with the gradients
+ * materialized (--factored-grads off), through the real trainer: 4 steps with refreshes at steps 1
+ * and 3 (update gap 2), with and without recompute, mini-sequences off, 1 chunk (MLP factored), 2
+ * and 3 (only attention factored), one-sided and full projections, on the tiny preset and a
+ * low-rank config (whose factors stay materialized). The GEMMs run in another order, so not
+ * bitwise: losses within 1e-5 relative; galore's final weights within 1e-4 (relative to the
+ * largest weight) with one-sided projections; qgalore's INT8 codes may round the other way where
+ * the fp32 update differs in its last bits, so its weights are held to 2e-2 (one quantization
+ * step somewhere). A full projection right after a refresh gives R = P^T G Q^T ~ diag(S): its
+ * off-diagonal entries are rounding noise, which Adam's normalization turns into updates of full
+ * size, so either path's rounding shows in the weights (~1e-3 at lr 1e-3): held to 5e-3. The plan equals the measured peak in every category, and the
+ * factored plan holds fewer gradient bytes. */
+static void test_factored_matches_materialized(void) {
+    const char *optims[] = {"galore", "qgalore", "galore8bit"};
+    const char *combos[][3] = {{"none", "off", "std"},  {"layer", "off", "std"}, {"none", "1", "full"},
+                               {"layer", "1", "std"},   {"none", "2", "std"},    {"layer", "3", "full"},
+                               {"layer", "auto", "reverse_std"}};
+    char cdir[] = "/tmp/ounce-fac-XXXXXX", d1[] = "/tmp/ounce-fac-XXXXXX", d2[] = "/tmp/ounce-fac-XXXXXX";
+    CHECK(mkdtemp(cdir) && mkdtemp(d1) && mkdtemp(d2), "mkdtemp");
+    oz_llama_config lowrank;
+    oz_llama_preset("tiny", &lowrank);
+    lowrank.low_rank[0][OZ_M_Q] = 5;
+    lowrank.low_rank[1][OZ_M_GATE] = 12;
+    char cpath[64];
+    snprintf(cpath, sizeof cpath, "%s/config.json", cdir);
+    oz_err err = {0};
+    CHECK(oz_config_write(cpath, &lowrank, "", &err) == OZ_OK, "%s", err.msg);
+    const char *models[2] = {"tiny", cdir};
+    double worst_loss = 0, worst_w[3] = {0, 0, 0}, worst_full = 0;
+    for (int mi = 0; mi < 2; mi++) {
+        oz_llama_config cfg;
+        if (mi == 0) oz_llama_preset("tiny", &cfg);
+        else cfg = lowrank;
+        for (size_t k = 0; k < sizeof optims / sizeof optims[0]; k++)
+            for (size_t c = 0; c < sizeof combos / sizeof combos[0]; c++) {
+                if (mi == 1 && c % 3 != 0) continue; /* the low-rank config: a few combinations */
+                loss_log l1, l2;
+                oz_train_result r1, r2;
+                size_t n1 = 0, n2 = 0;
+                const char *rec = combos[c][0], *mini = combos[c][1], *proj = combos[c][2];
+                float *fac = train_case_x(models[mi], optims[k], "auto", rec, mini, "off", "auto", proj, 6, d1, &l1,
+                                          &r1, &n1);
+                float *mat = train_case_x(models[mi], optims[k], "auto", rec, mini, "off", "off", proj, 6, d2, &l2,
+                                          &r2, &n2);
+                oz_train_opts o;
+                oz_train_opts_default(&o);
+                snprintf(o.optim, sizeof o.optim, "%s", optims[k]);
+                snprintf(o.recompute, sizeof o.recompute, "%s", rec);
+                snprintf(o.mini_seq, sizeof o.mini_seq, "%s", mini);
+                snprintf(o.proj_type, sizeof o.proj_type, "%s", proj);
+                snprintf(o.vocab_bf16, sizeof o.vocab_bf16, "off");
+                o.batch = 2, o.seq = 24, o.clip = 0, o.rank = 6, o.update_gap = 2;
+                oz_train_plan plan, plan_off;
+                CHECK(oz_train_plan_memory(&cfg, &o, &plan, &err) == OZ_OK, "%s", err.msg);
+                unsigned attn = (1u << OZ_M_Q) | (1u << OZ_M_K) | (1u << OZ_M_V) | (1u << OZ_M_O);
+                bool one_chunk = plan.shape.mlp_chunks <= 1;
+                CHECK(plan.shape.factored_grads == (one_chunk ? (1u << OZ_LLAMA_MATRICES) - 1 : attn),
+                      "mini-seq %s: factored mask 0x%x", mini, plan.shape.factored_grads);
+                for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
+                    CHECK(plan.bytes[cat] == r1.peak_bytes[cat],
+                          "factored %s %s, recompute %s, mini-seq %s, %s: planned %zu vs measured %zu bytes of %s",
+                          mi ? "low-rank" : "tiny", optims[k], rec, mini, proj, plan.bytes[cat], r1.peak_bytes[cat],
+                          oz_mem_category_name(cat));
+                snprintf(o.factored_grads, sizeof o.factored_grads, "off");
+                CHECK(oz_train_plan_memory(&cfg, &o, &plan_off, &err) == OZ_OK, "%s", err.msg);
+                CHECK(plan_off.shape.factored_grads == 0, "--factored-grads off still factors");
+                for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
+                    CHECK(plan_off.bytes[cat] == r2.peak_bytes[cat],
+                          "materialized %s %s, recompute %s, mini-seq %s: planned %zu vs measured %zu bytes of %s",
+                          mi ? "low-rank" : "tiny", optims[k], rec, mini, plan_off.bytes[cat], r2.peak_bytes[cat],
+                          oz_mem_category_name(cat));
+                /* With MLP chunks the MLP's gradients (the largest group) stay materialized. */
+                CHECK(one_chunk ? plan.bytes[OZ_MEM_GRADS] < plan_off.bytes[OZ_MEM_GRADS]
+                                : plan.bytes[OZ_MEM_GRADS] <= plan_off.bytes[OZ_MEM_GRADS],
+                      "factoring added gradient bytes, or saved none with one MLP chunk");
+                CHECK(l1.n == 4 && l2.n == 4, "runs stopped at %d and %d steps", l1.n, l2.n);
+                for (int st = 0; st < 4; st++) {
+                    double d = fabs(l1.loss[st] - l2.loss[st]) / fabs(l2.loss[st]);
+                    worst_loss = fmax(worst_loss, d);
+                    CHECK(d < 1e-5, "%s %s, recompute %s, mini-seq %s, %s: step %d loss %.9g (factored) vs %.9g",
+                          mi ? "low-rank" : "tiny", optims[k], rec, mini, proj, st + 1, l1.loss[st], l2.loss[st]);
+                }
+                if (fac && mat && n1 == n2) {
+                    double d = max_rel_diff(fac, mat, n1);
+                    if (strcmp(proj, "full") != 0) worst_w[k] = fmax(worst_w[k], d);
+                    bool full = strcmp(proj, "full") == 0;
+                    worst_full = full ? fmax(worst_full, d) : worst_full;
+                    double tol = strcmp(optims[k], "qgalore") == 0 ? 2e-2 : full ? 5e-3 : 1e-4;
+                    CHECK(d < tol, "%s %s, recompute %s, mini-seq %s, %s: factored and materialized weights differ by %.3g",
+                          mi ? "low-rank" : "tiny", optims[k], rec, mini, proj, d);
+                } else {
+                    CHECK(0, "%s %s: a run failed", models[mi], optims[k]);
+                }
+                free(fac);
+                free(mat);
+            }
+    }
+    fprintf(stderr, "     factored vs materialized: worst loss rel diff %.3g; weights, one-sided: %.3g (galore), %.3g "
+                    "(qgalore), %.3g (galore8bit); full projection: %.3g\n", worst_loss, worst_w[0], worst_w[1],
+            worst_w[2], worst_full);
+    oz_remove_tree(cdir, &err);
+    oz_remove_tree(d1, &err);
+    oz_remove_tree(d2, &err);
 }
 
 /* Immediate mode (no clipping, no accumulation: the model hands gradients off tensor by tensor and
@@ -941,6 +1056,7 @@ int main(void) {
     RUN(test_per_layer_matches_whole_model);
     RUN(test_consume_rows_matches_whole);
     RUN(test_immediate_plan_and_losses);
+    RUN(test_factored_matches_materialized);
     RUN(test_refresh_progress);
     RUN(test_lazy_updates_and_int4_bases);
     RUN(test_qgalore_int8_weights);

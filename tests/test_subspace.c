@@ -334,6 +334,110 @@ static void test_workspace_bytes(void) {
               oz_subspace_workspace_bytes(500, 300, 16, OZ_SUBSPACE_RANDOMIZED), "side-independent");
 }
 
+/* The factored range finder (G = dY^T X given only dY and X, with padded leading dimensions) against
+ * the materialized one on G formed from the same factors: the same draws, only the products' fp32
+ * rounding differs, so the subspaces agree to ~1e-6 (and both match the exact SVD's, the spectrum
+ * having a clear gap after r). Shapes: tall and wide, more rows than either side, and fewer rows
+ * than the sketch width (G's rank below l). */
+static void check_factored(int m, int n, int rows, int r, uint64_t seed) {
+    const int ldy = m + 3, ldx = n + 5, k = r + 3;
+    oz_rng rng;
+    oz_rng_seed(&rng, seed);
+    float *dy = xalloc((size_t)rows * ldy * sizeof(float)), *x = xalloc((size_t)rows * ldx * sizeof(float));
+    double *u = xalloc((size_t)rows * k * sizeof(double)), *a = xalloc((size_t)m * k * sizeof(double));
+    double *b = xalloc((size_t)n * k * sizeof(double));
+    for (size_t i = 0; i < (size_t)rows * k; i++) u[i] = oz_rng_normal(&rng);
+    for (size_t i = 0; i < (size_t)m * k; i++) a[i] = oz_rng_normal(&rng);
+    for (size_t i = 0; i < (size_t)n * k; i++) b[i] = oz_rng_normal(&rng);
+    /* dY = U diag(s) A^T, X = U B^T, plus noise: G's top r directions stand far above the rest. */
+    for (int t = 0; t < rows; t++) {
+        for (int i = 0; i < m; i++) {
+            double v = 0.01 * oz_rng_normal(&rng);
+            for (int c = 0; c < k; c++) v += u[(size_t)t * k + c] * a[(size_t)i * k + c] * (c < r ? 10.0 - 0.5 * c : 0.05);
+            dy[(size_t)t * ldy + i] = (float)v;
+        }
+        for (int j = 0; j < n; j++) {
+            double v = 0.01 * oz_rng_normal(&rng);
+            for (int c = 0; c < k; c++) v += u[(size_t)t * k + c] * b[(size_t)j * k + c];
+            x[(size_t)t * ldx + j] = (float)v;
+        }
+        for (int i = m; i < ldy; i++) dy[(size_t)t * ldy + i] = NAN; /* padding is never read */
+        for (int j = n; j < ldx; j++) x[(size_t)t * ldx + j] = NAN;
+    }
+    float *G = xalloc((size_t)m * n * sizeof(float));
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            double v = 0;
+            for (int t = 0; t < rows; t++) v += (double)dy[(size_t)t * ldy + i] * x[(size_t)t * ldx + j];
+            G[(size_t)i * n + j] = (float)v;
+        }
+    oz_err err = {0};
+    for (int side = OZ_SUBSPACE_LEFT; side <= OZ_SUBSPACE_RIGHT; side++) {
+        int dim = side == OZ_SUBSPACE_LEFT ? m : n, layout = side == OZ_SUBSPACE_LEFT ? OZ_SUBSPACE_COLUMNS : OZ_SUBSPACE_ROWS;
+        int rank = oz_subspace_rank(m, n, r), got = 0;
+        float *bm = xalloc((size_t)dim * rank * sizeof(float)), *bf = xalloc((size_t)dim * rank * sizeof(float));
+        float *be = xalloc((size_t)dim * rank * sizeof(float));
+        oz_rng r1, r2;
+        oz_rng_seed(&r1, seed + 77);
+        oz_rng_seed(&r2, seed + 77);
+        CHECK(oz_subspace_randomized(G, m, n, r, side, -1, -1, &r1, bm, NULL, &err) == OZ_OK, "%s", err.msg);
+        CHECK(oz_subspace_randomized_factored(dy, ldy, x, ldx, rows, m, n, r, side, -1, -1, &r2, bf, &got, &err) == OZ_OK,
+              "%s", err.msg);
+        CHECK(got == rank, "factored rank %d, expected %d", got, rank);
+        CHECK(oz_rng_next(&r1) == oz_rng_next(&r2), "the two finders drew differently from the rng");
+        CHECK(oz_subspace_svd(G, m, n, r, side, be, NULL, NULL, &err) == OZ_OK, "%s", err.msg);
+        double ang = oz_subspace_principal_angles_max(bm, bf, dim, rank, layout);
+        double exact = oz_subspace_principal_angles_max(be, bf, dim, rank, layout);
+        double orth = oz_subspace_orthonormality_error(bf, dim, rank, layout);
+        double maxdiff = 0; /* the same vectors, signs included, not only the same span */
+        for (size_t i = 0; i < (size_t)dim * rank; i++) maxdiff = fmax(maxdiff, fabs((double)bm[i] - bf[i]));
+        CHECK(ang < 1e-5, "(%d, %d) over %d rows r %d side %d: factored vs materialized angle %.3g", m, n, rows, r, side, ang);
+        CHECK(maxdiff < 1e-4, "(%d, %d) over %d rows r %d side %d: basis entries differ by %.3g", m, n, rows, r, side,
+              maxdiff);
+        CHECK(exact < 1e-3, "(%d, %d) over %d rows r %d side %d: factored vs exact angle %.3g", m, n, rows, r, side, exact);
+        CHECK(orth < 1e-5, "factored basis orthonormality error %.3g", orth);
+        free(bm);
+        free(bf);
+        free(be);
+    }
+    /* A non-finite factor entry is a numeric error naming the gradient; a short leading dimension an input error. */
+    float keep = x[ldx + 1];
+    x[ldx + 1] = INFINITY;
+    float *basis = xalloc((size_t)(m > n ? m : n) * r * sizeof(float));
+    CHECK(oz_subspace_randomized_factored(dy, ldy, x, ldx, rows, m, n, r, 0, -1, -1, &rng, basis, NULL, &err) ==
+              OZ_ERR_NUMERIC,
+          "a non-finite factor was accepted");
+    x[ldx + 1] = keep;
+    CHECK(oz_subspace_randomized_factored(dy, m - 1, x, ldx, rows, m, n, r, 0, -1, -1, &rng, basis, NULL, &err) ==
+              OZ_ERR_INPUT,
+          "a leading dimension below the width was accepted");
+    /* The workspace: the randomized one plus the (rows, l) intermediate. */
+    int l = oz_subspace_rank(m, n, r) + OZ_SUBSPACE_DEFAULT_OVERSAMPLE;
+    if (l > (m < n ? m : n)) l = m < n ? m : n;
+    CHECK(oz_subspace_factored_workspace_bytes(m, n, r, rows) ==
+              oz_subspace_workspace_bytes(m, n, r, OZ_SUBSPACE_RANDOMIZED) + (size_t)rows * l * sizeof(float),
+          "factored workspace bytes");
+    oz_subspace_gpu_plan g1, g2;
+    CHECK(oz_subspace_gpu_layout(m, n, r, 1, OZ_SUBSPACE_RANDOMIZED, &g1) &&
+              oz_subspace_gpu_layout_factored(m, n, r, 1, rows, &g2) && g2.off_t >= g1.total &&
+              g2.total >= g2.off_t + (size_t)rows * g2.l * sizeof(float) && g2.off_work == g1.off_work,
+          "the factored GPU layout adds (rows, l) after the randomized one");
+    free(basis);
+    free(G);
+    free(dy);
+    free(x);
+    free(u);
+    free(a);
+    free(b);
+}
+
+static void test_factored(void) {
+    check_factored(64, 48, 40, 6, 11);   /* tall */
+    check_factored(48, 80, 100, 8, 12);  /* wide, more rows than either side */
+    check_factored(30, 20, 9, 5, 13);    /* fewer rows than the sketch width (13) */
+    check_factored(160, 120, 64, 16, 14);
+}
+
 int main(void) {
     RUN(test_principal_angle_helper);
     RUN(test_exact);
@@ -342,5 +446,6 @@ int main(void) {
     RUN(test_determinism);
     RUN(test_bad_arguments);
     RUN(test_workspace_bytes);
+    RUN(test_factored);
     return oz_test_finish("test_subspace");
 }

@@ -49,3 +49,13 @@ size_t oz_subspace_device_workspace_bytes(int cuda, int m, int n, int r, int met
 size_t oz_backend_subspace_workspace_bytes(const oz_backend *be, int m, int n, int r, int method) {
     return oz_subspace_device_workspace_bytes(!be->host_visible, m, n, r, method);
 }
+
+size_t oz_subspace_device_factored_workspace_bytes(int cuda, int m, int n, int r, int rows) {
+    if (!cuda) return 0;
+    oz_subspace_gpu_plan pl;
+    return oz_subspace_gpu_layout_factored(m, n, r, OZ_SUBSPACE_LEFT, rows, &pl) ? pl.total : 0;
+}
+
+size_t oz_backend_subspace_factored_workspace_bytes(const oz_backend *be, int m, int n, int r, int rows) {
+    return oz_subspace_device_factored_workspace_bytes(!be->host_visible, m, n, r, rows);
+}

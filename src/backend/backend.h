@@ -147,6 +147,14 @@ struct oz_backend {
      * Errors as oz_subspace_svd (a non-finite G is OZ_ERR_NUMERIC); it waits for the result. */
     oz_status (*subspace)(oz_backend *be, const float *G, int m, int n, int r, int side, int method, oz_rng *rng,
                           void *workspace, float *basis, oz_err *err);
+    /* The randomized subspace (method RANDOMIZED, as above) of G = dY^T X (m, n) from its factors,
+     * which is never formed: dY (rows, m) and X (rows, n), row-major with leading dimensions ldy and
+     * ldx (a linear layer's output gradient and input). Each product with G or G^T is two GEMMs
+     * through a (rows, l) intermediate (oz_subspace_randomized_factored; the same test matrix).
+     * workspace: oz_backend_subspace_factored_workspace_bytes(be, ...) bytes (NULL when 0). */
+    oz_status (*subspace_factored)(oz_backend *be, const float *dY /* (rows, m) */, int ldy,
+                                   const float *X /* (rows, n) */, int ldx, int rows, int m, int n, int r, int side,
+                                   oz_rng *rng, void *workspace, float *basis, oz_err *err);
 
     void (*destroy)(oz_backend *be);
 
@@ -166,6 +174,10 @@ enum { OZ_Q8_MAP_SIGNED = 0, OZ_Q8_MAP_UNSIGNED = 1 };
  * LAPACK mallocs there). The planner asks with the device name, the optimizer with its backend. */
 size_t oz_subspace_device_workspace_bytes(int cuda, int m, int n, int r, int method);
 size_t oz_backend_subspace_workspace_bytes(const oz_backend *be, int m, int n, int r, int method);
+/* The same for subspace_factored over `rows` rows of factors (the GPU layout includes the
+ * (rows, l) intermediate; the CPU mallocs it: oz_subspace_factored_workspace_bytes). */
+size_t oz_subspace_device_factored_workspace_bytes(int cuda, int m, int n, int r, int rows);
+size_t oz_backend_subspace_factored_workspace_bytes(const oz_backend *be, int m, int n, int r, int rows);
 
 /* The fp32 reference backend: OpenMP + BLAS. threads <= 0 keeps the library defaults. */
 oz_status oz_backend_cpu_create(oz_backend *be, int threads, oz_err *err);

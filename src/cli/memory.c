@@ -38,6 +38,9 @@ int oz_cmd_memory(int argc, char **argv) {
          "(for stage 2 give the frozen run's directory as --model)", 0},
         {"inrank-targets", OZ_ARG_STR, o.inrank_targets, sizeof o.inrank_targets, "mlp | attn,mlp [mlp]", 0},
         {"per-layer-update", OZ_ARG_STR, o.per_layer_update, sizeof o.per_layer_update, "auto | on | off [auto]", 0},
+        {"factored-grads", OZ_ARG_STR, o.factored_grads, sizeof o.factored_grads,
+         "GaLore, --clip 0, no --grad-accum, --subspace randomized: auto | off: project each matrix's gradient from "
+         "its factors (output gradient, input) instead of forming it [auto]", 0},
         {"seq", OZ_ARG_INT, &o.seq, 0, "tokens per sequence [256]", 0},
         {"batch", OZ_ARG_INT, &o.batch, 0, "sequences per micro-batch [8]", 0},
         {"vocab", OZ_ARG_INT, &vocab, 0, "override the vocabulary size (presets use theirs)", 0},

@@ -111,6 +111,9 @@ int oz_cmd_train(int argc, char **argv) {
         {"proj-bits", OZ_ARG_INT, &o.proj_bits, 0, "GaLore: 32 (fp32 bases) or 4 (INT4 bases) [32; 4 for qgalore]", 0},
         {"per-layer-update", OZ_ARG_STR, o.per_layer_update, sizeof o.per_layer_update,
          "auto | on | off: consume gradients layer by layer, no full gradient buffer [auto: on for GaLore]", 0},
+        {"factored-grads", OZ_ARG_STR, o.factored_grads, sizeof o.factored_grads,
+         "GaLore, --clip 0, no --grad-accum, --subspace randomized: auto | off: project each matrix's gradient from "
+         "its factors (output gradient, input) instead of forming it [auto]", 0},
         {"inrank", OZ_ARG_FLAG, &o.inrank, 0,
          "InRank: store the target matrices as factors (stored rank min(in,out)/2) whose active rank grows during training", 0},
         {"inrank-targets", OZ_ARG_STR, o.inrank_targets, sizeof o.inrank_targets,

@@ -194,9 +194,13 @@ typedef struct {
     int blk_index, blk_rows;
 } lin;
 
-/* Its gradients, each NULL when that tensor is frozen. */
+/* Its gradients, each NULL when that tensor is frozen. A factored dense matrix
+ * (oz_llama_shape.factored_grads) has w NULL and fm set: its backward hands (dY, X) to fm's factor
+ * hook for parameter findex instead of forming dW. */
 typedef struct {
     float *w, *a, *b;
+    oz_llama *fm;
+    int findex;
 } lin_grad;
 
 typedef struct {
@@ -281,6 +285,8 @@ struct oz_llama {
     void *rows_user;
     oz_tensor_hook thook;
     void *thook_user;
+    oz_factor_hook fhook;
+    void *fhook_user;
     /* every arena buffer, for destroy */
     void **owned;
     int n_owned;
@@ -435,9 +441,17 @@ bool oz_llama_grad_in_blocks(const oz_llama *m, int index) {
     return m->shape.outer_grad_blocks && m->shape.with_grads && !p->frozen && is_vocab_tensor(p);
 }
 
+bool oz_param_factored(const oz_param_info *p, unsigned mask) {
+    return p->layer >= 0 && p->factor == 0 && !p->frozen && p->matrix >= 0 && (mask >> p->matrix & 1u);
+}
+
+bool oz_llama_grad_factored(const oz_llama *m, int index) {
+    return m->shape.with_grads && oz_param_factored(&m->layout.params[index], m->shape.factored_grads);
+}
+
 float *oz_llama_grad(oz_llama *m, int index) {
     const oz_param_info *p = &m->layout.params[index];
-    if (p->frozen || !m->shape.with_grads) return NULL;
+    if (p->frozen || !m->shape.with_grads || oz_llama_grad_factored(m, index)) return NULL;
     if (m->grads) return m->grads + p->grad_offset;
     if (!m->shape.per_layer_grads) return NULL;
     if (p->layer >= 0)
@@ -475,6 +489,11 @@ int oz_llama_vocab_block_rows(const oz_llama_config *c) {
 void oz_llama_set_tensor_hook(oz_llama *m, oz_tensor_hook hook, void *user) {
     m->thook = hook;
     m->thook_user = user;
+}
+
+void oz_llama_set_factor_hook(oz_llama *m, oz_factor_hook hook, void *user) {
+    m->fhook = hook;
+    m->fhook_user = user;
 }
 
 static bool valid_matrix(const oz_llama *m, int layer, int matrix) {
@@ -655,7 +674,8 @@ static void per_tensor_sizes(const oz_param_layout *lay, const oz_llama_shape *s
     *layer_n = 0;
     for (int i = 0; i < lay->n; i++) {
         const oz_param_info *p = &lay->params[i];
-        if (p->frozen || p->layer < 0) continue;
+        /* A factored matrix's gradient is never formed: it takes no room. */
+        if (p->frozen || p->layer < 0 || oz_param_factored(p, s->factored_grads)) continue;
         if (p->layer != cur) {
             cur = p->layer;
             memset(run, 0, sizeof run);
@@ -858,6 +878,13 @@ static oz_status check_shape(const oz_llama_config *c, const oz_llama_shape *s, 
                        s->head_chunks, (long)s->batch * s->seq);
     if (s->per_tensor_grads && !(s->with_grads && s->per_layer_grads))
         return oz_fail(err, OZ_ERR_INTERNAL, "per-tensor gradients need with_grads and per_layer_grads");
+    if (s->factored_grads && !s->per_tensor_grads)
+        return oz_fail(err, OZ_ERR_INTERNAL, "factored gradients need per-tensor gradients");
+    if (s->factored_grads >> OZ_LLAMA_MATRICES)
+        return oz_fail(err, OZ_ERR_INTERNAL, "factored gradients: mask 0x%x names no matrix", s->factored_grads);
+    unsigned mlp = (1u << OZ_M_GATE) | (1u << OZ_M_UP) | (1u << OZ_M_DOWN);
+    if ((s->factored_grads & mlp) && s->mlp_chunks > 1)
+        return oz_fail(err, OZ_ERR_INTERNAL, "factored MLP gradients need one MLP chunk (they accumulate over chunks)");
     return OZ_OK;
 }
 
@@ -1105,7 +1132,10 @@ static layer_grads layer_grad_tensors(oz_llama *m, int l) {
         float *ptr = oz_llama_grad(m, i);
         if (p->kind == OZ_P_ATTN_NORM) g.attn_norm = ptr ? ptr : m->norm_sink;
         else if (p->kind == OZ_P_MLP_NORM) g.mlp_norm = ptr ? ptr : m->norm_sink;
-        else if (p->factor == 0) g.m[p->matrix].w = ptr;
+        else if (p->factor == 0) {
+            g.m[p->matrix].w = ptr;
+            if (oz_llama_grad_factored(m, i)) g.m[p->matrix].fm = m, g.m[p->matrix].findex = i;
+        }
         else if (p->factor == 1) g.m[p->matrix].a = ptr;
         else g.m[p->matrix].b = ptr;
     }
@@ -1163,6 +1193,8 @@ static void lin_bwd(oz_backend *be, const lin *w, const lin_grad *gw, const floa
      * every read of x comes before dx is written. */
     if (!w->a) {
         if (gw->w) be->gemm(be, 1, 0, w->out, w->in, rows, 1.0f, dy, w->out, x, w->in, 1.0f, gw->w, w->in);
+        /* Factored: the gradient dy^T x goes out as its factors, before dx may overwrite x. */
+        if (gw->fm && gw->fm->fhook) gw->fm->fhook(gw->fm->fhook_user, gw->findex, dy, w->out, x, w->in, rows);
         if (!w->blk_m) {
             be->gemm(be, 0, 0, rows, w->in, w->out, 1.0f, dy, w->out, w->w, w->in, beta_dx, dx, w->in);
             return;

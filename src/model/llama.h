@@ -161,6 +161,16 @@ typedef struct {
      * For updates that need no whole-step quantity (no clipping, no accumulation): the trainer's
      * immediate mode. */
     bool per_tensor_grads;
+    /* With per_tensor_grads: a bitmask over OZ_M_Q..OZ_M_DOWN (1u << matrix) of the dense layer
+     * matrices whose weight gradient G = dY^T X (dY: the layer output's gradient, rows x out; X:
+     * its input, rows x in) is never formed. Their backward skips the dW GEMM and hands (dY, X) to
+     * the factor hook (oz_llama_set_factor_hook) before dX is computed (so X is intact; the weight
+     * is read afterwards for dX, so the factor hook must not change it); the tensor hook follows
+     * after dX as usual, with oz_llama_grad NULL. Such tensors take no gradient memory (the layer
+     * buffer holds what is still materialized: norms, low-rank factors, other matrices). MLP bits
+     * need mlp_chunks <= 1 (over chunks G accumulates). For optimizers that only need products of
+     * G (GaLore's projections, the randomized range finder). oz_param_factored says which tensors. */
+    unsigned factored_grads;
     /* Q-GaLore: the seven attention/MLP matrices of every layer are stored as INT8 (groups of 256,
      * asymmetric, range including 0). The GEMMs that read one (forward, recompute, the backward's
      * dX) dequantize it a block of rows at a time into a small scratch (int8_block_floats), a
@@ -227,6 +237,15 @@ typedef void (*oz_grad_hook)(void *user, int layer);
  * (the next group's gradients are zeroed before they accumulate), so the hook may use it as
  * scratch. */
 typedef void (*oz_tensor_hook)(void *user, int index);
+/* Factored gradients (oz_llama_shape.factored_grads): called in the backward of parameter `index`
+ * with the factors of its gradient G = dy^T x (out x in, the gradient of this call's loss): dy
+ * (rows, out) and x (rows, in), row-major with leading dimensions ldy and ldx, valid only during the
+ * call. The weight is still read after it (for dX): the hook must not update it (the tensor hook,
+ * called after dX, may). */
+typedef void (*oz_factor_hook)(void *user, int index, const float *dy, int ldy, const float *x, int ldx, int rows);
+/* True when parameter p's gradient is factored under mask (oz_llama_shape.factored_grads): a dense,
+ * trainable layer matrix whose bit is set. */
+bool oz_param_factored(const oz_param_info *p, unsigned mask);
 
 oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend *be, oz_arena *arena,
                           oz_llama_shape shape, oz_err *err);
@@ -262,7 +281,7 @@ void oz_llama_write_param(oz_llama *model, int index, const float *host);
 float *oz_llama_grads(oz_llama *model);
 /* Host memory the model holds outside the arena (offloaded checkpoints); 0 otherwise. */
 size_t oz_llama_host_bytes(const oz_llama *model);
-/* Gradient of parameter `index` (layout order); NULL for a frozen tensor. In per-layer mode a layer
+/* Gradient of parameter `index` (layout order); NULL for a frozen or factored tensor. In per-layer mode a layer
  * tensor's gradient is only valid inside that layer's grad hook; in per-tensor mode every tensor's
  * only inside its tensor hook. */
 float *oz_llama_grad(oz_llama *model, int index);
@@ -319,5 +338,8 @@ int oz_llama_vocab_block_rows(const oz_llama_config *cfg);
 /* True when parameter `index`'s gradient goes through the rows hook (so oz_llama_grad is NULL). */
 bool oz_llama_grad_in_blocks(const oz_llama *model, int index);
 void oz_llama_set_tensor_hook(oz_llama *model, oz_tensor_hook hook, void *user);
+void oz_llama_set_factor_hook(oz_llama *model, oz_factor_hook hook, void *user);
+/* True when parameter `index`'s gradient goes to the factor hook (so oz_llama_grad is NULL). */
+bool oz_llama_grad_factored(const oz_llama *model, int index);
 
 #endif

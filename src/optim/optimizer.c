@@ -43,6 +43,9 @@ typedef struct {
     long step;            /* Adam steps taken (bias correction) */
     long refreshes;       /* subspaces computed */
     bool refresh_now, frozen_basis, consumed, applied;
+    /* factored: the gradient arrives as its factors (consume_factors), never as a matrix;
+     * projected: consume_factors has put this step's projected gradient in rimm */
+    bool factored, projected;
 } slot;
 
 struct oz_optimizer {
@@ -54,7 +57,9 @@ struct oz_optimizer {
     int n_slots;
     int step;
     float *u, *work, *rot, *cbuf, *newbasis, *deq, *delta, *rimm; /* scratch */
-    void *pool;             /* u, rimm, delta and deq, and on a GPU the subspace workspace (pool_of) */
+    float *fac;             /* factored projections' (tokens, r) intermediates (shares delta's place) */
+    size_t delta_cap;       /* floats the INT8 update block may use (the pool's slack included) */
+    void *pool;             /* u, rimm, deq, delta / fac, and on a GPU the subspace workspace (pool_of) */
     size_t pool_bytes;
     float *grad_scratch;    /* consume_scratch: the gradient being consumed, free to overwrite */
     oz_llama *model;
@@ -132,6 +137,7 @@ static void shape_slot(const oz_optim_config *c, const oz_param_info *p, int ind
     }
     bool eight = c->kind == OZ_OPTIM_ADAMW8BIT || c->kind == OZ_OPTIM_GALORE8BIT || c->kind == OZ_OPTIM_QGALORE;
     s->q8 = eight && s->n >= OZ_Q8_MIN_SIZE;
+    s->factored = s->galore && c->immediate && oz_param_factored(p, c->factored_matrices);
 }
 
 /* Immediate mode updates each tensor the moment its gradient is consumed (inside the model's hooks
@@ -184,6 +190,7 @@ static void slot_buffers(const oz_optim_config *c, slot *s, want_fn want, void *
 /* Scratch sizes shared by all slots: each the largest any slot really uses. */
 typedef struct {
     size_t n, work, c, basis, workspace, delta;
+    size_t fac; /* factored projections: (tokens, r), twice for full */
     size_t rot; /* the rotation buffer, also where lazy updates stage a first basis vector */
 } scratch_sizes;
 
@@ -197,10 +204,11 @@ static size_t basis_len(const slot *s) {
 static size_t q_offset(const slot *s) { return s->side == SIDE_FULL ? (size_t)s->a * s->r : 0; }
 
 /* Rows per block of the INT8 update: the back-projected update is built a row block at a time in
- * a small buffer (~4 MiB, or cfg->int8_block_bytes) instead of one fp32 matrix the weight's size.
- * A block must hold whole quantization groups so each group is updated from one block: rows * b a
- * multiple of OZ_QW_GROUP, i.e. rows a multiple of OZ_QW_GROUP / gcd(b, OZ_QW_GROUP). */
-static size_t delta_rows(const oz_optim_config *c, const slot *s) {
+ * a small buffer (at least ~4 MiB; cfg->int8_block_bytes exactly) instead of one fp32 matrix the
+ * weight's size. A block must hold whole quantization groups so each group is updated from one
+ * block: rows * b a multiple of OZ_QW_GROUP, i.e. rows a multiple of OZ_QW_GROUP / gcd(b,
+ * OZ_QW_GROUP). cap: floats the block may take (0: the default target). */
+static size_t block_rows(const oz_optim_config *c, const slot *s, size_t cap) {
     size_t g = OZ_QW_GROUP, b = (size_t)s->b;
     for (size_t x = b % g; x;) { /* gcd(b, OZ_QW_GROUP) */
         size_t t = g % x;
@@ -208,11 +216,13 @@ static size_t delta_rows(const oz_optim_config *c, const slot *s) {
         x = t;
     }
     size_t unit = OZ_QW_GROUP / g;
-    size_t target = (c->int8_block_bytes ? c->int8_block_bytes : ((size_t)4 << 20)) / sizeof(float);
+    size_t target = c->int8_block_bytes ? c->int8_block_bytes / sizeof(float) : cap ? cap : ((size_t)4 << 20) / sizeof(float);
     size_t rows = target / b / unit * unit;
     if (rows < unit) rows = unit;
     return rows < (size_t)s->a ? rows : (size_t)s->a;
 }
+
+static size_t delta_rows(const oz_optim_config *c, const slot *s) { return block_rows(c, s, 0); }
 
 static void scratch_of(const oz_optim_config *c, const slot *s, bool gpu, scratch_sizes *z) {
     if (!s->galore) return;
@@ -231,20 +241,29 @@ static void scratch_of(const oz_optim_config *c, const slot *s, bool gpu, scratc
     if (c->at_switch == OZ_SWITCH_ROTATE && (size_t)2 * s->r * s->r > z->c) z->c = (size_t)2 * s->r * s->r;
     if (basis_len(s) > z->basis) z->basis = basis_len(s);
     if (c->int8_weights && delta_rows(c, s) * s->b > z->delta) z->delta = delta_rows(c, s) * s->b;
-    /* The subspace call's workspace: LAPACK's host malloc on the CPU, device scratch on a GPU. */
-    size_t ws = gpu ? oz_subspace_device_workspace_bytes(1, s->a, s->b, s->r, c->subspace)
-                    : oz_subspace_workspace_bytes(s->a, s->b, s->r, c->subspace);
+    size_t fac = s->factored ? (size_t)c->tokens * s->r * (s->side == SIDE_FULL ? 2 : 1) : 0;
+    if (fac > z->fac) z->fac = fac;
+    /* The subspace call's workspace: LAPACK's host malloc on the CPU, device scratch on a GPU
+     * (with the factored range finder's (tokens, l) intermediate for a factored matrix). */
+    size_t ws = s->factored ? (gpu ? oz_subspace_device_factored_workspace_bytes(1, s->a, s->b, s->r, c->tokens)
+                                   : oz_subspace_factored_workspace_bytes(s->a, s->b, s->r, c->tokens))
+                : gpu ? oz_subspace_device_workspace_bytes(1, s->a, s->b, s->r, c->subspace)
+                      : oz_subspace_workspace_bytes(s->a, s->b, s->r, c->subspace);
     if (ws > z->workspace) z->workspace = ws;
 }
 
 /* The update buffers (u; the immediate projected gradient rimm; the INT8 update block delta; the
- * dequantized INT4 basis deq) and a GPU's subspace workspace are never live together: the
- * workspace exists only inside a refresh's subspace calls, which come before the old basis is
- * read again (lazy cosines, moment rotation: after the calls) and before the gradient is projected
- * into rimm and the update built in u and delta. One pool holds whichever is larger. The CPU's
- * workspace is LAPACK's own malloc, outside it. */
+ * dequantized INT4 basis deq; the factored projection's intermediates fac) and a GPU's subspace
+ * workspace are never live together: the workspace exists only inside a refresh's subspace calls,
+ * which come before the old basis is read again (lazy cosines, moment rotation: after the calls)
+ * and before the gradient is projected into rimm and the update built in u and delta. One pool
+ * holds whichever is larger. fac lives only while a factored gradient is projected (into rimm,
+ * with deq's basis), delta only while the update is built (from u, with deq's basis): they share
+ * the pool's tail, and delta takes all of it, the slack a larger workspace leaves included, so
+ * the INT8 update of a matrix without a gradient buffer to build it in needs few GEMMs. The
+ * CPU's workspace is LAPACK's own malloc, outside it. */
 typedef struct {
-    size_t u, rimm, delta, deq, bytes; /* byte offsets; the pool's size */
+    size_t u, rimm, delta, deq, bytes; /* byte offsets (fac: at delta); the pool's size */
 } pool_layout;
 
 static size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
@@ -253,8 +272,9 @@ static pool_layout pool_of(const oz_optim_config *c, const scratch_sizes *z, boo
     pool_layout p = {0, 0, 0, 0, 0};
     size_t f = sizeof(float), cur = align256(z->n * f);
     if (c->immediate) p.rimm = cur, cur += align256(z->n * f);
-    if (c->int8_weights) p.delta = cur, cur += align256(z->delta * f);
     if (c->proj_bits == 4) p.deq = cur, cur += align256(z->basis * f);
+    size_t tail = (c->int8_weights ? z->delta : 0) > z->fac ? z->delta : z->fac;
+    p.delta = cur, cur += align256(tail * f);
     p.bytes = gpu && z->workspace > cur ? z->workspace : cur;
     return p;
 }
@@ -322,6 +342,10 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
         return oz_fail(err, OZ_ERR_INPUT,
                        "lazy updates need a window of 1..%d, a gap growth >= 1 and a maximum gap >= --update-gap",
                        OZ_LAZY_MAX_WINDOW);
+    if (cfg->factored_matrices &&
+        (!cfg->immediate || cfg->subspace != OZ_SUBSPACE_RANDOMIZED || cfg->tokens <= 0))
+        return oz_fail(err, OZ_ERR_INTERNAL,
+                       "factored gradients need immediate updates, randomized subspaces and a token count");
     oz_optimizer *o = calloc(1, sizeof *o);
     if (!o) return oz_fail(err, OZ_ERR_NOMEM, "out of memory creating the optimizer");
     o->cfg = *cfg;
@@ -357,6 +381,8 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
             o->u = (float *)p;
             if (cfg->immediate) o->rimm = (float *)(p + pl.rimm);
             if (cfg->int8_weights) o->delta = (float *)(p + pl.delta);
+            if (z.fac) o->fac = (float *)(p + pl.delta);
+            o->delta_cap = (pl.bytes - pl.delta) / f;
             if (cfg->proj_bits == 4) o->deq = (float *)(p + pl.deq);
         }
     }
@@ -482,6 +508,7 @@ void oz_optimizer_begin_step(oz_optimizer *o, int step, float lr) {
         slot *s = &o->slots[i];
         s->consumed = false;
         s->applied = false;
+        s->projected = false;
         s->grad = NULL;
         /* GaLore's rule: a new subspace at steps 0, T, 2T, ... (and whenever none exists yet). */
         s->refresh_now = s->galore && !s->frozen_basis && (s->refreshes == 0 || step % s->gap == 0);
@@ -556,7 +583,14 @@ static void moments_rotate(oz_optimizer *o, slot *s, const float *Pn, const floa
     }
 }
 
-static oz_status refresh_basis(oz_optimizer *o, slot *s, const float *G, oz_err *err) {
+/* A gradient given by its factors G = dY^T X: dY (rows, a), X (rows, b), leading dimensions ldy, ldx. */
+typedef struct {
+    const float *dy, *x;
+    int ldy, ldx, rows;
+} factors;
+
+/* A new basis from G, or from its factors f (G NULL). */
+static oz_status refresh_basis(oz_optimizer *o, slot *s, const float *G, const factors *fc, oz_err *err) {
     oz_backend *be = o->be;
     float *Pn = o->newbasis, *Qn = o->newbasis + q_offset(s);
     oz_rng rng;
@@ -564,7 +598,8 @@ static oz_status refresh_basis(oz_optimizer *o, slot *s, const float *G, oz_err 
                           (uint64_t)s->index);
     /* The subspace workspace: device scratch the arena lends for the call (GPU), or LAPACK's own
      * malloc, which the arena records as transient scratch (CPU). Same figure as the plan. */
-    size_t wsb = oz_backend_subspace_workspace_bytes(be, s->a, s->b, s->r, o->cfg.subspace);
+    size_t wsb = fc ? oz_backend_subspace_factored_workspace_bytes(be, s->a, s->b, s->r, fc->rows)
+                    : oz_backend_subspace_workspace_bytes(be, s->a, s->b, s->r, o->cfg.subspace);
     /* On a GPU the workspace is the update pool (free until the gradient is projected, after
      * these calls); on the CPU LAPACK mallocs it, which the arena notes as transient scratch. */
     void *ws = NULL;
@@ -572,11 +607,18 @@ static oz_status refresh_basis(oz_optimizer *o, slot *s, const float *G, oz_err 
         return oz_fail(err, OZ_ERR_INTERNAL, "subspace workspace of %zu bytes exceeds the %zu-byte pool", wsb,
                        o->pool_bytes);
     if (wsb) ws = o->pool;
-    else oz_arena_note_transient(o->arena, OZ_MEM_SCRATCH, oz_subspace_workspace_bytes(s->a, s->b, s->r, o->cfg.subspace));
+    else
+        oz_arena_note_transient(o->arena, OZ_MEM_SCRATCH,
+                                fc ? oz_subspace_factored_workspace_bytes(s->a, s->b, s->r, fc->rows)
+                                   : oz_subspace_workspace_bytes(s->a, s->b, s->r, o->cfg.subspace));
     for (int side = SIDE_LEFT; side <= SIDE_RIGHT; side++) {
         if ((side == SIDE_LEFT && s->side == SIDE_RIGHT) || (side == SIDE_RIGHT && s->side == SIDE_LEFT)) continue;
         float *dst = side == SIDE_LEFT ? Pn : Qn;
-        OZ_TRY(be->subspace(be, G, s->a, s->b, s->r, side, o->cfg.subspace, &rng, ws, dst, err));
+        if (fc)
+            OZ_TRY(be->subspace_factored(be, fc->dy, fc->ldy, fc->x, fc->ldx, fc->rows, s->a, s->b, s->r, side, &rng,
+                                         ws, dst, err));
+        else
+            OZ_TRY(be->subspace(be, G, s->a, s->b, s->r, side, o->cfg.subspace, &rng, ws, dst, err));
     }
     if (s->refreshes > 0) {
         if (o->cfg.at_switch == OZ_SWITCH_RESET) {
@@ -610,10 +652,43 @@ static void project(oz_optimizer *o, slot *s, const float *G, float beta, float 
     }
 }
 
+/* dst (s->n) = projection of G = dY^T X from its factors, G never formed: (dY P)^T X, dY^T (X Q^T)
+ * or (dY P)^T (X Q^T), through fac's (rows, r) intermediates. */
+static void project_factored(oz_optimizer *o, slot *s, const factors *fc, float *dst) {
+    oz_backend *be = o->be;
+    int a = s->a, b = s->b, r = s->r, R = fc->rows;
+    const float *P = s->side != SIDE_RIGHT ? basis_P(o, s) : NULL;
+    const float *Q = s->side != SIDE_LEFT ? basis_Q(o, s) : NULL;
+    float *t1 = o->fac, *t2 = o->fac + (s->side == SIDE_FULL ? (size_t)R * r : 0);
+    if (P) be->gemm(be, 0, 0, R, r, a, 1.0f, fc->dy, fc->ldy, P, r, 0.0f, t1, r); /* dY P */
+    if (Q) be->gemm(be, 0, 1, R, r, b, 1.0f, fc->x, fc->ldx, Q, b, 0.0f, t2, r); /* X Q^T */
+    switch (s->side) {
+    case SIDE_LEFT: be->gemm(be, 1, 0, r, b, R, 1.0f, t1, r, fc->x, fc->ldx, 0.0f, dst, b); break;
+    case SIDE_RIGHT: be->gemm(be, 1, 0, a, r, R, 1.0f, fc->dy, fc->ldy, t2, r, 0.0f, dst, r); break;
+    default: be->gemm(be, 1, 0, r, r, R, 1.0f, t1, r, t2, r, 0.0f, dst, r);
+    }
+}
+
+oz_status oz_optimizer_consume_factors(oz_optimizer *o, int index, const float *dY, int ldy, const float *X, int ldx,
+                                       int rows, oz_err *err) {
+    slot *s = &o->slots[index];
+    if (!s->factored || s->projected)
+        return oz_fail(err, OZ_ERR_INTERNAL, "%s: factors handed over for a tensor that does not take them now",
+                       s->p->name);
+    if (rows <= 0 || rows > o->cfg.tokens || ldy < s->a || ldx < s->b)
+        return oz_fail(err, OZ_ERR_INTERNAL, "%s: factors over %d rows (ld %d, %d) exceed the planned %d tokens",
+                       s->p->name, rows, ldy, ldx, o->cfg.tokens);
+    factors fc = {dY, X, ldy, ldx, rows};
+    if (s->refresh_now) OZ_TRY(refresh_basis(o, s, NULL, &fc, err));
+    project_factored(o, s, &fc, o->rimm);
+    s->projected = true;
+    return OZ_OK;
+}
+
 oz_status oz_optimizer_refresh_from(oz_optimizer *o, oz_llama *model, oz_err *err) {
     for (int i = 0; i < o->n_slots; i++) {
         slot *s = &o->slots[i];
-        if (s->refresh_now) OZ_TRY(refresh_basis(o, s, oz_llama_grad(model, i), err));
+        if (s->refresh_now) OZ_TRY(refresh_basis(o, s, oz_llama_grad(model, i), NULL, err));
     }
     return OZ_OK;
 }
@@ -627,8 +702,13 @@ oz_status oz_optimizer_consume(oz_optimizer *o, int index, const float *grad, bo
     if (immediate_slot(&o->cfg, s)) {
         /* Project (GaLore) and update right away: this tensor's gradient is never kept. */
         const float *g = grad;
-        if (s->galore) {
-            if (s->refresh_now) OZ_TRY(refresh_basis(o, s, grad, err));
+        if (s->factored) { /* consume_factors projected it into rimm already */
+            if (!s->projected)
+                return oz_fail(err, OZ_ERR_INTERNAL, "%s: its gradient's factors never arrived", s->p->name);
+            s->projected = false;
+            g = o->rimm;
+        } else if (s->galore) {
+            if (s->refresh_now) OZ_TRY(refresh_basis(o, s, grad, NULL, err));
             project(o, s, grad, 0.0f, o->rimm);
             g = o->rimm;
         }
@@ -638,7 +718,7 @@ oz_status oz_optimizer_consume(oz_optimizer *o, int index, const float *grad, bo
         return OZ_OK;
     }
     if (s->galore) {
-        if (s->refresh_now) OZ_TRY(refresh_basis(o, s, grad, err));
+        if (s->refresh_now) OZ_TRY(refresh_basis(o, s, grad, NULL, err));
         project(o, s, grad, accumulate ? 1.0f : 0.0f, s->racc);
     } else if (s->gacc) {
         if (accumulate) o->be->axpy(o->be, s->gacc, 1.0f, grad, s->n);
@@ -757,7 +837,7 @@ static void apply_slot(oz_optimizer *o, slot *s, float *params, const float *g, 
         const float *Q = s->side != SIDE_LEFT ? basis_Q(o, s) : NULL;
         if (s->side == SIDE_FULL) be->gemm(be, 0, 0, a, r, r, 1.0f, P, r, o->u, r, 0.0f, o->work, r);
         uint64_t key = c->seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(s->index + 1));
-        size_t rows_blk = o->grad_scratch ? (size_t)a : delta_rows(c, s);
+        size_t rows_blk = o->grad_scratch ? (size_t)a : block_rows(c, s, o->delta_cap);
         for (size_t r0 = 0; r0 < (size_t)a; r0 += rows_blk) {
             int rows = (int)((size_t)a - r0 < rows_blk ? (size_t)a - r0 : rows_blk);
             switch (s->side) {

@@ -58,6 +58,12 @@ typedef struct {
     /* qgalore: bytes of the row block the INT8 update is built in (0: 4 MiB). Tests make it small
      * to check that blocked updates give the whole-matrix result. */
     size_t int8_block_bytes;
+    /* Immediate mode, randomized subspaces: the GaLore matrices whose gradient arrives as its
+     * factors (oz_optimizer_consume_factors), the model's oz_llama_shape.factored_grads (a bitmask
+     * over OZ_M_*, oz_param_factored says which tensors), and tokens, the most rows a call's
+     * factors have (batch x seq): the planner sizes their intermediates from it. */
+    unsigned factored_matrices;
+    int tokens;
 } oz_optim_config;
 
 #define OZ_LAZY_MAX_WINDOW 32
@@ -97,6 +103,15 @@ oz_status oz_optimizer_consume_rows(oz_optimizer *opt, int index, int row0, int 
  * (it is not read again), so the update may be built in it: Q-GaLore then back-projects a whole
  * matrix in one GEMM instead of in row blocks (bitwise the same codes). */
 oz_status oz_optimizer_consume_scratch(oz_optimizer *opt, int index, float *grad, oz_err *err);
+/* Immediate mode, a factored tensor (oz_optim_config.factored_matrices): its gradient G = dY^T X
+ * (a x b) given by its factors, dY (rows, a) and X (rows, b), row-major with leading dimensions ldy
+ * and ldx (the model's factor hook). Refreshes the subspace if due (the factored randomized range
+ * finder: the same draws as on the materialized G) and projects G from the factors ((dY P)^T X,
+ * dY^T (X Q^T) or both), never forming it. The weight is not touched: the update is applied by the
+ * oz_optimizer_consume or oz_optimizer_consume_scratch call for this tensor that must follow (with
+ * a NULL gradient), once the caller no longer reads the weight. */
+oz_status oz_optimizer_consume_factors(oz_optimizer *opt, int index, const float *dY, int ldy, const float *X, int ldx,
+                                       int rows, oz_err *err);
 /* Sum of squares of everything consumed this step (the clipping norm squared; with immediate
  * updates it includes what was already applied, for reporting). */
 double oz_optimizer_grad_sumsq(oz_optimizer *opt);

@@ -14,6 +14,7 @@
 #include <lapack.h>
 #include <limits.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,6 +126,13 @@ size_t oz_subspace_workspace_bytes(int m, int n, int r, int method) {
     return 0;
 }
 
+size_t oz_subspace_factored_workspace_bytes(int m, int n, int r, int rows) {
+    if (m <= 0 || n <= 0 || r <= 0 || rows <= 0) return 0;
+    rand_plan pl;
+    if (!plan_randomized(m, n, r, OZ_SUBSPACE_LEFT, OZ_SUBSPACE_DEFAULT_OVERSAMPLE, &pl)) return 0;
+    return pl.total + (size_t)rows * pl.l * sizeof(float);
+}
+
 /* ---- the GPU layout (sizes only: the CUDA backend does the work) ---- */
 
 static size_t carve_gpu(size_t *cursor, size_t bytes) {
@@ -174,6 +182,17 @@ int oz_subspace_gpu_layout(int m, int n, int r, int side, int method, oz_subspac
     }
     pl->off_work = carve_gpu(&cur, pl->lwork * f);
     pl->off_info = carve_gpu(&cur, 4 * sizeof(int)); /* solver info, non-finite count */
+    pl->total = cur;
+    return 1;
+}
+
+int oz_subspace_gpu_layout_factored(int m, int n, int r, int side, int rows, oz_subspace_gpu_plan *pl) {
+    if (rows <= 0 || !oz_subspace_gpu_layout(m, n, r, side, OZ_SUBSPACE_RANDOMIZED, pl)) {
+        memset(pl, 0, sizeof *pl);
+        return 0;
+    }
+    size_t cur = pl->total;
+    pl->off_t = carve_gpu(&cur, (size_t)rows * pl->l * sizeof(float));
     pl->total = cur;
     return 1;
 }
@@ -294,46 +313,81 @@ static int orthonormalize(float *a, int rows, int cols, float *tau, float *work,
     return (int)info;
 }
 
-oz_status oz_subspace_randomized(const float *G, int m, int n, int r, int side, int oversample,
+/* Where the range finder's products come from: G itself (row-major (m, n)), or its factors
+ * G = dY^T X with dY (rows, m) and X (rows, n), row-major with leading dimensions ldy and ldx,
+ * multiplied through t (rows, l), column-major. */
+typedef struct {
+    const float *G;
+    const float *dy, *x;
+    int ldy, ldx, rows;
+    float *t;
+} gsource;
+
+/* out (column-major, ld_out) = X_side in, or X_side^T in (transpose), where X_side = G for LEFT and
+ * G^T for RIGHT; in is column-major with leading dimension ld_in, `cols` columns. */
+static void gprod(const gsource *g, int m, int n, int side, int transpose, const float *in, int ld_in, float *out,
+                  int ld_out, int cols) {
+    /* The product with G itself (g_side) or G^T. */
+    const int with_g = (side == OZ_SUBSPACE_LEFT) != (transpose != 0);
+    if (g->G) {
+        /* G's bytes are the column-major (n, m) G^T: G = op(T), G^T = op(N). */
+        if (with_g)
+            cblas_sgemm(CblasColMajor, CblasTrans, CblasNoTrans, m, cols, n, 1.0f, g->G, n, in, ld_in, 0.0f, out, ld_out);
+        else
+            cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, cols, m, 1.0f, g->G, n, in, ld_in, 0.0f, out, ld_out);
+        return;
+    }
+    /* dY's bytes are the column-major (m, rows) dY^T, X's the column-major (n, rows) X^T. */
+    const int R = g->rows;
+    if (with_g) { /* G in = dY^T (X in) */
+        cblas_sgemm(CblasColMajor, CblasTrans, CblasNoTrans, R, cols, n, 1.0f, g->x, g->ldx, in, ld_in, 0.0f, g->t, R);
+        cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, m, cols, R, 1.0f, g->dy, g->ldy, g->t, R, 0.0f, out, ld_out);
+    } else { /* G^T in = X^T (dY in) */
+        cblas_sgemm(CblasColMajor, CblasTrans, CblasNoTrans, R, cols, m, 1.0f, g->dy, g->ldy, in, ld_in, 0.0f, g->t, R);
+        cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, cols, R, 1.0f, g->x, g->ldx, g->t, R, 0.0f, out, ld_out);
+    }
+}
+
+/* The range finder over either source (the materialized G or its factors: only gprod differs). */
+static oz_status randomized_core(const char *fn, gsource *g, int m, int n, int r, int side, int oversample,
                                  int power_iters, oz_rng *rng, float *basis, int *rank_out, oz_err *err) {
-    OZ_TRY(check_args("subspace_randomized", G, m, n, r, side, basis, err));
-    if (!rng) return oz_fail(err, OZ_ERR_INPUT, "subspace_randomized: NULL rng");
+    if (!rng) return oz_fail(err, OZ_ERR_INPUT, "%s: NULL rng", fn);
     if (oversample < 0) oversample = OZ_SUBSPACE_DEFAULT_OVERSAMPLE;
     if (power_iters < 0) power_iters = OZ_SUBSPACE_DEFAULT_POWER_ITERS;
     rand_plan pl;
     if (!plan_randomized(m, n, r, side, oversample, &pl))
-        return oz_fail(err, OZ_ERR_INPUT, "subspace_randomized: (%d, %d) at rank %d is too large for 32-bit LAPACK workspace", m, n, r);
-    char *ws = alloc_ws(pl.total);
-    if (!ws) return oz_fail(err, OZ_ERR_NOMEM, "subspace_randomized: cannot allocate %zu bytes of workspace", pl.total);
+        return oz_fail(err, OZ_ERR_INPUT, "%s: (%d, %d) at rank %d is too large for 32-bit LAPACK workspace", fn, m, n, r);
+    size_t t_off = pl.total, total = pl.total;
+    if (!g->G) total += (size_t)g->rows * pl.l * sizeof(float); /* t (rows, l) after the plan's pieces */
+    char *ws = alloc_ws(total);
+    if (!ws) return oz_fail(err, OZ_ERR_NOMEM, "%s: cannot allocate %zu bytes of workspace", fn, total);
+    if (!g->G) g->t = (float *)(ws + t_off);
     float *y = (float *)(ws + pl.off_y), *z = (float *)(ws + pl.off_z), *tau = (float *)(ws + pl.off_tau);
     float *qrwork = (float *)(ws + pl.off_qrwork), *rr = (float *)(ws + pl.off_r), *vt = (float *)(ws + pl.off_vt);
     float *s = (float *)(ws + pl.off_s), *svdwork = (float *)(ws + pl.off_svdwork);
     lapack_int *iwork = (lapack_int *)(ws + pl.off_iwork);
     const int p = pl.p, q = pl.q, l = pl.l, rank = pl.rank;
 
-    /* X is the matrix whose left singular vectors we want: G for LEFT, G^T for RIGHT. In memory G
-     * is the column-major (n, m) G^T, so X = op(G^T) with op = transpose for LEFT. */
-    const enum CBLAS_TRANSPOSE tx = side == OZ_SUBSPACE_LEFT ? CblasTrans : CblasNoTrans;
-    const enum CBLAS_TRANSPOSE txt = side == OZ_SUBSPACE_LEFT ? CblasNoTrans : CblasTrans;
+    /* X is the matrix whose left singular vectors we want: G for LEFT, G^T for RIGHT. */
     int info = 0;
     const char *stage = "";
 
-    oz_subspace_gaussian(z, (size_t)q * l, rng);                                      /* Omega (q, l) */
-    cblas_sgemm(CblasColMajor, tx, CblasNoTrans, p, l, q, 1.0f, G, n, z, q, 0.0f, y, p); /* Y = X Omega */
+    oz_subspace_gaussian(z, (size_t)q * l, rng); /* Omega (q, l) */
+    gprod(g, m, n, side, 0, z, q, y, p, l);       /* Y = X Omega */
     /* Re-orthonormalize after every product: otherwise the columns collapse onto the top singular
      * vector in floating point and the power iterations lose the rest of the subspace. */
     if ((info = orthonormalize(y, p, l, tau, qrwork, pl.lwork_qr)) != 0) { stage = "range QR"; goto fail; }
     for (int it = 0; it < power_iters; it++) {
-        cblas_sgemm(CblasColMajor, txt, CblasNoTrans, q, l, p, 1.0f, G, n, y, p, 0.0f, z, q); /* Z = X^T Y */
+        gprod(g, m, n, side, 1, y, p, z, q, l); /* Z = X^T Y */
         if ((info = orthonormalize(z, q, l, tau, qrwork, pl.lwork_qr)) != 0) { stage = "power QR"; goto fail; }
-        cblas_sgemm(CblasColMajor, tx, CblasNoTrans, p, l, q, 1.0f, G, n, z, q, 0.0f, y, p); /* Y = X Z */
+        gprod(g, m, n, side, 0, z, q, y, p, l); /* Y = X Z */
         if ((info = orthonormalize(y, p, l, tau, qrwork, pl.lwork_qr)) != 0) { stage = "power QR"; goto fail; }
     }
 
     /* B = Y^T X (l, q). Rather than an SVD of the wide B, factor B^T = Qb R and decompose the
      * small R (l, l) = Ur S VTr: then B = VTr^T S (Qb Ur)^T, so B's left singular vectors are
      * VTr^T and X's are approximately Y VTr^T. Only the l x l problem needs an SVD. */
-    cblas_sgemm(CblasColMajor, txt, CblasNoTrans, q, l, p, 1.0f, G, n, y, p, 0.0f, z, q); /* Z = B^T */
+    gprod(g, m, n, side, 1, y, p, z, q, l); /* Z = B^T */
     {
         lapack_int M = q, N = l, lw = (lapack_int)pl.lwork_qr, linfo = 0;
         LAPACK_sgeqrf(&M, &N, z, &M, tau, qrwork, &lw, &linfo);
@@ -359,9 +413,41 @@ oz_status oz_subspace_randomized(const float *G, int m, int n, int r, int side, 
 
 fail:
     free(ws);
-    if (info > 0)
-        return oz_fail(err, OZ_ERR_NUMERIC, "subspace_randomized: %s did not converge on the (%d, %d) matrix", stage, m, n);
-    return oz_fail(err, OZ_ERR_INTERNAL, "subspace_randomized: LAPACK rejected argument %d in the %s", -info, stage);
+    if (info > 0) return oz_fail(err, OZ_ERR_NUMERIC, "%s: %s did not converge on the (%d, %d) matrix", fn, stage, m, n);
+    return oz_fail(err, OZ_ERR_INTERNAL, "%s: LAPACK rejected argument %d in the %s", fn, -info, stage);
+}
+
+oz_status oz_subspace_randomized(const float *G, int m, int n, int r, int side, int oversample,
+                                 int power_iters, oz_rng *rng, float *basis, int *rank_out, oz_err *err) {
+    OZ_TRY(check_args("subspace_randomized", G, m, n, r, side, basis, err));
+    gsource g = {G, NULL, NULL, 0, 0, 0, NULL};
+    return randomized_core("subspace_randomized", &g, m, n, r, side, oversample, power_iters, rng, basis, rank_out,
+                           err);
+}
+
+/* Every entry of the (rows, cols) row-major matrix of leading dimension ld is finite. */
+static bool all_finite(const float *a, int rows, int cols, int ld) {
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++)
+            if (!isfinite(a[(size_t)i * ld + j])) return false;
+    return true;
+}
+
+oz_status oz_subspace_randomized_factored(const float *dY, int ldy, const float *X, int ldx, int rows, int m, int n,
+                                          int r, int side, int oversample, int power_iters, oz_rng *rng, float *basis,
+                                          int *rank_out, oz_err *err) {
+    const char *fn = "subspace_randomized_factored";
+    if (!dY || !X || !basis) return oz_fail(err, OZ_ERR_INPUT, "%s: NULL factor or basis pointer", fn);
+    if (m <= 0 || n <= 0 || rows <= 0 || ldy < m || ldx < n)
+        return oz_fail(err, OZ_ERR_INPUT, "%s: shapes (%d, %d) over %d rows (ld %d, %d) are not valid", fn, m, n, rows,
+                       ldy, ldx);
+    if (r <= 0) return oz_fail(err, OZ_ERR_INPUT, "%s: rank %d must be positive", fn, r);
+    if (side != OZ_SUBSPACE_LEFT && side != OZ_SUBSPACE_RIGHT)
+        return oz_fail(err, OZ_ERR_INPUT, "%s: side %d is neither LEFT nor RIGHT", fn, side);
+    if (!all_finite(dY, rows, m, ldy) || !all_finite(X, rows, n, ldx))
+        return oz_fail(err, OZ_ERR_NUMERIC, "%s: a factor of the (%d, %d) gradient has a non-finite entry", fn, m, n);
+    gsource g = {NULL, dY, X, ldy, ldx, rows, NULL};
+    return randomized_core(fn, &g, m, n, r, side, oversample, power_iters, rng, basis, rank_out, err);
 }
 
 /* ---- diagnostics ---- */

@@ -49,6 +49,17 @@ oz_status oz_subspace_svd(const float *G, int m, int n, int r, int side, float *
 oz_status oz_subspace_randomized(const float *G, int m, int n, int r, int side, int oversample,
                                  int power_iters, oz_rng *rng, float *basis, int *rank_out, oz_err *err);
 
+/* The same range finder for G = dY^T X (m, n) given only its factors: dY (rows, m) and X (rows, n),
+ * row-major with leading dimensions ldy >= m and ldx >= n (a layer's output gradient and input:
+ * the weight gradient of y = x W^T is never formed). Every product with G or G^T is taken as two
+ * GEMMs through a (rows, l) intermediate: G M = dY^T (X M), G^T M = X^T (dY M). The Gaussian draws,
+ * QRs and small SVD are oz_subspace_randomized's, so the result equals its result on the
+ * materialized G up to fp32 rounding of the products. A non-finite factor entry is OZ_ERR_NUMERIC;
+ * other errors as oz_subspace_randomized. */
+oz_status oz_subspace_randomized_factored(const float *dY, int ldy, const float *X, int ldx, int rows, int m, int n,
+                                          int r, int side, int oversample, int power_iters, oz_rng *rng, float *basis,
+                                          int *rank_out, oz_err *err);
+
 /* Largest principal angle, in radians in [0, pi/2], between span(A) and span(B), each r
  * orthonormal vectors of length dim in `layout`. Computed in double: the cosine (smallest
  * singular value of A^T B) for large angles and the sine (largest singular value of
@@ -66,6 +77,10 @@ double oz_subspace_orthonormality_error(const float *basis, int dim, int r, int 
  * Excludes the caller's basis and OpenBLAS's own per-thread buffers. 0 on bad arguments.
  * Examples at 4096 x 11008: exact ~583 MB at any r; randomized ~88 MB at r = 1024, ~18 MB at 256. */
 size_t oz_subspace_workspace_bytes(int m, int n, int r, int method);
+
+/* Peak bytes oz_subspace_randomized_factored mallocs (default oversample) for G (m, n) factored
+ * over `rows` rows: the randomized workspace plus the (rows, l) intermediate. 0 on bad arguments. */
+size_t oz_subspace_factored_workspace_bytes(int m, int n, int r, int rows);
 
 /* The Gaussian test matrix oz_subspace_randomized uses: count standard normals in the order it
  * fills its column-major (q, l) buffer, from substreams of 4096 values seeded by one draw from
@@ -87,8 +102,12 @@ typedef struct {
     int p, q, l, rank, rows, cols;
     size_t lwork;
     size_t off_y, off_z, off_tau, off_r, off_vt, off_s, off_e, off_ua, off_work, off_info, total;
+    size_t off_t; /* factored: the (rows, l) intermediate of the two-GEMM products, after the rest */
 } oz_subspace_gpu_plan;
 /* 0 on bad arguments (as oz_subspace_workspace_bytes); side only swaps p and q. */
 int oz_subspace_gpu_layout(int m, int n, int r, int side, int method, oz_subspace_gpu_plan *pl);
+/* The randomized layout for the factored range finder (oz_subspace_randomized_factored) over `rows`
+ * rows of factors: the randomized one plus t (rows, l) at off_t. 0 on bad arguments. */
+int oz_subspace_gpu_layout_factored(int m, int n, int r, int side, int rows, oz_subspace_gpu_plan *pl);
 
 #endif

@@ -32,6 +32,7 @@ oz_status oz_train_plan_memory(const oz_llama_config *cfg, const oz_train_opts *
     plan->host_bytes = mp.host_bytes;
     oz_optim_config oc;
     OZ_TRY(oz_train_optim_config(o, &oc, err));
+    oz_train_optim_factored(&plan->shape, &oc);
     oz_param_layout lay;
     OZ_TRY(oz_param_layout_build(&c, &lay, err));
     oz_param_layout_freeze(&lay, plan->shape.freeze); /* frozen tensors have no optimizer state */

@@ -45,6 +45,7 @@ void oz_train_opts_default(oz_train_opts *o) {
     snprintf(o->per_layer_update, sizeof o->per_layer_update, "auto");
     snprintf(o->lazy_update, sizeof o->lazy_update, "auto");
     snprintf(o->vocab_bf16, sizeof o->vocab_bf16, "auto");
+    snprintf(o->factored_grads, sizeof o->factored_grads, "auto");
     o->cos_threshold = 0.4f;
     o->gap_growth = 2.0f;
     o->cos_window = 5;
@@ -109,6 +110,7 @@ static cJSON *opts_to_json(const oz_train_opts *o) {
     snprintf(seed, sizeof seed, "%" PRIu64, o->seed);
     cJSON_AddStringToObject(j, "seed", seed); /* as a string: JSON numbers lose 64-bit integers */
     cJSON_AddStringToObject(j, "init", o->init);
+    cJSON_AddStringToObject(j, "factored_grads", o->factored_grads);
     cJSON_AddBoolToObject(j, "welore", o->welore);
     if (o->inrank) {
         cJSON *ir = cJSON_AddObjectToObject(j, "inrank");
@@ -148,6 +150,8 @@ static oz_status opts_from_json(const cJSON *j, const char *path, oz_train_opts 
     if (!cJSON_IsString(it)) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"seed\"", path);
     o->seed = strtoull(it->valuestring, NULL, 10);
     o->welore = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "welore")); /* absent in older states: off */
+    it = cJSON_GetObjectItemCaseSensitive(j, "factored_grads"); /* absent in older states: auto */
+    if (cJSON_IsString(it)) snprintf(o->factored_grads, sizeof o->factored_grads, "%s", it->valuestring);
     it = cJSON_GetObjectItemCaseSensitive(j, "init"); /* absent in older states: a run from scratch */
     snprintf(o->init, sizeof o->init, "%s", cJSON_IsString(it) ? it->valuestring : "");
     const cJSON *ir = cJSON_GetObjectItemCaseSensitive(j, "inrank"); /* absent: not an InRank run */
@@ -437,9 +441,19 @@ static void trainer_refresh_progress(void *user, int done, int total) {
     t->cb->on_note(t->cb->user, line);
 }
 
+/* Factored gradients: a matrix's gradient factors, projected at once (its update follows in the
+ * tensor hook, after the backward has read the weight for dX). */
+static void trainer_factor_hook(void *user, int index, const float *dy, int ldy, const float *x, int ldx, int rows) {
+    trainer *t = user;
+    if (t->hook_status != OZ_OK) return;
+    oz_status st = oz_optimizer_consume_factors(t->opt, index, dy, ldy, x, ldx, rows, &t->hook_err);
+    if (st != OZ_OK) t->hook_status = st;
+}
+
 /* The model's hook for the run's mode (again after InRank rebuilds the model). */
 static void attach_hooks(trainer *t) {
     oz_optimizer_on_refresh(t->opt, trainer_refresh_progress, t);
+    if (t->per_tensor) oz_llama_set_factor_hook(t->model, trainer_factor_hook, t);
     if (t->per_tensor) oz_llama_set_tensor_hook(t->model, trainer_tensor_hook, t);
     else if (t->per_layer) oz_llama_set_grad_hook(t->model, trainer_grad_hook, t);
     oz_llama_set_rows_hook(t->model, trainer_rows_hook, t);
@@ -530,18 +544,35 @@ oz_status oz_train_model_shape(const oz_train_opts *o, const oz_llama_config *cf
         return oz_fail(err, OZ_ERR_INPUT, "--recompute %s is not known (choose: none, layer, layer-bf16, layer-offload)",
                        o->recompute);
     int tokens = o->batch * o->seq;
-    if (strcmp(o->mini_seq, "off") == 0) return OZ_OK;
     if (strcmp(o->mini_seq, "auto") == 0) {
         oz_llama_mini_seq_auto(cfg, tokens, &shape->mlp_chunks, &shape->head_chunks);
-        return OZ_OK;
+    } else if (strcmp(o->mini_seq, "off") != 0) {
+        char *end;
+        long n = strtol(o->mini_seq, &end, 10);
+        if (*o->mini_seq == '\0' || *end != '\0' || n < 1 || n > tokens)
+            return oz_fail(err, OZ_ERR_INPUT, "--mini-seq %s: expected off, auto, or a chunk count from 1 to %d",
+                           o->mini_seq, tokens);
+        shape->mlp_chunks = shape->head_chunks = (int)n;
     }
-    char *end;
-    long n = strtol(o->mini_seq, &end, 10);
-    if (*o->mini_seq == '\0' || *end != '\0' || n < 1 || n > tokens)
-        return oz_fail(err, OZ_ERR_INPUT, "--mini-seq %s: expected off, auto, or a chunk count from 1 to %d",
-                       o->mini_seq, tokens);
-    shape->mlp_chunks = shape->head_chunks = (int)n;
+    /* GaLore with immediate updates and randomized subspaces only needs products of a dense
+     * matrix's gradient: its factors (the layer's output gradient and input) are projected and
+     * the range finder runs on them, so no such gradient is formed. Not for the MLP when its
+     * gradients accumulate over mini-sequences, nor for the exact SVD (it needs the matrix). */
+    bool galore = oc.kind == OZ_OPTIM_GALORE || oc.kind == OZ_OPTIM_GALORE8BIT || oc.kind == OZ_OPTIM_QGALORE;
+    if (strcmp(o->factored_grads, "auto") != 0 && strcmp(o->factored_grads, "off") != 0)
+        return oz_fail(err, OZ_ERR_INPUT, "--factored-grads %s: expected auto or off", o->factored_grads);
+    if (strcmp(o->factored_grads, "auto") == 0 && galore && oc.immediate && o->rank > 0 &&
+        oc.subspace == OZ_SUBSPACE_RANDOMIZED) {
+        if (oc.galore_attn) shape->factored_grads |= (1u << OZ_M_Q) | (1u << OZ_M_K) | (1u << OZ_M_V) | (1u << OZ_M_O);
+        if (oc.galore_mlp && shape->mlp_chunks <= 1)
+            shape->factored_grads |= (1u << OZ_M_GATE) | (1u << OZ_M_UP) | (1u << OZ_M_DOWN);
+    }
     return OZ_OK;
+}
+
+void oz_train_optim_factored(const oz_llama_shape *shape, oz_optim_config *c) {
+    c->factored_matrices = shape->factored_grads;
+    c->tokens = shape->batch * shape->seq;
 }
 
 static oz_status check_opts(const oz_train_opts *o, oz_err *err) {
@@ -650,6 +681,7 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
     const oz_param_layout *lay = oz_llama_get_layout(t->model);
     oz_optim_config ocfg;
     OZ_TRY(oz_train_optim_config(o, &ocfg, err));
+    oz_train_optim_factored(&shape, &ocfg);
     t->per_layer = ocfg.per_layer;
     t->per_tensor = ocfg.immediate;
     OZ_TRY(oz_optimizer_create(&t->opt, &ocfg, lay, &t->be, &t->arena, err));
@@ -757,6 +789,7 @@ static oz_status inrank_after_step(trainer *t, int step, const oz_train_callback
     oz_optim_config ocfg;
     OZ_TRY(oz_train_model_shape(&t->opts, &t->cfg, &shape, err));
     OZ_TRY(oz_train_optim_config(&t->opts, &ocfg, err));
+    oz_train_optim_factored(&shape, &ocfg);
     size_t before = t->arena.current_total, wbefore = t->arena.current[OZ_MEM_WEIGHTS];
     OZ_TRY(oz_inrank_freeze(&t->ir, step, &t->model, &t->opt, &t->cfg, &t->be, &t->arena, shape, &ocfg, err));
     attach_hooks(t);

@@ -29,6 +29,7 @@ typedef struct {
     char per_layer_update[8]; /* auto | on | off (auto: on for the GaLore family) */
     char lazy_update[8];      /* on | off: Q-GaLore's cosine-driven refresh gaps */
     char vocab_bf16[8];       /* auto | on | off: embedding and head stored in bf16 (auto: qgalore, immediate) */
+    char factored_grads[8];   /* auto | off: GaLore matrices' gradients kept as factors (auto: immediate, randomized) */
     float cos_threshold, gap_growth;
     int cos_window, max_gap;  /* max_gap 0: 8 x update_gap */
     int proj_bits;            /* 32 | 4 */
@@ -86,6 +87,9 @@ typedef struct {
 #include "model/llama.h"
 #include "optim/optimizer.h"
 oz_status oz_train_optim_config(const oz_train_opts *o, oz_optim_config *cfg, oz_err *err);
+/* The optimizer's share of the model shape: which matrices' gradients arrive as factors, and the
+ * token count their intermediates are planned for (call after oz_train_optim_config). */
+void oz_train_optim_factored(const oz_llama_shape *shape, oz_optim_config *cfg);
 oz_status oz_train_model_shape(const oz_train_opts *o, const oz_llama_config *cfg, oz_llama_shape *shape,
                                oz_err *err);
 

@@ -597,7 +597,65 @@ static void check_subspace(int m, int n, int r, int method, bool vectors) {
     free(A), free(B), free(G);
 }
 
+/* The factored range finder (G = dY^T X from dY (rows, m) and X (rows, n) with padded leading
+ * dimensions, G never formed) on the GPU against the CPU's, on factors whose G has a top-r
+ * subspace far above the rest: dY = U diag(s) A^T, X = U B^T plus noise (U rows x r). The workspace
+ * must hold the (rows, l) intermediate (oz_backend_subspace_factored_workspace_bytes). */
+static void check_subspace_factored(int m, int n, int rows, int r) {
+    const int ldy = m + 3, ldx = n + 5;
+    float *U = hrand((size_t)rows * r, -1, 1), *A = hrand((size_t)r * m, -1, 1), *B = hrand((size_t)r * n, -1, 1);
+    for (int c = 0; c < r; c++)
+        for (int i = 0; i < m; i++) A[(size_t)c * m + i] *= 10.0f - 8.0f * c / r; /* distinct singular values */
+    float *dy = hrand((size_t)rows * ldy, -1e-3f, 1e-3f), *x = hrand((size_t)rows * ldx, -1e-3f, 1e-3f);
+    cpu.gemm(&cpu, 0, 0, rows, m, r, 1.0f, U, r, A, m, 1.0f, dy, ldy);
+    cpu.gemm(&cpu, 0, 0, rows, n, r, 1.0f, U, r, B, n, 1.0f, x, ldx);
+    float *ddy = dev(dy, (size_t)rows * ldy * 4), *dx = dev(x, (size_t)rows * ldx * 4);
+    size_t wsb = oz_backend_subspace_factored_workspace_bytes(&gpu, m, n, r, rows);
+    CHECK(wsb > oz_backend_subspace_workspace_bytes(&gpu, m, n, r, OZ_SUBSPACE_RANDOMIZED),
+          "the factored workspace holds no intermediate");
+    void *ws = dev(NULL, wsb);
+    for (int side = 0; side < 2; side++) {
+        int dim = side ? n : m, k = m < n ? m : n, rank = r < k ? r : k;
+        float *hc = malloc((size_t)dim * rank * 4), *dgb = dev(NULL, (size_t)dim * rank * 4);
+        oz_rng r1, r2;
+        oz_rng_seed(&r1, 7);
+        oz_rng_seed(&r2, 7);
+        oz_err err = {0};
+        CHECK(cpu.subspace_factored(&cpu, dy, ldy, x, ldx, rows, m, n, r, side, &r1, NULL, hc, &err) == OZ_OK, "cpu: %s",
+              err.msg);
+        CHECK(gpu.subspace_factored(&gpu, ddy, ldy, dx, ldx, rows, m, n, r, side, &r2, ws, dgb, &err) == OZ_OK,
+              "cuda factored subspace (%d, %d) over %d rows r %d side %d: %s", m, n, rows, r, side, err.msg);
+        CHECK(memcmp(&r1, &r2, sizeof r1) == 0, "the GPU drew a different number of normals");
+        float *hg = back(dgb, (size_t)dim * rank);
+        int layout = side ? OZ_SUBSPACE_ROWS : OZ_SUBSPACE_COLUMNS;
+        double ang = oz_subspace_principal_angles_max(hg, hc, dim, rank, layout);
+        double orth = oz_subspace_orthonormality_error(hg, dim, rank, layout);
+        double diff = 0;
+        for (size_t i = 0; i < (size_t)dim * rank; i++) diff = fmax(diff, fabs((double)hg[i] - hc[i]));
+        fprintf(stderr, "  factored subspace (%d, %d) over %d rows r %d side %d: angle %.2e, orthonormality %.2e, "
+                "max |gpu - cpu| %.2e\n", m, n, rows, r, side, ang, orth, diff);
+        CHECK(ang < 1e-3, "principal angle %.3g", ang);
+        CHECK(orth < 1e-5, "orthonormality error %.3g", orth);
+        CHECK(diff < 1e-3, "signs or vectors differ: %.3g", diff);
+        free(hc), free(hg), dfree(dgb);
+    }
+    /* A non-finite factor entry is an OZ_ERR_NUMERIC, as for a materialized gradient. */
+    x[ldx + 2] = NAN;
+    float *dbad = dev(x, (size_t)rows * ldx * 4), *db = dev(NULL, (size_t)m * r * 4);
+    oz_rng rng;
+    oz_rng_seed(&rng, 1);
+    oz_err err = {0};
+    CHECK(gpu.subspace_factored(&gpu, ddy, ldy, dbad, ldx, rows, m, n, r, 0, &rng, ws, db, &err) == OZ_ERR_NUMERIC &&
+              strstr(err.msg, "non-finite"),
+          "NaN factor: %s", err.msg);
+    dfree(ddy), dfree(dx), dfree(dbad), dfree(db), dfree(ws);
+    free(U), free(A), free(B), free(dy), free(x);
+}
+
 static void test_subspace(void) {
+    check_subspace_factored(300, 200, 160, 8);   /* tall */
+    check_subspace_factored(96, 700, 512, 16);   /* wide, more rows than either side */
+    check_subspace_factored(2048, 512, 1024, 64); /* cuSOLVER's requests against the allowance */
     for (int method = 0; method < 2; method++) {
         check_subspace(300, 200, 8, method, true);  /* tall */
         check_subspace(96, 700, 16, method, true);  /* wide */

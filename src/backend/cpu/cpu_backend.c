@@ -219,6 +219,15 @@ static oz_status cpu_subspace(oz_backend *be, const float *G, int m, int n, int 
     return oz_fail(err, OZ_ERR_INPUT, "subspace: method %d is neither EXACT nor RANDOMIZED", method);
 }
 
+static oz_status cpu_subspace_factored(oz_backend *be, const float *dY, int ldy, const float *X, int ldx, int rows,
+                                       int m, int n, int r, int side, oz_rng *rng, void *workspace, float *basis,
+                                       oz_err *err) {
+    (void)be;
+    (void)workspace; /* malloc'd inside the call (oz_subspace_factored_workspace_bytes) */
+    int got;
+    return oz_subspace_randomized_factored(dY, ldy, X, ldx, rows, m, n, r, side, -1, -1, rng, basis, &got, err);
+}
+
 static void cpu_destroy(oz_backend *be) {
     /* No private state: nothing to release, but leave the table unusable. */
     memset(be, 0, sizeof *be);
@@ -275,6 +284,7 @@ oz_status oz_backend_cpu_create(oz_backend *be, int threads, oz_err *err) {
     be->i4_dequantize = cpu_i4_dequantize;
     be->square = cpu_square;
     be->subspace = cpu_subspace;
+    be->subspace_factored = cpu_subspace_factored;
     be->destroy = cpu_destroy;
     return OZ_OK;
 }

@@ -5,6 +5,8 @@
  *  - randomized: the Gaussian test matrix is drawn on the host by oz_subspace_gaussian from the
  *    caller's rng (exactly the CPU's draws) and uploaded; Y = X Omega, QR after every product,
  *    power iterations, then the small SVD of R from B^T = Qb R (cusolverDnSgesvd), basis = Y VTr^T;
+ *  - factored randomized: the same, for G = dY^T X given only dY and X; each product with G or
+ *    G^T is two GEMMs through the workspace's (rows, l) intermediate (subspace.c's gprod);
  *  - exact: the tall orientation A of G (gesvd takes rows >= cols only) is factored A = Q R
  *    (cusolverDnSgeqrf), the square R = Ur S VT by cusolverDnSgesvd, and U_A = Q Ur (Sorgqr, a
  *    GEMM) only where the basis needs it: gesvd's workspace then grows with min(m, n)^2.
@@ -105,7 +107,40 @@ static int orthonormalize(oz_cuda *c, float *y, int rows, int l, float *tau, flo
            OZ_CUSOLVER_CHECK(c, cusolverDnSorgqr(c->solver, rows, l, l, y, rows, tau, work, lwork, info));
 }
 
-static int randomized(oz_cuda *c, const float *G, int m, int n, int side, oz_rng *rng, char *ws,
+/* Where the products come from: G (row-major (m, n)), or its factors G = dY^T X (dY (rows, m),
+ * X (rows, n), row-major, leading dimensions ldy, ldx) through t (rows, l), column-major. */
+typedef struct {
+    const float *G;
+    const float *dy, *x;
+    int ldy, ldx, rows;
+    float *t;
+} gsource;
+
+/* subspace.c's gprod: out (column-major, ld_out) = X_side in, or X_side^T in (transpose), X_side = G
+ * for LEFT and G^T for RIGHT. */
+static int gprod(oz_cuda *c, const gsource *g, int m, int n, int side, int transpose, const float *in, int ld_in,
+                 float *out, int ld_out, int cols) {
+    const float one = 1.0f, zero = 0.0f;
+    const int with_g = (side == OZ_SUBSPACE_LEFT) != (transpose != 0);
+    if (g->G) /* G's bytes are the column-major (n, m) G^T */
+        return with_g ? OZ_CUBLAS_CHECK(c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, cols, n, &one, g->G, n, in,
+                                                       ld_in, &zero, out, ld_out))
+                      : OZ_CUBLAS_CHECK(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, n, cols, m, &one, g->G, n, in,
+                                                       ld_in, &zero, out, ld_out));
+    const int R = g->rows;
+    if (with_g) /* G in = dY^T (X in) */
+        return OZ_CUBLAS_CHECK(c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, R, cols, n, &one, g->x, g->ldx, in, ld_in,
+                                              &zero, g->t, R)) &&
+               OZ_CUBLAS_CHECK(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, m, cols, R, &one, g->dy, g->ldy, g->t, R,
+                                              &zero, out, ld_out));
+    /* G^T in = X^T (dY in) */
+    return OZ_CUBLAS_CHECK(c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, R, cols, m, &one, g->dy, g->ldy, in, ld_in,
+                                          &zero, g->t, R)) &&
+           OZ_CUBLAS_CHECK(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, n, cols, R, &one, g->x, g->ldx, g->t, R,
+                                          &zero, out, ld_out));
+}
+
+static int randomized(oz_cuda *c, const gsource *g, int m, int n, int side, oz_rng *rng, char *ws,
                       const oz_subspace_gpu_plan *pl, float *basis, float *omega) {
     const int p = pl->p, q = pl->q, l = pl->l, rank = pl->rank;
     float *y = (float *)(ws + pl->off_y), *z = (float *)(ws + pl->off_z), *tau = (float *)(ws + pl->off_tau);
@@ -123,22 +158,17 @@ static int randomized(oz_cuda *c, const float *G, int m, int n, int side, oz_rng
     for (int i = 0; i < 5; i++) lwork = lw[i] > lwork ? lw[i] : lwork;
     if (!fits(c, lwork, pl->lwork, "randomized subspace")) return 0;
 
-    /* X = G for LEFT, G^T for RIGHT; G in memory is the column-major (n, m) G^T. */
-    const cublasOperation_t tx = side == OZ_SUBSPACE_LEFT ? CUBLAS_OP_T : CUBLAS_OP_N;
-    const cublasOperation_t txt = side == OZ_SUBSPACE_LEFT ? CUBLAS_OP_N : CUBLAS_OP_T;
+    /* X = G for LEFT, G^T for RIGHT (gprod). */
     const float one = 1.0f, zero = 0.0f;
     oz_subspace_gaussian(omega, (size_t)q * l, rng); /* Omega (q, l), the CPU's draws */
     if (!OZ_CUDA_CHECK(c, cudaMemcpyAsync(z, omega, (size_t)q * l * sizeof(float), cudaMemcpyHostToDevice, c->stream)))
         return 0;
-    int ok = OZ_CUBLAS_CHECK(c, cublasSgemm(c->blas, tx, CUBLAS_OP_N, p, l, q, &one, G, n, z, q, &zero, y, p)) &&
-             orthonormalize(c, y, p, l, tau, work, lwork, info);
+    int ok = gprod(c, g, m, n, side, 0, z, q, y, p, l) && orthonormalize(c, y, p, l, tau, work, lwork, info);
     for (int it = 0; ok && it < OZ_SUBSPACE_DEFAULT_POWER_ITERS; it++)
-        ok = OZ_CUBLAS_CHECK(c, cublasSgemm(c->blas, txt, CUBLAS_OP_N, q, l, p, &one, G, n, y, p, &zero, z, q)) &&
-             orthonormalize(c, z, q, l, tau, work, lwork, info) &&
-             OZ_CUBLAS_CHECK(c, cublasSgemm(c->blas, tx, CUBLAS_OP_N, p, l, q, &one, G, n, z, q, &zero, y, p)) &&
-             orthonormalize(c, y, p, l, tau, work, lwork, info);
+        ok = gprod(c, g, m, n, side, 1, y, p, z, q, l) && orthonormalize(c, z, q, l, tau, work, lwork, info) &&
+             gprod(c, g, m, n, side, 0, z, q, y, p, l) && orthonormalize(c, y, p, l, tau, work, lwork, info);
     /* B^T = X^T Y = Qb R; the left singular vectors of X are Y VTr^T with R = Ur S VTr. */
-    ok = ok && OZ_CUBLAS_CHECK(c, cublasSgemm(c->blas, txt, CUBLAS_OP_N, q, l, p, &one, G, n, y, p, &zero, z, q)) &&
+    ok = ok && gprod(c, g, m, n, side, 1, y, p, z, q, l) &&
          OZ_CUSOLVER_CHECK(c, cusolverDnSgeqrf(c->solver, q, l, z, q, tau, work, lwork, info));
     if (!ok) return 0;
     upper_k<<<grid_for((size_t)l * l), 256, 0, c->stream>>>(rr, z, l, q);
@@ -152,7 +182,6 @@ static int randomized(oz_cuda *c, const float *G, int m, int n, int side, oz_rng
     else
         ok = ok && OZ_CUBLAS_CHECK(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, p, rank, l, &one, y, p, vt, l,
                                                   &zero, basis, p));
-    (void)m;
     return ok;
 }
 
@@ -240,7 +269,8 @@ static oz_status cuda_subspace(oz_backend *be, const float *G, int m, int n, int
         omega = (float *)malloc((size_t)pl.q * pl.l * sizeof(float));
         if (!omega) return oz_fail(err, OZ_ERR_NOMEM, "%s: cannot allocate the %d x %d test matrix", fn, pl.q, pl.l);
     }
-    int ok = method == OZ_SUBSPACE_RANDOMIZED ? randomized(c, G, m, n, side, rng, ws, &pl, basis, omega)
+    gsource g = {G, NULL, NULL, 0, 0, 0, NULL};
+    int ok = method == OZ_SUBSPACE_RANDOMIZED ? randomized(c, &g, m, n, side, rng, ws, &pl, basis, omega)
                                               : exact(c, G, m, n, side, ws, &pl, basis);
     if (ok) {
         const int dim = side == OZ_SUBSPACE_LEFT ? m : n;
@@ -259,4 +289,62 @@ static oz_status cuda_subspace(oz_backend *be, const float *G, int m, int n, int
     return OZ_OK;
 }
 
-void oz_cuda_subspace_ops(oz_backend *be) { be->subspace = cuda_subspace; }
+/* Non-finite entries of the (rows, cols) row-major matrix of leading dimension ld set *flag. */
+__global__ void nonfinite2d_k(const float *x, int rows, int cols, int ld, int *flag) {
+    for (size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x; t < (size_t)rows * cols;
+         t += (size_t)gridDim.x * blockDim.x)
+        if (!isfinite(x[(t / cols) * (size_t)ld + t % cols])) *flag = 1;
+}
+
+static oz_status cuda_subspace_factored(oz_backend *be, const float *dY, int ldy, const float *X, int ldx, int rows,
+                                        int m, int n, int r, int side, oz_rng *rng, void *workspace, float *basis,
+                                        oz_err *err) {
+    oz_cuda *c = C(be);
+    const char *fn = "subspace_randomized_factored";
+    if (!dY || !X || !basis || !workspace || !rng)
+        return oz_fail(err, OZ_ERR_INPUT, "%s: NULL factor, basis, workspace or rng", fn);
+    oz_subspace_gpu_plan pl;
+    if (ldy < m || ldx < n || !oz_subspace_gpu_layout_factored(m, n, r, side, rows, &pl))
+        return oz_fail(err, OZ_ERR_INPUT, "%s: bad shape (%d, %d) over %d rows (ld %d, %d), rank %d or side %d", fn, m,
+                       n, rows, ldy, ldx, r, side);
+    if ((size_t)rows * (ldy > ldx ? ldy : ldx) > (size_t)INT32_MAX || pl.lwork > (size_t)INT32_MAX)
+        return oz_fail(err, OZ_ERR_INPUT, "%s: (%d, %d) over %d rows is too large for 32-bit cuSOLVER", fn, m, n, rows);
+    char *ws = (char *)workspace;
+    int *info = (int *)(ws + pl.off_info);
+    if (OZ_CUDA_CHECK(c, cudaMemsetAsync(info, 0, 4 * sizeof(int), c->stream))) {
+        nonfinite2d_k<<<grid_for((size_t)rows * m), 256, 0, c->stream>>>(dY, rows, m, ldy, info + 2);
+        nonfinite2d_k<<<grid_for((size_t)rows * n), 256, 0, c->stream>>>(X, rows, n, ldx, info + 2);
+        OZ_CUDA_LAUNCHED(c);
+    }
+    int host_info[4] = {0, 0, 0, 0};
+    if (OZ_CUDA_CHECK(c, cudaMemcpyAsync(host_info, info, sizeof host_info, cudaMemcpyDeviceToHost, c->stream)))
+        OZ_CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
+    if (c->status != OZ_OK) return oz_fail(err, c->status, "%s", c->msg);
+    if (host_info[2])
+        return oz_fail(err, OZ_ERR_NUMERIC, "%s: a factor of the (%d, %d) gradient has a non-finite entry", fn, m, n);
+    if (!solver_of(c)) return oz_fail(err, c->status, "%s", c->msg);
+    float *omega = (float *)malloc((size_t)pl.q * pl.l * sizeof(float));
+    if (!omega) return oz_fail(err, OZ_ERR_NOMEM, "%s: cannot allocate the %d x %d test matrix", fn, pl.q, pl.l);
+    gsource g = {NULL, dY, X, ldy, ldx, rows, (float *)(ws + pl.off_t)};
+    int ok = randomized(c, &g, m, n, side, rng, ws, &pl, basis, omega);
+    if (ok) {
+        const int dim = side == OZ_SUBSPACE_LEFT ? m : n;
+        fix_signs_k<<<pl.rank, 256, 0, c->stream>>>(basis, dim, pl.rank, side == OZ_SUBSPACE_LEFT);
+        OZ_CUDA_LAUNCHED(c);
+    }
+    if (OZ_CUDA_CHECK(c, cudaMemcpyAsync(host_info, info, sizeof host_info, cudaMemcpyDeviceToHost, c->stream)))
+        OZ_CUDA_CHECK(c, cudaStreamSynchronize(c->stream)); /* also: omega's upload is done */
+    free(omega);
+    if (c->status != OZ_OK) return oz_fail(err, c->status, "%s", c->msg);
+    if (host_info[1] > 0)
+        return oz_fail(err, OZ_ERR_NUMERIC, "%s: the SVD did not converge on the (%d, %d) gradient", fn, m, n);
+    if (host_info[0] < 0 || host_info[1] < 0)
+        return oz_fail(err, OZ_ERR_INTERNAL, "%s: cuSOLVER rejected argument %d", fn,
+                       host_info[0] < 0 ? -host_info[0] : -host_info[1]);
+    return OZ_OK;
+}
+
+void oz_cuda_subspace_ops(oz_backend *be) {
+    be->subspace = cuda_subspace;
+    be->subspace_factored = cuda_subspace_factored;
+}
