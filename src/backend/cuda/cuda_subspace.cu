@@ -239,6 +239,29 @@ static int exact(oz_cuda *c, const float *G, int m, int n, int side, char *ws, c
     return OZ_CUDA_LAUNCHED(c);
 }
 
+/* The end of a subspace call: the basis's signs fixed (if it ran), the solver's info read back
+ * (which also waits for omega's upload before omega is freed), failures named; `what` names the
+ * input in messages ("matrix", "gradient"). */
+static oz_status finish_subspace(oz_cuda *c, const char *fn, const char *what, int ok, int rank, int m, int n, int side,
+                                 float *basis, const int *info, float *omega, oz_err *err) {
+    if (ok) {
+        const int dim = side == OZ_SUBSPACE_LEFT ? m : n;
+        fix_signs_k<<<rank, 256, 0, c->stream>>>(basis, dim, rank, side == OZ_SUBSPACE_LEFT);
+        OZ_CUDA_LAUNCHED(c);
+    }
+    int host_info[4] = {0, 0, 0, 0};
+    if (OZ_CUDA_CHECK(c, cudaMemcpyAsync(host_info, info, sizeof host_info, cudaMemcpyDeviceToHost, c->stream)))
+        OZ_CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
+    free(omega);
+    if (c->status != OZ_OK) return oz_fail(err, c->status, "%s", c->msg);
+    if (host_info[1] > 0)
+        return oz_fail(err, OZ_ERR_NUMERIC, "%s: the SVD did not converge on the (%d, %d) %s", fn, m, n, what);
+    if (host_info[0] < 0 || host_info[1] < 0)
+        return oz_fail(err, OZ_ERR_INTERNAL, "%s: cuSOLVER rejected argument %d", fn,
+                       host_info[0] < 0 ? -host_info[0] : -host_info[1]);
+    return OZ_OK;
+}
+
 static oz_status cuda_subspace(oz_backend *be, const float *G, int m, int n, int r, int side, int method, oz_rng *rng,
                                void *workspace, float *basis, oz_err *err) {
     oz_cuda *c = C(be);
@@ -272,21 +295,7 @@ static oz_status cuda_subspace(oz_backend *be, const float *G, int m, int n, int
     gsource g = {G, NULL, NULL, 0, 0, 0, NULL};
     int ok = method == OZ_SUBSPACE_RANDOMIZED ? randomized(c, &g, m, n, side, rng, ws, &pl, basis, omega)
                                               : exact(c, G, m, n, side, ws, &pl, basis);
-    if (ok) {
-        const int dim = side == OZ_SUBSPACE_LEFT ? m : n;
-        fix_signs_k<<<pl.rank, 256, 0, c->stream>>>(basis, dim, pl.rank, side == OZ_SUBSPACE_LEFT);
-        OZ_CUDA_LAUNCHED(c);
-    }
-    if (OZ_CUDA_CHECK(c, cudaMemcpyAsync(host_info, info, sizeof host_info, cudaMemcpyDeviceToHost, c->stream)))
-        OZ_CUDA_CHECK(c, cudaStreamSynchronize(c->stream)); /* also: omega's upload is done */
-    free(omega);
-    if (c->status != OZ_OK) return oz_fail(err, c->status, "%s", c->msg);
-    if (host_info[1] > 0)
-        return oz_fail(err, OZ_ERR_NUMERIC, "%s: the SVD did not converge on the (%d, %d) matrix", fn, m, n);
-    if (host_info[0] < 0 || host_info[1] < 0)
-        return oz_fail(err, OZ_ERR_INTERNAL, "%s: cuSOLVER rejected argument %d", fn,
-                       host_info[0] < 0 ? -host_info[0] : -host_info[1]);
-    return OZ_OK;
+    return finish_subspace(c, fn, "matrix", ok, pl.rank, m, n, side, basis, info, omega, err);
 }
 
 /* Non-finite entries of the (rows, cols) row-major matrix of leading dimension ld set *flag. */
@@ -327,21 +336,7 @@ static oz_status cuda_subspace_factored(oz_backend *be, const float *dY, int ldy
     if (!omega) return oz_fail(err, OZ_ERR_NOMEM, "%s: cannot allocate the %d x %d test matrix", fn, pl.q, pl.l);
     gsource g = {NULL, dY, X, ldy, ldx, rows, (float *)(ws + pl.off_t)};
     int ok = randomized(c, &g, m, n, side, rng, ws, &pl, basis, omega);
-    if (ok) {
-        const int dim = side == OZ_SUBSPACE_LEFT ? m : n;
-        fix_signs_k<<<pl.rank, 256, 0, c->stream>>>(basis, dim, pl.rank, side == OZ_SUBSPACE_LEFT);
-        OZ_CUDA_LAUNCHED(c);
-    }
-    if (OZ_CUDA_CHECK(c, cudaMemcpyAsync(host_info, info, sizeof host_info, cudaMemcpyDeviceToHost, c->stream)))
-        OZ_CUDA_CHECK(c, cudaStreamSynchronize(c->stream)); /* also: omega's upload is done */
-    free(omega);
-    if (c->status != OZ_OK) return oz_fail(err, c->status, "%s", c->msg);
-    if (host_info[1] > 0)
-        return oz_fail(err, OZ_ERR_NUMERIC, "%s: the SVD did not converge on the (%d, %d) gradient", fn, m, n);
-    if (host_info[0] < 0 || host_info[1] < 0)
-        return oz_fail(err, OZ_ERR_INTERNAL, "%s: cuSOLVER rejected argument %d", fn,
-                       host_info[0] < 0 ? -host_info[0] : -host_info[1]);
-    return OZ_OK;
+    return finish_subspace(c, fn, "gradient", ok, pl.rank, m, n, side, basis, info, omega, err);
 }
 
 void oz_cuda_subspace_ops(oz_backend *be) {
