@@ -95,7 +95,7 @@ static double now_s(void) {
         X(gap_growth)
 #define OPT_STR_FIELDS(X)                                                                          \
     X(data) X(model) X(out) X(optim) X(device) X(recompute) X(mini_seq) X(proj_type) X(moments_at_switch) \
-        X(subspace) X(galore_targets) X(per_layer_update) X(lazy_update) X(vocab_bf16)
+        X(subspace) X(galore_targets) X(per_layer_update) X(lazy_update)
 
 static cJSON *opts_to_json(const oz_train_opts *o) {
     cJSON *j = cJSON_CreateObject();
@@ -111,6 +111,7 @@ static cJSON *opts_to_json(const oz_train_opts *o) {
     cJSON_AddStringToObject(j, "seed", seed); /* as a string: JSON numbers lose 64-bit integers */
     cJSON_AddStringToObject(j, "init", o->init);
     cJSON_AddStringToObject(j, "factored_grads", o->factored_grads);
+    cJSON_AddStringToObject(j, "vocab_bf16", o->vocab_bf16);
     cJSON_AddBoolToObject(j, "welore", o->welore);
     if (o->inrank) {
         cJSON *ir = cJSON_AddObjectToObject(j, "inrank");
@@ -150,8 +151,11 @@ static oz_status opts_from_json(const cJSON *j, const char *path, oz_train_opts 
     if (!cJSON_IsString(it)) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"seed\"", path);
     o->seed = strtoull(it->valuestring, NULL, 10);
     o->welore = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "welore")); /* absent in older states: off */
-    it = cJSON_GetObjectItemCaseSensitive(j, "factored_grads"); /* absent in older states: auto */
-    if (cJSON_IsString(it)) snprintf(o->factored_grads, sizeof o->factored_grads, "%s", it->valuestring);
+    /* Absent in states written before these options existed: off, as those runs trained. */
+    it = cJSON_GetObjectItemCaseSensitive(j, "factored_grads");
+    snprintf(o->factored_grads, sizeof o->factored_grads, "%s", cJSON_IsString(it) ? it->valuestring : "off");
+    it = cJSON_GetObjectItemCaseSensitive(j, "vocab_bf16");
+    snprintf(o->vocab_bf16, sizeof o->vocab_bf16, "%s", cJSON_IsString(it) ? it->valuestring : "off");
     it = cJSON_GetObjectItemCaseSensitive(j, "init"); /* absent in older states: a run from scratch */
     snprintf(o->init, sizeof o->init, "%s", cJSON_IsString(it) ? it->valuestring : "");
     const cJSON *ir = cJSON_GetObjectItemCaseSensitive(j, "inrank"); /* absent: not an InRank run */
