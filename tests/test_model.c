@@ -419,6 +419,20 @@ static void random_tokens(int32_t *ids, int32_t *targets, int n, int vocab, uint
     }
 }
 
+/* The planner's bytes for (c, shape) against the arena the model was just created in: equal in
+ * every category, the largest buffer of each too. The plan goes to *out when wanted. */
+static void check_plan(const oz_llama_config *c, oz_llama_shape shape, const oz_arena *arena, const char *what,
+                       oz_llama_plan *out) {
+    oz_llama_plan plan;
+    oz_err err = {0};
+    CHECK(oz_llama_plan_memory(c, shape, &plan, &err) == OZ_OK, "%s: %s", what, err.msg);
+    for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
+        CHECK(plan.bytes[cat] == arena->current[cat] && plan.largest[cat] == arena->largest[cat],
+              "%s: plan/arena differ in %s: %zu vs %zu bytes (largest %zu vs %zu)", what, oz_mem_category_name(cat),
+              plan.bytes[cat], arena->current[cat], plan.largest[cat], arena->largest[cat]);
+    if (out) *out = plan;
+}
+
 /* The layout's initial weights times 10 (gradients far from zero) with norms at 1; malloc'd. */
 static float *scaled_init(const oz_llama_config *c, const oz_param_layout *lay, uint64_t seed) {
     float *init = malloc(lay->total * sizeof *init);
@@ -466,12 +480,9 @@ static void test_recompute_and_mini_sequences(void) {
             oz_llama *m = NULL;
             CHECK(oz_llama_create(&m, &c, &be, &arena, shape, &err) == OZ_OK, "%s", err.msg);
             if (!m) continue;
-            oz_llama_plan plan;
-            CHECK(oz_llama_plan_memory(&c, shape, &plan, &err) == OZ_OK, "%s", err.msg);
-            for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
-                CHECK(plan.bytes[cat] == arena.current[cat] && plan.largest[cat] == arena.largest[cat],
-                      "plan/arena differ in %s: %zu vs %zu (recompute %d, chunks %d)", oz_mem_category_name(cat),
-                      plan.bytes[cat], arena.current[cat], recompute, counts[k][0]);
+            char what[64];
+            snprintf(what, sizeof what, "recompute %d, chunks %d/%d", recompute, counts[k][0], counts[k][1]);
+            check_plan(&c, shape, &arena, what, NULL);
             if (counts[k][0] >= 2) {
                 size_t limit = (size_t)N * c.intermediate_size * sizeof(float);
                 for (int cat = OZ_MEM_ACTIVATIONS; cat <= OZ_MEM_SCRATCH; cat++)
@@ -551,13 +562,9 @@ static void test_bf16_checkpoints(void) {
         CHECK(oz_llama_create(&m, &c, &be, &arena, shape, &err) == OZ_OK, "%s", err.msg);
         if (!m) continue;
         oz_llama_plan plan;
-        CHECK(oz_llama_plan_memory(&c, shape, &plan, &err) == OZ_OK, "%s", err.msg);
+        check_plan(&c, shape, &arena, "bf16 checkpoints", &plan);
         host[r] = oz_llama_host_bytes(m);
         CHECK(plan.host_bytes == host[r], "offload: planned %zu host bytes, model holds %zu", plan.host_bytes, host[r]);
-        for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
-            CHECK(plan.bytes[cat] == arena.current[cat] && plan.largest[cat] == arena.largest[cat],
-                  "bf16 checkpoints: plan/arena differ in %s: %zu vs %zu", oz_mem_category_name(cat), plan.bytes[cat],
-                  arena.current[cat]);
         acts[r] = arena.current[OZ_MEM_ACTIVATIONS];
         memcpy(oz_llama_params(m), init, lay.total * sizeof *init);
         oz_llama_batch b = {ids, targets, B, T, NULL};
@@ -680,11 +687,7 @@ static void test_outer_grad_blocks(void) {
             oz_llama *m = NULL;
             CHECK(oz_llama_create(&m, &c, &be, &arena, shape, &err) == OZ_OK, "%s", err.msg);
             if (!m) return;
-            oz_llama_plan plan;
-            CHECK(oz_llama_plan_memory(&c, shape, &plan, &err) == OZ_OK, "%s", err.msg);
-            for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
-                CHECK(plan.bytes[cat] == arena.current[cat] && plan.largest[cat] == arena.largest[cat],
-                      "outer blocks %d: plan/arena differ in %s", blocks, oz_mem_category_name(cat));
+            check_plan(&c, shape, &arena, blocks ? "outer blocks" : "outer gradients whole", NULL);
             grads[blocks] = arena.current[OZ_MEM_GRADS];
             if (blocks) /* two V x d gradients and the norm's become the norm's and one block */
                 CHECK(grads[0] - grads[1] == (lay.outer_grad - (size_t)c.hidden_size * (1 + block)) * sizeof(float),
@@ -1185,14 +1188,10 @@ static void test_low_rank_plan(void) {
                     oz_llama *m = NULL;
                     CHECK(oz_llama_create(&m, &c, &be, &arena, shape, &err) == OZ_OK, "%s", err.msg);
                     if (!m) continue;
-                    oz_llama_plan plan;
-                    CHECK(oz_llama_plan_memory(&c, shape, &plan, &err) == OZ_OK, "%s", err.msg);
-                    for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
-                        CHECK(plan.bytes[cat] == arena.current[cat] && plan.largest[cat] == arena.largest[cat],
-                              "low-rank plan/arena differ in %s: %zu vs %zu (freeze %d, recompute %d, chunks %d, "
-                              "per-layer %d)",
-                              oz_mem_category_name(cat), plan.bytes[cat], arena.current[cat], freeze, recompute, chunks,
-                              per_layer);
+                    char what[96];
+                    snprintf(what, sizeof what, "low-rank, freeze %d, recompute %d, chunks %d, per-layer %d", freeze,
+                             recompute, chunks, per_layer);
+                    check_plan(&c, shape, &arena, what, NULL);
                     memcpy(oz_llama_params(m), init, lay.total * sizeof *init);
                     oz_llama_batch b = {ids, targets, B, T, NULL};
                     double s;
@@ -1335,11 +1334,7 @@ static void test_int8_row_blocks(void) {
                 fixture_drop(&f);
                 continue;
             }
-            oz_llama_plan plan;
-            CHECK(oz_llama_plan_memory(&c, shape, &plan, &err) == OZ_OK, "%s", err.msg);
-            for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
-                CHECK(plan.bytes[cat] == f.arena.current[cat], "INT8 blocks: plan/arena differ in %s",
-                      oz_mem_category_name(cat));
+            check_plan(&c, shape, &f.arena, tiny ? "INT8 blocks of one row unit" : "INT8 blocks", NULL);
             scratch[tiny] = f.arena.current[OZ_MEM_SCRATCH];
             double sum;
             long n;
@@ -1413,11 +1408,7 @@ static void test_bf16_vocab(void) {
                 fixture_drop(&f);
                 continue;
             }
-            oz_llama_plan plan;
-            CHECK(oz_llama_plan_memory(&c, shape, &plan, &err) == OZ_OK, "%s", err.msg);
-            for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
-                CHECK(plan.bytes[cat] == f.arena.current[cat], "bf16 vocab %d: plan/arena differ in %s", bf16,
-                      oz_mem_category_name(cat));
+            check_plan(&c, shape, &f.arena, bf16 ? "bf16 embedding/head" : "fp32 embedding/head", NULL);
             weights[bf16] = f.arena.current[OZ_MEM_WEIGHTS];
             scratch[bf16] = f.arena.current[OZ_MEM_SCRATCH];
             CHECK((oz_llama_param_bf16(f.m, 0) != NULL) == bf16 && (oz_llama_param(f.m, 0) == NULL) == bf16 &&
@@ -1548,12 +1539,7 @@ static void test_per_tensor_grads(void) {
                         fixture_drop(&fp);
                         continue;
                     }
-                    oz_llama_plan plan;
-                    CHECK(oz_llama_plan_memory(&c, per, &plan, &err) == OZ_OK, "%s", err.msg);
-                    for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
-                        CHECK(plan.bytes[cat] == fp.arena.current[cat] && plan.largest[cat] == fp.arena.largest[cat],
-                              "per-tensor plan/arena differ in %s: %zu vs %zu (%s)", oz_mem_category_name(cat),
-                              plan.bytes[cat], fp.arena.current[cat], what);
+                    check_plan(&c, per, &fp.arena, what, NULL);
                     tensor_log log = {fp.m, NULL, 0, NULL, order, 0, lay.n, true};
                     log.grads = got;
                     memset(got, 0, lay.grad_total * sizeof *got);
@@ -1717,11 +1703,7 @@ static void test_factored_grads(void) {
                         fixture_drop(&fp);
                         continue;
                     }
-                    CHECK(oz_llama_plan_memory(&c, fac, &pf, &err) == OZ_OK, "%s", err.msg);
-                    for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
-                        CHECK(pf.bytes[cat] == fp.arena.current[cat] && pf.largest[cat] == fp.arena.largest[cat],
-                              "factored plan/arena differ in %s: %zu vs %zu (%s)", oz_mem_category_name(cat),
-                              pf.bytes[cat], fp.arena.current[cat], what);
+                    check_plan(&c, fac, &fp.arena, what, &pf);
                     CHECK(chunks > 1 ? pf.bytes[OZ_MEM_GRADS] <= pp.bytes[OZ_MEM_GRADS]
                                      : pf.bytes[OZ_MEM_GRADS] < pp.bytes[OZ_MEM_GRADS],
                           "factored gradients: %zu gradient bytes vs %zu (%s)", pf.bytes[OZ_MEM_GRADS],

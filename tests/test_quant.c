@@ -561,6 +561,19 @@ static void test_i8_update(void) {
 
 /* ---------------------------------------------------------------- byte formulas */
 
+/* Row blocks that start on whole groups: the unit is 256 / gcd(cols, 256) rows, a block the most
+ * units that fit the target (at least one), never more than the tensor's rows. */
+static void test_group_rows(void) {
+    CHECK(oz_qw_row_unit(4096) == 1 && oz_qw_row_unit(11008) == 1 && oz_qw_row_unit(96) == 8 &&
+              oz_qw_row_unit(61) == 256 && oz_qw_row_unit(16) == 16,
+          "row units %zu %zu %zu %zu %zu", oz_qw_row_unit(4096), oz_qw_row_unit(11008), oz_qw_row_unit(96),
+          oz_qw_row_unit(61), oz_qw_row_unit(16));
+    CHECK(oz_qw_block_rows(100, 96, 1) == 8 && oz_qw_block_rows(5, 96, 1) == 5 && oz_qw_block_rows(1000, 96, 96 * 20) == 16 &&
+              oz_qw_block_rows(11008, 4096, (size_t)8 << 20) == 2048,
+          "block rows %zu %zu %zu %zu", oz_qw_block_rows(100, 96, 1), oz_qw_block_rows(5, 96, 1),
+          oz_qw_block_rows(1000, 96, 96 * 20), oz_qw_block_rows(11008, 4096, (size_t)8 << 20));
+}
+
 static void test_bytes(void) {
     const size_t ns[4] = {1, 255, 256 * 3, 256 * 5 + 77};
     float *x;
@@ -942,6 +955,7 @@ int main(void) {
     RUN(test_sr_spec);
     RUN(test_sr_determinism);
     RUN(test_i8_update);
+    RUN(test_group_rows);
     RUN(test_bytes);
     RUN(test_adam8bit);
     RUN(test_backend_ops);

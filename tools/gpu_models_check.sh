@@ -5,13 +5,7 @@
 # --init --welore: the same data, steps and seed on both devices; per-step losses go to $OUT.
 # usage: OUT=dir sh tools/gpu_models_check.sh
 set -eu
-cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
-[ -f gpu-dist.tgz ] && [ ! -d gpu-dist ] && tar xzf gpu-dist.tgz
-export LD_LIBRARY_PATH="$PWD/gpu-dist/lib"
-O=gpu-dist/ounce
-T=$(mktemp -d)
+. "$(dirname "$0")/gpu_env.sh"
 $O train --data random:258 --model tiny --out "$T/base" --steps 30 --batch 4 --seq 64 --eval-every 0 >"$OUT/base.log"
 $O compress --model "$T/base" --out "$T/wl" --ratio 0.5 >"$OUT/compress.log"
 for dev in cpu cuda; do

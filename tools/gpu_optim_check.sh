@@ -6,13 +6,7 @@
 # Only the printed summary is the result (redirect it into $OUT): the device tool returns few files.
 # usage: OUT=dir sh tools/gpu_optim_check.sh
 set -u
-cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
-[ -f gpu-dist.tgz ] && [ ! -d gpu-dist ] && tar xzf gpu-dist.tgz
-export LD_LIBRARY_PATH="$PWD/gpu-dist/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-O=gpu-dist/ounce
-T=$(mktemp -d)
+. "$(dirname "$0")/gpu_env.sh"
 COMMON="--data random:258 --model tiny --steps 8 --batch 4 --seq 64 --eval-every 0 --log-every 1 --seed 4 --save-every 4 --json"
 losses() { grep -o '"step":[0-9]*,"loss":[0-9.e+-]*' "$1/metrics.jsonl" 2>/dev/null | sed -E 's/"step":([0-9]+),"loss":(.*)/\1 \2/'; }
 peak() { tail -n 1 "$1" | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/'; }

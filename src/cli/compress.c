@@ -8,13 +8,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "io/atomic.h"
 #include "model/welore.h"
+#include "util/clock.h"
 
 typedef struct {
     int L, n;              /* layers, matrices (L * 7) */
@@ -119,12 +119,6 @@ typedef struct {
     int threads;
 } compress_opts;
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* A progress line on stderr at most every 2 seconds (and for the last item): an SVD per matrix of
  * a 7B model takes hours on a laptop, and the user should see it move. */
 typedef struct {
@@ -132,7 +126,7 @@ typedef struct {
 } progress;
 
 static void progress_line(progress *pg, const char *what, int done, int total) {
-    double t = now_s();
+    double t = oz_now_s();
     if (done < total && t - pg->last < 2.0) return;
     pg->last = t;
     double elapsed = t - pg->start, left = done > 0 ? elapsed * (total - done) / done : 0;
@@ -180,7 +174,7 @@ static oz_status compress(const compress_opts *o, oz_err *err) {
         goto done;
     }
     /* Pass 1: every spectrum (the uniform rule needs none). */
-    progress pg = {now_s(), now_s()};
+    progress pg = {oz_now_s(), oz_now_s()};
     for (int i = 0; i < rk.n; i++) {
         int l = i / OZ_LLAMA_MATRICES, j = i % OZ_LLAMA_MATRICES;
         const oz_param_info *p = &lay->params[oz_llama_matrix_index(lay, l, j)];
@@ -220,7 +214,7 @@ static oz_status compress(const compress_opts *o, oz_err *err) {
     }
     int n_factored = 0, factored = 0;
     for (int i = 0; i < rk.n; i++) n_factored += rk.lrc[i];
-    pg = (progress){now_s(), now_s()};
+    pg = (progress){oz_now_s(), oz_now_s()};
     for (int i = 0; i < nl.n && st == OZ_OK; i++) {
         const oz_param_info *p = &nl.params[i];
         if (p->factor == 2) continue; /* written with its A */

@@ -5,11 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "io/atomic.h"
+#include "util/clock.h"
 
 /* The model directory's tokenizer.json when it has one, else the tokenizer its config.json names. */
 static oz_status open_tokenizer(oz_tokenizer *tok, const char *model, const char *tokenizer, oz_err *err) {
@@ -89,12 +89,10 @@ int oz_cmd_tokenize(int argc, char **argv) {
             if (parse_ids(text, n, text_path, &ids, &err) == OZ_OK)
                 oz_tokenizer_decode(&tok, ids.ids, ids.len, show_special, &out, &err);
         } else {
-            struct timespec t0, t1;
-            clock_gettime(CLOCK_MONOTONIC, &t0);
+            double t0 = oz_now_s();
             if (add_special) oz_tokenizer_encode_special(&tok, text, n, &ids, &err);
             else oz_tokenizer_encode(&tok, text, n, &ids, &err);
-            clock_gettime(CLOCK_MONOTONIC, &t1);
-            seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+            seconds = oz_now_s() - t0;
         }
     }
     free(text);

@@ -4,11 +4,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "data/bpe.h"
+#include "util/clock.h"
 
 static int train(int argc, char **argv) {
     oz_arg_list inputs = {0};
@@ -63,11 +63,9 @@ static int train(int argc, char **argv) {
         o.n_specials = n_spec;
         o.pattern = strcmp(pattern, "llama3") == 0 ? OZ_BPE_PATTERN_LLAMA3 : OZ_BPE_PATTERN_GPT2;
         o.out_dir = out;
-        struct timespec t0, t1;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
+        double t0 = oz_now_s();
         oz_bpe_train(&o, &rep, &err);
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+        seconds = oz_now_s() - t0;
     }
     oz_args_free_lists(args, n);
     if (err.status) return oz_cli_report("tokenizer", &err);

@@ -475,13 +475,7 @@ int oz_llama_vocab_block_rows(const oz_llama_config *c) {
     int V = c->vocab_size, d = c->hidden_size;
     int blocks = (V + d - 1) / d;
     int rows = (V + blocks - 1) / blocks;
-    int g = d, b = 256; /* gcd(d, 256) */
-    while (b) {
-        int t = g % b;
-        g = b;
-        b = t;
-    }
-    int align = 256 / g;
+    int align = (int)oz_qw_row_unit((size_t)d); /* blocks start on 8-bit moment blocks */
     rows = (rows + align - 1) / align * align;
     return rows < V ? rows : V;
 }
@@ -629,15 +623,7 @@ static int max_rank(const oz_llama_config *c, int j) {
 /* Rows per dequantized block of an (out x in) INT8 matrix: about OZ_DEQ_BLOCK_FLOATS values and a
  * whole number of quantization groups (a block starts at a multiple of OZ_QW_GROUP values). */
 static int deq_block_rows(int out, int in, size_t target) {
-    size_t g = OZ_QW_GROUP, b = (size_t)in;
-    for (size_t x = b % g; x;) { /* gcd(in, OZ_QW_GROUP) */
-        size_t t = g % x;
-        g = x;
-        x = t;
-    }
-    size_t unit = OZ_QW_GROUP / g, rows = (target ? target : OZ_DEQ_BLOCK_FLOATS) / (size_t)in / unit * unit;
-    if (rows < unit) rows = unit;
-    return rows < (size_t)out ? (int)rows : out;
+    return (int)oz_qw_block_rows((size_t)out, (size_t)in, target ? target : OZ_DEQ_BLOCK_FLOATS);
 }
 
 /* The INT8 matrix scratch: a block of rows of a dense matrix, or a whole factor pair (A, then B). */
@@ -1563,7 +1549,7 @@ static const float *final_input(const oz_llama *m, int L) { return m->shape.bf16
 /* bf16_checkpoints: layer input l (l = L: the final residual) rounded to bf16 and saved (offloaded:
  * through the staging buffer to host memory; the final residual is not kept), and xwork set to the
  * rounded value the forward continues from. */
-static void save_checkpoint(oz_llama *m, int l, const float *x, const dims *g) {
+static void keep_layer_input(oz_llama *m, int l, const float *x, const dims *g) {
     oz_backend *be = m->be;
     size_t nd = (size_t)g->N * g->d;
     be->to_bf16(be, m->xs16[l], x, nd);
@@ -1572,7 +1558,7 @@ static void save_checkpoint(oz_llama *m, int l, const float *x, const dims *g) {
 }
 
 /* bf16_checkpoints: layer l's saved input back into xwork (offloaded: through the staging buffer). */
-static void load_checkpoint(oz_llama *m, int l, const dims *g) {
+static void restore_layer_input(oz_llama *m, int l, const dims *g) {
     oz_backend *be = m->be;
     size_t nd = (size_t)g->N * g->d;
     if (m->host16) be->to_device(be, m->xs16[l], m->host16 + (size_t)l * nd, nd * sizeof(uint16_t));
@@ -1592,10 +1578,10 @@ static oz_status forward(oz_llama *m, const oz_llama_batch *b, float grad_scale,
         /* Each layer's output goes to dln (free until the head's backward), is saved in bf16, and
          * the next layer starts from the saved (rounded) value, as its recomputation will. */
         embed_tokens(m, m->xwork, &g);
-        save_checkpoint(m, 0, m->xwork, &g);
+        keep_layer_input(m, 0, m->xwork, &g);
         for (int l = 0; l < g.L; l++) {
             layer_forward(m, l, &m->acts[l], m->dln, &g, false);
-            save_checkpoint(m, l + 1, m->dln, &g);
+            keep_layer_input(m, l + 1, m->dln, &g);
         }
     } else {
         embed_tokens(m, m->xs[0], &g);
@@ -1640,7 +1626,7 @@ oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float 
         if (m->shape.recompute) {
             /* Rebuild this layer's activations from its saved input (no output: the next layer's
              * input was saved in the forward). */
-            if (m->shape.bf16_checkpoints) load_checkpoint(m, l, &g);
+            if (m->shape.bf16_checkpoints) restore_layer_input(m, l, &g);
             else a->x = m->xs[l];
             layer_forward(m, l, a, NULL, &g, true);
         }

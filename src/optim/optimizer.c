@@ -140,9 +140,11 @@ static void shape_slot(const oz_optim_config *c, const oz_param_info *p, int ind
     s->factored = s->galore && c->immediate && oz_param_factored(p, c->factored_matrices);
 }
 
-/* Immediate mode updates each tensor the moment its gradient is consumed (inside the model's hooks
- * for layer tensors, wherever the caller hands over the others), so nothing needs an accumulator. */
-static bool immediate_slot(const oz_optim_config *c, const slot *s) { (void)s; return c->immediate; }
+/* The seed of a tensor's stochastic-rounding streams (INT8 updates, bf16 rows): the run's seed
+ * told apart per tensor. */
+static uint64_t tensor_seed(const oz_optimizer *o, const slot *s) {
+    return o->cfg.seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(s->index + 1));
+}
 
 /* The vector whose drift drives lazy updates: P's first column (left, full) or Q's first row. */
 static int first_vector_len(const slot *s) { return s->side == SIDE_RIGHT ? s->b : s->a; }
@@ -171,7 +173,8 @@ static void slot_buffers(const oz_optim_config *c, slot *s, want_fn want, void *
             if (s->side != SIDE_LEFT) want(ctx, (void **)&s->Q, OZ_MEM_PROJ, rb * f, "GaLore basis Q");
         }
         if (c->lazy) want(ctx, (void **)&s->v1, OZ_MEM_PROJ, (size_t)first_vector_len(s) * f, "first basis vector");
-        if (!immediate_slot(c, s)) want(ctx, (void **)&s->racc, OZ_MEM_GRADS, s->n * f, "projected gradient");
+        /* immediate updates apply each gradient as it is consumed: no accumulator */
+        if (!c->immediate) want(ctx, (void **)&s->racc, OZ_MEM_GRADS, s->n * f, "projected gradient");
     } else if (c->per_layer && s->p->layer >= 0 && !c->immediate) {
         want(ctx, (void **)&s->gacc, OZ_MEM_GRADS, s->n * f, "gradient accumulator");
     }
@@ -205,21 +208,11 @@ static size_t q_offset(const slot *s) { return s->side == SIDE_FULL ? (size_t)s-
 
 /* Rows per block of the INT8 update: the back-projected update is built a row block at a time in
  * a small buffer (at least ~4 MiB; cfg->int8_block_bytes exactly) instead of one fp32 matrix the
- * weight's size. A block must hold whole quantization groups so each group is updated from one
- * block: rows * b a multiple of OZ_QW_GROUP, i.e. rows a multiple of OZ_QW_GROUP / gcd(b,
- * OZ_QW_GROUP). cap: floats the block may take (0: the default target). */
+ * weight's size. A block holds whole quantization groups so each group is updated from one block
+ * (oz_qw_block_rows). cap: floats the block may take (0: the default target). */
 static size_t block_rows(const oz_optim_config *c, const slot *s, size_t cap) {
-    size_t g = OZ_QW_GROUP, b = (size_t)s->b;
-    for (size_t x = b % g; x;) { /* gcd(b, OZ_QW_GROUP) */
-        size_t t = g % x;
-        g = x;
-        x = t;
-    }
-    size_t unit = OZ_QW_GROUP / g;
     size_t target = c->int8_block_bytes ? c->int8_block_bytes / sizeof(float) : cap ? cap : ((size_t)4 << 20) / sizeof(float);
-    size_t rows = target / b / unit * unit;
-    if (rows < unit) rows = unit;
-    return rows < (size_t)s->a ? rows : (size_t)s->a;
+    return oz_qw_block_rows((size_t)s->a, (size_t)s->b, target);
 }
 
 static size_t delta_rows(const oz_optim_config *c, const slot *s) { return block_rows(c, s, 0); }
@@ -699,7 +692,7 @@ static oz_adamw_args slot_args(const oz_optimizer *o, const slot *s, float lr, f
 oz_status oz_optimizer_consume(oz_optimizer *o, int index, const float *grad, bool accumulate, oz_err *err) {
     slot *s = &o->slots[index];
     if (s->frozen) return OZ_OK; /* never changes: nothing to consume (grad is NULL) */
-    if (immediate_slot(&o->cfg, s)) {
+    if (o->cfg.immediate) {
         /* Project (GaLore) and update right away: this tensor's gradient is never kept. */
         const float *g = grad;
         if (s->factored) { /* consume_factors projected it into rimm already */
@@ -754,13 +747,13 @@ oz_status oz_optimizer_consume_rows(oz_optimizer *o, int index, int row0, int ro
                              s->va + off / OZ_Q8_BLOCK, n, &args);
     else
         o->be->adamw_step(o->be, W, grad, s->m + off, s->v + off, n, &args);
-    uint64_t key = oz_qw_stream_key(o->cfg.seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(s->index + 1)), (uint64_t)o->step, 0);
+    uint64_t key = oz_qw_stream_key(tensor_seed(o, s), (uint64_t)o->step, 0);
     oz_llama_rows_store(o->model, s->index, row0, rows, key);
     return OZ_OK;
 }
 
 oz_status oz_optimizer_consume_scratch(oz_optimizer *o, int index, float *grad, oz_err *err) {
-    o->grad_scratch = immediate_slot(&o->cfg, &o->slots[index]) ? grad : NULL;
+    o->grad_scratch = o->cfg.immediate ? grad : NULL;
     oz_status st = oz_optimizer_consume(o, index, grad, false, err);
     o->grad_scratch = NULL;
     return st;
@@ -836,7 +829,7 @@ static void apply_slot(oz_optimizer *o, slot *s, float *params, const float *g, 
         const float *P = s->side != SIDE_RIGHT ? basis_P(o, s) : NULL;
         const float *Q = s->side != SIDE_LEFT ? basis_Q(o, s) : NULL;
         if (s->side == SIDE_FULL) be->gemm(be, 0, 0, a, r, r, 1.0f, P, r, o->u, r, 0.0f, o->work, r);
-        uint64_t key = c->seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(s->index + 1));
+        uint64_t key = tensor_seed(o, s);
         size_t rows_blk = o->grad_scratch ? (size_t)a : block_rows(c, s, o->delta_cap);
         for (size_t r0 = 0; r0 < (size_t)a; r0 += rows_blk) {
             int rows = (int)((size_t)a - r0 < rows_blk ? (size_t)a - r0 : rows_blk);

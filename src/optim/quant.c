@@ -156,6 +156,22 @@ void oz_adam8bit_step(float *param, const float *grad, uint8_t *m_codes, float *
 
 size_t oz_qw_groups(size_t n) { return (n + OZ_QW_GROUP - 1) / OZ_QW_GROUP; }
 
+size_t oz_qw_row_unit(size_t cols) {
+    size_t g = OZ_QW_GROUP;
+    for (size_t x = cols % g; x;) { /* g = gcd(cols, OZ_QW_GROUP) */
+        size_t t = g % x;
+        g = x;
+        x = t;
+    }
+    return OZ_QW_GROUP / g;
+}
+
+size_t oz_qw_block_rows(size_t rows, size_t cols, size_t target) {
+    size_t unit = oz_qw_row_unit(cols), n = target / cols / unit * unit;
+    if (n < unit) n = unit;
+    return n < rows ? n : rows;
+}
+
 size_t oz_i8_bytes(size_t n) { return n + (sizeof(float) + 1) * oz_qw_groups(n); }
 
 size_t oz_i4_bytes(size_t n) { return (n + 1) / 2 + (sizeof(float) + 1) * oz_qw_groups(n); }

@@ -115,6 +115,13 @@ void oz_adam8bit_step(float *param /* (n) */, const float *grad /* (n) */, uint8
 
 /* ---- i8 / i4 weights and projections ---- */
 size_t oz_qw_groups(size_t n); /* ceil(n / OZ_QW_GROUP) */
+/* Rows of a row-major tensor with `cols` columns that hold whole groups of OZ_QW_GROUP elements
+ * (also whole 8-bit blocks: OZ_Q8_BLOCK is the same 256), so a block of a multiple of them starts
+ * on a group: OZ_QW_GROUP / gcd(cols, OZ_QW_GROUP). */
+size_t oz_qw_row_unit(size_t cols);
+/* Rows per block of a (rows x cols) tensor processed in blocks of about `target` elements: the
+ * most multiples of oz_qw_row_unit(cols) that fit (at least one unit), never more than rows. */
+size_t oz_qw_block_rows(size_t rows, size_t cols, size_t target);
 uint64_t oz_qw_stream_key(uint64_t seed, uint64_t step, uint64_t group);
 
 /* q: (n), s: (groups), z: (groups) */

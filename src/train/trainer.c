@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "backend/backend.h"
@@ -27,6 +26,7 @@
 #include "optim/subspace.h"
 #include "optim/schedule.h"
 #include "train/inrank.h"
+#include "util/clock.h"
 
 void oz_train_opts_default(oz_train_opts *o) {
     memset(o, 0, sizeof *o);
@@ -77,12 +77,6 @@ void oz_train_opts_default(oz_train_opts *o) {
     o->inrank_warmup = 200;
     o->inrank_freeze_after = 0;
     snprintf(o->inrank_targets, sizeof o->inrank_targets, "mlp");
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* ------------------------------------------------------------------ trainer state (JSON) */
@@ -432,7 +426,7 @@ static void trainer_tensor_hook(void *user, int index) {
 static void trainer_refresh_progress(void *user, int done, int total) {
     trainer *t = user;
     if (!t->cb || !t->cb->on_note) return;
-    double now = now_s(), elapsed = now - t->step_t0;
+    double now = oz_now_s(), elapsed = now - t->step_t0;
     if (elapsed < 2.0 || (done < total && now - t->refresh_last < 2.0)) return;
     char line[192];
     if (done < total)
@@ -457,9 +451,12 @@ static void trainer_factor_hook(void *user, int index, const float *dy, int ldy,
 /* The model's hook for the run's mode (again after InRank rebuilds the model). */
 static void attach_hooks(trainer *t) {
     oz_optimizer_on_refresh(t->opt, trainer_refresh_progress, t);
-    if (t->per_tensor) oz_llama_set_factor_hook(t->model, trainer_factor_hook, t);
-    if (t->per_tensor) oz_llama_set_tensor_hook(t->model, trainer_tensor_hook, t);
-    else if (t->per_layer) oz_llama_set_grad_hook(t->model, trainer_grad_hook, t);
+    if (t->per_tensor) {
+        oz_llama_set_factor_hook(t->model, trainer_factor_hook, t);
+        oz_llama_set_tensor_hook(t->model, trainer_tensor_hook, t);
+    } else if (t->per_layer) {
+        oz_llama_set_grad_hook(t->model, trainer_grad_hook, t);
+    }
     oz_llama_set_rows_hook(t->model, trainer_rows_hook, t);
 }
 
@@ -838,12 +835,12 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
     }
 
     t->cb = cb;
-    double t_start = now_s(), train_time = 0;
+    double t_start = oz_now_s(), train_time = 0;
     int steps_here = 0;
     res->val_loss = NAN;
     res->train_loss = NAN;
     for (int step = pos->step; step < o->steps; step++) {
-        double t0 = now_s();
+        double t0 = oz_now_s();
         float lr = oz_schedule_lr(&sched, step);
         oz_llama_zero_grads(t->model);
         oz_optimizer_begin_step(t->opt, step, lr);
@@ -890,7 +887,7 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
         float clip_scale = (o->clip > 0 && gnorm > o->clip) ? (float)(o->clip / (gnorm + 1e-6)) : 1.0f;
         oz_optimizer_apply(t->opt, NULL, lr, clip_scale);
         OZ_TRY(oz_backend_sync(&t->be, err)); /* the step's queued GPU work belongs to its time */
-        double dt = now_s() - t0;
+        double dt = oz_now_s() - t0;
         train_time += dt;
         steps_here++;
         pos->step = step + 1;
@@ -911,7 +908,7 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
         bool last = pos->step == o->steps;
         if (cb && cb->on_step && (last || (o->log_every > 0 && pos->step % o->log_every == 0) ||
                                   steps_here == 1)) {
-            oz_train_progress p = {pos->step, o->steps, loss, lr, gnorm, tps, now_s() - t_start,
+            oz_train_progress p = {pos->step, o->steps, loss, lr, gnorm, tps, oz_now_s() - t_start,
                                    (o->steps - pos->step) * (train_time / steps_here),
                                    t->arena.peak, t->arena.peak_total};
             cb->on_step(cb->user, &p);
