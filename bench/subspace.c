@@ -20,7 +20,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "optim/subspace.h"
+#include "numeric/subspace.h"
 
 static double now_s(void) {
     struct timespec ts;

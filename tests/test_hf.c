@@ -11,7 +11,7 @@
 #include "backend/backend.h"
 #include "harness.h"
 #include "io/atomic.h"
-#include "io/checkpoint.h"
+#include "model/hf_model.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
 
@@ -258,7 +258,7 @@ static void test_save_roundtrip(void) {
     char saved[256], saved_cfg[256];
     tmp_path(saved, sizeof saved, "hf_saved");
     snprintf(saved_cfg, sizeof saved_cfg, "%s/config.json", saved);
-    CHECK(oz_model_save(saved, oz_llama_get_config(m), "", lay, host, &err) == OZ_OK, "%s",
+    CHECK(oz_llama_save(saved, oz_llama_get_config(m), "", lay, host, &err) == OZ_OK, "%s",
           err.msg);
     free(host);
     oz_llama_destroy(m);

@@ -13,7 +13,7 @@
 #include "model/llama.h"
 #include "optim/inrank.h"
 #include "optim/optimizer.h"
-#include "optim/subspace.h"
+#include "numeric/subspace.h"
 #include "train/inrank.h"
 #include "util/rng.h"
 

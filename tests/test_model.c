@@ -8,11 +8,11 @@
 #include "backend/backend.h"
 #include "harness.h"
 #include "io/atomic.h"
-#include "io/checkpoint.h"
+#include "model/hf_model.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
 #include "optim/optimizer.h"
-#include "optim/quant.h"
+#include "numeric/quant.h"
 #include "optim/schedule.h"
 #include "util/rng.h"
 
@@ -1761,7 +1761,7 @@ static void test_low_rank_checkpoint(void) {
     }
     oz_err err = {0};
     const oz_param_layout *lay = oz_llama_get_layout(tm.m);
-    CHECK(oz_model_save(dir, &tm.cfg, "byte", lay, oz_llama_params(tm.m), &err) == OZ_OK, "%s", err.msg);
+    CHECK(oz_llama_save(dir, &tm.cfg, "byte", lay, oz_llama_params(tm.m), &err) == OZ_OK, "%s", err.msg);
     char path[128];
     snprintf(path, sizeof path, "%s/config.json", dir);
     oz_llama_config back;

@@ -13,8 +13,8 @@
 #include "backend/backend.h"
 #include "harness.h"
 #include "io/safetensors.h" /* oz_bf16_to_f32, oz_f32_to_bf16 */
-#include "optim/quant.h"
-#include "optim/subspace.h"
+#include "numeric/quant.h"
+#include "numeric/subspace.h"
 #include "util/rng.h"
 
 static void *xalloc(size_t bytes) {

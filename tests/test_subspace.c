@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "harness.h"
-#include "optim/subspace.h"
+#include "numeric/subspace.h"
 
 #define PI 3.14159265358979323846
 

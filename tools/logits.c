@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
-#include "io/checkpoint.h"
+#include "model/hf_model.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
 

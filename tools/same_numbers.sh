@@ -22,7 +22,7 @@ run() { # run NAME FLAGS...
     name=$1; shift
     n=$((n + 1))
     out="$T/run$n"
-    echo "== $name: $*"
+    echo "== $name: $*" | sed "s|$T|TMP|g"
     if ! $OUNCE train $base --out "$out" --save-every 5 --json "$@" >"$T/log" 2>&1; then
         echo "FAILED"; tail -n 3 "$T/log"; return
     fi

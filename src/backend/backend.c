@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
-#include "optim/subspace.h"
+#include "numeric/subspace.h"
 
 int oz_backend_is_cuda(const char *device) { return device && strncmp(device, "cuda", 4) == 0; }
 

@@ -7,17 +7,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "mem/arena.h"
+#include "numeric/adamw.h"
 #include "util/err.h"
 #include "util/rng.h"
-
-typedef struct {
-    float lr;
-    float beta1, beta2, eps;
-    float weight_decay;      /* decoupled: p <- p * (1 - lr * weight_decay) before the Adam step */
-    float bias_correction1;  /* 1 - beta1^t */
-    float bias_correction2;  /* 1 - beta2^t */
-    float grad_scale;        /* gradients are multiplied by this first (global-norm clipping) */
-} oz_adamw_args;
 
 typedef struct oz_backend oz_backend;
 struct oz_backend {
@@ -117,7 +109,7 @@ struct oz_backend {
                        float *m /* (n) */, float *v /* (n) */, size_t n, const oz_adamw_args *args);
 
     /* ---- quantized optimizer states and weights ----
-     * Formats, rounding rules and SR streams are optim/quant.h's, to the bit: every backend gives
+     * Formats, rounding rules and SR streams are numeric/quant.h's, to the bit: every backend gives
      * the CPU functions' bytes for the same inputs. `map` picks one of the q8 code maps below
      * (OZ_Q8_MAP_SIGNED for first moments, OZ_Q8_MAP_UNSIGNED for second moments). */
     float q8_map[2][256];    /* oz_q8_map_signed / oz_q8_map_unsigned, built at create */

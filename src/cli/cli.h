@@ -6,7 +6,7 @@
 
 #include "backend/backend.h"
 #include "data/tokenizer.h"
-#include "io/checkpoint.h"
+#include "model/hf_model.h"
 #include "mem/arena.h"
 #include "model/llama.h"
 #include "util/err.h"

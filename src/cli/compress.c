@@ -235,7 +235,7 @@ static oz_status compress(const compress_opts *o, oz_err *err) {
     snprintf(tmp, sizeof tmp, "%s.compress-tmp", o->out);
     oz_err ignored = {0};
     oz_remove_tree(tmp, &ignored);
-    if ((st = oz_model_save(tmp, &ncfg, tokenizer, &nl, host, err))) goto done;
+    if ((st = oz_llama_save(tmp, &ncfg, tokenizer, &nl, host, err))) goto done;
     st = oz_copy_hf_side_files(o->in, tmp, err);
     json = report_json(&rk, tau, o->ratio, achieved, o->uniform, o->min_ratio);
     char title[256];

@@ -57,7 +57,7 @@ int oz_cmd_memory(int argc, char **argv) {
     oz_err err = {0};
     oz_llama_config cfg;
     bool is_preset;
-    if (oz_model_resolve(o.model, &cfg, NULL, &is_preset, &err) != OZ_OK) return oz_cli_report("memory", &err);
+    if (oz_llama_resolve(o.model, &cfg, NULL, &is_preset, &err) != OZ_OK) return oz_cli_report("memory", &err);
     if (vocab > 0) cfg.vocab_size = vocab;
     size_t budget = 0;
     if (budget_text[0] && !(budget = oz_parse_bytes(budget_text))) {

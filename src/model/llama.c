@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "optim/quant.h"
+#include "numeric/quant.h"
 #include "util/rng.h"
 
 /* ------------------------------------------------------------------ parameter layout */

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "optim/subspace.h"
+#include "numeric/subspace.h"
 
 oz_status oz_welore_spectrum(const float *W, int out, int in, float *sv, oz_err *err) {
     int r = out < in ? out : in;

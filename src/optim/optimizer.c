@@ -14,8 +14,8 @@
 #include <string.h>
 
 #include "io/safetensors.h"
-#include "optim/quant.h"
-#include "optim/subspace.h"
+#include "numeric/quant.h"
+#include "numeric/subspace.h"
 
 enum { SIDE_LEFT = 0, SIDE_RIGHT = 1, SIDE_FULL = 2 };
 

@@ -20,10 +20,10 @@
 #include "backend/backend.h"
 #include "data/loader.h"
 #include "io/atomic.h"
-#include "io/checkpoint.h"
+#include "model/hf_model.h"
 #include "model/llama.h"
 #include "optim/optimizer.h"
-#include "optim/subspace.h"
+#include "numeric/subspace.h"
 #include "optim/schedule.h"
 #include "train/inrank.h"
 #include "util/clock.h"
@@ -296,7 +296,7 @@ static oz_status save_checkpoint(trainer *t, const char *dir, const run_position
                                  oz_err *err) {
     const float *params = NULL;
     OZ_TRY(host_weights(t, &params, err));
-    OZ_TRY(oz_model_save(dir, &t->cfg, t->tokenizer, oz_llama_get_layout(t->model), params, err));
+    OZ_TRY(oz_llama_save(dir, &t->cfg, t->tokenizer, oz_llama_get_layout(t->model), params, err));
     char path[OZ_PATH_MAX + 64];
     if (with_optimizer) {
         snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
@@ -638,7 +638,7 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
      * context the run settled on); --init takes the initial model's. */
     const char *spec = resume_dir ? resume_dir : o->init[0] ? o->init : o->model;
     bool is_preset;
-    OZ_TRY(oz_model_resolve(spec, &t->cfg, t->tokenizer, &is_preset, err));
+    OZ_TRY(oz_llama_resolve(spec, &t->cfg, t->tokenizer, &is_preset, err));
     int data_vocab = oz_dataset_vocab_size(&t->data);
     if (is_preset) {
         /* Presets are shapes: the vocabulary follows the data, the context follows --seq. */

@@ -17,8 +17,8 @@
 #include "backend/backend.h"
 #include "harness.h"
 #include "model/llama.h"
-#include "optim/quant.h"
-#include "optim/subspace.h"
+#include "numeric/quant.h"
+#include "numeric/subspace.h"
 #include "train/plan.h"
 #include "train/trainer.h"
 

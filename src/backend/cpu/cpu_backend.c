@@ -4,9 +4,9 @@
 #include <string.h>
 
 #include "backend/backend.h"
-#include "io/safetensors.h" /* oz_f32_to_bf16, oz_bf16_to_f32 */
-#include "optim/quant.h"
-#include "optim/subspace.h"
+#include "numeric/half.h"
+#include "numeric/quant.h"
+#include "numeric/subspace.h"
 
 #define OZ_REAL float
 #define OZ_SFX(name) name##_f32

@@ -1,6 +1,6 @@
 /* The quantization ops of backend.h on the GPU: q8 moments (zero, quantize, dequantize, the fused
  * 8-bit Adam step), i8 weights (RTN quantize, dequantize, the stochastic-rounding update) and i4
- * bases, plus the elementwise square. They follow optim/quant.h to the bit, so a run on cuda keeps
+ * bases, plus the elementwise square. They follow numeric/quant.h to the bit, so a run on cuda keeps
  * the CPU's codes for the same inputs:
  *  - this file is compiled with -fmad=false (Makefile): quant.h evaluates a*b + c with two
  *    roundings, and nvcc would otherwise contract it into one FMA;
@@ -15,7 +15,7 @@
 #include "backend/cuda/cuda_internal.h"
 
 extern "C" {
-#include "optim/quant.h"
+#include "numeric/quant.h"
 }
 
 static_assert(OZ_Q8_BLOCK == 256 && OZ_QW_GROUP == 256, "the kernels map one 256-element block to 256 threads");

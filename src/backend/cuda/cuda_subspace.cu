@@ -19,7 +19,7 @@
 #include "backend/cuda/cuda_internal.h"
 
 extern "C" {
-#include "optim/subspace.h"
+#include "numeric/subspace.h"
 }
 
 static oz_cuda *C(oz_backend *be) { return (oz_cuda *)be->impl; }

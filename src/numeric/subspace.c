@@ -8,7 +8,7 @@
  * LAPACK is reached through its Fortran symbols (declared in Debian's <lapack.h>), which the
  * linked OpenBLAS exports. LAPACKE would add -llapacke, and Debian's liblapacke pulls in the
  * alternatives' liblapack.so.3, i.e. a second (pthread) OpenBLAS with its own thread pool. */
-#include "optim/subspace.h"
+#include "numeric/subspace.h"
 
 #include <cblas.h>
 #include <lapack.h>

@@ -3,7 +3,7 @@
  * specified in quant.h; this file must follow them to the bit, since the CUDA port is compared
  * against it. Every loop is parallel over whole blocks/groups and each block's result depends
  * only on that block's inputs, so the thread count never changes a bit. */
-#include "optim/quant.h"
+#include "numeric/quant.h"
 
 #include <math.h>
 #include <string.h>

@@ -1,5 +1,5 @@
 /* config.json and safetensors mapping for Llama models. */
-#include "io/checkpoint.h"
+#include "model/hf_model.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -284,7 +284,7 @@ oz_status oz_config_write_dtype(const char *path, const oz_llama_config *c, cons
     return st;
 }
 
-oz_status oz_model_resolve(const char *spec, oz_llama_config *cfg, char *tokenizer, bool *is_preset,
+oz_status oz_llama_resolve(const char *spec, oz_llama_config *cfg, char *tokenizer, bool *is_preset,
                            oz_err *err) {
     if (tokenizer) tokenizer[0] = '\0';
     *is_preset = false;
@@ -397,7 +397,7 @@ oz_status oz_tensors_load(const char *path, const oz_param_layout *layout, float
     return s;
 }
 
-oz_status oz_model_save(const char *dir, const oz_llama_config *cfg, const char *tokenizer,
+oz_status oz_llama_save(const char *dir, const oz_llama_config *cfg, const char *tokenizer,
                         const oz_param_layout *layout, const float *params, oz_err *err) {
     OZ_TRY(oz_mkdir_p(dir, err));
     char path[4096];

@@ -1,7 +1,7 @@
-/* Model files as Hugging Face lays them out (config.json + model.safetensors with HF tensor names)
- * and the flat-buffer <-> named-tensor mapping used for weights and optimizer moments. */
-#ifndef OZ_CHECKPOINT_H
-#define OZ_CHECKPOINT_H
+/* Hugging Face model files (config.json + model.safetensors, sharded or not, with HF tensor names):
+ * reading and writing them, and the flat-buffer <-> named-tensor mapping. */
+#ifndef OZ_HF_MODEL_H
+#define OZ_HF_MODEL_H
 #include <stdbool.h>
 #include "io/weights.h"
 #include "model/llama.h"
@@ -26,7 +26,7 @@ oz_status oz_copy_hf_side_files(const char *from, const char *to, oz_err *err);
 
 /* Resolves --model: a preset name, a config.json path, or a directory holding config.json.
  * *is_preset tells the caller whether sizes such as the vocabulary may follow the data. */
-oz_status oz_model_resolve(const char *spec, oz_llama_config *cfg, char *tokenizer, bool *is_preset,
+oz_status oz_llama_resolve(const char *spec, oz_llama_config *cfg, char *tokenizer, bool *is_preset,
                            oz_err *err);
 
 /* Saves layout-shaped buffers (host memory) as one safetensors file: tensor i of buffer b is named
@@ -39,7 +39,7 @@ oz_status oz_tensors_load(const char *path, const oz_param_layout *layout, float
                           const char *const *prefixes, int n_buffers, oz_err *err);
 
 /* DIR/model.safetensors + DIR/config.json. */
-oz_status oz_model_save(const char *dir, const oz_llama_config *cfg, const char *tokenizer,
+oz_status oz_llama_save(const char *dir, const oz_llama_config *cfg, const char *tokenizer,
                         const oz_param_layout *layout, const float *params, oz_err *err);
 
 

@@ -77,7 +77,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "backend/backend.h" /* oz_adamw_args */
+#include "numeric/adamw.h"
 
 #define OZ_Q8_BLOCK 256     /* elements per absmax block of the 8-bit moments */
 #define OZ_Q8_MIN_SIZE 4096 /* tensors with fewer elements keep fp32 moments: the absmax and the
