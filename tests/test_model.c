@@ -682,8 +682,8 @@ static void test_outer_grad_blocks(void) {
             oz_backend_cpu_create(&be, 0, &err);
             oz_arena arena;
             oz_arena_init(&arena, be.allocator);
-            oz_llama_shape shape = {.batch = B, .seq = T, .with_grads = true, .per_layer_grads = true,
-                                    .outer_grad_blocks = blocks, .mlp_chunks = chunks, .head_chunks = chunks};
+            oz_llama_shape shape = {.batch = B, .seq = T, .with_grads = true, .grads.per_layer = true,
+                                    .grads.vocab_blocks = blocks, .mlp_chunks = chunks, .head_chunks = chunks};
             oz_llama *m = NULL;
             CHECK(oz_llama_create(&m, &c, &be, &arena, shape, &err) == OZ_OK, "%s", err.msg);
             if (!m) return;
@@ -757,7 +757,7 @@ static void test_outer_grad_blocks(void) {
     oz_llama_config tied = c;
     tied.tie_word_embeddings = true;
     oz_llama_plan plan;
-    oz_llama_shape bad = {.batch = B, .seq = T, .with_grads = true, .per_layer_grads = true, .outer_grad_blocks = true};
+    oz_llama_shape bad = {.batch = B, .seq = T, .with_grads = true, .grads.per_layer = true, .grads.vocab_blocks = true};
     CHECK(oz_llama_plan_memory(&tied, bad, &plan, &err) == OZ_ERR_INPUT, "blocks with a tied head were accepted");
     free(init);
     oz_param_layout_free(&lay);
@@ -980,7 +980,7 @@ static void test_frozen(void) {
         oz_arena arena;
         oz_arena_init(&arena, be.allocator);
         oz_llama *m = NULL;
-        oz_llama_shape shape = {.batch = 2, .seq = 7, .with_grads = true, .per_layer_grads = per_layer, .freeze = freeze};
+        oz_llama_shape shape = {.batch = 2, .seq = 7, .with_grads = true, .grads.per_layer = per_layer, .freeze = freeze};
         CHECK(oz_llama_create(&m, &ref.cfg, &be, &arena, shape, &err) == OZ_OK, "%s", err.msg);
         if (!m) continue;
         const oz_param_layout *lay = oz_llama_get_layout(m);
@@ -1183,7 +1183,7 @@ static void test_low_rank_plan(void) {
                     oz_arena arena;
                     oz_arena_init(&arena, be.allocator);
                     oz_llama_shape shape = {.batch = B, .seq = T, .with_grads = true, .recompute = recompute,
-                                            .mlp_chunks = chunks, .head_chunks = chunks, .per_layer_grads = per_layer,
+                                            .mlp_chunks = chunks, .head_chunks = chunks, .grads.per_layer = per_layer,
                                             .freeze = freeze ? OZ_FREEZE_EMBED | OZ_FREEZE_HEAD | OZ_FREEZE_DENSE : 0};
                     oz_llama *m = NULL;
                     CHECK(oz_llama_create(&m, &c, &be, &arena, shape, &err) == OZ_OK, "%s", err.msg);
@@ -1229,7 +1229,7 @@ static void test_low_rank_plan(void) {
     oz_param_layout_free(&lay);
 }
 
-/* Per-tensor hand-off (oz_llama_shape.per_tensor_grads). One forward_backward per case, against the
+/* Per-tensor hand-off (oz_llama_shape.grads.immediate). One forward_backward per case, against the
  * whole-model gradient buffer of the same model: every trainable tensor is handed off exactly once,
  * an untied head and the final norm before any layer tensor and the embedding last (tied: embedding
  * and final norm last); each handed-off gradient equals the whole-model one bit for bit even though
@@ -1399,8 +1399,8 @@ static void test_bf16_vocab(void) {
         size_t weights[2], scratch[2];
         float *rg[2][2], norm_grad[2][16];
         for (int bf16 = 0; bf16 <= 1; bf16++) {
-            oz_llama_shape shape = {.batch = B, .seq = T, .with_grads = true, .per_layer_grads = true,
-                                    .outer_grad_blocks = true, .int8_matrices = true, .bf16_vocab = bf16,
+            oz_llama_shape shape = {.batch = B, .seq = T, .with_grads = true, .grads.per_layer = true,
+                                    .grads.vocab_blocks = true, .int8_matrices = true, .bf16_vocab = bf16,
                                     .mlp_chunks = chunks, .head_chunks = chunks,
                                     .freeze = frozen ? OZ_FREEZE_EMBED | OZ_FREEZE_HEAD : 0u};
             model_fixture f;
@@ -1476,7 +1476,7 @@ static void test_bf16_vocab(void) {
         }
     }
     oz_llama_plan plan;
-    oz_llama_shape bad = {.batch = B, .seq = T, .with_grads = true, .per_layer_grads = true, .bf16_vocab = true};
+    oz_llama_shape bad = {.batch = B, .seq = T, .with_grads = true, .grads.per_layer = true, .bf16_vocab = true};
     CHECK(oz_llama_plan_memory(&c, bad, &plan, &err) == OZ_ERR_INPUT && strstr(err.msg, "bf16"),
           "bf16 embedding/head without INT8 matrices and blocks: %s", err.msg);
     free(init);
@@ -1521,7 +1521,7 @@ static void test_per_tensor_grads(void) {
                                             .mlp_chunks = chunks, .head_chunks = chunks, .int8_matrices = int8,
                                             .freeze = freeze};
                     oz_llama_shape per = whole;
-                    per.per_layer_grads = per.per_tensor_grads = true;
+                    per.grads.per_layer = per.grads.immediate = true;
                     char what[96];
                     snprintf(what, sizeof what, "variant %d, int8 %d, recompute %d, chunks %d", variant, int8, recompute,
                              chunks);
@@ -1576,7 +1576,7 @@ static void test_per_tensor_grads(void) {
                     /* Immediate updates: tensor hook against layer hook, bit for bit. */
                     for (int mode = 0; mode <= 1; mode++) {
                         oz_llama_shape shape = mode ? per : whole;
-                        shape.per_layer_grads = true;
+                        shape.grads.per_layer = true;
                         model_fixture f;
                         if (!fixture_model(&f, &c, shape, init)) {
                             fixture_drop(&f);
@@ -1682,9 +1682,9 @@ static void test_factored_grads(void) {
                     oz_llama_shape whole = {.batch = B, .seq = T, .with_grads = true, .recompute = recompute,
                                             .mlp_chunks = chunks, .head_chunks = chunks, .int8_matrices = int8};
                     oz_llama_shape per = whole, fac;
-                    per.per_layer_grads = per.per_tensor_grads = true;
+                    per.grads.per_layer = per.grads.immediate = true;
                     fac = per;
-                    fac.factored_grads = chunks > 1 ? attn : all;
+                    fac.grads.factored = chunks > 1 ? attn : all;
                     char what[96];
                     snprintf(what, sizeof what, "variant %d, int8 %d, recompute %d, chunks %d", variant, int8, recompute,
                              chunks);
@@ -1720,7 +1720,7 @@ static void test_factored_grads(void) {
                     int nf = 0;
                     for (int i = 0; i < lay.n; i++) {
                         const oz_param_info *p = &lay.params[i];
-                        bool f = oz_param_factored(p, fac.factored_grads);
+                        bool f = oz_param_factored(p, fac.grads.factored);
                         nf += f;
                         CHECK(hcalls[i] == 1 && fcalls[i] == (int)f, "%s: %d hand-offs, %d factor calls (%s)", p->name,
                               hcalls[i], fcalls[i], what);
@@ -1735,8 +1735,8 @@ static void test_factored_grads(void) {
                     CHECK(nf >= (chunks > 1 ? 4 : 7), "only %d factored tensors (%s)", nf, what);
                     fixture_drop(&fp);
                 }
-        oz_llama_shape bad = {.batch = B, .seq = T, .with_grads = true, .per_layer_grads = true, .per_tensor_grads = true,
-                              .mlp_chunks = 2, .head_chunks = 2, .factored_grads = all};
+        oz_llama_shape bad = {.batch = B, .seq = T, .with_grads = true, .grads.per_layer = true, .grads.immediate = true,
+                              .mlp_chunks = 2, .head_chunks = 2, .grads.factored = all};
         oz_llama_plan plan;
         CHECK(oz_llama_plan_memory(&c, bad, &plan, &err) != OZ_OK, "factored MLP gradients over 2 chunks were accepted");
         free(init);

@@ -683,8 +683,8 @@ static void test_factored_matches_materialized(void) {
                 CHECK(oz_train_plan_memory(&cfg, &o, &plan, &err) == OZ_OK, "%s", err.msg);
                 unsigned attn = (1u << OZ_M_Q) | (1u << OZ_M_K) | (1u << OZ_M_V) | (1u << OZ_M_O);
                 bool one_chunk = plan.shape.mlp_chunks <= 1;
-                CHECK(plan.shape.factored_grads == (one_chunk ? (1u << OZ_LLAMA_MATRICES) - 1 : attn),
-                      "mini-seq %s: factored mask 0x%x", mini, plan.shape.factored_grads);
+                CHECK(plan.shape.grads.factored == (one_chunk ? (1u << OZ_LLAMA_MATRICES) - 1 : attn),
+                      "mini-seq %s: factored mask 0x%x", mini, plan.shape.grads.factored);
                 for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
                     CHECK(plan.bytes[cat] == r1.peak_bytes[cat],
                           "factored %s %s, recompute %s, mini-seq %s, %s: planned %zu vs measured %zu bytes of %s",
@@ -692,7 +692,7 @@ static void test_factored_matches_materialized(void) {
                           oz_mem_category_name(cat));
                 snprintf(o.factored_grads, sizeof o.factored_grads, "off");
                 CHECK(oz_train_plan_memory(&cfg, &o, &plan_off, &err) == OZ_OK, "%s", err.msg);
-                CHECK(plan_off.shape.factored_grads == 0, "--factored-grads off still factors");
+                CHECK(plan_off.shape.grads.factored == 0, "--factored-grads off still factors");
                 for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
                     CHECK(plan_off.bytes[cat] == r2.peak_bytes[cat],
                           "materialized %s %s, recompute %s, mini-seq %s: planned %zu vs measured %zu bytes of %s",
@@ -791,7 +791,7 @@ static void test_immediate_plan_and_losses(void) {
                 o.batch = 2, o.seq = 24, o.clip = 0, o.rank = 4, o.update_gap = 2;
                 oz_train_plan plan;
                 CHECK(oz_train_plan_memory(&cfg, &o, &plan, &err) == OZ_OK, "%s", err.msg);
-                CHECK(plan.shape.per_tensor_grads, "--clip 0 without accumulation is not per-tensor");
+                CHECK(plan.shape.grads.immediate, "--clip 0 without accumulation is not per-tensor");
                 for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
                     CHECK(plan.bytes[cat] == r1.peak_bytes[cat], "%s %s, recompute %s, mini-seq %s: planned %zu vs measured %zu bytes of %s",
                           mi ? "low-rank" : "tiny", optims[k], combos[c][0], combos[c][1], plan.bytes[cat], r1.peak_bytes[cat],

@@ -448,9 +448,8 @@ oz_status oz_llama_load_weights(oz_llama *m, oz_backend *be, const char *dir, oz
         const oz_st_tensor *t = oz_weight_files_find(&w, p->name);
         /* Straight from the mapping into the weights when they are plain host memory; through one
          * tensor's staging buffer otherwise (device memory, or INT8 codes to quantize). */
-        uint8_t *q, *z;
-        float *scale, *dst = oz_llama_param(m, i);
-        if (dst && be->host_visible && !oz_llama_param_int8(m, i, &q, &scale, &z)) {
+        float *dst = oz_llama_param(m, i); /* NULL for INT8 codes and bf16 rows */
+        if (dst && be->host_visible) {
             st = oz_st_tensor_to_f32(t, dst, p->numel, err);
             continue;
         }

@@ -195,7 +195,7 @@ typedef struct {
 } lin;
 
 /* Its gradients, each NULL when that tensor is frozen. A factored dense matrix
- * (oz_llama_shape.factored_grads) has w NULL and fm set: its backward hands (dY, X) to fm's factor
+ * (oz_llama_shape.grads.factored) has w NULL and fm set: its backward hands (dY, X) to fm's factor
  * hook for parameter findex instead of forming dW. */
 typedef struct {
     float *w, *a, *b;
@@ -275,18 +275,12 @@ struct oz_llama {
     bool ln1_alias;
     float *norm_sink;           /* frozen norms' weight gradients land here and are never read */
     int *active;                /* (L * 7) active ranks; 0 for dense matrices */
-    oz_grad_hook hook;
-    void *hook_user;
+    oz_grad_sink sink;          /* where gradients go (model/grad_sink.h) */
+    int backwards;              /* forward_backward calls since oz_llama_zero_grads */
     /* outer_grad_blocks: one block of embedding/head gradient rows, each row's log-sum-exp, and a
      * block's remapped token ids (-1 outside the block) */
     float *vblock, *lse;
     int32_t *ids_block;
-    oz_rows_hook rows_hook;
-    void *rows_user;
-    oz_tensor_hook thook;
-    void *thook_user;
-    oz_factor_hook fhook;
-    void *fhook_user;
     /* every arena buffer, for destroy */
     void **owned;
     int n_owned;
@@ -312,7 +306,7 @@ float *oz_llama_param(oz_llama *m, int index) {
     return NULL;
 }
 
-bool oz_llama_param_int8(oz_llama *m, int index, uint8_t **q, float **scale, uint8_t **zero) {
+static bool param_int8(oz_llama *m, int index, uint8_t **q, float **scale, uint8_t **zero) {
     const oz_param_info *p = &m->layout.params[index];
     if (!m->wq || !is_layer_matrix(p)) return false;
     *q = m->wq + m->code_off[index];
@@ -332,7 +326,7 @@ static size_t vocab_rows_floats(const oz_llama_config *c) {
     return (size_t)oz_llama_vocab_block_rows(c) * c->hidden_size;
 }
 
-float *oz_llama_rows_load(oz_llama *m, int index, int row0, int rows) {
+static float *rows_load(oz_llama *m, int index, int row0, int rows) {
     size_t d = (size_t)m->layout.params[index].shape[1], off = (size_t)row0 * d;
     uint16_t *w16 = oz_llama_param_bf16(m, index);
     if (!w16) return oz_llama_param(m, index) + off;
@@ -340,7 +334,7 @@ float *oz_llama_rows_load(oz_llama *m, int index, int row0, int rows) {
     return m->vocab_rows;
 }
 
-void oz_llama_rows_store(oz_llama *m, int index, int row0, int rows, uint64_t key) {
+static void rows_store(oz_llama *m, int index, int row0, int rows, uint64_t key) {
     size_t d = (size_t)m->layout.params[index].shape[1], off = (size_t)row0 * d;
     uint16_t *w16 = oz_llama_param_bf16(m, index);
     if (w16) m->be->to_bf16_sr(m->be, w16 + off, m->vocab_rows, (size_t)rows * d, key, off);
@@ -365,7 +359,7 @@ void oz_llama_read_param(oz_llama *m, int index, float *host) {
             m->be->from_bf16(m->be, m->vocab_rows, w16 + e0, n);
             m->be->to_host(m->be, host + e0, m->vocab_rows, n * sizeof(float));
         }
-    } else if (oz_llama_param_int8(m, index, &q, &sc, &z)) {
+    } else if (param_int8(m, index, &q, &sc, &z)) {
         /* Dequantized by the backend; off the host through the matrix scratch, free between steps
          * (whatever it cached is then gone), in group-aligned pieces of its size. */
         if (m->be->host_visible) {
@@ -398,7 +392,7 @@ void oz_llama_write_param(oz_llama *m, int index, const float *host) {
             m->be->to_device(m->be, m->vocab_rows, host + e0, n * sizeof(float));
             m->be->to_bf16(m->be, w16 + e0, m->vocab_rows, n);
         }
-    } else if (oz_llama_param_int8(m, index, &q, &sc, &z)) {
+    } else if (param_int8(m, index, &q, &sc, &z)) {
         /* Quantized by the backend (the same codes everywhere: groups are independent, so pieces
          * that start on a group give the whole tensor's codes), from the matrix scratch off the
          * host; the weights change, so no cached dequantization stays valid. */
@@ -438,7 +432,7 @@ size_t oz_llama_host_bytes(const oz_llama *m) { return m->host_bytes; }
 
 bool oz_llama_grad_in_blocks(const oz_llama *m, int index) {
     const oz_param_info *p = &m->layout.params[index];
-    return m->shape.outer_grad_blocks && m->shape.with_grads && !p->frozen && is_vocab_tensor(p);
+    return m->shape.grads.vocab_blocks && m->shape.with_grads && !p->frozen && is_vocab_tensor(p);
 }
 
 bool oz_param_factored(const oz_param_info *p, unsigned mask) {
@@ -446,29 +440,71 @@ bool oz_param_factored(const oz_param_info *p, unsigned mask) {
 }
 
 bool oz_llama_grad_factored(const oz_llama *m, int index) {
-    return m->shape.with_grads && oz_param_factored(&m->layout.params[index], m->shape.factored_grads);
+    return m->shape.with_grads && oz_param_factored(&m->layout.params[index], m->shape.grads.factored);
 }
 
 float *oz_llama_grad(oz_llama *m, int index) {
     const oz_param_info *p = &m->layout.params[index];
     if (p->frozen || !m->shape.with_grads || oz_llama_grad_factored(m, index)) return NULL;
     if (m->grads) return m->grads + p->grad_offset;
-    if (!m->shape.per_layer_grads) return NULL;
+    if (!m->shape.grads.per_layer) return NULL;
     if (p->layer >= 0)
-        return m->layer_grads + (m->shape.per_tensor_grads ? m->tgrad_off[index] : p->grad_span_offset);
+        return m->layer_grads + (m->shape.grads.immediate ? m->tgrad_off[index] : p->grad_span_offset);
     /* In blocks only the final norm's gradient is kept, alone in the outer buffer. */
-    if (m->shape.outer_grad_blocks) return is_vocab_tensor(p) ? NULL : m->outer_grads;
+    if (m->shape.grads.vocab_blocks) return is_vocab_tensor(p) ? NULL : m->outer_grads;
     return m->outer_grads + p->grad_span_offset;
 }
 
-void oz_llama_set_grad_hook(oz_llama *m, oz_grad_hook hook, void *user) {
-    m->hook = hook;
-    m->hook_user = user;
+void oz_llama_set_grad_sink(oz_llama *m, oz_grad_sink sink) { m->sink = sink; }
+
+static void emit(oz_llama *m, const oz_grad_event *ev) {
+    if (m->sink.take) m->sink.take(m->sink.self, ev);
 }
 
-void oz_llama_set_rows_hook(oz_llama *m, oz_rows_hook hook, void *user) {
-    m->rows_hook = hook;
-    m->rows_user = user;
+/* Tensor i's gradient as it stands in the model's buffer. */
+static void emit_tensor(oz_llama *m, int i, bool scratch, bool partial) {
+    oz_grad_event ev = {.form = OZ_GRAD_TENSOR, .index = i, .grad = oz_llama_grad(m, i), .scratch = scratch,
+                        .partial = partial};
+    emit(m, &ev);
+}
+
+static void emit_rows(oz_llama *m, int i, int row0, int rows, float *grad) {
+    oz_grad_event ev = {.form = OZ_GRAD_ROWS, .index = i, .grad = grad, .row0 = row0, .rows = rows};
+    emit(m, &ev);
+}
+
+static void emit_factors(oz_llama *m, int i, const float *dy, int ldy, const float *x, int ldx, int rows) {
+    oz_grad_event ev = {.form = OZ_GRAD_FACTORS, .index = i, .dy = dy, .ldy = ldy, .x = x, .ldx = ldx, .rows = rows};
+    emit(m, &ev);
+}
+
+/* Every trainable tensor whose gradient lives in a buffer: layer l's (l >= 0), the non-layer ones
+ * (l == -1), or all (l == -2). */
+static void emit_buffered(oz_llama *m, int l, bool partial) {
+    const oz_param_layout *lay = &m->layout;
+    for (int i = 0; i < lay->n; i++) {
+        const oz_param_info *p = &lay->params[i];
+        if (p->frozen || oz_llama_grad_in_blocks(m, i) || (l != -2 && p->layer != l)) continue;
+        emit_tensor(m, i, false, partial);
+    }
+}
+
+void oz_llama_emit_accumulated(oz_llama *m) {
+    if (!m->shape.with_grads || m->shape.grads.immediate) return;
+    emit_buffered(m, m->shape.grads.per_layer ? -1 : -2, false);
+}
+
+static float *view_f32(void *m, int i) { return oz_llama_param(m, i); }
+static bool view_int8(void *m, int i, uint8_t **q, float **scale, uint8_t **zero) {
+    return param_int8(m, i, q, scale, zero);
+}
+static float *view_rows_load(void *m, int i, int row0, int rows) { return rows_load(m, i, row0, rows); }
+static void view_rows_store(void *m, int i, int row0, int rows, uint64_t key) { rows_store(m, i, row0, rows, key); }
+
+oz_weights_view oz_llama_weights(oz_llama *m) {
+    oz_weights_view v = {.owner = m, .f32 = view_f32, .int8 = view_int8, .rows_load = view_rows_load,
+                         .rows_store = view_rows_store};
+    return v;
 }
 
 int oz_llama_vocab_block_rows(const oz_llama_config *c) {
@@ -478,16 +514,6 @@ int oz_llama_vocab_block_rows(const oz_llama_config *c) {
     int align = (int)oz_qw_row_unit((size_t)d); /* blocks start on 8-bit moment blocks */
     rows = (rows + align - 1) / align * align;
     return rows < V ? rows : V;
-}
-
-void oz_llama_set_tensor_hook(oz_llama *m, oz_tensor_hook hook, void *user) {
-    m->thook = hook;
-    m->thook_user = user;
-}
-
-void oz_llama_set_factor_hook(oz_llama *m, oz_factor_hook hook, void *user) {
-    m->fhook = hook;
-    m->fhook_user = user;
 }
 
 static bool valid_matrix(const oz_llama *m, int layer, int matrix) {
@@ -661,7 +687,7 @@ static void per_tensor_sizes(const oz_param_layout *lay, const oz_llama_shape *s
     for (int i = 0; i < lay->n; i++) {
         const oz_param_info *p = &lay->params[i];
         /* A factored matrix's gradient is never formed: it takes no room. */
-        if (p->frozen || p->layer < 0 || oz_param_factored(p, s->factored_grads)) continue;
+        if (p->frozen || p->layer < 0 || oz_param_factored(p, s->grads.factored)) continue;
         if (p->layer != cur) {
             cur = p->layer;
             memset(run, 0, sizeof run);
@@ -675,7 +701,7 @@ static void per_tensor_sizes(const oz_param_layout *lay, const oz_llama_shape *s
 
 /* Floats of the outer gradient buffer: the final norm alone in blocks, else the layout's span. */
 static size_t outer_grad_floats(const oz_llama *m) {
-    return m->shape.outer_grad_blocks ? (size_t)m->cfg.hidden_size : m->layout.outer_grad;
+    return m->shape.grads.vocab_blocks ? (size_t)m->cfg.hidden_size : m->layout.outer_grad;
 }
 
 /* Lists every buffer a model with this config and shape allocates. m may be a zeroed dummy when
@@ -723,13 +749,13 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
         want(bl, &m->wmat, OZ_MEM_SCRATCH, F32(max_matrix_floats(lay, s->int8_block_floats)), "dequantized INT8 rows (or factor pair)");
     }
     /* Frozen tensors have no gradient: the buffers hold the trainable tensors only. */
-    if (s->with_grads && !s->per_layer_grads) want(bl, &m->grads, OZ_MEM_GRADS, F32(lay->grad_total), "gradients");
-    if (s->with_grads && s->per_layer_grads) {
+    if (s->with_grads && !s->grads.per_layer) want(bl, &m->grads, OZ_MEM_GRADS, F32(lay->grad_total), "gradients");
+    if (s->with_grads && s->grads.per_layer) {
         size_t layer_n = lay->max_layer_grad;
-        if (s->per_tensor_grads) per_tensor_sizes(lay, s, NULL, &layer_n);
+        if (s->grads.immediate) per_tensor_sizes(lay, s, NULL, &layer_n);
         want(bl, &m->layer_grads, OZ_MEM_GRADS, F32(layer_n),
-             s->per_tensor_grads ? "gradients handed off together" : "one layer's gradients");
-        if (!s->outer_grad_blocks) {
+             s->grads.immediate ? "gradients handed off together" : "one layer's gradients");
+        if (!s->grads.vocab_blocks) {
             want(bl, &m->outer_grads, OZ_MEM_GRADS, F32(lay->outer_grad), "embedding/head gradients");
         } else {
             bool embed = false, head = false, norm = false;
@@ -846,7 +872,7 @@ static size_t offload_bytes(const oz_llama *m) {
 }
 
 static oz_status check_shape(const oz_llama_config *c, const oz_llama_shape *s, oz_err *err) {
-    if (s->outer_grad_blocks && (!s->with_grads || !s->per_layer_grads || c->tie_word_embeddings))
+    if (s->grads.vocab_blocks && (!s->with_grads || !s->grads.per_layer || c->tie_word_embeddings))
         return oz_fail(err, OZ_ERR_INPUT, "embedding/head gradients in blocks need per-layer gradients and an untied head");
     if (s->batch <= 0 || s->seq <= 0)
         return oz_fail(err, OZ_ERR_INPUT, "batch and sequence length must be positive (got %d, %d)", s->batch,
@@ -855,21 +881,21 @@ static oz_status check_shape(const oz_llama_config *c, const oz_llama_shape *s, 
         return oz_fail(err, OZ_ERR_INPUT, "mini-sequence chunk counts must both be positive or both 0");
     if (s->bf16_checkpoints && (!s->recompute || !s->with_grads))
         return oz_fail(err, OZ_ERR_INPUT, "bf16 checkpoints are recomputation's saved inputs: they need recompute (training)");
-    if (s->bf16_vocab && !(s->int8_matrices && s->outer_grad_blocks))
+    if (s->bf16_vocab && !(s->int8_matrices && s->grads.vocab_blocks))
         return oz_fail(err, OZ_ERR_INPUT, "a bf16 embedding/head needs INT8 matrices and gradients in vocabulary blocks");
     if (s->offload_checkpoints && !s->bf16_checkpoints)
         return oz_fail(err, OZ_ERR_INPUT, "offloaded checkpoints are bf16 checkpoints: they need bf16_checkpoints");
     if ((long)s->mlp_chunks > (long)s->batch * s->seq || (long)s->head_chunks > (long)s->batch * s->seq)
         return oz_fail(err, OZ_ERR_INPUT, "more mini-sequences (%d, %d) than tokens (%ld)", s->mlp_chunks,
                        s->head_chunks, (long)s->batch * s->seq);
-    if (s->per_tensor_grads && !(s->with_grads && s->per_layer_grads))
+    if (s->grads.immediate && !(s->with_grads && s->grads.per_layer))
         return oz_fail(err, OZ_ERR_INTERNAL, "per-tensor gradients need with_grads and per_layer_grads");
-    if (s->factored_grads && !s->per_tensor_grads)
+    if (s->grads.factored && !s->grads.immediate)
         return oz_fail(err, OZ_ERR_INTERNAL, "factored gradients need per-tensor gradients");
-    if (s->factored_grads >> OZ_LLAMA_MATRICES)
-        return oz_fail(err, OZ_ERR_INTERNAL, "factored gradients: mask 0x%x names no matrix", s->factored_grads);
+    if (s->grads.factored >> OZ_LLAMA_MATRICES)
+        return oz_fail(err, OZ_ERR_INTERNAL, "factored gradients: mask 0x%x names no matrix", s->grads.factored);
     unsigned mlp = (1u << OZ_M_GATE) | (1u << OZ_M_UP) | (1u << OZ_M_DOWN);
-    if ((s->factored_grads & mlp) && s->mlp_chunks > 1)
+    if ((s->grads.factored & mlp) && s->mlp_chunks > 1)
         return oz_fail(err, OZ_ERR_INTERNAL, "factored MLP gradients need one MLP chunk (they accumulate over chunks)");
     return OZ_OK;
 }
@@ -995,7 +1021,7 @@ oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend
     m->wmat_id = -1;
     m->wmat_n = shape.int8_matrices ? max_matrix_floats(&m->layout, shape.int8_block_floats) : 0;
     m->layer_grad_n = m->layout.max_layer_grad;
-    if (shape.per_tensor_grads) {
+    if (shape.grads.immediate) {
         m->tgrad_off = calloc((size_t)m->layout.n, sizeof *m->tgrad_off);
         if (!m->tgrad_off) return oz_fail(err, OZ_ERR_NOMEM, "out of memory creating the model");
         per_tensor_sizes(&m->layout, &m->shape, m->tgrad_off, &m->layer_grad_n);
@@ -1046,6 +1072,7 @@ void oz_llama_destroy(oz_llama *m) {
 }
 
 void oz_llama_zero_grads(oz_llama *m) {
+    m->backwards = 0;
     if (m->grads) m->be->fill(m->be, m->grads, 0.0f, m->layout.grad_total);
     if (m->outer_grads) m->be->fill(m->be, m->outer_grads, 0.0f, outer_grad_floats(m));
 }
@@ -1078,7 +1105,7 @@ static layer_weights layer_params(oz_llama *m, int l) {
 static void dequantize_param(oz_llama *m, int i, float *dst) {
     uint8_t *q, *z;
     float *sc;
-    if (oz_llama_param_int8(m, i, &q, &sc, &z)) m->be->i8_dequantize(m->be, q, sc, z, m->layout.params[i].numel, dst);
+    if (param_int8(m, i, &q, &sc, &z)) m->be->i8_dequantize(m->be, q, sc, z, m->layout.params[i].numel, dst);
 }
 
 /* Matrix j of w's layer, ready for the GEMMs that read its weights. INT8 mode dequantizes it into the
@@ -1146,7 +1173,7 @@ static const float *deq_rows(const lin *w, int r0, int n) {
     oz_llama *m = w->blk_m;
     uint8_t *q = NULL, *z = NULL;
     float *sc = NULL;
-    oz_llama_param_int8(m, w->blk_index, &q, &sc, &z);
+    param_int8(m, w->blk_index, &q, &sc, &z);
     size_t off = (size_t)r0 * w->in, g0 = off / OZ_QW_GROUP;
     m->wmat_id = -1;
     m->be->i8_dequantize(m->be, q + off, sc + g0, z + g0, (size_t)n * w->in, m->wmat);
@@ -1180,7 +1207,7 @@ static void lin_bwd(oz_backend *be, const lin *w, const lin_grad *gw, const floa
     if (!w->a) {
         if (gw->w) be->gemm(be, 1, 0, w->out, w->in, rows, 1.0f, dy, w->out, x, w->in, 1.0f, gw->w, w->in);
         /* Factored: the gradient dy^T x goes out as its factors, before dx may overwrite x. */
-        if (gw->fm && gw->fm->fhook) gw->fm->fhook(gw->fm->fhook_user, gw->findex, dy, w->out, x, w->in, rows);
+        if (gw->fm) emit_factors(gw->fm, gw->findex, dy, w->out, x, w->in, rows);
         if (!w->blk_m) {
             be->gemm(be, 0, 0, rows, w->in, w->out, 1.0f, dy, w->out, w->w, w->in, beta_dx, dx, w->in);
             return;
@@ -1294,7 +1321,7 @@ static void layer_forward(oz_llama *m, int l, layer_acts *a, float *out, const d
  * zeroes the group's gradients (the buffer holds the group before), end hands each tensor to the
  * tensor hook. No-ops in the other modes. */
 static void group_begin(oz_llama *m, int l, int group) {
-    if (!m->shape.per_tensor_grads) return;
+    if (!m->shape.grads.immediate) return;
     const oz_param_layout *lay = &m->layout;
     for (int i = lay->layer_first[l]; i < lay->layer_first[l + 1]; i++) {
         float *g = oz_llama_grad(m, i);
@@ -1305,13 +1332,15 @@ static void group_begin(oz_llama *m, int l, int group) {
 /* Hands tensor i's gradient to the tensor hook (not a frozen one, nor one whose rows went to the
  * rows hook). The hook may update weights, so the dequantized matrix is stale afterwards. */
 static void hand_off(oz_llama *m, int i) {
-    if (m->layout.params[i].frozen || !m->thook || oz_llama_grad_in_blocks(m, i)) return;
+    if (m->layout.params[i].frozen || !m->sink.take || oz_llama_grad_in_blocks(m, i)) return;
     m->wmat_id = -1;
-    m->thook(m->thook_user, i);
+    /* A layer tensor's buffer is not read again (the next group's are zeroed before they
+     * accumulate), so the sink may build its update there. */
+    emit_tensor(m, i, m->layout.params[i].layer >= 0, false);
 }
 
 static void group_end(oz_llama *m, int l, int group) {
-    if (!m->shape.per_tensor_grads) return;
+    if (!m->shape.grads.immediate) return;
     const oz_param_layout *lay = &m->layout;
     for (int i = lay->layer_first[l]; i < lay->layer_first[l + 1]; i++)
         if (grad_group(&m->shape, &lay->params[i]) == group) hand_off(m, i);
@@ -1348,7 +1377,7 @@ static void layer_backward(oz_llama *m, int l, layer_acts *a, const dims *g) {
     oz_backend *be = m->be;
     layer_weights w = layer_params(m, l);
     layer_grads gw = layer_grad_tensors(m, l);
-    bool per_tensor = m->shape.per_tensor_grads;
+    bool per_tensor = m->shape.grads.immediate;
     if (m->layer_grads && !per_tensor) be->fill(be, m->layer_grads, 0.0f, m->layer_grad_n);
     int N = g->N, d = g->d, chunks = m->shape.mlp_chunks;
     if (chunks == 0) {
@@ -1472,7 +1501,7 @@ static void head_blocks(oz_llama *m, const oz_llama_batch *b, float grad_scale, 
             be->gemm(be, 0, 0, rows, d, vr, 1.0f, m->logits, vr, wb, d, v0 == 0 ? 0.0f : 1.0f, m->dln + (size_t)r0 * d, d);
             be->gemm(be, 1, 0, vr, d, rows, 1.0f, m->logits, vr, xin, d, i == 0 ? 0.0f : 1.0f, m->vblock, d);
         }
-        if (m->rows_hook) m->rows_hook(m->rows_user, hi, v0, vr, m->vblock);
+        emit_rows(m, hi, v0, vr, m->vblock);
     }
 }
 
@@ -1490,7 +1519,7 @@ static oz_status embedding_blocks(oz_llama *m, const oz_llama_batch *b, const di
         be->to_device(be, m->ids_block, ids, (size_t)N * sizeof *ids);
         be->fill(be, m->vblock, 0.0f, (size_t)vr * d);
         be->embedding_bwd(be, m->vblock, m->dx, m->ids_block, N, d, vr);
-        if (m->rows_hook) m->rows_hook(m->rows_user, 0, v0, vr, m->vblock);
+        emit_rows(m, 0, v0, vr, m->vblock);
     }
     free(ids);
     return OZ_OK;
@@ -1604,7 +1633,7 @@ oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float 
     if (grad_scale == 0.0f) return oz_fail(err, OZ_ERR_INTERNAL, "backward needs a non-zero grad_scale");
     oz_backend *be = m->be;
     dims g = dims_of(m, b->B, b->T);
-    bool per_tensor = m->shape.per_tensor_grads, tied = m->cfg.tie_word_embeddings;
+    bool per_tensor = m->shape.grads.immediate, tied = m->cfg.tie_word_embeddings;
     int fn = final_norm_index(m);
     /* Per-tensor mode: every call starts from zero (each gradient is handed off within it). */
     if (per_tensor && m->outer_grads) be->fill(be, m->outer_grads, 0.0f, outer_grad_floats(m));
@@ -1631,7 +1660,7 @@ oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float 
             layer_forward(m, l, a, NULL, &g, true);
         }
         layer_backward(m, l, a, &g);
-        if (m->hook && !per_tensor) m->hook(m->hook_user, l);
+        if (m->shape.grads.per_layer && !per_tensor) emit_buffered(m, l, false);
     }
     /* A frozen embedding needs nothing from here: nothing flows further back. */
     float *demb = oz_llama_grad(m, 0);
@@ -1640,8 +1669,10 @@ oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float 
     if (per_tensor) {
         hand_off(m, 0);
         if (tied) hand_off(m, fn);
-    } else if (m->hook) {
-        m->hook(m->hook_user, -1);
+    } else if (!m->shape.grads.per_layer && m->backwards == 0) {
+        /* The first micro-batch's gradients, for what needs them before more accumulate. */
+        emit_buffered(m, -2, true);
     }
+    m->backwards++;
     return OZ_OK;
 }

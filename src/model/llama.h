@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include "backend/backend.h"
 #include "mem/arena.h"
+#include "model/grad_sink.h"
+#include "model/weights_view.h"
 #include "util/err.h"
 
 typedef enum { OZ_ROPE_DEFAULT = 0, OZ_ROPE_LINEAR, OZ_ROPE_LLAMA3 } oz_rope_type;
@@ -133,81 +135,28 @@ void oz_llama_init_params(const oz_llama_config *cfg, const oz_param_layout *lay
 /* A model instance on a backend: parameters, optional gradients, activations for (B, T). */
 typedef struct oz_llama oz_llama;
 
+/* What buffers a model instance has and how it stores its weights (docs/memory.md). */
 typedef struct {
-    int batch, seq;               /* activation buffers are sized for these */
-    bool with_grads;              /* allocate gradient buffers */
-    /* With with_grads: instead of a full-model gradient buffer, one layer's worth (reused by every
-     * layer, zeroed before each layer's backward) plus the embedding/final-norm/head gradients.
-     * A layer's gradients are only valid inside its grad hook: per-layer optimizers consume them
-     * there. */
-    bool per_layer_grads;
-    /* With per_layer_grads, an untied head and updates applied as gradients arrive: the embedding
-     * and LM-head gradients exist one block of vocabulary rows at a time (oz_llama_vocab_block_rows
-     * rows, about hidden_size: 8 blocks of 4000 rows at 7b, 62.5 MiB instead of two 500 MiB
-     * gradients) and go to the rows hook as each block completes. The head's loss then takes two
-     * passes: each row's log-sum-exp over the whole vocabulary, then per block its logits, loss
-     * gradient, dX contribution and weight gradient (one more logits GEMM than the fused path).
-     * oz_llama_grad returns NULL for the embedding and head. */
-    bool outer_grad_blocks;
-    /* With per_layer_grads: each tensor's gradient is handed to the tensor hook
-     * (oz_llama_set_tensor_hook) the moment it is complete in the backward, and is only valid inside
-     * that call; the next tensors reuse its memory. The per-layer buffer then holds the largest set
-     * of gradients that are live together: one matrix (both factors of a low-rank one) or one norm,
-     * except that with mlp_chunks > 1 gate, up and down accumulate over the chunks and are handed off
-     * together after the last one. The final norm and an untied head are handed off right after the
-     * head's backward (before any layer's), the embedding at the very end (tied: with the final
-     * norm); under outer_grad_blocks the embedding and head go to the rows hook instead. Every call's
-     * gradients start from zero (nothing accumulates across calls), and the grad hook is not called.
-     * For updates that need no whole-step quantity (no clipping, no accumulation): the trainer's
-     * immediate mode. */
-    bool per_tensor_grads;
-    /* With per_tensor_grads: a bitmask over OZ_M_Q..OZ_M_DOWN (1u << matrix) of the dense layer
-     * matrices whose weight gradient G = dY^T X (dY: the layer output's gradient, rows x out; X:
-     * its input, rows x in) is never formed. Their backward skips the dW GEMM and hands (dY, X) to
-     * the factor hook (oz_llama_set_factor_hook) before dX is computed (so X is intact; the weight
-     * is read afterwards for dX, so the factor hook must not change it); the tensor hook follows
-     * after dX as usual, with oz_llama_grad NULL. Such tensors take no gradient memory (the layer
-     * buffer holds what is still materialized: norms, low-rank factors, other matrices). MLP bits
-     * need mlp_chunks <= 1 (over chunks G accumulates). For optimizers that only need products of
-     * G (GaLore's projections, the randomized range finder). oz_param_factored says which tensors. */
-    unsigned factored_grads;
-    /* Q-GaLore: the seven attention/MLP matrices of every layer are stored as INT8 (groups of 256,
-     * asymmetric, range including 0). The GEMMs that read one (forward, recompute, the backward's
-     * dX) dequantize it a block of rows at a time into a small scratch (int8_block_floats), a
-     * low-rank one's factor pair whole; norms are read in place. No fp32 copy of a matrix exists. */
+    int batch, seq;        /* activation buffers are sized for these */
+    bool with_grads;       /* training: gradient buffers, backward */
+    oz_grad_mode grads;    /* how gradients leave the model (model/grad_sink.h) */
+    /* Q-GaLore: the seven matrices of every layer stored INT8 (groups of 256, numeric/quant.h),
+     * dequantized a row block at a time (about int8_block_floats values; 0: 8M) for their GEMMs. */
     bool int8_matrices;
-    /* With int8_matrices and outer_grad_blocks (Q-GaLore's format for what it does not quantize):
-     * the embedding and the LM head are stored in bf16, half their bytes. Their GEMMs read them a
-     * vocabulary block at a time widened into an fp32 scratch (exact); their updates go through
-     * oz_llama_rows_load / oz_llama_rows_store, which round the updated rows back with stochastic
-     * rounding (quant.h's oz_bf16_sr), so small updates are not lost to rounding on average. The
-     * final norm stays fp32. oz_llama_param returns NULL for the two (oz_llama_param_bf16 gives
-     * them); read/write_param convert (write rounds to nearest). */
-    bool bf16_vocab;
-    /* INT8 dense matrices are dequantized for their GEMMs in blocks of rows of about this many
-     * values (0: 8M, 32 MiB; tests use small blocks to run many). */
     size_t int8_block_floats;
-    bool recompute;               /* keep only each layer's input; recompute the layer in backward */
-    /* With recompute and with_grads: the saved layer inputs are stored in bf16 (half the bytes;
-     * the dominant activation term at long sequences). The forward rounds the residual stream to
-     * bf16 at every layer boundary (and after the embedding) and continues from the rounded value,
-     * so the recomputation sees exactly what the forward saw and the step is still deterministic;
-     * the backward treats the rounding as identity. */
+    /* With int8_matrices and grads.vocab_blocks: embedding and head stored in bf16, read a
+     * vocabulary block at a time widened to fp32, updated through the rows window with stochastic
+     * rounding. */
+    bool bf16_vocab;
+    bool recompute;           /* keep only each layer's input; recompute the layer in backward */
+    /* With recompute: the saved layer inputs in bf16 (the residual stream is rounded at every layer
+     * boundary, so recomputation is exact); offload_checkpoints keeps them in host memory. */
     bool bf16_checkpoints;
-    /* With bf16_checkpoints: the saved layer inputs live in host memory the backend copies fastest
-     * (page-locked on CUDA; Unsloth's "offloaded gradient checkpointing"): each one goes out through
-     * one device staging buffer as the forward leaves its layer and comes back through it before
-     * the layer's recomputation. Device memory keeps one checkpoint instead of one per layer; the
-     * numbers are those of bf16_checkpoints, bit for bit (the same rounding, only the place
-     * differs). oz_llama_plan.host_bytes and oz_llama_host_bytes give the host side. */
     bool offload_checkpoints;
-    /* Mini-sequences (MsT): 0 = off. Otherwise the MLP runs over mlp_chunks chunks of the B*T
-     * tokens (its intermediates are recomputed chunk by chunk in backward, never stored for all
-     * tokens) and the LM head + loss over head_chunks chunks, so no tokens x intermediate or
-     * tokens x vocab buffer exists. The last chunk may be shorter. */
+    /* Mini-sequences (MsT), 0 = off: the MLP over mlp_chunks chunks of the B*T tokens and the head
+     * + loss over head_chunks, so no tokens x intermediate or tokens x vocab buffer exists. */
     int mlp_chunks, head_chunks;
-    /* OZ_FREEZE_* flags: which tensors train (a training choice, not part of the model file). */
-    unsigned freeze;
+    unsigned freeze; /* OZ_FREEZE_* flags */
 } oz_llama_shape;
 
 /* MsT's rule for --mini-seq auto: MLP chunks of about hidden_size tokens, ceil(vocab/hidden)
@@ -226,24 +175,7 @@ typedef struct {
 oz_status oz_llama_plan_memory(const oz_llama_config *cfg, oz_llama_shape shape, oz_llama_plan *plan,
                                oz_err *err);
 
-/* Called during backward as soon as a group of parameter gradients is complete: each layer
- * (layer = 0..L-1, in reverse order), then the embedding/final-norm/head group (layer = -1) at
- * the very end. Per-layer optimizers consume gradients here. */
-typedef void (*oz_grad_hook)(void *user, int layer);
-/* Per-tensor mode (oz_llama_shape.per_tensor_grads): called once per trainable tensor and
- * forward_backward call, as soon as that tensor's gradient is complete; oz_llama_grad(model, index)
- * is valid only during the call. The tensor's weight is never read again in that backward, so the
- * hook may update it on the spot, and a layer tensor's gradient buffer is not read again either
- * (the next group's gradients are zeroed before they accumulate), so the hook may use it as
- * scratch. */
-typedef void (*oz_tensor_hook)(void *user, int index);
-/* Factored gradients (oz_llama_shape.factored_grads): called in the backward of parameter `index`
- * with the factors of its gradient G = dy^T x (out x in, the gradient of this call's loss): dy
- * (rows, out) and x (rows, in), row-major with leading dimensions ldy and ldx, valid only during the
- * call. The weight is still read after it (for dX): the hook must not update it (the tensor hook,
- * called after dX, may). */
-typedef void (*oz_factor_hook)(void *user, int index, const float *dy, int ldy, const float *x, int ldx, int rows);
-/* True when parameter p's gradient is factored under mask (oz_llama_shape.factored_grads): a dense,
+/* True when parameter p's gradient is emitted as factors under mask (oz_grad_mode.factored): a dense,
  * trainable layer matrix whose bit is set. */
 bool oz_param_factored(const oz_param_info *p, unsigned mask);
 
@@ -256,34 +188,25 @@ const oz_param_layout *oz_llama_get_layout(const oz_llama *model);
 float *oz_llama_params(oz_llama *model);  /* backend memory, layout->total floats; NULL with int8_matrices */
 /* Parameter `index` in backend memory; NULL for an INT8 matrix or a bf16 embedding/head. */
 float *oz_llama_param(oz_llama *model, int index);
-/* A bf16 embedding or head (oz_llama_shape.bf16_vocab) in backend memory; NULL otherwise. */
+/* A bf16 embedding or head (bf16_vocab) in backend memory; NULL otherwise. */
 uint16_t *oz_llama_param_bf16(oz_llama *model, int index);
-/* Rows [row0, row0 + rows) of the embedding or head (rows <= oz_llama_vocab_block_rows) as fp32
- * backend memory to update in place: the tensor itself, or for a bf16 one its rows widened into
- * the model's row scratch (valid until the next model call). oz_llama_rows_store then rounds the
- * scratch back into the bf16 rows with stochastic rounding from stream `key` (element indices
- * counted over the whole tensor); a no-op for an fp32 tensor. */
-float *oz_llama_rows_load(oz_llama *model, int index, int row0, int rows);
-void oz_llama_rows_store(oz_llama *model, int index, int row0, int rows, uint64_t key);
-/* An INT8 matrix's codes (numel), scales and zero points (one per group of 256); false when the
- * parameter is not stored as INT8. */
-bool oz_llama_param_int8(oz_llama *model, int index, uint8_t **q, float **scale, uint8_t **zero);
-/* Sets every parameter from a host buffer in layout order (INT8 matrices are quantized,
- * round-to-nearest), or writes them out (INT8 matrices dequantized). */
+/* The optimizer's view of the weights: fp32 tensors, INT8 codes, the embedding/head rows window
+ * (rows <= oz_llama_vocab_block_rows; SR element indices counted over the whole tensor). */
+oz_weights_view oz_llama_weights(oz_llama *model);
+/* Every parameter from a host buffer in layout order (INT8 matrices quantized, round to nearest),
+ * or to one (dequantized). */
 void oz_llama_import_params(oz_llama *model, const float *host);
 void oz_llama_export_params(oz_llama *model, float *host);
-/* Copies parameter `index` (numel floats) from backend memory to host, or from host into the
- * model (an INT8 matrix is dequantized / quantized round-to-nearest). */
+/* Parameter `index` (numel floats) to or from the host, converted as above. */
 void oz_llama_read_param(oz_llama *model, int index, float *host);
 void oz_llama_write_param(oz_llama *model, int index, const float *host);
-/* The full gradient buffer (layout->grad_total floats, trainable tensors at grad_offset); NULL
- * without it (per-layer mode). */
+/* The full gradient buffer (layout->grad_total floats, trainable tensors at grad_offset); NULL in
+ * per-layer mode. */
 float *oz_llama_grads(oz_llama *model);
 /* Host memory the model holds outside the arena (offloaded checkpoints); 0 otherwise. */
 size_t oz_llama_host_bytes(const oz_llama *model);
-/* Gradient of parameter `index` (layout order); NULL for a frozen or factored tensor. In per-layer mode a layer
- * tensor's gradient is only valid inside that layer's grad hook; in per-tensor mode every tensor's
- * only inside its tensor hook. */
+/* Parameter `index`'s gradient buffer, for inspection: NULL for a frozen, factored or row-block
+ * tensor; in per-layer mode only valid while its event is being taken. */
 float *oz_llama_grad(oz_llama *model, int index);
 
 /* ---- low-rank matrices
@@ -320,26 +243,24 @@ typedef struct {
 /* Forward pass; *loss_sum and *n_targets receive the summed loss and the count of targets. */
 oz_status oz_llama_forward(oz_llama *model, const oz_llama_batch *batch, double *loss_sum,
                            long *n_targets, oz_err *err);
-/* Forward + backward; gradients are ACCUMULATED into the gradient buffer, scaled so that the
- * gradient is d(loss_sum * grad_scale). Call oz_llama_zero_grads first for a fresh step. */
+/* Forward + backward of loss_sum * grad_scale. Gradients accumulate in the model's buffers and
+ * are emitted to the sink as grads (oz_grad_mode) says: per layer or per tensor as the backward
+ * completes them, in row blocks, as factors. In whole-model mode the first call after
+ * oz_llama_zero_grads also emits every gradient as partial. */
 oz_status oz_llama_forward_backward(oz_llama *model, const oz_llama_batch *batch, float grad_scale,
                                     double *loss_sum, long *n_targets, oz_err *err);
 void oz_llama_zero_grads(oz_llama *model);
-void oz_llama_set_grad_hook(oz_llama *model, oz_grad_hook hook, void *user);
-/* outer_grad_blocks: called with the complete gradient of rows [row0, row0 + rows) of parameter
- * `index` (the embedding, 0, or the head), in blocks in row order: the head's right after the
- * head's backward, before any layer's; the embedding's at the very end. The head block's weights
- * are not read again in the step, so the hook may update them at once. */
-typedef void (*oz_rows_hook)(void *user, int index, int row0, int rows, const float *grad);
-void oz_llama_set_rows_hook(oz_llama *model, oz_rows_hook hook, void *user);
-/* Rows per vocabulary block under outer_grad_blocks: ceil(V / ceil(V / hidden_size)), rounded up
- * so a block starts at a multiple of 256 elements (8-bit optimizer blocks). */
+/* Emits, once the step's micro-batches are done, what accumulated in the model's buffers and was
+ * not emitted during the backward: every tensor (whole-model mode), or the embedding, final norm
+ * and head (per-layer mode). */
+void oz_llama_emit_accumulated(oz_llama *model);
+/* Where gradients go (a zeroed sink: nowhere). */
+void oz_llama_set_grad_sink(oz_llama *model, oz_grad_sink sink);
+/* Rows per vocabulary block: ceil(V / ceil(V / hidden_size)), rounded up so a block starts at a
+ * multiple of 256 elements (8-bit optimizer blocks). */
 int oz_llama_vocab_block_rows(const oz_llama_config *cfg);
-/* True when parameter `index`'s gradient goes through the rows hook (so oz_llama_grad is NULL). */
+/* True when parameter `index`'s gradient is emitted in row blocks / as factors. */
 bool oz_llama_grad_in_blocks(const oz_llama *model, int index);
-void oz_llama_set_tensor_hook(oz_llama *model, oz_tensor_hook hook, void *user);
-void oz_llama_set_factor_hook(oz_llama *model, oz_factor_hook hook, void *user);
-/* True when parameter `index`'s gradient goes to the factor hook (so oz_llama_grad is NULL). */
 bool oz_llama_grad_factored(const oz_llama *model, int index);
 
 #endif

@@ -62,7 +62,9 @@ struct oz_optimizer {
     void *pool;             /* u, rimm, deq, delta / fac, and on a GPU the subspace workspace (pool_of) */
     size_t pool_bytes;
     float *grad_scratch;    /* consume_scratch: the gradient being consumed, free to overwrite */
-    oz_llama *model;
+    oz_weights_view w;      /* where the weights are (oz_optimizer_bind_weights) */
+    oz_status status;       /* the first failure of this step's sink events */
+    oz_err status_err;
     float lr;               /* this step's learning rate (immediate updates need it in the hook) */
     double applied_sumsq;   /* gradient norm squared of what immediate updates consumed */
     oz_refresh_progress_fn on_refresh; /* after each subspace refresh of a step (progress lines) */
@@ -72,7 +74,19 @@ struct oz_optimizer {
     int n_owned, cap_owned;
 };
 
-static const char *const kind_names[] = {"adamw", "adamw8bit", "galore", "galore8bit", "qgalore"};
+static const oz_optim_traits kind_traits[] = {
+    [OZ_OPTIM_ADAMW] = {"adamw", false, false, false, false, 32},
+    [OZ_OPTIM_ADAMW8BIT] = {"adamw8bit", false, true, false, false, 32},
+    [OZ_OPTIM_GALORE] = {"galore", true, false, false, false, 32},
+    [OZ_OPTIM_GALORE8BIT] = {"galore8bit", true, true, false, false, 32},
+    [OZ_OPTIM_QGALORE] = {"qgalore", true, true, true, true, 4},
+};
+#define N_KINDS ((int)(sizeof kind_traits / sizeof kind_traits[0]))
+
+const oz_optim_traits *oz_optim_traits_of(oz_optim_kind kind) {
+    return (unsigned)kind < (unsigned)N_KINDS ? &kind_traits[kind] : &kind_traits[OZ_OPTIM_ADAMW];
+}
+
 static const char *const proj_names[] = {"std", "reverse_std", "left", "right", "full"};
 static const char *const switch_names[] = {"keep", "reset", "rotate"};
 
@@ -91,18 +105,25 @@ static int name_index(const char *const *names, int n, const char *name) {
         return true;                                                    \
     } while (0)
 
-bool oz_optim_kind_parse(const char *name, oz_optim_kind *kind) { PARSE_ENUM(kind_names, oz_optim_kind, kind); }
+bool oz_optim_kind_parse(const char *name, oz_optim_kind *kind) {
+    for (int i = 0; i < N_KINDS; i++)
+        if (strcmp(name, kind_traits[i].name) == 0) {
+            *kind = (oz_optim_kind)i;
+            return true;
+        }
+    return false;
+}
 bool oz_proj_type_parse(const char *name, oz_proj_type *proj) { PARSE_ENUM(proj_names, oz_proj_type, proj); }
 bool oz_switch_mode_parse(const char *name, oz_switch_mode *mode) { PARSE_ENUM(switch_names, oz_switch_mode, mode); }
 
 const char *oz_optim_kind_name(oz_optim_kind kind) {
-    return (unsigned)kind < sizeof kind_names / sizeof kind_names[0] ? kind_names[kind] : "?";
+    return (unsigned)kind < (unsigned)N_KINDS ? kind_traits[kind].name : "?";
 }
 
 /* ---------------------------------------------------------------- slot shapes */
 
 static bool is_galore_target(const oz_optim_config *c, const oz_param_info *p) {
-    if (c->kind != OZ_OPTIM_GALORE && c->kind != OZ_OPTIM_GALORE8BIT && c->kind != OZ_OPTIM_QGALORE) return false;
+    if (!oz_optim_traits_of(c->kind)->galore) return false;
     bool attn = p->kind == OZ_P_Q || p->kind == OZ_P_K || p->kind == OZ_P_V || p->kind == OZ_P_O;
     bool mlp = p->kind == OZ_P_GATE || p->kind == OZ_P_UP || p->kind == OZ_P_DOWN;
     return (attn && c->galore_attn) || (mlp && c->galore_mlp);
@@ -135,9 +156,8 @@ static void shape_slot(const oz_optim_config *c, const oz_param_info *p, int ind
         s->b = 1;
         s->n = p->numel;
     }
-    bool eight = c->kind == OZ_OPTIM_ADAMW8BIT || c->kind == OZ_OPTIM_GALORE8BIT || c->kind == OZ_OPTIM_QGALORE;
-    s->q8 = eight && s->n >= OZ_Q8_MIN_SIZE;
-    s->factored = s->galore && c->immediate && oz_param_factored(p, c->factored_matrices);
+    s->q8 = oz_optim_traits_of(c->kind)->moments_8bit && s->n >= OZ_Q8_MIN_SIZE;
+    s->factored = s->galore && c->grads.immediate && oz_param_factored(p, c->grads.factored);
 }
 
 /* The seed of a tensor's stochastic-rounding streams (INT8 updates, bf16 rows): the run's seed
@@ -174,8 +194,8 @@ static void slot_buffers(const oz_optim_config *c, slot *s, want_fn want, void *
         }
         if (c->lazy) want(ctx, (void **)&s->v1, OZ_MEM_PROJ, (size_t)first_vector_len(s) * f, "first basis vector");
         /* immediate updates apply each gradient as it is consumed: no accumulator */
-        if (!c->immediate) want(ctx, (void **)&s->racc, OZ_MEM_GRADS, s->n * f, "projected gradient");
-    } else if (c->per_layer && s->p->layer >= 0 && !c->immediate) {
+        if (!c->grads.immediate) want(ctx, (void **)&s->racc, OZ_MEM_GRADS, s->n * f, "projected gradient");
+    } else if (c->grads.per_layer && s->p->layer >= 0 && !c->grads.immediate) {
         want(ctx, (void **)&s->gacc, OZ_MEM_GRADS, s->n * f, "gradient accumulator");
     }
     if (s->q8) {
@@ -234,12 +254,12 @@ static void scratch_of(const oz_optim_config *c, const slot *s, bool gpu, scratc
     if (c->at_switch == OZ_SWITCH_ROTATE && (size_t)2 * s->r * s->r > z->c) z->c = (size_t)2 * s->r * s->r;
     if (basis_len(s) > z->basis) z->basis = basis_len(s);
     if (c->int8_weights && delta_rows(c, s) * s->b > z->delta) z->delta = delta_rows(c, s) * s->b;
-    size_t fac = s->factored ? (size_t)c->tokens * s->r * (s->side == SIDE_FULL ? 2 : 1) : 0;
+    size_t fac = s->factored ? (size_t)c->grads.tokens * s->r * (s->side == SIDE_FULL ? 2 : 1) : 0;
     if (fac > z->fac) z->fac = fac;
     /* The subspace call's workspace: LAPACK's host malloc on the CPU, device scratch on a GPU
      * (with the factored range finder's (tokens, l) intermediate for a factored matrix). */
-    size_t ws = s->factored ? (gpu ? oz_subspace_device_factored_workspace_bytes(1, s->a, s->b, s->r, c->tokens)
-                                   : oz_subspace_factored_workspace_bytes(s->a, s->b, s->r, c->tokens))
+    size_t ws = s->factored ? (gpu ? oz_subspace_device_factored_workspace_bytes(1, s->a, s->b, s->r, c->grads.tokens)
+                                   : oz_subspace_factored_workspace_bytes(s->a, s->b, s->r, c->grads.tokens))
                 : gpu ? oz_subspace_device_workspace_bytes(1, s->a, s->b, s->r, c->subspace)
                       : oz_subspace_workspace_bytes(s->a, s->b, s->r, c->subspace);
     if (ws > z->workspace) z->workspace = ws;
@@ -264,7 +284,7 @@ static size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 static pool_layout pool_of(const oz_optim_config *c, const scratch_sizes *z, bool gpu) {
     pool_layout p = {0, 0, 0, 0, 0};
     size_t f = sizeof(float), cur = align256(z->n * f);
-    if (c->immediate) p.rimm = cur, cur += align256(z->n * f);
+    if (c->grads.immediate) p.rimm = cur, cur += align256(z->n * f);
     if (c->proj_bits == 4) p.deq = cur, cur += align256(z->basis * f);
     size_t tail = (c->int8_weights ? z->delta : 0) > z->fac ? z->delta : z->fac;
     p.delta = cur, cur += align256(tail * f);
@@ -325,8 +345,7 @@ static void alloc_want(void *ctx, void **dest, oz_mem_category cat, size_t bytes
 oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, const oz_param_layout *layout,
                               oz_backend *be, oz_arena *arena, oz_err *err) {
     *out = NULL;
-    bool galore = cfg->kind == OZ_OPTIM_GALORE || cfg->kind == OZ_OPTIM_GALORE8BIT || cfg->kind == OZ_OPTIM_QGALORE;
-    if (galore && (cfg->rank <= 0 || cfg->update_gap <= 0 || !(cfg->scale > 0)))
+    if (oz_optim_traits_of(cfg->kind)->galore && (cfg->rank <= 0 || cfg->update_gap <= 0 || !(cfg->scale > 0)))
         return oz_fail(err, OZ_ERR_INPUT, "GaLore needs --rank > 0, --update-gap > 0 and --galore-scale > 0");
     if (cfg->proj_bits != 0 && cfg->proj_bits != 32 && cfg->proj_bits != 4)
         return oz_fail(err, OZ_ERR_INPUT, "--proj-bits must be 32 or 4 (got %d)", cfg->proj_bits);
@@ -335,8 +354,8 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
         return oz_fail(err, OZ_ERR_INPUT,
                        "lazy updates need a window of 1..%d, a gap growth >= 1 and a maximum gap >= --update-gap",
                        OZ_LAZY_MAX_WINDOW);
-    if (cfg->factored_matrices &&
-        (!cfg->immediate || cfg->subspace != OZ_SUBSPACE_RANDOMIZED || cfg->tokens <= 0))
+    if (cfg->grads.factored &&
+        (!cfg->grads.immediate || cfg->subspace != OZ_SUBSPACE_RANDOMIZED || cfg->grads.tokens <= 0))
         return oz_fail(err, OZ_ERR_INTERNAL,
                        "factored gradients need immediate updates, randomized subspaces and a token count");
     oz_optimizer *o = calloc(1, sizeof *o);
@@ -372,7 +391,7 @@ oz_status oz_optimizer_create(oz_optimizer **out, const oz_optim_config *cfg, co
             char *p = o->pool;
             o->pool_bytes = pl.bytes;
             o->u = (float *)p;
-            if (cfg->immediate) o->rimm = (float *)(p + pl.rimm);
+            if (cfg->grads.immediate) o->rimm = (float *)(p + pl.rimm);
             if (cfg->int8_weights) o->delta = (float *)(p + pl.delta);
             if (z.fac) o->fac = (float *)(p + pl.delta);
             o->delta_cap = (pl.bytes - pl.delta) / f;
@@ -405,7 +424,16 @@ long oz_optimizer_subspace_refreshes(const oz_optimizer *o) {
 }
 
 
-void oz_optimizer_bind_model(oz_optimizer *o, oz_llama *model) { o->model = model; }
+void oz_optimizer_bind_weights(oz_optimizer *o, oz_weights_view w) { o->w = w; }
+
+/* Slot s's fp32 weights (NULL when they are INT8 codes). */
+static float *weight_f32(oz_optimizer *o, const slot *s) {
+    return o->w.flat ? o->w.flat + s->p->offset : o->w.f32 ? o->w.f32(o->w.owner, s->index) : NULL;
+}
+
+static bool weight_int8(const oz_optimizer *o, int index, uint8_t **q, float **scale, uint8_t **zero) {
+    return o->w.int8 && o->w.int8(o->w.owner, index, q, scale, zero);
+}
 
 
 /* ---------------------------------------------------------------- bases */
@@ -497,6 +525,7 @@ void oz_optimizer_begin_step(oz_optimizer *o, int step, float lr) {
     o->step = step;
     o->lr = lr;
     o->applied_sumsq = 0;
+    o->status = OZ_OK;
     for (int i = 0; i < o->n_slots; i++) {
         slot *s = &o->slots[i];
         s->consumed = false;
@@ -662,15 +691,18 @@ static void project_factored(oz_optimizer *o, slot *s, const factors *fc, float 
     }
 }
 
-oz_status oz_optimizer_consume_factors(oz_optimizer *o, int index, const float *dY, int ldy, const float *X, int ldx,
-                                       int rows, oz_err *err) {
+/* A factored tensor's gradient G = dY^T X by its factors: refreshes the subspace if due (the factored
+ * range finder, the same draws as on G) and projects G from the factors, never forming it; the
+ * update follows with the tensor's (grad NULL) event, once the weight is no longer read. */
+static oz_status take_factors(oz_optimizer *o, int index, const float *dY, int ldy, const float *X, int ldx, int rows,
+                              oz_err *err) {
     slot *s = &o->slots[index];
     if (!s->factored || s->projected)
         return oz_fail(err, OZ_ERR_INTERNAL, "%s: factors handed over for a tensor that does not take them now",
                        s->p->name);
-    if (rows <= 0 || rows > o->cfg.tokens || ldy < s->a || ldx < s->b)
+    if (rows <= 0 || rows > o->cfg.grads.tokens || ldy < s->a || ldx < s->b)
         return oz_fail(err, OZ_ERR_INTERNAL, "%s: factors over %d rows (ld %d, %d) exceed the planned %d tokens",
-                       s->p->name, rows, ldy, ldx, o->cfg.tokens);
+                       s->p->name, rows, ldy, ldx, o->cfg.grads.tokens);
     factors fc = {dY, X, ldy, ldx, rows};
     if (s->refresh_now) OZ_TRY(refresh_basis(o, s, NULL, &fc, err));
     project_factored(o, s, &fc, o->rimm);
@@ -678,21 +710,16 @@ oz_status oz_optimizer_consume_factors(oz_optimizer *o, int index, const float *
     return OZ_OK;
 }
 
-oz_status oz_optimizer_refresh_from(oz_optimizer *o, oz_llama *model, oz_err *err) {
-    for (int i = 0; i < o->n_slots; i++) {
-        slot *s = &o->slots[i];
-        if (s->refresh_now) OZ_TRY(refresh_basis(o, s, oz_llama_grad(model, i), NULL, err));
-    }
-    return OZ_OK;
-}
-
-static void apply_slot(oz_optimizer *o, slot *s, float *params, const float *g, float lr, float grad_scale);
+static void apply_slot(oz_optimizer *o, slot *s, const float *g, float lr, float grad_scale);
 static oz_adamw_args slot_args(const oz_optimizer *o, const slot *s, float lr, float grad_scale);
 
-oz_status oz_optimizer_consume(oz_optimizer *o, int index, const float *grad, bool accumulate, oz_err *err) {
+/* A tensor's gradient (grad NULL for a factored one, whose factors came first). A second one in a
+ * step accumulates (per-layer mode over micro-batches). */
+static oz_status take_tensor(oz_optimizer *o, int index, const float *grad, oz_err *err) {
     slot *s = &o->slots[index];
+    bool accumulate = s->consumed;
     if (s->frozen) return OZ_OK; /* never changes: nothing to consume (grad is NULL) */
-    if (o->cfg.immediate) {
+    if (o->cfg.grads.immediate) {
         /* Project (GaLore) and update right away: this tensor's gradient is never kept. */
         const float *g = grad;
         if (s->factored) { /* consume_factors projected it into rimm already */
@@ -707,7 +734,7 @@ oz_status oz_optimizer_consume(oz_optimizer *o, int index, const float *grad, bo
         }
         o->applied_sumsq += o->be->sumsq(o->be, g, s->n);
         s->consumed = true;
-        apply_slot(o, s, NULL, g, o->lr, 1.0f);
+        apply_slot(o, s, g, o->lr, 1.0f);
         return OZ_OK;
     }
     if (s->galore) {
@@ -723,12 +750,15 @@ oz_status oz_optimizer_consume(oz_optimizer *o, int index, const float *grad, bo
     return OZ_OK;
 }
 
-oz_status oz_optimizer_consume_rows(oz_optimizer *o, int index, int row0, int rows, const float *grad, oz_err *err) {
+/* Rows [row0, row0 + rows) of a dense 2-D tensor, updated at once with this step's learning rate as
+ * the whole-tensor update would be (blocks in order from row 0, each on a multiple of 256 elements
+ * for 8-bit moments). */
+static oz_status take_rows(oz_optimizer *o, int index, int row0, int rows, const float *grad, oz_err *err) {
     slot *s = &o->slots[index];
     if (s->frozen) return OZ_OK;
     const oz_param_info *p = s->p;
-    if (!o->cfg.immediate || s->galore || p->ndim != 2 || !o->model)
-        return oz_fail(err, OZ_ERR_INTERNAL, "row blocks of %s need immediate updates of a dense matrix of a bound model",
+    if (!o->cfg.grads.immediate || s->galore || p->ndim != 2 || (!o->w.flat && !o->w.rows_load))
+        return oz_fail(err, OZ_ERR_INTERNAL, "row blocks of %s need immediate updates of a dense matrix of bound weights",
                        p->name);
     size_t cols = (size_t)p->shape[1], off = (size_t)row0 * cols, n = (size_t)rows * cols;
     if (row0 < 0 || rows <= 0 || row0 + rows > p->shape[0] || (s->q8 && off % OZ_Q8_BLOCK != 0) ||
@@ -741,22 +771,53 @@ oz_status oz_optimizer_consume_rows(oz_optimizer *o, int index, int row0, int ro
     oz_adamw_args args = slot_args(o, s, o->lr, 1.0f);
     /* The rows in fp32 (a bf16 tensor's widened into the model's scratch), updated, and rounded
      * back stochastically from a stream keyed by (seed, step, tensor) as the INT8 updates are. */
-    float *W = oz_llama_rows_load(o->model, s->index, row0, rows);
+    float *W = o->w.flat ? o->w.flat + p->offset + off : o->w.rows_load(o->w.owner, s->index, row0, rows);
     if (s->q8)
         o->be->adam8bit_step(o->be, W, grad, s->mq + off, s->ma + off / OZ_Q8_BLOCK, s->vq + off,
                              s->va + off / OZ_Q8_BLOCK, n, &args);
     else
         o->be->adamw_step(o->be, W, grad, s->m + off, s->v + off, n, &args);
     uint64_t key = oz_qw_stream_key(tensor_seed(o, s), (uint64_t)o->step, 0);
-    oz_llama_rows_store(o->model, s->index, row0, rows, key);
+    if (!o->w.flat) o->w.rows_store(o->w.owner, s->index, row0, rows, key);
     return OZ_OK;
 }
 
-oz_status oz_optimizer_consume_scratch(oz_optimizer *o, int index, float *grad, oz_err *err) {
-    o->grad_scratch = o->cfg.immediate ? grad : NULL;
-    oz_status st = oz_optimizer_consume(o, index, grad, false, err);
-    o->grad_scratch = NULL;
-    return st;
+oz_status oz_optimizer_take(oz_optimizer *o, const oz_grad_event *ev, oz_err *err) {
+    if (ev->index < 0 || ev->index >= o->n_slots)
+        return oz_fail(err, OZ_ERR_INTERNAL, "gradient event for parameter %d of %d", ev->index, o->n_slots);
+    slot *s = &o->slots[ev->index];
+    switch (ev->form) {
+    case OZ_GRAD_TENSOR:
+        if (ev->partial) /* the first micro-batch's gradient: a due subspace comes from it */
+            return s->refresh_now ? refresh_basis(o, s, ev->grad, NULL, err) : OZ_OK;
+        {
+            /* Immediate updates may build the update in a buffer nothing reads again (Q-GaLore then
+             * back-projects a whole matrix in one GEMM instead of in row blocks: the same codes). */
+            o->grad_scratch = o->cfg.grads.immediate && ev->scratch ? ev->grad : NULL;
+            oz_status st = take_tensor(o, ev->index, ev->grad, err);
+            o->grad_scratch = NULL;
+            return st;
+        }
+    case OZ_GRAD_ROWS: return s->frozen ? OZ_OK : take_rows(o, ev->index, ev->row0, ev->rows, ev->grad, err);
+    case OZ_GRAD_FACTORS: return take_factors(o, ev->index, ev->dy, ev->ldy, ev->x, ev->ldx, ev->rows, err);
+    }
+    return oz_fail(err, OZ_ERR_INTERNAL, "unknown gradient event form %d", (int)ev->form);
+}
+
+static void sink_take(void *self, const oz_grad_event *ev) {
+    oz_optimizer *o = self;
+    if (o->status != OZ_OK) return; /* the step has failed: the trainer reports the first error */
+    o->status = oz_optimizer_take(o, ev, &o->status_err);
+}
+
+oz_grad_sink oz_optimizer_sink(oz_optimizer *o) {
+    oz_grad_sink sink = {sink_take, o};
+    return sink;
+}
+
+oz_status oz_optimizer_status(const oz_optimizer *o, oz_err *err) {
+    if (o->status != OZ_OK && err) *err = o->status_err;
+    return o->status;
 }
 
 double oz_optimizer_grad_sumsq(oz_optimizer *o) {
@@ -788,17 +849,17 @@ static oz_adamw_args slot_args(const oz_optimizer *o, const slot *s, float lr, f
 }
 
 /* One slot's update from gradient g (the projected gradient for GaLore slots). */
-static void apply_slot(oz_optimizer *o, slot *s, float *params, const float *g, float lr, float grad_scale) {
+static void apply_slot(oz_optimizer *o, slot *s, const float *g, float lr, float grad_scale) {
     oz_backend *be = o->be;
     const oz_optim_config *c = &o->cfg;
     s->step++;
     s->applied = true;
     float wd = s->p->is_norm ? 0.0f : c->weight_decay;
     oz_adamw_args args = slot_args(o, s, lr, grad_scale);
-    float *W = o->model ? oz_llama_param(o->model, s->index) : params + s->p->offset;
+    float *W = weight_f32(o, s);
     uint8_t *wq = NULL, *wz = NULL;
     float *wsc = NULL;
-    bool int8 = o->model && oz_llama_param_int8(o->model, s->index, &wq, &wsc, &wz);
+    bool int8 = weight_int8(o, s->index, &wq, &wsc, &wz);
     if (!s->galore) {
         if (s->q8)
             be->adam8bit_step(be, W, g, s->mq, s->ma, s->vq, s->va, s->n, &args);
@@ -856,11 +917,11 @@ static void apply_slot(oz_optimizer *o, slot *s, float *params, const float *g, 
     }
 }
 
-void oz_optimizer_apply(oz_optimizer *o, float *params, float lr, float grad_scale) {
+void oz_optimizer_apply(oz_optimizer *o, float lr, float grad_scale) {
     for (int i = 0; i < o->n_slots; i++) {
         slot *s = &o->slots[i];
         if (!s->consumed || s->applied) continue;
-        apply_slot(o, s, params, s->galore ? s->racc : s->gacc ? s->gacc : s->grad, lr, grad_scale);
+        apply_slot(o, s, s->galore ? s->racc : s->gacc ? s->gacc : s->grad, lr, grad_scale);
     }
 }
 
@@ -899,7 +960,7 @@ static void list_state(const oz_optimizer *o, entry_list *l, int64_t *counters) 
          * model.safetensors would not give the same grid back, and resume must be bit-exact. */
         uint8_t *wq, *wz;
         float *wsc;
-        if (o->model && oz_llama_param_int8(o->model, i, &wq, &wsc, &wz)) {
+        if (weight_int8(o, i, &wq, &wsc, &wz)) {
             size_t groups = oz_qw_groups(s->p->numel);
             add_entry(l, "qweight", nm, ".q8", OZ_DT_U8, 1, (int64_t)s->p->numel, 0, wq);
             add_entry(l, "qweight", nm, ".scale", OZ_DT_F32, 1, (int64_t)groups, 0, wsc);

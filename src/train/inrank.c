@@ -260,7 +260,7 @@ oz_status oz_inrank_freeze(oz_inrank_run *run, int step, oz_llama **model, oz_op
         oz_llama_import_params(nm, host);
         /* The optimizer refers to tensors by index; both layouts come from the same config and
          * freeze flags, so the indexes agree. */
-        oz_optimizer_bind_model(nopt, nm);
+        oz_optimizer_bind_weights(nopt, oz_llama_weights(nm));
         *model = nm;
         *opt = nopt;
         *cfg = ncfg;

@@ -25,14 +25,12 @@ oz_status oz_train_plan_memory(const oz_llama_config *cfg, const oz_train_opts *
     oz_inrank_settings irs;
     OZ_TRY(oz_inrank_settings_from_opts(o, &irs, err));
     if (o->inrank) oz_inrank_factorize_config(&c, &irs);
-    OZ_TRY(oz_train_model_shape(o, &c, &plan->shape, err));
+    oz_optim_config oc;
+    OZ_TRY(oz_train_configure(o, &c, &plan->shape, &oc, err));
     oz_llama_plan mp;
     OZ_TRY(oz_llama_plan_memory(&c, plan->shape, &mp, err));
     memcpy(plan->bytes, mp.bytes, sizeof plan->bytes);
     plan->host_bytes = mp.host_bytes;
-    oz_optim_config oc;
-    OZ_TRY(oz_train_optim_config(o, &oc, err));
-    oz_train_optim_factored(&plan->shape, &oc);
     oz_param_layout lay;
     OZ_TRY(oz_param_layout_build(&c, &lay, err));
     oz_param_layout_freeze(&lay, plan->shape.freeze); /* frozen tensors have no optimizer state */

@@ -7,6 +7,8 @@
  * continued run computes exactly the numbers the uninterrupted run would have. */
 #include "train/trainer.h"
 
+#include "train/options.h"
+
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <inttypes.h>
@@ -28,150 +30,7 @@
 #include "train/inrank.h"
 #include "util/clock.h"
 
-void oz_train_opts_default(oz_train_opts *o) {
-    memset(o, 0, sizeof *o);
-    snprintf(o->model, sizeof o->model, "demo");
-    snprintf(o->optim, sizeof o->optim, "adamw");
-    snprintf(o->device, sizeof o->device, "cpu");
-    snprintf(o->recompute, sizeof o->recompute, "none");
-    snprintf(o->mini_seq, sizeof o->mini_seq, "off");
-    o->rank = 128;
-    o->update_gap = 200;
-    o->galore_scale = 0.25f;
-    snprintf(o->proj_type, sizeof o->proj_type, "std");
-    snprintf(o->moments_at_switch, sizeof o->moments_at_switch, "keep");
-    snprintf(o->subspace, sizeof o->subspace, "randomized");
-    snprintf(o->galore_targets, sizeof o->galore_targets, "attn,mlp");
-    snprintf(o->per_layer_update, sizeof o->per_layer_update, "auto");
-    snprintf(o->lazy_update, sizeof o->lazy_update, "auto");
-    snprintf(o->vocab_bf16, sizeof o->vocab_bf16, "auto");
-    snprintf(o->factored_grads, sizeof o->factored_grads, "auto");
-    o->cos_threshold = 0.4f;
-    o->gap_growth = 2.0f;
-    o->cos_window = 5;
-    o->max_gap = 0;
-    o->proj_bits = 0;
-    o->steps = 1000;
-    o->batch = 8;
-    o->seq = 256;
-    o->grad_accum = 1;
-    o->lr = 1e-3f;
-    o->min_lr_ratio = 0.1f;
-    o->warmup = -1; /* -1: 5% of the steps */
-    o->weight_decay = 0.1f;
-    o->clip = 1.0f;
-    o->beta1 = 0.9f;
-    o->beta2 = 0.95f;
-    o->adam_eps = 1e-8f;
-    o->seed = 1;
-    o->eval_every = 100;
-    o->eval_batches = 8;
-    o->save_every = 0;
-    o->keep = 2;
-    o->log_every = 10;
-    o->threads = 0;
-    o->inrank_init_rank = 2;      /* InRank's defaults (the reference's) */
-    o->inrank_buffer = 100;
-    o->inrank_threshold = 0.9f;
-    o->inrank_check_every = 25;
-    o->inrank_warmup = 200;
-    o->inrank_freeze_after = 0;
-    snprintf(o->inrank_targets, sizeof o->inrank_targets, "mlp");
-}
-
 /* ------------------------------------------------------------------ trainer state (JSON) */
-
-#define OPT_INT_FIELDS(X)                                                                             \
-    X(steps) X(batch) X(seq) X(grad_accum) X(warmup) X(eval_every) X(eval_batches) X(save_every)     \
-        X(keep) X(log_every) X(threads) X(rank) X(update_gap) X(cos_window) X(max_gap) X(proj_bits)
-#define OPT_FLOAT_FIELDS(X) \
-    X(lr) X(min_lr_ratio) X(weight_decay) X(clip) X(beta1) X(beta2) X(adam_eps) X(galore_scale) X(cos_threshold) \
-        X(gap_growth)
-#define OPT_STR_FIELDS(X)                                                                          \
-    X(data) X(model) X(out) X(optim) X(device) X(recompute) X(mini_seq) X(proj_type) X(moments_at_switch) \
-        X(subspace) X(galore_targets) X(per_layer_update) X(lazy_update)
-
-static cJSON *opts_to_json(const oz_train_opts *o) {
-    cJSON *j = cJSON_CreateObject();
-#define ADD_NUM(f) cJSON_AddNumberToObject(j, #f, (double)o->f);
-#define ADD_STR(f) cJSON_AddStringToObject(j, #f, o->f);
-    OPT_INT_FIELDS(ADD_NUM)
-    OPT_FLOAT_FIELDS(ADD_NUM)
-    OPT_STR_FIELDS(ADD_STR)
-#undef ADD_NUM
-#undef ADD_STR
-    char seed[32];
-    snprintf(seed, sizeof seed, "%" PRIu64, o->seed);
-    cJSON_AddStringToObject(j, "seed", seed); /* as a string: JSON numbers lose 64-bit integers */
-    cJSON_AddStringToObject(j, "init", o->init);
-    cJSON_AddStringToObject(j, "factored_grads", o->factored_grads);
-    cJSON_AddStringToObject(j, "vocab_bf16", o->vocab_bf16);
-    cJSON_AddBoolToObject(j, "welore", o->welore);
-    if (o->inrank) {
-        cJSON *ir = cJSON_AddObjectToObject(j, "inrank");
-        cJSON_AddNumberToObject(ir, "init_rank", o->inrank_init_rank);
-        cJSON_AddNumberToObject(ir, "buffer", o->inrank_buffer);
-        cJSON_AddNumberToObject(ir, "threshold", o->inrank_threshold);
-        cJSON_AddNumberToObject(ir, "check_every", o->inrank_check_every);
-        cJSON_AddNumberToObject(ir, "warmup", o->inrank_warmup);
-        cJSON_AddNumberToObject(ir, "freeze_after", o->inrank_freeze_after);
-        cJSON_AddStringToObject(ir, "targets", o->inrank_targets);
-    }
-    return j;
-}
-
-static oz_status opts_from_json(const cJSON *j, const char *path, oz_train_opts *o, oz_err *err) {
-    oz_train_opts_default(o);
-    const cJSON *it;
-#define GET_INT(f)                                                                            \
-    it = cJSON_GetObjectItemCaseSensitive(j, #f);                                             \
-    if (!cJSON_IsNumber(it)) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"%s\"", path, #f); \
-    o->f = (int)it->valuedouble;
-#define GET_FLOAT(f)                                                                          \
-    it = cJSON_GetObjectItemCaseSensitive(j, #f);                                             \
-    if (!cJSON_IsNumber(it)) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"%s\"", path, #f); \
-    o->f = (float)it->valuedouble;
-#define GET_STR(f)                                                                            \
-    it = cJSON_GetObjectItemCaseSensitive(j, #f);                                             \
-    if (!cJSON_IsString(it)) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"%s\"", path, #f); \
-    snprintf(o->f, sizeof o->f, "%s", it->valuestring);
-    OPT_INT_FIELDS(GET_INT)
-    OPT_FLOAT_FIELDS(GET_FLOAT)
-    OPT_STR_FIELDS(GET_STR)
-#undef GET_INT
-#undef GET_FLOAT
-#undef GET_STR
-    it = cJSON_GetObjectItemCaseSensitive(j, "seed");
-    if (!cJSON_IsString(it)) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"seed\"", path);
-    o->seed = strtoull(it->valuestring, NULL, 10);
-    o->welore = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "welore")); /* absent in older states: off */
-    /* Absent in states written before these options existed: off, as those runs trained. */
-    it = cJSON_GetObjectItemCaseSensitive(j, "factored_grads");
-    snprintf(o->factored_grads, sizeof o->factored_grads, "%s", cJSON_IsString(it) ? it->valuestring : "off");
-    it = cJSON_GetObjectItemCaseSensitive(j, "vocab_bf16");
-    snprintf(o->vocab_bf16, sizeof o->vocab_bf16, "%s", cJSON_IsString(it) ? it->valuestring : "off");
-    it = cJSON_GetObjectItemCaseSensitive(j, "init"); /* absent in older states: a run from scratch */
-    snprintf(o->init, sizeof o->init, "%s", cJSON_IsString(it) ? it->valuestring : "");
-    const cJSON *ir = cJSON_GetObjectItemCaseSensitive(j, "inrank"); /* absent: not an InRank run */
-    if (ir) {
-        const cJSON *n[6], *tg = cJSON_GetObjectItemCaseSensitive(ir, "targets");
-        static const char *const keys[6] = {"init_rank", "buffer", "threshold", "check_every", "warmup", "freeze_after"};
-        for (int i = 0; i < 6; i++) {
-            n[i] = cJSON_GetObjectItemCaseSensitive(ir, keys[i]);
-            if (!cJSON_IsNumber(n[i])) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"inrank.%s\"", path, keys[i]);
-        }
-        if (!cJSON_IsString(tg)) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"inrank.targets\"", path);
-        o->inrank = true;
-        o->inrank_init_rank = n[0]->valueint;
-        o->inrank_buffer = n[1]->valueint;
-        o->inrank_threshold = (float)n[2]->valuedouble;
-        o->inrank_check_every = n[3]->valueint;
-        o->inrank_warmup = n[4]->valueint;
-        o->inrank_freeze_after = n[5]->valueint;
-        snprintf(o->inrank_targets, sizeof o->inrank_targets, "%s", tg->valuestring);
-    }
-    return OZ_OK;
-}
 
 typedef struct {
     int step;
@@ -187,7 +46,7 @@ static oz_status state_write(const char *path, const oz_train_opts *o, const run
     cJSON_AddNumberToObject(root, "step", pos->step);
     cJSON_AddNumberToObject(root, "tokens_seen", pos->tokens_seen);
     cJSON_AddStringToObject(root, "tokenizer", tokenizer);
-    cJSON_AddItemToObject(root, "options", opts_to_json(o));
+    cJSON_AddItemToObject(root, "options", oz_train_opts_to_json(o));
     if (inrank) cJSON_AddItemToObject(root, "inrank", inrank);
     cJSON *cur = cJSON_AddObjectToObject(root, "data_cursor");
     char buf[32];
@@ -239,7 +98,7 @@ static oz_status state_read(const char *path, oz_train_opts *o, run_position *po
         pos->cursor.rng.s[i] = strtoull(w->valuestring, NULL, 10);
     }
     pos->cursor.batches = strtoull(batches->valuestring, NULL, 10);
-    st = opts_from_json(cJSON_GetObjectItemCaseSensitive(root, "options"), path, o, err);
+    st = oz_train_opts_from_json(cJSON_GetObjectItemCaseSensitive(root, "options"), path, o, err);
 done:
     cJSON_Delete(root);
     return st;
@@ -257,11 +116,6 @@ typedef struct {
     oz_arena arena;
     oz_llama *model;
     oz_optimizer *opt;
-    bool per_layer;
-    bool per_tensor;           /* immediate updates: gradients handed off tensor by tensor */
-    int micro;                 /* current micro-batch, for the grad hook */
-    oz_status hook_status;     /* first failure inside the grad hook */
-    oz_err hook_err;
     oz_dataset data;
     bool data_ready;
     float *host_params;        /* staging for saves when the backend's memory is not host memory */
@@ -382,45 +236,6 @@ static oz_status evaluate(trainer *t, double *val_loss, long *val_tokens, oz_err
 
 /* ------------------------------------------------------------------ setup */
 
-/* Per-layer mode: a layer's gradients go to the optimizer the moment the layer's backward is done
- * (projected into low-rank accumulators for GaLore matrices), so the full-model gradient buffer
- * never exists. */
-static void trainer_grad_hook(void *user, int layer) {
-    trainer *t = user;
-    if (layer < 0 || t->hook_status != OZ_OK) return;
-    const oz_param_layout *lay = oz_llama_get_layout(t->model);
-    for (int i = 0; i < lay->n; i++) {
-        if (lay->params[i].layer != layer) continue;
-        oz_status st = oz_optimizer_consume(t->opt, i, oz_llama_grad(t->model, i), t->micro > 0, &t->hook_err);
-        if (st != OZ_OK) {
-            t->hook_status = st;
-            return;
-        }
-    }
-}
-
-/* outer_grad_blocks: a block of embedding/head gradient rows, updated at once. */
-static void trainer_rows_hook(void *user, int index, int row0, int rows, const float *grad) {
-    trainer *t = user;
-    if (t->hook_status != OZ_OK) return;
-    oz_status st = oz_optimizer_consume_rows(t->opt, index, row0, rows, grad, &t->hook_err);
-    if (st != OZ_OK) t->hook_status = st;
-}
-
-/* Immediate mode: each tensor's gradient goes to the optimizer the moment the backward completes it,
- * and is applied inside consume (nothing later in the step reads that tensor's weights), so its
- * gradient's memory serves the next tensor. */
-static void trainer_tensor_hook(void *user, int index) {
-    trainer *t = user;
-    if (t->hook_status != OZ_OK) return;
-    const oz_param_layout *lay = oz_llama_get_layout(t->model);
-    float *g = oz_llama_grad(t->model, index);
-    /* A layer tensor's gradient is not read again: the optimizer may build its update there. */
-    oz_status st = lay->params[index].layer >= 0 ? oz_optimizer_consume_scratch(t->opt, index, g, &t->hook_err)
-                                                 : oz_optimizer_consume(t->opt, index, g, false, &t->hook_err);
-    if (st != OZ_OK) t->hook_status = st;
-}
-
 /* A line every 2 s while a step's subspace refreshes run, once they have taken 2 s, and one at
  * the end of such a refresh; quick refreshes stay silent. */
 static void trainer_refresh_progress(void *user, int done, int total) {
@@ -439,168 +254,11 @@ static void trainer_refresh_progress(void *user, int done, int total) {
     t->cb->on_note(t->cb->user, line);
 }
 
-/* Factored gradients: a matrix's gradient factors, projected at once (its update follows in the
- * tensor hook, after the backward has read the weight for dX). */
-static void trainer_factor_hook(void *user, int index, const float *dy, int ldy, const float *x, int ldx, int rows) {
-    trainer *t = user;
-    if (t->hook_status != OZ_OK) return;
-    oz_status st = oz_optimizer_consume_factors(t->opt, index, dy, ldy, x, ldx, rows, &t->hook_err);
-    if (st != OZ_OK) t->hook_status = st;
-}
-
-/* The model's hook for the run's mode (again after InRank rebuilds the model). */
-static void attach_hooks(trainer *t) {
+/* The model's gradients go to the optimizer (again after InRank rebuilds both). */
+static void connect(trainer *t) {
+    oz_optimizer_bind_weights(t->opt, oz_llama_weights(t->model));
     oz_optimizer_on_refresh(t->opt, trainer_refresh_progress, t);
-    if (t->per_tensor) {
-        oz_llama_set_factor_hook(t->model, trainer_factor_hook, t);
-        oz_llama_set_tensor_hook(t->model, trainer_tensor_hook, t);
-    } else if (t->per_layer) {
-        oz_llama_set_grad_hook(t->model, trainer_grad_hook, t);
-    }
-    oz_llama_set_rows_hook(t->model, trainer_rows_hook, t);
-}
-
-oz_status oz_train_optim_config(const oz_train_opts *o, oz_optim_config *c, oz_err *err) {
-    memset(c, 0, sizeof *c);
-    if (!oz_optim_kind_parse(o->optim, &c->kind))
-        return oz_fail(err, OZ_ERR_INPUT,
-                       "--optim %s is not available (choose: adamw, adamw8bit, galore, galore8bit, qgalore)", o->optim);
-    bool qgalore = c->kind == OZ_OPTIM_QGALORE;
-    c->int8_weights = qgalore;
-    if (!oz_proj_type_parse(o->proj_type, &c->proj))
-        return oz_fail(err, OZ_ERR_INPUT, "--proj-type %s is not known (choose: std, reverse_std, left, right, full)",
-                       o->proj_type);
-    if (!oz_switch_mode_parse(o->moments_at_switch, &c->at_switch))
-        return oz_fail(err, OZ_ERR_INPUT, "--moments-at-switch %s is not known (choose: keep, reset, rotate)",
-                       o->moments_at_switch);
-    if (strcmp(o->subspace, "svd") == 0) c->subspace = OZ_SUBSPACE_EXACT;
-    else if (strcmp(o->subspace, "randomized") == 0) c->subspace = OZ_SUBSPACE_RANDOMIZED;
-    else return oz_fail(err, OZ_ERR_INPUT, "--subspace %s is not known (choose: svd, randomized)", o->subspace);
-    c->galore_attn = strstr(o->galore_targets, "attn") != NULL;
-    c->galore_mlp = strstr(o->galore_targets, "mlp") != NULL;
-    if (!c->galore_attn && !c->galore_mlp)
-        return oz_fail(err, OZ_ERR_INPUT, "--galore-targets %s: expected attn, mlp or attn,mlp", o->galore_targets);
-    bool galore = c->kind == OZ_OPTIM_GALORE || c->kind == OZ_OPTIM_GALORE8BIT || qgalore;
-    if (strcmp(o->per_layer_update, "auto") == 0) c->per_layer = galore;
-    else if (strcmp(o->per_layer_update, "on") == 0) c->per_layer = true;
-    else if (strcmp(o->per_layer_update, "off") == 0) c->per_layer = false;
-    else return oz_fail(err, OZ_ERR_INPUT, "--per-layer-update %s: expected auto, on or off", o->per_layer_update);
-    /* Without accumulation or clipping nothing needs the whole step's gradients before an update,
-     * so per-layer mode updates inside the hook and keeps no accumulator. */
-    c->immediate = c->per_layer && o->grad_accum == 1 && o->clip == 0;
-    if (galore && (o->rank <= 0 || o->update_gap <= 0 || !(o->galore_scale > 0)))
-        return oz_fail(err, OZ_ERR_INPUT, "--rank, --update-gap and --galore-scale must be positive");
-    c->beta1 = o->beta1;
-    c->beta2 = o->beta2;
-    c->eps = o->adam_eps;
-    c->weight_decay = o->weight_decay;
-    c->rank = o->rank;
-    c->update_gap = o->update_gap;
-    c->scale = o->galore_scale;
-    c->seed = o->seed;
-    if (strcmp(o->lazy_update, "on") == 0) c->lazy = true;
-    else if (strcmp(o->lazy_update, "auto") == 0) c->lazy = qgalore;
-    else if (strcmp(o->lazy_update, "off") != 0)
-        return oz_fail(err, OZ_ERR_INPUT, "--lazy-update %s: expected auto, on or off", o->lazy_update);
-    c->cos_threshold = o->cos_threshold;
-    c->gap_growth = o->gap_growth;
-    c->cos_window = o->cos_window;
-    c->max_gap = o->max_gap > 0 ? o->max_gap : 8 * o->update_gap;
-    c->proj_bits = o->proj_bits ? o->proj_bits : (qgalore ? 4 : 32);
-    if (c->proj_bits != 32 && c->proj_bits != 4)
-        return oz_fail(err, OZ_ERR_INPUT, "--proj-bits must be 32 or 4 (got %d)", o->proj_bits);
-    return OZ_OK;
-}
-
-oz_status oz_train_model_shape(const oz_train_opts *o, const oz_llama_config *cfg, oz_llama_shape *shape,
-                               oz_err *err) {
-    memset(shape, 0, sizeof *shape);
-    shape->batch = o->batch;
-    shape->seq = o->seq;
-    shape->with_grads = true;
-    oz_optim_config oc;
-    OZ_TRY(oz_train_optim_config(o, &oc, err));
-    shape->per_layer_grads = oc.per_layer;
-    /* Updates as gradients arrive: the embedding and head take theirs one vocabulary block at a time. */
-    shape->outer_grad_blocks = oc.immediate && !cfg->tie_word_embeddings;
-    shape->per_tensor_grads = oc.immediate; /* nothing needs a whole layer's gradients at once */
-    shape->int8_matrices = oc.int8_weights;
-    /* Q-GaLore keeps what it does not quantize in bf16: with its updates in row blocks (which
-     * round them back stochastically) the embedding and head take half the bytes. */
-    bool vocab_ok = shape->int8_matrices && shape->outer_grad_blocks;
-    if (strcmp(o->vocab_bf16, "auto") == 0) shape->bf16_vocab = vocab_ok;
-    else if (strcmp(o->vocab_bf16, "on") == 0) shape->bf16_vocab = true;
-    else if (strcmp(o->vocab_bf16, "off") != 0)
-        return oz_fail(err, OZ_ERR_INPUT, "--vocab-bf16 %s: expected auto, on or off", o->vocab_bf16);
-    if (shape->bf16_vocab && !vocab_ok)
-        return oz_fail(err, OZ_ERR_INPUT,
-                       "--vocab-bf16 on needs --optim qgalore with updates as gradients arrive (--clip 0, no "
-                       "--grad-accum, an untied head)");
-    if (o->welore) shape->freeze = OZ_FREEZE_EMBED | OZ_FREEZE_HEAD | OZ_FREEZE_DENSE;
-    if (strcmp(o->recompute, "layer") == 0) shape->recompute = true;
-    else if (strcmp(o->recompute, "layer-bf16") == 0) shape->recompute = shape->bf16_checkpoints = true;
-    else if (strcmp(o->recompute, "layer-offload") == 0)
-        shape->recompute = shape->bf16_checkpoints = shape->offload_checkpoints = true;
-    else if (strcmp(o->recompute, "none") != 0)
-        return oz_fail(err, OZ_ERR_INPUT, "--recompute %s is not known (choose: none, layer, layer-bf16, layer-offload)",
-                       o->recompute);
-    int tokens = o->batch * o->seq;
-    if (strcmp(o->mini_seq, "auto") == 0) {
-        oz_llama_mini_seq_auto(cfg, tokens, &shape->mlp_chunks, &shape->head_chunks);
-    } else if (strcmp(o->mini_seq, "off") != 0) {
-        char *end;
-        long n = strtol(o->mini_seq, &end, 10);
-        if (*o->mini_seq == '\0' || *end != '\0' || n < 1 || n > tokens)
-            return oz_fail(err, OZ_ERR_INPUT, "--mini-seq %s: expected off, auto, or a chunk count from 1 to %d",
-                           o->mini_seq, tokens);
-        shape->mlp_chunks = shape->head_chunks = (int)n;
-    }
-    /* GaLore with immediate updates and randomized subspaces only needs products of a dense
-     * matrix's gradient: its factors (the layer's output gradient and input) are projected and
-     * the range finder runs on them, so no such gradient is formed. Not for the MLP when its
-     * gradients accumulate over mini-sequences, nor for the exact SVD (it needs the matrix). */
-    bool galore = oc.kind == OZ_OPTIM_GALORE || oc.kind == OZ_OPTIM_GALORE8BIT || oc.kind == OZ_OPTIM_QGALORE;
-    if (strcmp(o->factored_grads, "auto") != 0 && strcmp(o->factored_grads, "off") != 0)
-        return oz_fail(err, OZ_ERR_INPUT, "--factored-grads %s: expected auto or off", o->factored_grads);
-    if (strcmp(o->factored_grads, "auto") == 0 && galore && oc.immediate && o->rank > 0 &&
-        oc.subspace == OZ_SUBSPACE_RANDOMIZED) {
-        if (oc.galore_attn) shape->factored_grads |= (1u << OZ_M_Q) | (1u << OZ_M_K) | (1u << OZ_M_V) | (1u << OZ_M_O);
-        if (oc.galore_mlp && shape->mlp_chunks <= 1)
-            shape->factored_grads |= (1u << OZ_M_GATE) | (1u << OZ_M_UP) | (1u << OZ_M_DOWN);
-    }
-    return OZ_OK;
-}
-
-void oz_train_optim_factored(const oz_llama_shape *shape, oz_optim_config *c) {
-    c->factored_matrices = shape->factored_grads;
-    c->tokens = shape->batch * shape->seq;
-}
-
-static oz_status check_opts(const oz_train_opts *o, oz_err *err) {
-#define NEED(cond, ...) \
-    if (!(cond)) return oz_fail(err, OZ_ERR_INPUT, __VA_ARGS__)
-    NEED(o->data[0], "train: --data is required (a directory made by `ounce prepare`, or random:VOCAB)");
-    NEED(o->out[0], "train: --out is required");
-    NEED(strcmp(o->device, "cpu") == 0 || oz_backend_is_cuda(o->device),
-         "train: --device %s is not known (choose: cpu, cuda, cuda:N, cuda+tf32)", o->device);
-    NEED(o->steps > 0, "train: --steps must be positive (got %d)", o->steps);
-    NEED(o->batch > 0, "train: --batch must be positive (got %d)", o->batch);
-    NEED(o->seq > 1, "train: --seq must be at least 2 (got %d)", o->seq);
-    NEED(o->grad_accum > 0, "train: --grad-accum must be positive (got %d)", o->grad_accum);
-    NEED(o->lr > 0 && isfinite(o->lr), "train: --lr must be a positive number (got %g)", (double)o->lr);
-    NEED(o->min_lr_ratio >= 0 && o->min_lr_ratio <= 1, "train: --min-lr-ratio must be in [0, 1] (got %g)",
-         (double)o->min_lr_ratio);
-    NEED(o->warmup >= -1, "train: --warmup must be >= 0 (got %d)", o->warmup);
-    NEED(o->weight_decay >= 0, "train: --weight-decay must be >= 0 (got %g)", (double)o->weight_decay);
-    NEED(o->clip >= 0, "train: --clip must be >= 0 (0 disables clipping; got %g)", (double)o->clip);
-    NEED(o->beta1 >= 0 && o->beta1 < 1 && o->beta2 >= 0 && o->beta2 < 1,
-         "train: --beta1/--beta2 must be in [0, 1)");
-    NEED(o->adam_eps > 0, "train: --adam-eps must be positive");
-    NEED(o->eval_every >= 0 && o->save_every >= 0 && o->log_every >= 0 && o->keep >= 0 && o->eval_batches > 0,
-         "train: --eval-every, --save-every, --log-every and --keep must be >= 0, --eval-batches > 0");
-    NEED(o->threads >= 0, "train: --threads must be >= 0 (0 = all cores)");
-#undef NEED
-    return OZ_OK;
+    oz_llama_set_grad_sink(t->model, oz_optimizer_sink(t->opt));
 }
 
 /* InRank: a resumed run takes its ranks and stage from the trainer state; then the active ranks
@@ -628,7 +286,7 @@ static oz_status inrank_setup(trainer *t, const char *resume_dir, oz_err *err) {
 
 static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz_err *err) {
     const oz_train_opts *o = &t->opts;
-    OZ_TRY(check_opts(o, err));
+    OZ_TRY(oz_train_opts_check(o, err));
     OZ_TRY(oz_inrank_settings_from_opts(o, &t->irs, err));
     OZ_TRY(oz_dataset_open(&t->data, o->data, o->seed, err));
     t->data_ready = true;
@@ -675,19 +333,14 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
     oz_arena_init(&t->arena, t->be.allocator);
     OZ_TRY(oz_backend_attach(&t->be, &t->arena, err)); /* the backend's own workspace, accounted */
     oz_llama_shape shape;
-    OZ_TRY(oz_train_model_shape(o, &t->cfg, &shape, err));
+    oz_optim_config ocfg;
+    OZ_TRY(oz_train_configure(o, &t->cfg, &shape, &ocfg, err));
     if (o->welore && !oz_llama_config_is_low_rank(&t->cfg))
         return oz_fail(err, OZ_ERR_INPUT, "--welore needs a low-rank model (made by `ounce compress`) as --init or --resume");
     OZ_TRY(oz_llama_create(&t->model, &t->cfg, &t->be, &t->arena, shape, err));
     const oz_param_layout *lay = oz_llama_get_layout(t->model);
-    oz_optim_config ocfg;
-    OZ_TRY(oz_train_optim_config(o, &ocfg, err));
-    oz_train_optim_factored(&shape, &ocfg);
-    t->per_layer = ocfg.per_layer;
-    t->per_tensor = ocfg.immediate;
     OZ_TRY(oz_optimizer_create(&t->opt, &ocfg, lay, &t->be, &t->arena, err));
-    oz_optimizer_bind_model(t->opt, t->model);
-    attach_hooks(t);
+    connect(t);
 
     t->inputs = malloc((size_t)o->batch * o->seq * sizeof(int32_t));
     t->targets = malloc((size_t)o->batch * o->seq * sizeof(int32_t));
@@ -788,12 +441,10 @@ static oz_status inrank_after_step(trainer *t, int step, const oz_train_callback
     if (t->ir.stage != 1 || step != t->irs.freeze_after) return OZ_OK;
     oz_llama_shape shape;
     oz_optim_config ocfg;
-    OZ_TRY(oz_train_model_shape(&t->opts, &t->cfg, &shape, err));
-    OZ_TRY(oz_train_optim_config(&t->opts, &ocfg, err));
-    oz_train_optim_factored(&shape, &ocfg);
+    OZ_TRY(oz_train_configure(&t->opts, &t->cfg, &shape, &ocfg, err));
     size_t before = t->arena.current_total, wbefore = t->arena.current[OZ_MEM_WEIGHTS];
     OZ_TRY(oz_inrank_freeze(&t->ir, step, &t->model, &t->opt, &t->cfg, &t->be, &t->arena, shape, &ocfg, err));
-    attach_hooks(t);
+    connect(t);
     oz_inrank_log(t->rank_log, step, &t->ir, &t->cfg);
     if (cb && cb->on_note) {
         char line[256];
@@ -853,15 +504,8 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
             oz_llama_batch batch = {t->inputs, t->targets, B, T, NULL};
             double s;
             long c;
-            t->micro = micro;
             OZ_TRY(oz_llama_forward_backward(t->model, &batch, grad_scale, &s, &c, err));
-            if (t->hook_status != OZ_OK) {
-                *err = t->hook_err;
-                return t->hook_status;
-            }
-            /* Whole-model mode: a refreshing subspace comes from the first micro-batch's gradient,
-             * exactly as in per-layer mode. */
-            if (!t->per_layer && micro == 0) OZ_TRY(oz_optimizer_refresh_from(t->opt, t->model, err));
+            OZ_TRY(oz_optimizer_status(t->opt, err));
             loss_sum += s;
             n_targets += c;
         }
@@ -872,12 +516,8 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
                            "training loss is %s at step %d: stopping (try a lower --lr); checkpoints "
                            "already written are intact",
                            isnan(loss) ? "NaN" : "infinite", step + 1);
-        /* Hand the optimizer what the hooks did not: everything (whole-model mode), or the
-         * embedding, final norm and head, whose gradients accumulate in the model (per-layer; the
-         * tensor hook took them in per-tensor mode). */
-        for (int i = 0; i < lay->n; i++)
-            if ((!t->per_layer || (lay->params[i].layer < 0 && !t->per_tensor)) && !oz_llama_grad_in_blocks(t->model, i))
-                OZ_TRY(oz_optimizer_consume(t->opt, i, oz_llama_grad(t->model, i), false, err));
+        oz_llama_emit_accumulated(t->model); /* what the backward did not emit */
+        OZ_TRY(oz_optimizer_status(t->opt, err));
         double gnorm = sqrt(oz_optimizer_grad_sumsq(t->opt));
         if (!isfinite(gnorm))
             return oz_fail(err, OZ_ERR_NUMERIC,
@@ -885,7 +525,7 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
                            "checkpoints already written are intact",
                            step + 1);
         float clip_scale = (o->clip > 0 && gnorm > o->clip) ? (float)(o->clip / (gnorm + 1e-6)) : 1.0f;
-        oz_optimizer_apply(t->opt, NULL, lr, clip_scale);
+        oz_optimizer_apply(t->opt, lr, clip_scale);
         OZ_TRY(oz_backend_sync(&t->be, err)); /* the step's queued GPU work belongs to its time */
         double dt = oz_now_s() - t0;
         train_time += dt;

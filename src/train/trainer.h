@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "mem/arena.h"
+#include "model/llama.h"
+#include "optim/optimizer.h"
 #include "util/err.h"
 
 #define OZ_PATH_MAX 1024
@@ -83,15 +85,10 @@ typedef struct {
     long long trainable;          /* parameters not frozen */
 } oz_train_result;
 
-/* The model shape (buffers, recompute, mini-sequence chunk counts) a run with these options uses. */
-#include "model/llama.h"
-#include "optim/optimizer.h"
-oz_status oz_train_optim_config(const oz_train_opts *o, oz_optim_config *cfg, oz_err *err);
-/* The optimizer's share of the model shape: which matrices' gradients arrive as factors, and the
- * token count their intermediates are planned for (call after oz_train_optim_config). */
-void oz_train_optim_factored(const oz_llama_shape *shape, oz_optim_config *cfg);
-oz_status oz_train_model_shape(const oz_train_opts *o, const oz_llama_config *cfg, oz_llama_shape *shape,
-                               oz_err *err);
+/* What a run with these options builds: the model's shape and the optimizer's configuration,
+ * with the gradient mode (oz_grad_mode) decided once and given to both. */
+oz_status oz_train_configure(const oz_train_opts *o, const oz_llama_config *cfg, oz_llama_shape *shape,
+                             oz_optim_config *oc, oz_err *err);
 
 /* Runs training from opts, or (when resume_dir is non-NULL) continues the run saved in resume_dir
  * (a step-N checkpoint) with its saved settings, to its planned end. */
