@@ -1,0 +1,136 @@
+/* Inside model/: the model instance's fields and the helpers its files share. Nothing outside
+ * model/ includes this. */
+#ifndef OZ_LLAMA_INTERNAL_H
+#define OZ_LLAMA_INTERNAL_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/llama.h"
+
+
+/* One of a layer's seven matrices, ready for compute: dense w (out x in), or factors a (R x in)
+ * and b (out x R) used at active rank r. */
+typedef struct {
+    const float *w, *a, *b;
+    int out, in, R, r;
+    /* An INT8 dense matrix: w is NULL and the GEMMs dequantize it block by block of rows into
+     * blk_m's matrix scratch (parameter blk_index). */
+    oz_llama *blk_m;
+    int blk_index, blk_rows;
+} lin;
+
+/* Its gradients, each NULL when that tensor is frozen. A factored dense matrix
+ * (oz_llama_shape.grads.factored) has w NULL and fm set: its backward hands (dY, X) to fm's gradient
+ * sink as factors for parameter findex instead of forming dW. */
+typedef struct {
+    float *w, *a, *b;
+    oz_llama *fm;
+    int findex;
+} lin_grad;
+
+typedef struct {
+    float *x, *ln1, *rstd1, *q, *k, *v, *att, *lse, *h, *ln2, *rstd2, *gate, *up, *mlp;
+    /* Low-rank intermediates x A_r^T (tokens x R) of the low-rank matrices, kept for the backward
+     * (dB needs them); the MLP's live in chunk buffers instead when mini-sequences are on. */
+    float *t[OZ_LLAMA_MATRICES];
+} layer_acts;
+
+/* A layer's weights for compute. The matrices' pointers are only valid as returned by use_matrix
+ * (INT8 mode fills them when it dequantizes). */
+typedef struct {
+    int layer;
+    const float *attn_norm, *mlp_norm;
+    lin m[OZ_LLAMA_MATRICES];
+} layer_weights;
+
+typedef struct {
+    float *attn_norm, *mlp_norm;
+    lin_grad m[OZ_LLAMA_MATRICES];
+} layer_grads;
+
+struct oz_llama {
+    oz_llama_config cfg;
+    oz_param_layout layout;
+    oz_backend *be;
+    oz_arena *arena;
+    oz_llama_shape shape;
+    float *params, *grads;
+    float *layer_grads, *outer_grads; /* per-layer mode: one layer's gradients; embedding + tail */
+    size_t layer_grad_n;              /* its size in floats */
+    /* Per-tensor mode: each layer tensor's gradient offset in layer_grads (index order). */
+    size_t *tgrad_off;
+    /* INT8 mode: embedding + tail and each layer's two norms in fp32; matrices as codes with
+     * per-group scales and zero points; one matrix (or factor pair) at a time dequantized into
+     * wmat, which holds matrix wmat_id (layer * 7 + matrix; -1: nothing valid). */
+    float *outer_params, *layer_norms, *wscale, *wmat;
+    int wmat_id;
+    size_t wmat_n; /* floats the matrix scratch holds */
+    uint8_t *wq, *wzero;
+    size_t *code_off, *group_off; /* per parameter index (INT8 matrices) */
+    /* bf16_vocab: the embedding (V x d) then the head (V x d) in bf16; outer_params holds only the
+     * final norm; vocab_rows is one vocabulary block of either in fp32 (the head's GEMMs, updates). */
+    uint16_t *vocab16;
+    float *vocab_rows;
+    float *rope_cos, *rope_sin; /* (rope_len, hd/2) */
+    int rope_len;
+    int32_t *ids, *targets;     /* (N) in backend memory */
+    /* acts[l] for l < L: what layer l's backward reads. With recompute, every acts[l] shares one
+     * work set and only acts[l].x is the layer's own; xs[0..L] are the layer inputs (xs[L] is the
+     * final residual stream). */
+    layer_acts *acts;
+    float **xs;
+    /* bf16_checkpoints: the layer inputs live in xs16[0..L] and xwork is the fp32 copy of the one
+     * in use (every acts[l].x points at it); xs is unused. */
+    uint16_t **xs16;
+    float *xwork;
+    /* offload_checkpoints: every xs16[l] is one device staging buffer; layer l's input lives in
+     * host16 + l * N * d (host memory from the backend's host allocator, host_bytes of it). */
+    uint16_t *host16;
+    size_t host_bytes;
+    float *lnf, *rstdf, *logits, *losses;
+    /* mini-sequence MLP chunk buffers (mlp_rows x F), and the chunk's low-rank intermediates of
+     * gate, up and down (mlp_rows x R) */
+    float *cgate, *cup, *cmlp;
+    float *ct[OZ_LLAMA_MATRICES];
+    /* backward scratch; dt holds the gradient of one low-rank intermediate (rows x r) */
+    float *dx, *dln, *dq, *dk, *dv, *datt, *dt;
+    bool q_alias, kv_alias; /* dq/datt, dk/dv live in dead activation buffers (list_buffers) */
+    /* With recompute: the attention norm's output lives in the MLP hidden buffer (its chunk's, or
+     * the layer's), dead while the attention runs; the backward renormalizes before q/k/v's. */
+    bool ln1_alias;
+    float *norm_sink;           /* frozen norms' weight gradients land here and are never read */
+    int *active;                /* (L * 7) active ranks; 0 for dense matrices */
+    oz_grad_sink sink;          /* where gradients go (model/grad_sink.h) */
+    int backwards;              /* forward_backward calls since oz_llama_zero_grads */
+    /* outer_grad_blocks: one block of embedding/head gradient rows, each row's log-sum-exp, and a
+     * block's remapped token ids (-1 outside the block) */
+    float *vblock, *lse;
+    int32_t *ids_block;
+    /* every arena buffer, for destroy */
+    void **owned;
+    int n_owned;
+};
+
+
+/* ---- shared helpers (oz_ll_: model-internal) */
+static inline size_t aligned16(size_t n) { return (n + 15) & ~(size_t)15; }
+static inline bool is_layer_matrix(const oz_param_info *p) { return p->layer >= 0 && !p->is_norm; }
+static inline bool is_vocab_tensor(const oz_param_info *p) { return p->kind == OZ_P_EMBED || p->kind == OZ_P_LM_HEAD; }
+
+/* storage.c: an INT8 matrix's codes, scales and zero points (false if not INT8); one vocabulary
+ * block's floats; the embedding/head rows window (weights_view.h). */
+bool oz_ll_param_int8(oz_llama *m, int index, uint8_t **q, float **scale, uint8_t **zero);
+size_t oz_ll_vocab_rows_floats(const oz_llama_config *c);
+float *oz_ll_rows_load(oz_llama *m, int index, int row0, int rows);
+void oz_ll_rows_store(oz_llama *m, int index, int row0, int rows, uint64_t key);
+
+/* buffers.c: rows per dequantized block of an (out x in) INT8 matrix (whole quantization groups,
+ * about `target` values); the per-tensor gradient group of a layer tensor (a matrix's own, or one
+ * per norm; the three MLP matrices share one over several MLP chunks); the outer gradient floats. */
+enum { GRP_ATTN_NORM = OZ_LLAMA_MATRICES, GRP_MLP_NORM, GRP_COUNT };
+int oz_ll_deq_block_rows(int out, int in, size_t target);
+int oz_ll_grad_group(const oz_llama_shape *s, const oz_param_info *p);
+size_t oz_ll_outer_grad_floats(const oz_llama *m);
+
+#endif
