@@ -239,7 +239,8 @@ static bool ir_setup_kind(ir_model *t, int buffer, oz_optim_kind kind) {
     ok = oz_optimizer_create(&t->opt, &t->ocfg, lay, &t->be, &t->arena, &err) == OZ_OK;
     CHECK(ok, "%s", err.msg);
     if (!ok) return false;
-    oz_optimizer_bind_model(t->opt, t->m);
+    oz_optimizer_bind_weights(t->opt, oz_llama_weights(t->m));
+    oz_llama_set_grad_sink(t->m, oz_optimizer_sink(t->opt));
     oz_rng rng;
     oz_rng_seed(&rng, 17);
     for (int i = 0; i < 18; i++) {
@@ -278,7 +279,6 @@ static double max_rel(const float *a, const float *b, size_t n) {
 
 static void ir_train_steps(ir_model *t, int steps) {
     oz_err err = {0};
-    const oz_param_layout *lay = oz_llama_get_layout(t->m);
     for (int st = 0; st < steps; st++) {
         oz_llama_batch b = {t->ids, t->targets, 2, 9, NULL};
         double s;
@@ -286,8 +286,9 @@ static void ir_train_steps(ir_model *t, int steps) {
         oz_llama_zero_grads(t->m);
         oz_optimizer_begin_step(t->opt, st, 1e-2f);
         CHECK(oz_llama_forward_backward(t->m, &b, 1.0f / 18, &s, &c, &err) == OZ_OK, "%s", err.msg);
-        for (int i = 0; i < lay->n; i++) oz_optimizer_consume(t->opt, i, oz_llama_grad(t->m, i), false, &err);
-        oz_optimizer_apply(t->opt, NULL, 1e-2f, 1.0f);
+        oz_llama_emit_accumulated(t->m);
+        CHECK(oz_optimizer_status(t->opt, &err) == OZ_OK, "%s", err.msg);
+        oz_optimizer_apply(t->opt, 1e-2f, 1.0f);
     }
 }
 

@@ -6,13 +6,14 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "grad_events.h"
 #include "harness.h"
 #include "io/atomic.h"
-#include "model/hf_model.h"
 #include "io/safetensors.h"
+#include "model/hf_model.h"
 #include "model/llama.h"
-#include "optim/optimizer.h"
 #include "numeric/quant.h"
+#include "optim/optimizer.h"
 #include "optim/schedule.h"
 #include "util/rng.h"
 
@@ -376,14 +377,11 @@ static void test_adamw_lowers_loss(void) {
           "AdamW state is %zu bytes, the formula 2 x 4 x %zu", tm.arena.current[OZ_MEM_OPTIM], numel);
     double first = tiny_loss(&tm), last = first;
     oz_llama_batch b = {tm.ids, tm.targets, 2, 7, NULL};
+    connect_model(opt, tm.m);
     for (int step = 0; step < 60; step++) {
         double s;
         long c;
-        oz_llama_zero_grads(tm.m);
-        oz_optimizer_begin_step(opt, step, 1e-2f);
-        oz_llama_forward_backward(tm.m, &b, 1.0f / 13, &s, &c, &err);
-        for (int i = 0; i < lay->n; i++) oz_optimizer_consume(opt, i, oz_llama_grad(tm.m, i), false, &err);
-        oz_optimizer_apply(opt, oz_llama_params(tm.m), 1e-2f, 1.0f);
+        CHECK(train_step(tm.m, opt, &b, step, 1e-2f, 1.0f / 13, &s, &c, &err) == OZ_OK, "%s", err.msg);
         last = s / c;
     }
     CHECK(last < 0.3 * first, "loss went from %.4f to only %.4f", first, last);
@@ -624,21 +622,10 @@ static void test_bf16_checkpoints(void) {
     oz_param_layout_free(&lay);
 }
 
-/* Embedding/head gradients in vocabulary blocks (outer_grad_blocks): the blocks handed to the rows
- * hook, in order and covering every row once, are the full-buffer gradients to fp32 rounding, and
- * so are the loss, dX (seen through the layers' gradients) and the final norm's gradient; with and
+/* Embedding/head gradients in vocabulary blocks (grads.vocab_blocks): the OZ_GRAD_ROWS events, in
+ * order and covering every row once, are the full-buffer gradients to fp32 rounding, and so are
+ * the loss, dX (seen through the layers' gradients) and the final norm's gradient; with and
  * without mini-sequences; the planner equals the arena, whose largest gradient buffer is a block. */
-typedef struct {
-    oz_llama *m;
-    float *out;
-    size_t n;
-} hook_log_l0;
-
-static void snapshot_layer0(void *user, int layer) {
-    hook_log_l0 *h = user;
-    if (layer != 0) return;
-    memcpy(h->out, oz_llama_grad(h->m, oz_llama_get_layout(h->m)->layer_first[0]), h->n * sizeof(float));
-}
 
 typedef struct {
     float *grad[2]; /* embedding, head */
@@ -647,16 +634,34 @@ typedef struct {
     oz_backend *be;
 } rows_log;
 
-static void record_rows(void *user, int index, int row0, int rows, const float *grad) {
-    rows_log *r = user;
-    int k = index == 0 ? 0 : index == r->head ? 1 : -1;
-    if (k < 0 || row0 != r->next[k]) {
+static void record_rows(rows_log *r, const oz_grad_event *ev) {
+    int k = ev->index == 0 ? 0 : ev->index == r->head ? 1 : -1;
+    if (k < 0 || ev->row0 != r->next[k]) {
         r->bad++;
         return;
     }
-    r->be->to_host(r->be, r->grad[k] + (size_t)row0 * r->d, grad, (size_t)rows * r->d * sizeof(float));
-    r->next[k] += rows;
+    r->be->to_host(r->be, r->grad[k] + (size_t)ev->row0 * r->d, ev->grad, (size_t)ev->rows * r->d * sizeof(float));
+    r->next[k] += ev->rows;
     r->calls++;
+}
+
+static void take_rows_only(void *user, const oz_grad_event *ev) {
+    if (ev->form == OZ_GRAD_ROWS) record_rows(user, ev);
+}
+
+/* The row blocks, and a copy of layer 0's gradients (one buffer) when the layer is emitted. */
+typedef struct {
+    rows_log *rows;
+    int layer0_first;
+    float *layer0;
+    size_t layer0_n;
+} blocks_log;
+
+static void take_blocks(void *user, const oz_grad_event *ev) {
+    blocks_log *l = user;
+    if (ev->form == OZ_GRAD_ROWS) record_rows(l->rows, ev);
+    else if (ev->form == OZ_GRAD_TENSOR && ev->index == l->layer0_first)
+        memcpy(l->layer0, ev->grad, l->layer0_n * sizeof(float));
 }
 
 static void test_outer_grad_blocks(void) {
@@ -695,11 +700,10 @@ static void test_outer_grad_blocks(void) {
             memcpy(oz_llama_params(m), init, lay.total * sizeof *init);
             rows_log rl = {{calloc((size_t)c.vocab_size * c.hidden_size, 4), calloc((size_t)c.vocab_size * c.hidden_size, 4)},
                            {0, 0}, 0, 0, head, c.hidden_size, &be};
-            oz_llama_set_rows_hook(m, record_rows, &rl);
-            /* the layer hook snapshots layer 0's gradients (they flow from dX of the head) */
+            /* layer 0's gradients are copied when emitted (they flow from dX of the head) */
             float *l0 = malloc(lay.max_layer_grad * sizeof *l0);
-            hook_log_l0 hl = {m, l0, lay.max_layer_grad};
-            oz_llama_set_grad_hook(m, snapshot_layer0, &hl);
+            blocks_log bl = {&rl, lay.layer_first[0], l0, lay.max_layer_grad};
+            oz_llama_set_grad_sink(m, (oz_grad_sink){take_blocks, &bl});
             oz_llama_batch b = {ids, targets, B, T, NULL};
             double s;
             long n;
@@ -716,13 +720,13 @@ static void test_outer_grad_blocks(void) {
                 memcpy(ref[2], norm, lay.params[head - 1].numel * 4);
                 lay_ref = l0;
                 l0 = NULL;
-                CHECK(rl.calls == 0, "rows hook called without blocks");
+                CHECK(rl.calls == 0, "row blocks emitted without blocks");
             } else {
                 CHECK(oz_llama_grad(m, 0) == NULL && oz_llama_grad(m, head) == NULL && oz_llama_grad_in_blocks(m, 0) &&
                           oz_llama_grad_in_blocks(m, head) && !oz_llama_grad_in_blocks(m, head - 1),
-                      "embedding/head gradients should only come through the rows hook");
+                      "embedding/head gradients should only come as row blocks");
                 CHECK(rl.bad == 0 && rl.calls == 8 && rl.next[0] == c.vocab_size && rl.next[1] == c.vocab_size,
-                      "rows hook: %d calls, %d out of order, rows %d / %d", rl.calls, rl.bad, rl.next[0], rl.next[1]);
+                      "row blocks: %d events, %d out of order, rows %d / %d", rl.calls, rl.bad, rl.next[0], rl.next[1]);
                 CHECK_CLOSE(loss[1], loss[0], 1e-6, 0, "loss with vocabulary blocks");
                 const float *got[3] = {rl.grad[0], rl.grad[1], norm};
                 const size_t cnt[3] = {lay.params[0].numel, lay.params[head].numel, lay.params[head - 1].numel};
@@ -763,44 +767,80 @@ static void test_outer_grad_blocks(void) {
     oz_param_layout_free(&lay);
 }
 
-/* The per-layer gradient hook fires once per layer in reverse order, then once for the rest, and
- * each layer's gradients are final when its hook fires. */
+/* The events of a backward, in order: whole-model mode emits nothing until the first backward after
+ * zero_grads has finished, then every trainable tensor once as partial (its final gradient, the
+ * buffer's); a second micro-batch emits nothing, and emit_accumulated every tensor once, not partial.
+ * Per-layer mode emits layer 1's tensors, then layer 0's, each final when emitted (the whole-model
+ * gradients bit for bit), and emit_accumulated the embedding, final norm and head. */
 typedef struct {
-    int calls[8], n;
     oz_llama *m;
-    float *snapshot;
-} hook_log;
+    int index[64], n, partial, bad;
+    float *copy;  /* grad_offset layout: each gradient as it was when emitted */
+} event_log;
 
-static void record_hook(void *user, int layer) {
-    hook_log *h = user;
-    if (h->n < 8) h->calls[h->n] = layer;
-    h->n++;
-    if (layer == 1) {
-        const oz_param_layout *lay = oz_llama_get_layout(h->m);
-        memcpy(h->snapshot, oz_llama_grads(h->m) + lay->layer_offset[1],
-               (lay->layer_offset[2] - lay->layer_offset[1]) * sizeof(float));
-    }
+static void log_event(void *user, const oz_grad_event *ev) {
+    event_log *l = user;
+    const oz_param_info *p = &oz_llama_get_layout(l->m)->params[ev->index];
+    l->bad += ev->form != OZ_GRAD_TENSOR || ev->grad != oz_llama_grad(l->m, ev->index) || ev->scratch;
+    if (l->n < 64) l->index[l->n] = ev->index;
+    l->n++;
+    l->partial += ev->partial;
+    memcpy(l->copy + p->grad_offset, ev->grad, p->numel * sizeof(float));
 }
 
-static void test_grad_hook(void) {
+static void test_grad_events(void) {
     tiny_model tm;
     tiny_setup(&tm, false);
     if (!tm.m) return;
     const oz_param_layout *lay = oz_llama_get_layout(tm.m);
-    size_t span = lay->layer_offset[2] - lay->layer_offset[1];
-    hook_log h = {{0}, 0, tm.m, malloc(span * sizeof(float))};
-    oz_llama_set_grad_hook(tm.m, record_hook, &h);
     oz_err err = {0};
     oz_llama_batch b = {tm.ids, tm.targets, 2, 7, NULL};
     double s;
     long c;
+    float *whole = calloc(lay->grad_total, sizeof *whole);
+    event_log h = {tm.m, {0}, 0, 0, 0, calloc(lay->grad_total, sizeof(float))};
+    oz_llama_set_grad_sink(tm.m, (oz_grad_sink){log_event, &h});
     oz_llama_zero_grads(tm.m);
-    oz_llama_forward_backward(tm.m, &b, 1.0f, &s, &c, &err);
-    CHECK(h.n == 3 && h.calls[0] == 1 && h.calls[1] == 0 && h.calls[2] == -1, "hook order %d: %d %d %d", h.n,
-          h.calls[0], h.calls[1], h.calls[2]);
-    CHECK(memcmp(h.snapshot, oz_llama_grads(tm.m) + lay->layer_offset[1], span * sizeof(float)) == 0,
-          "layer 1's gradients changed after its hook fired");
-    free(h.snapshot);
+    CHECK(oz_llama_forward_backward(tm.m, &b, 1.0f, &s, &c, &err) == OZ_OK, "%s", err.msg);
+    memcpy(whole, oz_llama_grads(tm.m), lay->grad_total * sizeof(float));
+    CHECK(h.n == lay->n && h.partial == lay->n && h.bad == 0, "first backward: %d events, %d partial, %d bad", h.n,
+          h.partial, h.bad);
+    for (int k = 0; k < h.n && k < 64; k++) CHECK(h.index[k] == k, "event %d is tensor %d", k, h.index[k]);
+    CHECK(memcmp(h.copy, whole, lay->grad_total * sizeof(float)) == 0, "a partial gradient was not final");
+    h.n = h.partial = 0;
+    CHECK(oz_llama_forward_backward(tm.m, &b, 1.0f, &s, &c, &err) == OZ_OK, "%s", err.msg);
+    CHECK(h.n == 0, "a second micro-batch emitted %d events", h.n);
+    oz_llama_emit_accumulated(tm.m);
+    CHECK(h.n == lay->n && h.partial == 0 && h.bad == 0, "emit_accumulated: %d events, %d partial, %d bad", h.n,
+          h.partial, h.bad);
+    /* Per-layer mode, from the same weights. */
+    oz_llama *m = NULL;
+    oz_llama_shape shape = {.batch = 2, .seq = 7, .with_grads = true, .grads.per_layer = true};
+    CHECK(oz_llama_create(&m, &tm.cfg, &tm.be, &tm.arena, shape, &err) == OZ_OK, "%s", err.msg);
+    if (m) {
+        memcpy(oz_llama_params(m), oz_llama_params(tm.m), lay->total * sizeof(float));
+        event_log p = {m, {0}, 0, 0, 0, calloc(lay->grad_total, sizeof(float))};
+        oz_llama_set_grad_sink(m, (oz_grad_sink){log_event, &p});
+        oz_llama_zero_grads(m);
+        CHECK(oz_llama_forward_backward(m, &b, 1.0f, &s, &c, &err) == OZ_OK, "%s", err.msg);
+        int per_layer = lay->layer_first[2] - lay->layer_first[0], k = 0;
+        CHECK(p.n == per_layer && p.partial == 0 && p.bad == 0, "per-layer backward: %d events for %d layer tensors",
+              p.n, per_layer);
+        for (int l = 1; l >= 0; l--)
+            for (int i = lay->layer_first[l]; i < lay->layer_first[l + 1]; i++, k++)
+                CHECK(k < p.n && p.index[k] == i, "per-layer event %d is tensor %d, expected %d", k, p.index[k], i);
+        oz_llama_emit_accumulated(m);
+        CHECK(p.n == lay->n && p.bad == 0, "per-layer emit_accumulated: %d events in all", p.n);
+        for (int i = 0; i < lay->n; i++) {
+            const oz_param_info *q = &lay->params[i];
+            CHECK(memcmp(p.copy + q->grad_offset, whole + q->grad_offset, q->numel * sizeof(float)) == 0,
+                  "%s: per-layer gradient differs from the whole-model one", q->name);
+        }
+        free(p.copy);
+        oz_llama_destroy(m);
+    }
+    free(h.copy);
+    free(whole);
     tiny_teardown(&tm);
 }
 
@@ -943,20 +983,6 @@ static void test_active_rank_equals_smaller_model(void) {
     tiny_teardown(&small);
 }
 
-typedef struct {
-    oz_llama *m;
-    oz_optimizer *opt;
-} consume_ctx;
-
-static void consume_layer(void *user, int layer) {
-    consume_ctx *c = user;
-    oz_err err = {0};
-    const oz_param_layout *lay = oz_llama_get_layout(c->m);
-    if (layer < 0) return;
-    for (int i = lay->layer_first[layer]; i < lay->layer_first[layer + 1]; i++)
-        oz_optimizer_consume(c->opt, i, oz_llama_grad(c->m, i), false, &err);
-}
-
 /* WeLore's freezing (embedding, head, dense matrices): no gradient buffer, no state, the frozen
  * tensors never change over steps with weight decay on, the trainable ones get exactly the
  * gradients of the unfrozen model (dX flows through the frozen ones), and per-layer gradients
@@ -1012,26 +1038,17 @@ static void test_frozen(void) {
         }
         (void)lr;
         oz_optim_config oc = {.kind = OZ_OPTIM_ADAMW, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f,
-                              .per_layer = per_layer};
+                              .grads = shape.grads};
         oz_optimizer *opt = NULL;
         CHECK(oz_optimizer_create(&opt, &oc, lay, &be, &arena, &err) == OZ_OK, "%s", err.msg);
         if (!opt) continue;
-        oz_optimizer_bind_model(opt, m);
+        connect_model(opt, m);
         size_t state = arena.current[OZ_MEM_OPTIM];
         CHECK(state == 2 * trainable * sizeof(float), "optimizer state %zu bytes for %zu trainable", state, trainable);
         float *before = malloc(lay->total * sizeof *before);
         memcpy(before, oz_llama_params(m), lay->total * sizeof *before);
-        consume_ctx ctx = {m, opt};
-        if (per_layer) oz_llama_set_grad_hook(m, consume_layer, &ctx);
-        for (int step = 0; step < 4; step++) {
-            oz_llama_zero_grads(m);
-            oz_optimizer_begin_step(opt, step, 1e-2f);
-            oz_llama_forward_backward(m, &b, 1.0f / 13, &s, &c, &err);
-            for (int i = 0; i < lay->n; i++)
-                if (!per_layer || lay->params[i].layer < 0)
-                    CHECK(oz_optimizer_consume(opt, i, oz_llama_grad(m, i), false, &err) == OZ_OK, "%s", err.msg);
-            oz_optimizer_apply(opt, NULL, 1e-2f, 1.0f);
-        }
+        for (int step = 0; step < 4; step++)
+            CHECK(train_step(m, opt, &b, step, 1e-2f, 1.0f / 13, &s, &c, &err) == OZ_OK, "%s", err.msg);
         const float *after = oz_llama_params(m);
         for (int i = 0; i < lay->n; i++) {
             const oz_param_info *p = &lay->params[i];
@@ -1087,7 +1104,7 @@ static void test_frozen_qgalore(void) {
     oz_optimizer *opt = NULL;
     CHECK(oz_optimizer_create(&opt, &oc, lay, &be, &arena, &err) == OZ_OK, "%s", err.msg);
     if (opt) {
-        oz_optimizer_bind_model(opt, m);
+        connect_model(opt, m);
         /* Snapshot every tensor: INT8 ones as codes + scales + zero points, the rest as floats. */
         size_t *snap_off = calloc((size_t)lay->n + 1, sizeof *snap_off);
         for (int i = 0; i < lay->n; i++) {
@@ -1095,7 +1112,7 @@ static void test_frozen_qgalore(void) {
             size_t bytes = p->numel * sizeof(float);
             uint8_t *q, *z;
             float *sc;
-            if (oz_llama_param_int8(m, i, &q, &sc, &z)) bytes = p->numel + oz_qw_groups(p->numel) * 5;
+            if (model_int8(m, i, &q, &sc, &z)) bytes = p->numel + oz_qw_groups(p->numel) * 5;
             snap_off[i + 1] = snap_off[i] + bytes;
         }
         unsigned char *before = malloc(snap_off[lay->n]), *after = malloc(snap_off[lay->n]);
@@ -1106,7 +1123,7 @@ static void test_frozen_qgalore(void) {
                 uint8_t *q, *z;
                 float *sc;
                 unsigned char *d = dst + snap_off[i];
-                if (oz_llama_param_int8(m, i, &q, &sc, &z)) {
+                if (model_int8(m, i, &q, &sc, &z)) {
                     size_t g = oz_qw_groups(p->numel);
                     memcpy(d, q, p->numel);
                     memcpy(d + p->numel, sc, g * sizeof(float));
@@ -1119,22 +1136,15 @@ static void test_frozen_qgalore(void) {
             oz_llama_batch b = {ref.ids, ref.targets, 2, 7, NULL};
             double s;
             long c;
-            for (int step = 0; step < 4; step++) {
-                oz_llama_zero_grads(m);
-                oz_optimizer_begin_step(opt, step, 1e-2f);
-                CHECK(oz_llama_forward_backward(m, &b, 1.0f / 13, &s, &c, &err) == OZ_OK, "%s", err.msg);
-                CHECK(oz_optimizer_refresh_from(opt, m, &err) == OZ_OK, "%s", err.msg);
-                for (int i = 0; i < lay->n; i++)
-                    CHECK(oz_optimizer_consume(opt, i, oz_llama_grad(m, i), false, &err) == OZ_OK, "%s", err.msg);
-                oz_optimizer_apply(opt, NULL, 1e-2f, 1.0f);
-            }
+            for (int step = 0; step < 4; step++)
+                CHECK(train_step(m, opt, &b, step, 1e-2f, 1.0f / 13, &s, &c, &err) == OZ_OK, "%s", err.msg);
         }
         int int8_frozen = 0, int8_factors = 0;
         for (int i = 0; i < lay->n; i++) {
             const oz_param_info *p = &lay->params[i];
             uint8_t *q, *z;
             float *sc;
-            bool int8 = oz_llama_param_int8(m, i, &q, &sc, &z);
+            bool int8 = model_int8(m, i, &q, &sc, &z);
             if (int8 && p->frozen) int8_frozen++;
             if (int8 && p->factor) int8_factors++;
             bool same = memcmp(before + snap_off[i], after + snap_off[i], snap_off[i + 1] - snap_off[i]) == 0;
@@ -1229,29 +1239,27 @@ static void test_low_rank_plan(void) {
     oz_param_layout_free(&lay);
 }
 
-/* Per-tensor hand-off (oz_llama_shape.grads.immediate). One forward_backward per case, against the
- * whole-model gradient buffer of the same model: every trainable tensor is handed off exactly once,
- * an untied head and the final norm before any layer tensor and the embedding last (tied: embedding
- * and final norm last); each handed-off gradient equals the whole-model one bit for bit even though
- * the hook poisons that tensor's weights with NaN right away (so nothing after its hand-off reads
- * them: the premise of updating inside the hook); the planner equals the arena. Then immediate
- * updates through the tensor hook give bit for bit the weights of immediate updates through the
- * layer hook (the mode this one replaces in the trainer). Dense and INT8 matrices, untied, tied,
- * low-rank and WeLore-frozen models, recompute, and 0/1/2/3 MLP chunks (3 uneven). */
+/* Per-tensor events (oz_grad_mode.immediate). One forward_backward per case, against the
+ * whole-model gradient buffer of the same model: every trainable tensor is emitted exactly once, an
+ * untied head and the final norm before any layer tensor and the embedding last (tied: embedding
+ * and final norm last), layer tensors as scratch; each emitted gradient equals the whole-model one
+ * bit for bit even though the sink poisons that tensor's weights with NaN right away (so nothing
+ * after its event reads them: the premise of updating inside the sink); the planner equals the
+ * arena. Then immediate updates give bit for bit the weights of per-layer updates applied at the
+ * end of the step. Dense and INT8 matrices, untied, tied, low-rank and WeLore-frozen models,
+ * recompute, and 0/1/2/3 MLP chunks (3 uneven). */
 typedef struct {
     oz_llama *m;
-    oz_optimizer *opt;      /* update mode: consume (and apply the outer tensors) */
-    float lr;
-    float *grads;           /* check mode: layout->grad_total floats, at grad_offset */
+    float *grads; /* layout->grad_total floats, at grad_offset */
     int *order, n, max;
-    bool poison;
+    int bad;      /* an event not a whole tensor, or a layer tensor not scratch */
 } tensor_log;
 
 static void poison_param(oz_llama *m, int i) {
     const oz_param_info *p = &oz_llama_get_layout(m)->params[i];
     uint8_t *q, *z;
     float *sc;
-    if (oz_llama_param_int8(m, i, &q, &sc, &z)) {
+    if (model_int8(m, i, &q, &sc, &z)) {
         memset(sc, 0xff, oz_qw_groups(p->numel) * sizeof *sc); /* NaN scales: any dequantized value is NaN */
         memset(q, 0xff, p->numel);
     } else {
@@ -1259,31 +1267,26 @@ static void poison_param(oz_llama *m, int i) {
     }
 }
 
-static void log_tensor(void *user, int index) {
+static void log_tensor(void *user, const oz_grad_event *ev) {
     tensor_log *t = user;
-    const oz_param_info *p = &oz_llama_get_layout(t->m)->params[index];
-    const float *g = oz_llama_grad(t->m, index);
-    if (t->n < t->max) t->order[t->n] = index;
+    const oz_param_info *p = &oz_llama_get_layout(t->m)->params[ev->index];
+    if (t->n < t->max) t->order[t->n] = ev->index;
     t->n++;
-    if (t->opt) {
-        oz_err err = {0};
-        oz_optimizer_consume(t->opt, index, g, false, &err);
-        if (p->layer < 0) oz_optimizer_apply(t->opt, NULL, t->lr, 1.0f);
-        return;
-    }
-    memcpy(t->grads + p->grad_offset, g, p->numel * sizeof(float));
-    if (t->poison) poison_param(t->m, index);
+    t->bad += ev->form != OZ_GRAD_TENSOR || ev->scratch != (p->layer >= 0) || ev->partial;
+    memcpy(t->grads + p->grad_offset, ev->grad, p->numel * sizeof(float));
+    poison_param(t->m, ev->index);
 }
 
-static oz_optimizer *immediate_optimizer(oz_llama *m, oz_backend *be, oz_arena *arena, bool int8, bool per_layer) {
+/* GaLore (8-bit; Q-GaLore with int8) taking model m's gradients as `grads` says. */
+static oz_optimizer *galore_optimizer(oz_llama *m, oz_backend *be, oz_arena *arena, bool int8, oz_grad_mode grads) {
     oz_optim_config oc = {.kind = int8 ? OZ_OPTIM_QGALORE : OZ_OPTIM_GALORE8BIT, .beta1 = 0.9f, .beta2 = 0.95f,
                           .eps = 1e-8f, .weight_decay = 0.1f, .rank = 2, .update_gap = 2, .scale = 0.25f,
                           .proj = OZ_PROJ_STD, .galore_attn = true, .galore_mlp = true, .proj_bits = int8 ? 4 : 32,
-                          .per_layer = per_layer, .immediate = per_layer, .int8_weights = int8};
+                          .grads = grads, .int8_weights = int8};
     oz_optimizer *opt = NULL;
     oz_err err = {0};
     CHECK(oz_optimizer_create(&opt, &oc, oz_llama_get_layout(m), be, arena, &err) == OZ_OK, "%s", err.msg);
-    if (opt) oz_optimizer_bind_model(opt, m);
+    if (opt) connect_model(opt, m);
     return opt;
 }
 
@@ -1420,7 +1423,7 @@ static void test_bf16_vocab(void) {
                   "bf16 vocab %d: the head does not read back as its rounded values", bf16);
             free(back);
             rows_log rl = {{calloc(Vd, 4), calloc(Vd, 4)}, {0, 0}, 0, 0, head, c.hidden_size, &f.be};
-            oz_llama_set_rows_hook(f.m, record_rows, &rl);
+            oz_llama_set_grad_sink(f.m, (oz_grad_sink){take_rows_only, &rl});
             double s;
             long n;
             oz_llama_zero_grads(f.m);
@@ -1429,17 +1432,18 @@ static void test_bf16_vocab(void) {
             memcpy(norm_grad[bf16], oz_llama_grad(f.m, head - 1), sizeof norm_grad[bf16]);
             CHECK(oz_llama_forward(f.m, &b, &s, &n, &err) == OZ_OK, "%s", err.msg);
             fwd[bf16] = s / n;
-            CHECK(rl.bad == 0 && rl.calls == (frozen ? 0 : 8), "bf16 vocab %d: rows hook %d calls, %d out of order",
+            CHECK(rl.bad == 0 && rl.calls == (frozen ? 0 : 8), "bf16 vocab %d: %d row blocks, %d out of order",
                   bf16, rl.calls, rl.bad);
             rg[bf16][0] = rl.grad[0], rg[bf16][1] = rl.grad[1];
             if (bf16 && !frozen) {
                 /* rows 16..31 of the head: loaded as stored; nudged and stored back stochastically */
                 const int d = c.hidden_size;
-                float *w = oz_llama_rows_load(f.m, head, 16, 16), orig[16 * 16], want[16 * 16];
+                oz_weights_view v = oz_llama_weights(f.m);
+                float *w = v.rows_load(v.owner, head, 16, 16), orig[16 * 16], want[16 * 16];
                 CHECK(!memcmp(w, rounded + lay.params[head].offset + 16 * d, sizeof orig), "rows_load: not the stored rows");
                 memcpy(orig, w, sizeof orig);
                 for (int j = 0; j < 16 * d; j++) w[j] = want[j] = orig[j] * 1.001f + 1e-4f;
-                oz_llama_rows_store(f.m, head, 16, 16, 77);
+                v.rows_store(v.owner, head, 16, 16, 77);
                 uint16_t *h16 = oz_llama_param_bf16(f.m, head) + 16 * d;
                 int off = 0;
                 for (int j = 0; j < 16 * d; j++) {
@@ -1540,10 +1544,9 @@ static void test_per_tensor_grads(void) {
                         continue;
                     }
                     check_plan(&c, per, &fp.arena, what, NULL);
-                    tensor_log log = {fp.m, NULL, 0, NULL, order, 0, lay.n, true};
-                    log.grads = got;
+                    tensor_log log = {fp.m, got, order, 0, lay.n, 0};
                     memset(got, 0, lay.grad_total * sizeof *got);
-                    oz_llama_set_tensor_hook(fp.m, log_tensor, &log);
+                    oz_llama_set_grad_sink(fp.m, (oz_grad_sink){log_tensor, &log});
                     CHECK(oz_llama_forward_backward(fp.m, &b, 1.0f / N, &s2, &n2, &err) == OZ_OK, "%s", err.msg);
                     CHECK(s1 == s2 && n1 == n2, "per-tensor loss %.9g vs %.9g (%s)", s2, s1, what);
                     int trainable = 0, first_layer_call = lay.n, seen_twice = 0;
@@ -1561,8 +1564,9 @@ static void test_per_tensor_grads(void) {
                         CHECK(memcmp(got + p->grad_offset, want + p->grad_offset, p->numel * sizeof(float)) == 0,
                               "%s: handed-off gradient differs from the whole-model one (%s)", p->name, what);
                     }
-                    CHECK(log.n == trainable && !seen_twice, "%d hand-offs for %d trainable tensors (%s)", log.n,
-                          trainable, what);
+                    CHECK(log.n == trainable && !seen_twice && log.bad == 0,
+                          "%d events for %d trainable tensors, %d not whole scratch layer tensors (%s)", log.n,
+                          trainable, log.bad, what);
                     int fn = lay.layer_first[lay.n_layers];
                     int outer_first = (int)!lay.params[fn].frozen + (int)(!c.tie_word_embeddings && !lay.params[lay.n - 1].frozen);
                     if (!c.tie_word_embeddings)
@@ -1573,7 +1577,7 @@ static void test_per_tensor_grads(void) {
                               "tied: embedding and final norm not handed off last (%s)", what);
                     free(calls);
                     fixture_drop(&fp);
-                    /* Immediate updates: tensor hook against layer hook, bit for bit. */
+                    /* Immediate updates against per-layer ones applied at the end, bit for bit. */
                     for (int mode = 0; mode <= 1; mode++) {
                         oz_llama_shape shape = mode ? per : whole;
                         shape.grads.per_layer = true;
@@ -1582,28 +1586,18 @@ static void test_per_tensor_grads(void) {
                             fixture_drop(&f);
                             continue;
                         }
-                        oz_optimizer *opt = immediate_optimizer(f.m, &f.be, &f.arena, int8, true);
-                        tensor_log tl = {f.m, opt, 1e-2f, NULL, order, 0, lay.n, false};
-                        consume_ctx ctx = {f.m, opt};
-                        if (mode) oz_llama_set_tensor_hook(f.m, log_tensor, &tl);
-                        else oz_llama_set_grad_hook(f.m, consume_layer, &ctx);
+                        oz_optimizer *opt = galore_optimizer(f.m, &f.be, &f.arena, int8, shape.grads);
                         for (int step = 0; opt && step < STEPS; step++) {
                             double s;
                             long n;
-                            oz_llama_zero_grads(f.m);
-                            oz_optimizer_begin_step(opt, step, 1e-2f);
-                            CHECK(oz_llama_forward_backward(f.m, &b, 1.0f / N, &s, &n, &err) == OZ_OK, "%s", err.msg);
-                            if (mode) continue;
-                            for (int i = 0; i < lay.n; i++)
-                                if (lay.params[i].layer < 0) oz_optimizer_consume(opt, i, oz_llama_grad(f.m, i), false, &err);
-                            oz_optimizer_apply(opt, NULL, 1e-2f, 1.0f);
+                            CHECK(train_step(f.m, opt, &b, step, 1e-2f, 1.0f / N, &s, &n, &err) == OZ_OK, "%s", err.msg);
                         }
                         oz_llama_export_params(f.m, mode ? w2 : w1);
                         oz_optimizer_destroy(opt);
                         fixture_drop(&f);
                     }
                     CHECK(memcmp(w1, w2, lay.total * sizeof(float)) == 0,
-                          "immediate updates through the tensor hook differ from the layer hook's (%s)", what);
+                          "immediate updates differ from per-layer updates applied at the end (%s)", what);
                     CHECK(memcmp(w1, init, lay.total * sizeof(float)) != 0, "nothing trained (%s)", what);
                 }
         free(init);
@@ -1616,22 +1610,22 @@ static void test_per_tensor_grads(void) {
     }
 }
 
-/* Factored gradients: for every factored matrix the factor hook's dy^T x is the gradient the
- * whole-model buffer gets (to fp32 rounding: a different summation), it comes before that tensor's
- * hand-off and before anything could overwrite x, oz_llama_grad is NULL for it, the rest of the
+/* Factored gradients: for every factored matrix the OZ_GRAD_FACTORS event's dy^T x is the gradient
+ * the whole-model buffer gets (to fp32 rounding: a different summation), it comes before that
+ * tensor's OZ_GRAD_TENSOR event (grad NULL) and before anything could overwrite x, oz_llama_grad is NULL for it, the rest of the
  * gradients are handed off unchanged, and the plan equals the arena (with fewer gradient bytes).
  * Untied, tied and low-rank configs (low-rank matrices stay materialized), INT8 or fp32 matrices,
  * with and without recompute, MLP chunks 0, 1 (all matrices factored) and 2 (attention only). */
 typedef struct {
     oz_llama *m;
     float *grads;    /* grad_offset layout: what each tensor's gradient was */
-    int *factored;   /* per index: factor hook calls */
-    int *handed;     /* per index: tensor hook calls */
-    int bad;         /* factor hook after the hand-off, or a non-NULL gradient for a factored tensor */
+    int *factored;   /* per index: OZ_GRAD_FACTORS events */
+    int *handed;     /* per index: OZ_GRAD_TENSOR events */
+    int bad;         /* factors after the tensor event, or a gradient buffer for a factored tensor */
 } factor_log;
 
-static void log_factor(void *user, int index, const float *dy, int ldy, const float *x, int ldx, int rows) {
-    factor_log *f = user;
+static void log_factor(factor_log *f, const oz_grad_event *ev) {
+    int index = ev->index;
     const oz_param_info *p = &oz_llama_get_layout(f->m)->params[index];
     f->bad += f->handed[index] != 0 || oz_llama_grad(f->m, index) != NULL || !oz_llama_grad_factored(f->m, index);
     f->factored[index]++;
@@ -1639,18 +1633,23 @@ static void log_factor(void *user, int index, const float *dy, int ldy, const fl
     for (int i = 0; i < out; i++)
         for (int j = 0; j < in; j++) {
             double v = 0;
-            for (int t = 0; t < rows; t++) v += (double)dy[(size_t)t * ldy + i] * x[(size_t)t * ldx + j];
+            for (int t = 0; t < ev->rows; t++) v += (double)ev->dy[(size_t)t * ev->ldy + i] * ev->x[(size_t)t * ev->ldx + j];
             f->grads[p->grad_offset + (size_t)i * in + j] = (float)v;
         }
 }
 
-static void log_handed(void *user, int index) {
-    factor_log *f = user;
-    const oz_param_info *p = &oz_llama_get_layout(f->m)->params[index];
-    f->handed[index]++;
-    const float *g = oz_llama_grad(f->m, index);
-    if (g) memcpy(f->grads + p->grad_offset, g, p->numel * sizeof(float));
-    else f->bad += f->factored[index] != 1;
+static void log_handed(factor_log *f, const oz_grad_event *ev) {
+    const oz_param_info *p = &oz_llama_get_layout(f->m)->params[ev->index];
+    f->handed[ev->index]++;
+    f->bad += ev->grad != oz_llama_grad(f->m, ev->index);
+    if (ev->grad) memcpy(f->grads + p->grad_offset, ev->grad, p->numel * sizeof(float));
+    else f->bad += f->factored[ev->index] != 1;
+}
+
+static void take_factored(void *user, const oz_grad_event *ev) {
+    if (ev->form == OZ_GRAD_FACTORS) log_factor(user, ev);
+    else if (ev->form == OZ_GRAD_TENSOR) log_handed(user, ev);
+    else ((factor_log *)user)->bad++;
 }
 
 static void test_factored_grads(void) {
@@ -1712,17 +1711,16 @@ static void test_factored_grads(void) {
                     memset(hcalls, 0, (size_t)lay.n * sizeof *hcalls);
                     memset(got, 0, lay.grad_total * sizeof *got);
                     factor_log fl = {fp.m, got, fcalls, hcalls, 0};
-                    oz_llama_set_factor_hook(fp.m, log_factor, &fl);
-                    oz_llama_set_tensor_hook(fp.m, log_handed, &fl);
+                    oz_llama_set_grad_sink(fp.m, (oz_grad_sink){take_factored, &fl});
                     CHECK(oz_llama_forward_backward(fp.m, &b, 1.0f / N, &s2, &n2, &err) == OZ_OK, "%s", err.msg);
                     CHECK(s1 == s2 && n1 == n2, "factored loss %.9g vs %.9g (%s)", s2, s1, what);
-                    CHECK(fl.bad == 0, "%d factor hook calls out of order or with a gradient buffer (%s)", fl.bad, what);
+                    CHECK(fl.bad == 0, "%d factor events out of order or with a gradient buffer (%s)", fl.bad, what);
                     int nf = 0;
                     for (int i = 0; i < lay.n; i++) {
                         const oz_param_info *p = &lay.params[i];
                         bool f = oz_param_factored(p, fac.grads.factored);
                         nf += f;
-                        CHECK(hcalls[i] == 1 && fcalls[i] == (int)f, "%s: %d hand-offs, %d factor calls (%s)", p->name,
+                        CHECK(hcalls[i] == 1 && fcalls[i] == (int)f, "%s: %d tensor events, %d factor events (%s)", p->name,
                               hcalls[i], fcalls[i], what);
                         double d = 0, mx = 0;
                         for (size_t e = 0; e < p->numel; e++) {
@@ -1827,6 +1825,6 @@ int main(void) {
     RUN(test_outer_grad_blocks);
     RUN(test_bf16_vocab);
     RUN(test_int8_row_blocks);
-    RUN(test_grad_hook);
+    RUN(test_grad_events);
     return oz_test_finish("test_model");
 }

@@ -8,13 +8,14 @@
 #include <unistd.h>
 
 #include "backend/backend.h"
+#include "grad_events.h"
 #include "harness.h"
 #include "io/atomic.h"
-#include "model/hf_model.h"
 #include "io/safetensors.h"
-#include "optim/optimizer.h"
+#include "model/hf_model.h"
 #include "numeric/quant.h"
 #include "numeric/subspace.h"
+#include "optim/optimizer.h"
 #include "train/plan.h"
 #include "train/trainer.h"
 #include "util/rng.h"
@@ -82,12 +83,13 @@ static float *run_steps(const oz_optim_config *c, const oz_param_layout *lay, in
     oz_rng rng;
     oz_rng_seed(&rng, 42);
     random_fill(w, lay->total, &rng, 1.0);
+    if (opt) oz_optimizer_bind_weights(opt, oz_weights_flat(w));
     if (opt && P) CHECK(oz_optimizer_set_basis(opt, 0, P, NULL), "no GaLore slot for the matrix");
     for (int s = 0; opt && s < steps; s++) {
         random_fill(g, lay->total, &rng, 0.1 * (s + 1));
         oz_optimizer_begin_step(opt, s, 1e-2f);
-        for (int i = 0; i < lay->n; i++) oz_optimizer_consume(opt, i, g + lay->params[i].offset, false, &err);
-        oz_optimizer_apply(opt, w, 1e-2f, 0.7f);
+        CHECK(take_all(opt, lay, g, &err) == OZ_OK, "%s", err.msg);
+        oz_optimizer_apply(opt, 1e-2f, 0.7f);
     }
     if (refreshes) *refreshes = opt ? oz_optimizer_subspace_refreshes(opt) : -1;
     fixture_close(&fx);
@@ -163,7 +165,7 @@ static void test_refresh_basis_quality(void) {
         fx.be.gemm(&fx.be, 0, 0, A, Bc, R, 1.0f, left, R, right, Bc, 0.0f, g, Bc);
         for (int i = 0; i < A * Bc; i++) g[i] += (float)(1e-3 * oz_rng_normal(&rng));
         oz_optimizer_begin_step(opt, 0, 1e-2f);
-        CHECK(oz_optimizer_consume(opt, 0, g, false, &err) == OZ_OK, "%s", err.msg);
+        CHECK(take_tensor(opt, 0, g, &err) == OZ_OK, "%s", err.msg);
         CHECK(oz_optimizer_subspace_refreshes(opt) == 1, "no refresh at step 0");
         /* std on a 40 x 64 matrix projects on the left (a < b): the state file has galore_P. */
         char dir[] = "/tmp/ounce-optim-XXXXXX";
@@ -228,9 +230,10 @@ static void test_moments_at_switch(void) {
         oz_rng rng;
         oz_rng_seed(&rng, 5);
         random_fill(g, lay.total, &rng, 1.0);
+        oz_optimizer_bind_weights(opt, oz_weights_flat(w));
         oz_optimizer_begin_step(opt, 0, 1e-2f);
-        for (int i = 0; i < 2; i++) oz_optimizer_consume(opt, i, g + lay.params[i].offset, false, &err);
-        oz_optimizer_apply(opt, w, 1e-2f, 1.0f);
+        CHECK(take_all(opt, &lay, g, &err) == OZ_OK, "%s", err.msg);
+        oz_optimizer_apply(opt, 1e-2f, 1.0f);
         char dir[] = "/tmp/ounce-optim-XXXXXX", p0[64], p1[64];
         CHECK(mkdtemp(dir) != NULL, "mkdtemp");
         snprintf(p0, sizeof p0, "%s/a.safetensors", dir);
@@ -242,7 +245,7 @@ static void test_moments_at_switch(void) {
         float *g2 = calloc(lay.total, sizeof *g2);
         for (int i = 0; i < A; i++) memcpy(g2 + ((i + 1) % A) * Bc, g + i * Bc, Bc * sizeof *g2);
         oz_optimizer_begin_step(opt, 1, 1e-2f);
-        oz_optimizer_consume(opt, 0, g2, false, &err);
+        take_tensor(opt, 0, g2, &err);
         oz_optimizer_save(opt, p1, &err);
         read_moment(p0, "exp_avg", before, R * Bc);
         read_moment(p1, "exp_avg", after, R * Bc);
@@ -487,7 +490,7 @@ static void test_per_layer_matches_whole_model(void) {
     }
 }
 
-/* Immediate updates of the embedding and head in vocabulary blocks (oz_optimizer_consume_rows)
+/* Immediate updates of the embedding and head in vocabulary blocks (OZ_GRAD_ROWS events)
  * give bitwise the whole-tensor update, over several steps, for fp32 and 8-bit moments; blocks out
  * of order or off the 8-bit block grid are refused. */
 static void test_consume_rows_matches_whole(void) {
@@ -507,8 +510,8 @@ static void test_consume_rows_matches_whole(void) {
         oz_llama_shape shape = {.batch = 1, .seq = 4};
         oz_llama *m[2] = {NULL, NULL};
         oz_optimizer *opt[2] = {NULL, NULL};
-        oz_optim_config c = {.beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f, .per_layer = true,
-                             .immediate = true};
+        oz_optim_config c = {.beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f,
+                             .grads = {.per_layer = true, .immediate = true}};
         oz_optim_kind_parse(kinds[k], &c.kind);
         for (int r = 0; r < 2; r++) {
             CHECK(oz_llama_create(&m[r], &cfg, &be, &arena, shape, &err) == OZ_OK, "%s", err.msg);
@@ -517,7 +520,7 @@ static void test_consume_rows_matches_whole(void) {
             oz_llama_init_params(&cfg, lay, oz_llama_params(m[r]), 9);
             CHECK(oz_optimizer_create(&opt[r], &c, lay, &be, &arena, &err) == OZ_OK, "%s", err.msg);
             if (!opt[r]) return;
-            oz_optimizer_bind_model(opt[r], m[r]);
+            oz_optimizer_bind_weights(opt[r], oz_llama_weights(m[r]));
         }
         const oz_param_layout *lay = oz_llama_get_layout(m[0]);
         int head = lay->n - 1, V = cfg.vocab_size, d = cfg.hidden_size;
@@ -529,15 +532,14 @@ static void test_consume_rows_matches_whole(void) {
             for (int r = 0; r < 2; r++) oz_optimizer_begin_step(opt[r], step, 1e-2f);
             for (int idx = 0; idx <= head; idx += head) {
                 for (size_t i = 0; i < n; i++) g[i] = (float)oz_rng_normal(&rng) * 1e-2f;
-                CHECK(oz_optimizer_consume(opt[0], idx, g, false, &err) == OZ_OK, "%s", err.msg);
+                CHECK(take_tensor(opt[0], idx, g, &err) == OZ_OK, "%s", err.msg);
                 for (int v0 = 0; v0 < V; v0 += block) {
                     int vr = V - v0 < block ? V - v0 : block;
-                    CHECK(oz_optimizer_consume_rows(opt[1], idx, v0, vr, g + (size_t)v0 * d, &err) == OZ_OK, "%s",
-                          err.msg);
+                    CHECK(take_rows(opt[1], idx, v0, vr, g + (size_t)v0 * d, &err) == OZ_OK, "%s", err.msg);
                 }
-                oz_optimizer_apply(opt[0], NULL, 1e-2f, 1.0f);
+                oz_optimizer_apply(opt[0], 1e-2f, 1.0f);
             }
-            oz_optimizer_apply(opt[1], NULL, 1e-2f, 1.0f); /* nothing left: every block was applied */
+            oz_optimizer_apply(opt[1], 1e-2f, 1.0f); /* nothing left: every block was applied */
             for (int idx = 0; idx <= head; idx += head)
                 CHECK(!memcmp(oz_llama_param(m[0], idx), oz_llama_param(m[1], idx), n * sizeof(float)),
                       "%s: %s after step %d differs between whole and row-block updates", kinds[k],
@@ -545,11 +547,10 @@ static void test_consume_rows_matches_whole(void) {
         }
         /* Out of order (a block before row 0) and misaligned blocks are internal errors. */
         oz_optimizer_begin_step(opt[1], 3, 1e-2f);
-        CHECK(oz_optimizer_consume_rows(opt[1], 0, block, block, g, &err) == OZ_ERR_INTERNAL,
+        CHECK(take_rows(opt[1], 0, block, block, g, &err) == OZ_ERR_INTERNAL,
               "a block before row 0 was accepted");
         if (k == 1 && OZ_Q8_BLOCK % d != 0)
-            CHECK(oz_optimizer_consume_rows(opt[1], 0, 0, 1, g, &err) == OZ_OK &&
-                      oz_optimizer_consume_rows(opt[1], 0, 1, 1, g, &err) == OZ_ERR_INTERNAL,
+            CHECK(take_rows(opt[1], 0, 0, 1, g, &err) == OZ_OK && take_rows(opt[1], 0, 1, 1, g, &err) == OZ_ERR_INTERNAL,
                   "an 8-bit block off the 256-element grid was accepted");
         free(g);
         for (int r = 0; r < 2; r++) {
@@ -853,6 +854,7 @@ static void test_refresh_progress(void) {
     random_fill(g, lay.total, &rng, 1.0);
     refresh_log log = {0, 0, 0, 0};
     oz_optimizer_on_refresh(fx.opt, record_refresh, &log);
+    oz_optimizer_bind_weights(fx.opt, oz_weights_flat(w));
     for (int step = 0; step < 3; step++) {
         oz_optimizer_begin_step(fx.opt, step, 1e-3f);
         int due = oz_optimizer_refreshes_due(fx.opt);
@@ -860,9 +862,8 @@ static void test_refresh_progress(void) {
         log.last_done = 0;
         log.total = 0;
         int before = log.calls;
-        for (int i = 0; i < lay.n; i++)
-            CHECK(oz_optimizer_consume(fx.opt, i, g + lay.params[i].offset, false, &err) == OZ_OK, "%s", err.msg);
-        oz_optimizer_apply(fx.opt, w, 1e-3f, 1.0f);
+        CHECK(take_all(fx.opt, &lay, g, &err) == OZ_OK, "%s", err.msg);
+        oz_optimizer_apply(fx.opt, 1e-3f, 1.0f);
         CHECK(log.calls - before == due && (due == 0 || log.total == due), "step %d: %d progress calls for %d due",
               step, log.calls - before, due);
         CHECK(oz_optimizer_refreshes_due(fx.opt) == 0, "refreshes still due after the step");
@@ -896,11 +897,12 @@ static void test_lazy_updates_and_int4_bases(void) {
         oz_rng_seed(&rng, 77);
         random_fill(g, lay.total, &rng, 1.0);
         int gaps[40];
+        oz_optimizer_bind_weights(opt, oz_weights_flat(w));
         for (int step = 0; step < 40; step++) {
             if (!stable) random_fill(g, lay.total, &rng, 1.0);
             oz_optimizer_begin_step(opt, step, 1e-2f);
-            for (int i = 0; i < 2; i++) oz_optimizer_consume(opt, i, g + lay.params[i].offset, false, &err);
-            oz_optimizer_apply(opt, w, 1e-3f, 1.0f);
+            CHECK(take_all(opt, &lay, g, &err) == OZ_OK, "%s", err.msg);
+            oz_optimizer_apply(opt, 1e-3f, 1.0f);
             gaps[step] = oz_optimizer_gap(opt, 0);
         }
         if (stable) {
@@ -997,14 +999,14 @@ static void int8_run(oz_proj_type proj, size_t block_bytes, uint8_t **codes_out,
         float *host = calloc(lay->total, sizeof *host), *g = calloc(lay->total, sizeof *g);
         oz_llama_init_params(&cfg, lay, host, 5);
         oz_llama_import_params(m, host);
-        oz_optimizer_bind_model(opt, m);
+        oz_optimizer_bind_weights(opt, oz_llama_weights(m));
         oz_rng rng;
         oz_rng_seed(&rng, 77);
         for (int step = 0; step < 5; step++) {
             random_fill(g, lay->total, &rng, 0.05);
             oz_optimizer_begin_step(opt, step, 1e-2f);
-            for (int i = 0; i < lay->n; i++) oz_optimizer_consume(opt, i, g + lay->params[i].offset, false, &err);
-            oz_optimizer_apply(opt, NULL, 1e-2f, 1.0f);
+            CHECK(take_all(opt, lay, g, &err) == OZ_OK, "%s", err.msg);
+            oz_optimizer_apply(opt, 1e-2f, 1.0f);
         }
         size_t total = 0;
         for (int pass = 0; pass < 2; pass++) {
@@ -1012,7 +1014,7 @@ static void int8_run(oz_proj_type proj, size_t block_bytes, uint8_t **codes_out,
             for (int i = 0; i < lay->n; i++) {
                 uint8_t *q, *z;
                 float *sc;
-                if (!oz_llama_param_int8(m, i, &q, &sc, &z)) continue;
+                if (!model_int8(m, i, &q, &sc, &z)) continue;
                 size_t n = lay->params[i].numel, groups = oz_qw_groups(n);
                 if (pass == 1) {
                     memcpy(*codes_out + at, q, n);

@@ -302,8 +302,8 @@ static void group_begin(oz_llama *m, int l, int group) {
     }
 }
 
-/* Hands tensor i's gradient to the gradient sink (not a frozen one, nor one whose rows went to the
- * gradient sink as row blocks). The sink may update weights, so the dequantized matrix is stale afterwards. */
+/* Hands tensor i's gradient to the sink (not a frozen one, nor one whose rows went there as row
+ * blocks). The sink may update weights, so the dequantized matrix is stale afterwards. */
 static void hand_off(oz_llama *m, int i) {
     if (m->layout.params[i].frozen || !m->sink.take || oz_llama_grad_in_blocks(m, i)) return;
     m->wmat_id = -1;
@@ -439,11 +439,11 @@ static void embed_tokens(oz_llama *m, float *out, const dims *g) {
     else m->be->embedding_fwd(m->be, out, oz_llama_param(m, 0), m->ids, g->N, g->d);
 }
 
-/* Training with the head's gradient in vocabulary blocks (outer_grad_blocks): each row's
+/* Training with the head's gradient in vocabulary blocks (grads.vocab_blocks): each row's
  * log-sum-exp over the whole vocabulary first (chunk by chunk), then per block of vocabulary rows
  * and per token chunk the block's logits, its loss gradient, the rows' dX contribution (into dln)
- * and the block's weight gradient; the finished block goes to the gradient sink as row blocks, which may update
- * those rows at once (nothing reads them again in this step). Losses are those of the fused path
+ * and the block's weight gradient; the finished block goes to the sink as a row block, which may
+ * update those rows at once (nothing reads them again in this step). Losses are those of the fused path
  * to fp32 rounding (tested). */
 static void head_blocks(oz_llama *m, const oz_llama_batch *b, float grad_scale, const dims *g, int chunks) {
     oz_backend *be = m->be;
@@ -617,8 +617,8 @@ oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float 
     float *dnorm = oz_llama_grad(m, fn);
     be->rmsnorm_bwd(be, m->dx, dnorm ? dnorm : m->norm_sink, m->dln, final_input(m, g.L), oz_llama_param(m, fn),
                     m->rstdf, g.N, g.d);
-    /* The final norm and an untied head (unless its blocks already went to the gradient sink as row blocks) are
-     * complete now and never read again by this backward. */
+    /* The final norm and an untied head (unless its blocks already went to the sink) are complete now
+     * and never read again by this backward. */
     if (per_tensor && !tied) {
         hand_off(m, fn);
         hand_off(m, lm_head_index(m));

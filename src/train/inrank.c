@@ -261,6 +261,7 @@ oz_status oz_inrank_freeze(oz_inrank_run *run, int step, oz_llama **model, oz_op
         /* The optimizer refers to tensors by index; both layouts come from the same config and
          * freeze flags, so the indexes agree. */
         oz_optimizer_bind_weights(nopt, oz_llama_weights(nm));
+        oz_llama_set_grad_sink(nm, oz_optimizer_sink(nopt));
         *model = nm;
         *opt = nopt;
         *cfg = ncfg;

@@ -82,7 +82,8 @@ size_t oz_inrank_check_bytes(const oz_llama_config *cfg);
 /* The freeze: truncates every factored matrix to balanced factors at its rank k, rebuilds the
  * model at fixed rank k (cfg is updated), and builds a new optimizer that keeps every other
  * tensor's state (the factors' moments start fresh). On success *model and *opt are the new ones
- * (the old ones destroyed); on failure both are destroyed and set to NULL. */
+ * (the old ones destroyed), the model's gradients going to the optimizer; on failure both are
+ * destroyed and set to NULL. */
 oz_status oz_inrank_freeze(oz_inrank_run *run, int step, oz_llama **model, oz_optimizer **opt, oz_llama_config *cfg,
                            oz_backend *be, oz_arena *arena, oz_llama_shape shape, const oz_optim_config *ocfg,
                            oz_err *err);
