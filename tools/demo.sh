@@ -1,6 +1,6 @@
 #!/bin/sh
 # The main job: prepare the English quotations Debian's fortune packages ship, train the `demo`
-# Llama (3.3M parameters, byte-level) on them for a few minutes, show the validation loss against
+# Llama (3.0M parameters, byte-level) on them for a few minutes, show the validation loss against
 # the corpus's unigram entropy, and print samples. Override with STEPS=, THREADS=, OUT=.
 set -e
 OUNCE=${OUNCE:-./ounce}

@@ -17,9 +17,9 @@ typedef struct {
     char model[OZ_PATH_MAX];  /* preset name, config.json path, or directory holding one */
     char init[OZ_PATH_MAX];   /* "" or a model directory (ours or Hugging Face's) whose weights start the run */
     char out[OZ_PATH_MAX];
-    char optim[32];           /* adamw */
-    char device[16];          /* cpu */
-    char recompute[16];       /* none | layer */
+    char optim[32];           /* adamw | adamw8bit | galore | galore8bit | qgalore */
+    char device[16];          /* cpu | cuda | cuda:N | cuda+tf32 */
+    char recompute[16];       /* none | layer | layer-bf16 | layer-offload */
     char mini_seq[16];        /* off | auto | N (MLP and LM-head chunk count) */
     /* GaLore family */
     int rank, update_gap;
@@ -29,12 +29,12 @@ typedef struct {
     char subspace[16];        /* svd | randomized */
     char galore_targets[16];  /* attn,mlp | attn | mlp */
     char per_layer_update[8]; /* auto | on | off (auto: on for the GaLore family) */
-    char lazy_update[8];      /* on | off: Q-GaLore's cosine-driven refresh gaps */
+    char lazy_update[8];      /* auto | on | off: Q-GaLore's cosine-driven refresh gaps (auto: qgalore) */
     char vocab_bf16[8];       /* auto | on | off: embedding and head stored in bf16 (auto: qgalore, immediate) */
     char factored_grads[8];   /* auto | off: GaLore matrices' gradients kept as factors (auto: immediate, randomized) */
     float cos_threshold, gap_growth;
     int cos_window, max_gap;  /* max_gap 0: 8 x update_gap */
-    int proj_bits;            /* 32 | 4 */
+    int proj_bits;            /* 32 | 4; 0: the kind's default (4 for qgalore) */
     int steps, batch, seq, grad_accum;
     float lr, min_lr_ratio;
     int warmup;

@@ -7,9 +7,9 @@
  *  - division and sqrtf are IEEE (nvcc's default -prec-div/-prec-sqrt; never --use_fast_math);
  *  - the q8 maps are the host tables the backend built with oz_q8_map_* (be->q8_map), passed by
  *    value to each launch and staged in shared memory, so no device copy can drift from them;
- *  - min, max and absmax reductions do not depend on order, and SR draws come from the same
- *    per-group xoshiro256** streams as oz_i8_update_sr (one thread draws a group's uniforms in
- *    element order, every thread then rounds its element).
+ *  - min, max and absmax reductions do not depend on order, and SR draws are the same
+ *    counter-based splitmix64 uniforms as oz_i8_update_sr (numeric/quant.h: element i of a group
+ *    takes output i of the group's stream), so every thread draws its own element's.
  * One block of 256 threads handles one q8 block / one i8-i4 group at a time (grid-stride over
  * blocks), so a group's elements are one thread each and loads are coalesced. */
 #include "backend/cuda/cuda_internal.h"
