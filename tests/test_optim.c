@@ -493,7 +493,7 @@ static void test_per_layer_matches_whole_model(void) {
 /* Immediate updates of the embedding and head in vocabulary blocks (OZ_GRAD_ROWS events)
  * give bitwise the whole-tensor update, over several steps, for fp32 and 8-bit moments; blocks out
  * of order or off the 8-bit block grid are refused. */
-static void test_consume_rows_matches_whole(void) {
+static void test_rows_match_whole(void) {
     oz_llama_config cfg;
     oz_llama_preset("tiny", &cfg);
     CHECK(!cfg.tie_word_embeddings, "the tiny preset should have an untied head");
@@ -1050,13 +1050,35 @@ static void test_int8_update_in_row_blocks(void) {
     }
 }
 
+/* The kind table: every kind has a name that parses back to it, the help list names them in enum
+ * order, and the traits the rest of the code reads are the published methods'. */
+static void test_kind_table(void) {
+    char list[256] = "";
+    for (int k = OZ_OPTIM_ADAMW; k <= OZ_OPTIM_QGALORE; k++) {
+        const oz_optim_traits *t = oz_optim_traits_of((oz_optim_kind)k);
+        oz_optim_kind back;
+        CHECK(oz_optim_kind_parse(t->name, &back) && back == (oz_optim_kind)k, "%s does not parse back", t->name);
+        CHECK(strcmp(oz_optim_kind_name((oz_optim_kind)k), t->name) == 0, "kind %d is named %s", k, t->name);
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? ", " : "", t->name);
+    }
+    CHECK(strcmp(list, OZ_OPTIM_KIND_NAMES) == 0, "OZ_OPTIM_KIND_NAMES is \"%s\", the table says \"%s\"",
+          OZ_OPTIM_KIND_NAMES, list);
+    oz_optim_kind k;
+    CHECK(!oz_optim_kind_parse("adam", &k), "an unknown kind parsed");
+    const oz_optim_traits *q = oz_optim_traits_of(OZ_OPTIM_QGALORE), *a = oz_optim_traits_of(OZ_OPTIM_ADAMW8BIT);
+    CHECK(q->galore && q->moments_8bit && q->int8_weights && q->lazy_default && q->proj_bits == 4,
+          "qgalore's traits");
+    CHECK(!a->galore && a->moments_8bit && !a->int8_weights && a->proj_bits == 32, "adamw8bit's traits");
+}
+
 int main(void) {
+    RUN(test_kind_table);
     RUN(test_galore_full_rank_is_adamw);
     RUN(test_refresh_basis_quality);
     RUN(test_moments_at_switch);
     RUN(test_state_bytes);
     RUN(test_per_layer_matches_whole_model);
-    RUN(test_consume_rows_matches_whole);
+    RUN(test_rows_match_whole);
     RUN(test_immediate_plan_and_losses);
     RUN(test_factored_matches_materialized);
     RUN(test_refresh_progress);

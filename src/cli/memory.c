@@ -19,7 +19,7 @@ int oz_cmd_memory(int argc, char **argv) {
     bool json = false;
     oz_arg args[] = {
         {"model", OZ_ARG_STR, o.model, sizeof o.model, "preset, config.json, or a directory with one [demo]", 0},
-        {"optim", OZ_ARG_STR, o.optim, sizeof o.optim, "optimizer: adamw, adamw8bit, galore, galore8bit, qgalore [adamw]", 0},
+        {"optim", OZ_ARG_STR, o.optim, sizeof o.optim, "optimizer: " OZ_OPTIM_KIND_NAMES " [adamw]", 0},
         {"rank", OZ_ARG_INT, &o.rank, 0, "GaLore rank [128]", 0},
         {"proj-type", OZ_ARG_STR, o.proj_type, sizeof o.proj_type, "GaLore projection type [std]", 0},
         {"update-gap", OZ_ARG_INT, &o.update_gap, 0, "GaLore refresh interval (no effect on memory) [200]", 0},

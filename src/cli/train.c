@@ -87,7 +87,7 @@ int oz_cmd_train(int argc, char **argv) {
         {"beta1", OZ_ARG_FLOAT, &o.beta1, 0, "Adam beta1 [0.9]", 0},
         {"beta2", OZ_ARG_FLOAT, &o.beta2, 0, "Adam beta2 [0.95]", 0},
         {"adam-eps", OZ_ARG_FLOAT, &o.adam_eps, 0, "Adam epsilon [1e-8]", 0},
-        {"optim", OZ_ARG_STR, o.optim, sizeof o.optim, "optimizer: adamw, adamw8bit, galore, galore8bit, qgalore [adamw]", 0},
+        {"optim", OZ_ARG_STR, o.optim, sizeof o.optim, "optimizer: " OZ_OPTIM_KIND_NAMES " [adamw]", 0},
         {"rank", OZ_ARG_INT, &o.rank, 0, "GaLore: rank of the gradient subspace [128]", 0},
         {"update-gap", OZ_ARG_INT, &o.update_gap, 0, "GaLore: steps between subspace refreshes [200]", 0},
         {"galore-scale", OZ_ARG_FLOAT, &o.galore_scale, 0, "GaLore: scale of the projected update (alpha) [0.25]", 0},

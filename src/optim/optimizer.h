@@ -15,6 +15,9 @@
 #include "util/err.h"
 
 typedef enum { OZ_OPTIM_ADAMW, OZ_OPTIM_ADAMW8BIT, OZ_OPTIM_GALORE, OZ_OPTIM_GALORE8BIT, OZ_OPTIM_QGALORE } oz_optim_kind;
+/* The --optim spellings in enum order, for help texts and errors (test_optim checks them against
+ * the traits table). */
+#define OZ_OPTIM_KIND_NAMES "adamw, adamw8bit, galore, galore8bit, qgalore"
 typedef enum { OZ_PROJ_STD, OZ_PROJ_REVERSE_STD, OZ_PROJ_LEFT, OZ_PROJ_RIGHT, OZ_PROJ_FULL } oz_proj_type;
 typedef enum { OZ_SWITCH_KEEP, OZ_SWITCH_RESET, OZ_SWITCH_ROTATE } oz_switch_mode;
 

@@ -34,7 +34,7 @@ oz_status oz_inrank_settings_from_opts(const oz_train_opts *o, oz_inrank_setting
     if (o->inrank_freeze_after < 0)
         return oz_fail(err, OZ_ERR_INPUT, "--inrank-freeze-after must be >= 0 (0 = never; got %d)", o->inrank_freeze_after);
     oz_optim_kind kind;
-    if (oz_optim_kind_parse(o->optim, &kind) && kind != OZ_OPTIM_ADAMW && kind != OZ_OPTIM_ADAMW8BIT)
+    if (oz_optim_kind_parse(o->optim, &kind) && oz_optim_traits_of(kind)->galore)
         return oz_fail(err, OZ_ERR_INPUT, "--inrank trains with --optim adamw or adamw8bit (got %s)", o->optim);
     if (o->init[0] || o->welore)
         return oz_fail(err, OZ_ERR_INPUT, "--inrank trains from scratch: it cannot start from --init or train --welore");

@@ -163,7 +163,7 @@ static oz_status optim_config(const oz_train_opts *o, oz_optim_config *c, oz_err
     memset(c, 0, sizeof *c);
     if (!oz_optim_kind_parse(o->optim, &c->kind))
         return oz_fail(err, OZ_ERR_INPUT,
-                       "--optim %s is not available (choose: adamw, adamw8bit, galore, galore8bit, qgalore)", o->optim);
+                       "--optim %s is not available (choose: " OZ_OPTIM_KIND_NAMES ")", o->optim);
     const oz_optim_traits *traits = oz_optim_traits_of(c->kind);
     c->int8_weights = traits->int8_weights;
     if (!oz_proj_type_parse(o->proj_type, &c->proj))
