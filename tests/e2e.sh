@@ -56,10 +56,50 @@ check "checkpoint holds weights, moments, state" test -s "$T/run3/step-20/model.
 check "checkpoints do not change the run" cmp -s "$T/run1/model.safetensors" "$T/run3/model.safetensors"
 cp "$T/run3/model.safetensors" "$T/uninterrupted.safetensors"
 losses 21 40 "$T/run3/metrics.jsonl" >"$T/l3"
+# what a killed run leaves (a checkpoint being written, one being pruned, an old one set aside)
+mkdir -p "$T/run3/.step-25.tmp.99999" "$T/run3/.step-10.pruned.99999" "$T/run3/step-20.old.AbC123"
 check "resume from step-20" sh -c "$OUNCE train --resume '$T/run3/step-20' >'$T/resume.log'"
-losses 21 40 "$T/run3/metrics.jsonl" | tail -n 20 >"$T/l4"
+losses 21 40 "$T/run3/metrics.jsonl" >"$T/l4"
 check "resumed losses are bit-identical" cmp -s "$T/l3" "$T/l4"
 check "resumed final weights are bit-identical" cmp -s "$T/uninterrupted.safetensors" "$T/run3/model.safetensors"
+logged=$(losses 1 40 "$T/run3/metrics.jsonl" | awk '{print $1}')
+check "metrics.jsonl logs each step once after a resume" \
+    test "$(echo "$logged" | wc -l)" -eq 40 -a -z "$(echo "$logged" | sort -n | uniq -d)"
+check "a resumed run removes what a killed one left" \
+    sh -c "! ls -a '$T/run3' | grep -q -e '^\\.step-' -e '\\.old\\.'"
+
+# --- one run per output directory: a second run on it fails at once, the first goes on
+$OUNCE train --data "$T/data" --out "$T/busy" --model tiny --steps 1000000 --batch 4 --seq 64 --threads 1 \
+    --eval-every 0 --log-every 1000000 >/dev/null 2>&1 &
+busy=$!
+for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do [ -s "$T/busy/.lock" ] && break; sleep 0.25; done
+expect_error "a second run on a busy --out" "in use by another run (pid $busy)" \
+    $OUNCE train --data "$T/data" --out "$T/busy" --model tiny --steps 2 --batch 4 --seq 64
+check "the first run is unharmed" kill -0 $busy
+kill -9 $busy 2>/dev/null; wait $busy 2>/dev/null
+
+# --- SIGKILL at moments all over a run with frequent checkpoints: every step-N left is complete, and
+# resuming from the newest gives the uninterrupted run's weights bit for bit
+KILLRUN="--data $T/data --model tiny --steps 300 --batch 4 --seq 64 --threads 2 --seed 5 --save-every 3 --keep 2 --eval-every 50 --log-every 1000"
+$OUNCE train $KILLRUN --out "$T/kfull" >/dev/null 2>&1
+for delay in 0.05 0.15 0.3 0.45 0.6; do
+    k="$T/kill$delay"
+    $OUNCE train $KILLRUN --out "$k" >/dev/null 2>&1 &
+    pid=$!
+    sleep "$delay"
+    kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+    complete=1
+    for d in "$k"/step-*; do
+        [ -d "$d" ] || continue
+        [ -s "$d/model.safetensors" ] && [ -s "$d/optimizer.safetensors" ] && [ -s "$d/trainer_state.json" ] || complete=0
+    done
+    check "killed after ${delay}s: every step-N is complete" test $complete -eq 1
+    newest=$(ls -d "$k"/step-* 2>/dev/null | sed 's/.*step-//' | sort -n | tail -n 1)
+    if [ -n "$newest" ]; then
+        check "killed after ${delay}s: resume from step-$newest matches the uninterrupted run" \
+            sh -c "$OUNCE train --resume '$k/step-$newest' >/dev/null 2>&1 && cmp -s '$T/kfull/model.safetensors' '$k/model.safetensors'"
+    fi
+done
 
 # --- eval, sample, tokenize
 check "eval --data" sh -c "$OUNCE eval --model '$T/run1' --data '$T/data' --seq 64 --json >'$T/eval.log'"

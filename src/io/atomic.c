@@ -6,6 +6,8 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -337,6 +339,47 @@ oz_status oz_replace_dir(const char *tmp_dir, const char *final_dir, oz_err *err
     }
     free(aside);
     return s;
+}
+
+oz_status oz_dir_lock(const char *dir, int *fd, oz_err *err) {
+    *fd = -1;
+    char *path = oz_path_join(dir, ".lock");
+    if (!path) return oz_fail(err, OZ_ERR_NOMEM, "out of memory locking %s", dir);
+    int f = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (f < 0) {
+        oz_status s = fail_errno(err, errno, "create the lock", path);
+        free(path);
+        return s;
+    }
+    if (flock(f, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char owner[32] = "";
+        ssize_t n = pread(f, owner, sizeof owner - 1, 0);
+        owner[n > 0 ? n : 0] = '\0';
+        owner[strcspn(owner, "\n")] = '\0';
+        close(f);
+        free(path);
+        if (e == EWOULDBLOCK)
+            return oz_fail(err, OZ_ERR_INPUT, "%s is in use by another run%s%s%s (one run per output directory)", dir,
+                           owner[0] ? " (pid " : "", owner, owner[0] ? ")" : "");
+        return fail_errno(err, e, "lock", dir);
+    }
+    char pid[32];
+    int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    /* The pid is for the message above; the lock itself is the flock. */
+    if (ftruncate(f, 0) != 0 || pwrite(f, pid, (size_t)len, 0) != len) {
+        oz_status s = fail_errno(err, errno, "write the lock", path);
+        close(f);
+        free(path);
+        return s;
+    }
+    free(path);
+    *fd = f;
+    return OZ_OK;
+}
+
+void oz_dir_unlock(int fd) {
+    if (fd >= 0) close(fd); /* closing the last descriptor releases the flock */
 }
 
 char *oz_path_join(const char *dir, const char *name) {

@@ -46,6 +46,13 @@ oz_status oz_read_file(const char *path, char **data, size_t *n, oz_err *err);
  * not an error. */
 oz_status oz_remove_tree(const char *path, oz_err *err);
 
+/* An advisory lock (flock) on directory `dir`, through its file ".lock" (created; it holds the
+ * owner's pid), taken without waiting: while a process holds it, oz_dir_lock elsewhere fails with
+ * OZ_ERR_INPUT naming the directory and that pid. *fd is the lock until oz_dir_unlock(*fd); the
+ * kernel also drops it when the process ends, however it ends. */
+oz_status oz_dir_lock(const char *dir, int *fd, oz_err *err);
+void oz_dir_unlock(int fd);
+
 /* Puts the fully written directory `tmp_dir` in place of `final_dir` (same filesystem). If
  * final_dir exists, the two are swapped atomically (renameat2 RENAME_EXCHANGE; on filesystems
  * without it the old one is renamed aside first, leaving a brief window where final_dir is

@@ -11,6 +11,7 @@
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <libgen.h>
 #include <math.h>
@@ -121,6 +122,7 @@ typedef struct {
     float *host_params;        /* staging for saves when the backend's memory is not host memory */
     int32_t *inputs, *targets;
     FILE *metrics;
+    int out_lock;              /* the flock on OUT (oz_dir_lock); -1 when not held */
     oz_inrank_settings irs;    /* InRank: settings, ranks and stage, the rank log */
     oz_inrank_run ir;
     FILE *rank_log;
@@ -169,7 +171,52 @@ static int step_dir_number(const char *name) {
     return (*end == '\0' && n >= 0 && n < 1000000000) ? (int)n : -1;
 }
 
-/* Removes the oldest step-N directories so that at most `keep` remain. */
+/* What this run writes under OUT before it is complete, or removes after it was: a hidden name
+ * with the run's pid (.step-N.tmp.PID being written, .step-N.pruned.PID being deleted), or the
+ * aside name oz_replace_dir gives an old directory (step-N.old.XXXXXX). A run that holds OUT's lock
+ * removes what a killed one left (sweep_out). */
+static bool is_leftover(const char *name) {
+    return strncmp(name, ".step-", 6) == 0 || (strncmp(name, "step-", 5) == 0 && strstr(name, ".old."));
+}
+
+static oz_status sweep_out(const char *out, oz_err *err) {
+    DIR *d = opendir(out);
+    if (!d) return OZ_OK;
+    oz_status st = OZ_OK;
+    struct dirent *e;
+    while (st == OZ_OK && (e = readdir(d))) {
+        if (!is_leftover(e->d_name)) continue;
+        char path[OZ_PATH_MAX + 300];
+        snprintf(path, sizeof path, "%s/%s", out, e->d_name);
+        st = oz_remove_tree(path, err);
+    }
+    closedir(d);
+    return st;
+}
+
+/* A JSON-lines log ({"step":N,...} per line) cut after the last line of step <= step, in place
+ * and atomically: a resumed run's log then continues where its checkpoint was, without the steps
+ * the interrupted run logged after it. A missing log is fine. */
+static oz_status truncate_log(const char *path, int step, oz_err *err) {
+    if (access(path, F_OK) != 0) return OZ_OK;
+    char *text;
+    size_t n;
+    OZ_TRY(oz_read_file(path, &text, &n, err));
+    size_t keep = 0;
+    for (size_t at = 0; at < n;) {
+        char *nl = memchr(text + at, '\n', n - at);
+        size_t end = nl ? (size_t)(nl - text) + 1 : n;
+        int s;
+        if (sscanf(text + at, "{\"step\":%d", &s) == 1 && s > step) break;
+        keep = at = end;
+    }
+    oz_status st = keep == n ? OZ_OK : oz_atomic_write(path, text, keep, err);
+    free(text);
+    return st;
+}
+
+/* Removes the oldest step-N directories so that at most `keep` remain: each is renamed aside
+ * first, so a kill mid-delete leaves a hidden name (swept by the next run), never a half step-N. */
 static oz_status prune_checkpoints(const char *out, int keep, oz_err *err) {
     if (keep <= 0) return OZ_OK;
     DIR *d = opendir(out);
@@ -185,9 +232,12 @@ static oz_status prune_checkpoints(const char *out, int keep, oz_err *err) {
         int oldest = 0;
         for (int i = 1; i < n; i++)
             if (steps[i] < steps[oldest]) oldest = i;
-        char path[OZ_PATH_MAX + 32];
+        char path[OZ_PATH_MAX + 32], aside[OZ_PATH_MAX + 64];
         snprintf(path, sizeof path, "%s/step-%d", out, steps[oldest]);
-        OZ_TRY(oz_remove_tree(path, err));
+        snprintf(aside, sizeof aside, "%s/.step-%d.pruned.%ld", out, steps[oldest], (long)getpid());
+        if (rename(path, aside) != 0)
+            return oz_fail(err, OZ_ERR_IO, "cannot move %s aside to delete it: %s", path, strerror(errno));
+        OZ_TRY(oz_remove_tree(aside, err));
         steps[oldest] = steps[--n];
     }
     return OZ_OK;
@@ -196,7 +246,7 @@ static oz_status prune_checkpoints(const char *out, int keep, oz_err *err) {
 static oz_status save_periodic(trainer *t, const run_position *pos, const oz_train_callbacks *cb,
                                oz_err *err) {
     char tmp[OZ_PATH_MAX + 64], final_dir[OZ_PATH_MAX + 32];
-    snprintf(tmp, sizeof tmp, "%s/.step-%d.tmp", t->opts.out, pos->step);
+    snprintf(tmp, sizeof tmp, "%s/.step-%d.tmp.%ld", t->opts.out, pos->step, (long)getpid());
     snprintf(final_dir, sizeof final_dir, "%s/step-%d", t->opts.out, pos->step);
     OZ_TRY(oz_remove_tree(tmp, err));
     oz_status st = save_checkpoint(t, tmp, pos, true, err);
@@ -262,8 +312,8 @@ static void connect(trainer *t) {
 }
 
 /* InRank: a resumed run takes its ranks and stage from the trainer state; then the active ranks
- * are set and the rank log opened (OUT/ranks.jsonl, appended to on resume). */
-static oz_status inrank_setup(trainer *t, const char *resume_dir, oz_err *err) {
+ * are set and the rank log opened (OUT/ranks.jsonl, continued on resume from the checkpoint's step). */
+static oz_status inrank_setup(trainer *t, const char *resume_dir, int step, oz_err *err) {
     if (resume_dir) {
         char path[OZ_PATH_MAX + 64], *text;
         size_t n;
@@ -278,6 +328,7 @@ static oz_status inrank_setup(trainer *t, const char *resume_dir, oz_err *err) {
     OZ_TRY(oz_inrank_apply(&t->ir, &t->irs, t->model, err));
     char path[OZ_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/ranks.jsonl", t->opts.out);
+    if (resume_dir) OZ_TRY(truncate_log(path, step, err));
     t->rank_log = fopen(path, resume_dir ? "a" : "w");
     if (!t->rank_log) return oz_fail(err, OZ_ERR_IO, "cannot write %s", path);
     if (!resume_dir) oz_inrank_log(t->rank_log, 0, &t->ir, &t->cfg);
@@ -287,6 +338,10 @@ static oz_status inrank_setup(trainer *t, const char *resume_dir, oz_err *err) {
 static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz_err *err) {
     const oz_train_opts *o = &t->opts;
     OZ_TRY(oz_train_opts_check(o, err));
+    /* One run per output directory, from before anything in it is read or written. */
+    OZ_TRY(oz_mkdir_p(o->out, err));
+    OZ_TRY(oz_dir_lock(o->out, &t->out_lock, err));
+    OZ_TRY(sweep_out(o->out, err));
     OZ_TRY(oz_inrank_settings_from_opts(o, &t->irs, err));
     OZ_TRY(oz_dataset_open(&t->data, o->data, o->seed, err));
     t->data_ready = true;
@@ -371,17 +426,18 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
         }
     }
 
-    OZ_TRY(oz_mkdir_p(o->out, err));
     char mpath[OZ_PATH_MAX + 32];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", o->out);
+    if (resume_dir) OZ_TRY(truncate_log(mpath, pos->step, err));
     t->metrics = fopen(mpath, resume_dir ? "a" : "w");
     if (!t->metrics) return oz_fail(err, OZ_ERR_IO, "cannot write %s", mpath);
-    if (o->inrank) OZ_TRY(inrank_setup(t, resume_dir, err));
+    if (o->inrank) OZ_TRY(inrank_setup(t, resume_dir, pos->step, err));
     return OZ_OK;
 }
 
 static void teardown(trainer *t) {
     if (t->metrics) fclose(t->metrics);
+    oz_dir_unlock(t->out_lock);
     if (t->rank_log) fclose(t->rank_log);
     if (t->model) {
         oz_optimizer_destroy(t->opt);
@@ -586,6 +642,7 @@ oz_status oz_train(const oz_train_opts *opts, const char *resume_dir, const oz_t
                    oz_train_result *result, oz_err *err) {
     trainer t;
     memset(&t, 0, sizeof t);
+    t.out_lock = -1;
     memset(result, 0, sizeof *result);
     run_position pos;
     memset(&pos, 0, sizeof pos);
