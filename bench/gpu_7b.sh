@@ -2,7 +2,7 @@
 # The 7b preset on one GPU with Q-GaLore (issue 4's figure): the planner's prediction beside the
 # measured arena peak and the most GPU memory nvidia-smi saw, for rank 1024, batch 1, at seq 2048
 # (recompute with bf16 checkpoints + mini-sequences, --clip 0 so updates happen layer by layer) and
-# at seq 256 (the PyTorch GaLore peer's setting in peers_h200.md). Step 0 refreshes all 224
+# at seq 256 (the PyTorch GaLore peer's setting, bench/RESULTS.md). Step 0 refreshes all 224
 # subspaces on the GPU, so step 0 minus a later step is the refresh time; bench/torch_svd.py
 # --device cuda times PyTorch's refresh (torch.linalg.svd) on the same GPU, in the same run.
 # usage: [CONFIGS="SEQ,RECOMPUTE,MINISEQ ..."] [PEER=0] sh bench/gpu_7b.sh [OUNCE_BINARY] [STEPS]

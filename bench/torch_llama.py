@@ -129,7 +129,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     # GPU peer (bench/gpu.sh): the same model on a CUDA device, in fp32 (the precision ounce's
     # CUDA backend computes in; TF32 stays off, torch's default) or bf16 weights and activations
-    # (the setup of /work/shared/reference/peers_h200.md: bf16 parameters, fused AdamW on them).
+    # (the peers' setup in bench/RESULTS.md: bf16 parameters, fused AdamW on them).
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     args = ap.parse_args()

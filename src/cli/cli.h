@@ -24,7 +24,7 @@ int oz_cmd_convert(int argc, char **argv);
 /* Prints "ounce CMD: message" to stderr and returns the exit code for the status. */
 int oz_cli_report(const char *command, const oz_err *err);
 
-/* A saved model opened for inference on the CPU backend. */
+/* A saved model opened for inference on the backend --device names. */
 typedef struct {
     oz_backend be;
     bool be_ready;

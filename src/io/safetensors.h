@@ -2,7 +2,7 @@
  * {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}} padded
  * with spaces to a multiple of 8, then the raw little-endian tensor bytes. The reader maps the
  * file and checks every header field before handing out pointers; the writer streams tensors
- * through an atomic file. Also the bf16/f16 <-> f32 conversions other modules need. */
+ * through an atomic file. (The bf16/f16 conversions are in numeric/half.h.) */
 #ifndef OZ_SAFETENSORS_H
 #define OZ_SAFETENSORS_H
 #include <stddef.h>

@@ -81,8 +81,9 @@ static void dequantize_param(oz_llama *m, int i, float *dst) {
     if (oz_ll_param_int8(m, i, &q, &sc, &z)) m->be->i8_dequantize(m->be, q, sc, z, m->layout.params[i].numel, dst);
 }
 
-/* Matrix j of w's layer, ready for the GEMMs that read its weights. INT8 mode dequantizes it into the
- * one-matrix scratch unless that already holds it, so every such GEMM must take its matrix from here
+/* Matrix j of w's layer, ready for the GEMMs that read its weights. In INT8 mode a dense matrix is
+ * dequantized a block of rows at a time by its GEMMs (deq_rows) and a factor pair whole into the
+ * matrix scratch unless that already holds it, so every such GEMM must take its matrix from here
  * (another matrix may have replaced it since the last call). */
 static const lin *use_matrix(oz_llama *m, layer_weights *w, int j) {
     lin *x = &w->m[j];
@@ -138,8 +139,6 @@ static void lr_down(oz_backend *be, const lin *w, const float *x, int rows, floa
     be->gemm(be, 0, 1, rows, w->r, w->in, 1.0f, x, w->in, w->a, w->in, 0.0f, t, w->r);
 }
 
-/* y (rows, out) = beta y + x W^T, or beta y + t B_r^T for a low-rank matrix (t from lr_down). B's
- * row stride stays R: its first r columns are read in place. */
 /* Rows [r0, r0 + n) of an INT8 dense matrix, dequantized into its model's matrix scratch (which
  * then caches nothing else). */
 static const float *deq_rows(const lin *w, int r0, int n) {
@@ -153,6 +152,8 @@ static const float *deq_rows(const lin *w, int r0, int n) {
     return m->wmat;
 }
 
+/* y (rows, out) = beta y + x W^T, or beta y + t B_r^T for a low-rank matrix (t from lr_down). B's
+ * row stride stays R: its first r columns are read in place. */
 static void lin_apply(oz_backend *be, const lin *w, const float *x, const float *t, int rows, float beta,
                       float *y) {
     if (w->blk_m) { /* y's columns [r0, r0 + n) from W's rows [r0, r0 + n) */

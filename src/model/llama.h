@@ -231,8 +231,8 @@ oz_status oz_llama_set_active_rank(oz_llama *model, int layer, int matrix, int r
 bool oz_llama_factors(oz_llama *model, int layer, int matrix, float **A, float **B, int *R);
 
 /* Forward over ids (B,T) with the model's batch/seq (B <= shape.batch, T <= shape.seq).
- * With targets, returns the mean cross-entropy over targets >= 0 in *loss and (if want_logits is
- * false) never materialises more than needed; with logits_out (host, (B,T,V)), copies the logits. */
+ * With targets, the cross-entropy summed over targets >= 0 (and their count) is returned, and the
+ * logits are never materialised whole; with logits_out (host, (B,T,V)), they are copied there. */
 typedef struct {
     const int32_t *ids;      /* host (B,T) */
     const int32_t *targets;  /* host (B,T) or NULL; -1 = ignore */

@@ -61,8 +61,8 @@ struct oz_llama {
     /* Per-tensor mode: each layer tensor's gradient offset in layer_grads (index order). */
     size_t *tgrad_off;
     /* INT8 mode: embedding + tail and each layer's two norms in fp32; matrices as codes with
-     * per-group scales and zero points; one matrix (or factor pair) at a time dequantized into
-     * wmat, which holds matrix wmat_id (layer * 7 + matrix; -1: nothing valid). */
+     * per-group scales and zero points; wmat holds a block of rows of one dense matrix, or one whole
+     * factor pair, dequantized (wmat_id: layer * 7 + matrix of a cached pair; -1: nothing valid). */
     float *outer_params, *layer_norms, *wscale, *wmat;
     int wmat_id;
     size_t wmat_n; /* floats the matrix scratch holds */

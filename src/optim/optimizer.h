@@ -50,7 +50,7 @@ typedef struct {
     int cos_window, max_gap;
     int proj_bits;                /* 32 or 4 */
     bool int8_weights;            /* the model stores GaLore matrices INT8 (int8_matrices) */
-    size_t int8_block_bytes;      /* the INT8 update's row block (0: 4 MiB); tests make it small */
+    size_t int8_block_bytes;      /* the INT8 update's row block (0: the pool's room, at least 4 MiB) */
     oz_grad_mode grads;           /* how gradients arrive: the model's (oz_llama_shape.grads) */
 } oz_optim_config;
 

@@ -1,5 +1,5 @@
-/* The training loop: gradient accumulation, global-norm clipping, AdamW with warmup + cosine,
- * periodic validation and checkpoints, bit-exact resume.
+/* The training loop: any --optim with warmup + cosine, gradient accumulation, global-norm
+ * clipping, periodic validation and checkpoints, bit-exact resume, one run per OUT.
  *
  * A checkpoint directory (OUT/step-N) holds model.safetensors + config.json (what Hugging Face
  * reads), optimizer.safetensors (the optimizer's whole state, see optim/optimizer.h) and
