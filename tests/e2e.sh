@@ -247,6 +247,33 @@ expect_error "config does not match weights" "shape" $OUNCE eval --model "$T/mis
 mkdir -p "$T/badjson" && cp "$T/run1/model.safetensors" "$T/badjson/" && printf '{"hidden_size": 32,' >"$T/badjson/config.json"
 expect_error "bad config JSON" "config.json" $OUNCE eval --model "$T/badjson" --text "$T/text.txt"
 
+# numbers a file or flag may hold that no cast may take (issue 16's audit): each one line, exit 2
+badcfg() { # badcfg NAME SED-EXPR: a copy of run1 whose config.json is edited
+    mkdir -p "$T/$1" && cp "$T/run1/model.safetensors" "$T/$1/" && sed -E "$2" "$T/run1/config.json" >"$T/$1/config.json"
+}
+badcfg eps_inf 's/"rms_norm_eps":[^,]*/"rms_norm_eps": 1e39/'
+expect_error "rms_norm_eps beyond a float" "rms_norm_eps.*finite" $OUNCE eval --model "$T/eps_inf" --text "$T/text.txt"
+badcfg theta_inf 's/"rope_theta":[^,]*/"rope_theta": 1e39/'
+expect_error "rope_theta beyond a float" "rope_theta.*finite" $OUNCE eval --model "$T/theta_inf" --text "$T/text.txt"
+badcfg eos_big 's/"eos_token_id":[^,]*/"eos_token_id": [1e10]/'
+expect_error "eos_token_id beyond an int" "eos_token_id" $OUNCE eval --model "$T/eos_big" --text "$T/text.txt"
+badstate() { # badstate NAME SED-EXPR: a copy of run3's step-30 whose trainer_state.json is edited
+    rm -rf "$T/$1" && mkdir -p "$T/$1" && cp -r "$T/run3/step-30" "$T/$1/step-30" &&
+        sed -E "$2" "$T/run3/step-30/trainer_state.json" >"$T/$1/step-30/trainer_state.json"
+}
+badstate neg_step 's/"step":[^,]*,/"step": -5,/'
+expect_error "trainer state with step -5" '"step" must be an integer' $OUNCE train --resume "$T/neg_step/step-30"
+badstate huge_step 's/"step":[^,]*,/"step": 1e10,/'
+expect_error "trainer state with step 1e10" '"step" must be an integer' $OUNCE train --resume "$T/huge_step/step-30"
+badstate zero_rng 's/"rng":[^]]*]/"rng": ["0", "0", "0", "0"]/'
+expect_error "trainer state with an all-zero RNG" "data cursor" $OUNCE train --resume "$T/zero_rng/step-30"
+badstate word_rng 's/"rng":[[:space:]]*\["[0-9]+"/"rng": ["12abc"/'
+expect_error "trainer state with a garbage cursor" "data cursor" $OUNCE train --resume "$T/word_rng/step-30"
+badstate neg_eps 's/"adam_eps":[^,]*,/"adam_eps": -1,/'
+expect_error "trainer state with a setting out of range" "adam-eps" $OUNCE train --resume "$T/neg_eps/step-30"
+expect_error "--adam-eps beyond a float" "finite number" $OUNCE train --data "$T/data" --out "$T/x" --adam-eps 1e300
+expect_error "batch x seq beyond an int" "batch x --seq" $OUNCE memory --model 60m --batch 100000 --seq 100000
+
 # NaN loss: stops with exit 2 and leaves the good model and checkpoints in OUT untouched
 cksum "$T/run3/model.safetensors" "$T/run3/step-30/model.safetensors" >"$T/before"
 expect_error "NaN loss stops the run" "NaN\|infinite\|not finite" $OUNCE train --data "$T/data" --out "$T/run3" --model tiny --steps 20 --batch 2 --seq 32 --lr 1e30 --warmup 0 --clip 0 --eval-every 0 --save-every 1 --keep 0

@@ -59,7 +59,8 @@ static int set_value(const char *command, oz_arg *a, const char *value) {
     }
     case OZ_ARG_FLOAT: {
         double v = strtod(value, &end);
-        if (*value == '\0' || *end != '\0' || errno || !isfinite(v))
+        /* The destination is a float: a finite double beyond its range would become inf. */
+        if (*value == '\0' || *end != '\0' || errno || !isfinite(v) || !isfinite((float)v))
             return fail(command, "--%s expects a finite number, got \"%s\"", a->name, value);
         *(float *)a->dest = (float)v;
         return 0;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "io/atomic.h"
+#include "io/json.h"
 #include "io/safetensors.h"
 #include "io/weights.h"
 
@@ -24,10 +25,8 @@ static oz_status json_int(const cJSON *root, const char *path, const char *key, 
         *out = dflt;
         return OZ_OK;
     }
-    if (!cJSON_IsNumber(item) || item->valuedouble != floor(item->valuedouble) ||
-        fabs(item->valuedouble) > 2147483647.0)
+    if (!oz_json_int_in(item, -2147483648.0, 2147483647.0, out))
         return oz_fail(err, OZ_ERR_INPUT, "%s: field \"%s\" must be an integer", path, key);
-    *out = (int)item->valuedouble;
     return OZ_OK;
 }
 
@@ -41,9 +40,8 @@ static oz_status json_token_id(const cJSON *root, const char *path, const char *
             *out = -1;
             return OZ_OK;
         }
-        if (!cJSON_IsNumber(first) || first->valuedouble < 0 || first->valuedouble != floor(first->valuedouble))
+        if (!oz_json_int_in(first, 0, 2147483647.0, out))
             return oz_fail(err, OZ_ERR_INPUT, "%s: field \"%s\" must hold integer token ids", path, key);
-        *out = (int)first->valuedouble;
         return OZ_OK;
     }
     return json_int(root, path, key, false, -1, out, err);
@@ -73,8 +71,8 @@ static oz_status read_rope(const cJSON *root, const char *path, oz_llama_config 
         return oz_fail(err, OZ_ERR_INPUT, "%s: field \"%s.rope_type\" = \"%s\" is not supported (default, linear, llama3)",
                        path, key, name);
     const cJSON *f = cJSON_GetObjectItemCaseSensitive(rp, "factor");
-    if (!cJSON_IsNumber(f)) return oz_fail(err, OZ_ERR_INPUT, "%s: field \"%s.factor\" must be a number", path, key);
-    cfg->rope_factor = (float)f->valuedouble;
+    if (!oz_json_float(f, &cfg->rope_factor))
+        return oz_fail(err, OZ_ERR_INPUT, "%s: field \"%s.factor\" must be a finite number", path, key);
     if (cfg->rope_type == OZ_ROPE_LLAMA3) {
         OZ_TRY(json_float(rp, path, "low_freq_factor", 1.0f, &cfg->rope_low_freq_factor, err));
         OZ_TRY(json_float(rp, path, "high_freq_factor", 4.0f, &cfg->rope_high_freq_factor, err));
@@ -91,8 +89,8 @@ static oz_status json_float(const cJSON *root, const char *path, const char *key
         *out = dflt;
         return OZ_OK;
     }
-    if (!cJSON_IsNumber(item)) return oz_fail(err, OZ_ERR_INPUT, "%s: field \"%s\" must be a number", path, key);
-    *out = (float)item->valuedouble;
+    if (!oz_json_float(item, out))
+        return oz_fail(err, OZ_ERR_INPUT, "%s: field \"%s\" must be a finite number", path, key);
     return OZ_OK;
 }
 
@@ -122,10 +120,10 @@ static oz_status read_low_rank(const cJSON *root, const char *path, bool low_ran
         if (matrix < 0 || layer < 0 || layer >= OZ_LLAMA_MAX_LAYERS || layer >= cfg->num_hidden_layers)
             return oz_fail(err, OZ_ERR_INPUT, "%s: \"ounce_low_rank\" names \"%s\", not a layer matrix of this model",
                            path, e->string);
-        if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) || e->valuedouble < 1 ||
-            e->valuedouble > 1e9)
+        int rank;
+        if (!oz_json_int_in(e, 1, 1e9, &rank))
             return oz_fail(err, OZ_ERR_INPUT, "%s: rank of \"%s\" must be a positive integer", path, e->string);
-        cfg->low_rank[layer][matrix] = (int)e->valuedouble;
+        cfg->low_rank[layer][matrix] = rank;
     }
     return OZ_OK;
 }

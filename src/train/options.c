@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "io/json.h"
 #include "numeric/subspace.h"
 
 void oz_train_opts_default(oz_train_opts *o) {
@@ -109,12 +110,12 @@ oz_status oz_train_opts_from_json(const cJSON *j, const char *path, oz_train_opt
     const cJSON *it;
 #define GET_INT(f)                                                                            \
     it = cJSON_GetObjectItemCaseSensitive(j, #f);                                             \
-    if (!cJSON_IsNumber(it)) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"%s\"", path, #f); \
-    o->f = (int)it->valuedouble;
+    if (!oz_json_int_in(it, -2147483648.0, 2147483647.0, &o->f))                              \
+        return oz_fail(err, OZ_ERR_INPUT, "%s: setting \"%s\" is missing or not an integer", path, #f);
 #define GET_FLOAT(f)                                                                          \
     it = cJSON_GetObjectItemCaseSensitive(j, #f);                                             \
-    if (!cJSON_IsNumber(it)) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"%s\"", path, #f); \
-    o->f = (float)it->valuedouble;
+    if (!oz_json_float(it, &o->f))                                                            \
+        return oz_fail(err, OZ_ERR_INPUT, "%s: setting \"%s\" is missing or not a finite number", path, #f);
 #define GET_STR(f)                                                                            \
     it = cJSON_GetObjectItemCaseSensitive(j, #f);                                             \
     if (!cJSON_IsString(it)) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"%s\"", path, #f); \
@@ -138,20 +139,18 @@ oz_status oz_train_opts_from_json(const cJSON *j, const char *path, oz_train_opt
     snprintf(o->init, sizeof o->init, "%s", cJSON_IsString(it) ? it->valuestring : "");
     const cJSON *ir = cJSON_GetObjectItemCaseSensitive(j, "inrank"); /* absent: not an InRank run */
     if (ir) {
-        const cJSON *n[6], *tg = cJSON_GetObjectItemCaseSensitive(ir, "targets");
-        static const char *const keys[6] = {"init_rank", "buffer", "threshold", "check_every", "warmup", "freeze_after"};
-        for (int i = 0; i < 6; i++) {
-            n[i] = cJSON_GetObjectItemCaseSensitive(ir, keys[i]);
-            if (!cJSON_IsNumber(n[i])) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"inrank.%s\"", path, keys[i]);
-        }
+        const cJSON *tg = cJSON_GetObjectItemCaseSensitive(ir, "targets");
+        static const char *const keys[5] = {"init_rank", "buffer", "check_every", "warmup", "freeze_after"};
+        int *ints[5] = {&o->inrank_init_rank, &o->inrank_buffer, &o->inrank_check_every, &o->inrank_warmup,
+                        &o->inrank_freeze_after};
+        for (int i = 0; i < 5; i++)
+            if (!oz_json_int_in(cJSON_GetObjectItemCaseSensitive(ir, keys[i]), 0, 2147483647.0, ints[i]))
+                return oz_fail(err, OZ_ERR_INPUT, "%s: setting \"inrank.%s\" is missing or not an integer >= 0", path,
+                               keys[i]);
+        if (!oz_json_float(cJSON_GetObjectItemCaseSensitive(ir, "threshold"), &o->inrank_threshold))
+            return oz_fail(err, OZ_ERR_INPUT, "%s: setting \"inrank.threshold\" is missing or not a finite number", path);
         if (!cJSON_IsString(tg)) return oz_fail(err, OZ_ERR_INPUT, "%s: missing setting \"inrank.targets\"", path);
         o->inrank = true;
-        o->inrank_init_rank = n[0]->valueint;
-        o->inrank_buffer = n[1]->valueint;
-        o->inrank_threshold = (float)n[2]->valuedouble;
-        o->inrank_check_every = n[3]->valueint;
-        o->inrank_warmup = n[4]->valueint;
-        o->inrank_freeze_after = n[5]->valueint;
         snprintf(o->inrank_targets, sizeof o->inrank_targets, "%s", tg->valuestring);
     }
     return OZ_OK;
@@ -236,6 +235,10 @@ static oz_status grad_mode(const oz_train_opts *o, const oz_optim_config *oc, co
 oz_status oz_train_configure(const oz_train_opts *o, const oz_llama_config *cfg, oz_llama_shape *shape,
                              oz_optim_config *oc, oz_err *err) {
     memset(shape, 0, sizeof *shape);
+    /* Token counts are ints in the model and the kernels (train and memory both come here). */
+    if (o->batch <= 0 || o->seq <= 0 || (long long)o->batch * o->seq > OZ_TRAIN_MAX_TOKENS)
+        return oz_fail(err, OZ_ERR_INPUT, "--batch x --seq must be between 1 and %d tokens (got %lld)",
+                       OZ_TRAIN_MAX_TOKENS, (long long)o->batch * o->seq);
     OZ_TRY(optim_config(o, oc, err));
     shape->batch = o->batch;
     shape->seq = o->seq;
@@ -295,7 +298,10 @@ oz_status oz_train_opts_check(const oz_train_opts *o, oz_err *err) {
     NEED(o->clip >= 0, "train: --clip must be >= 0 (0 disables clipping; got %g)", (double)o->clip);
     NEED(o->beta1 >= 0 && o->beta1 < 1 && o->beta2 >= 0 && o->beta2 < 1,
          "train: --beta1/--beta2 must be in [0, 1)");
-    NEED(o->adam_eps > 0, "train: --adam-eps must be positive");
+    NEED(o->adam_eps > 0 && o->adam_eps < 1, "train: --adam-eps must be in (0, 1) (got %g)", (double)o->adam_eps);
+    NEED(isfinite(o->weight_decay) && isfinite(o->clip) && isfinite(o->galore_scale) && isfinite(o->cos_threshold) &&
+             isfinite(o->gap_growth) && isfinite(o->inrank_threshold),
+         "train: every number must be finite");
     NEED(o->eval_every >= 0 && o->save_every >= 0 && o->log_every >= 0 && o->keep >= 0 && o->eval_batches > 0,
          "train: --eval-every, --save-every, --log-every and --keep must be >= 0, --eval-batches > 0");
     NEED(o->threads >= 0, "train: --threads must be >= 0 (0 = all cores)");

@@ -23,6 +23,7 @@
 #include "backend/backend.h"
 #include "data/loader.h"
 #include "io/atomic.h"
+#include "io/json.h"
 #include "model/hf_model.h"
 #include "model/llama.h"
 #include "optim/optimizer.h"
@@ -66,6 +67,17 @@ static oz_status state_write(const char *path, const oz_train_opts *o, const run
     return st;
 }
 
+/* A decimal uint64 and nothing else (strtoull alone takes "-1", " 7" and "12abc"). */
+static bool parse_u64(const char *s, uint64_t *out) {
+    if (!s || *s < '0' || *s > '9') return false;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end != '\0') return false;
+    *out = (uint64_t)v;
+    return true;
+}
+
 static oz_status state_read(const char *path, oz_train_opts *o, run_position *pos, oz_err *err) {
     char *text;
     size_t n;
@@ -88,18 +100,25 @@ static oz_status state_read(const char *path, oz_train_opts *o, run_position *po
         st = oz_fail(err, OZ_ERR_INPUT, "%s: trainer state is incomplete", path);
         goto done;
     }
-    pos->step = (int)step->valuedouble;
-    pos->tokens_seen = cJSON_IsNumber(seen) ? seen->valuedouble : 0;
-    for (int i = 0; i < 4; i++) {
-        const cJSON *w = cJSON_GetArrayItem(rng, i);
-        if (!cJSON_IsString(w)) {
-            st = oz_fail(err, OZ_ERR_INPUT, "%s: bad data cursor", path);
-            goto done;
-        }
-        pos->cursor.rng.s[i] = strtoull(w->valuestring, NULL, 10);
-    }
-    pos->cursor.batches = strtoull(batches->valuestring, NULL, 10);
     st = oz_train_opts_from_json(cJSON_GetObjectItemCaseSensitive(root, "options"), path, o, err);
+    if (st == OZ_OK) st = oz_train_opts_check(o, err);
+    if (st != OZ_OK) goto done;
+    /* A step outside the run would train with a negative or absurd schedule position. */
+    if (!oz_json_int_in(step, 1, o->steps, &pos->step)) {
+        st = oz_fail(err, OZ_ERR_INPUT, "%s: \"step\" must be an integer in [1, %d] (the run's steps)", path, o->steps);
+        goto done;
+    }
+    pos->tokens_seen = cJSON_IsNumber(seen) && isfinite(seen->valuedouble) ? seen->valuedouble : 0;
+    /* The data cursor: the sampler's xoshiro256** state (never all zero: that state only repeats
+     * zeros) and the batches drawn, each a decimal uint64 string. */
+    bool cursor_ok = parse_u64(batches->valuestring, &pos->cursor.batches);
+    uint64_t any = 0;
+    for (int i = 0; cursor_ok && i < 4; i++) {
+        const cJSON *w = cJSON_GetArrayItem(rng, i);
+        cursor_ok = cJSON_IsString(w) && parse_u64(w->valuestring, &pos->cursor.rng.s[i]);
+        any |= cursor_ok ? pos->cursor.rng.s[i] : 0;
+    }
+    if (!cursor_ok || any == 0) st = oz_fail(err, OZ_ERR_INPUT, "%s: the data cursor is malformed", path);
 done:
     cJSON_Delete(root);
     return st;

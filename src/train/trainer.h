@@ -85,6 +85,9 @@ typedef struct {
     long long trainable;          /* parameters not frozen */
 } oz_train_result;
 
+/* The most tokens (batch x seq) a step may have: token counts are ints in the model and kernels. */
+#define OZ_TRAIN_MAX_TOKENS (1 << 30)
+
 /* What a run with these options builds: the model's shape and the optimizer's configuration,
  * with the gradient mode (oz_grad_mode) decided once and given to both. */
 oz_status oz_train_configure(const oz_train_opts *o, const oz_llama_config *cfg, oz_llama_shape *shape,
