@@ -115,8 +115,10 @@ demo: deps
 	@$(MAKE) --no-print-directory ounce
 	@sh tools/demo.sh
 
-# Unit tests, end-to-end CLI tests, then the unit tests again under AddressSanitizer + UBSan.
+# The include graph's layer order first (a second, no compile needed), then unit tests, end-to-end
+# CLI tests, and the unit tests again under AddressSanitizer + UBSan.
 test: deps
+	@sh tools/check_layers.sh
 	@$(MAKE) --no-print-directory cuda-check
 	@$(MAKE) --no-print-directory ounce $(TEST_BIN) $(BUILD)/tools/logits
 	@$(MAKE) --no-print-directory BUILD=build-san OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
