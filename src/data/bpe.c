@@ -153,6 +153,8 @@ oz_status oz_bpe_regex_compile(regex *r, const char *pattern, int literal, const
     return OZ_OK;
 }
 
+/* ---- per-thread state: everything encoding mutates, so only this file sees inside ---- */
+
 /* One cached word: key bytes and ids live in the cache's pools. */
 typedef struct {
     uint64_t hash;

@@ -5,6 +5,7 @@
 #define OZ_BPE_INTERNAL_H
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -215,7 +216,6 @@ typedef struct {
     size_t n, cap;
     int used; /* any token inserted */
 } trie;
-
 
 struct oz_bpe {
     char *path;

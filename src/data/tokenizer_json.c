@@ -1,13 +1,14 @@
 /* The Hugging Face tokenizer.json (and tokenizer_config.json) loader: parses the file with cJSON
  * into an oz_bpe's tables and pipeline steps (data/bpe_internal.h), checking every field bpe.h
  * lists as supported and failing with one line that names the file and the field otherwise. */
+#include "data/bpe_internal.h"
+
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
-#include "data/bpe_internal.h"
 #include "io/atomic.h"
 
 static int strmap_build(strmap *m) {
