@@ -85,8 +85,10 @@ expect unit_cycle 1 "^cycle: .*src/data/a.h:1 includes data/b.h, then .*src/data
 
 clean_tree
 put src/extra/thing.c '#include "util/err.h"'
+put src/extra/thing.h '#include "util/err.h"'
 run folder
 expect folder 1 "folder extra/ has no place in the layer order"
+grep -q "check_layers: 1 problem in" "$T/folder.out" && ok "folder: said once" || bad "folder: said once: $(cat "$T/folder.out")"
 
 clean_tree
 put src/model/llama.c '#include "model/no_such.h"'

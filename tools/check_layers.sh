@@ -56,10 +56,17 @@ function norm(p,    n, a, out, i, k) { # folds "x/../" and "./" so one header ha
 function rel(p) { p = norm(p); return index(p, srcn "/") == 1 ? substr(p, length(srcn) + 2) : p }
 function layer(r) { return index(r, "/") ? substr(r, 1, index(r, "/") - 1) : "(top)" }
 function unit(r) { sub(/\.(c|h|cu|cuh)$/, "", r); sub(/_internal$/, "", r); return r }
-function sorted_members(j0, j1,    a, i, k, x, n, t) { # the units stack[j0..j1], sorted, space-joined
+function isort(a, n,    i, k, x) { # sorts a[1..n] in place
+    for (i = 2; i <= n; i++) {
+        x = a[i]
+        for (k = i - 1; k >= 1 && a[k] > x; k--) a[k + 1] = a[k]
+        a[k + 1] = x
+    }
+}
+function sorted_members(j0, j1,    a, i, n, t) { # the units stack[j0..j1], sorted, space-joined
     n = 0
     for (i = j0; i <= j1; i++) a[++n] = stack[i]
-    for (i = 2; i <= n; i++) { x = a[i]; for (k = i - 1; k >= 1 && a[k] > x; k--) a[k + 1] = a[k]; a[k + 1] = x }
+    isort(a, n)
     t = ""
     for (i = 1; i <= n; i++) t = t (i > 1 ? " " : "") a[i]
     return t
@@ -101,8 +108,11 @@ BEGIN {
     tr = rel(target)
     fl = layer(fr); tl = layer(tr)
     if (!(fl in rank)) {
-        if (!(fl in told)) print file ": folder " fl "/ has no place in the layer order (add it to tools/check_layers.sh)"
-        told[fl] = 1; bad++; next
+        if (!(fl in told)) {
+            print file ": folder " fl "/ has no place in the layer order (add it to tools/check_layers.sh)"
+            told[fl] = 1; bad++
+        }
+        next
     }
     if (!(tl in rank)) next # reported once as a file of its own folder
     if (rank[tl] > rank[fl]) {
@@ -120,12 +130,17 @@ END {
     # Sorted start order, so the same tree always reports the same cycles.
     m = 0
     for (u in nodes) list[++m] = u
-    for (i = 2; i <= m; i++) { x = list[i]; for (j = i - 1; j >= 1 && list[j] > x; j--) list[j + 1] = list[j]; list[j + 1] = x }
+    isort(list, m)
     for (i = 1; i <= m; i++) if (!color[list[i]]) dfs(list[i])
     for (key in allowed) if (!(key in seen)) {
         print "known cycle \"" key "\" is gone: delete it from KNOWN in tools/check_layers.sh"
         bad++
     }
-    if (bad) { print "check_layers: " bad " problem" (bad > 1 ? "s" : "") " in " src "/ (order: " order ", then files in " src "/ itself)"; exit 1 }
-    print "check_layers: " src "/ follows the layer order, no include cycles" (nknown ? " but the " nknown " known above" : "")
+    if (bad) {
+        print "check_layers: " bad " problem" (bad > 1 ? "s" : "") " in " src "/ (order: " order \
+              ", then files in " src "/ itself)"
+        exit 1
+    }
+    print "check_layers: " src "/ follows the layer order, no include cycles" \
+          (nknown ? " but the " nknown " known above" : "")
 }'
