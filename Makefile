@@ -8,8 +8,11 @@ OPT     ?= -O3 -march=native
 # pthread build (Debian's default alternative) the two pools spin against each other on small
 # cores counts, measured 14x slower on the tiny preset with 2 cores.
 OPENBLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
+OPENBLAS_INC ?= /usr/include/x86_64-linux-gnu/openblas-openmp
+CJSON_INC    ?= /usr/include/cjson
+LIBDIR       ?= /usr/lib/x86_64-linux-gnu
 CFLAGS  += -std=c11 -Wall -Wextra -Werror -Wno-format-truncation -D_GNU_SOURCE -fopenmp $(OPT) -g -Isrc \
-           -I/usr/include/x86_64-linux-gnu/openblas-openmp -I/usr/include/cjson
+           -I$(OPENBLAS_INC) -I$(CJSON_INC)
 LDLIBS  += -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR) -lopenblas -lcjson -lpcre2-8 -lm
 LDFLAGS += -fopenmp
 
@@ -56,6 +59,18 @@ $(BUILD)/libounce.a: $(LIB_OBJ)
 
 # V=1 shows the full commands.
 Q := $(if $(V),,@)
+
+# Before the first compile in a build directory, tools/check-deps.sh says which package is missing
+# (one line each, and how to install it) rather than letting the compiler fail on a header. The
+# stamp keeps it to once; objects only wait for it (order-only), so it never rebuilds them.
+DEPS_STAMP := $(BUILD)/.deps-ok
+$(DEPS_STAMP): tools/check-deps.sh
+	$(Q)CC='$(CC)' OPENBLAS_INC='$(OPENBLAS_INC)' OPENBLAS_DIR='$(OPENBLAS_DIR)' CJSON_INC='$(CJSON_INC)' \
+		LIBDIR='$(LIBDIR)' NVCC='$(NVCC)' CUDA_HOME='$(CUDA_HOME)' OZ_DEPS_ROOT='$(OZ_DEPS_ROOT)' \
+		sh tools/check-deps.sh $(if $(filter 1,$(CUDA)),--cuda)
+	@mkdir -p $(dir $@)
+	@touch $@
+$(LIB_OBJ) $(CLI_OBJ): | $(DEPS_STAMP)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -115,8 +130,10 @@ demo: deps
 	@$(MAKE) --no-print-directory ounce
 	@sh tools/demo.sh
 
-# Unit tests, end-to-end CLI tests, then the unit tests again under AddressSanitizer + UBSan.
+# The include graph's layer order first (a second, no compile needed), then unit tests, end-to-end
+# CLI tests, and the unit tests again under AddressSanitizer + UBSan.
 test: deps
+	@sh tools/check_layers.sh
 	@$(MAKE) --no-print-directory cuda-check
 	@$(MAKE) --no-print-directory ounce $(TEST_BIN) $(BUILD)/tools/logits
 	@$(MAKE) --no-print-directory BUILD=build-san OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \

@@ -21,8 +21,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "data/tokenizer.h"
+#include "data/tokens.h"
 #include "util/err.h"
+
+typedef struct oz_bpe oz_bpe;
 
 /* json_path: the tokenizer.json; config_path: a tokenizer_config.json or NULL (its bos_token and
  * eos_token win over the guesses from the post-processor and the added tokens' names). */

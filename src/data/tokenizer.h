@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "data/tokens.h"
 #include "util/err.h"
 
 typedef enum { OZ_TOK_BYTE = 0, OZ_TOK_HF } oz_tok_type;
@@ -31,18 +32,6 @@ typedef struct {
     oz_bpe *bpe;     /* OZ_TOK_HF: owned, freed by oz_tokenizer_free; NULL for byte */
     int threads;     /* encode's OpenMP threads for large inputs, 0 = OpenMP's default */
 } oz_tokenizer;
-
-/* A growable id buffer; zero-initialise it, free with oz_tokens_free. */
-typedef struct {
-    int32_t *ids;
-    size_t len, cap;
-} oz_tokens;
-
-/* A growable NUL-terminated text buffer; zero-initialise it, free with oz_text_free. */
-typedef struct {
-    char *data;
-    size_t len, cap;
-} oz_text;
 
 void oz_tokenizer_byte(oz_tokenizer *tok);
 /* Loads a Hugging Face tokenizer from a directory holding tokenizer.json (and optionally
@@ -77,10 +66,5 @@ oz_status oz_tokenizer_encode_special(const oz_tokenizer *tok, const char *text,
  * multi-byte characters. An id outside the vocabulary is OZ_ERR_INPUT. */
 oz_status oz_tokenizer_decode(const oz_tokenizer *tok, const int32_t *ids, size_t n, int show_special,
                               oz_text *out, oz_err *err);
-
-oz_status oz_tokens_reserve(oz_tokens *t, size_t cap, oz_err *err);
-oz_status oz_tokens_push(oz_tokens *t, int32_t id, oz_err *err);
-void oz_tokens_free(oz_tokens *t);
-void oz_text_free(oz_text *t);
 
 #endif
