@@ -14,6 +14,7 @@
  * (the new components start as LoRA's do, B = 0, and train from there). */
 #ifndef OZ_TRAIN_INRANK_H
 #define OZ_TRAIN_INRANK_H
+#include <cjson/cJSON.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -21,6 +22,7 @@
 #include "mem/arena.h"
 #include "model/llama.h"
 #include "optim/optimizer.h"
+#include "train/options.h"
 #include "util/err.h"
 
 typedef struct {
@@ -40,7 +42,6 @@ typedef struct {
 
 /* The settings of a run's options (--inrank-*), validated: OZ_ERR_INPUT with one line naming the
  * flag. Not an InRank run: *s is zeroed and OZ_OK. */
-#include "train/trainer.h"
 oz_status oz_inrank_settings_from_opts(const oz_train_opts *o, oz_inrank_settings *s, oz_err *err);
 
 /* "mlp" (gate, up, down) or "attn,mlp" (all seven); false otherwise. */
@@ -90,7 +91,6 @@ oz_status oz_inrank_freeze(oz_inrank_run *run, int step, oz_llama **model, oz_op
 void oz_inrank_run_free(oz_inrank_run *run);
 
 /* Trainer state: {"stage", "froze_at", "ranks": {"model.layers.L.<module>": k, ...}}. */
-#include <cjson/cJSON.h>
 cJSON *oz_inrank_state_to_json(const oz_inrank_run *run, const oz_llama_config *cfg);
 oz_status oz_inrank_state_from_json(oz_inrank_run *run, const cJSON *j, const oz_llama_config *cfg, const char *path,
                                     oz_err *err);
