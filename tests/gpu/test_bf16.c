@@ -412,6 +412,7 @@ static void test_errors(void) {
 }
 
 int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0); /* a crash mid-run keeps the lines printed before it */
     oz_err err = {0};
     if (oz_backend_cpu_create(&cpu, 0, &err) != OZ_OK || oz_backend_open(&gpu, "cuda", 0, &err) != OZ_OK) {
         fprintf(stderr, "test_bf16: %s\n", err.msg);
