@@ -218,7 +218,8 @@ size_t oz_backend_subspace_factored_workspace_bytes(const oz_backend *be, int m,
 /* The fp32 reference backend: OpenMP + BLAS. threads <= 0 keeps the library defaults. */
 oz_status oz_backend_cpu_create(oz_backend *be, int threads, oz_err *err);
 
-/* The CUDA backend (fp32; cuBLAS GEMMs in fp32, TF32 only when asked for) on GPU `device`.
+/* The CUDA backend on GPU `device`. Its fp32 ops use cuBLAS GEMMs in fp32, TF32 only when asked
+ * for; its bf16 ops use cuBLASLt.
  * A build without CUDA=1 has a stub that fails with OZ_ERR_INPUT. */
 oz_status oz_backend_cuda_create(oz_backend *be, int device, oz_err *err);
 /* TF32 tensor-core GEMMs (10-bit mantissa inputs, fp32 accumulation): faster, not fp32-exact. */
