@@ -31,7 +31,7 @@ CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90
 NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH) -lineinfo -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror \
              -DOZ_HAVE_CUDA -Isrc -I/usr/include/cjson
 CUDA_SRC  := $(sort $(wildcard src/backend/cuda/*.cu))
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcusolver -lcublas -lcudart -lstdc++
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcusolver -lcublasLt -lcublas -lcudart -lstdc++
 ifeq ($(CUDA),1)
 CFLAGS  += -DOZ_HAVE_CUDA -I$(CUDA_HOME)/include
 LIB_OBJ += $(CUDA_SRC:%.cu=$(BUILD)/%.o)
@@ -103,7 +103,7 @@ $(BUILD)/%.o: %.cu src/backend/cuda/cuda_internal.h src/backend/backend.h
 $(BUILD)/src/backend/cuda/cuda_quant.o: NVCCFLAGS += -fmad=false
 
 # GPU tests: built with CUDA=1, run on a machine with a GPU (tools/gpu_check.sh).
-GPU_TEST_BIN := $(BUILD)/tests/gpu/test_cuda
+GPU_TEST_BIN := $(BUILD)/tests/gpu/test_cuda $(BUILD)/tests/gpu/test_bf16
 $(BUILD)/tests/gpu/%: tests/gpu/%.c $(BUILD)/libounce.a tests/harness.h
 	@mkdir -p $(dir $@)
 	@$(if $(V),,echo "  CC      $@")
@@ -113,12 +113,13 @@ CUDA_CHECK_DIR := build-cuda-check
 cuda-check:
 	@if [ -x "$(NVCC)" ]; then \
 		$(MAKE) --no-print-directory $(CUDA_SRC:%.cu=$(CUDA_CHECK_DIR)/%.o) BUILD=$(CUDA_CHECK_DIR) && \
-		$(CC) $(CFLAGS) -DOZ_HAVE_CUDA -Itests -fsyntax-only tests/gpu/test_cuda.c && echo "  cuda-check: ok"; \
+		$(CC) $(CFLAGS) -DOZ_HAVE_CUDA -Itests -fsyntax-only tests/gpu/test_cuda.c && \
+		$(CC) $(CFLAGS) -DOZ_HAVE_CUDA -Itests -fsyntax-only tests/gpu/test_bf16.c && echo "  cuda-check: ok"; \
 	else echo "  cuda-check: skipped (no nvcc at $(NVCC))"; fi
 
 gpu-test:
-	@$(MAKE) --no-print-directory CUDA=1 build-cuda/ounce build-cuda/tests/gpu/test_cuda
-	@build-cuda/tests/gpu/test_cuda
+	@$(MAKE) --no-print-directory CUDA=1 build-cuda/ounce build-cuda/tests/gpu/test_cuda build-cuda/tests/gpu/test_bf16
+	@rc=0; build-cuda/tests/gpu/test_cuda || rc=1; build-cuda/tests/gpu/test_bf16 || rc=1; exit $$rc
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
 

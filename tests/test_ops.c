@@ -9,6 +9,7 @@
 
 #include "backend/backend.h"
 #include "harness.h"
+#include "numeric/half.h"
 #include "util/rng.h"
 
 #define OZ_REAL double
@@ -769,6 +770,207 @@ static void test_expf(void) {
     CHECK(h[0] == 0 && h[1] == 1000, "silu(-1000) = %g, silu(1000) = %g", h[0], h[1]);
 }
 
+/* ---- bf16 ops ----
+ * Each bf16 op against its fp32 op on the same inputs widened: equal to the fp32 result rounded
+ * once (gemm_bf16: within that rounding plus fp32 summation order). Odd sizes throughout. Inputs
+ * come from their own generator: the shared one's sequence feeds the sampled FD checks above. */
+
+static oz_rng bf_rng;
+
+static uint16_t *bf_rand(size_t n, float lo, float hi) {
+    uint16_t *x = xalloc(n * sizeof *x);
+    for (size_t i = 0; i < n; i++) x[i] = oz_f32_to_bf16(lo + (hi - lo) * oz_rng_uniform(&bf_rng));
+    return x;
+}
+
+static float *bf_widen(const uint16_t *x, size_t n) {
+    float *y = falloc(n);
+    for (size_t i = 0; i < n; i++) y[i] = oz_bf16_to_f32(x[i]);
+    return y;
+}
+
+/* Elements where got is not ref rounded to bf16 (compared as values: -0 equals +0). */
+static size_t bf_mismatches(const uint16_t *got, const float *ref, size_t n) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        const float g = oz_bf16_to_f32(got[i]), r = oz_bf16_to_f32(oz_f32_to_bf16(ref[i]));
+        bad += !(g == r || (isnan(g) && isnan(r)));
+    }
+    return bad;
+}
+
+/* Worst |got - ref| / (2^-8 |ref| + 1e-5 max|ref|) over an (M,N) matrix with leading dimension ld:
+ * <= 1 when each element is within the one bf16 rounding (half an ulp, at most 2^-8 relative) of
+ * the fp32 reference, give or take fp32 summation order. */
+static double bf_violation(const void *got, int got_bf16, const float *ref, int M, int N, int ld) {
+    double maxref = 0, v = 0;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) maxref = fmax(maxref, fabs(ref[(size_t)i * ld + j]));
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            const size_t at = (size_t)i * ld + j;
+            const double g = got_bf16 ? oz_bf16_to_f32(((const uint16_t *)got)[at]) : ((const float *)got)[at];
+            const double r = ref[at], tol = got_bf16 ? 0x1p-8 * fabs(r) + 1e-5 * maxref : 1e-5 * maxref + 1e-30;
+            double e = g == r ? 0 : fabs(g - r) / tol;
+            if (isnan(e)) e = INFINITY;
+            v = fmax(v, e);
+        }
+    return v;
+}
+
+static void check_gemm_bf16(int ta, int tb, int M, int N, int K, int pad, float alpha, float beta, int c_bf16) {
+    const int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+    const size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb, nc = (size_t)M * ldc;
+    uint16_t *A = bf_rand(na ? na : 1, -1, 1), *B = bf_rand(nb ? nb : 1, -1, 1), *C16 = bf_rand(nc, -1, 1);
+    float *Af = bf_widen(A, na), *Bf = bf_widen(B, nb), *ref = bf_widen(C16, nc), *C32 = bf_widen(C16, nc);
+    float *wrong = bf_widen(C16, nc);
+    void *Cg = c_bf16 ? (void *)C16 : (void *)C32;
+    /* beta == 0 overwrites: C starts as NaN there, and so does its padding, which must stay. */
+    const size_t esz = c_bf16 ? 2 : 4;
+    if (beta == 0) memset(Cg, 0xff, nc * esz);
+    unsigned char *before = xalloc(nc * esz);
+    memcpy(before, Cg, nc * esz);
+    be.gemm(&be, ta, tb, M, N, K, alpha, Af, lda, Bf, ldb, beta, ref, ldc);
+    be.gemm_bf16(&be, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, Cg, ldc, c_bf16);
+    char what[128];
+    snprintf(what, sizeof what, "gemm_bf16 ta=%d tb=%d %dx%dx%d pad %d beta %g C %s", ta, tb, M, N, K, pad,
+             (double)beta, c_bf16 ? "bf16" : "fp32");
+    const double v = bf_violation(Cg, c_bf16, ref, M, N, ldc);
+    CHECK(v <= 1, "%s: %.3g x tolerance", what, v);
+    size_t pad_bad = 0;
+    for (int i = 0; i < M; i++)
+        pad_bad += memcmp((const unsigned char *)Cg + ((size_t)i * ldc + N) * esz, before + ((size_t)i * ldc + N) * esz,
+                          (size_t)(ldc - N) * esz) != 0;
+    CHECK(pad_bad == 0, "%s: padding written in %zu rows", what, pad_bad);
+    /* Negative controls: results that ignored beta, or the leading dimensions, must fail the same
+     * tolerance. */
+    if (beta != 0 && K > 0) {
+        be.gemm(&be, ta, tb, M, N, K, alpha, Af, lda, Bf, ldb, 0.0f, wrong, ldc);
+        CHECK(bf_violation(wrong, 0, ref, M, N, ldc) > 1, "%s: ignoring beta passes the check", what);
+    }
+    if (pad > 0 && K > 1 && M > 1) {
+        memcpy(wrong, C32, nc * sizeof *wrong);
+        be.gemm(&be, ta, tb, M, N, K, alpha, Af, lda - pad, Bf, ldb - pad, beta, wrong, ldc);
+        CHECK(bf_violation(wrong, 0, ref, M, N, ldc) > 1, "%s: ignoring lda/ldb passes the check", what);
+    }
+    free(A), free(B), free(C16), free(Af), free(Bf), free(ref), free(C32), free(wrong), free(before);
+}
+
+static void test_bf16_gemm(void) {
+    static const int shapes[][3] = {{1, 1, 1}, {7, 129, 1000}, {1000, 7, 129}, {129, 1000, 7}, {1, 1000, 129},
+                                    {65, 64, 300}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                for (int c16 = 0; c16 < 2; c16++) {
+                    const int pad = (int)(s + ta + tb) % 2 ? 3 : 0;
+                    check_gemm_bf16(ta, tb, shapes[s][0], shapes[s][1], shapes[s][2], pad, 0.75f,
+                                    (ta + tb + c16) % 2 ? -0.5f : 0.0f, c16);
+                }
+    check_gemm_bf16(0, 0, 129, 70, 100, 2, 1.0f, 1.0f, 1); /* beta = 1: accumulate into bf16 */
+    check_gemm_bf16(1, 0, 64, 70, 300, 1, 1.0f, 1.0f, 0);  /* a weight gradient accumulating in fp32 */
+    for (int c16 = 0; c16 < 2; c16++) {
+        check_gemm_bf16(0, 1, 5, 6, 0, 1, 1.0f, 0.5f, c16); /* K == 0: beta * C */
+        check_gemm_bf16(0, 1, 5, 6, 0, 1, 1.0f, 0.0f, c16);
+    }
+}
+
+static void test_bf16_rows(void) {
+    static const int shapes[][2] = {{1, 1}, {7, 129}, {3, 1000}, {40, 257}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int N = shapes[s][0], d = shapes[s][1];
+        const size_t nd = (size_t)N * d;
+        uint16_t *x = bf_rand(nd, -2, 2), *w = bf_rand(d, 0.5f, 1.5f), *g = bf_rand(nd, -1, 1), *out = bf_rand(nd, 0, 1);
+        float *xf = bf_widen(x, nd), *wf = bf_widen(w, d), *gf = bf_widen(g, nd), *ref = falloc(nd);
+        float *rs = falloc(N), *rsref = falloc(N);
+        char what[96];
+        snprintf(what, sizeof what, "rmsnorm_fwd_bf16 %dx%d", N, d);
+        be.rmsnorm_fwd(&be, ref, rsref, xf, wf, N, d, 1e-5f);
+        be.rmsnorm_fwd_bf16(&be, out, rs, x, w, N, d, 1e-5f);
+        CHECK(bf_mismatches(out, ref, nd) == 0, "%s: %zu outputs differ from the fp32 op's rounded", what,
+              bf_mismatches(out, ref, nd));
+        CHECK(memcmp(rs, rsref, N * sizeof *rs) == 0, "%s: rstd differs from the fp32 op's", what);
+        for (int acc = 0; acc < 2; acc++) {
+            uint16_t *dx = bf_rand(nd, -1, 1);
+            float *dxref = acc ? bf_widen(dx, nd) : falloc(nd), *dw = falloc(d), *dwref = falloc(d);
+            for (int j = 0; j < d; j++) dw[j] = dwref[j] = 0.25f * (float)j;
+            be.rmsnorm_bwd(&be, dxref, dwref, gf, xf, wf, rsref, N, d);
+            be.rmsnorm_bwd_bf16(&be, dx, dw, g, x, w, rs, N, d, acc);
+            snprintf(what, sizeof what, "rmsnorm_bwd_bf16 %dx%d accumulate %d", N, d, acc);
+            CHECK(bf_mismatches(dx, dxref, nd) == 0, "%s: %zu dx differ from the fp32 op's rounded", what,
+                  bf_mismatches(dx, dxref, nd));
+            CHECK(memcmp(dw, dwref, d * sizeof *dw) == 0, "%s: dw differs from the fp32 op's", what);
+            free(dx), free(dxref), free(dw), free(dwref);
+        }
+        /* embedding rows out of a (V, d) table */
+        enum { V = 11 };
+        uint16_t *table = bf_rand((size_t)V * d, -1, 1), *emb = bf_rand(nd, 0, 1);
+        int32_t *ids = xalloc((size_t)N * sizeof *ids);
+        for (int i = 0; i < N; i++) ids[i] = (int32_t)((i * 7 + 3) % V);
+        be.embedding_fwd_bf16out(&be, emb, table, ids, N, d);
+        size_t bad = 0;
+        for (int i = 0; i < N; i++) bad += memcmp(emb + (size_t)i * d, table + (size_t)ids[i] * d, (size_t)d * 2) != 0;
+        CHECK(bad == 0, "embedding_fwd_bf16out %dx%d: %zu rows differ", N, d, bad);
+        free(x), free(w), free(g), free(out), free(xf), free(wf), free(gf), free(ref), free(rs), free(rsref);
+        free(table), free(emb), free(ids);
+    }
+}
+
+static void test_bf16_rope(void) {
+    static const int shapes[][4] = {{1, 1, 1, 2}, {2, 7, 3, 6}, {2, 9, 2, 64}, {1, 5, 3, 128}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int B = shapes[s][0], T = shapes[s][1], H = shapes[s][2], hd = shapes[s][3], half = hd / 2;
+        const int pos0 = 3, max_pos = pos0 + T;
+        const size_t n = (size_t)B * T * H * hd;
+        float *cs = falloc((size_t)max_pos * half), *sn = falloc((size_t)max_pos * half);
+        for (int p = 0; p < max_pos; p++)
+            for (int i = 0; i < half; i++) {
+                const double a = p * pow(10000.0, -2.0 * i / hd);
+                cs[p * half + i] = (float)cos(a), sn[p * half + i] = (float)sin(a);
+            }
+        for (int inv = 0; inv < 2; inv++) {
+            uint16_t *x = bf_rand(n, -1, 1);
+            float *ref = bf_widen(x, n);
+            be.rope(&be, ref, cs, sn, B, T, H, hd, pos0, inv);
+            be.rope_bf16(&be, x, cs, sn, B, T, H, hd, pos0, inv);
+            CHECK(bf_mismatches(x, ref, n) == 0, "rope_bf16 (%d,%d,%d,%d) inverse %d: %zu differ", B, T, H, hd, inv,
+                  bf_mismatches(x, ref, n));
+            free(x), free(ref);
+        }
+        free(cs), free(sn);
+    }
+}
+
+static void test_bf16_elementwise(void) {
+    const size_t sizes[] = {1, 7, 1001, 100003};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        const size_t n = sizes[s];
+        uint16_t *g = bf_rand(n, -6, 6), *u = bf_rand(n, -2, 2), *dh = bf_rand(n, -1, 1), *h = bf_rand(n, 0, 1);
+        float *gf = bf_widen(g, n), *uf = bf_widen(u, n), *dhf = bf_widen(dh, n), *ref = falloc(n);
+        be.swiglu_fwd(&be, ref, gf, uf, n);
+        be.swiglu_fwd_bf16(&be, h, g, u, n);
+        CHECK(bf_mismatches(h, ref, n) == 0, "swiglu_fwd_bf16 n=%zu: %zu differ", n, bf_mismatches(h, ref, n));
+        /* the backward in place, as the model calls it, and into separate buffers */
+        uint16_t *dg = bf_rand(n, 0, 1), *du = bf_rand(n, 0, 1);
+        be.swiglu_bwd_bf16(&be, dg, du, dh, g, u, n);
+        be.swiglu_bwd(&be, gf, uf, dhf, gf, uf, n);
+        be.swiglu_bwd_bf16(&be, g, u, dh, g, u, n);
+        CHECK(bf_mismatches(g, gf, n) == 0 && bf_mismatches(u, uf, n) == 0, "swiglu_bwd_bf16 in place n=%zu differs",
+              n);
+        CHECK(!memcmp(g, dg, n * 2) && !memcmp(u, du, n * 2), "swiglu_bwd_bf16 n=%zu: in place differs", n);
+        /* the residual add: into a third buffer, then in place */
+        uint16_t *a = bf_rand(n, -3, 3), *b = bf_rand(n, -0.1f, 0.1f), *o = bf_rand(n, 0, 1);
+        float *af = bf_widen(a, n), *bf = bf_widen(b, n);
+        for (size_t i = 0; i < n; i++) ref[i] = af[i] + bf[i];
+        be.add_bf16(&be, o, a, b, n);
+        be.add_bf16(&be, a, a, b, n);
+        CHECK(bf_mismatches(o, ref, n) == 0, "add_bf16 n=%zu: %zu differ", n, bf_mismatches(o, ref, n));
+        CHECK(!memcmp(o, a, n * 2), "add_bf16 n=%zu: in place differs", n);
+        free(g), free(u), free(dh), free(h), free(gf), free(uf), free(dhf), free(ref), free(dg), free(du);
+        free(a), free(b), free(o), free(af), free(bf);
+    }
+}
+
 /* ---- fp32 backend: plumbing and determinism ---- */
 
 static void test_backend_plumbing(void) {
@@ -849,6 +1051,11 @@ int main(void) {
     RUN(test_cross_entropy);
     RUN(test_adamw);
     RUN(test_determinism);
+    oz_rng_seed(&bf_rng, 14);
+    RUN(test_bf16_gemm);
+    RUN(test_bf16_rows);
+    RUN(test_bf16_rope);
+    RUN(test_bf16_elementwise);
     be.destroy(&be);
     return oz_test_finish("test_ops");
 }

@@ -104,6 +104,50 @@ struct oz_backend {
                                 float *losses /* (N) */, const int32_t *targets /* (N) */, int N, int Vb, int v0,
                                 float grad_scale);
 
+    /* ---- bf16 ops ----
+     * uint16_t tensors hold bf16 bit patterns (numeric/half.h). Each op is the fp32 op above run on
+     * its inputs widened to fp32 (exact), with each bf16 output rounded once, to nearest even
+     * (oz_f32_to_bf16; NaN stays NaN). So the arithmetic, and where it sums in double, is the fp32
+     * op's; fp32 arguments (RoPE tables, rstd, dw, an fp32 C) stay fp32. On the CPU every op but
+     * gemm_bf16 gives exactly to_bf16(fp32 op(widened inputs)). Other backends match the CPU
+     * bit for bit where an op says [bitwise]. Elsewhere they match to bf16 rounding (a different
+     * summation order or exp can move an output by one bf16 ulp); tests/gpu/test_bf16.c checks
+     * both. */
+
+    /* gemm's contract (row-major; op(A) (M,K), op(B) (K,N), C (M,N) with leading dimension ldc) with
+     * A and B bf16, products and sums in fp32. C is bf16 when c_bf16 != 0 (alpha * AB + beta * C
+     * formed in fp32, then rounded once) and fp32 otherwise (fp32 weight gradients, fp32 logits).
+     * beta == 0 overwrites C, even NaN; K == 0 gives beta * C. */
+    void (*gemm_bf16)(oz_backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                      const uint16_t *A, int lda, const uint16_t *B, int ldb, float beta, void *C, int ldc,
+                      int c_bf16);
+    /* rmsnorm_fwd: sum of squares in double, rstd fp32 (N), out bf16. */
+    void (*rmsnorm_fwd_bf16)(oz_backend *be, uint16_t *out /* (N,d) */, float *rstd /* (N) */,
+                             const uint16_t *x /* (N,d) */, const uint16_t *w /* (d) */, int N, int d, float eps);
+    /* rmsnorm_bwd's math. dx = bf16(dL/dx), or bf16(dx + dL/dx) when accumulate_dx != 0. The sum is
+     * formed in fp32 and rounded once: the residual gradient takes the norm's gradient without a
+     * second rounding or a separate add pass. dw += dL/dw in fp32. */
+    void (*rmsnorm_bwd_bf16)(oz_backend *be, uint16_t *dx /* (N,d) */, float *dw /* (d) */,
+                             const uint16_t *dout /* (N,d) */, const uint16_t *x /* (N,d) */,
+                             const uint16_t *w /* (d) */, const float *rstd /* (N) */, int N, int d,
+                             int accumulate_dx);
+    /* rope in place on bf16 x, with rope's fp32 tables and arguments. [bitwise] */
+    void (*rope_bf16)(oz_backend *be, uint16_t *x /* (B,T,H,hd) */, const float *cos_table,
+                      const float *sin_table, int B, int T, int H, int hd, int pos0, int inverse);
+    /* swiglu_fwd / swiglu_bwd; dgate and dup may alias gate and up. */
+    void (*swiglu_fwd_bf16)(oz_backend *be, uint16_t *h /* (n) */, const uint16_t *gate /* (n) */,
+                            const uint16_t *up /* (n) */, size_t n);
+    void (*swiglu_bwd_bf16)(oz_backend *be, uint16_t *dgate /* (n) */, uint16_t *dup /* (n) */,
+                            const uint16_t *dh /* (n) */, const uint16_t *gate /* (n) */,
+                            const uint16_t *up /* (n) */, size_t n);
+    /* embedding_fwd from a bf16 table into bf16 rows (a copy). [bitwise] */
+    void (*embedding_fwd_bf16out)(oz_backend *be, uint16_t *out /* (N,d) */, const uint16_t *table /* (V,d) */,
+                                  const int32_t *ids /* (N) */, int N, int d);
+    /* out = bf16(a + b), the residual add. out may alias a or b. There are three operands so that
+     * the block's input can be kept (for the norm's backward) without a copy. [bitwise] */
+    void (*add_bf16)(oz_backend *be, uint16_t *out /* (n) */, const uint16_t *a /* (n) */,
+                     const uint16_t *b /* (n) */, size_t n);
+
     /* ---- optimizer ---- */
     void (*adamw_step)(oz_backend *be, float *param /* (n) */, const float *grad /* (n) */,
                        float *m /* (n) */, float *v /* (n) */, size_t n, const oz_adamw_args *args);
@@ -174,7 +218,8 @@ size_t oz_backend_subspace_factored_workspace_bytes(const oz_backend *be, int m,
 /* The fp32 reference backend: OpenMP + BLAS. threads <= 0 keeps the library defaults. */
 oz_status oz_backend_cpu_create(oz_backend *be, int threads, oz_err *err);
 
-/* The CUDA backend (fp32; cuBLAS GEMMs in fp32, TF32 only when asked for) on GPU `device`.
+/* The CUDA backend on GPU `device`. Its fp32 ops use cuBLAS GEMMs in fp32, TF32 only when asked
+ * for; its bf16 ops use cuBLASLt.
  * A build without CUDA=1 has a stub that fails with OZ_ERR_INPUT. */
 oz_status oz_backend_cuda_create(oz_backend *be, int device, oz_err *err);
 /* TF32 tensor-core GEMMs (10-bit mantissa inputs, fp32 accumulation): faster, not fp32-exact. */

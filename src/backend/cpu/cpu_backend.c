@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu_bf16.h"
 #include "numeric/half.h"
 #include "numeric/quant.h"
 #include "numeric/subspace.h"
@@ -271,6 +272,7 @@ oz_status oz_backend_cpu_create(oz_backend *be, int threads, oz_err *err) {
     be->logsumexp_rows = cpu_logsumexp_rows;
     be->cross_entropy_block = cpu_cross_entropy_block;
     be->adamw_step = cpu_adamw_step;
+    oz_cpu_bf16_ops(be);
     oz_q8_map_signed(be->q8_map[OZ_Q8_MAP_SIGNED]);
     oz_q8_map_unsigned(be->q8_map[OZ_Q8_MAP_UNSIGNED]);
     be->q8_zero = cpu_q8_zero;

@@ -695,6 +695,9 @@ static int ensure_ws(oz_cuda *c) {
     return set_workspace(c);
 }
 
+int oz_cuda_ensure_ws(oz_cuda *c) { return ensure_ws(c); }
+char *oz_cuda_reduce_ws(oz_cuda *c) { return reduce_ws(c); }
+
 static oz_status cuda_sync(oz_backend *be, oz_err *err) {
     oz_cuda *c = C(be);
     OZ_CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
@@ -723,6 +726,7 @@ static void cuda_destroy(oz_backend *be) {
         cudaStreamSynchronize(c->stream);
         if (c->blas) cublasDestroy(c->blas);
         if (c->solver) cusolverDnDestroy(c->solver);
+        oz_cuda_bf16_release(c);
         if (c->ws_owned) cudaFree(c->ws);
         /* An attached workspace belongs to the arena, which frees it. */
         if (c->stream) cudaStreamDestroy(c->stream);
@@ -803,6 +807,7 @@ extern "C" oz_status oz_backend_cuda_create(oz_backend *be, int device, oz_err *
     be->adamw_step = cuda_adamw_step;
     oz_cuda_quant_ops(be);
     oz_cuda_subspace_ops(be);
+    oz_cuda_bf16_ops(be);
     be->sync = cuda_sync;
     be->attach_arena = cuda_attach_arena;
     return OZ_OK;

@@ -1,5 +1,6 @@
 /* Private to the CUDA backend: its state (be->impl), the one check-macro family every CUDA and
- * cuBLAS call goes through, and the attention entry points that live in cuda_attention.cu. */
+ * cuBLAS call goes through, the attention entry points that live in cuda_attention.cu, and the
+ * hooks the other .cu files register their ops and reach the workspace through. */
 #ifndef OZ_CUDA_INTERNAL_H
 #define OZ_CUDA_INTERNAL_H
 #include <cublas_v2.h>
@@ -23,6 +24,8 @@ typedef struct {
     int ws_owned;             /* cudaMalloc'ed here (no arena attached) rather than the arena's */
     oz_arena *arena;
     cusolverDnHandle_t solver; /* created at the first subspace call (GaLore), NULL until then */
+    /* cuBLASLt's handle and the bf16 GEMM plans (cuda_bf16.cu), made at the first gemm_bf16. */
+    struct oz_cuda_lt *lt;
 } oz_cuda;
 
 /* Records the first failure; returns 1 when `e` is a success. */
@@ -42,9 +45,18 @@ void oz_cuda_attention_fwd(oz_cuda *c, float *out, float *lse, const float *q, c
 void oz_cuda_attention_bwd(oz_cuda *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
                            const float *k, const float *v, const float *out, const float *lse, int B, int T,
                            int Hq, int Hkv, int hd);
-/* Fill in the quantization ops (cuda_quant.cu) and the subspace op (cuda_subspace.cu). */
+/* Fill in the quantization ops (cuda_quant.cu), the subspace op (cuda_subspace.cu) and the bf16
+ * ops (cuda_bf16.cu). */
 void oz_cuda_quant_ops(oz_backend *be);
 void oz_cuda_subspace_ops(oz_backend *be);
+void oz_cuda_bf16_ops(oz_backend *be);
+/* Frees c->lt (at destroy). */
+void oz_cuda_bf16_release(oz_cuda *c);
+
+/* The backend workspace, cudaMalloc'ed at first use when no arena is attached (0 on failure,
+ * recorded), and its reduction part (OZ_CUDA_REDUCE_BYTES after cuBLAS's). */
+int oz_cuda_ensure_ws(oz_cuda *c);
+char *oz_cuda_reduce_ws(oz_cuda *c);
 
 /* Opts the attention kernels into the shared memory they use (above the 48 KiB default). */
 int oz_cuda_attention_init(oz_cuda *c);
