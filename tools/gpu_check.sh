@@ -1,9 +1,10 @@
 #!/bin/sh
-# The device run (on a machine with a GPU): the GPU tests and the CPU-vs-GPU training checks, the 7b
-# figure (bench/gpu_7b.sh), then bench/gpu.sh; logs and results go
-# to $OUT. Uses the binaries tools/gpu_dist.sh built into gpu-dist/ when they start here, else
-# builds with `make CUDA=1`.
-# usage: OUT=dir sh tools/gpu_check.sh [all|tests|7b|ops|bench] [PRESETS]
+# The device run (on a machine with a GPU): the GPU tests (test_cuda, and test_sdpa for the fused
+# bf16 attention) and the CPU-vs-GPU training checks, the 7b figure (bench/gpu_7b.sh), then
+# bench/gpu.sh; `sdpa` runs the attention's test and benchmark beside PyTorch's (bench/gpu_sdpa.sh).
+# Logs and results go to $OUT. Uses the binaries tools/gpu_dist.sh built into gpu-dist/ when they
+# start here, else builds with `make CUDA=1`.
+# usage: OUT=dir sh tools/gpu_check.sh [all|tests|7b|ops|bench|sdpa] [PRESETS]
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -26,7 +27,8 @@ if [ -x gpu-dist/ounce ]; then
 fi
 if [ -z "$OUNCE" ]; then
     echo "building here"
-    make -j"$(nproc)" CUDA=1 build-cuda/ounce build-cuda/tests/gpu/test_cuda build-cuda/bench/gpu_ops >"$OUT/build.log" 2>&1 ||
+    make -j"$(nproc)" CUDA=1 build-cuda/ounce build-cuda/tests/gpu/test_cuda build-cuda/bench/gpu_ops \
+        build-cuda/tests/gpu/test_sdpa >"$OUT/build.log" 2>&1 ||
         { tail -n 30 "$OUT/build.log"; exit 1; }
     OUNCE=build-cuda/ounce TEST=build-cuda/tests/gpu/test_cuda OPS=build-cuda/bench/gpu_ops
 fi
@@ -36,6 +38,10 @@ if [ "$WHAT" = all ] || [ "$WHAT" = tests ]; then
     "$TEST" >"$OUT/test_cuda.log" 2>&1 || rc=1
     echo "test_cuda: $(tail -n 1 "$OUT/test_cuda.log") ($(( $(date +%s) - start )) s)"
     grep -E "^FAIL|^  " "$OUT/test_cuda.log" | head -n 60
+    start=$(date +%s)
+    "$(dirname "$TEST")/test_sdpa" >"$OUT/test_sdpa.log" 2>&1 || rc=1
+    echo "test_sdpa: $(tail -n 1 "$OUT/test_sdpa.log") ($(( $(date +%s) - start )) s)"
+    grep -E "^FAIL" "$OUT/test_sdpa.log" | head -n 40
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = tests ]; then
     # every optimizer and the models from files: the same losses on both devices (gpu-dist binaries)
@@ -49,6 +55,9 @@ if [ "$WHAT" = all ] || [ "$WHAT" = 7b ]; then
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = ops ]; then
     "$OPS" 60m 64 256 | tee "$OUT/ops-60m.jsonl"
+fi
+if [ "$WHAT" = sdpa ]; then
+    sh bench/gpu_sdpa.sh "$([ "$TEST" = gpu-dist/test_cuda ] && echo gpu-dist)" || rc=1
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = bench ]; then
     sh bench/gpu.sh "$OUNCE" "$PRESETS" | tee "$OUT/bench.jsonl"
