@@ -26,6 +26,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -38,10 +39,12 @@
 #error "cuda_sdpa.cu needs cuDNN 9 (its graph API and flash-attention engines)"
 #endif
 
-/* The oldest cuDNN this builds graphs for. Older versions need workarounds that cuDNN's frontend
- * applies and we do not: a padding mask in the backward when T % 128 != 0 (up to 9.15), a zeroed
- * dq accumulator (before 9.6), and no backward at all on 9.10.0/9.10.1. */
-#define SDPA_MIN_CUDNN 91600
+/* cuDNN versions (as cudnnGetVersion() counts them) where cuDNN's frontend works around bugs, and
+ * we refuse instead: before 9.6 the dq accumulator had to be zeroed by the caller; up to 9.15.0 the
+ * backward needs a padding mask when T % 128 != 0; 9.10.0 and 9.10.1 have a broken backward.
+ * Tested on 9.19. */
+#define SDPA_MIN_CUDNN 90600
+#define SDPA_PAD_BUG_LAST 91500
 
 /* ------------------------------------------------------------------ errors */
 
@@ -513,12 +516,19 @@ static oz_status find_plan(oz_sdpa *s, const oz_sdpa_shape *shape, sdpa_plan **o
     if (!p) return oz_fail(err, OZ_ERR_NOMEM, "cuda_sdpa: out of host memory for a plan");
     p->shape = key;
     p->scale = key.scale;
-    p->neg_inf = -INFINITY;
+    p->neg_inf = s->version < 91000 ? -FLT_MAX : -INFINITY; /* what the frontend masks with on each */
     p->one = 1.0f;
     p->fwd_engine = p->bwd_engine = -1;
     p->fwd_det = p->bwd_det = 1;
     oz_status st = OZ_OK;
-    if (key.T > 1) {
+    if (key.T > 1 && s->version >= 91000 && s->version < 91002)
+        st = oz_fail(err, OZ_ERR_INPUT, "cuda_sdpa: cuDNN %zu has a broken attention backward (9.10.2 fixed it)", s->version);
+    else if (key.T > 1 && s->version <= SDPA_PAD_BUG_LAST && key.T % 128 != 0)
+        st = oz_fail(err, OZ_ERR_INPUT,
+                     "cuda_sdpa: cuDNN %zu needs T a multiple of 128 (T is %d): its backward is wrong otherwise "
+                     "without a padding mask that this code does not build (fixed after 9.15.0)",
+                     s->version, key.T);
+    if (st == OZ_OK && key.T > 1) {
         graph g;
         memset(&g, 0, sizeof g);
         g.p = p, g.version = s->version, g.next_uid = UID_VIRTUAL;
@@ -616,7 +626,7 @@ oz_status oz_sdpa_create(oz_sdpa **out, cudaStream_t stream, int deterministic, 
     if (version < SDPA_MIN_CUDNN)
         return oz_fail(err, OZ_ERR_INPUT,
                        "cuda_sdpa: cuDNN %zu is loaded; the fused attention needs %d or newer (older ones need "
-                       "workarounds this code does not build)",
+                       "a zeroed dq accumulator this code does not provide)",
                        version, SDPA_MIN_CUDNN);
     oz_sdpa *s = (oz_sdpa *)calloc(1, sizeof *s);
     if (!s) return oz_fail(err, OZ_ERR_NOMEM, "cuda_sdpa: out of host memory");

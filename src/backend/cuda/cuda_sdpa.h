@@ -18,8 +18,8 @@
  *
  * Determinism: the forward is deterministic. The default backward accumulates dq in fp32 with
  * atomics (fast, not bitwise reproducible). oz_sdpa_create(..., deterministic = 1) builds the
- * backward that cuDNN runs deterministically on Hopper, which keeps dP in its workspace:
- * B * Hq * T_pad^2 * 2 bytes (T_pad = T rounded up to 64), e.g. 4 GiB for B 1, Hq 32, T 8192.
+ * backward that cuDNN runs deterministically on Hopper, which keeps dP in its workspace: about
+ * B * Hq * T^2 * 2 bytes (cuDNN 9.19 on an H200: 4.4 GB for B 1, Hq 32, T 8192; 69 GB at T 32768).
  *
  * T == 1 runs on small kernels of ours (cuDNN's backward rejects one query and one key): out = v of
  * the head's group, stats = scale * q.k, dq = dk = 0 (the softmax of one score is constant), dv =
@@ -57,8 +57,9 @@ typedef struct {
 } oz_sdpa_info;
 
 /* A plan cache and a cuDNN handle on `stream` of the current device. deterministic != 0 asks for
- * the bitwise-reproducible backward (large workspace, see above). Fails if cuDNN is older than
- * 9.16 (older versions need workarounds this code does not build) or the device is not sm_90+. */
+ * the bitwise-reproducible backward (large workspace, see above). Needs cuDNN 9.6 or newer (tested
+ * on 9.19); up to 9.15.0 a T that is not a multiple of 128 is refused (cuDNN's backward needs a
+ * workaround there that this code does not build), and 9.10.0/9.10.1 are refused. */
 oz_status oz_sdpa_create(oz_sdpa **out, cudaStream_t stream, int deterministic, oz_err *err);
 void oz_sdpa_destroy(oz_sdpa *s); /* NULL is fine; waits for nothing */
 /* cuDNN's version as cudnnGetVersion() reports it (e.g. 91900). */
