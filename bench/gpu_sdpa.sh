@@ -1,10 +1,12 @@
 #!/bin/sh
 # The fused bf16 attention on a GPU machine, in one run: tests/gpu/test_sdpa, then bench/gpu_sdpa
 # (ours, through cuDNN) and bench/torch_sdpa.py (PyTorch's SDPA) on the same shapes. Logs and JSON
-# lines go to $OUT (test_sdpa.log, gpu_sdpa.jsonl, torch_sdpa.jsonl).
-# usage: OUT=dir sh bench/gpu_sdpa.sh [BIN_DIR] [ITERS]
+# lines go to $OUT (test_sdpa-TAG.log, gpu_sdpa-TAG.jsonl, torch_sdpa.jsonl; TAG names the cuDNN).
+# usage: OUT=dir [SDPA_CUDNN=system|torch] [SDPA_PEER=1|0] sh bench/gpu_sdpa.sh [BIN_DIR] [ITERS]
 #   BIN_DIR holds test_sdpa and gpu_sdpa built elsewhere (tools/gpu_dist.sh's gpu-dist/); without it,
-#   or when those do not load here, they are built with `make CUDA=1`.
+#   or when those do not load here, they are built with `make CUDA=1`. SDPA_CUDNN=torch loads the
+#   cuDNN PyTorch's wheel carries instead of the system's (the two differ on the device image: 9.19
+#   and 9.14 when this was written). SDPA_PEER=0 skips the PyTorch peer.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -13,10 +15,12 @@ ITERS=${2:-10}
 mkdir -p "$OUT"
 TO=$(command -v timeout >/dev/null 2>&1 && echo "timeout" || echo "")
 
-# cuDNN: the CUDA toolkit's where the loader finds it, else the copy PyTorch's wheel carries
-# (nvidia-cudnn), with the NVRTC its runtime-compiled engines load.
+CUDNN_FROM=${SDPA_CUDNN:-system}
+PEER=${SDPA_PEER:-1}
+# cuDNN: the system's where the loader finds it, else (or with SDPA_CUDNN=torch) the copy PyTorch's
+# wheel carries (nvidia-cudnn), with the NVRTC its runtime-compiled engines load.
 find_cudnn() {
-    ldd "$1" | grep -q "libcudnn.*not found" || return 0
+    if [ "$CUDNN_FROM" != torch ] && ! ldd "$1" | grep -q "libcudnn.*not found"; then return 0; fi
     d=$(python3 -c 'import os, nvidia.cudnn as m; print(os.path.join(list(m.__path__)[0], "lib"))' 2>/dev/null)
     n=$(python3 -c 'import nvidia, os; print(list(nvidia.__path__)[0])' 2>/dev/null)
     n=$([ -n "$n" ] && find "$n" -name 'libnvrtc.so*' 2>/dev/null | head -n 1)
@@ -45,13 +49,16 @@ ldd "$TEST" | grep -E "cudnn|cudart|not found"
 rc=0
 start=$(date +%s)
 $TO ${TO:+150} "$TEST" >"$OUT/test_sdpa.log" 2>&1 || rc=1
-echo "test_sdpa: $(tail -n 1 "$OUT/test_sdpa.log") ($(( $(date +%s) - start )) s)"
-head -n 1 "$OUT/test_sdpa.log"
-grep -E "^FAIL" "$OUT/test_sdpa.log" | head -n 40
+TAG=cudnn$(sed -n 's/.*cuDNN \([0-9]*\).*/\1/p' "$OUT/test_sdpa.log" | head -n 1)
+mv "$OUT/test_sdpa.log" "$OUT/test_sdpa-$TAG.log"
+echo "test_sdpa ($TAG): $(tail -n 1 "$OUT/test_sdpa-$TAG.log") ($(( $(date +%s) - start )) s)"
+grep -E "^FAIL" "$OUT/test_sdpa-$TAG.log" | head -n 40
 start=$(date +%s)
-$TO ${TO:+100} "$BENCH" "$ITERS" | tee "$OUT/gpu_sdpa.jsonl"
-echo "gpu_sdpa: $(( $(date +%s) - start )) s"
-start=$(date +%s)
-$TO ${TO:+120} python3 bench/torch_sdpa.py --iters "$ITERS" | tee "$OUT/torch_sdpa.jsonl"
-echo "torch_sdpa: $(( $(date +%s) - start )) s"
+$TO ${TO:+100} "$BENCH" "$ITERS" | tee "$OUT/gpu_sdpa-$TAG.jsonl"
+echo "gpu_sdpa ($TAG): $(( $(date +%s) - start )) s"
+if [ "$PEER" = 1 ]; then
+    start=$(date +%s)
+    $TO ${TO:+120} python3 bench/torch_sdpa.py --iters "$ITERS" | tee "$OUT/torch_sdpa.jsonl"
+    echo "torch_sdpa: $(( $(date +%s) - start )) s"
+fi
 exit $rc

@@ -21,12 +21,15 @@
  *            masked; P = exp(S); dv = P^T dout; dS = scale * P * (dout v^T - D); dk = dS^T q;
  *            dq = dS k (fp32 accumulator in our workspace, unless deterministic).
  *
+ * cuDNN up to 9.15.0 (SDPA_PAD_BUG_LAST) needs the backward of a T that is not a multiple of 128 to
+ * carry a padding mask: per-batch sequence lengths (all T, int32, in our workspace) that mask the
+ * scores past them and bound every matmul (the "override" sizes), as the frontend builds it.
+ *
  * Scalars (scale, -inf, 1) are "by value" tensors: their host addresses go in the variant pack and
  * cuDNN reads them at each launch, so they live in the plan, which never moves. */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
-#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -39,11 +42,12 @@
 #error "cuda_sdpa.cu needs cuDNN 9 (its graph API and flash-attention engines)"
 #endif
 
-/* cuDNN versions (as cudnnGetVersion() counts them) where cuDNN's frontend works around bugs, and
- * we refuse instead: before 9.6 the dq accumulator had to be zeroed by the caller; up to 9.15.0 the
- * backward needs a padding mask when T % 128 != 0; 9.10.0 and 9.10.1 have a broken backward.
- * Tested on 9.19. */
-#define SDPA_MIN_CUDNN 90600
+/* cuDNN versions as cudnnGetVersion() counts them. Older than 9.10.2 is refused: cuDNN's frontend
+ * works around more there (a zeroed dq accumulator before 9.6, a second padding mask and a finite
+ * mask value before 9.10, a broken backward in 9.10.0/9.10.1). Up to 9.15.0 the backward gives wrong
+ * gradients when T % 128 != 0 unless the graph carries a padding mask (sequence lengths = T), which
+ * the frontend adds and so do we. Tested on 9.14 and 9.19. */
+#define SDPA_MIN_CUDNN 91002
 #define SDPA_PAD_BUG_LAST 91500
 
 /* ------------------------------------------------------------------ errors */
@@ -80,7 +84,7 @@ static oz_status cuda_fail(oz_err *err, cudaError_t e, const char *what, const c
  * tensors take ids from UID_VIRTUAL up. */
 enum {
     UID_Q = 1, UID_K, UID_V, UID_O, UID_STATS, UID_DO, UID_DQ, UID_DK, UID_DV,
-    UID_SCALE, UID_NEG_INF, UID_ONE, UID_DSUM, UID_DQ_ACC,
+    UID_SCALE, UID_NEG_INF, UID_ONE, UID_DSUM, UID_DQ_ACC, UID_SEQ_Q, UID_SEQ_KV,
     UID_VIRTUAL = 100
 };
 
@@ -95,7 +99,9 @@ typedef struct sdpa_plan {
     int ndescs;
     cudnnBackendDescriptor_t fwd, bwd; /* execution plans; NULL on the T == 1 kernels */
     size_t cudnn_fwd_ws, cudnn_bwd_ws;
-    size_t dsum_off, dq_acc_off, bwd_ws; /* backward workspace layout: cuDNN | D | dq accumulator */
+    /* Backward workspace layout: cuDNN | D | dq accumulator | sequence lengths (padding workaround). */
+    size_t dsum_off, dq_acc_off, seq_off, bwd_ws;
+    int pad; /* the backward carries the padding-mask workaround */
     int64_t fwd_engine, bwd_engine;
     int fwd_det, bwd_det;
     float scale, neg_inf, one; /* by-value scalars, read by cuDNN at each launch */
@@ -197,8 +203,9 @@ static oz_status pointwise(graph *g, cudnnPointwiseMode_t mode, cudnnDataType_t 
     return add_op(g, op, err);
 }
 
-/* c = a @ b over the last two dimensions, broadcast over the others, fp32 accumulation. */
-static oz_status matmul(graph *g, desc_t a, desc_t b, desc_t c, oz_err *err) {
+/* c = a @ b over the last two dimensions, broadcast over the others, fp32 accumulation; m, n, k
+ * (or NULL) are per-batch sizes that bound the product (the padding workaround). */
+static oz_status matmul_sized(graph *g, desc_t a, desc_t b, desc_t c, desc_t m, desc_t n, desc_t k, oz_err *err) {
     desc_t mm = NULL, op = NULL;
     const cudnnDataType_t comp = CUDNN_DATA_FLOAT;
     OZ_TRY(new_desc(g->p, CUDNN_BACKEND_MATMUL_DESCRIPTOR, &mm, err));
@@ -209,8 +216,14 @@ static oz_status matmul(graph *g, desc_t a, desc_t b, desc_t c, oz_err *err) {
     DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b));
     DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_CDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c));
     DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &mm));
+    if (m) DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_M_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &m));
+    if (n) DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_N_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n));
+    if (k) DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_K_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &k));
     DNN(cudnnBackendFinalize(op));
     return add_op(g, op, err);
+}
+static oz_status matmul(graph *g, desc_t a, desc_t b, desc_t c, oz_err *err) {
+    return matmul_sized(g, a, b, c, NULL, NULL, NULL, err);
 }
 
 /* y = reduce(x) over the dimensions where y is smaller, in fp32. */
@@ -255,6 +268,24 @@ static oz_status causal_mask(graph *g, desc_t s_in, desc_t neg_inf, const int64_
     OZ_TRY(pointwise(g, CUDNN_POINTWISE_CMP_GE, CUDNN_DATA_BOOLEAN, row, col, NULL, keep, -1, err));
     OZ_TRY(virt4(g, CUDNN_DATA_FLOAT, sd, ss, s_out, err));
     return pointwise(g, CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, s_in, neg_inf, keep, *s_out, -1, err);
+}
+
+/* S = (row < seq_q && col < seq_kv) ? S : -inf, as the frontend writes its padding mask. */
+static oz_status padding_mask(graph *g, desc_t s_in, desc_t neg_inf, desc_t seq_q, desc_t seq_kv, const int64_t sd[4],
+                              const int64_t ss[4], desc_t *s_out, oz_err *err) {
+    desc_t row = NULL, col = NULL, row_ok = NULL, col_ok = NULL, ok = NULL;
+    OZ_TRY(virt4(g, CUDNN_DATA_INT32, sd, ss, &row, err));
+    OZ_TRY(pointwise(g, CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, s_in, NULL, NULL, row, 2, err));
+    OZ_TRY(virt4(g, CUDNN_DATA_INT32, sd, ss, &col, err));
+    OZ_TRY(pointwise(g, CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, s_in, NULL, NULL, col, 3, err));
+    OZ_TRY(virt4(g, CUDNN_DATA_BOOLEAN, sd, ss, &row_ok, err));
+    OZ_TRY(pointwise(g, CUDNN_POINTWISE_CMP_LT, CUDNN_DATA_BOOLEAN, row, seq_q, NULL, row_ok, -1, err));
+    OZ_TRY(virt4(g, CUDNN_DATA_BOOLEAN, sd, ss, &col_ok, err));
+    OZ_TRY(pointwise(g, CUDNN_POINTWISE_CMP_LT, CUDNN_DATA_BOOLEAN, col, seq_kv, NULL, col_ok, -1, err));
+    OZ_TRY(virt4(g, CUDNN_DATA_BOOLEAN, sd, ss, &ok, err));
+    OZ_TRY(pointwise(g, CUDNN_POINTWISE_LOGICAL_AND, CUDNN_DATA_BOOLEAN, row_ok, col_ok, NULL, ok, -1, err));
+    OZ_TRY(virt4(g, CUDNN_DATA_FLOAT, sd, ss, s_out, err));
+    return pointwise(g, CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, s_in, neg_inf, ok, *s_out, -1, err);
 }
 
 /* The 4-D views of our buffers (see the top of the file). */
@@ -323,13 +354,13 @@ static oz_status build_fwd(graph *g, const oz_sdpa_shape *sh, oz_err *err) {
     return matmul(g, p, v, o, err);
 }
 
-static oz_status build_bwd(graph *g, const oz_sdpa_shape *sh, int deterministic, oz_err *err) {
+static oz_status build_bwd(graph *g, const oz_sdpa_shape *sh, int deterministic, int pad, oz_err *err) {
     views w;
     make_views(sh, &w);
     const cudnnDataType_t BF = CUDNN_DATA_BFLOAT16, F = CUDNN_DATA_FLOAT;
     const int gqa = sh->Hq != sh->Hkv;
     desc_t q = NULL, kt = NULL, vt = NULL, o = NULL, dout = NULL, stats = NULL, dq = NULL, dk = NULL, dv = NULL;
-    desc_t dsum = NULL, dq_acc = NULL, scale = NULL, one = NULL, neg_inf = NULL;
+    desc_t dsum = NULL, dq_acc = NULL, scale = NULL, one = NULL, neg_inf = NULL, sq = NULL, skv = NULL;
     OZ_TRY(real4(g, UID_Q, BF, w.q_d, w.q_s, &q, err));
     OZ_TRY(real4(g, UID_K, BF, w.kt_d, w.kt_s, &kt, err));
     OZ_TRY(real4(g, UID_V, BF, w.kt_d, w.kt_s, &vt, err));
@@ -343,7 +374,12 @@ static oz_status build_bwd(graph *g, const oz_sdpa_shape *sh, int deterministic,
     if (!deterministic) OZ_TRY(real4(g, UID_DQ_ACC, F, w.hf_d, w.hf_s, &dq_acc, err));
     OZ_TRY(scalar(g, UID_SCALE, &scale, err));
     OZ_TRY(scalar(g, UID_ONE, &one, err));
-    if (sh->causal) OZ_TRY(scalar(g, UID_NEG_INF, &neg_inf, err));
+    if (sh->causal || pad) OZ_TRY(scalar(g, UID_NEG_INF, &neg_inf, err));
+    if (pad) {
+        const int64_t ld[4] = {sh->B, 1, 1, 1}, ls[4] = {1, 1, 1, 1};
+        OZ_TRY(real4(g, UID_SEQ_Q, CUDNN_DATA_INT32, ld, ls, &sq, err));
+        OZ_TRY(real4(g, UID_SEQ_KV, CUDNN_DATA_INT32, ld, ls, &skv, err));
+    }
 
     /* D = sum over hd of dout * out, per query row (times 1: the frontend's dropout-scale slot). */
     desc_t dto = NULL, dsum0 = NULL;
@@ -356,9 +392,10 @@ static oz_status build_bwd(graph *g, const oz_sdpa_shape *sh, int deterministic,
     /* P = exp(scale * q k^T - stats), masked. */
     desc_t s0 = NULL, s1 = NULL, s2 = NULL, s = NULL, p = NULL, pT = NULL;
     OZ_TRY(virt4(g, F, w.s_d, w.s_s, &s0, err));
-    OZ_TRY(matmul(g, q, kt, s0, err));
+    OZ_TRY(matmul_sized(g, q, kt, s0, sq, skv, NULL, err));
     OZ_TRY(virt4(g, F, w.s_d, w.s_s, &s1, err));
     OZ_TRY(pointwise(g, CUDNN_POINTWISE_MUL, F, s0, scale, NULL, s1, -1, err));
+    if (pad) OZ_TRY(padding_mask(g, s1, neg_inf, sq, skv, w.s_d, w.s_s, &s1, err));
     OZ_TRY(virt4(g, F, w.s_d, w.s_s, &s2, err));
     OZ_TRY(pointwise(g, CUDNN_POINTWISE_SUB, F, s1, stats, NULL, s2, -1, err));
     s = s2;
@@ -372,16 +409,16 @@ static oz_status build_bwd(graph *g, const oz_sdpa_shape *sh, int deterministic,
     if (gqa) {
         desc_t dvf = NULL;
         OZ_TRY(virt4(g, BF, w.hf_d, w.hf_s, &dvf, err));
-        OZ_TRY(matmul(g, pT, dout, dvf, err));
+        OZ_TRY(matmul_sized(g, pT, dout, dvf, skv, NULL, sq, err));
         OZ_TRY(reduction(g, CUDNN_REDUCE_TENSOR_ADD, dvf, dv, err));
     } else {
-        OZ_TRY(matmul(g, pT, dout, dv, err));
+        OZ_TRY(matmul_sized(g, pT, dout, dv, skv, NULL, sq, err));
     }
 
     /* dS = scale * P * (dout v^T - D). */
     desc_t dp0 = NULL, dp1 = NULL, dp2 = NULL, ds = NULL, dsT = NULL;
     OZ_TRY(virt4(g, F, w.s_d, w.s_s, &dp0, err));
-    OZ_TRY(matmul(g, dout, vt, dp0, err));
+    OZ_TRY(matmul_sized(g, dout, vt, dp0, sq, skv, NULL, err));
     OZ_TRY(virt4(g, F, w.s_d, w.s_s, &dp1, err));
     OZ_TRY(pointwise(g, CUDNN_POINTWISE_SUB, F, dp0, dsum, NULL, dp1, -1, err));
     OZ_TRY(virt4(g, F, w.s_d, w.s_s, &dp2, err));
@@ -395,10 +432,10 @@ static oz_status build_bwd(graph *g, const oz_sdpa_shape *sh, int deterministic,
     if (gqa) {
         desc_t dkf = NULL;
         OZ_TRY(virt4(g, BF, w.hf_d, w.hf_s, &dkf, err));
-        OZ_TRY(matmul(g, dsT, q, dkf, err));
+        OZ_TRY(matmul_sized(g, dsT, q, dkf, skv, NULL, sq, err));
         OZ_TRY(reduction(g, CUDNN_REDUCE_TENSOR_ADD, dkf, dk, err));
     } else {
-        OZ_TRY(matmul(g, dsT, q, dk, err));
+        OZ_TRY(matmul_sized(g, dsT, q, dk, skv, NULL, sq, err));
     }
 
     /* dq = dS k: k seen untransposed again (fp32, as the frontend leaves this view's type). */
@@ -407,9 +444,9 @@ static oz_status build_bwd(graph *g, const oz_sdpa_shape *sh, int deterministic,
     OZ_TRY(reshape(g, kt, kr, err));
     if (deterministic) {
         /* Without the fp32 accumulator cuDNN picks its dP-in-workspace kernel: no atomics. */
-        return matmul(g, ds, kr, dq, err);
+        return matmul_sized(g, ds, kr, dq, sq, NULL, skv, err);
     }
-    OZ_TRY(matmul(g, ds, kr, dq_acc, err));
+    OZ_TRY(matmul_sized(g, ds, kr, dq_acc, sq, NULL, skv, err));
     return pointwise(g, CUDNN_POINTWISE_IDENTITY, F, dq_acc, NULL, NULL, dq, -1, err);
 }
 
@@ -516,19 +553,13 @@ static oz_status find_plan(oz_sdpa *s, const oz_sdpa_shape *shape, sdpa_plan **o
     if (!p) return oz_fail(err, OZ_ERR_NOMEM, "cuda_sdpa: out of host memory for a plan");
     p->shape = key;
     p->scale = key.scale;
-    p->neg_inf = s->version < 91000 ? -FLT_MAX : -INFINITY; /* what the frontend masks with on each */
+    p->neg_inf = -INFINITY;
     p->one = 1.0f;
     p->fwd_engine = p->bwd_engine = -1;
     p->fwd_det = p->bwd_det = 1;
+    p->pad = key.T > 1 && s->version <= SDPA_PAD_BUG_LAST && key.T % 128 != 0;
     oz_status st = OZ_OK;
-    if (key.T > 1 && s->version >= 91000 && s->version < 91002)
-        st = oz_fail(err, OZ_ERR_INPUT, "cuda_sdpa: cuDNN %zu has a broken attention backward (9.10.2 fixed it)", s->version);
-    else if (key.T > 1 && s->version <= SDPA_PAD_BUG_LAST && key.T % 128 != 0)
-        st = oz_fail(err, OZ_ERR_INPUT,
-                     "cuda_sdpa: cuDNN %zu needs T a multiple of 128 (T is %d): its backward is wrong otherwise "
-                     "without a padding mask that this code does not build (fixed after 9.15.0)",
-                     s->version, key.T);
-    if (st == OZ_OK && key.T > 1) {
+    if (key.T > 1) {
         graph g;
         memset(&g, 0, sizeof g);
         g.p = p, g.version = s->version, g.next_uid = UID_VIRTUAL;
@@ -537,7 +568,7 @@ static oz_status find_plan(oz_sdpa *s, const oz_sdpa_shape *shape, sdpa_plan **o
         if (st == OZ_OK) {
             memset(&g, 0, sizeof g);
             g.p = p, g.version = s->version, g.next_uid = UID_VIRTUAL;
-            st = build_bwd(&g, &key, s->deterministic, err);
+            st = build_bwd(&g, &key, s->deterministic, p->pad, err);
         }
         if (st == OZ_OK)
             st = make_plan(s, &g, "backward", s->deterministic, &p->bwd, &p->cudnn_bwd_ws, &p->bwd_engine, &p->bwd_det, err);
@@ -549,7 +580,8 @@ static oz_status find_plan(oz_sdpa *s, const oz_sdpa_shape *shape, sdpa_plan **o
     const size_t rows = (size_t)key.B * key.Hq * key.T;
     p->dsum_off = align256(p->cudnn_bwd_ws);
     p->dq_acc_off = p->dsum_off + align256(rows * sizeof(float));
-    p->bwd_ws = key.T == 1 ? 0 : p->dq_acc_off + (s->deterministic ? 0 : rows * key.hd * sizeof(float));
+    p->seq_off = p->dq_acc_off + (s->deterministic ? 0 : align256(rows * key.hd * sizeof(float)));
+    p->bwd_ws = key.T == 1 ? 0 : p->seq_off + (p->pad ? 2 * (size_t)key.B * sizeof(int32_t) : 0);
     p->next = s->plans;
     s->plans = p;
     *out = p;
@@ -618,6 +650,11 @@ static __global__ void __launch_bounds__(T1_THREADS)
     dv[((size_t)b * Hkv + g) * hd + d] = f2bf16(acc);
 }
 
+/* The padding workaround's sequence lengths: n int32 values, all T. */
+static __global__ void fill_i32_k(int32_t *x, int n, int32_t value) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) x[i] = value;
+}
+
 /* ------------------------------------------------------------------ API */
 
 oz_status oz_sdpa_create(oz_sdpa **out, cudaStream_t stream, int deterministic, oz_err *err) {
@@ -626,7 +663,7 @@ oz_status oz_sdpa_create(oz_sdpa **out, cudaStream_t stream, int deterministic, 
     if (version < SDPA_MIN_CUDNN)
         return oz_fail(err, OZ_ERR_INPUT,
                        "cuda_sdpa: cuDNN %zu is loaded; the fused attention needs %d or newer (older ones need "
-                       "a zeroed dq accumulator this code does not provide)",
+                       "workarounds this code does not build)",
                        version, SDPA_MIN_CUDNN);
     oz_sdpa *s = (oz_sdpa *)calloc(1, sizeof *s);
     if (!s) return oz_fail(err, OZ_ERR_NOMEM, "cuda_sdpa: out of host memory");
@@ -707,7 +744,7 @@ oz_status oz_sdpa_bwd(oz_sdpa *s, const oz_sdpa_shape *shape, uint16_t *dq, uint
     sdpa_plan *p;
     OZ_TRY(find_plan(s, shape, &p, err));
     const oz_sdpa_shape *sh = &p->shape;
-    void *ptrs[14] = {(void *)q, (void *)k, (void *)v, (void *)out, (void *)dout, (void *)stats, dq, dk, dv};
+    void *ptrs[9] = {(void *)q, (void *)k, (void *)v, (void *)out, (void *)dout, (void *)stats, dq, dk, dv};
     OZ_TRY(check_ptrs(ptrs, 9, err));
     if (sh->T == 1) {
         RT(cudaMemsetAsync(dq, 0, (size_t)sh->B * sh->Hq * sh->hd * sizeof(uint16_t), s->stream));
@@ -718,11 +755,20 @@ oz_status oz_sdpa_bwd(oz_sdpa *s, const oz_sdpa_shape *shape, uint16_t *dq, uint
     }
     OZ_TRY(check_ws(p->bwd_ws, workspace, workspace_bytes, "backward", err));
     char *ws = (char *)workspace;
-    int64_t uids[14] = {UID_Q, UID_K, UID_V, UID_O, UID_DO, UID_STATS, UID_DQ, UID_DK, UID_DV,
+    int64_t uids[16] = {UID_Q, UID_K, UID_V, UID_O, UID_DO, UID_STATS, UID_DQ, UID_DK, UID_DV,
                         UID_SCALE, UID_ONE, UID_DSUM};
-    ptrs[9] = &p->scale, ptrs[10] = &p->one, ptrs[11] = ws + p->dsum_off;
+    void *all[16];
+    memcpy(all, ptrs, 9 * sizeof *ptrs);
+    all[9] = &p->scale, all[10] = &p->one, all[11] = ws + p->dsum_off;
     int n = 12;
-    if (sh->causal) uids[n] = UID_NEG_INF, ptrs[n++] = &p->neg_inf;
-    if (!s->deterministic) uids[n] = UID_DQ_ACC, ptrs[n++] = ws + p->dq_acc_off;
-    return execute(s, p->bwd, n, uids, ptrs, workspace, err);
+    if (sh->causal || p->pad) uids[n] = UID_NEG_INF, all[n++] = &p->neg_inf;
+    if (!s->deterministic) uids[n] = UID_DQ_ACC, all[n++] = ws + p->dq_acc_off;
+    if (p->pad) {
+        int32_t *seq = (int32_t *)(ws + p->seq_off);
+        fill_i32_k<<<1, 256, 0, s->stream>>>(seq, 2 * sh->B, sh->T); /* the workspace is scratch: every call */
+        RT(cudaGetLastError());
+        uids[n] = UID_SEQ_Q, all[n++] = seq;
+        uids[n] = UID_SEQ_KV, all[n++] = seq + sh->B;
+    }
+    return execute(s, p->bwd, n, uids, all, workspace, err);
 }

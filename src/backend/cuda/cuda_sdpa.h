@@ -49,17 +49,15 @@ typedef struct {
 
 typedef struct {
     size_t fwd_workspace; /* bytes fwd needs from the caller (may be 0) */
-    size_t bwd_workspace; /* bytes bwd needs: cuDNN's own, the fp32 row sums of dout * out, and the
-                           * fp32 dq accumulator unless deterministic */
+    size_t bwd_workspace; /* bytes bwd needs: cuDNN's own, the fp32 row sums of dout * out, the fp32
+                           * dq accumulator unless deterministic, 8 B bytes on cuDNN <= 9.15.0 */
     size_t cudnn_fwd_workspace, cudnn_bwd_workspace; /* cuDNN's part of the two above */
     int64_t fwd_engine, bwd_engine;  /* cuDNN's global engine index; -1 on the T == 1 kernels */
     int fwd_deterministic, bwd_deterministic; /* 0 where cuDNN marks the engine nondeterministic */
 } oz_sdpa_info;
 
 /* A plan cache and a cuDNN handle on `stream` of the current device. deterministic != 0 asks for
- * the bitwise-reproducible backward (large workspace, see above). Needs cuDNN 9.6 or newer (tested
- * on 9.19); up to 9.15.0 a T that is not a multiple of 128 is refused (cuDNN's backward needs a
- * workaround there that this code does not build), and 9.10.0/9.10.1 are refused. */
+ * the bitwise-reproducible backward (large workspace, see above). Needs cuDNN 9.10.2 or newer. */
 oz_status oz_sdpa_create(oz_sdpa **out, cudaStream_t stream, int deterministic, oz_err *err);
 void oz_sdpa_destroy(oz_sdpa *s); /* NULL is fine; waits for nothing */
 /* cuDNN's version as cudnnGetVersion() reports it (e.g. 91900). */
