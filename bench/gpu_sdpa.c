@@ -83,10 +83,13 @@ static void run_shape(const bshape *b, int iters, const uint16_t *block) {
     if (oz_sdpa_plan(sd, &sh, &info, &err) != OZ_OK) goto done;
     plan_s = oz_now_s() - t0;
     const size_t ws_bytes = info.fwd_workspace > info.bwd_workspace ? info.fwd_workspace : info.bwd_workspace;
-    if (!rt(cudaMalloc((void **)&q, nq * 2), "cudaMalloc q", &f) || !rt(cudaMalloc((void **)&k, nkv * 2), "cudaMalloc k", &f) ||
-        !rt(cudaMalloc((void **)&v, nkv * 2), "cudaMalloc v", &f) || !rt(cudaMalloc((void **)&o, nq * 2), "cudaMalloc out", &f) ||
+    if (!rt(cudaMalloc((void **)&q, nq * 2), "cudaMalloc q", &f) ||
+        !rt(cudaMalloc((void **)&k, nkv * 2), "cudaMalloc k", &f) ||
+        !rt(cudaMalloc((void **)&v, nkv * 2), "cudaMalloc v", &f) ||
+        !rt(cudaMalloc((void **)&o, nq * 2), "cudaMalloc out", &f) ||
         !rt(cudaMalloc((void **)&dout, nq * 2), "cudaMalloc dout", &f) ||
-        !rt(cudaMalloc((void **)&dq, nq * 2), "cudaMalloc dq", &f) || !rt(cudaMalloc((void **)&dk, nkv * 2), "cudaMalloc dk", &f) ||
+        !rt(cudaMalloc((void **)&dq, nq * 2), "cudaMalloc dq", &f) ||
+        !rt(cudaMalloc((void **)&dk, nkv * 2), "cudaMalloc dk", &f) ||
         !rt(cudaMalloc((void **)&dv, nkv * 2), "cudaMalloc dv", &f) ||
         !rt(cudaMalloc((void **)&stats, nl * 4), "cudaMalloc stats", &f) ||
         !rt(cudaMalloc(&ws, ws_bytes ? ws_bytes : 256), "cudaMalloc workspace", &f))
@@ -122,8 +125,8 @@ static void run_shape(const bshape *b, int iters, const uint16_t *block) {
 done:
     if (!f.msg[0] && err.msg[0]) snprintf(f.msg, sizeof f.msg, "%s", err.msg);
     if (!f.msg[0]) rt(cudaDeviceSynchronize(), "sync", &f);
-    printf("{\"impl\":\"ounce-cudnn\",\"cudnn\":%zu,\"B\":%d,\"T\":%d,\"Hq\":%d,\"Hkv\":%d,\"hd\":%d,\"iters\":%d", oz_sdpa_cudnn_version(),
-           b->B, b->T, b->Hq, b->Hkv, b->hd, iters);
+    printf("{\"impl\":\"ounce-cudnn\",\"cudnn\":%zu,\"B\":%d,\"T\":%d,\"Hq\":%d,\"Hkv\":%d,\"hd\":%d,\"iters\":%d",
+           oz_sdpa_cudnn_version(), b->B, b->T, b->Hq, b->Hkv, b->hd, iters);
     if (f.msg[0]) {
         for (char *c = f.msg; *c; c++)
             if (*c == '"' || *c == '\\' || *c == '\n') *c = '\'';

@@ -343,8 +343,8 @@ static void test_mask(oz_sdpa *sd) {
         CHECK(0, "mask: out of host memory");
         goto done;
     }
-    CHECK(oz_sdpa_plan(sd, &causal, &ic, &err) == OZ_OK && oz_sdpa_plan(sd, &full, &ifu, &err) == OZ_OK, "mask: plan: %s",
-          err.msg);
+    CHECK(oz_sdpa_plan(sd, &causal, &ic, &err) == OZ_OK && oz_sdpa_plan(sd, &full, &ifu, &err) == OZ_OK,
+          "mask: plan: %s", err.msg);
     if (err.msg[0]) goto done;
     d.ws_bytes = ic.fwd_workspace > ifu.fwd_workspace ? ic.fwd_workspace : ifu.fwd_workspace;
     if (!(d.q = dalloc(nq * 2)) || !(d.k = dalloc(nkv * 2)) || !(d.v = dalloc(nkv * 2)) || !(d.out = dalloc(nq * 2)) ||
@@ -437,7 +437,8 @@ static void repeat_bwd(oz_sdpa *sd, const char *name, int must_repeat) {
     }
     size_t differ = 0;
     for (size_t i = 0; i < nq + 2 * nkv; i++) differ += h1[i] != h2[i];
-    if (must_repeat) CHECK(differ == 0, "%s: %zu of %zu gradient elements differ between two runs", name, differ, nq + 2 * nkv);
+    if (must_repeat)
+        CHECK(differ == 0, "%s: %zu of %zu gradient elements differ between two runs", name, differ, nq + 2 * nkv);
     fprintf(stderr, "  %s backward B%d T%d H%d/%d hd%d run twice: %zu of %zu elements differ (workspace %zu bytes)\n",
             name, B, T, Hq, Hkv, hd, differ, nq + 2 * nkv, info.bwd_workspace);
 done:

@@ -120,7 +120,8 @@ size_t oz_sdpa_cudnn_version(void) { return cudnnGetVersion(); }
 static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
 
 static oz_status new_desc(sdpa_plan *p, cudnnBackendDescriptorType_t type, cudnnBackendDescriptor_t *out, oz_err *err) {
-    if (p->ndescs == MAX_DESCS) return oz_fail(err, OZ_ERR_INTERNAL, "cuda_sdpa: more than %d cuDNN descriptors in one plan", MAX_DESCS);
+    if (p->ndescs == MAX_DESCS)
+        return oz_fail(err, OZ_ERR_INTERNAL, "cuda_sdpa: more than %d cuDNN descriptors in one plan", MAX_DESCS);
     DNN(cudnnBackendCreateDescriptor(type, out));
     p->descs[p->ndescs++] = *out;
     return OZ_OK;
@@ -176,7 +177,8 @@ static oz_status scalar(graph *g, int64_t uid, desc_t *out, oz_err *err) {
 }
 
 static oz_status add_op(graph *g, desc_t op, oz_err *err) {
-    if (g->nops == MAX_OPS) return oz_fail(err, OZ_ERR_INTERNAL, "cuda_sdpa: more than %d operations in one graph", MAX_OPS);
+    if (g->nops == MAX_OPS)
+        return oz_fail(err, OZ_ERR_INTERNAL, "cuda_sdpa: more than %d operations in one graph", MAX_OPS);
     g->ops[g->nops++] = op;
     return OZ_OK;
 }
@@ -192,10 +194,13 @@ static oz_status pointwise(graph *g, cudnnPointwiseMode_t mode, cudnnDataType_t 
     DNN(cudnnBackendFinalize(pw));
     OZ_TRY(new_desc(g->p, CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR, &op, err));
     const float alpha = 1.0f;
-    DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &pw));
+    DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                                 &pw));
     DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x));
-    if (b) DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b));
-    if (t) DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_TDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &t));
+    if (b)
+        DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b));
+    if (t)
+        DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_TDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &t));
     DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y));
     DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_ALPHA1, CUDNN_TYPE_FLOAT, 1, &alpha));
     DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_POINTWISE_ALPHA2, CUDNN_TYPE_FLOAT, 1, &alpha));
@@ -216,9 +221,15 @@ static oz_status matmul_sized(graph *g, desc_t a, desc_t b, desc_t c, desc_t m, 
     DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b));
     DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_CDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c));
     DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &mm));
-    if (m) DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_M_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &m));
-    if (n) DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_N_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n));
-    if (k) DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_K_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &k));
+    if (m)
+        DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_M_OVERRIDE_DESC,
+                                     CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &m));
+    if (n)
+        DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_N_OVERRIDE_DESC,
+                                     CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n));
+    if (k)
+        DNN(cudnnBackendSetAttribute(op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_K_OVERRIDE_DESC,
+                                     CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &k));
     DNN(cudnnBackendFinalize(op));
     return add_op(g, op, err);
 }
@@ -467,22 +478,26 @@ static oz_status make_plan(oz_sdpa *s, graph *g, const char *what, int want_det,
     for (int mi = 0; mi < 2; mi++) {
         desc_t heur = NULL;
         OZ_TRY(new_desc(g->p, CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, &heur, err));
-        DNN(cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &og));
+        DNN(cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                                     &og));
         DNN(cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &modes[mi]));
         if (cudnnBackendFinalize(heur) != CUDNN_STATUS_SUCCESS) continue; /* no engine in this mode */
         int64_t count = 0;
-        DNN(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, NULL));
+        DNN(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count,
+                                     NULL));
         if (count <= 0) continue;
         if (count > 16) count = 16; /* the best few are enough */
         desc_t cfgs[16] = {NULL};
         for (int64_t i = 0; i < count; i++) OZ_TRY(new_desc(g->p, CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, &cfgs[i], err));
         int64_t got = 0;
-        DNN(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got, cfgs));
+        DNN(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got,
+                                     cfgs));
         for (int64_t i = 0; i < got; i++) {
             desc_t eng = NULL;
             OZ_TRY(new_desc(g->p, CUDNN_BACKEND_ENGINE_DESCRIPTOR, &eng, err));
             int64_t n = 0, index = -1, nnotes = 0;
-            DNN(cudnnBackendGetAttribute(cfgs[i], CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n, &eng));
+            DNN(cudnnBackendGetAttribute(cfgs[i], CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n,
+                                         &eng));
             DNN(cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n, &index));
             cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
             DNN(cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
@@ -496,9 +511,11 @@ static oz_status make_plan(oz_sdpa *s, graph *g, const char *what, int want_det,
             }
             desc_t ep = NULL;
             DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &ep));
-            cudnnStatus_t st = cudnnBackendSetAttribute(ep, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &s->handle);
+            cudnnStatus_t st =
+                cudnnBackendSetAttribute(ep, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &s->handle);
             if (st == CUDNN_STATUS_SUCCESS)
-                st = cudnnBackendSetAttribute(ep, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfgs[i]);
+                st = cudnnBackendSetAttribute(ep, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
+                                              CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfgs[i]);
             if (st == CUDNN_STATUS_SUCCESS) st = cudnnBackendFinalize(ep);
             if (st != CUDNN_STATUS_SUCCESS) {
                 char last[96];
@@ -511,11 +528,13 @@ static oz_status make_plan(oz_sdpa *s, graph *g, const char *what, int want_det,
             }
             if (g->p->ndescs == MAX_DESCS) {
                 cudnnBackendDestroyDescriptor(ep);
-                return oz_fail(err, OZ_ERR_INTERNAL, "cuda_sdpa: more than %d cuDNN descriptors in one plan", MAX_DESCS);
+                return oz_fail(err, OZ_ERR_INTERNAL, "cuda_sdpa: more than %d cuDNN descriptors in one plan",
+                               MAX_DESCS);
             }
             g->p->descs[g->p->ndescs++] = ep;
             int64_t bytes = 0;
-            DNN(cudnnBackendGetAttribute(ep, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n, &bytes));
+            DNN(cudnnBackendGetAttribute(ep, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n,
+                                         &bytes));
             *plan = ep;
             *ws = (size_t)bytes;
             *engine = index;
@@ -533,10 +552,11 @@ static oz_status make_plan(oz_sdpa *s, graph *g, const char *what, int want_det,
 static oz_status check_shape(const oz_sdpa_shape *sh, oz_err *err) {
     if (sh->B < 1 || sh->T < 1 || sh->Hq < 1 || sh->Hkv < 1 || sh->Hq % sh->Hkv != 0 || sh->hd < 8 || sh->hd > 128 ||
         sh->hd % 8 != 0 || (sh->causal != 0 && sh->causal != 1) || !(sh->scale >= 0.0f) || isinf(sh->scale))
-        return oz_fail(err, OZ_ERR_INPUT,
-                       "cuda_sdpa: unsupported shape B %d, T %d, Hq %d, Hkv %d, hd %d, causal %d, scale %g (needs B, T >= "
-                       "1, Hkv dividing Hq, hd a multiple of 8 in [8, 128], causal 0 or 1, a finite scale >= 0)",
-                       sh->B, sh->T, sh->Hq, sh->Hkv, sh->hd, sh->causal, (double)sh->scale);
+        return oz_fail(
+            err, OZ_ERR_INPUT,
+            "cuda_sdpa: unsupported shape B %d, T %d, Hq %d, Hkv %d, hd %d, causal %d, scale %g (needs B, T >= "
+            "1, Hkv dividing Hq, hd a multiple of 8 in [8, 128], causal 0 or 1, a finite scale >= 0)",
+            sh->B, sh->T, sh->Hq, sh->Hkv, sh->hd, sh->causal, (double)sh->scale);
     return OZ_OK;
 }
 
@@ -564,14 +584,16 @@ static oz_status find_plan(oz_sdpa *s, const oz_sdpa_shape *shape, sdpa_plan **o
         memset(&g, 0, sizeof g);
         g.p = p, g.version = s->version, g.next_uid = UID_VIRTUAL;
         st = build_fwd(&g, &key, err);
-        if (st == OZ_OK) st = make_plan(s, &g, "forward", 0, &p->fwd, &p->cudnn_fwd_ws, &p->fwd_engine, &p->fwd_det, err);
+        if (st == OZ_OK)
+            st = make_plan(s, &g, "forward", 0, &p->fwd, &p->cudnn_fwd_ws, &p->fwd_engine, &p->fwd_det, err);
         if (st == OZ_OK) {
             memset(&g, 0, sizeof g);
             g.p = p, g.version = s->version, g.next_uid = UID_VIRTUAL;
             st = build_bwd(&g, &key, s->deterministic, p->pad, err);
         }
         if (st == OZ_OK)
-            st = make_plan(s, &g, "backward", s->deterministic, &p->bwd, &p->cudnn_bwd_ws, &p->bwd_engine, &p->bwd_det, err);
+            st = make_plan(s, &g, "backward", s->deterministic, &p->bwd, &p->cudnn_bwd_ws, &p->bwd_engine, &p->bwd_det,
+                           err);
     }
     if (st != OZ_OK) {
         plan_free(p);
@@ -589,7 +611,8 @@ static oz_status find_plan(oz_sdpa *s, const oz_sdpa_shape *shape, sdpa_plan **o
 }
 
 /* Runs one execution plan on the pointers given by uid. */
-static oz_status execute(oz_sdpa *s, desc_t plan, int n, const int64_t *uids, void *const *ptrs, void *ws, oz_err *err) {
+static oz_status execute(oz_sdpa *s, desc_t plan, int n, const int64_t *uids, void *const *ptrs, void *ws,
+                         oz_err *err) {
     desc_t vp = NULL;
     DNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &vp));
     const char *what = NULL;
@@ -714,7 +737,8 @@ oz_status oz_sdpa_plan(oz_sdpa *s, const oz_sdpa_shape *shape, oz_sdpa_info *inf
 
 static oz_status check_ws(size_t need, const void *ws, size_t have, const char *what, oz_err *err) {
     if (have < need)
-        return oz_fail(err, OZ_ERR_INPUT, "cuda_sdpa: the %s needs %zu bytes of workspace, %zu given", what, need, have);
+        return oz_fail(err, OZ_ERR_INPUT, "cuda_sdpa: the %s needs %zu bytes of workspace, %zu given", what, need,
+                       have);
     if (need && (!ws || ((uintptr_t)ws & 255u)))
         return oz_fail(err, OZ_ERR_INPUT, "cuda_sdpa: the %s workspace must be 256-byte aligned", what);
     return OZ_OK;
@@ -728,7 +752,8 @@ oz_status oz_sdpa_fwd(oz_sdpa *s, const oz_sdpa_shape *shape, uint16_t *out, flo
     OZ_TRY(check_ptrs(ptrs, 5, err));
     const oz_sdpa_shape *sh = &p->shape;
     if (sh->T == 1) {
-        t1_fwd_k<<<dim3(sh->Hq, sh->B), T1_THREADS, 0, s->stream>>>(out, stats, q, k, v, sh->Hq, sh->Hkv, sh->hd, sh->scale);
+        t1_fwd_k<<<dim3(sh->Hq, sh->B), T1_THREADS, 0, s->stream>>>(out, stats, q, k, v, sh->Hq, sh->Hkv, sh->hd,
+                                                                    sh->scale);
         RT(cudaGetLastError());
         return OZ_OK;
     }
