@@ -50,7 +50,8 @@ typedef struct {
 typedef struct {
     size_t fwd_workspace; /* bytes fwd needs from the caller (may be 0) */
     size_t bwd_workspace; /* bytes bwd needs: cuDNN's own, the fp32 row sums of dout * out, the fp32
-                           * dq accumulator unless deterministic, 8 B bytes on cuDNN <= 9.15.0 */
+                           * dq accumulator unless deterministic, and 8 * B bytes of sequence
+                           * lengths on cuDNN <= 9.15.0 when T % 128 != 0 */
     size_t cudnn_fwd_workspace, cudnn_bwd_workspace; /* cuDNN's part of the two above */
     int64_t fwd_engine, bwd_engine;  /* cuDNN's global engine index; -1 on the T == 1 kernels */
     int fwd_deterministic, bwd_deterministic; /* 0 where cuDNN marks the engine nondeterministic */
