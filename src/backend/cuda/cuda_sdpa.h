@@ -17,7 +17,7 @@
  * oz_sdpa_plan reports how many bytes fwd and bwd need; passing fewer is an error.
  *
  * Determinism: the forward is deterministic. The default backward accumulates dq in fp32 with
- * atomics (fast, not bitwise reproducible). oz_sdpa_create(..., deterministic = 1) builds the
+ * atomics (fast; not guaranteed to repeat bit for bit). oz_sdpa_create(..., deterministic = 1) builds the
  * backward that cuDNN runs deterministically on Hopper, which keeps dP in its workspace: about
  * B * Hq * T^2 * 2 bytes (cuDNN 9.19 on an H200: 4.4 GB for B 1, Hq 32, T 8192; 69 GB at T 32768).
  *
