@@ -31,7 +31,10 @@ CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90
 NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH) -lineinfo -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror \
              -DOZ_HAVE_CUDA -Isrc -I/usr/include/cjson
 CUDA_SRC  := $(sort $(wildcard src/backend/cuda/*.cu))
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcusolver -lcublasLt -lcublas -lcudart -lstdc++
+# cuDNN (the fused bf16 attention, backend/cuda/cuda_sdpa.cu) is linked as needed: a binary that
+# never calls it (ounce, until the bf16 path uses it) still starts where cuDNN is not installed.
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcusolver -lcublasLt -lcublas -lcudart \
+             -Wl,--as-needed -lcudnn -Wl,--no-as-needed -lstdc++
 ifeq ($(CUDA),1)
 CFLAGS  += -DOZ_HAVE_CUDA -I$(CUDA_HOME)/include
 LIB_OBJ += $(CUDA_SRC:%.cu=$(BUILD)/%.o)
@@ -93,7 +96,7 @@ $(BUILD)/bench/%: bench/%.c $(BUILD)/libounce.a
 	@$(if $(V),,echo "  CC      $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libounce.a $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/%.o: %.cu src/backend/cuda/cuda_internal.h src/backend/backend.h
+$(BUILD)/%.o: %.cu src/backend/cuda/cuda_internal.h src/backend/cuda/cuda_sdpa.h src/backend/backend.h
 	@mkdir -p $(dir $@)
 	@$(if $(V),,echo "  NVCC    $<")
 	$(Q)$(NVCC) $(NVCCFLAGS) -c -o $@ $<
@@ -103,23 +106,39 @@ $(BUILD)/%.o: %.cu src/backend/cuda/cuda_internal.h src/backend/backend.h
 $(BUILD)/src/backend/cuda/cuda_quant.o: NVCCFLAGS += -fmad=false
 
 # GPU tests: built with CUDA=1, run on a machine with a GPU (tools/gpu_check.sh).
-GPU_TEST_BIN := $(BUILD)/tests/gpu/test_cuda $(BUILD)/tests/gpu/test_bf16
+GPU_TEST_BIN := $(BUILD)/tests/gpu/test_cuda $(BUILD)/tests/gpu/test_bf16 $(BUILD)/tests/gpu/test_sdpa
 $(BUILD)/tests/gpu/%: tests/gpu/%.c $(BUILD)/libounce.a tests/harness.h
 	@mkdir -p $(dir $@)
 	@$(if $(V),,echo "  CC      $@")
 	$(Q)$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libounce.a $(LDFLAGS) $(LDLIBS)
+
+# The fused attention's test and benchmark need only cuda_sdpa.o (and util/) from the library, so
+# they link the rest as needed: they run where OpenBLAS, cJSON and PCRE2 are not installed.
+$(BUILD)/tests/gpu/test_sdpa: tests/gpu/test_sdpa.c $(BUILD)/libounce.a tests/harness.h
+	@mkdir -p $(dir $@)
+	@$(if $(V),,echo "  CC      $@")
+	$(Q)$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libounce.a $(LDFLAGS) -Wl,--as-needed $(LDLIBS)
+
+$(BUILD)/bench/gpu_sdpa: bench/gpu_sdpa.c $(BUILD)/libounce.a
+	@mkdir -p $(dir $@)
+	@$(if $(V),,echo "  CC      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libounce.a $(LDFLAGS) -Wl,--as-needed $(LDLIBS)
 
 CUDA_CHECK_DIR := build-cuda-check
 cuda-check:
 	@if [ -x "$(NVCC)" ]; then \
 		$(MAKE) --no-print-directory $(CUDA_SRC:%.cu=$(CUDA_CHECK_DIR)/%.o) BUILD=$(CUDA_CHECK_DIR) && \
 		$(CC) $(CFLAGS) -DOZ_HAVE_CUDA -Itests -fsyntax-only tests/gpu/test_cuda.c && \
-		$(CC) $(CFLAGS) -DOZ_HAVE_CUDA -Itests -fsyntax-only tests/gpu/test_bf16.c && echo "  cuda-check: ok"; \
+		$(CC) $(CFLAGS) -DOZ_HAVE_CUDA -Itests -fsyntax-only tests/gpu/test_bf16.c && \
+		$(CC) $(CFLAGS) -DOZ_HAVE_CUDA -I$(CUDA_HOME)/include -Itests -fsyntax-only tests/gpu/test_sdpa.c && \
+		$(CC) $(CFLAGS) -DOZ_HAVE_CUDA -I$(CUDA_HOME)/include -fsyntax-only bench/gpu_sdpa.c && \
+		echo "  cuda-check: ok"; \
 	else echo "  cuda-check: skipped (no nvcc at $(NVCC))"; fi
 
 gpu-test:
-	@$(MAKE) --no-print-directory CUDA=1 build-cuda/ounce build-cuda/tests/gpu/test_cuda build-cuda/tests/gpu/test_bf16
-	@rc=0; build-cuda/tests/gpu/test_cuda || rc=1; build-cuda/tests/gpu/test_bf16 || rc=1; exit $$rc
+	@$(MAKE) --no-print-directory CUDA=1 build-cuda/ounce build-cuda/tests/gpu/test_cuda build-cuda/tests/gpu/test_bf16 \
+		build-cuda/tests/gpu/test_sdpa
+	@rc=0; for t in test_cuda test_bf16 test_sdpa; do build-cuda/tests/gpu/$$t || rc=1; done; exit $$rc
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
 

@@ -1,9 +1,11 @@
 #!/bin/sh
-# The device run (on a machine with a GPU): the GPU tests (test_cuda, test_bf16) and the CPU-vs-GPU
-# training checks, the 7b figure (bench/gpu_7b.sh), the per-op and bf16 GEMM timings, then
-# bench/gpu.sh; logs and results go to $OUT. Uses the binaries tools/gpu_dist.sh built into
-# gpu-dist/ when they start here, else builds with `make CUDA=1`.
-# usage: OUT=dir sh tools/gpu_check.sh [all|tests|7b|ops|bench] [PRESETS]
+# The device run (on a machine with a GPU): the GPU tests (test_cuda; test_bf16 for the bf16 ops;
+# test_sdpa for the fused bf16 attention) and the CPU-vs-GPU training checks, the 7b figure
+# (bench/gpu_7b.sh), the per-op and bf16 GEMM timings, then bench/gpu.sh; `sdpa` runs the
+# attention's test and benchmark beside PyTorch's (bench/gpu_sdpa.sh). Logs and results go to $OUT.
+# Uses the binaries tools/gpu_dist.sh built into gpu-dist/ when they start here, else builds with
+# `make CUDA=1`.
+# usage: OUT=dir sh tools/gpu_check.sh [all|tests|7b|ops|bench|sdpa] [PRESETS]
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -28,7 +30,7 @@ fi
 if [ -z "$OUNCE" ]; then
     echo "building here"
     make -j"$(nproc)" CUDA=1 build-cuda/ounce build-cuda/tests/gpu/test_cuda build-cuda/tests/gpu/test_bf16 \
-        build-cuda/bench/gpu_ops build-cuda/bench/gpu_gemm_bf16 >"$OUT/build.log" 2>&1 ||
+        build-cuda/tests/gpu/test_sdpa build-cuda/bench/gpu_ops build-cuda/bench/gpu_gemm_bf16 >"$OUT/build.log" 2>&1 ||
         { tail -n 30 "$OUT/build.log"; exit 1; }
     OUNCE=build-cuda/ounce TEST=build-cuda/tests/gpu/test_cuda TEST16=build-cuda/tests/gpu/test_bf16
     OPS=build-cuda/bench/gpu_ops GEMM16=build-cuda/bench/gpu_gemm_bf16
@@ -44,6 +46,10 @@ if [ "$WHAT" = all ] || [ "$WHAT" = tests ]; then
     "$TEST16" >"$OUT/test_bf16.log" 2>&1 || rc=1
     echo "test_bf16: $(tail -n 1 "$OUT/test_bf16.log") ($(( $(date +%s) - start )) s)"
     grep -E "^FAIL" "$OUT/test_bf16.log" | head -n 60
+    start=$(date +%s)
+    "$(dirname "$TEST")/test_sdpa" >"$OUT/test_sdpa.log" 2>&1 || rc=1
+    echo "test_sdpa: $(tail -n 1 "$OUT/test_sdpa.log") ($(( $(date +%s) - start )) s)"
+    grep -E "^FAIL" "$OUT/test_sdpa.log" | head -n 40
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = tests ]; then
     # every optimizer and the models from files: the same losses on both devices (gpu-dist binaries)
@@ -58,6 +64,9 @@ fi
 if [ "$WHAT" = all ] || [ "$WHAT" = ops ]; then
     "$OPS" 60m 64 256 | tee "$OUT/ops-60m.jsonl"
     "$GEMM16" | tee "$OUT/gemm-bf16.jsonl"
+fi
+if [ "$WHAT" = sdpa ]; then
+    sh bench/gpu_sdpa.sh "$([ "$TEST" = gpu-dist/test_cuda ] && echo gpu-dist)" || rc=1
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = bench ]; then
     sh bench/gpu.sh "$OUNCE" "$PRESETS" | tee "$OUT/bench.jsonl"
