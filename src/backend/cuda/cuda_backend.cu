@@ -471,15 +471,8 @@ static void cuda_rmsnorm_bwd(oz_backend *be, float *dx, float *dw, const float *
     if (N <= 0 || d <= 0 || !ensure_ws(c)) return;
     rmsnorm_bwd_dx_k<<<N, row_threads(d), 0, c->stream>>>(dx, dout, x, w, rstd, d);
     OZ_CUDA_LAUNCHED(c);
-    size_t cap = OZ_CUDA_REDUCE_BYTES / sizeof(double) / (size_t)d; /* chunks the scratch holds */
-    if (cap < 1) {
-        oz_cuda_fail(c, __FILE__, __LINE__, "rmsnorm_bwd: hidden size %d exceeds the reduction scratch", d);
-        return;
-    }
-    int chunks = (int)(cap < 256 ? cap : 256);
-    if (chunks > N) chunks = N;
-    const int rows = (N + chunks - 1) / chunks;
-    chunks = (N + rows - 1) / rows;
+    int chunks, rows;
+    if (!oz_cuda_dw_chunks(c, "rmsnorm_bwd", N, d, &chunks, &rows)) return;
     double *part = (double *)reduce_ws(c);
     rmsnorm_dw_partial_k<<<dim3((d + 31) / 32, chunks), dim3(32, 8), 0, c->stream>>>(part, dout, x, rstd, N, d, rows);
     OZ_CUDA_LAUNCHED(c);
@@ -697,6 +690,19 @@ static int ensure_ws(oz_cuda *c) {
 
 int oz_cuda_ensure_ws(oz_cuda *c) { return ensure_ws(c); }
 char *oz_cuda_reduce_ws(oz_cuda *c) { return reduce_ws(c); }
+
+int oz_cuda_dw_chunks(oz_cuda *c, const char *op, int N, int d, int *chunks, int *rows) {
+    const size_t cap = OZ_CUDA_REDUCE_BYTES / sizeof(double) / (size_t)d;
+    if (cap < 1) {
+        oz_cuda_fail(c, __FILE__, __LINE__, "%s: hidden size %d exceeds the reduction scratch", op, d);
+        return 0;
+    }
+    int n = (int)(cap < 256 ? cap : 256);
+    if (n > N) n = N;
+    *rows = (N + n - 1) / n;
+    *chunks = (N + *rows - 1) / *rows;
+    return 1;
+}
 
 static oz_status cuda_sync(oz_backend *be, oz_err *err) {
     oz_cuda *c = C(be);

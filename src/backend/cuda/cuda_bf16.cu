@@ -371,16 +371,8 @@ static void cuda_rmsnorm_bwd_bf16(oz_backend *be, uint16_t *dx, float *dw, const
     else
         rmsnorm_bwd_dx_bf16_k<1><<<N, row_threads(d), 0, c->stream>>>(dx, dout, x, w, rstd, d, accumulate_dx != 0);
     OZ_CUDA_LAUNCHED(c);
-    const size_t cap = OZ_CUDA_REDUCE_BYTES / sizeof(double) / (size_t)d; /* row chunks the scratch holds */
-    if (cap < 1) {
-        oz_cuda_fail(c, __FILE__, __LINE__, "rmsnorm_bwd_bf16: hidden size %d exceeds the reduction scratch", d);
-        return;
-    }
-    /* Chunk boundaries depend on (N, d) only, so dw repeats bit for bit. */
-    int chunks = (int)(cap < 256 ? cap : 256);
-    if (chunks > N) chunks = N;
-    const int rows = (N + chunks - 1) / chunks;
-    chunks = (N + rows - 1) / rows;
+    int chunks, rows;
+    if (!oz_cuda_dw_chunks(c, "rmsnorm_bwd_bf16", N, d, &chunks, &rows)) return;
     double *part = (double *)oz_cuda_reduce_ws(c);
     if (vec)
         rmsnorm_dw_partial_bf16_k<8><<<dim3((d / 8 + 31) / 32, chunks), dim3(32, 8), 0, c->stream>>>(part, dout, x, rstd,

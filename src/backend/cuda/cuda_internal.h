@@ -57,6 +57,10 @@ void oz_cuda_bf16_release(oz_cuda *c);
  * recorded), and its reduction part (OZ_CUDA_REDUCE_BYTES after cuBLAS's). */
 int oz_cuda_ensure_ws(oz_cuda *c);
 char *oz_cuda_reduce_ws(oz_cuda *c);
+/* Row chunks for RMSNorm's dw, a column sum over N rows of d values through the reduction part
+ * (one double per chunk and column): boundaries depend on (N, d) only, so dw repeats bit for bit.
+ * 0 (the failure recorded, naming op) when one chunk's d doubles do not fit. */
+int oz_cuda_dw_chunks(oz_cuda *c, const char *op, int N, int d, int *chunks, int *rows);
 
 /* Opts the attention kernels into the shared memory they use (above the 48 KiB default). */
 int oz_cuda_attention_init(oz_cuda *c);
