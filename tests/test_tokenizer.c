@@ -146,6 +146,94 @@ static void test_bos_eos_and_specials(void) {
 
 /* Large inputs are encoded in parallel chunks: the ids must not depend on the thread count, and
  * every byte-level encode must decode back to the exact bytes, invalid UTF-8 included. */
+/* The parallel encoder cuts long text into units at safe newlines and gives each added token a unit
+ * of its own; how many units a text makes depends on where its newlines and added tokens fall, not
+ * on its length alone (a regression: added-token units were appended past the array's end). Texts
+ * past the parallel threshold, with end-of-text tokens between documents of many sizes and safe
+ * cuts as close as they come, give the single-threaded ids with 2 and 3 threads (and ASan sees
+ * every write in the sanitizer run). */
+static void test_parallel_units_with_added_tokens(void) {
+    const char *names[] = {"gpt2", "llama3", "ounce"}, *eot[] = {"<|endoftext|>", "<|end_of_text|>", "<|end_of_text|>"};
+    size_t cap = (size_t)3 << 20;
+    char *big = malloc(cap);
+    for (int k = 0; k < 3; k++) {
+        char dir[256];
+        snprintf(dir, sizeof dir, FIX "/%s", names[k]);
+        oz_tokenizer t;
+        oz_err err = {0};
+        if (oz_tokenizer_load(&t, dir, &err) != OZ_OK) {
+            CHECK(0, "%s", err.msg);
+            continue;
+        }
+        for (int variant = 0; variant < 3; variant++) {
+            /* 0: documents of 1 to ~200 KiB; 1: five of 229,730 bytes with safe cuts every 32 KiB + 1, which
+             * make more units than the text's length suggests and end a document exactly when the unit
+             * array is full (found by simulating the cuts), so the end-of-text unit lands past it;
+             * 2: thousands of tiny documents (a unit per token). */
+            size_t n = 0;
+            int docs = 0;
+            uint64_t r = 0x9E3779B97F4A7C15ull * (uint64_t)(variant + 1);
+            while (variant == 1 ? docs < 5 : n < ((size_t)1 << 20) + 300000) {
+                docs++;
+                r = r * 6364136223846793005ull + 1442695040888963407ull;
+                size_t doc = variant == 0 ? 1024 + (size_t)(r >> 33) % 200000 : variant == 1 ? 229730 : 1 + (r >> 60);
+                for (size_t i = 0; i < doc && n < cap - 64; i++, n++) {
+                    if (variant == 1) big[n] = i % 32769 == 0 ? '\n' : i % 32769 == 1 ? 'A' : "ab c"[i % 4];
+                    else big[n] = i % 81 == 80 ? '\n' : "the quick brown fox "[i % 20];
+                }
+                n += (size_t)sprintf(big + n, "%s", eot[k]);
+            }
+            oz_tokens ref = {0};
+            t.threads = 1;
+            CHECK(oz_tokenizer_encode_special(&t, big, n, &ref, &err) == OZ_OK, "%s", err.msg);
+            for (int th = 2; th <= 3; th++) {
+                oz_tokens ids = {0};
+                t.threads = th;
+                CHECK(oz_tokenizer_encode_special(&t, big, n, &ids, &err) == OZ_OK, "%s", err.msg);
+                CHECK(ids.len == ref.len && memcmp(ids.ids, ref.ids, ref.len * sizeof *ref.ids) == 0,
+                      "%s, variant %d: %d threads give other ids (%zu vs %zu)", names[k], variant, th, ids.len, ref.len);
+                oz_tokens_free(&ids);
+            }
+            oz_tokens_free(&ref);
+        }
+        oz_tokenizer_free(&t);
+    }
+    free(big);
+}
+
+/* Texts and words that encode to nothing (empty text, characters a vocabulary lacks, added tokens
+ * alone) encode cleanly (a regression: memcpy from or to NULL with 0 bytes, which UBSan reports),
+ * and give the same ids twice (the word cache is filled with empty entries on the first pass). */
+static void test_encodes_to_nothing(void) {
+    const char *names[] = {"gpt2", "llama3", "llama2", "llama2-metaspace", "ounce"};
+    const char *texts[] = {"", "\x01", "\x01\x02 \x01", "<|endoftext|>", "</s>", " ", "\xff\xfe", "\xe2\x82"};
+    for (int k = 0; k < 5; k++) {
+        char dir[256];
+        snprintf(dir, sizeof dir, FIX "/%s", names[k]);
+        oz_tokenizer t;
+        oz_err err = {0};
+        if (oz_tokenizer_load(&t, dir, &err) != OZ_OK) {
+            CHECK(0, "%s", err.msg);
+            continue;
+        }
+        for (int i = 0; i < 8; i++)
+            for (int special = 0; special <= 1; special++) {
+                oz_tokens a = {0}, b = {0};
+                size_t n = strlen(texts[i]);
+                oz_status s1 = special ? oz_tokenizer_encode_special(&t, texts[i], n, &a, &err)
+                                       : oz_tokenizer_encode(&t, texts[i], n, &a, &err);
+                oz_status s2 = special ? oz_tokenizer_encode_special(&t, texts[i], n, &b, &err)
+                                       : oz_tokenizer_encode(&t, texts[i], n, &b, &err);
+                CHECK(s1 == OZ_OK && s2 == OZ_OK && a.len == b.len &&
+                          (a.len == 0 || memcmp(a.ids, b.ids, a.len * sizeof *a.ids) == 0),
+                      "%s: text %d (special %d) encodes differently twice or fails: %s", names[k], i, special, err.msg);
+                oz_tokens_free(&a);
+                oz_tokens_free(&b);
+            }
+        oz_tokenizer_free(&t);
+    }
+}
+
 static void test_threads_and_round_trip(void) {
     const cJSON *texts = cJSON_GetObjectItemCaseSensitive(g_expected, "texts");
     const char *base = cJSON_GetArrayItem(texts, 0)->valuestring;
@@ -253,6 +341,19 @@ static void test_errors(void) {
     expect_load_error("merge result not in vocab", bad_merge, strlen(bad_merge), "model.merges[0]");
     const char *bad_shape = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [42]}}";
     expect_load_error("merge of the wrong shape", bad_shape, strlen(bad_shape), "model.merges[0]");
+    /* Ids are bounded by the tokens the file lists (+1024) before any table is sized by them: the
+     * audit's 61-byte file with id 2,147,483,646 allocated and filled 8 GiB. Ids beyond an int and
+     * post-processor ids like 1e10 are refused before any cast. */
+    const char *huge = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":2147483646},\"merges\":[]}}";
+    expect_load_error("huge vocabulary id", huge, strlen(huge), "not an id below 1025");
+    const char *huge_added = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
+                             "\"added_tokens\":[{\"id\":2000000,\"content\":\"<x>\"}]}";
+    expect_load_error("huge added id", huge_added, strlen(huge_added), "added_tokens[0]");
+    const char *frac = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0.5},\"merges\":[]}}";
+    expect_load_error("fractional id", frac, strlen(frac), "model.vocab[\"a\"]");
+    const char *big_post = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"post_processor\":"
+                           "{\"type\":\"BertProcessing\",\"cls\":[\"a\",1e10],\"sep\":[\"a\",0]}}";
+    expect_load_error("post-processor id 1e10", big_post, strlen(big_post), "cls");
     const char *dropout = "{\"model\": {\"type\": \"BPE\", \"dropout\": 0.1, \"vocab\": {\"a\": 0}, \"merges\": []}}";
     expect_load_error("dropout", dropout, strlen(dropout), "model.dropout");
     cJSON_Delete(root);
@@ -349,6 +450,8 @@ int main(void) {
     RUN(test_parity_with_hf);
     RUN(test_bos_eos_and_specials);
     RUN(test_threads_and_round_trip);
+    RUN(test_parallel_units_with_added_tokens);
+    RUN(test_encodes_to_nothing);
     RUN(test_errors);
     RUN(test_train);
     cJSON_Delete(g_expected);

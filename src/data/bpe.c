@@ -13,6 +13,7 @@
 #include "data/bpe_internal.h"
 
 #include <omp.h>
+#include <stdbool.h>
 #include <pcre2.h>
 #include <stdlib.h>
 #include <string.h>
@@ -601,9 +602,11 @@ static int cache_insert(word_cache *c, uint64_t h, const char *s, size_t n, cons
     size_t j = (size_t)h & (c->cap - 1);
     while (c->tab[j].hash) j = (j + 1) & (c->cap - 1);
     c->tab[j] = (cache_ent){h, (uint32_t)c->keys.n, (uint32_t)n, (uint32_t)c->ids.n, (uint32_t)m};
-    memcpy(c->keys.p + c->keys.n, s, n);
+    /* n or m may be 0 (a word that encodes to nothing), and then the buffers may still be NULL:
+     * memcpy's pointers must be valid even for 0 bytes. */
+    if (n) memcpy(c->keys.p + c->keys.n, s, n);
     c->keys.n += n;
-    memcpy(c->ids.v + c->ids.n, ids, m * sizeof *ids);
+    if (m) memcpy(c->ids.v + c->ids.n, ids, m * sizeof *ids);
     c->ids.n += m;
     c->used++;
     return 1;
@@ -618,7 +621,7 @@ static oz_status encode_word(const oz_bpe *b, workspace *w, const char *s, size_
             const cache_ent *e = &c->tab[j];
             if (e->hash == h && e->key_len == n && memcmp(c->keys.p + e->key_off, s, n) == 0) {
                 OZ_TRY(oz_tokens_reserve(out, out->len + e->n_ids, err));
-                memcpy(out->ids + out->len, c->ids.v + e->ids_off, e->n_ids * sizeof(int32_t));
+                if (e->n_ids) memcpy(out->ids + out->len, c->ids.v + e->ids_off, e->n_ids * sizeof(int32_t));
                 out->len += e->n_ids;
                 return OZ_OK;
             }
@@ -651,7 +654,7 @@ static oz_status encode_word(const oz_bpe *b, workspace *w, const char *s, size_
         }
     }
     OZ_TRY(oz_tokens_reserve(out, out->len + w->sym.n, err));
-    memcpy(out->ids + out->len, w->sym.v, w->sym.n * sizeof(int32_t));
+    if (w->sym.n) memcpy(out->ids + out->len, w->sym.v, w->sym.n * sizeof(int32_t));
     out->len += w->sym.n;
     if (n <= CACHE_MAX_WORD) {
         if (!c->cap) h = hash_bytes(s, n) | 1;
@@ -1170,6 +1173,30 @@ typedef struct {
     int at_origin;
 } unit;
 
+/* The parallel encoder's units and, one longer, its batch starts (a batch per unit at most). */
+typedef struct {
+    unit *v;
+    size_t *batch_start;
+    size_t n, cap;
+} unitv;
+
+/* Appends u, growing both arrays; false when out of memory. Every unit goes through here: how many
+ * a text makes depends on its added tokens and its cuts, not on its length alone. */
+static bool unitv_push(unitv *u, unit x) {
+    if (u->n == u->cap) {
+        size_t cap = u->cap ? 2 * u->cap : 64;
+        unit *v = realloc(u->v, cap * sizeof *v);
+        if (!v) return false;
+        u->v = v;
+        size_t *bs = realloc(u->batch_start, (cap + 1) * sizeof *bs);
+        if (!bs) return false;
+        u->batch_start = bs;
+        u->cap = cap;
+    }
+    u->v[u->n++] = x;
+    return true;
+}
+
 oz_status oz_bpe_encode(oz_bpe *b, const char *text, size_t len, int add_special, int threads, oz_tokens *out,
                         oz_err *err) {
     int nt = threads > 0 ? threads : omp_get_max_threads();
@@ -1182,9 +1209,9 @@ oz_status oz_bpe_encode(oz_bpe *b, const char *text, size_t len, int add_special
     }
     segv raw = {0}, segs = {0};
     bbuf norm = {0};
-    unit *units = NULL;
+    unitv uv = {0};
     oz_tokens *outs = NULL;
-    size_t n_units = 0, *batch_start = NULL, n_batches = 0;
+    size_t n_batches = 0;
     oz_status st = OZ_OK;
     /* Added tokens in the raw text, then normalization of the rest and the normalized tokens. */
     if (!split_added(b, &b->raw_trie, 0, text, len, 0, 1, &raw)) st = oz_fail(err, OZ_ERR_NOMEM, "out of memory");
@@ -1217,35 +1244,27 @@ oz_status oz_bpe_encode(oz_bpe *b, const char *text, size_t len, int add_special
     } else if (st == OZ_OK) {
         /* Units of about PARALLEL_UNIT bytes (long pieces cut at safe newlines), grouped into
          * batches encoded in parallel, each into its own id buffer, concatenated in order. */
-        size_t cap = segs.n + len / PARALLEL_UNIT + 2;
-        units = malloc(cap * sizeof *units);
-        batch_start = malloc((cap + 1) * sizeof *batch_start);
-        if (!units || !batch_start) st = oz_fail(err, OZ_ERR_NOMEM, "out of memory");
         for (size_t i = 0; st == OZ_OK && i < segs.n; i++) {
             const seg *s = &segs.v[i];
             if (s->added >= 0) {
-                units[n_units++] = (unit){0, 0, 0, 0, 0, b->added[s->added].id, 0};
+                if (!unitv_push(&uv, (unit){0, 0, 0, 0, 0, b->added[s->added].id, 0}))
+                    st = oz_fail(err, OZ_ERR_NOMEM, "out of memory");
                 continue;
             }
             const char *t = srcs[s->src];
             size_t a = s->off, end = s->off + s->len;
-            while (a < end) {
+            while (st == OZ_OK && a < end) {
                 size_t cut = end - a > 2 * PARALLEL_UNIT ? safe_cut(t, a, a + PARALLEL_UNIT, end) : end;
-                if (n_units == cap) {
-                    cap *= 2;
-                    unit *q = realloc(units, cap * sizeof *q);
-                    size_t *bq = q ? realloc(batch_start, (cap + 1) * sizeof *bq) : NULL;
-                    if (q) units = q;
-                    if (!bq) {
-                        st = oz_fail(err, OZ_ERR_NOMEM, "out of memory");
-                        break;
-                    }
-                    batch_start = bq;
-                }
-                units[n_units++] = (unit){s->src, a, cut - a, s->off, end, -1, s->at_origin && a == s->off};
+                if (!unitv_push(&uv, (unit){s->src, a, cut - a, s->off, end, -1, s->at_origin && a == s->off}))
+                    st = oz_fail(err, OZ_ERR_NOMEM, "out of memory");
                 a = cut;
             }
         }
+        /* No unit at all (an empty text) still has batch_start[0]. */
+        if (st == OZ_OK && !uv.batch_start && !(uv.batch_start = malloc(sizeof *uv.batch_start)))
+            st = oz_fail(err, OZ_ERR_NOMEM, "out of memory");
+        const unit *units = uv.v;
+        size_t n_units = uv.n, *batch_start = uv.batch_start;
         size_t acc = 0;
         for (size_t i = 0; st == OZ_OK && i < n_units; i++) {
             if (i == 0 || acc >= PARALLEL_UNIT) {
@@ -1301,9 +1320,9 @@ oz_status oz_bpe_encode(oz_bpe *b, const char *text, size_t len, int add_special
     free(raw.v);
     free(segs.v);
     free(norm.p);
-    free(units);
+    free(uv.v);
     free(outs);
-    free(batch_start);
+    free(uv.batch_start);
     return st;
 }
 

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "io/atomic.h"
+#include "io/json.h"
 
 static int strmap_build(strmap *m) {
     size_t cap = 16;
@@ -41,7 +42,13 @@ typedef struct {
     oz_bpe *b;
     const char *name; /* file name for messages */
     oz_err *err;
+    /* Every id must be below this: the tokens the file lists plus OZ_TOKENIZER_ID_SLACK. Ids are
+     * dense in Hugging Face tokenizers, and tables are sized by the largest id, so a stray huge id
+     * in a small file would otherwise allocate gigabytes. */
+    double id_limit;
 } loader;
+
+#define OZ_TOKENIZER_ID_SLACK 1024
 
 #define LFAIL(L, ...) oz_fail((L)->err, OZ_ERR_INPUT, __VA_ARGS__)
 
@@ -256,11 +263,9 @@ static oz_status add_dec(loader *L, const cJSON *n, const char *where) {
     } else if (!strcmp(type, "Strip")) {
         a = jstr(n, "content");
         const cJSON *s = cJSON_GetObjectItemCaseSensitive(n, "start"), *e = cJSON_GetObjectItemCaseSensitive(n, "stop");
-        if (!a || !cJSON_IsNumber(s) || !cJSON_IsNumber(e))
-            return LFAIL(L, "%s: %s Strip needs \"content\", \"start\" and \"stop\"", L->name, where);
+        if (!a || !oz_json_int_in(s, 0, 1 << 20, &st.start) || !oz_json_int_in(e, 0, 1 << 20, &st.stop))
+            return LFAIL(L, "%s: %s Strip needs \"content\", \"start\" and \"stop\" (counts)", L->name, where);
         st.kind = DEC_STRIP;
-        st.start = s->valueint;
-        st.stop = e->valueint;
     } else if (!strcmp(type, "Metaspace")) {
         a = jstr(n, "replacement");
         if (!a) return LFAIL(L, "%s: %s Metaspace has no \"replacement\"", L->name, where);
@@ -337,11 +342,12 @@ static oz_status add_post(loader *L, const cJSON *n, const char *where) {
             }
             const cJSON *id;
             cJSON_ArrayForEach(id, ids) {
-                if (!cJSON_IsNumber(id)) {
-                    s = LFAIL(L, "%s: %s.special_tokens.%s.ids must be numbers", L->name, where, name);
+                int v;
+                if (!oz_json_int_in(id, 0, L->id_limit - 1, &v)) {
+                    s = LFAIL(L, "%s: %s.special_tokens.%s.ids must be token ids", L->name, where, name);
                     break;
                 }
-                s = ivec_push(L, seen_a ? &suf : &pre, (int32_t)id->valuedouble);
+                s = ivec_push(L, seen_a ? &suf : &pre, v);
                 if (s != OZ_OK) break;
             }
             if (s != OZ_OK) break;
@@ -349,10 +355,11 @@ static oz_status add_post(loader *L, const cJSON *n, const char *where) {
     } else if (!strcmp(type, "RobertaProcessing") || !strcmp(type, "BertProcessing")) {
         const cJSON *cls = cJSON_GetObjectItemCaseSensitive(n, "cls"), *sep = cJSON_GetObjectItemCaseSensitive(n, "sep");
         const cJSON *ci = cJSON_GetArrayItem(cls, 1), *si = cJSON_GetArrayItem(sep, 1);
-        if (!cJSON_IsNumber(ci) || !cJSON_IsNumber(si))
+        int cv, sv;
+        if (!oz_json_int_in(ci, 0, L->id_limit - 1, &cv) || !oz_json_int_in(si, 0, L->id_limit - 1, &sv))
             return LFAIL(L, "%s: %s needs \"cls\" and \"sep\" as [token, id]", L->name, where);
-        s = ivec_push(L, &pre, (int32_t)ci->valuedouble);
-        if (s == OZ_OK) s = ivec_push(L, &suf, (int32_t)si->valuedouble);
+        s = ivec_push(L, &pre, cv);
+        if (s == OZ_OK) s = ivec_push(L, &suf, sv);
     } else {
         return LFAIL(L,
                      "%s: %s.type \"%s\" is not supported (supported: Sequence, ByteLevel, TemplateProcessing, "
@@ -404,9 +411,10 @@ static oz_status load_model(loader *L, const cJSON *model) {
     int32_t max_id = -1;
     const cJSON *e;
     cJSON_ArrayForEach(e, vocab) {
-        if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble > INT32_MAX - 1 ||
-            e->valuedouble != (double)(int32_t)e->valuedouble)
-            return LFAIL(L, "%s: model.vocab[\"%s\"] is not a valid id", L->name, e->string ? e->string : "");
+        int id;
+        if (!oz_json_int_in(e, 0, L->id_limit - 1, &id))
+            return LFAIL(L, "%s: model.vocab[\"%s\"] is not an id below %.0f (the tokens the file lists + %d)", L->name,
+                         e->string ? e->string : "", L->id_limit, OZ_TOKENIZER_ID_SLACK);
         if ((int32_t)e->valuedouble > max_id) max_id = (int32_t)e->valuedouble;
         pool_len += strlen(e->string) + 1;
     }
@@ -508,14 +516,16 @@ static oz_status load_added(loader *L, const cJSON *list) {
     cJSON_ArrayForEach(t, list) {
         const char *content = jstr(t, "content");
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(t, "id");
-        if (!content || !*content || !cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble > INT32_MAX - 1)
-            return LFAIL(L, "%s: added_tokens[%d] needs a non-empty \"content\" and an \"id\"", L->name, b->n_added);
+        int idv;
+        if (!content || !*content || !oz_json_int_in(id, 0, L->id_limit - 1, &idv))
+            return LFAIL(L, "%s: added_tokens[%d] needs a non-empty \"content\" and an \"id\" below %.0f", L->name,
+                         b->n_added, L->id_limit);
         added_tok *a = &b->added[b->n_added];
         a->content = dupstr(content);
         if (!a->content) return oz_fail(L->err, OZ_ERR_NOMEM, "out of memory");
         b->n_added++;
         a->len = strlen(content);
-        a->id = (int32_t)id->valuedouble;
+        a->id = idv;
         a->special = jbool(t, "special", 0);
         a->lstrip = jbool(t, "lstrip", 0);
         a->rstrip = jbool(t, "rstrip", 0);
@@ -546,6 +556,10 @@ static oz_status load_root(loader *L, const cJSON *root, const cJSON *config) {
     if (!cJSON_IsObject(root)) return LFAIL(L, "%s: not a JSON object", L->name);
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (!model) return LFAIL(L, "%s: missing \"model\"", L->name);
+    const cJSON *listed_vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
+    const cJSON *listed_added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
+    L->id_limit = (double)(cJSON_IsObject(listed_vocab) ? cJSON_GetArraySize(listed_vocab) : 0) +
+                  (cJSON_IsArray(listed_added) ? cJSON_GetArraySize(listed_added) : 0) + OZ_TOKENIZER_ID_SLACK;
     OZ_TRY(load_model(L, model));
     OZ_TRY(load_added(L, cJSON_GetObjectItemCaseSensitive(root, "added_tokens")));
     b->vocab_size = b->model_size;
@@ -608,7 +622,7 @@ oz_status oz_bpe_load_string(oz_bpe **out, const char *json, size_t len, const c
         free(b);
         return oz_fail(err, OZ_ERR_NOMEM, "out of memory");
     }
-    loader L = {b, name, err};
+    loader L = {b, name, err, 0};
     cJSON *root = cJSON_ParseWithLength(json, len);
     oz_status s = root ? load_root(&L, root, NULL) : LFAIL(&L, "%s: not valid JSON (truncated or corrupt?)", name);
     cJSON_Delete(root);
@@ -643,7 +657,7 @@ oz_status oz_bpe_load(oz_bpe **out, const char *json_path, const char *config_pa
         if (!b || !b->path) s = oz_fail(err, OZ_ERR_NOMEM, "out of memory");
     }
     if (s == OZ_OK) {
-        loader L = {b, json_path, err};
+        loader L = {b, json_path, err, 0};
         cJSON *root = cJSON_ParseWithLength(text, n);
         s = root ? load_root(&L, root, config) : LFAIL(&L, "%s: not valid JSON (truncated or corrupt?)", json_path);
         cJSON_Delete(root);
