@@ -141,6 +141,18 @@ for combo in "none off" "layer off" "none 3" "layer auto" "layer-bf16 auto" "lay
         check "planned host bytes equal measured ($planned_host)" grep -q "\"host_bytes\":$planned_host}" "$T/rc.log"
     fi
 done
+# --- gradient accumulation: 2 micro-batches of 2 give one batch of 4's losses and gradient norms
+# (the same sequences; the step's gradient is the mean over all its tokens). Not GaLore: its subspace
+# comes from the first micro-batch's gradient, by design (docs/optimizers.md).
+for opt in adamw adamw8bit; do
+    ACC="--data random:96 --model tiny --steps 4 --seq 32 --threads 1 --eval-every 0 --seed 4 --optim $opt --no-save"
+    $OUNCE train $ACC --batch 4 --out "$T/acc1_$opt" >/dev/null 2>&1
+    $OUNCE train $ACC --batch 2 --grad-accum 2 --out "$T/acc2_$opt" >/dev/null 2>&1
+    grep -o '"loss":[^,]*,"lr":[^,]*,"grad_norm":[^,]*' "$T/acc1_$opt/metrics.jsonl" >"$T/acc1"
+    grep -o '"loss":[^,]*,"lr":[^,]*,"grad_norm":[^,]*' "$T/acc2_$opt/metrics.jsonl" >"$T/acc2"
+    check "$opt: --grad-accum 2 x batch 2 = batch 4 (losses, gradient norms)" sh -c "test -s '$T/acc1' && cmp -s '$T/acc1' '$T/acc2'"
+done
+
 # --- every optimizer: bit-exact resume, and the planned peak equals the measured one
 for opt in adamw8bit galore galore8bit qgalore qgalore-parts qgalore-immediate galore-immediate adamw8bit-immediate; do
     GAL="--optim $opt --rank 8 --update-gap 7 --subspace randomized"
