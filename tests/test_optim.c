@@ -1152,6 +1152,56 @@ static void test_against_reference(void) {
     oz_param_layout_free(&lay);
 }
 
+/* A non-finite gradient is found and named: first_nonfinite gives the tensor whose bad gradient
+ * arrived first in the step (backward order), and with immediate updates take refuses it with one
+ * line naming the tensor and its layer, before anything of it reaches the weights or moments. */
+static void test_nonfinite_named(void) {
+    oz_param_layout lay;
+    one_matrix_layout(&lay, 6, 10);
+    for (int immediate = 0; immediate <= 1; immediate++) {
+        oz_optim_config c = {.kind = OZ_OPTIM_ADAMW, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f,
+                             .grads = {.per_layer = immediate, .immediate = immediate}};
+        fixture fx;
+        fixture_open(&fx, &c, &lay);
+        if (!fx.opt) continue;
+        oz_err err = {0};
+        float *w = calloc(lay.total, sizeof *w), *g = calloc(lay.total, sizeof *g), *w0 = malloc(lay.total * sizeof *w0);
+        oz_rng rng;
+        oz_rng_seed(&rng, 8);
+        random_fill(w, lay.total, &rng, 1.0);
+        random_fill(g, lay.total, &rng, 0.1);
+        memcpy(w0, w, lay.total * sizeof *w);
+        oz_optimizer_bind_weights(fx.opt, oz_weights_flat(w));
+        oz_optimizer_begin_step(fx.opt, 0, 1e-2f);
+        CHECK(oz_optimizer_first_nonfinite(fx.opt) == -1, "a step with nothing taken has a non-finite gradient");
+        g[lay.params[1].offset + 3] = NAN; /* the norm (index 1) ... */
+        g[7] = INFINITY;                   /* ... and the matrix (index 0), which arrives second */
+        oz_status s1 = take_tensor(fx.opt, 1, g + lay.params[1].offset, &err);
+        if (immediate) {
+            CHECK(s1 == OZ_ERR_NUMERIC && strstr(err.msg, "input_layernorm") && strstr(err.msg, "layer 0") &&
+                      strstr(err.msg, "not finite"),
+                  "immediate: a NaN gradient gave status %d: %s", (int)s1, err.msg);
+            CHECK(memcmp(w, w0, lay.total * sizeof *w) == 0, "immediate: a refused gradient changed the weights");
+        } else {
+            CHECK(s1 == OZ_OK, "%s", err.msg);
+            CHECK(take_tensor(fx.opt, 0, g, &err) == OZ_OK, "%s", err.msg);
+            CHECK(!isfinite(oz_optimizer_grad_sumsq(fx.opt)), "the gradient norm hid a NaN");
+            CHECK(oz_optimizer_first_nonfinite(fx.opt) == 1, "the first non-finite gradient is tensor %d, not the norm",
+                  oz_optimizer_first_nonfinite(fx.opt));
+            g[lay.params[1].offset + 3] = 0.0f;
+            oz_optimizer_begin_step(fx.opt, 1, 1e-2f);
+            CHECK(take_all(fx.opt, &lay, g, &err) == OZ_OK, "%s", err.msg);
+            CHECK(oz_optimizer_first_nonfinite(fx.opt) == 0, "the matrix's infinity was not found (%d)",
+                  oz_optimizer_first_nonfinite(fx.opt));
+        }
+        free(w);
+        free(w0);
+        free(g);
+        fixture_close(&fx);
+    }
+    oz_param_layout_free(&lay);
+}
+
 /* The kind table: every kind has a name that parses back to it, the help list names them in enum
  * order, and the traits the rest of the code reads are the published methods'. */
 static void test_kind_table(void) {
@@ -1176,6 +1226,7 @@ static void test_kind_table(void) {
 int main(void) {
     RUN(test_kind_table);
     RUN(test_against_reference);
+    RUN(test_nonfinite_named);
     RUN(test_galore_full_rank_is_adamw);
     RUN(test_refresh_basis_quality);
     RUN(test_moments_at_switch);

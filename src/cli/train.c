@@ -114,6 +114,9 @@ int oz_cmd_train(int argc, char **argv) {
         {"factored-grads", OZ_ARG_STR, o.factored_grads, sizeof o.factored_grads,
          "GaLore, --clip 0, no --grad-accum, --subspace randomized: auto | off: project each matrix's gradient from "
          "its factors (output gradient, input) instead of forming it [auto]", 0},
+        {"on-nonfinite", OZ_ARG_STR, o.on_nonfinite, sizeof o.on_nonfinite,
+         "stop | skip: a step whose loss or gradient is NaN or infinite stops the run (naming the first tensor), "
+         "or is not applied and the run goes on (not with immediate updates) [stop]", 0},
         {"inrank", OZ_ARG_FLAG, &o.inrank, 0,
          "InRank: store the target matrices as factors (stored rank min(in,out)/2) whose active rank grows during training", 0},
         {"inrank-targets", OZ_ARG_STR, o.inrank_targets, sizeof o.inrank_targets,
@@ -157,7 +160,9 @@ int oz_cmd_train(int argc, char **argv) {
     snprintf(tps, sizeof tps, "%.1f", res.tokens_per_s);
     printf("done: %d steps, train loss %.4f", res.steps, res.train_loss);
     if (!isnan(res.val_loss)) printf(", val loss %.4f", res.val_loss);
-    printf(", %s tokens/s\n", tps);
+    printf(", %s tokens/s", tps);
+    if (res.skipped_steps) printf(", %d steps skipped (not finite)", res.skipped_steps);
+    printf("\n");
     if (res.host_bytes) printf("offloaded layer inputs: %.2f MiB of host memory\n", (double)res.host_bytes / 1048576.0);
     if (json) {
         printf("{\"steps\":%d,\"train_loss\":%.6f,", res.steps, res.train_loss);
@@ -167,7 +172,8 @@ int oz_cmd_train(int argc, char **argv) {
                res.trainable);
         for (int c = 0; c < OZ_MEM_NCATEGORIES; c++)
             printf("\"%s\":%zu,", oz_mem_category_name(c), res.peak_bytes[c]);
-        printf("\"total\":%zu},\"host_bytes\":%zu}\n", res.peak_total, res.host_bytes);
+        printf("\"total\":%zu},\"host_bytes\":%zu,\"skipped_steps\":%d}\n", res.peak_total, res.host_bytes,
+               res.skipped_steps);
     }
     return 0;
 }

@@ -241,7 +241,12 @@ oz_status oz_opt_take_factors(oz_optimizer *o, const oz_grad_event *ev, oz_err *
         return oz_fail(err, OZ_ERR_INTERNAL, "%s: factors over %d rows (ld %d, %d) exceed the planned %d tokens",
                        s->p->name, rows, ldy, ldx, o->cfg.grads.tokens);
     factors fc = {ev->dy, ev->x, ldy, ldx, rows};
-    if (s->refresh_now) OZ_TRY(oz_opt_refresh_basis(o, s, NULL, &fc, err));
+    if (s->refresh_now) {
+        oz_status st = oz_opt_refresh_basis(o, s, NULL, &fc, err);
+        if (st == OZ_ERR_NUMERIC)
+            return oz_fail(err, st, "the gradient of %s (layer %d) is not finite", s->p->name, s->p->layer);
+        OZ_TRY(st);
+    }
     project_factored(o, s, &fc, o->rimm);
     s->projected = true;
     return OZ_OK;

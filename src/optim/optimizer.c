@@ -341,6 +341,7 @@ void oz_optimizer_begin_step(oz_optimizer *o, int step, float lr) {
     o->step = step;
     o->lr = lr;
     o->applied_sumsq = 0;
+    o->takes = 0;
     o->status = OZ_OK;
     for (int i = 0; i < o->n_slots; i++) {
         slot *s = &o->slots[i];
@@ -400,6 +401,25 @@ static void apply_slot(oz_optimizer *o, slot *s, const float *g, float lr, float
         be->adamw_step(be, W, g, s->m, s->v, s->n, &args);
 }
 
+/* A non-finite gradient, named with its layer (or as an outer tensor). */
+static oz_status nonfinite(const slot *s, oz_err *err) {
+    if (s->p->layer >= 0)
+        return oz_fail(err, OZ_ERR_NUMERIC, "the gradient of %s (layer %d) is not finite", s->p->name, s->p->layer);
+    return oz_fail(err, OZ_ERR_NUMERIC, "the gradient of %s is not finite", s->p->name);
+}
+
+/* A subspace refresh from G: the subspace op's non-finite input error names the tensor. */
+static oz_status refresh_from(oz_optimizer *o, slot *s, const float *G, oz_err *err) {
+    oz_status st = oz_opt_refresh_basis(o, s, G, NULL, err);
+    return st == OZ_ERR_NUMERIC ? nonfinite(s, err) : st;
+}
+
+/* Records the backward order of a tensor's first gradient event of the step. */
+static void mark_taken(oz_optimizer *o, slot *s) {
+    if (!s->taken) s->taken_at = o->takes++;
+    s->taken = true;
+}
+
 /* A tensor's gradient (grad NULL for a factored one, whose factors came first). A second one in a
  * step accumulates (per-layer mode over micro-batches). */
 static oz_status take_tensor(oz_optimizer *o, int index, const float *grad, oz_err *err) {
@@ -415,17 +435,20 @@ static oz_status take_tensor(oz_optimizer *o, int index, const float *grad, oz_e
             s->projected = false;
             g = o->rimm;
         } else if (s->galore) {
-            if (s->refresh_now) OZ_TRY(oz_opt_refresh_basis(o, s, grad, NULL, err));
+            if (s->refresh_now) OZ_TRY(refresh_from(o, s, grad, err));
             oz_opt_project(o, s, grad, 0.0f, o->rimm);
             g = o->rimm;
         }
-        o->applied_sumsq += o->be->sumsq(o->be, g, s->n);
-        s->taken = true;
+        /* Applied at once, so checked at once: a NaN never reaches the weights or the moments. */
+        double ss = o->be->sumsq(o->be, g, s->n);
+        if (!isfinite(ss)) return nonfinite(s, err);
+        o->applied_sumsq += ss;
+        mark_taken(o, s);
         apply_slot(o, s, g, o->lr, 1.0f);
         return OZ_OK;
     }
     if (s->galore) {
-        if (s->refresh_now) OZ_TRY(oz_opt_refresh_basis(o, s, grad, NULL, err));
+        if (s->refresh_now) OZ_TRY(refresh_from(o, s, grad, err));
         oz_opt_project(o, s, grad, accumulate ? 1.0f : 0.0f, s->racc);
     } else if (s->gacc) {
         if (accumulate) o->be->axpy(o->be, s->gacc, 1.0f, grad, s->n);
@@ -433,7 +456,7 @@ static oz_status take_tensor(oz_optimizer *o, int index, const float *grad, oz_e
     } else {
         s->grad = grad;
     }
-    s->taken = true;
+    mark_taken(o, s);
     return OZ_OK;
 }
 
@@ -451,10 +474,12 @@ static oz_status take_rows(oz_optimizer *o, int index, int row0, int rows, const
     if (row0 < 0 || rows <= 0 || row0 + rows > p->shape[0] || (s->q8 && off % OZ_Q8_BLOCK != 0) ||
         (row0 == 0) == s->taken)
         return oz_fail(err, OZ_ERR_INTERNAL, "row block %d+%d of %s is out of order or misaligned", row0, rows, p->name);
+    double ss = o->be->sumsq(o->be, grad, n);
+    if (!isfinite(ss)) return nonfinite(s, err);
     if (row0 == 0) s->step++; /* one Adam step per optimizer step, whatever the block count */
-    s->taken = true;
+    mark_taken(o, s);
     s->applied = row0 + rows == p->shape[0];
-    o->applied_sumsq += o->be->sumsq(o->be, grad, n);
+    o->applied_sumsq += ss;
     oz_adamw_args args = oz_opt_slot_args(o, s, o->lr, 1.0f);
     /* The rows in fp32 (a bf16 tensor's widened into the model's scratch), updated, and rounded
      * back stochastically from a stream keyed by (seed, step, tensor) as the INT8 updates are. */
@@ -476,7 +501,7 @@ oz_status oz_optimizer_take(oz_optimizer *o, const oz_grad_event *ev, oz_err *er
     switch (ev->form) {
     case OZ_GRAD_TENSOR:
         if (ev->partial) /* the first micro-batch's gradient: a due subspace comes from it */
-            return s->refresh_now ? oz_opt_refresh_basis(o, s, ev->grad, NULL, err) : OZ_OK;
+            return s->refresh_now ? refresh_from(o, s, ev->grad, err) : OZ_OK;
         {
             /* Immediate updates may build the update in a buffer nothing reads again (Q-GaLore then
              * back-projects a whole matrix in one GEMM instead of in row blocks: the same codes). */
@@ -516,6 +541,17 @@ double oz_optimizer_grad_sumsq(oz_optimizer *o) {
         total += o->be->sumsq(o->be, g, s->n);
     }
     return total;
+}
+
+int oz_optimizer_first_nonfinite(oz_optimizer *o) {
+    int first = -1;
+    for (int i = 0; i < o->n_slots; i++) {
+        slot *s = &o->slots[i];
+        if (!s->taken || s->applied) continue;
+        const float *g = s->galore ? s->racc : s->gacc ? s->gacc : s->grad;
+        if (!isfinite(o->be->sumsq(o->be, g, s->n)) && (first < 0 || s->taken_at < o->slots[first].taken_at)) first = i;
+    }
+    return first;
 }
 
 void oz_optimizer_apply(oz_optimizer *o, float lr, float grad_scale) {

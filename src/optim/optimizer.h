@@ -88,6 +88,11 @@ oz_status oz_optimizer_status(const oz_optimizer *opt, oz_err *err);
 /* Sum of squares of everything taken this step (the clipping norm squared; with immediate updates
  * it includes what was already applied). */
 double oz_optimizer_grad_sumsq(oz_optimizer *opt);
+/* The tensor whose gradient taken this step (not yet applied) is not finite and arrived first, in
+ * backward order: where a NaN or infinity appeared; -1 when every one is finite. With immediate
+ * updates a non-finite gradient is refused by take itself (OZ_ERR_NUMERIC naming the tensor) and
+ * never applied. */
+int oz_optimizer_first_nonfinite(oz_optimizer *opt);
 /* Applies what was taken and not applied yet, gradients multiplied by grad_scale (clipping). */
 void oz_optimizer_apply(oz_optimizer *opt, float lr, float grad_scale);
 

@@ -33,6 +33,7 @@ typedef struct {
     long step;            /* Adam steps taken (bias correction) */
     long refreshes;       /* subspaces computed */
     bool refresh_now, frozen_basis, taken, applied; /* taken: a gradient arrived this step */
+    long taken_at;        /* this step's order of its first gradient event (backward order) */
     /* factored: the gradient arrives as its factors (OZ_GRAD_FACTORS), never as a matrix;
      * projected: the factors' projected gradient for this step is in rimm */
     bool factored, projected;
@@ -56,6 +57,7 @@ struct oz_optimizer {
     oz_status status;       /* the first failure of this step's sink events */
     oz_err status_err;
     float lr;               /* this step's learning rate (immediate updates apply inside take) */
+    long takes;             /* gradient events this step (slot.taken_at) */
     double applied_sumsq;   /* gradient norm squared of what immediate updates applied */
     oz_refresh_progress_fn on_refresh; /* after each subspace refresh of a step (progress lines) */
     void *refresh_user;

@@ -31,6 +31,7 @@ void oz_train_opts_default(oz_train_opts *o) {
     snprintf(o->lazy_update, sizeof o->lazy_update, "auto");
     snprintf(o->vocab_bf16, sizeof o->vocab_bf16, "auto");
     snprintf(o->factored_grads, sizeof o->factored_grads, "auto");
+    snprintf(o->on_nonfinite, sizeof o->on_nonfinite, "stop");
     o->cos_threshold = 0.4f;
     o->gap_growth = 2.0f;
     o->cos_window = 5;
@@ -91,6 +92,7 @@ cJSON *oz_train_opts_to_json(const oz_train_opts *o) {
     cJSON_AddStringToObject(j, "init", o->init);
     cJSON_AddStringToObject(j, "factored_grads", o->factored_grads);
     cJSON_AddStringToObject(j, "vocab_bf16", o->vocab_bf16);
+    cJSON_AddStringToObject(j, "on_nonfinite", o->on_nonfinite);
     cJSON_AddBoolToObject(j, "welore", o->welore);
     if (o->inrank) {
         cJSON *ir = cJSON_AddObjectToObject(j, "inrank");
@@ -135,6 +137,8 @@ oz_status oz_train_opts_from_json(const cJSON *j, const char *path, oz_train_opt
     snprintf(o->factored_grads, sizeof o->factored_grads, "%s", cJSON_IsString(it) ? it->valuestring : "off");
     it = cJSON_GetObjectItemCaseSensitive(j, "vocab_bf16");
     snprintf(o->vocab_bf16, sizeof o->vocab_bf16, "%s", cJSON_IsString(it) ? it->valuestring : "off");
+    it = cJSON_GetObjectItemCaseSensitive(j, "on_nonfinite"); /* absent before it existed: those runs stopped */
+    snprintf(o->on_nonfinite, sizeof o->on_nonfinite, "%s", cJSON_IsString(it) ? it->valuestring : "stop");
     it = cJSON_GetObjectItemCaseSensitive(j, "init"); /* absent in older states: a run from scratch */
     snprintf(o->init, sizeof o->init, "%s", cJSON_IsString(it) ? it->valuestring : "");
     const cJSON *ir = cJSON_GetObjectItemCaseSensitive(j, "inrank"); /* absent: not an InRank run */
@@ -215,6 +219,9 @@ static oz_status grad_mode(const oz_train_opts *o, const oz_optim_config *oc, co
     /* Without accumulation or clipping nothing needs the whole step's gradients before an update,
      * so per-layer mode updates as each tensor's gradient arrives and keeps no accumulator. */
     mode->immediate = mode->per_layer && o->grad_accum == 1 && o->clip == 0;
+    if (mode->immediate && strcmp(o->on_nonfinite, "skip") == 0)
+        return oz_fail(err, OZ_ERR_INPUT, "--on-nonfinite skip needs the step's updates applied at its end, not as "
+                       "gradients arrive (use --clip > 0, --grad-accum > 1 or --per-layer-update off)");
     /* Updates as gradients arrive: the embedding and head take theirs one vocabulary block at a time. */
     mode->vocab_blocks = mode->immediate && !cfg->tie_word_embeddings;
     mode->tokens = o->batch * o->seq;
@@ -305,6 +312,8 @@ oz_status oz_train_opts_check(const oz_train_opts *o, oz_err *err) {
     NEED(o->eval_every >= 0 && o->save_every >= 0 && o->log_every >= 0 && o->keep >= 0 && o->eval_batches > 0,
          "train: --eval-every, --save-every, --log-every and --keep must be >= 0, --eval-batches > 0");
     NEED(o->threads >= 0, "train: --threads must be >= 0 (0 = all cores)");
+    NEED(strcmp(o->on_nonfinite, "stop") == 0 || strcmp(o->on_nonfinite, "skip") == 0,
+         "train: --on-nonfinite %s: expected stop or skip", o->on_nonfinite);
 #undef NEED
     return OZ_OK;
 }

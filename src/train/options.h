@@ -33,6 +33,8 @@ typedef struct {
     char lazy_update[8];      /* auto | on | off: Q-GaLore's cosine-driven refresh gaps (auto: qgalore) */
     char vocab_bf16[8];       /* auto | on | off: embedding and head stored in bf16 (auto: qgalore, immediate) */
     char factored_grads[8];   /* auto | off: GaLore matrices' gradients kept as factors (auto: immediate, randomized) */
+    char on_nonfinite[8];     /* stop | skip: a step whose loss or gradient is not finite stops the run, or is
+                               * not applied (not with immediate updates, which apply as gradients arrive) */
     float cos_threshold, gap_growth;
     int cos_window, max_gap;  /* max_gap 0: 8 x update_gap */
     int proj_bits;            /* 32 | 4; 0: the kind's default (4 for qgalore) */

@@ -580,27 +580,52 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
             double s;
             long c;
             OZ_TRY(oz_llama_forward_backward(t->model, &batch, grad_scale, &s, &c, err));
-            OZ_TRY(oz_optimizer_status(t->opt, err));
+            oz_err why = {0};
+            oz_status ost = oz_optimizer_status(t->opt, &why);
+            if (ost == OZ_ERR_NUMERIC) /* immediate updates refuse a NaN gradient before applying it */
+                return oz_fail(err, ost, "%.400s at step %d: stopping (try a lower --lr); checkpoints already written "
+                               "are intact", why.msg, step + 1);
+            if (ost != OZ_OK) {
+                *err = why;
+                return ost;
+            }
             loss_sum += s;
             n_targets += c;
         }
         OZ_TRY(oz_backend_sync(&t->be, err)); /* a GPU failure, not its NaN, is what gets reported */
         double loss = loss_sum / (double)n_targets;
-        if (!isfinite(loss))
+        char fault[sizeof err->msg] = "";
+        if (!isfinite(loss)) snprintf(fault, sizeof fault, "the training loss is %s", isnan(loss) ? "NaN" : "infinite");
+        double gnorm = NAN;
+        if (!fault[0]) {
+            oz_llama_emit_accumulated(t->model); /* what the backward did not emit */
+            OZ_TRY(oz_optimizer_status(t->opt, err));
+            gnorm = sqrt(oz_optimizer_grad_sumsq(t->opt));
+            if (!isfinite(gnorm)) {
+                int bad = oz_optimizer_first_nonfinite(t->opt);
+                const oz_param_info *p = bad >= 0 ? &lay->params[bad] : NULL;
+                if (p && p->layer >= 0)
+                    snprintf(fault, sizeof fault, "the gradient of %s (layer %d) is not finite", p->name, p->layer);
+                else if (p) snprintf(fault, sizeof fault, "the gradient of %s is not finite", p->name);
+                else snprintf(fault, sizeof fault, "the gradient norm is not finite");
+            }
+        }
+        if (fault[0] && strcmp(o->on_nonfinite, "skip") != 0)
             return oz_fail(err, OZ_ERR_NUMERIC,
-                           "training loss is %s at step %d: stopping (try a lower --lr); checkpoints "
+                           "%s at step %d: stopping (try a lower --lr, or --on-nonfinite skip); checkpoints "
                            "already written are intact",
-                           isnan(loss) ? "NaN" : "infinite", step + 1);
-        oz_llama_emit_accumulated(t->model); /* what the backward did not emit */
-        OZ_TRY(oz_optimizer_status(t->opt, err));
-        double gnorm = sqrt(oz_optimizer_grad_sumsq(t->opt));
-        if (!isfinite(gnorm))
-            return oz_fail(err, OZ_ERR_NUMERIC,
-                           "gradient norm is not finite at step %d: stopping (try a lower --lr); "
-                           "checkpoints already written are intact",
-                           step + 1);
-        float clip_scale = (o->clip > 0 && gnorm > o->clip) ? (float)(o->clip / (gnorm + 1e-6)) : 1.0f;
-        oz_optimizer_apply(t->opt, lr, clip_scale);
+                           fault, step + 1);
+        if (fault[0]) { /* skip: nothing of this step is applied; its batches are consumed */
+            res->skipped_steps++;
+            if (cb && cb->on_note) {
+                char line[sizeof err->msg + 64];
+                snprintf(line, sizeof line, "step %d skipped: %s", step + 1, fault);
+                cb->on_note(cb->user, line);
+            }
+        } else {
+            float clip_scale = (o->clip > 0 && gnorm > o->clip) ? (float)(o->clip / (gnorm + 1e-6)) : 1.0f;
+            oz_optimizer_apply(t->opt, lr, clip_scale);
+        }
         OZ_TRY(oz_backend_sync(&t->be, err)); /* the step's queued GPU work belongs to its time */
         double dt = oz_now_s() - t0;
         train_time += dt;
@@ -612,14 +637,18 @@ static oz_status run(trainer *t, run_position *pos, const oz_train_callbacks *cb
             OZ_TRY(inrank_after_step(t, pos->step, cb, err));
             lay = oz_llama_get_layout(t->model); /* the freeze rebuilds the model */
         }
-        res->train_loss = loss;
+        if (!fault[0]) res->train_loss = loss; /* the last step that was applied */
         res->steps = pos->step;
 
         double tps = steps_here * (double)tokens_per_step / train_time;
-        fprintf(t->metrics,
-                "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,"
-                "\"step_s\":%.4f,\"tokens\":%.0f}\n",
-                pos->step, loss, (double)lr, gnorm, tps, dt, pos->tokens_seen);
+        if (fault[0]) /* no loss or norm to log: JSON has no NaN */
+            fprintf(t->metrics, "{\"step\":%d,\"skipped\":true,\"lr\":%.6g,\"tokens\":%.0f}\n", pos->step, (double)lr,
+                    pos->tokens_seen);
+        else
+            fprintf(t->metrics,
+                    "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,"
+                    "\"step_s\":%.4f,\"tokens\":%.0f}\n",
+                    pos->step, loss, (double)lr, gnorm, tps, dt, pos->tokens_seen);
         bool last = pos->step == o->steps;
         if (cb && cb->on_step && (last || (o->log_every > 0 && pos->step % o->log_every == 0) ||
                                   steps_here == 1)) {

@@ -37,6 +37,7 @@ typedef struct {
     size_t host_bytes;            /* host memory outside the arena: offloaded checkpoints */
     long long params;
     long long trainable;          /* parameters not frozen */
+    int skipped_steps;            /* --on-nonfinite skip: steps not applied in this process */
 } oz_train_result;
 
 /* Runs training from opts, or (when resume_dir is non-NULL) continues the run saved in resume_dir
