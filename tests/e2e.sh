@@ -370,6 +370,15 @@ else
     skip 1 "$tf_why"
 fi
 [ -s "$T/hfrun/tokenizer.json" ] || cp "$T/hfdata/tokenizer.json" "$T/hfdata/tokenizer_config.json" "$T/hfrun/"
+# the model's vocabulary must be the data's (issue 16): a BPE model on byte-level data is refused,
+# and so is evaluating it there; --force trains anyway with a warning; the matching pair trains
+expect_error "train --init a BPE model on byte-level data" "different vocabularies" \
+    $OUNCE train --init "$T/hfrun" --data "$T/data" --out "$T/x" --steps 2 --batch 2 --seq 32
+expect_error "eval a BPE model on byte-level data" "different vocabularies" $OUNCE eval --model "$T/hfrun" --data "$T/data"
+check "--force trains it anyway, with a warning" sh -c "$OUNCE train --init '$T/hfrun' --data '$T/data' --out '$T/forced' \
+    --steps 2 --batch 2 --seq 32 --eval-every 0 --force 2>&1 | grep -q 'warning: .*different vocabularies'"
+check "train --init the BPE model on its own data" sh -c "$OUNCE train --init '$T/hfrun' --data '$T/hfdata' --out '$T/hfinit' \
+    --steps 2 --batch 2 --seq 32 --eval-every 0 >/dev/null"
 printf 'Hello, world! Don'"'"'t panic: 42 apples.\n' >"$T/hftext.txt"
 $OUNCE tokenize --tokenizer "$T/tok" --text "$T/hftext.txt" >"$T/ids_tok"
 $OUNCE tokenize --model "$T/hfrun" --text "$T/hftext.txt" >"$T/ids_model"

@@ -234,6 +234,38 @@ static void test_encodes_to_nothing(void) {
     }
 }
 
+/* The vocabulary fingerprint: the same file loaded twice (or as a file path) agrees, every fixture
+ * differs from every other and from the byte tokenizer. */
+static void test_fingerprint(void) {
+    const char *names[] = {"gpt2", "gpt2-prefix", "llama3", "llama2", "llama2-metaspace", "ounce"};
+    uint64_t fp[7];
+    oz_tokenizer byte;
+    oz_tokenizer_byte(&byte);
+    fp[6] = oz_tokenizer_fingerprint(&byte);
+    for (int k = 0; k < 6; k++) {
+        char dir[256], file[300];
+        snprintf(dir, sizeof dir, FIX "/%s", names[k]);
+        snprintf(file, sizeof file, "%s/tokenizer.json", dir);
+        oz_tokenizer a, b;
+        oz_err err = {0};
+        fp[k] = 0;
+        if (oz_tokenizer_load(&a, dir, &err) != OZ_OK || oz_tokenizer_load(&b, file, &err) != OZ_OK) {
+            CHECK(0, "%s", err.msg);
+            continue;
+        }
+        fp[k] = oz_tokenizer_fingerprint(&a);
+        CHECK(fp[k] == oz_tokenizer_fingerprint(&b), "%s: two loads give two fingerprints", names[k]);
+        oz_tokenizer_free(&a);
+        oz_tokenizer_free(&b);
+    }
+    /* gpt2-prefix and llama2-metaspace differ from gpt2 and llama2 only in how text is split: the
+     * same vocabularies, the same fingerprints */
+    CHECK(fp[0] == fp[1] && fp[3] == fp[4], "fixtures sharing a vocabulary do not share a fingerprint");
+    for (int i = 0; i < 7; i++)
+        for (int j = i + 1; j < 7; j++)
+            if (!(i == 0 && j == 1) && !(i == 3 && j == 4)) CHECK(fp[i] != fp[j], "fingerprints %d and %d collide", i, j);
+}
+
 static void test_threads_and_round_trip(void) {
     const cJSON *texts = cJSON_GetObjectItemCaseSensitive(g_expected, "texts");
     const char *base = cJSON_GetArrayItem(texts, 0)->valuestring;
@@ -452,6 +484,7 @@ int main(void) {
     RUN(test_threads_and_round_trip);
     RUN(test_parallel_units_with_added_tokens);
     RUN(test_encodes_to_nothing);
+    RUN(test_fingerprint);
     RUN(test_errors);
     RUN(test_train);
     cJSON_Delete(g_expected);

@@ -51,7 +51,7 @@ static oz_status eval_windows(oz_cli_model *cm, const int32_t *tokens, size_t n_
 int oz_cmd_eval(int argc, char **argv) {
     char model[4096] = "", data[4096] = "", text_path[4096] = "", device[32] = "cpu";
     int seq = 0, batch = 4, threads = 0, max_batches = 0;
-    bool json = false;
+    bool json = false, force = false;
     oz_arg args[] = {
         {"model", OZ_ARG_STR, model, sizeof model, "model directory (config.json + model.safetensors)", 0},
         {"data", OZ_ARG_STR, data, sizeof data, "prepared data directory: evaluate its validation split", 0},
@@ -59,6 +59,7 @@ int oz_cmd_eval(int argc, char **argv) {
         {"seq", OZ_ARG_INT, &seq, 0, "window length [the model's max_position_embeddings, at most 1024]", 0},
         {"batch", OZ_ARG_INT, &batch, 0, "windows per forward pass [4]", 0},
         {"max-batches", OZ_ARG_INT, &max_batches, 0, "stop after N batches of --data, 0 = all [0]", 0},
+        {"force", OZ_ARG_FLAG, &force, 0, "evaluate although the model's tokenizer is not the data's", 0},
         {"threads", OZ_ARG_INT, &threads, 0, "CPU threads, 0 = all cores [0]", 0},
         {"device", OZ_ARG_STR, device, sizeof device, "cpu | cuda | cuda:N | cuda+tf32 (a CUDA build) [cpu]", 0},
         {"json", OZ_ARG_FLAG, &json, 0, "end with one JSON line {\"loss\", \"tokens\", \"perplexity\"}", 0},
@@ -85,6 +86,16 @@ int oz_cmd_eval(int argc, char **argv) {
                 if (oz_dataset_vocab_size(&ds) > oz_llama_get_config(cm.model)->vocab_size)
                     oz_fail(&err, OZ_ERR_INPUT, "%s has a vocabulary of %d but the model only %d", data,
                             oz_dataset_vocab_size(&ds), oz_llama_get_config(cm.model)->vocab_size);
+                /* The loss of a model on ids from another vocabulary means nothing. */
+                if (!err.status && cm.has_tokenizer && ds.has_tokenizer &&
+                    oz_tokenizer_fingerprint(&cm.tokenizer) != oz_tokenizer_fingerprint(&ds.tokenizer)) {
+                    if (!force)
+                        oz_fail(&err, OZ_ERR_INPUT, "the model in %s (%s tokenizer) and the data in %s (%s) use different "
+                                "vocabularies: prepare the data with the model's tokenizer, or --force", model,
+                                oz_tokenizer_name(&cm.tokenizer), data, oz_tokenizer_name(&ds.tokenizer));
+                    else
+                        fprintf(stderr, "eval: warning: the model's and the data's vocabularies differ (--force)\n");
+                }
                 int windows = oz_dataset_val_windows(&ds, seq);
                 if (!err.status && windows == 0)
                     oz_fail(&err, OZ_ERR_INPUT, "%s: the validation split is shorter than one window of %d tokens",

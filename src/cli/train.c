@@ -141,6 +141,8 @@ int oz_cmd_train(int argc, char **argv) {
         {"eval-batches", OZ_ARG_INT, &o.eval_batches, 0, "validation batches per evaluation [8]", 0},
         {"save-every", OZ_ARG_INT, &o.save_every, 0, "checkpoint to OUT/step-N every N steps, 0 = only the final model [0]", 0},
         {"keep", OZ_ARG_INT, &o.keep, 0, "newest step-N checkpoints to keep, 0 = all [2]", 0},
+        {"force", OZ_ARG_FLAG, &o.force, 0,
+         "train although the model's tokenizer (--init, --resume) is not the data's (a warning instead of an error)", 0},
         {"no-save", OZ_ARG_FLAG, &o.no_save, 0, "write no final model, only metrics (benchmarks of large models)", 0},
         {"log-every", OZ_ARG_INT, &o.log_every, 0, "progress line every N steps [10]", 0},
         {"threads", OZ_ARG_INT, &o.threads, 0, "CPU threads, 0 = all cores [0]", 0},

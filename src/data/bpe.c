@@ -194,6 +194,26 @@ typedef struct oz_bpe_ws {
 } workspace;
 
 int oz_bpe_vocab_size(const oz_bpe *b) { return b->vocab_size; }
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001B3ull;
+    return h;
+}
+
+uint64_t oz_bpe_fingerprint(const oz_bpe *b) {
+    uint64_t h = 0xCBF29CE484222325ull;
+    int32_t n = b->vocab_size;
+    h = fnv1a(h, &n, sizeof n);
+    for (int32_t id = 0; id < b->vocab_size; id++) {
+        int a = b->added_of_id ? b->added_of_id[id] : -1;
+        if (a >= 0) h = fnv1a(h, b->added[a].content, b->added[a].len);
+        else if (id < b->model_size && b->tok_off[id] != UINT32_MAX) h = fnv1a(h, b->pool + b->tok_off[id], b->tok_len[id]);
+        else h = fnv1a(h, "\xff\xfe", 2); /* an id neither lists */
+        h = fnv1a(h, "\0", 1);
+    }
+    return h;
+}
 int32_t oz_bpe_bos(const oz_bpe *b) { return b->bos; }
 int32_t oz_bpe_eos(const oz_bpe *b) { return b->eos; }
 const char *oz_bpe_path(const oz_bpe *b) { return b->path; }

@@ -34,6 +34,9 @@ oz_status oz_bpe_load_string(oz_bpe **out, const char *json, size_t len, const c
 void oz_bpe_free(oz_bpe *b);
 
 int oz_bpe_vocab_size(const oz_bpe *b);
+/* FNV-1a over the vocabulary: every id in order with its token's bytes (model vocabulary, then
+ * added tokens' contents) or a gap marker. Equal for tokenizers that map ids to the same strings. */
+uint64_t oz_bpe_fingerprint(const oz_bpe *b);
 int32_t oz_bpe_bos(const oz_bpe *b);
 int32_t oz_bpe_eos(const oz_bpe *b);
 const char *oz_bpe_path(const oz_bpe *b);

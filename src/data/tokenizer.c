@@ -69,6 +69,10 @@ const char *oz_tokenizer_source(const oz_tokenizer *tok) {
     return tok->type == OZ_TOK_HF && tok->bpe ? oz_bpe_path(tok->bpe) : NULL;
 }
 
+uint64_t oz_tokenizer_fingerprint(const oz_tokenizer *tok) {
+    return tok->type == OZ_TOK_HF ? oz_bpe_fingerprint(tok->bpe) : 0x6279746534A17E58ull; /* "byte" */
+}
+
 const char *oz_tokenizer_name(const oz_tokenizer *tok) {
     switch (tok->type) {
     case OZ_TOK_BYTE: return "byte";

@@ -42,6 +42,9 @@ oz_status oz_tokenizer_load(oz_tokenizer *tok, const char *dir_or_file, oz_err *
 void oz_tokenizer_free(oz_tokenizer *tok);
 /* The tokenizer.json a loaded tokenizer came from (NULL for byte). */
 const char *oz_tokenizer_source(const oz_tokenizer *tok);
+/* The vocabulary's fingerprint (ids and their token strings): what must agree between a model and
+ * the data it trains or is evaluated on. The byte tokenizer has its own constant. */
+uint64_t oz_tokenizer_fingerprint(const oz_tokenizer *tok);
 /* The name stored in meta.json ("byte", or OZ_TOKENIZER_HF_NAME). */
 const char *oz_tokenizer_name(const oz_tokenizer *tok);
 /* Inverse of oz_tokenizer_name for the byte tokenizer; "hf" and unknown names are OZ_ERR_INPUT

@@ -48,6 +48,7 @@ typedef struct {
      * (N-LRC) matrices are frozen. */
     bool welore;
     bool no_save;              /* benchmarks: no final model (metrics only); periodic saves still happen */
+    bool force;                /* train although the model's and the data's vocabularies differ (not saved) */
     /* InRank (train/inrank.h): the target matrices as factors whose rank grows; freeze_after 0 = never */
     bool inrank;
     int inrank_init_rank, inrank_buffer, inrank_check_every, inrank_warmup, inrank_freeze_after;

@@ -354,6 +354,35 @@ static oz_status inrank_setup(trainer *t, const char *resume_dir, int step, oz_e
     return OZ_OK;
 }
 
+/* An --init or resumed model directory's vocabulary against the data's: its tokenizer.json, or the
+ * byte tokenizer its config.json names, must be the data's (a model trained on other ids learns
+ * nothing and samples garbage). Unknown (no tokenizer files) or random data: nothing to compare.
+ * --force trains anyway, with a note. */
+static oz_status check_vocabulary(trainer *t, const char *model_dir, const char *model_tokenizer, oz_err *err) {
+    if (!model_dir || !model_dir[0] || !t->data.has_tokenizer) return OZ_OK;
+    char path[OZ_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/tokenizer.json", model_dir);
+    oz_tokenizer mt;
+    if (access(path, R_OK) == 0) OZ_TRY(oz_tokenizer_load(&mt, model_dir, err));
+    else if (strcmp(model_tokenizer, "byte") == 0) oz_tokenizer_byte(&mt);
+    else return OZ_OK;
+    uint64_t fm = oz_tokenizer_fingerprint(&mt), fd = oz_tokenizer_fingerprint(&t->data.tokenizer);
+    char what[2 * OZ_PATH_MAX + 256];
+    snprintf(what, sizeof what, "the model in %s (%s tokenizer, %d ids, vocabulary %016llx) and the data in %s (%s, %d ids, "
+             "%016llx) use different vocabularies", model_dir, oz_tokenizer_name(&mt), mt.vocab_size,
+             (unsigned long long)fm, t->opts.data, oz_tokenizer_name(&t->data.tokenizer), t->data.tokenizer.vocab_size,
+             (unsigned long long)fd);
+    oz_tokenizer_free(&mt);
+    if (fm == fd) return OZ_OK;
+    if (!t->opts.force) return oz_fail(err, OZ_ERR_INPUT, "%.700s: prepare the data with the model's tokenizer, or --force", what);
+    if (t->cb && t->cb->on_note) {
+        char line[sizeof what + 32];
+        snprintf(line, sizeof line, "warning: %s (--force)", what);
+        t->cb->on_note(t->cb->user, line);
+    }
+    return OZ_OK;
+}
+
 static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz_err *err) {
     const oz_train_opts *o = &t->opts;
     OZ_TRY(oz_train_opts_check(o, err));
@@ -371,6 +400,7 @@ static oz_status setup(trainer *t, const char *resume_dir, run_position *pos, oz
     const char *spec = resume_dir ? resume_dir : o->init[0] ? o->init : o->model;
     bool is_preset;
     OZ_TRY(oz_llama_resolve(spec, &t->cfg, t->tokenizer, &is_preset, err));
+    if (!is_preset) OZ_TRY(check_vocabulary(t, resume_dir ? resume_dir : o->init, t->tokenizer, err));
     int data_vocab = oz_dataset_vocab_size(&t->data);
     if (is_preset) {
         /* Presets are shapes: the vocabulary follows the data, the context follows --seq. */
@@ -704,6 +734,7 @@ oz_status oz_train(const oz_train_opts *opts, const char *resume_dir, const oz_t
         char copy[OZ_PATH_MAX];
         snprintf(copy, sizeof copy, "%s", resume_dir);
         snprintf(t.opts.out, sizeof t.opts.out, "%s", dirname(copy));
+        t.opts.force = opts && opts->force; /* this invocation's choice, not the saved run's */
         if (pos.step >= t.opts.steps)
             return oz_fail(err, OZ_ERR_INPUT, "%s: this run already finished (step %d of %d)", resume_dir,
                            pos.step, t.opts.steps);
@@ -712,6 +743,7 @@ oz_status oz_train(const oz_train_opts *opts, const char *resume_dir, const oz_t
         /* The run's model is the initial one (its name shows in the summary and the state). */
         if (t.opts.init[0]) snprintf(t.opts.model, sizeof t.opts.model, "%s", t.opts.init);
     }
+    t.cb = cb; /* setup's notes (a --force warning) */
     st = setup(&t, resume_dir, &pos, err);
     if (st == OZ_OK) st = run(&t, &pos, cb, result, err);
     teardown(&t);
