@@ -85,6 +85,12 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libounce.a tests/harness.h
 	@$(if $(V),,echo "  CC      $@")
 	$(Q)$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libounce.a $(LDFLAGS) $(LDLIBS)
 
+# The LD_PRELOAD shim tests/e2e.sh checks the commit order of every atomic write with.
+$(BUILD)/tests/commit_shim.so: tests/commit_shim.c
+	@mkdir -p $(dir $@)
+	@$(if $(V),,echo "  CC      $@")
+	$(Q)$(CC) -std=c11 -Wall -Wextra -Werror -Wno-format-truncation -D_GNU_SOURCE -O2 -shared -fPIC -o $@ $< -ldl
+
 # Development helpers (tools/*.c), e.g. build/tools/logits for tools/check_transformers.py.
 $(BUILD)/tools/%: tools/%.c $(BUILD)/libounce.a
 	@mkdir -p $(dir $@)
@@ -155,7 +161,7 @@ demo: deps
 test: deps
 	@sh tools/check_layers.sh
 	@$(MAKE) --no-print-directory cuda-check
-	@$(MAKE) --no-print-directory ounce $(TEST_BIN) $(BUILD)/tools/logits
+	@$(MAKE) --no-print-directory ounce $(TEST_BIN) $(BUILD)/tools/logits $(BUILD)/tests/commit_shim.so
 	@$(MAKE) --no-print-directory BUILD=build-san OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 		LDFLAGS="-fopenmp -fsanitize=address,undefined" build-san/ounce $(TEST_SRC:tests/%.c=build-san/tests/%)
 	@sh tests/run.sh $(BUILD) build-san

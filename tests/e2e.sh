@@ -75,6 +75,49 @@ check "metrics.jsonl logs each step once after a resume" \
 check "a resumed run removes what a killed one left" \
     sh -c "! ls -a '$T/run3' | grep -q -e '^\\.step-' -e '\\.old\\.'"
 
+# --- the commit order of every atomic write (an LD_PRELOAD shim logs fsync and rename): each file is
+# synced before it is renamed into place and its directory synced after, checkpoints and prunes included
+SHIM=${SHIM:-build/tests/commit_shim.so}
+case "$OUNCE" in
+*build-san*) skip 2 "the sanitizer build cannot take an LD_PRELOAD shim" ;;
+*)
+    if [ -f "$SHIM" ]; then
+        rm -f "$T/commit.log"
+        OZ_COMMIT_LOG="$T/commit.log" LD_PRELOAD="$PWD/$SHIM" $OUNCE train --data random:64 --model tiny --out "$T/commit" \
+            --steps 6 --batch 2 --seq 16 --save-every 2 --keep 1 --eval-every 0 >/dev/null 2>&1
+        check "the shim saw checkpoints written and pruned" sh -c "grep -q '^rename .*/step-4\$' '$T/commit.log' &&
+            grep -q '\.pruned\.' '$T/commit.log'"
+        # R1: a renamed path was synced before (prunes only move aside what is then deleted);
+        # R2: the destination's directory is synced before the next rename
+        check "every rename follows an fsync of its source and precedes one of its directory" awk '
+            function dir(p) { sub("/[^/]*$", "", p); return p }
+            $1 == "fsync" { synced[$2] = 1; if (pending != "" && $2 == pending) pending = "" }
+            $1 == "rename" {
+                if (pending != "") { print "unsynced directory " pending; bad = 1 }
+                if ($3 ~ /\.pruned\./) { pending = ""; next }
+                if (!($2 in synced)) { print "renamed before its fsync: " $2; bad = 1 }
+                pending = dir($3)
+            }
+            END { if (pending != "") { print "unsynced directory " pending; bad = 1 } exit bad }' "$T/commit.log"
+    else
+        skip 2 "no $SHIM (make test builds it)"
+    fi
+    ;;
+esac
+
+# --- a save that fails partway (the file-size limit: EFBIG) is the environment's failure, exit 1, one
+# line; it leaves no step-N and nothing hidden, and the checkpoint before it byte for byte
+$OUNCE train --data random:64 --model tiny --out "$T/fsz" --steps 6 --batch 2 --seq 16 --save-every 2 --keep 0 \
+    --eval-every 0 >/dev/null 2>&1
+rm -rf "$T/fsz/step-4" "$T/fsz/step-6"
+cksum "$T/fsz/step-2/"* >"$T/fsz.before"
+sh -c "trap '' XFSZ; ulimit -f 150; exec $OUNCE train --resume '$T/fsz/step-2'" >/dev/null 2>"$T/fsz.err"
+rc=$?
+check "a save beyond the file-size limit fails with exit 1 and one line (rc $rc)" \
+    sh -c "test $rc -eq 1 && test \$(wc -l <'$T/fsz.err') -eq 1 && grep -q 'File too large' '$T/fsz.err'"
+check "the failed save left no step-4 and nothing hidden" sh -c "! ls -a '$T/fsz' | grep -q -e '^step-4' -e '^\\.step-'"
+check "the failed save left the checkpoint before it intact" sh -c "cksum '$T/fsz/step-2/'* | cmp -s - '$T/fsz.before'"
+
 # --- one run per output directory: a second run on it fails at once, the first goes on
 $OUNCE train --data "$T/data" --out "$T/busy" --model tiny --steps 1000000 --batch 4 --seq 64 --threads 1 \
     --eval-every 0 --log-every 1000000 >/dev/null 2>&1 &
