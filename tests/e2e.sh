@@ -75,6 +75,27 @@ check "metrics.jsonl logs each step once after a resume" \
 check "a resumed run removes what a killed one left" \
     sh -c "! ls -a '$T/run3' | grep -q -e '^\\.step-' -e '\\.old\\.'"
 
+# --- TensorBoard event files: every step's loss once, also after the resume (tools/tfdump.c reads them)
+TFDUMP=${TFDUMP:-build/tools/tfdump}
+if [ -x "$TFDUMP" ]; then
+    check "train writes an event file" sh -c "ls '$T/run1' | grep -q '^events\.out\.tfevents\.[0-9]*\.'"
+    "$TFDUMP" "$T/run1" >"$T/tf1" 2>&1
+    check "event file: loss, lr, grad norm, tokens/s, memory at 40 steps, val loss at 2" sh -c "
+        for tag in train/loss train/lr train/grad_norm train/tokens_per_s memory/peak_mib/total; do
+            test \$(awk -v t=\$tag '\$2==t' '$T/tf1' | wc -l) -eq 40 || exit 1; done
+        test \$(awk '\$2==\"val/loss\"' '$T/tf1' | wc -l) -eq 2"
+    awk '$2=="train/loss" { print $1, $3 }' "$T/tf1" >"$T/tfl"
+    losses 1 40 "$T/run1/metrics.jsonl" >"$T/ml"
+    check "event file's losses are metrics.jsonl's (as floats)" sh -c "paste -d ' ' '$T/tfl' '$T/ml' |
+        awk '{ d = \$2 - \$4; if (\$1 != \$3 || d > 1e-5 || d < -1e-5) bad = 1; n++ } END { exit bad || n != 40 }'"
+    "$TFDUMP" "$T/run3" >"$T/tf3" 2>&1
+    tfsteps=$(awk '$2=="train/loss" {print $1}' "$T/tf3")
+    check "event files log each step once after a resume" \
+        test "$(echo "$tfsteps" | wc -l)" -eq 40 -a -z "$(echo "$tfsteps" | sort -n | uniq -d)"
+else
+    skip 4 "$TFDUMP not built"
+fi
+
 # --- the commit order of every atomic write (an LD_PRELOAD shim logs fsync and rename): each file is
 # synced before it is renamed into place and its directory synced after, checkpoints and prunes included
 SHIM=${SHIM:-build/tests/commit_shim.so}
