@@ -96,6 +96,18 @@ else
     skip 4 "$TFDUMP not built"
 fi
 
+# --- ounce report: one self-contained HTML page of runs' curves, or one SVG chart
+check "report on two runs" sh -c "$OUNCE report '$T/run1' '$T/run3' --out '$T/report.html' >'$T/report.log' &&
+    grep -q '^wrote .*report.html (2 runs, 80 steps)' '$T/report.log' &&
+    test \$(grep -c '<svg' '$T/report.html') -eq 8 && grep -q '</html>' '$T/report.html' &&
+    ! grep -q -e '<script' -e 'https\?://' '$T/report.html'"
+check "report --format svg --metric loss" sh -c "$OUNCE report '$T/run1' --format svg --metric loss --out '$T/loss.svg' >/dev/null &&
+    grep -q 'xmlns=\"http://www.w3.org/2000/svg\"' '$T/loss.svg' && test \$(grep -c '<g class=\"series\"' '$T/loss.svg') -eq 1"
+expect_error "report: a run directory that does not exist" "no such run directory" $OUNCE report "$T/no-such-run" --out "$T/r.html"
+expect_error "report: a directory that is no run" "no metrics.jsonl" $OUNCE report "$T/data" --out "$T/r.html"
+expect_error "report: an unknown --metric" "not a chart" $OUNCE report "$T/run1" --format svg --metric nonsense --out "$T/r.svg"
+expect_error "report: no --out" "out is required" $OUNCE report "$T/run1"
+
 # --- the commit order of every atomic write (an LD_PRELOAD shim logs fsync and rename): each file is
 # synced before it is renamed into place and its directory synced after, checkpoints and prunes included
 SHIM=${SHIM:-build/tests/commit_shim.so}
