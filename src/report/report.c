@@ -242,7 +242,7 @@ static const chart_def charts[] = {
 };
 #define NCHARTS (int)(sizeof charts / sizeof charts[0])
 
-enum { W = 580, H = 330, ML = 64, MR = 16, MT = 40, MB = 44 };
+enum { W = 560, H = 320, ML = 64, MR = 16, MT = 40, MB = 44 };
 
 typedef struct {
     double x0, x1, y0, y1;
@@ -322,7 +322,7 @@ static void legend(sb *b, int *x, const char *color, const char *name) {
     sbf(b, "<text x=\"%d\" y=\"32\" font-size=\"11\">", *x + 16);
     sbesc(b, name);
     sbf(b, "</text></g>\n");
-    *x += 24 + 7 * (int)strlen(name);
+    *x += 26 + 6 * (int)strlen(name);
 }
 
 /* A polyline through finite points, broken at missing ones; long series are thinned. */
@@ -344,9 +344,11 @@ static void path(sb *b, const box *bx, const double *xs, const double *ys, size_
     sbf(b, "\"/>\n");
 }
 
-/* TensorBoard's smoothing: an exponential moving average, debiased at the start. */
+/* TensorBoard's smoothing: an exponential moving average, debiased at the start. Its lag is about
+ * w / (1 - w) points: here 1% of the series, so a short run's fast early fall is not smeared. */
 static void smooth(const double *ys, size_t stride, size_t n, double *out) {
-    double w = n > 200 ? 0.95 : n > 40 ? 0.9 : 0.6, acc = 0, norm = 0;
+    double w = 1 - 1 / (1 + n / 100.0), acc = 0, norm = 0;
+    w = w < 0.6 ? 0.6 : w > 0.98 ? 0.98 : w;
     for (size_t i = 0; i < n; i++) {
         double y = ys[i * stride];
         if (!isfinite(y)) {
@@ -517,6 +519,10 @@ static void settings_table(sb *b, oz_report_run *const *runs, int n) {
         }
     }
     sbf(b, "</tbody>\n</table>\n");
+    int any = 0;
+    for (int r = 0; r < n; r++) any |= runs[r]->options != NULL;
+    if (!any)
+        sbf(b, "<p class=\"note\">No trainer_state.json yet: a run writes one with each checkpoint and at its end.</p>\n");
 }
 
 static void summary_table(sb *b, oz_report_run *const *runs, int n) {
@@ -544,7 +550,7 @@ static void summary_table(sb *b, oz_report_run *const *runs, int n) {
 static const char css[] =
     "body{font-family:sans-serif;margin:24px;color:#222;background:#f6f6f6}"
     "h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:24px 0 8px}"
-    ".charts{display:flex;flex-wrap:wrap;gap:12px}"
+    ".charts{display:flex;flex-wrap:wrap;gap:12px;margin-top:14px}"
     ".charts svg{background:#fff;border:1px solid #ddd;border-radius:4px}"
     "table{border-collapse:collapse;background:#fff;font-size:13px}"
     "td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}"
@@ -559,8 +565,8 @@ oz_status oz_report_html(oz_report_run *const *runs, int n, char **out, size_t *
         sbesc(&b, runs[r]->name);
     }
     sbf(&b, "</title>\n<style>%s</style>\n</head>\n<body>\n<h1>ounce report</h1>\n", css);
-    sbf(&b, "<p class=\"note\">%d run%s, read from metrics.jsonl; smoothed lines are TensorBoard's debiased "
-            "exponential moving average over the faint raw ones. Training time is the sum of the steps' times "
+    sbf(&b, "<p class=\"note\">%d run%s, read from metrics.jsonl; smoothed lines are a debiased "
+            "exponential moving average (as TensorBoard's) over the faint raw ones. Training time is the sum of the steps' times "
             "(evaluations and saves excluded).</p>\n",
         n, n == 1 ? "" : "s");
     summary_table(&b, runs, n);
