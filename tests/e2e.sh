@@ -101,7 +101,7 @@ check "report on two runs" sh -c "$OUNCE report '$T/run1' '$T/run3' --out '$T/re
     grep -q '^wrote .*report.html (2 runs, 80 steps)' '$T/report.log' &&
     test \$(grep -c '<svg' '$T/report.html') -eq 8 && grep -q '</html>' '$T/report.html' &&
     ! grep -q -e '<script' -e 'https\?://' '$T/report.html'"
-check "report --format svg --metric loss" sh -c "$OUNCE report '$T/run1' --format svg --metric loss --out '$T/loss.svg' >/dev/null &&
+check "report --format svg --metric loss (the run after the flags)" sh -c "$OUNCE report --format svg --metric loss --out '$T/loss.svg' '$T/run1' >/dev/null &&
     grep -q 'xmlns=\"http://www.w3.org/2000/svg\"' '$T/loss.svg' && test \$(grep -c '<g class=\"series\"' '$T/loss.svg') -eq 1"
 expect_error "report: a run directory that does not exist" "no such run directory" $OUNCE report "$T/no-such-run" --out "$T/r.html"
 expect_error "report: a directory that is no run" "no metrics.jsonl" $OUNCE report "$T/data" --out "$T/r.html"

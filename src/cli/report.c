@@ -21,17 +21,33 @@ int oz_cmd_report(int argc, char **argv) {
     const int n_args = (int)(sizeof args / sizeof args[0]);
     const char *summary = "Draw run directories' curves (loss, validation, lr, gradient norm, throughput, memory) "
                           "as one HTML file with inline SVG: ounce report RUN [RUN...] --out report.html";
-    /* The runs come first, then the flags. */
-    int nruns = 0;
-    while (nruns < argc && strncmp(argv[nruns], "--", 2) != 0) nruns++;
-    int rc = oz_args_parse("report", summary, args, n_args, argc - nruns, argv + nruns);
+    /* Runs anywhere among the flags: every flag here takes a value, so a word that is neither a
+     * flag nor a flag's value is a run. */
+    char *runs_arg[MAX_RUNS], **flags = malloc((size_t)(argc + 1) * sizeof *flags);
+    if (!flags) {
+        fprintf(stderr, "ounce report: out of memory\n");
+        return 1;
+    }
+    int nruns = 0, nflags = 0;
+    for (int i = 0; i < argc; i++) {
+        if (argv[i][0] == '-') {
+            flags[nflags++] = argv[i];
+            if (strchr(argv[i], '=') == NULL && i + 1 < argc && strcmp(argv[i], "--help") != 0 &&
+                strcmp(argv[i], "-h") != 0)
+                flags[nflags++] = argv[++i];
+        } else if (nruns < MAX_RUNS) {
+            runs_arg[nruns++] = argv[i];
+        } else {
+            free(flags);
+            fprintf(stderr, "ounce report: more than %d runs; at most %d fit one report\n", MAX_RUNS, MAX_RUNS);
+            return 2;
+        }
+    }
+    int rc = oz_args_parse("report", summary, args, n_args, nflags, flags);
+    free(flags);
     if (rc) return rc == 1 ? 0 : 2;
     if (nruns == 0) {
         fprintf(stderr, "ounce report: name at least one run directory (ounce report RUN [RUN...] --out FILE)\n");
-        return 2;
-    }
-    if (nruns > MAX_RUNS) {
-        fprintf(stderr, "ounce report: %d runs; at most %d fit one report\n", nruns, MAX_RUNS);
         return 2;
     }
     if (!out[0]) {
@@ -45,7 +61,7 @@ int oz_cmd_report(int argc, char **argv) {
     oz_report_run *runs[MAX_RUNS] = {0};
     oz_err err = {0};
     oz_status st = OZ_OK;
-    for (int i = 0; i < nruns && st == OZ_OK; i++) st = oz_report_load(&runs[i], argv[i], &err);
+    for (int i = 0; i < nruns && st == OZ_OK; i++) st = oz_report_load(&runs[i], runs_arg[i], &err);
     char *text = NULL;
     size_t len = 0;
     if (st == OZ_OK)
