@@ -158,6 +158,13 @@ check "bf16: planned peak equals measured" cmp -s "$T/planned" "$T/measured"
 bf_eval=$($OUNCE eval --model "$T/run1" --data "$T/data" --seq 64 --precision bf16 --json | tail -n 1 | sed -E 's/.*"loss":([^,]+).*/\1/')
 fp_eval=$(tail -n 1 "$T/eval.log" | sed -E 's/.*"loss":([^,]+).*/\1/')
 check "bf16: eval within 1% of fp32's ($bf_eval vs $fp_eval)" awk -v a="$bf_eval" -v b="$fp_eval" 'BEGIN{d=a-b; if(d<0)d=-d; exit !(d < 0.01 * b)}'
+# GaLore's immediate updates (the embedding and head whole in bf16) and 8-bit AdamW per layer
+for GAL in "--optim galore --rank 8 --update-gap 3 --clip 0" "--optim adamw8bit --per-layer-update on"; do
+    check "bf16 $GAL: trains" sh -c "$OUNCE train --data '$T/data' --out '$T/bfo' $TRAIN --steps 10 --eval-every 0 --seed 4 $GAL --precision bf16 --json >'$T/bfo.log'"
+    $OUNCE memory --model tiny --vocab 258 --batch 4 --seq 64 $GAL --precision bf16 --json | tail -n 1 | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/planned"
+    tail -n 1 "$T/bfo.log" | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/measured"
+    check "bf16 $GAL: planned peak equals measured" cmp -s "$T/planned" "$T/measured"
+done
 expect_error "bf16: qgalore refused" "precision bf16 does not support INT8" $OUNCE train --data "$T/data" --out "$T/bfq" $TRAIN --precision bf16 --optim qgalore
 expect_error "bf16: --mini-seq refused" "precision bf16 does not support mini-sequences" $OUNCE memory --model tiny --precision bf16 --mini-seq 2
 expect_error "bf16: an unknown precision refused" "precision fp16 is not known" $OUNCE train --data "$T/data" --out "$T/bfq" $TRAIN --precision fp16
