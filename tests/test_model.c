@@ -1822,12 +1822,12 @@ static void test_low_rank_checkpoint(void) {
  * per tensor, errors are a few bf16 ulps (2^-8 relative each) compounded through two layers. */
 typedef struct {
     double loss_rel, logits_rel, grad_rel; /* |loss| relative error; max|err|/max|ref| of logits, worst gradient */
-    const char *worst;                      /* the tensor of the worst gradient */
+    char worst[96];                         /* the tensor of the worst gradient */
 } bf16_errors;
 
 static bf16_errors bf16_against_fp32(const oz_llama_config *c, const float *init, const int32_t *ids,
                                      const int32_t *targets, int B, int T, bool print) {
-    bf16_errors e = {0, 0, 0, ""};
+    bf16_errors e = {0, 0, 0, {0}};
     oz_err err = {0};
     size_t N = (size_t)B * T, V = (size_t)c->vocab_size;
     float *logits[2] = {malloc(N * V * sizeof(float)), malloc(N * V * sizeof(float))}, *grads[2] = {NULL, NULL};
@@ -1873,7 +1873,10 @@ static bf16_errors bf16_against_fp32(const oz_llama_config *c, const float *init
             }
             double rel = ref > 0 ? diff / ref : diff;
             if (print) fprintf(stderr, "       %-48s %.2e\n", p->name, rel);
-            if (!(rel <= e.grad_rel)) e.grad_rel = rel, e.worst = p->name;
+            if (!(rel <= e.grad_rel)) {
+                e.grad_rel = rel;
+                snprintf(e.worst, sizeof e.worst, "%s", p->name);
+            }
         }
     }
     free(logits[0]);
