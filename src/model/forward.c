@@ -4,7 +4,8 @@
  * Per layer l the forward keeps what the backward needs: the layer input x[l], the two norm outputs
  * and their 1/rms, q/k (after RoPE), v, the attention output and its log-sum-exp, the residual h
  * after attention, and gate/up/silu(gate)*up. The backward overwrites gate/up with their gradients
- * (they are dead by then), so no second (N, intermediate) buffer is needed. */
+ * (they are dead by then), so no second (N, intermediate) buffer is needed. With --precision bf16
+ * the same model runs in forward_bf16.c (dispatched from the two entry points at the end). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -129,7 +130,6 @@ layer_grads oz_ll_layer_grads(oz_llama *m, int l) {
     return g;
 }
 
-
 /* ---- one linear map y = x W^T, dense or through the factors */
 
 /* t (rows, r) = x (rows, in) A_r^T: the low-rank intermediate. */
@@ -219,8 +219,8 @@ oz_status oz_ll_check_batch(const oz_llama *m, const oz_llama_batch *b, oz_err *
 oz_ll_dims oz_ll_dims_of(const oz_llama *m, int B, int T) {
     const oz_llama_config *c = &m->cfg;
     oz_ll_dims g = {B, T, B * T, c->hidden_size, c->intermediate_size, c->vocab_size, c->head_dim,
-              c->num_attention_heads, c->num_key_value_heads, c->num_attention_heads * c->head_dim,
-              c->num_key_value_heads * c->head_dim, c->num_hidden_layers};
+                    c->num_attention_heads, c->num_key_value_heads, c->num_attention_heads * c->head_dim,
+                    c->num_key_value_heads * c->head_dim, c->num_hidden_layers};
     return g;
 }
 
