@@ -16,8 +16,11 @@ int oz_cli_report(const char *command, const oz_err *err) {
 }
 
 oz_status oz_cli_model_open(oz_cli_model *cm, const char *dir, int batch, int seq, int threads, const char *device,
-                            oz_err *err) {
+                            const char *precision, oz_err *err) {
     memset(cm, 0, sizeof *cm);
+    int prec = OZ_PREC_FP32;
+    if (precision && !oz_precision_parse(precision, &prec))
+        return oz_fail(err, OZ_ERR_INPUT, "--precision %s is not known (choose: " OZ_PRECISION_NAMES ")", precision);
     OZ_TRY(oz_backend_open(&cm->be, device, threads, err));
     cm->be_ready = true;
     oz_arena_init(&cm->arena, cm->be.allocator);
@@ -27,7 +30,7 @@ oz_status oz_cli_model_open(oz_cli_model *cm, const char *dir, int batch, int se
     oz_llama_config cfg;
     OZ_TRY(oz_config_read(path, &cfg, cm->tokenizer_name, err));
     if (seq <= 0 || seq > cfg.max_position_embeddings) seq = cfg.max_position_embeddings;
-    oz_llama_shape shape = {.batch = batch, .seq = seq};
+    oz_llama_shape shape = {.batch = batch, .seq = seq, .precision = prec, .cuda = oz_backend_is_cuda(device)};
     OZ_TRY(oz_llama_load(&cm->model, dir, &cm->be, &cm->arena, shape, NULL, err));
     cm->seq = seq;
     /* A tokenizer.json beside the weights (copied from the data by the trainer, or an HF

@@ -409,10 +409,11 @@ static oz_status run(trainer *t, oz_run_position *pos, const oz_train_callbacks 
         char line[1600];
         snprintf(line, sizeof line,
                  "model %s: %lld parameters, %lld trainable (vocab %d, hidden %d, layers %d, heads %d/%d kv); steps %d, "
-                 "batch %d x seq %d x accum %d = %ld tokens/step; %s on %s, %d threads%s",
+                 "batch %d x seq %d x accum %d = %ld tokens/step; %s%s on %s, %d threads%s",
                  o->model, res->params, res->trainable, t->cfg.vocab_size, t->cfg.hidden_size, t->cfg.num_hidden_layers,
                  t->cfg.num_attention_heads, t->cfg.num_key_value_heads, o->steps, B, T, o->grad_accum,
-                 tokens_per_step, o->optim, o->device, t->be.threads, pos->step ? " (resumed)" : "");
+                 tokens_per_step, o->optim, strcmp(o->precision, "fp32") ? " in bf16" : "", o->device, t->be.threads,
+                 pos->step ? " (resumed)" : "");
         cb->on_start(cb->user, line);
     }
 
