@@ -435,6 +435,21 @@ static void check_attention(int B, int T, int Hq, int Hkv, int hd) {
     static const char *const names[4] = {"out", "dq", "dk", "dv"};
     for (int t = 0; t < 4; t++) {
         uint16_t *g = (uint16_t *)dget(got[t], n[t] * 2);
+        if (T == 1 && (t == 1 || t == 2)) {
+            /* One key: the softmax is 1 whatever the scores, so dq = dk = 0 exactly. cuDNN's path
+             * (cuda_sdpa's own T = 1 kernels) gives zeros; the CPU's fp32 op leaves rounding noise
+             * (dout.v - dout.out), which a relative metric against it would call a 100% error. */
+            double gmax = 0, rmax = 0;
+            for (size_t i = 0; i < n[t]; i++) {
+                gmax = fmax(gmax, fabs((double)oz_bf16_to_f32(g[i])));
+                rmax = fmax(rmax, fabs((double)oz_bf16_to_f32(ref[t][i])));
+            }
+            CHECK(gmax == 0 && rmax < 1e-3, "%s %s: one key gives nonzero gradients (GPU %.3g, CPU %.3g)", what,
+                  names[t], gmax, rmax);
+            printf("    %-4s zero (CPU noise %.2e)\n", names[t], rmax);
+            free(g);
+            continue;
+        }
         const double e = rel_err(g, ref[t], 1, 1, n[t], n[t]);
         CHECK(e <= TOL_ATT, "%s %s: relative error %.3g > %.3g", what, names[t], e, TOL_ATT);
         printf("    %-4s rel %.2e\n", names[t], e);
