@@ -8,9 +8,10 @@ ounce did not write. Only this generator needs Python; the tests read the commit
       values the gguf package dequantizes them to (F32, under the same names); metadata of every
       value type. The first six types are quantized by the package from random values; the
       K-quants, which the package only decodes, are random blocks with sane scales.
-  gqa_linear_f32.gguf, tied_bf16.gguf, gqa_linear_q8_0.gguf
+  gqa_linear_f32.gguf, tied_bf16.gguf, llama3_f16.gguf, gqa_linear_q8_0.gguf
       the Hugging Face fixtures of tests/fixtures/hf converted as llama.cpp's convert_hf_to_gguf
-      does it (tensor names, q/k rows permuted for interleaved rotary pairs, llama.* keys), so
+      does it (tensor names, q/k rows permuted for interleaved rotary pairs, llama.* keys, Llama
+      3.1's rope scaling as a rope_freqs tensor), so
       ounce's logits can be compared with transformers' (tests/fixtures/hf/*/expected.safetensors).
   tok_gpt2.gguf, tok_llama3.gguf, tok_llama2.gguf
       tokenizer metadata only, from tests/fixtures/tokenizers: byte-level BPE with merges
@@ -196,10 +197,31 @@ def gen_model(src, out_name, qtype):
     if scaling.get("rope_type") == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(scaling["factor"])
+    extra = {}
+    if scaling.get("rope_type") == "llama3":
+        # llama.cpp's converter: Llama 3.1's scaling as per-frequency divisors in rope_freqs.weight.
+        base, factor = rp.get("rope_theta", cfg.get("rope_theta", 10000.0)), scaling["factor"]
+        low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+        old = scaling["original_max_position_embeddings"]
+        freqs = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+        out = []
+        for f in freqs:
+            wavelen = 2 * np.pi / f
+            if wavelen < old / high:
+                out.append(1.0)
+            elif wavelen > old / low:
+                out.append(factor)
+            else:
+                smooth = (old / wavelen - low) / (high - low)
+                out.append(1 / ((1 - smooth) / factor + smooth))
+        extra["rope_freqs.weight"] = np.array(out, dtype=np.float32)
+        w.add_rope_scaling_orig_ctx_len(old)
     w.add_vocab_size(cfg["vocab_size"])
-    w.add_file_type({Q.F32: 0, Q.BF16: 32, Q.Q8_0: 7}[qtype])
+    w.add_file_type({Q.F32: 0, Q.F16: 1, Q.BF16: 32, Q.Q8_0: 7}[qtype])
     if qtype != Q.F32:
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    for name, a in extra.items():
+        w.add_tensor(name, a)
     for name in sorted(tensors, key=lambda n: (n.count("layers"), n)):
         a = tensors[name]
         if name.endswith("q_proj.weight"):
@@ -208,7 +230,7 @@ def gen_model(src, out_name, qtype):
             a = permute(a, kv)
         if a.ndim == 1 or qtype == Q.F32:  # norms stay F32, as llama.cpp keeps them
             w.add_tensor(gguf_name(name), a.astype(np.float32))
-        elif a.shape[-1] % 32 != 0:  # rows that are not whole blocks: F16, llama.cpp's fallback
+        elif qtype == Q.F16 or a.shape[-1] % 32 != 0:  # F16 also llama.cpp's fallback for partial blocks
             w.add_tensor(gguf_name(name), a.astype(np.float16))
         else:
             w.add_tensor(gguf_name(name), gguf.quants.quantize(a, qtype), raw_dtype=qtype)
@@ -289,6 +311,7 @@ def main():
     gen_model("gqa_linear_f32", "gqa_linear_f32.gguf", Q.F32)
     gen_model("gqa_linear_f32", "gqa_linear_q8_0.gguf", Q.Q8_0)
     gen_model("tied_bf16", "tied_bf16.gguf", Q.BF16)
+    gen_model("llama3_sharded_f16", "llama3_f16.gguf", Q.F16)
     gen_tokenizer("gpt2", "tok_gpt2.gguf")
     gen_tokenizer("llama3", "tok_llama3.gguf")
     gen_tokenizer("llama2", "tok_llama2.gguf")

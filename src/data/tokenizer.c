@@ -84,11 +84,14 @@ oz_status oz_tokenizer_from_gguf(oz_tokenizer *tok, const oz_gguf *g, oz_err *er
     tok->type = OZ_TOK_HF;
     tok->bpe = b;
     tok->vocab_size = oz_bpe_vocab_size(b);
-    /* The file's own ids, not the loader's guesses from token names. */
+    /* The file's own ids where it names them; else the loader's guesses from the template and the
+     * usual token names, as for a tokenizer.json without tokenizer_config.json. */
     uint64_t v;
     const oz_gguf_kv *tk = oz_gguf_find(g, "tokenizer.ggml.tokens");
-    tok->bos_id = oz_gguf_get_uint(oz_gguf_find(g, "tokenizer.ggml.bos_token_id"), &v) && v < tk->n ? (int32_t)v : -1;
-    tok->eos_id = oz_gguf_get_uint(oz_gguf_find(g, "tokenizer.ggml.eos_token_id"), &v) && v < tk->n ? (int32_t)v : -1;
+    tok->bos_id = oz_gguf_get_uint(oz_gguf_find(g, "tokenizer.ggml.bos_token_id"), &v) && v < tk->n ? (int32_t)v
+                                                                                                    : oz_bpe_bos(b);
+    tok->eos_id = oz_gguf_get_uint(oz_gguf_find(g, "tokenizer.ggml.eos_token_id"), &v) && v < tk->n ? (int32_t)v
+                                                                                                    : oz_bpe_eos(b);
     return OZ_OK;
 }
 

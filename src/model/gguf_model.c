@@ -112,7 +112,16 @@ static oz_status read_rope_freqs(const oz_gguf *g, oz_llama_config *cfg, oz_err 
             return st;
         }
     }
-    static const int originals[] = {8192, 4096, 2048, 16384, 32768, 65536, 131072};
+    /* Llama 3.1 and 3.2 use factors 1 and 4 around 8192 original positions; a file that records
+     * its original context length is tried with that. */
+    int originals[] = {8192, 8192, 4096, 2048, 16384, 32768, 65536, 131072};
+    int orig_key = 0;
+    if (oz_gguf_find(g, "llama.rope.scaling.original_context_length") &&
+        (st = int_key(g, "llama.rope.scaling.original_context_length", 1, 0, 1, 1 << 30, &orig_key, err)) != OZ_OK) {
+        free(f);
+        return st;
+    }
+    if (orig_key) originals[0] = orig_key;
     int found = 0;
     for (size_t k = 0; k < (have ? 1 : sizeof originals / sizeof originals[0]) && !found; k++) {
         if (!have) {
