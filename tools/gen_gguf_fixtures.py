@@ -18,6 +18,8 @@ ounce did not write. Only this generator needs Python; the tests read the commit
       (tokenizer.ggml.model "gpt2", pre "gpt2" / "llama-bpe") and a SentencePiece vocabulary with
       scores and token types ("llama"); their encodings must equal the tokenizers library's
       (tests/fixtures/tokenizers/expected.json).
+  q2_k.gguf
+      a tensor of a type ounce does not read, for the error path.
 
 Run from the repository root: python3 tools/gen_gguf_fixtures.py
 """
@@ -304,6 +306,16 @@ def gen_tokenizer(src, out_name):
     w.close()
 
 
+def gen_unsupported_type(rng):
+    """A tensor of a type ounce does not decode (Q2_K): refused when the file is opened."""
+    w = gguf.GGUFWriter(os.path.join(OUT, "q2_k.gguf"), arch="llama")
+    w.add_tensor("token_embd.weight", rng.integers(0, 256, (2, 84), dtype=np.uint8), raw_dtype=Q.Q2_K)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     rng = np.random.default_rng(17)
@@ -312,6 +324,7 @@ def main():
     gen_model("gqa_linear_f32", "gqa_linear_q8_0.gguf", Q.Q8_0)
     gen_model("tied_bf16", "tied_bf16.gguf", Q.BF16)
     gen_model("llama3_sharded_f16", "llama3_f16.gguf", Q.F16)
+    gen_unsupported_type(rng)
     gen_tokenizer("gpt2", "tok_gpt2.gguf")
     gen_tokenizer("llama3", "tok_llama3.gguf")
     gen_tokenizer("llama2", "tok_llama2.gguf")
