@@ -460,6 +460,15 @@ check "eval --text: the same loss from the BPE model's GGUF" sh -c "[ \"\$($OUNC
 check "tokenize --model FILE.gguf gives the model's ids" sh -c "$OUNCE tokenize --model '$T/hfrun.gguf' --text '$T/hftext.txt' | cmp -s - '$T/ids_model'"
 check "train --init from a GGUF; its checkpoints carry tokenizer.json" sh -c "$OUNCE train --init '$T/hfrun.gguf' --data '$T/hfdata' --out '$T/ggft' --steps 2 --batch 2 --seq 32 --eval-every 0 >/dev/null && test -s '$T/ggft/tokenizer.json'"
 check "prepare --tokenizer FILE.gguf" sh -c "$OUNCE prepare --input '$T/hftext.txt' --out '$T/ggdata' --tokenizer '$T/hfrun.gguf' >/dev/null && test -s '$T/ggdata/tokenizer.json'"
+# The gguf package (what llama.cpp's tools read GGUF with) reads ounce's files: keys, types, tensors.
+if python3 -c "import gguf, numpy" 2>/dev/null; then
+    for pair in run1.gguf:run1 run1_q8.gguf:run1 hfrun.gguf:hfrun; do
+        g=${pair%%:*} d=${pair#*:}
+        check "the gguf package reads $g with the weights of $d" sh -c "python3 tools/check_gguf.py '$T/$g' '$T/$d' >'$T/cg.log' 2>&1 || { cat '$T/cg.log'; false; }"
+    done
+else
+    skip 3 "the gguf Python package not installed"
+fi
 head -c 2000 "$T/run1.gguf" >"$T/trunc.gguf"
 expect_error "truncated GGUF" "truncated" $OUNCE eval --model "$T/trunc.gguf" --data "$T/data"
 cp "$T/run1.gguf" "$T/arch.gguf" && printf 'bloom' | dd of="$T/arch.gguf" bs=1 seek=64 conv=notrunc 2>/dev/null
