@@ -53,7 +53,7 @@ int oz_cmd_eval(int argc, char **argv) {
     int seq = 0, batch = 4, threads = 0, max_batches = 0;
     bool json = false, force = false;
     oz_arg args[] = {
-        {"model", OZ_ARG_STR, model, sizeof model, "model directory (config.json + model.safetensors)", 0},
+        {"model", OZ_ARG_STR, model, sizeof model, "model directory (config.json + model.safetensors) or a .gguf file", 0},
         {"data", OZ_ARG_STR, data, sizeof data, "prepared data directory: evaluate its validation split", 0},
         {"text", OZ_ARG_STR, text_path, sizeof text_path, "or a text file, tokenized with the model's tokenizer (its template, e.g. BOS, included)", 0},
         {"seq", OZ_ARG_INT, &seq, 0, "window length [the model's max_position_embeddings, at most 1024]", 0},

@@ -52,7 +52,7 @@ int oz_cmd_sample(int argc, char **argv) {
     float temperature = 0.8f, top_p = 0.95f;
     uint64_t seed = 1;
     oz_arg args[] = {
-        {"model", OZ_ARG_STR, model, sizeof model, "model directory (config.json + model.safetensors)", 0},
+        {"model", OZ_ARG_STR, model, sizeof model, "model directory (config.json + model.safetensors) or a .gguf file", 0},
         {"prompt", OZ_ARG_STR, prompt, sizeof prompt, "text to continue [empty]", 0},
         {"tokens", OZ_ARG_INT, &tokens, 0, "tokens to generate [200]", 0},
         {"temperature", OZ_ARG_FLOAT, &temperature, 0, "softmax temperature, 0 = greedy [0.8]", 0},

@@ -69,7 +69,7 @@ int oz_cmd_train(int argc, char **argv) {
         {"model", OZ_ARG_STR, o.model, sizeof o.model,
          "preset (tiny, demo, 60m, 130m, 350m, 1b, 7b, llama3-8b), config.json, or a directory with one [demo]", 0},
         {"init", OZ_ARG_STR, o.init, sizeof o.init,
-         "start from this model directory's weights and config (ours or Hugging Face's; sharded, f32/f16/bf16) with a fresh optimizer; replaces --model", 0},
+         "start from this model directory's weights and config (ours or Hugging Face's; sharded, f32/f16/bf16), or a .gguf file's, with a fresh optimizer; replaces --model", 0},
         {"welore", OZ_ARG_FLAG, &o.welore, 0,
          "fine-tune a low-rank model (ounce compress) WeLore's way: only its factors and norms train; embedding, head and dense matrices are frozen", 0},
         {"out", OZ_ARG_STR, o.out, sizeof o.out, "output directory (required)", 0},

@@ -19,7 +19,9 @@
 
 #include "backend/backend.h"
 #include "data/loader.h"
+#include "data/tokenizer_gguf.h"
 #include "io/atomic.h"
+#include "io/gguf.h"
 #include "model/hf_model.h"
 #include "model/llama.h"
 #include "numeric/subspace.h"
@@ -189,7 +191,10 @@ static oz_status check_vocabulary(trainer *t, const char *model_dir, const char 
     char path[OZ_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/tokenizer.json", model_dir);
     oz_tokenizer mt;
-    if (access(path, R_OK) == 0) OZ_TRY(oz_tokenizer_load(&mt, model_dir, err));
+    if (oz_gguf_is_file(model_dir)) {
+        if (!model_tokenizer[0]) return OZ_OK; /* a GGUF without a tokenizer: nothing to compare */
+        OZ_TRY(oz_tokenizer_load(&mt, model_dir, err));
+    } else if (access(path, R_OK) == 0) OZ_TRY(oz_tokenizer_load(&mt, model_dir, err));
     else if (strcmp(model_tokenizer, "byte") == 0) oz_tokenizer_byte(&mt);
     else return OZ_OK;
     uint64_t fm = oz_tokenizer_fingerprint(&mt), fd = oz_tokenizer_fingerprint(&t->data.tokenizer);
@@ -254,7 +259,17 @@ static oz_status setup(trainer *t, const char *resume_dir, oz_run_position *pos,
         if (!sources[i] || !sources[i][0]) continue;
         char path[OZ_PATH_MAX + 32];
         snprintf(path, sizeof path, "%s/tokenizer.json", sources[i]);
-        if (access(path, R_OK) == 0) snprintf(t->tokenizer_dir, sizeof t->tokenizer_dir, "%s", sources[i]);
+        /* A GGUF's tokenizer is written out as tokenizer.json (oz_copy_hf_side_files). */
+        int gguf_tok = 0;
+        if (oz_gguf_is_file(sources[i])) {
+            oz_gguf g;
+            oz_err ignored = {0};
+            if (oz_gguf_open(&g, sources[i], &ignored) == OZ_OK) {
+                gguf_tok = oz_gguf_has_tokenizer(&g) && !oz_gguf_is_byte_tokenizer(&g);
+                oz_gguf_close(&g);
+            }
+        }
+        if (gguf_tok || access(path, R_OK) == 0) snprintf(t->tokenizer_dir, sizeof t->tokenizer_dir, "%s", sources[i]);
     }
 
     if (o->inrank && !resume_dir) oz_inrank_factorize_config(&t->cfg, &t->irs);
