@@ -32,7 +32,8 @@ NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH) -lineinfo -Werror all-warnings -Xcompil
              -DOZ_HAVE_CUDA -Isrc -I/usr/include/cjson
 CUDA_SRC  := $(sort $(wildcard src/backend/cuda/*.cu))
 # cuDNN (the fused bf16 attention, backend/cuda/cuda_sdpa.cu) is linked as needed: a binary that
-# never calls it (ounce, until the bf16 path uses it) still starts where cuDNN is not installed.
+# never calls it still starts where cuDNN is not installed. ounce built with CUDA=1 calls it (the
+# bf16 attention ops), so it needs cuDNN 9 at start-up; the CPU build never links it.
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcusolver -lcublasLt -lcublas -lcudart \
              -Wl,--as-needed -lcudnn -Wl,--no-as-needed -lstdc++
 ifeq ($(CUDA),1)

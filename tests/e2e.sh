@@ -228,6 +228,33 @@ for opt in adamw adamw8bit; do
     grep -o '"loss":[^,]*,"lr":[^,]*,"grad_norm":[^,]*' "$T/acc2_$opt/metrics.jsonl" >"$T/acc2"
     check "$opt: --grad-accum 2 x batch 2 = batch 4 (losses, gradient norms)" sh -c "test -s '$T/acc1' && cmp -s '$T/acc1' '$T/acc2'"
 done
+# --- --precision bf16 (bf16 activations and GEMM inputs, fp32 master weights and loss): on the tiny
+# preset the loss falls as fp32's does (run1: the same flags and seed), resume is bit-exact, the
+# planned peak is the measured one, eval runs in bf16, and what bf16 does not cover yet is refused
+check "train --precision bf16" sh -c "$OUNCE train --data '$T/data' --out '$T/bf' $TRAIN --seed 3 --precision bf16 --save-every 20 --json >'$T/bf.log'"
+bf_first=$(losses 1 1 "$T/bf/metrics.jsonl" | awk '{print $2}')
+bf_val=$(json_field val_loss "$T/bf.log")
+fp_val=$(json_field val_loss "$T/train1.log")
+check "bf16: loss falls (train $bf_first -> val $bf_val)" awk -v a="$bf_first" -v b="$bf_val" 'BEGIN{exit !(b < a - 1.0)}'
+check "bf16: val loss within 1% of fp32's ($bf_val vs $fp_val)" awk -v a="$bf_val" -v b="$fp_val" 'BEGIN{d=a-b; if(d<0)d=-d; exit !(d < 0.01 * b)}'
+cp "$T/bf/model.safetensors" "$T/bf_full.safetensors"
+check "bf16: resume from step-20 is bit-exact" sh -c "$OUNCE train --resume '$T/bf/step-20' >/dev/null && cmp -s '$T/bf_full.safetensors' '$T/bf/model.safetensors'"
+$OUNCE memory --model tiny --vocab 258 --batch 4 --seq 64 --precision bf16 --json | tail -n 1 | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/planned"
+tail -n 1 "$T/bf.log" | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/measured"
+check "bf16: planned peak equals measured" cmp -s "$T/planned" "$T/measured"
+bf_eval=$($OUNCE eval --model "$T/run1" --data "$T/data" --seq 64 --precision bf16 --json | tail -n 1 | sed -E 's/.*"loss":([^,]+).*/\1/')
+fp_eval=$(tail -n 1 "$T/eval.log" | sed -E 's/.*"loss":([^,]+).*/\1/')
+check "bf16: eval within 1% of fp32's ($bf_eval vs $fp_eval)" awk -v a="$bf_eval" -v b="$fp_eval" 'BEGIN{d=a-b; if(d<0)d=-d; exit !(d < 0.01 * b)}'
+# GaLore's immediate updates (the embedding and head whole in bf16) and 8-bit AdamW per layer
+for GAL in "--optim galore --rank 8 --update-gap 3 --clip 0" "--optim adamw8bit --per-layer-update on"; do
+    check "bf16 $GAL: trains" sh -c "$OUNCE train --data '$T/data' --out '$T/bfo' $TRAIN --steps 10 --eval-every 0 --seed 4 $GAL --precision bf16 --json >'$T/bfo.log'"
+    $OUNCE memory --model tiny --vocab 258 --batch 4 --seq 64 $GAL --precision bf16 --json | tail -n 1 | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/planned"
+    tail -n 1 "$T/bfo.log" | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/measured"
+    check "bf16 $GAL: planned peak equals measured" cmp -s "$T/planned" "$T/measured"
+done
+expect_error "bf16: qgalore refused" "precision bf16 does not support INT8" $OUNCE train --data "$T/data" --out "$T/bfq" $TRAIN --precision bf16 --optim qgalore
+expect_error "bf16: --mini-seq refused" "precision bf16 does not support mini-sequences" $OUNCE memory --model tiny --precision bf16 --mini-seq 2
+expect_error "bf16: an unknown precision refused" "precision fp16 is not known" $OUNCE train --data "$T/data" --out "$T/bfq" $TRAIN --precision fp16
 
 # --- every optimizer: bit-exact resume, and the planned peak equals the measured one
 for opt in adamw8bit galore galore8bit qgalore qgalore-parts qgalore-immediate galore-immediate adamw8bit-immediate; do
@@ -474,6 +501,41 @@ expect_error "missing tokenizer" "no such file" $OUNCE tokenize --tokenizer "$T/
 expect_error "tokenizer without subcommand" "subcommand" $OUNCE tokenizer
 expect_error "tokenizer train: vocabulary too small" "256" $OUNCE tokenizer train --input "$T/hftext.txt" --vocab-size 100 --out "$T/x"
 expect_error "tokenizer train: bad pattern" "pattern" $OUNCE tokenizer train --input "$T/hftext.txt" --vocab-size 1000 --out "$T/x" --pattern bert
+# --- GGUF (llama.cpp's format) out and in: the trained byte-level model and the BPE model to GGUF
+# and back; eval gives the same loss from each, the tokenizer travels in the metadata
+evl() { $OUNCE eval --model "$1" --data "$2" --max-batches 4 --json 2>/dev/null | tail -n 1 | sed -E 's/.*"loss":([^,]+),.*/\1/'; }
+check "convert --to gguf" sh -c "$OUNCE convert --model '$T/run1' --out '$T/run1.gguf' >/dev/null && head -c 4 '$T/run1.gguf' | grep -q GGUF"
+check "convert a GGUF back to a Hugging Face model" sh -c "$OUNCE convert --model '$T/run1.gguf' --out '$T/run1_back' >/dev/null"
+check "convert --to gguf --type q8_0" sh -c "$OUNCE convert --model '$T/run1' --out '$T/run1_q8.gguf' --type q8_0 >/dev/null"
+check "convert --to gguf --type q4_0" sh -c "$OUNCE convert --model '$T/run1_back' --to gguf --out '$T/run1_q4' --type q4_0 >/dev/null"
+l0=$(evl "$T/run1" "$T/data"); l1=$(evl "$T/run1.gguf" "$T/data"); l2=$(evl "$T/run1_back" "$T/data")
+lq8=$(evl "$T/run1_q8.gguf" "$T/data"); lq4=$(evl "$T/run1_q4" "$T/data")
+check "eval: the same loss from the model, its GGUF and back ($l0 $l1 $l2)" sh -c "[ -n '$l0' ] && [ '$l0' = '$l1' ] && [ '$l0' = '$l2' ]"
+check "eval: q8_0 within its rounding ($lq8), q4_0 close ($lq4)" awk -v a="$l0" -v b="$lq8" -v c="$lq4" \
+    'BEGIN{d = a - b; e = a - c; exit !(a != "" && d < 0.02 && d > -0.02 && e < 0.3 && e > -0.3)}'
+check "a byte-level model's GGUF says so" sh -c "grep -q '\"ounce_tokenizer\":[[:space:]]*\"byte\"' '$T/run1_back/config.json'"
+check "sample from a GGUF" sh -c "$OUNCE sample --model '$T/run1.gguf' --prompt 'The ' --tokens 8 --seed 1 | grep -q '^The '"
+check "BPE model to GGUF, tokenizer in the metadata" sh -c "$OUNCE convert --model '$T/hfrun' --out '$T/hfrun.gguf' >/dev/null"
+check "eval --text: the same loss from the BPE model's GGUF" sh -c "[ \"\$($OUNCE eval --model '$T/hfrun' --text '$T/hftext.txt' --json | tail -n 1)\" = \"\$($OUNCE eval --model '$T/hfrun.gguf' --text '$T/hftext.txt' --json | tail -n 1)\" ]"
+check "tokenize --model FILE.gguf gives the model's ids" sh -c "$OUNCE tokenize --model '$T/hfrun.gguf' --text '$T/hftext.txt' | cmp -s - '$T/ids_model'"
+check "train --init from a GGUF; its checkpoints carry tokenizer.json" sh -c "$OUNCE train --init '$T/hfrun.gguf' --data '$T/hfdata' --out '$T/ggft' --steps 2 --batch 2 --seq 32 --eval-every 0 >/dev/null && test -s '$T/ggft/tokenizer.json'"
+check "prepare --tokenizer FILE.gguf" sh -c "$OUNCE prepare --input '$T/hftext.txt' --out '$T/ggdata' --tokenizer '$T/hfrun.gguf' >/dev/null && test -s '$T/ggdata/tokenizer.json'"
+# The gguf package (what llama.cpp's tools read GGUF with) reads ounce's files: keys, types, tensors.
+if python3 -c "import gguf, numpy" 2>/dev/null; then
+    for pair in run1.gguf:run1 run1_q8.gguf:run1 hfrun.gguf:hfrun; do
+        g=${pair%%:*} d=${pair#*:}
+        check "the gguf package reads $g with the weights of $d" sh -c "python3 tools/check_gguf.py '$T/$g' '$T/$d' >'$T/cg.log' 2>&1 || { cat '$T/cg.log'; false; }"
+    done
+else
+    skip 3 "the gguf Python package not installed"
+fi
+head -c 2000 "$T/run1.gguf" >"$T/trunc.gguf"
+expect_error "truncated GGUF" "truncated" $OUNCE eval --model "$T/trunc.gguf" --data "$T/data"
+cp "$T/run1.gguf" "$T/arch.gguf" && printf 'bloom' | dd of="$T/arch.gguf" bs=1 seek=64 conv=notrunc 2>/dev/null
+expect_error "GGUF of another architecture" "architecture \"bloom\"" $OUNCE sample --model "$T/arch.gguf"
+expect_error "GGUF with a tensor type ounce does not read" "type Q2_K" $OUNCE convert --model tests/fixtures/gguf/q2_k.gguf --out "$T/x"
+expect_error "convert: bad GGUF type" "q8_0" $OUNCE convert --model "$T/run1" --out "$T/x.gguf" --type q3_k
+expect_error "convert: --dtype with --to gguf" "type" $OUNCE convert --model "$T/run1" --out "$T/x.gguf" --dtype bf16
 rm "$T/hfrun/tokenizer.json"
 expect_error "model records hf but lost tokenizer.json" "tokenizer.json" $OUNCE sample --model "$T/hfrun" --tokens 5
 

@@ -971,6 +971,54 @@ static void test_bf16_elementwise(void) {
     }
 }
 
+/* Attention in bf16: exactly the fp32 op on the widened inputs, rounded (the op runs a batch
+ * element at a time; the reference here runs the whole batch at once); lse bit for bit; the
+ * planned workspace is the op's; with too little workspace every output is NaN. */
+static void test_bf16_attention(void) {
+    const int shapes[][5] = {{2, 37, 4, 2, 16}, {1, 5, 3, 3, 8}, {3, 70, 8, 1, 32}, {2, 1, 2, 1, 8}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int B = shapes[s][0], T = shapes[s][1], Hq = shapes[s][2], Hkv = shapes[s][3], hd = shapes[s][4];
+        const size_t nq = (size_t)B * T * Hq * hd, nk = (size_t)B * T * Hkv * hd, nl = (size_t)B * Hq * T;
+        uint16_t *q = bf_rand(nq, -2, 2), *k = bf_rand(nk, -2, 2), *v = bf_rand(nk, -1, 1), *dout = bf_rand(nq, -1, 1);
+        float *qf = bf_widen(q, nq), *kf = bf_widen(k, nk), *vf = bf_widen(v, nk), *dof = bf_widen(dout, nq);
+        float *of = falloc(nq), *lf = falloc(nl), *dqf = falloc(nq), *dkf = falloc(nk), *dvf = falloc(nk);
+        uint16_t *o = bf_rand(nq, 0, 1), *dq = bf_rand(nq, 0, 1), *dk = bf_rand(nk, 0, 1), *dv = bf_rand(nk, 0, 1);
+        float *l = falloc(nl);
+        size_t ws_bytes = 0;
+        oz_err err = {0};
+        CHECK(be.attention_bf16_plan(&be, B, T, Hq, Hkv, hd, &ws_bytes, &err) == OZ_OK, "%s", err.msg);
+        CHECK(ws_bytes == oz_attention_bf16_device_workspace_bytes(0, B, T, Hq, Hkv, hd) &&
+                  ws_bytes == (size_t)T * (4 * Hq + 4 * Hkv) * hd * sizeof(float),
+              "attention_bf16_plan: %zu workspace bytes", ws_bytes);
+        void *ws = xalloc(ws_bytes);
+        be.attention_fwd(&be, of, lf, qf, kf, vf, B, T, Hq, Hkv, hd);
+        be.attention_fwd_bf16(&be, o, l, q, k, v, B, T, Hq, Hkv, hd, ws, ws_bytes);
+        /* the backward from the bf16 forward's output, as the model runs it */
+        float *ow = bf_widen(o, nq);
+        be.attention_bwd(&be, dqf, dkf, dvf, dof, qf, kf, vf, ow, lf, B, T, Hq, Hkv, hd);
+        be.attention_bwd_bf16(&be, dq, dk, dv, dout, q, k, v, o, l, B, T, Hq, Hkv, hd, ws, ws_bytes);
+        CHECK(bf_mismatches(o, of, nq) == 0 && !memcmp(l, lf, nl * sizeof *l),
+              "attention_fwd_bf16 (%d,%d,%d,%d,%d): %zu outputs differ, lse %s", B, T, Hq, Hkv, hd,
+              bf_mismatches(o, of, nq), memcmp(l, lf, nl * sizeof *l) ? "differs" : "equal");
+        CHECK(bf_mismatches(dq, dqf, nq) == 0 && bf_mismatches(dk, dkf, nk) == 0 && bf_mismatches(dv, dvf, nk) == 0,
+              "attention_bwd_bf16 (%d,%d,%d,%d,%d): dq %zu, dk %zu, dv %zu differ", B, T, Hq, Hkv, hd,
+              bf_mismatches(dq, dqf, nq), bf_mismatches(dk, dkf, nk), bf_mismatches(dv, dvf, nk));
+        /* one byte short: refused, loudly */
+        be.attention_fwd_bf16(&be, o, l, q, k, v, B, T, Hq, Hkv, hd, ws, ws_bytes - 1);
+        be.attention_bwd_bf16(&be, dq, dk, dv, dout, q, k, v, o, l, B, T, Hq, Hkv, hd, ws, ws_bytes - 1);
+        size_t finite = 0;
+        for (size_t i = 0; i < nq; i++) finite += !isnan(oz_bf16_to_f32(o[i])) + !isnan(oz_bf16_to_f32(dq[i]));
+        for (size_t i = 0; i < nk; i++) finite += !isnan(oz_bf16_to_f32(dk[i])) + !isnan(oz_bf16_to_f32(dv[i]));
+        for (size_t i = 0; i < nl; i++) finite += !isnan(l[i]);
+        CHECK(finite == 0, "attention_bf16 with too little workspace left %zu finite outputs", finite);
+        free(q), free(k), free(v), free(dout), free(qf), free(kf), free(vf), free(dof), free(of), free(lf);
+        free(dqf), free(dkf), free(dvf), free(o), free(dq), free(dk), free(dv), free(l), free(ws), free(ow);
+    }
+    size_t ws = 0;
+    oz_err err = {0};
+    CHECK(be.attention_bf16_plan(&be, 1, 4, 3, 2, 8, &ws, &err) == OZ_ERR_INPUT, "3 query heads over 2 kv heads planned");
+}
+
 /* ---- fp32 backend: plumbing and determinism ---- */
 
 static void test_backend_plumbing(void) {
@@ -1056,6 +1104,7 @@ int main(void) {
     RUN(test_bf16_rows);
     RUN(test_bf16_rope);
     RUN(test_bf16_elementwise);
+    RUN(test_bf16_attention);
     be.destroy(&be);
     return oz_test_finish("test_ops");
 }

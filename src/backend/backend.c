@@ -59,3 +59,15 @@ size_t oz_subspace_device_factored_workspace_bytes(int cuda, int m, int n, int r
 size_t oz_backend_subspace_factored_workspace_bytes(const oz_backend *be, int m, int n, int r, int rows) {
     return oz_subspace_device_factored_workspace_bytes(!be->host_visible, m, n, r, rows);
 }
+
+static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+size_t oz_attention_bf16_device_workspace_bytes(int cuda, int B, int T, int Hq, int Hkv, int hd) {
+    if (B <= 0 || T <= 0 || Hq <= 0 || Hkv <= 0 || hd <= 0) return 0;
+    if (!cuda) return (size_t)T * (4 * (size_t)Hq + 4 * (size_t)Hkv) * hd * sizeof(float);
+    /* cuda_sdpa's backward layout: cuDNN | row sums | dq accumulator | sequence lengths, each part
+     * 256-byte aligned; the forward's needs (cuDNN's alone) are far below. */
+    const size_t rows = (size_t)B * Hq * T, cudnn = 2 * rows * hd * sizeof(float) + ((size_t)1 << 20);
+    return align256(cudnn) + align256(rows * sizeof(float)) + align256(rows * hd * sizeof(float)) +
+           2 * (size_t)B * sizeof(int32_t);
+}

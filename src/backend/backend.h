@@ -147,6 +147,24 @@ struct oz_backend {
      * the block's input can be kept (for the norm's backward) without a copy. [bitwise] */
     void (*add_bf16)(oz_backend *be, uint16_t *out /* (n) */, const uint16_t *a /* (n) */,
                      const uint16_t *b /* (n) */, size_t n);
+    /* attention_fwd / attention_bwd with bf16 q, k, v, out, dout, dq, dk, dv and the fp32 lse
+     * (B,Hq,T): the same layouts, the same lse (each row's natural log-sum-exp of the scaled
+     * scores), dq, dk, dv overwritten. The CPU gives exactly to_bf16(fp32 op(widened inputs)), a
+     * batch element at a time through the workspace; CUDA runs cuDNN's fused attention
+     * (cuda/cuda_sdpa.h), which matches it to bf16 rounding, lse to fp32 rounding.
+     * workspace: at least attention_bf16_plan's bytes for this shape, 256-byte aligned backend
+     * memory; with fewer the op fails (CUDA: recorded for sync; the CPU writes NaN outputs). */
+    oz_status (*attention_bf16_plan)(oz_backend *be, int B, int T, int Hq, int Hkv, int hd, size_t *workspace,
+                                     oz_err *err);
+    void (*attention_fwd_bf16)(oz_backend *be, uint16_t *out /* (B,T,Hq,hd) */, float *lse /* (B,Hq,T) */,
+                               const uint16_t *q /* (B,T,Hq,hd) */, const uint16_t *k /* (B,T,Hkv,hd) */,
+                               const uint16_t *v /* (B,T,Hkv,hd) */, int B, int T, int Hq, int Hkv, int hd,
+                               void *workspace, size_t workspace_bytes);
+    void (*attention_bwd_bf16)(oz_backend *be, uint16_t *dq /* (B,T,Hq,hd) */, uint16_t *dk /* (B,T,Hkv,hd) */,
+                               uint16_t *dv /* (B,T,Hkv,hd) */, const uint16_t *dout /* (B,T,Hq,hd) */,
+                               const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                               const uint16_t *out /* (B,T,Hq,hd) */, const float *lse /* (B,Hq,T) */, int B, int T,
+                               int Hq, int Hkv, int hd, void *workspace, size_t workspace_bytes);
 
     /* ---- optimizer ---- */
     void (*adamw_step)(oz_backend *be, float *param /* (n) */, const float *grad /* (n) */,
@@ -214,6 +232,15 @@ size_t oz_backend_subspace_workspace_bytes(const oz_backend *be, int m, int n, i
  * (rows, l) intermediate; the CPU mallocs it: oz_subspace_factored_workspace_bytes). */
 size_t oz_subspace_device_factored_workspace_bytes(int cuda, int m, int n, int r, int rows);
 size_t oz_backend_subspace_factored_workspace_bytes(const oz_backend *be, int m, int n, int r, int rows);
+
+/* The workspace the planner gives the bf16 attention at this shape on a backend of this kind
+ * (cuda, else the CPU), without a backend. The CPU's is exact: fp32 copies of one batch element's
+ * q, k, v, out, dout, dq, dk, dv, T * (4 Hq + 4 Hkv) * hd floats. CUDA's is exact for our part of
+ * cuda_sdpa's backward workspace (fp32 row sums and dq accumulator, the padding workaround's
+ * sequence lengths) plus an allowance for cuDNN's own part, which is only known once cuDNN has
+ * chosen its engines: twice the B * Hq * T * hd * 4 bytes measured on cuDNN 9.19 at 32:8 heads,
+ * plus 1 MiB. A model refuses at creation when the backend asks for more than this. */
+size_t oz_attention_bf16_device_workspace_bytes(int cuda, int B, int T, int Hq, int Hkv, int hd);
 
 /* The fp32 reference backend: OpenMP + BLAS. threads <= 0 keeps the library defaults. */
 oz_status oz_backend_cpu_create(oz_backend *be, int threads, oz_err *err);

@@ -38,10 +38,11 @@ typedef struct {
 } oz_cli_model;
 
 /* seq <= 0 or beyond the model's context means max_position_embeddings. */
-/* device: "cpu", "cuda", "cuda:N", "cuda+tf32" (NULL = cpu). Forward passes on a GPU queue their
- * work: call oz_backend_sync(&cm->be, err) before trusting results. */
+/* device: "cpu", "cuda", "cuda:N", "cuda+tf32" (NULL = cpu); precision: "fp32", "bf16" (NULL =
+ * fp32). Forward passes on a GPU queue their work: call oz_backend_sync(&cm->be, err) before
+ * trusting results. */
 oz_status oz_cli_model_open(oz_cli_model *cm, const char *dir, int batch, int seq, int threads, const char *device,
-                            oz_err *err);
+                            const char *precision, oz_err *err);
 oz_status oz_cli_need_tokenizer(const oz_cli_model *cm, const char *dir, oz_err *err);
 void oz_cli_model_close(oz_cli_model *cm);
 

@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 
 #include "cli/cli.h"
+#include "io/gguf.h"
+#include "model/gguf_model.h"
 
 int oz_cli_report(const char *command, const oz_err *err) {
     fprintf(stderr, "ounce %s: %s\n", command, err->msg[0] ? err->msg : oz_status_name(err->status));
@@ -16,8 +18,11 @@ int oz_cli_report(const char *command, const oz_err *err) {
 }
 
 oz_status oz_cli_model_open(oz_cli_model *cm, const char *dir, int batch, int seq, int threads, const char *device,
-                            oz_err *err) {
+                            const char *precision, oz_err *err) {
     memset(cm, 0, sizeof *cm);
+    int prec = OZ_PREC_FP32;
+    if (precision && !oz_precision_parse(precision, &prec))
+        return oz_fail(err, OZ_ERR_INPUT, "--precision %s is not known (choose: " OZ_PRECISION_NAMES ")", precision);
     OZ_TRY(oz_backend_open(&cm->be, device, threads, err));
     cm->be_ready = true;
     oz_arena_init(&cm->arena, cm->be.allocator);
@@ -25,11 +30,23 @@ oz_status oz_cli_model_open(oz_cli_model *cm, const char *dir, int batch, int se
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
     oz_llama_config cfg;
-    OZ_TRY(oz_config_read(path, &cfg, cm->tokenizer_name, err));
+    bool gguf = oz_gguf_is_file(dir);
+    if (gguf) OZ_TRY(oz_gguf_config_read(dir, &cfg, cm->tokenizer_name, err));
+    else OZ_TRY(oz_config_read(path, &cfg, cm->tokenizer_name, err));
     if (seq <= 0 || seq > cfg.max_position_embeddings) seq = cfg.max_position_embeddings;
-    oz_llama_shape shape = {.batch = batch, .seq = seq};
+    oz_llama_shape shape = {.batch = batch, .seq = seq, .precision = prec, .cuda = oz_backend_is_cuda(device)};
     OZ_TRY(oz_llama_load(&cm->model, dir, &cm->be, &cm->arena, shape, NULL, err));
     cm->seq = seq;
+    if (gguf && cm->tokenizer_name[0]) {
+        /* A GGUF carries its tokenizer in its metadata (or says it is ounce's byte tokenizer). */
+        OZ_TRY(oz_tokenizer_load(&cm->tokenizer, dir, err));
+        cm->has_tokenizer = true;
+        if (cm->tokenizer.vocab_size > cfg.vocab_size)
+            return oz_fail(err, OZ_ERR_INPUT, "%s has %d tokens but the model's vocabulary only %d", dir,
+                           cm->tokenizer.vocab_size, cfg.vocab_size);
+        return OZ_OK;
+    }
+    if (gguf) return OZ_OK;
     /* A tokenizer.json beside the weights (copied from the data by the trainer, or an HF
      * checkpoint's own) wins; otherwise the tokenizer config.json records (byte). */
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);

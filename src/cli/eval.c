@@ -49,11 +49,11 @@ static oz_status eval_windows(oz_cli_model *cm, const int32_t *tokens, size_t n_
 }
 
 int oz_cmd_eval(int argc, char **argv) {
-    char model[4096] = "", data[4096] = "", text_path[4096] = "", device[32] = "cpu";
+    char model[4096] = "", data[4096] = "", text_path[4096] = "", device[32] = "cpu", precision[8] = "fp32";
     int seq = 0, batch = 4, threads = 0, max_batches = 0;
     bool json = false, force = false;
     oz_arg args[] = {
-        {"model", OZ_ARG_STR, model, sizeof model, "model directory (config.json + model.safetensors)", 0},
+        {"model", OZ_ARG_STR, model, sizeof model, "model directory (config.json + model.safetensors) or a .gguf file", 0},
         {"data", OZ_ARG_STR, data, sizeof data, "prepared data directory: evaluate its validation split", 0},
         {"text", OZ_ARG_STR, text_path, sizeof text_path, "or a text file, tokenized with the model's tokenizer (its template, e.g. BOS, included)", 0},
         {"seq", OZ_ARG_INT, &seq, 0, "window length [the model's max_position_embeddings, at most 1024]", 0},
@@ -62,6 +62,8 @@ int oz_cmd_eval(int argc, char **argv) {
         {"force", OZ_ARG_FLAG, &force, 0, "evaluate although the model's tokenizer is not the data's", 0},
         {"threads", OZ_ARG_INT, &threads, 0, "CPU threads, 0 = all cores [0]", 0},
         {"device", OZ_ARG_STR, device, sizeof device, "cpu | cuda | cuda:N | cuda+tf32 (a CUDA build) [cpu]", 0},
+        {"precision", OZ_ARG_STR, precision, sizeof precision,
+         "fp32 | bf16 (bf16 activations and weight copies, fp32 logits and loss) [fp32]", 0},
         {"json", OZ_ARG_FLAG, &json, 0, "end with one JSON line {\"loss\", \"tokens\", \"perplexity\"}", 0},
     };
     int rc = oz_args_parse("eval", "Mean cross-entropy (nats/token) of a model on data or text.", args,
@@ -78,7 +80,7 @@ int oz_cmd_eval(int argc, char **argv) {
     double sum = 0;
     long count = 0;
     if (seq == 0) seq = 1024;
-    if (oz_cli_model_open(&cm, model, batch, seq, threads, device, &err) == OZ_OK) {
+    if (oz_cli_model_open(&cm, model, batch, seq, threads, device, precision, &err) == OZ_OK) {
         seq = cm.seq;
         if (data[0]) {
             oz_dataset ds;

@@ -47,6 +47,9 @@ int oz_cmd_memory(int argc, char **argv) {
         {"recompute", OZ_ARG_STR, o.recompute, sizeof o.recompute, "none | layer | layer-bf16 (saved layer inputs in bf16) | layer-offload (in bf16 in host memory) [none]", 0},
         {"mini-seq", OZ_ARG_STR, o.mini_seq, sizeof o.mini_seq, "off | auto | N [off]", 0},
         {"device", OZ_ARG_STR, o.device, sizeof o.device, "cpu | cuda (the CUDA backend adds its workspace) [cpu]", 0},
+        {"precision", OZ_ARG_STR, o.precision, sizeof o.precision,
+         "fp32 | bf16 (bf16 activations and weight copies; on cuda the attention workspace includes an allowance for "
+         "cuDNN's part) [fp32]", 0},
         {"budget", OZ_ARG_STR, budget_text, sizeof budget_text,
          "memory budget such as 16GiB or 512MiB: report whether the run fits and the longest --seq that does", 0},
         {"json", OZ_ARG_FLAG, &json, 0, "end with one JSON line with peak_bytes (and fits, max_seq)", 0},
@@ -66,9 +69,9 @@ int oz_cmd_memory(int argc, char **argv) {
     }
     oz_train_plan plan;
     if (oz_train_plan_memory(&cfg, &o, &plan, &err) != OZ_OK) return oz_cli_report("memory", &err);
-    printf("planned peak for %s, %s, batch %d x seq %d, recompute %s, mini-seq %s (MLP %d / head %d chunks), %s:\n",
+    printf("planned peak for %s, %s, batch %d x seq %d, recompute %s, mini-seq %s (MLP %d / head %d chunks), %s%s:\n",
            o.model, o.optim, o.batch, o.seq, o.recompute, o.mini_seq, plan.shape.mlp_chunks, plan.shape.head_chunks,
-           o.device);
+           o.device, plan.shape.precision == OZ_PREC_BF16 ? ", bf16" : "");
     for (int c = 0; c < OZ_MEM_NCATEGORIES; c++) print_size(oz_mem_category_name(c), plan.bytes[c]);
     print_size("total", plan.total);
     if (plan.host_bytes) print_size("host (offload)", plan.host_bytes);

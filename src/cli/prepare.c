@@ -16,7 +16,7 @@ int oz_cmd_prepare(int argc, char **argv) {
         {"out", OZ_ARG_STR, out, sizeof out, "output directory for train.bin, val.bin and meta.json", 0},
         {"val-fraction", OZ_ARG_FLOAT, &val_fraction, 0, "share of tokens held out for validation [0.05]", 0},
         {"tokenizer", OZ_ARG_STR, tokenizer, sizeof tokenizer,
-         "a Hugging Face tokenizer.json, or a directory with one (+ tokenizer_config.json) [byte-level]", 0},
+         "a Hugging Face tokenizer.json, a directory with one (+ tokenizer_config.json), or a .gguf [byte-level]", 0},
         {"threads", OZ_ARG_INT, &threads, 0, "tokenizer threads, 0 = all cores [0]", 0},
         {"json", OZ_ARG_FLAG, &json, 0, "end with one JSON line describing the result", 0},
     };

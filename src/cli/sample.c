@@ -47,12 +47,12 @@ static int draw(const float *logits, int V, float temperature, float top_p, oz_r
 }
 
 int oz_cmd_sample(int argc, char **argv) {
-    char model[4096] = "", prompt[8192] = "", device[32] = "cpu";
+    char model[4096] = "", prompt[8192] = "", device[32] = "cpu", precision[8] = "fp32";
     int tokens = 200, threads = 0;
     float temperature = 0.8f, top_p = 0.95f;
     uint64_t seed = 1;
     oz_arg args[] = {
-        {"model", OZ_ARG_STR, model, sizeof model, "model directory (config.json + model.safetensors)", 0},
+        {"model", OZ_ARG_STR, model, sizeof model, "model directory (config.json + model.safetensors) or a .gguf file", 0},
         {"prompt", OZ_ARG_STR, prompt, sizeof prompt, "text to continue [empty]", 0},
         {"tokens", OZ_ARG_INT, &tokens, 0, "tokens to generate [200]", 0},
         {"temperature", OZ_ARG_FLOAT, &temperature, 0, "softmax temperature, 0 = greedy [0.8]", 0},
@@ -60,6 +60,9 @@ int oz_cmd_sample(int argc, char **argv) {
         {"seed", OZ_ARG_U64, &seed, 0, "sampling seed [1]", 0},
         {"threads", OZ_ARG_INT, &threads, 0, "CPU threads, 0 = all cores [0]", 0},
         {"device", OZ_ARG_STR, device, sizeof device, "cpu | cuda | cuda:N | cuda+tf32 (a CUDA build) [cpu]", 0},
+        {"precision", OZ_ARG_STR, precision, sizeof precision,
+         "fp32 | bf16 (bf16 activations and weight copies, fp32 logits; on cuda each new context length plans "
+         "cuDNN's attention once) [fp32]", 0},
     };
     int rc = oz_args_parse("sample", "Generate text from a model; stops early at end-of-document.", args,
                            (int)(sizeof args / sizeof args[0]), argc, argv);
@@ -77,7 +80,7 @@ int oz_cmd_sample(int argc, char **argv) {
     size_t prompt_start = 0, printed = 0;
     float *logits = NULL;
     prob_id *scratch = NULL;
-    if (oz_cli_model_open(&cm, model, 1, 0, threads, device, &err) == OZ_OK &&
+    if (oz_cli_model_open(&cm, model, 1, 0, threads, device, precision, &err) == OZ_OK &&
         oz_cli_need_tokenizer(&cm, model, &err) == OZ_OK) {
         const oz_llama_config *cfg = oz_llama_get_config(cm.model);
         int V = cfg->vocab_size, W = cm.seq;

@@ -9,11 +9,13 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "io/atomic.h"
+#include "io/gguf.h"
 #include "util/clock.h"
 
 /* The model directory's tokenizer.json when it has one, else the tokenizer its config.json names. */
 static oz_status open_tokenizer(oz_tokenizer *tok, const char *model, const char *tokenizer, oz_err *err) {
     if (tokenizer[0]) return oz_tokenizer_load(tok, tokenizer, err);
+    if (oz_gguf_is_file(model)) return oz_tokenizer_load(tok, model, err); /* its metadata's */
     char path[4200], tok_name[OZ_TOKENIZER_NAME_MAX];
     snprintf(path, sizeof path, "%s/tokenizer.json", model);
     struct stat st;
@@ -50,7 +52,7 @@ int oz_cmd_tokenize(int argc, char **argv) {
     bool json = false, decode = false, add_special = false, show_special = false, count = false;
     int threads = 0;
     oz_arg args[] = {
-        {"model", OZ_ARG_STR, model, sizeof model, "model directory (its tokenizer.json, or the tokenizer config.json names)", 0},
+        {"model", OZ_ARG_STR, model, sizeof model, "model directory (its tokenizer.json, or the tokenizer config.json names), or a .gguf", 0},
         {"tokenizer", OZ_ARG_STR, tokenizer, sizeof tokenizer, "or a Hugging Face tokenizer.json / a directory with one", 0},
         {"text", OZ_ARG_STR, text_path, sizeof text_path, "text file to tokenize (with --decode: a file of ids)", 0},
         {"decode", OZ_ARG_FLAG, &decode, 0, "read ids from --text and print their text", 0},

@@ -69,7 +69,7 @@ int oz_cmd_train(int argc, char **argv) {
         {"model", OZ_ARG_STR, o.model, sizeof o.model,
          "preset (tiny, demo, 60m, 130m, 350m, 1b, 7b, llama3-8b), config.json, or a directory with one [demo]", 0},
         {"init", OZ_ARG_STR, o.init, sizeof o.init,
-         "start from this model directory's weights and config (ours or Hugging Face's; sharded, f32/f16/bf16) with a fresh optimizer; replaces --model", 0},
+         "start from this model directory's weights and config (ours or Hugging Face's; sharded, f32/f16/bf16), or a .gguf file's, with a fresh optimizer; replaces --model", 0},
         {"welore", OZ_ARG_FLAG, &o.welore, 0,
          "fine-tune a low-rank model (ounce compress) WeLore's way: only its factors and norms train; embedding, head and dense matrices are frozen", 0},
         {"out", OZ_ARG_STR, o.out, sizeof o.out, "output directory (required)", 0},
@@ -130,6 +130,11 @@ int oz_cmd_train(int argc, char **argv) {
         {"inrank-freeze-after", OZ_ARG_INT, &o.inrank_freeze_after, 0,
          "InRank: at this step truncate every factored matrix to its rank k and continue at fixed rank, 0 = never [0]", 0},
         {"device", OZ_ARG_STR, o.device, sizeof o.device, "cpu | cuda | cuda:N | cuda+tf32 (TF32 GEMMs) [cpu]", 0},
+        {"precision", OZ_ARG_STR, o.precision, sizeof o.precision,
+         "fp32 | bf16: activations, their gradients and the GEMMs' inputs in bf16 (fp32 accumulation), fp32 master "
+         "weights, weight gradients, norm statistics, softmax and loss. bf16 is new: dense models only (not qgalore, "
+         "low-rank/WeLore/InRank, --recompute or --mini-seq); fp32 stays the default on every device until bf16 is "
+         "validated on the GPU [fp32]", 0},
         {"recompute", OZ_ARG_STR, o.recompute, sizeof o.recompute,
          "none | layer: keep only layer inputs and recompute each layer in backward | layer-bf16: the same with "
          "the saved inputs in bf16 (the residual stream rounded at layer boundaries) | layer-offload: layer-bf16 with "

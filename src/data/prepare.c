@@ -17,7 +17,9 @@
 #include <unistd.h>
 
 #include "data/shard.h"
+#include "data/tokenizer_gguf.h"
 #include "io/atomic.h"
+#include "io/gguf.h"
 
 #define DEFAULT_BLOCK 4096u
 #define DEFAULT_MIN_VAL 513u
@@ -439,6 +441,13 @@ static oz_status copy_file(const char *src, const char *dst, oz_err *err) {
 static oz_status copy_tokenizer(const oz_tokenizer *tok, const char *out_dir, oz_err *err) {
     const char *src = oz_tokenizer_source(tok);
     if (!src) return OZ_OK;
+    if (oz_gguf_is_file(src)) { /* a GGUF's vocabulary, written out as tokenizer.json */
+        oz_gguf g;
+        OZ_TRY(oz_gguf_open(&g, src, err));
+        oz_status s = oz_gguf_tokenizer_write_files(&g, out_dir, err);
+        oz_gguf_close(&g);
+        return s;
+    }
     char *dst = oz_path_join(out_dir, "tokenizer.json");
     char *dst_cfg = oz_path_join(out_dir, "tokenizer_config.json");
     char *src_dir = oz_path_join("", src);

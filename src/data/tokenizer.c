@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "data/bpe.h"
+#include "data/tokenizer_gguf.h"
 #include "io/atomic.h"
 
 void oz_tokenizer_byte(oz_tokenizer *tok) {
@@ -24,6 +25,13 @@ oz_status oz_tokenizer_load(oz_tokenizer *tok, const char *dir_or_file, oz_err *
     struct stat st;
     if (stat(dir_or_file, &st) != 0)
         return oz_fail(err, OZ_ERR_INPUT, "tokenizer %s: no such file or directory", dir_or_file);
+    if (S_ISREG(st.st_mode) && oz_gguf_is_file(dir_or_file)) {
+        oz_gguf g;
+        OZ_TRY(oz_gguf_open(&g, dir_or_file, err));
+        oz_status s = oz_tokenizer_from_gguf(tok, &g, err);
+        oz_gguf_close(&g);
+        return s;
+    }
     char *json = NULL, *config = NULL;
     if (S_ISDIR(st.st_mode)) {
         json = oz_path_join(dir_or_file, "tokenizer.json");
@@ -57,6 +65,33 @@ oz_status oz_tokenizer_load(oz_tokenizer *tok, const char *dir_or_file, oz_err *
     tok->vocab_size = oz_bpe_vocab_size(b);
     tok->bos_id = oz_bpe_bos(b);
     tok->eos_id = oz_bpe_eos(b);
+    return OZ_OK;
+}
+
+oz_status oz_tokenizer_from_gguf(oz_tokenizer *tok, const oz_gguf *g, oz_err *err) {
+    memset(tok, 0, sizeof *tok);
+    if (oz_gguf_is_byte_tokenizer(g)) {
+        oz_tokenizer_byte(tok);
+        return OZ_OK;
+    }
+    char *json, *cfg;
+    OZ_TRY(oz_gguf_tokenizer_json(g, &json, &cfg, err));
+    free(cfg);
+    oz_bpe *b = NULL;
+    oz_status s = oz_bpe_load_string(&b, json, strlen(json), g->path, err);
+    free(json);
+    OZ_TRY(s);
+    tok->type = OZ_TOK_HF;
+    tok->bpe = b;
+    tok->vocab_size = oz_bpe_vocab_size(b);
+    /* The file's own ids where it names them; else the loader's guesses from the template and the
+     * usual token names, as for a tokenizer.json without tokenizer_config.json. */
+    uint64_t v;
+    const oz_gguf_kv *tk = oz_gguf_find(g, "tokenizer.ggml.tokens");
+    tok->bos_id = oz_gguf_get_uint(oz_gguf_find(g, "tokenizer.ggml.bos_token_id"), &v) && v < tk->n ? (int32_t)v
+                                                                                                    : oz_bpe_bos(b);
+    tok->eos_id = oz_gguf_get_uint(oz_gguf_find(g, "tokenizer.ggml.eos_token_id"), &v) && v < tk->n ? (int32_t)v
+                                                                                                    : oz_bpe_eos(b);
     return OZ_OK;
 }
 

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "data/tokens.h"
+#include "io/gguf.h"
 #include "util/err.h"
 
 typedef enum { OZ_TOK_BYTE = 0, OZ_TOK_HF } oz_tok_type;
@@ -35,9 +36,14 @@ typedef struct {
 
 void oz_tokenizer_byte(oz_tokenizer *tok);
 /* Loads a Hugging Face tokenizer from a directory holding tokenizer.json (and optionally
- * tokenizer_config.json, which names bos/eos) or from the tokenizer.json file itself. A missing,
- * corrupt or unsupported file is OZ_ERR_INPUT with one line naming the file and the field. */
+ * tokenizer_config.json, which names bos/eos), from the tokenizer.json file itself, or from a
+ * .gguf file's metadata (data/tokenizer_gguf.h). A missing, corrupt or unsupported file is
+ * OZ_ERR_INPUT with one line naming the file and the field. */
 oz_status oz_tokenizer_load(oz_tokenizer *tok, const char *dir_or_file, oz_err *err);
+/* The tokenizer in an open GGUF's metadata: ounce's byte tokenizer when the file says so, else the
+ * BPE its tokenizer.ggml.* keys describe, with the file's bos/eos ids. oz_tokenizer_source is then
+ * the .gguf path. */
+oz_status oz_tokenizer_from_gguf(oz_tokenizer *tok, const oz_gguf *g, oz_err *err);
 /* Releases what oz_tokenizer_load allocated; a no-op for the byte tokenizer. Safe to call twice. */
 void oz_tokenizer_free(oz_tokenizer *tok);
 /* The tokenizer.json a loaded tokenizer came from (NULL for byte). */

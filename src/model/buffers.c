@@ -194,50 +194,13 @@ size_t oz_ll_outer_grad_floats(const oz_llama *m) {
     return m->shape.grads.vocab_blocks ? (size_t)m->cfg.hidden_size : m->layout.outer_grad;
 }
 
-/* Lists every buffer a model with this config and shape allocates. m may be a zeroed dummy when
- * planning (its acts/xs arrays must still exist). */
-static void list_buffers(oz_llama *m, buffer_list *bl) {
+/* The gradient buffers (fp32 in every precision): the full buffer, or one layer's (per-tensor
+ * mode: one group's) and the outer tensors' or their row blocks; the frozen norms' sink. */
+static void list_grads(oz_llama *m, buffer_list *bl) {
     const oz_llama_config *c = &m->cfg;
     const oz_llama_shape *s = &m->shape;
     const oz_param_layout *lay = &m->layout;
-    size_t N = (size_t)s->batch * s->seq;
-    size_t d = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
-    size_t qd = (size_t)c->num_attention_heads * c->head_dim;
-    size_t kvd = (size_t)c->num_key_value_heads * c->head_dim;
-    size_t lse = (size_t)s->batch * c->num_attention_heads * s->seq;
-    int L = c->num_hidden_layers;
-    bool mini = s->mlp_chunks > 0;
-    size_t mlp_rows = mini ? (size_t)ceil_div((int)N, s->mlp_chunks) : N;
-    size_t head_rows = s->head_chunks > 0 ? (size_t)ceil_div((int)N, s->head_chunks) : N;
-    size_t rope = (size_t)(c->max_position_embeddings > s->seq ? c->max_position_embeddings : s->seq) *
-                  (c->head_dim / 2);
-    bl->life = LIFE_ALWAYS;
-
-    if (!s->int8_matrices) {
-        want(bl, &m->params, OZ_MEM_WEIGHTS, F32(lay->total), "weights");
-    } else {
-        size_t codes = 0, groups = 0;
-        for (int i = 0; i < lay->n; i++) {
-            const oz_param_info *p = &lay->params[i];
-            if (!is_layer_matrix(p)) continue;
-            codes += p->numel;
-            groups += oz_qw_groups(p->numel);
-        }
-        if (s->bf16_vocab) {
-            want(bl, &m->vocab16, OZ_MEM_WEIGHTS, 2 * V * d * sizeof(uint16_t), "embedding/head weights (bf16)");
-            want(bl, &m->outer_params, OZ_MEM_WEIGHTS, F32(d), "final norm weight");
-            bl->life = LIFE_HEAD;
-            want(bl, &m->vocab_rows, OZ_MEM_SCRATCH, F32(oz_ll_vocab_rows_floats(c)), "embedding/head rows in fp32");
-            bl->life = LIFE_ALWAYS;
-        } else {
-            want(bl, &m->outer_params, OZ_MEM_WEIGHTS, F32(lay->outer_total), "embedding/head weights");
-        }
-        want(bl, &m->layer_norms, OZ_MEM_WEIGHTS, F32((size_t)L * 2 * d), "layer norm weights");
-        want(bl, &m->wq, OZ_MEM_WEIGHTS, codes, "INT8 matrices");
-        want(bl, &m->wscale, OZ_MEM_QSCALES, F32(groups), "INT8 scales");
-        want(bl, &m->wzero, OZ_MEM_QSCALES, groups, "INT8 zero points");
-        want(bl, &m->wmat, OZ_MEM_SCRATCH, F32(max_matrix_floats(lay, s->int8_block_floats)), "dequantized INT8 rows (or factor pair)");
-    }
+    size_t N = (size_t)s->batch * s->seq, d = c->hidden_size;
     /* Frozen tensors have no gradient: the buffers hold the trainable tensors only. */
     if (s->with_grads && !s->grads.per_layer) want(bl, &m->grads, OZ_MEM_GRADS, F32(lay->grad_total), "gradients");
     if (s->with_grads && s->grads.per_layer) {
@@ -268,6 +231,136 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
     }
     if (s->with_grads && (s->freeze & OZ_FREEZE_NORMS))
         want(bl, &m->norm_sink, OZ_MEM_SCRATCH, F32(d), "frozen norms' discarded gradient");
+}
+
+#define B16(n) ((size_t)(n) * sizeof(uint16_t))
+
+/* The buffer list of a bf16 model (shape.precision; forward_bf16.c uses them): the fp32 master
+ * weights and their bf16 copy, the fp32 gradients as in fp32, every layer's activations and the
+ * layer inputs in bf16, the head's fp32 logits, their gradient rounded, and the backward's bf16
+ * gradients aliased into dead activations as the fp32 model does (q_alias, kv_alias); the
+ * attention's workspace inside the layers. check_shape has refused what this does not cover
+ * (INT8, low-rank, recompute, mini-sequences, vocabulary blocks). */
+static void list_buffers_bf16(oz_llama *m, buffer_list *bl) {
+    const oz_llama_config *c = &m->cfg;
+    const oz_llama_shape *s = &m->shape;
+    const oz_param_layout *lay = &m->layout;
+    size_t N = (size_t)s->batch * s->seq;
+    size_t d = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
+    size_t qd = (size_t)c->num_attention_heads * c->head_dim;
+    size_t kvd = (size_t)c->num_key_value_heads * c->head_dim;
+    size_t lse = (size_t)s->batch * c->num_attention_heads * s->seq;
+    int L = c->num_hidden_layers;
+    size_t rope = (size_t)(c->max_position_embeddings > s->seq ? c->max_position_embeddings : s->seq) *
+                  (c->head_dim / 2);
+    bl->life = LIFE_ALWAYS;
+    want(bl, &m->params, OZ_MEM_WEIGHTS, F32(lay->total), "weights");
+    want(bl, &m->params16, OZ_MEM_WEIGHTS, B16(lay->total), "weights (bf16 copy)");
+    list_grads(m, bl);
+    want(bl, &m->rope_cos, OZ_MEM_SCRATCH, F32(rope), "RoPE cos table");
+    want(bl, &m->rope_sin, OZ_MEM_SCRATCH, F32(rope), "RoPE sin table");
+    want(bl, &m->ids, OZ_MEM_ACTIVATIONS, 2 * N * sizeof(int32_t), "token ids");
+    for (int l = 0; l <= L; l++) want(bl, &m->xs16[l], OZ_MEM_ACTIVATIONS, B16(N * d), "layer input (bf16)");
+    for (int l = 0; l < L; l++) {
+        layer_acts16 *a = &m->acts16[l];
+        want(bl, &a->ln1, OZ_MEM_ACTIVATIONS, B16(N * d), "attention norm output (bf16)");
+        want(bl, &a->rstd1, OZ_MEM_ACTIVATIONS, F32(N), "attention norm rstd");
+        want(bl, &a->q, OZ_MEM_ACTIVATIONS, B16(N * qd), "queries (bf16)");
+        want(bl, &a->k, OZ_MEM_ACTIVATIONS, B16(N * kvd), "keys (bf16)");
+        want(bl, &a->v, OZ_MEM_ACTIVATIONS, B16(N * kvd), "values (bf16)");
+        want(bl, &a->att, OZ_MEM_ACTIVATIONS, B16(N * qd), "attention output (bf16)");
+        want(bl, &a->lse, OZ_MEM_ACTIVATIONS, F32(lse), "attention log-sum-exp");
+        want(bl, &a->h, OZ_MEM_ACTIVATIONS, B16(N * d), "attention residual (bf16)");
+        want(bl, &a->ln2, OZ_MEM_ACTIVATIONS, B16(N * d), "MLP norm output (bf16)");
+        want(bl, &a->rstd2, OZ_MEM_ACTIVATIONS, F32(N), "MLP norm rstd");
+        want(bl, &a->gate, OZ_MEM_ACTIVATIONS, B16(N * F), "MLP gate (bf16)");
+        want(bl, &a->up, OZ_MEM_ACTIVATIONS, B16(N * F), "MLP up (bf16)");
+        want(bl, &a->mlp, OZ_MEM_ACTIVATIONS, B16(N * F), "MLP hidden (bf16)");
+    }
+    bl->life = LIFE_HEAD;
+    want(bl, &m->lnf16, OZ_MEM_ACTIVATIONS, B16(N * d), "final norm output (bf16)");
+    want(bl, &m->logits, OZ_MEM_ACTIVATIONS, F32(N * V), "logits");
+    if (s->with_grads) {
+        want(bl, &m->dlogits16, OZ_MEM_SCRATCH, B16(N * V), "logits gradient (bf16)");
+        /* The embedding's gradient scatters fp32 rows (embedding_bwd): its input widened, after the
+         * layers' backward. */
+        const oz_param_info *emb = &lay->params[0];
+        if (!emb->frozen) want(bl, &m->demb_in, OZ_MEM_SCRATCH, F32(N * d), "embedding output gradient (fp32)");
+    }
+    bl->life = LIFE_ALWAYS;
+    want(bl, &m->rstdf, OZ_MEM_ACTIVATIONS, F32(N), "final norm rstd");
+    want(bl, &m->losses, OZ_MEM_ACTIVATIONS, F32(N), "losses");
+    if (s->with_grads) {
+        want(bl, &m->dx16, OZ_MEM_SCRATCH, B16(N * d), "residual gradient (bf16)");
+        want(bl, &m->dln16, OZ_MEM_SCRATCH, B16(N * d), "norm-output gradient (bf16)");
+        m->q_alias = qd <= d;
+        m->kv_alias = kvd <= F;
+        bl->life = LIFE_LAYER;
+        if (!m->q_alias) {
+            want(bl, &m->dq16, OZ_MEM_SCRATCH, B16(N * qd), "query gradient (bf16)");
+            want(bl, &m->datt16, OZ_MEM_SCRATCH, B16(N * qd), "attention gradient (bf16)");
+        }
+        if (!m->kv_alias) {
+            want(bl, &m->dk16, OZ_MEM_SCRATCH, B16(N * kvd), "key gradient (bf16)");
+            want(bl, &m->dv16, OZ_MEM_SCRATCH, B16(N * kvd), "value gradient (bf16)");
+        }
+    }
+    bl->life = LIFE_LAYER;
+    m->attn_ws_bytes = oz_attention_bf16_device_workspace_bytes(s->cuda, s->batch, s->seq, c->num_attention_heads,
+                                                                c->num_key_value_heads, c->head_dim);
+    want(bl, &m->attn_ws, OZ_MEM_SCRATCH, m->attn_ws_bytes, "attention workspace");
+    bl->life = LIFE_ALWAYS;
+}
+
+/* Lists every buffer a model with this config and shape allocates. m may be a zeroed dummy when
+ * planning (its acts/xs arrays must still exist). */
+static void list_buffers(oz_llama *m, buffer_list *bl) {
+    const oz_llama_config *c = &m->cfg;
+    const oz_llama_shape *s = &m->shape;
+    const oz_param_layout *lay = &m->layout;
+    size_t N = (size_t)s->batch * s->seq;
+    size_t d = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
+    size_t qd = (size_t)c->num_attention_heads * c->head_dim;
+    size_t kvd = (size_t)c->num_key_value_heads * c->head_dim;
+    size_t lse = (size_t)s->batch * c->num_attention_heads * s->seq;
+    int L = c->num_hidden_layers;
+    bool mini = s->mlp_chunks > 0;
+    size_t mlp_rows = mini ? (size_t)ceil_div((int)N, s->mlp_chunks) : N;
+    size_t head_rows = s->head_chunks > 0 ? (size_t)ceil_div((int)N, s->head_chunks) : N;
+    size_t rope = (size_t)(c->max_position_embeddings > s->seq ? c->max_position_embeddings : s->seq) *
+                  (c->head_dim / 2);
+    if (s->precision == OZ_PREC_BF16) {
+        list_buffers_bf16(m, bl);
+        return;
+    }
+    bl->life = LIFE_ALWAYS;
+
+    if (!s->int8_matrices) {
+        want(bl, &m->params, OZ_MEM_WEIGHTS, F32(lay->total), "weights");
+    } else {
+        size_t codes = 0, groups = 0;
+        for (int i = 0; i < lay->n; i++) {
+            const oz_param_info *p = &lay->params[i];
+            if (!is_layer_matrix(p)) continue;
+            codes += p->numel;
+            groups += oz_qw_groups(p->numel);
+        }
+        if (s->bf16_vocab) {
+            want(bl, &m->vocab16, OZ_MEM_WEIGHTS, 2 * V * d * sizeof(uint16_t), "embedding/head weights (bf16)");
+            want(bl, &m->outer_params, OZ_MEM_WEIGHTS, F32(d), "final norm weight");
+            bl->life = LIFE_HEAD;
+            want(bl, &m->vocab_rows, OZ_MEM_SCRATCH, F32(oz_ll_vocab_rows_floats(c)), "embedding/head rows in fp32");
+            bl->life = LIFE_ALWAYS;
+        } else {
+            want(bl, &m->outer_params, OZ_MEM_WEIGHTS, F32(lay->outer_total), "embedding/head weights");
+        }
+        want(bl, &m->layer_norms, OZ_MEM_WEIGHTS, F32((size_t)L * 2 * d), "layer norm weights");
+        want(bl, &m->wq, OZ_MEM_WEIGHTS, codes, "INT8 matrices");
+        want(bl, &m->wscale, OZ_MEM_QSCALES, F32(groups), "INT8 scales");
+        want(bl, &m->wzero, OZ_MEM_QSCALES, groups, "INT8 zero points");
+        want(bl, &m->wmat, OZ_MEM_SCRATCH, F32(max_matrix_floats(lay, s->int8_block_floats)), "dequantized INT8 rows (or factor pair)");
+    }
+    list_grads(m, bl);
     want(bl, &m->rope_cos, OZ_MEM_SCRATCH, F32(rope), "RoPE cos table");
     want(bl, &m->rope_sin, OZ_MEM_SCRATCH, F32(rope), "RoPE sin table");
     want(bl, &m->ids, OZ_MEM_ACTIVATIONS, 2 * N * sizeof(int32_t), "token ids");
@@ -384,6 +477,21 @@ static oz_status check_shape(const oz_llama_config *c, const oz_llama_shape *s, 
         return oz_fail(err, OZ_ERR_INTERNAL, "factored gradients need per-tensor gradients");
     if (s->grads.factored >> OZ_LLAMA_MATRICES)
         return oz_fail(err, OZ_ERR_INTERNAL, "factored gradients: mask 0x%x names no matrix", s->grads.factored);
+    if (s->precision != OZ_PREC_FP32 && s->precision != OZ_PREC_BF16)
+        return oz_fail(err, OZ_ERR_INTERNAL, "precision %d is not known", s->precision);
+    if (s->precision == OZ_PREC_BF16) {
+        /* Phase 1 of bf16: the dense model with fp32 master weights. What it does not cover is
+         * refused here rather than computed some other way. */
+        const char *no = s->int8_matrices || s->bf16_vocab ? "INT8 matrices (--optim qgalore)"
+                         : oz_llama_config_is_low_rank(c)    ? "low-rank matrices (WeLore, InRank, compressed models)"
+                         : s->recompute                      ? "recomputation (--recompute)"
+                         : s->mlp_chunks || s->head_chunks   ? "mini-sequences (--mini-seq)"
+                         : s->grads.factored                 ? "factored gradients (--factored-grads off turns them off)"
+                         : s->grads.vocab_blocks             ? "embedding/head gradients in vocabulary blocks (per-tensor updates "
+                                                               "with an untied head: --clip or --grad-accum > 1 avoid them)"
+                                                             : NULL;
+        if (no) return oz_fail(err, OZ_ERR_INPUT, "--precision bf16 does not support %s yet", no);
+    }
     unsigned mlp = (1u << OZ_M_GATE) | (1u << OZ_M_UP) | (1u << OZ_M_DOWN);
     if ((s->grads.factored & mlp) && s->mlp_chunks > 1)
         return oz_fail(err, OZ_ERR_INTERNAL, "factored MLP gradients need one MLP chunk (they accumulate over chunks)");
@@ -404,9 +512,10 @@ oz_status oz_llama_plan_memory(const oz_llama_config *cfg, oz_llama_shape shape,
     dummy.acts = calloc((size_t)L, sizeof *dummy.acts);
     dummy.xs = calloc((size_t)L + 1, sizeof *dummy.xs);
     dummy.xs16 = calloc((size_t)L + 1, sizeof *dummy.xs16);
+    dummy.acts16 = calloc((size_t)L, sizeof *dummy.acts16);
     buffer_list bl = {NULL, 0, 0, true, LIFE_ALWAYS};
     oz_status st = OZ_OK;
-    if (!dummy.acts || !dummy.xs || !dummy.xs16) st = oz_fail(err, OZ_ERR_NOMEM, "out of memory planning");
+    if (!dummy.acts || !dummy.xs || !dummy.xs16 || !dummy.acts16) st = oz_fail(err, OZ_ERR_NOMEM, "out of memory planning");
     if (st == OZ_OK) {
         list_buffers(&dummy, &bl); /* first pass counts */
         bl.items = calloc((size_t)bl.n + 1, sizeof *bl.items);
@@ -428,6 +537,7 @@ oz_status oz_llama_plan_memory(const oz_llama_config *cfg, oz_llama_shape shape,
     free(dummy.acts);
     free(dummy.xs);
     free(dummy.xs16);
+    free(dummy.acts16);
     oz_param_layout_free(&dummy.layout);
     return st;
 }
@@ -457,6 +567,26 @@ static oz_status build_rope_tables(oz_llama *m, oz_err *err) {
     return OZ_OK;
 }
 
+/* bf16: the attention workspace the plan gives (list_buffers_bf16) must cover what the backend
+ * asks for at (batch, seq), and be planned for this kind of backend. */
+static oz_status check_attention_workspace(oz_llama *m, oz_err *err) {
+    const oz_llama_config *c = &m->cfg;
+    const oz_llama_shape *s = &m->shape;
+    if (s->cuda != !m->be->host_visible)
+        return oz_fail(err, OZ_ERR_INTERNAL, "the model's shape was planned for %s but the backend is %s",
+                       s->cuda ? "CUDA" : "the CPU", m->be->name);
+    size_t need = 0, planned = oz_attention_bf16_device_workspace_bytes(s->cuda, s->batch, s->seq, c->num_attention_heads,
+                                                                        c->num_key_value_heads, c->head_dim);
+    OZ_TRY(m->be->attention_bf16_plan(m->be, s->batch, s->seq, c->num_attention_heads, c->num_key_value_heads,
+                                      c->head_dim, &need, err));
+    if (need > planned)
+        return oz_fail(err, OZ_ERR_INPUT,
+                       "the bf16 attention asks for %zu bytes of workspace at batch %d x seq %d, more than the %zu "
+                       "the memory plan allows (oz_attention_bf16_device_workspace_bytes)",
+                       need, s->batch, s->seq, planned);
+    return OZ_OK;
+}
+
 oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend *be, oz_arena *arena,
                           oz_llama_shape shape, oz_err *err) {
     *out = NULL;
@@ -474,13 +604,15 @@ oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend
     }
     oz_param_layout_freeze(&m->layout, shape.freeze);
     *out = m; /* from here on, oz_llama_destroy cleans up a partial model */
+    if (shape.precision == OZ_PREC_BF16) OZ_TRY(check_attention_workspace(m, err));
     int L = cfg->num_hidden_layers;
     m->acts = calloc((size_t)L, sizeof *m->acts);
     m->xs = calloc((size_t)L + 1, sizeof *m->xs);
     m->xs16 = calloc((size_t)L + 1, sizeof *m->xs16);
+    m->acts16 = calloc((size_t)L, sizeof *m->acts16);
     m->active = calloc((size_t)L * OZ_LLAMA_MATRICES, sizeof *m->active);
     buffer_list bl = {NULL, 0, 0, false, LIFE_ALWAYS};
-    if (m->acts && m->xs && m->xs16 && m->active) {
+    if (m->acts && m->xs && m->xs16 && m->acts16 && m->active) {
         list_buffers(m, &bl);
         bl.items = calloc((size_t)bl.n + 1, sizeof *bl.items);
         m->owned = calloc((size_t)bl.n + 1, sizeof *m->owned);
@@ -542,6 +674,7 @@ oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend
     if (shape.recompute)
         for (int l = 1; l < L; l++) m->acts[l] = m->acts[0];
     for (int l = 0; l < L; l++) m->acts[l].x = shape.bf16_checkpoints ? m->xwork : m->xs[l];
+    for (int l = 0; l < L && shape.precision == OZ_PREC_BF16; l++) m->acts16[l].x = m->xs16[l];
     return build_rope_tables(m, err);
 }
 
@@ -556,6 +689,7 @@ void oz_llama_destroy(oz_llama *m) {
     free(m->acts);
     free(m->xs);
     free(m->xs16);
+    free(m->acts16);
     free(m->active);
     oz_param_layout_free(&m->layout);
     free(m);

@@ -36,6 +36,15 @@ bool oz_llama_preset(const char *name, oz_llama_config *cfg) {
 
 const char *oz_llama_preset_names(void) { return "tiny, demo, 60m, 130m, 350m, 1b, 7b, llama3-8b"; }
 
+bool oz_precision_parse(const char *name, int *precision) {
+    if (strcmp(name, "fp32") == 0) *precision = OZ_PREC_FP32;
+    else if (strcmp(name, "bf16") == 0) *precision = OZ_PREC_BF16;
+    else return false;
+    return true;
+}
+
+const char *oz_precision_name(int precision) { return precision == OZ_PREC_BF16 ? "bf16" : "fp32"; }
+
 oz_status oz_llama_config_validate(const oz_llama_config *c, oz_err *err) {
 #define NEED(cond, ...) \
     if (!(cond)) return oz_fail(err, OZ_ERR_INPUT, __VA_ARGS__)

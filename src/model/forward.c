@@ -4,7 +4,8 @@
  * Per layer l the forward keeps what the backward needs: the layer input x[l], the two norm outputs
  * and their 1/rms, q/k (after RoPE), v, the attention output and its log-sum-exp, the residual h
  * after attention, and gate/up/silu(gate)*up. The backward overwrites gate/up with their gradients
- * (they are dead by then), so no second (N, intermediate) buffer is needed. */
+ * (they are dead by then), so no second (N, intermediate) buffer is needed. With --precision bf16
+ * the same model runs in forward_bf16.c (dispatched from the two entry points at the end). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,7 +39,7 @@ static void emit_factors(oz_llama *m, int i, const float *dy, int ldy, const flo
 
 /* Every trainable tensor whose gradient lives in a buffer: layer l's (l >= 0), the non-layer ones
  * (l == -1), or all (l == -2). */
-static void emit_buffered(oz_llama *m, int l, bool partial) {
+void oz_ll_emit_buffered(oz_llama *m, int l, bool partial) {
     const oz_param_layout *lay = &m->layout;
     for (int i = 0; i < lay->n; i++) {
         const oz_param_info *p = &lay->params[i];
@@ -49,7 +50,7 @@ static void emit_buffered(oz_llama *m, int l, bool partial) {
 
 void oz_llama_emit_accumulated(oz_llama *m) {
     if (!m->shape.with_grads || m->shape.grads.immediate) return;
-    emit_buffered(m, m->shape.grads.per_layer ? -1 : -2, false);
+    oz_ll_emit_buffered(m, m->shape.grads.per_layer ? -1 : -2, false);
 }
 
 static layer_weights layer_params(oz_llama *m, int l) {
@@ -110,7 +111,7 @@ static const lin *use_matrix(oz_llama *m, layer_weights *w, int j) {
 
 /* Pointers to layer l's gradient tensors (in the full buffer, or the per-layer one); NULL for
  * frozen matrices, the sink for frozen norms (the norm backward always writes a dw). */
-static layer_grads layer_grad_tensors(oz_llama *m, int l) {
+layer_grads oz_ll_layer_grads(oz_llama *m, int l) {
     const oz_param_layout *lay = &m->layout;
     layer_grads g;
     memset(&g, 0, sizeof g);
@@ -128,9 +129,6 @@ static layer_grads layer_grad_tensors(oz_llama *m, int l) {
     }
     return g;
 }
-
-static int lm_head_index(const oz_llama *m) { return m->cfg.tie_word_embeddings ? 0 : m->layout.n - 1; }
-static int final_norm_index(const oz_llama *m) { return m->layout.n - (m->cfg.tie_word_embeddings ? 1 : 2); }
 
 /* ---- one linear map y = x W^T, dense or through the factors */
 
@@ -202,7 +200,7 @@ static void lin_bwd(oz_backend *be, const lin *w, const lin_grad *gw, const floa
     be->gemm(be, 0, 0, rows, w->in, r, 1.0f, dt, r, w->a, w->in, beta_dx, dx, w->in);
 }
 
-static oz_status check_batch(const oz_llama *m, const oz_llama_batch *b, oz_err *err) {
+oz_status oz_ll_check_batch(const oz_llama *m, const oz_llama_batch *b, oz_err *err) {
     if (b->B <= 0 || b->T <= 0 || b->B > m->shape.batch || b->T > m->shape.seq)
         return oz_fail(err, OZ_ERR_INTERNAL, "batch (%d, %d) exceeds the model's buffers (%d, %d)", b->B, b->T,
                        m->shape.batch, m->shape.seq);
@@ -218,16 +216,11 @@ static oz_status check_batch(const oz_llama *m, const oz_llama_batch *b, oz_err 
     return OZ_OK;
 }
 
-/* Sizes of one forward/backward call. */
-typedef struct {
-    int B, T, N, d, F, V, hd, Hq, Hkv, qd, kvd, L;
-} dims;
-
-static dims dims_of(const oz_llama *m, int B, int T) {
+oz_ll_dims oz_ll_dims_of(const oz_llama *m, int B, int T) {
     const oz_llama_config *c = &m->cfg;
-    dims g = {B, T, B * T, c->hidden_size, c->intermediate_size, c->vocab_size, c->head_dim,
-              c->num_attention_heads, c->num_key_value_heads, c->num_attention_heads * c->head_dim,
-              c->num_key_value_heads * c->head_dim, c->num_hidden_layers};
+    oz_ll_dims g = {B, T, B * T, c->hidden_size, c->intermediate_size, c->vocab_size, c->head_dim,
+                    c->num_attention_heads, c->num_key_value_heads, c->num_attention_heads * c->head_dim,
+                    c->num_key_value_heads * c->head_dim, c->num_hidden_layers};
     return g;
 }
 
@@ -254,7 +247,7 @@ static void mlp_chunk_forward(oz_llama *m, layer_weights *w, const float *xin, i
  * MLP is left to the backward's chunk loop (which recomputes its intermediates anyway), without
  * them its intermediates are computed but not down_proj's product (only its low-rank
  * intermediate, which the backward reads). */
-static void layer_forward(oz_llama *m, int l, layer_acts *a, float *out, const dims *g, bool recompute) {
+static void layer_forward(oz_llama *m, int l, layer_acts *a, float *out, const oz_ll_dims *g, bool recompute) {
     oz_backend *be = m->be;
     const oz_llama_config *c = &m->cfg;
     layer_weights w = layer_params(m, l);
@@ -294,7 +287,7 @@ static void layer_forward(oz_llama *m, int l, layer_acts *a, float *out, const d
 /* Per-tensor mode brackets the backward of each gradient group of layer l (grad_group): begin
  * zeroes the group's gradients (the buffer holds the group before), end hands each tensor to the
  * gradient sink. No-ops in the other modes. */
-static void group_begin(oz_llama *m, int l, int group) {
+void oz_ll_group_begin(oz_llama *m, int l, int group) {
     if (!m->shape.grads.immediate) return;
     const oz_param_layout *lay = &m->layout;
     for (int i = lay->layer_first[l]; i < lay->layer_first[l + 1]; i++) {
@@ -305,7 +298,7 @@ static void group_begin(oz_llama *m, int l, int group) {
 
 /* Hands tensor i's gradient to the sink (not a frozen one, nor one whose rows went there as row
  * blocks). The sink may update weights, so the dequantized matrix is stale afterwards. */
-static void hand_off(oz_llama *m, int i) {
+void oz_ll_hand_off(oz_llama *m, int i) {
     if (m->layout.params[i].frozen || !m->sink.take || oz_llama_grad_in_blocks(m, i)) return;
     m->wmat_id = -1;
     /* A layer tensor's buffer is not read again (the next group's are zeroed before they
@@ -313,11 +306,11 @@ static void hand_off(oz_llama *m, int i) {
     emit_tensor(m, i, m->layout.params[i].layer >= 0, false);
 }
 
-static void group_end(oz_llama *m, int l, int group) {
+void oz_ll_group_end(oz_llama *m, int l, int group) {
     if (!m->shape.grads.immediate) return;
     const oz_param_layout *lay = &m->layout;
     for (int i = lay->layer_first[l]; i < lay->layer_first[l + 1]; i++)
-        if (oz_ll_grad_group(&m->shape, &lay->params[i]) == group) hand_off(m, i);
+        if (oz_ll_grad_group(&m->shape, &lay->params[i]) == group) oz_ll_hand_off(m, i);
 }
 
 /* MLP backward for rows [r0, r1): dx (rows of the residual gradient) flows in; dln gets the
@@ -330,27 +323,27 @@ static void mlp_backward_rows(oz_llama *m, layer_weights *w, const layer_grads *
                               float *const *t, int rows) {
     oz_backend *be = m->be;
     int F = m->cfg.intermediate_size, l = w->layer;
-    if (each) group_begin(m, l, OZ_M_DOWN);
+    if (each) oz_ll_group_begin(m, l, OZ_M_DOWN);
     /* dL/d(hidden) replaces the hidden in its own buffer (down_proj's weight gradient reads the
      * hidden first): no separate rows x intermediate gradient buffer. */
     lin_bwd(be, use_matrix(m, w, OZ_M_DOWN), &gw->m[OZ_M_DOWN], mlp, t[OZ_M_DOWN], dx, rows, m->dt, 0.0f, mlp);
-    if (each) group_end(m, l, OZ_M_DOWN);
+    if (each) oz_ll_group_end(m, l, OZ_M_DOWN);
     be->swiglu_bwd(be, gate, up, mlp, gate, up, (size_t)rows * F); /* gradients overwrite the inputs */
-    if (each) group_begin(m, l, OZ_M_GATE);
+    if (each) oz_ll_group_begin(m, l, OZ_M_GATE);
     lin_bwd(be, use_matrix(m, w, OZ_M_GATE), &gw->m[OZ_M_GATE], ln2, t[OZ_M_GATE], gate, rows, m->dt, 0.0f, dln);
-    if (each) group_end(m, l, OZ_M_GATE);
-    if (each) group_begin(m, l, OZ_M_UP);
+    if (each) oz_ll_group_end(m, l, OZ_M_GATE);
+    if (each) oz_ll_group_begin(m, l, OZ_M_UP);
     lin_bwd(be, use_matrix(m, w, OZ_M_UP), &gw->m[OZ_M_UP], ln2, t[OZ_M_UP], up, rows, m->dt, 1.0f, dln);
-    if (each) group_end(m, l, OZ_M_UP);
+    if (each) oz_ll_group_end(m, l, OZ_M_UP);
 }
 
 /* Layer l backward: m->dx holds dL/d(layer output) and ends holding dL/d(layer input). In per-tensor
  * mode each gradient group is handed off as soon as it is complete; nothing after reads that
  * group's weights, so the sink may already have updated them. */
-static void layer_backward(oz_llama *m, int l, layer_acts *a, const dims *g) {
+static void layer_backward(oz_llama *m, int l, layer_acts *a, const oz_ll_dims *g) {
     oz_backend *be = m->be;
     layer_weights w = layer_params(m, l);
-    layer_grads gw = layer_grad_tensors(m, l);
+    layer_grads gw = oz_ll_layer_grads(m, l);
     bool per_tensor = m->shape.grads.immediate;
     if (m->layer_grads && !per_tensor) be->fill(be, m->layer_grads, 0.0f, m->layer_grad_n);
     int N = g->N, d = g->d, chunks = m->shape.mlp_chunks;
@@ -358,7 +351,7 @@ static void layer_backward(oz_llama *m, int l, layer_acts *a, const dims *g) {
         mlp_backward_rows(m, &w, &gw, per_tensor, a->ln2, m->dx, m->dln, a->gate, a->up, a->mlp, a->t, N);
     } else {
         /* More than one chunk: the MLP's gradients accumulate over the chunks (one group). */
-        if (chunks > 1) group_begin(m, l, OZ_M_GATE);
+        if (chunks > 1) oz_ll_group_begin(m, l, OZ_M_GATE);
         for (int i = 0; i < chunks; i++) {
             int r0, r1;
             chunk_rows(N, chunks, i, &r0, &r1);
@@ -370,19 +363,19 @@ static void layer_backward(oz_llama *m, int l, layer_acts *a, const dims *g) {
             mlp_backward_rows(m, &w, &gw, per_tensor && chunks == 1, xin, m->dx + (size_t)r0 * d,
                               m->dln + (size_t)r0 * d, m->cgate, m->cup, m->cmlp, m->ct, rows);
         }
-        if (chunks > 1) group_end(m, l, OZ_M_GATE);
+        if (chunks > 1) oz_ll_group_end(m, l, OZ_M_GATE);
     }
-    group_begin(m, l, GRP_MLP_NORM);
+    oz_ll_group_begin(m, l, GRP_MLP_NORM);
     be->rmsnorm_bwd(be, m->dx, gw.mlp_norm, m->dln, a->h, w.mlp_norm, a->rstd2, N, d);
-    group_end(m, l, GRP_MLP_NORM);
+    oz_ll_group_end(m, l, GRP_MLP_NORM);
     /* Attention: h = x + att @ o^T. Its gradients go where list_buffers put them (q_alias, kv_alias). */
     bool mini = m->shape.mlp_chunks > 0;
     float *datt = m->q_alias ? a->ln2 : m->datt, *dq = m->q_alias ? a->h : m->dq;
     float *dk = m->kv_alias ? (mini ? m->cgate : a->gate) : m->dk;
     float *dv = m->kv_alias ? (mini ? m->cup : a->up) : m->dv;
-    group_begin(m, l, OZ_M_O);
+    oz_ll_group_begin(m, l, OZ_M_O);
     lin_bwd(be, use_matrix(m, &w, OZ_M_O), &gw.m[OZ_M_O], a->att, a->t[OZ_M_O], m->dx, N, m->dt, 0.0f, datt);
-    group_end(m, l, OZ_M_O);
+    oz_ll_group_end(m, l, OZ_M_O);
     be->attention_bwd(be, dq, dk, dv, datt, a->q, a->k, a->v, a->att, a->lse, g->B, g->T, g->Hq, g->Hkv, g->hd);
     be->rope(be, dq, m->rope_cos, m->rope_sin, g->B, g->T, g->Hq, g->hd, 0, 1);
     be->rope(be, dk, m->rope_cos, m->rope_sin, g->B, g->T, g->Hkv, g->hd, 0, 1);
@@ -391,20 +384,20 @@ static void layer_backward(oz_llama *m, int l, layer_acts *a, const dims *g) {
     static const int qkv[3] = {OZ_M_Q, OZ_M_K, OZ_M_V};
     float *dqkv[3] = {dq, dk, dv};
     for (int k = 0; k < 3; k++) {
-        group_begin(m, l, qkv[k]);
+        oz_ll_group_begin(m, l, qkv[k]);
         lin_bwd(be, use_matrix(m, &w, qkv[k]), &gw.m[qkv[k]], a->ln1, a->t[qkv[k]], dqkv[k], N, m->dt,
                 k ? 1.0f : 0.0f, m->dln);
-        group_end(m, l, qkv[k]);
+        oz_ll_group_end(m, l, qkv[k]);
     }
-    group_begin(m, l, GRP_ATTN_NORM);
+    oz_ll_group_begin(m, l, GRP_ATTN_NORM);
     be->rmsnorm_bwd(be, m->dx, gw.attn_norm, m->dln, a->x, w.attn_norm, a->rstd1, N, d);
-    group_end(m, l, GRP_ATTN_NORM);
+    oz_ll_group_end(m, l, GRP_ATTN_NORM);
 }
 
 /* Rows [v0, v0 + vr) of the LM head in fp32 (vr <= the vocabulary block): in place, or a bf16
  * head's rows widened into the row scratch. */
 static const float *head_rows(oz_llama *m, int v0, int vr) {
-    int hi = lm_head_index(m);
+    int hi = oz_ll_head_index(m);
     size_t d = (size_t)m->cfg.hidden_size;
     uint16_t *w16 = oz_llama_param_bf16(m, hi);
     if (!w16) return oz_llama_param(m, hi) + (size_t)v0 * d;
@@ -435,7 +428,7 @@ static void head_dx(oz_llama *m, const float *dlogits, int rows, float *dx) {
 }
 
 /* The token embeddings of the batch into out (N, d), from an fp32 or a bf16 table. */
-static void embed_tokens(oz_llama *m, float *out, const dims *g) {
+static void embed_tokens(oz_llama *m, float *out, const oz_ll_dims *g) {
     if (m->vocab16) m->be->embedding_fwd_bf16(m->be, out, m->vocab16, m->ids, g->N, g->d);
     else m->be->embedding_fwd(m->be, out, oz_llama_param(m, 0), m->ids, g->N, g->d);
 }
@@ -446,9 +439,9 @@ static void embed_tokens(oz_llama *m, float *out, const dims *g) {
  * and the block's weight gradient; the finished block goes to the sink as a row block, which may
  * update those rows at once (nothing reads them again in this step). Losses are those of the fused path
  * to fp32 rounding (tested). */
-static void head_blocks(oz_llama *m, const oz_llama_batch *b, float grad_scale, const dims *g, int chunks) {
+static void head_blocks(oz_llama *m, const oz_llama_batch *b, float grad_scale, const oz_ll_dims *g, int chunks) {
     oz_backend *be = m->be;
-    int N = g->N, d = g->d, V = g->V, hi = lm_head_index(m);
+    int N = g->N, d = g->d, V = g->V, hi = oz_ll_head_index(m);
     for (int i = 0; i < chunks; i++) {
         int r0, r1;
         chunk_rows(N, chunks, i, &r0, &r1);
@@ -482,7 +475,7 @@ static void head_blocks(oz_llama *m, const oz_llama_batch *b, float grad_scale, 
 /* The embedding's gradient in vocabulary blocks: dx (dL/d embedding output) scattered into one
  * block of rows at a time, tokens outside the block passed as id -1; each block goes to the
  * gradient sink as row blocks. */
-static oz_status embedding_blocks(oz_llama *m, const oz_llama_batch *b, const dims *g, oz_err *err) {
+static oz_status embedding_blocks(oz_llama *m, const oz_llama_batch *b, const oz_ll_dims *g, oz_err *err) {
     oz_backend *be = m->be;
     int N = g->N, d = g->d, V = g->V, block = oz_llama_vocab_block_rows(&m->cfg);
     int32_t *ids = malloc((size_t)N * sizeof *ids);
@@ -502,14 +495,14 @@ static oz_status embedding_blocks(oz_llama *m, const oz_llama_batch *b, const di
 /* LM head + cross-entropy over head chunks. With grad_scale != 0 (training) each chunk's
  * gradient is taken right away (Liger-style): dL/d(final norm output) goes to m->dln and the head's
  * weight gradient accumulates, so only one chunk of logits ever exists. */
-static oz_status head_forward(oz_llama *m, const oz_llama_batch *b, float grad_scale, const dims *g,
+static oz_status head_forward(oz_llama *m, const oz_llama_batch *b, float grad_scale, const oz_ll_dims *g,
                               double *loss_sum, long *n_targets, oz_err *err) {
     oz_backend *be = m->be;
     int N = g->N, d = g->d, V = g->V;
-    float *dhead = oz_llama_grad(m, lm_head_index(m)); /* NULL when the head is frozen (or in blocks) */
+    float *dhead = oz_llama_grad(m, oz_ll_head_index(m)); /* NULL when the head is frozen (or in blocks) */
     int chunks = m->shape.head_chunks > 0 ? m->shape.head_chunks : 1;
     if (b->targets) be->to_device(be, m->targets, b->targets, (size_t)N * sizeof(int32_t));
-    bool blocks = grad_scale != 0.0f && b->targets && oz_llama_grad_in_blocks(m, lm_head_index(m));
+    bool blocks = grad_scale != 0.0f && b->targets && oz_llama_grad_in_blocks(m, oz_ll_head_index(m));
     if (blocks) head_blocks(m, b, grad_scale, g, chunks);
     for (int i = 0; i < chunks && !blocks; i++) {
         int r0, r1;
@@ -527,12 +520,17 @@ static oz_status head_forward(oz_llama *m, const oz_llama_batch *b, float grad_s
             if (dhead) be->gemm(be, 1, 0, V, d, rows, 1.0f, m->logits, V, xin, d, 1.0f, dhead, d);
         }
     }
+    return oz_ll_sum_losses(m, b, loss_sum, n_targets, err);
+}
+
+oz_status oz_ll_sum_losses(oz_llama *m, const oz_llama_batch *b, double *loss_sum, long *n_targets, oz_err *err) {
     long count = 0;
     double sum = 0.0;
+    int N = b->B * b->T;
     if (b->targets) {
         float *host_losses = malloc((size_t)N * sizeof *host_losses);
         if (!host_losses) return oz_fail(err, OZ_ERR_NOMEM, "out of memory reading losses");
-        be->to_host(be, host_losses, m->losses, (size_t)N * sizeof(float));
+        m->be->to_host(m->be, host_losses, m->losses, (size_t)N * sizeof(float));
         for (int i = 0; i < N; i++) {
             if (b->targets[i] < 0) continue;
             sum += host_losses[i];
@@ -552,7 +550,7 @@ static const float *final_input(const oz_llama *m, int L) { return m->shape.bf16
 /* bf16_checkpoints: layer input l (l = L: the final residual) rounded to bf16 and saved (offloaded:
  * through the staging buffer to host memory; the final residual is not kept), and xwork set to the
  * rounded value the forward continues from. */
-static void keep_layer_input(oz_llama *m, int l, const float *x, const dims *g) {
+static void keep_layer_input(oz_llama *m, int l, const float *x, const oz_ll_dims *g) {
     oz_backend *be = m->be;
     size_t nd = (size_t)g->N * g->d;
     be->to_bf16(be, m->xs16[l], x, nd);
@@ -561,7 +559,7 @@ static void keep_layer_input(oz_llama *m, int l, const float *x, const dims *g) 
 }
 
 /* bf16_checkpoints: layer l's saved input back into xwork (offloaded: through the staging buffer). */
-static void restore_layer_input(oz_llama *m, int l, const dims *g) {
+static void restore_layer_input(oz_llama *m, int l, const oz_ll_dims *g) {
     oz_backend *be = m->be;
     size_t nd = (size_t)g->N * g->d;
     if (m->host16) be->to_device(be, m->xs16[l], m->host16 + (size_t)l * nd, nd * sizeof(uint16_t));
@@ -570,9 +568,9 @@ static void restore_layer_input(oz_llama *m, int l, const dims *g) {
 
 static oz_status forward(oz_llama *m, const oz_llama_batch *b, float grad_scale, double *loss_sum,
                          long *n_targets, oz_err *err) {
-    OZ_TRY(check_batch(m, b, err));
+    OZ_TRY(oz_ll_check_batch(m, b, err));
     oz_backend *be = m->be;
-    dims g = dims_of(m, b->B, b->T);
+    oz_ll_dims g = oz_ll_dims_of(m, b->B, b->T);
     /* The weights may have changed since the last pass (an update, oz_llama_write_param): the
      * dequantized matrix is stale. Hand-offs invalidate it too (the sink may update weights). */
     m->wmat_id = -1;
@@ -590,13 +588,14 @@ static oz_status forward(oz_llama *m, const oz_llama_batch *b, float grad_scale,
         embed_tokens(m, m->xs[0], &g);
         for (int l = 0; l < g.L; l++) layer_forward(m, l, &m->acts[l], m->xs[l + 1], &g, false);
     }
-    be->rmsnorm_fwd(be, m->lnf, m->rstdf, final_input(m, g.L), oz_llama_param(m, final_norm_index(m)), g.N, g.d,
+    be->rmsnorm_fwd(be, m->lnf, m->rstdf, final_input(m, g.L), oz_llama_param(m, oz_ll_final_norm_index(m)), g.N, g.d,
                     m->cfg.rms_norm_eps);
     return head_forward(m, b, grad_scale, &g, loss_sum, n_targets, err);
 }
 
 oz_status oz_llama_forward(oz_llama *m, const oz_llama_batch *b, double *loss_sum, long *n_targets,
                            oz_err *err) {
+    if (m->shape.precision == OZ_PREC_BF16) return oz_ll_forward_bf16(m, b, loss_sum, n_targets, err);
     return forward(m, b, 0.0f, loss_sum, n_targets, err);
 }
 
@@ -605,10 +604,12 @@ oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float 
     if (!m->shape.with_grads) return oz_fail(err, OZ_ERR_INTERNAL, "model was created without gradient buffers");
     if (!b->targets) return oz_fail(err, OZ_ERR_INTERNAL, "backward needs targets");
     if (grad_scale == 0.0f) return oz_fail(err, OZ_ERR_INTERNAL, "backward needs a non-zero grad_scale");
+    if (m->shape.precision == OZ_PREC_BF16)
+        return oz_ll_forward_backward_bf16(m, b, grad_scale, loss_sum, n_targets, err);
     oz_backend *be = m->be;
-    dims g = dims_of(m, b->B, b->T);
-    bool per_tensor = m->shape.grads.immediate, tied = m->cfg.tie_word_embeddings;
-    int fn = final_norm_index(m);
+    oz_ll_dims g = oz_ll_dims_of(m, b->B, b->T);
+    bool per_tensor = m->shape.grads.immediate;
+    int fn = oz_ll_final_norm_index(m);
     /* Per-tensor mode: every call starts from zero (each gradient is handed off within it). */
     if (per_tensor && m->outer_grads) be->fill(be, m->outer_grads, 0.0f, oz_ll_outer_grad_floats(m));
     OZ_TRY(forward(m, b, grad_scale, loss_sum, n_targets, err));
@@ -618,12 +619,7 @@ oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float 
     float *dnorm = oz_llama_grad(m, fn);
     be->rmsnorm_bwd(be, m->dx, dnorm ? dnorm : m->norm_sink, m->dln, final_input(m, g.L), oz_llama_param(m, fn),
                     m->rstdf, g.N, g.d);
-    /* The final norm and an untied head (unless its blocks already went to the sink) are complete now
-     * and never read again by this backward. */
-    if (per_tensor && !tied) {
-        hand_off(m, fn);
-        hand_off(m, lm_head_index(m));
-    }
+    oz_ll_after_head(m);
     for (int l = g.L - 1; l >= 0; l--) {
         layer_acts *a = &m->acts[l];
         if (m->shape.recompute) {
@@ -634,20 +630,33 @@ oz_status oz_llama_forward_backward(oz_llama *m, const oz_llama_batch *b, float 
             layer_forward(m, l, a, NULL, &g, true);
         }
         layer_backward(m, l, a, &g);
-        if (m->shape.grads.per_layer && !per_tensor) emit_buffered(m, l, false);
+        if (m->shape.grads.per_layer && !per_tensor) oz_ll_emit_buffered(m, l, false);
     }
     /* A frozen embedding needs nothing from here: nothing flows further back. */
     float *demb = oz_llama_grad(m, 0);
     if (demb) be->embedding_bwd(be, demb, m->dx, m->ids, g.N, g.d, g.V);
     if (oz_llama_grad_in_blocks(m, 0)) OZ_TRY(embedding_blocks(m, b, &g, err));
-    if (per_tensor) {
-        hand_off(m, 0);
-        if (tied) hand_off(m, fn);
+    oz_ll_after_embedding(m);
+    return OZ_OK;
+}
+
+void oz_ll_after_head(oz_llama *m) {
+    /* The final norm and an untied head (unless its blocks already went to the sink) are complete now
+     * and never read again by this backward. */
+    if (m->shape.grads.immediate && !m->cfg.tie_word_embeddings) {
+        oz_ll_hand_off(m, oz_ll_final_norm_index(m));
+        oz_ll_hand_off(m, oz_ll_head_index(m));
+    }
+}
+
+void oz_ll_after_embedding(oz_llama *m) {
+    if (m->shape.grads.immediate) {
+        oz_ll_hand_off(m, 0);
+        if (m->cfg.tie_word_embeddings) oz_ll_hand_off(m, oz_ll_final_norm_index(m));
     } else if (!m->shape.grads.per_layer && m->backwards == 0) {
         /* The first micro-batch's gradients, for what needs them before more accumulate. */
-        emit_buffered(m, -2, true);
+        oz_ll_emit_buffered(m, -2, true);
     }
     m->backwards++;
-    return OZ_OK;
 }
 

@@ -13,6 +13,8 @@
 #include "io/json.h"
 #include "io/safetensors.h"
 #include "io/weights.h"
+#include "data/tokenizer_gguf.h"
+#include "model/gguf_model.h"
 
 static oz_status json_float(const cJSON *root, const char *path, const char *key, float dflt, float *out,
                             oz_err *err);
@@ -205,6 +207,13 @@ oz_status oz_copy_hf_side_files(const char *from, const char *to, oz_err *err) {
     static const char *const names[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                                         "generation_config.json"};
     if (!from || !from[0] || strcmp(from, to) == 0) return OZ_OK;
+    if (oz_gguf_is_file(from)) { /* a GGUF's tokenizer as Hugging Face files */
+        oz_gguf g;
+        OZ_TRY(oz_gguf_open(&g, from, err));
+        oz_status st = oz_gguf_tokenizer_write_files(&g, to, err);
+        oz_gguf_close(&g);
+        return st;
+    }
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         char src[4200], dst[4200];
         snprintf(src, sizeof src, "%s/%s", from, names[i]);
@@ -299,6 +308,7 @@ oz_status oz_llama_resolve(const char *spec, oz_llama_config *cfg, char *tokeniz
         snprintf(path, sizeof path, "%s/config.json", spec);
         return oz_config_read(path, cfg, tokenizer, err);
     }
+    if (oz_gguf_is_file(spec)) return oz_gguf_config_read(spec, cfg, tokenizer, err);
     return oz_config_read(spec, cfg, tokenizer, err);
 }
 
@@ -436,6 +446,7 @@ oz_status oz_weight_files_check(const oz_weight_files *w, const oz_param_layout 
 }
 
 oz_status oz_llama_load_weights(oz_llama *m, oz_backend *be, const char *dir, oz_err *err) {
+    if (oz_gguf_is_file(dir)) return oz_gguf_load_weights(m, be, dir, err);
     oz_weight_files w;
     OZ_TRY(oz_weight_files_open(&w, dir, err));
     const oz_param_layout *lay = oz_llama_get_layout(m);
@@ -470,7 +481,8 @@ oz_status oz_llama_load(oz_llama **out, const char *dir, oz_backend *be, oz_aren
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
     oz_llama_config cfg;
-    OZ_TRY(oz_config_read(path, &cfg, tokenizer, err));
+    if (oz_gguf_is_file(dir)) OZ_TRY(oz_gguf_config_read(dir, &cfg, tokenizer, err));
+    else OZ_TRY(oz_config_read(path, &cfg, tokenizer, err));
     oz_llama *m;
     OZ_TRY(oz_llama_create(&m, &cfg, be, arena, shape, err));
     oz_status st = oz_llama_load_weights(m, be, dir, err);

@@ -21,10 +21,12 @@ oz_status oz_config_write_dtype(const char *path, const oz_llama_config *cfg, co
                                 const char *torch_dtype, oz_err *err);
 /* The Hugging Face files that travel beside the weights (tokenizer.json, tokenizer_config.json,
  * special_tokens_map.json, generation_config.json): those present in `from` are copied atomically
- * into `to`. Nothing happens when from is NULL, empty or the same directory. */
+ * into `to`; from a .gguf file, its tokenizer is written as tokenizer.json + tokenizer_config.json.
+ * Nothing happens when from is NULL, empty or the same directory. */
 oz_status oz_copy_hf_side_files(const char *from, const char *to, oz_err *err);
 
-/* Resolves --model: a preset name, a config.json path, or a directory holding config.json.
+/* Resolves --model: a preset name, a config.json path, a directory holding config.json, or a .gguf
+ * file (model/gguf_model.h).
  * *is_preset tells the caller whether sizes such as the vocabulary may follow the data. */
 oz_status oz_llama_resolve(const char *spec, oz_llama_config *cfg, char *tokenizer, bool *is_preset,
                            oz_err *err);
@@ -46,7 +48,7 @@ oz_status oz_llama_save(const char *dir, const oz_llama_config *cfg, const char 
 
 /* Loads DIR's weights (model.safetensors, or the shards model.safetensors.index.json lists; F32,
  * F16, BF16 or F64, converted to fp32 straight from the mapped files) into m, every tensor checked
- * against the layout. Unknown tensors are errors, except RoPE tables old checkpoints carry and a
+ * against the layout. DIR may also be a .gguf file (model/gguf_model.h). Unknown tensors are errors, except RoPE tables old checkpoints carry and a
  * tied model's saved head. */
 oz_status oz_llama_load_weights(oz_llama *m, oz_backend *be, const char *dir, oz_err *err);
 /* The checks loading makes, for callers that read the files themselves (convert): every layout
@@ -55,7 +57,7 @@ oz_status oz_weight_files_check(const oz_weight_files *w, const oz_param_layout 
                                 oz_err *err);
 
 
-/* Loads DIR (config.json + weights as above) into a new model on `be` with buffers for `shape`.
+/* Loads DIR (config.json + weights as above, or a .gguf file) into a new model on `be` with buffers for `shape`.
  * `tokenizer` (OZ_TOKENIZER_NAME_MAX bytes, may be NULL) receives the recorded tokenizer kind. */
 oz_status oz_llama_load(oz_llama **out, const char *dir, oz_backend *be, oz_arena *arena,
                         oz_llama_shape shape, char *tokenizer, oz_err *err);

@@ -135,6 +135,17 @@ void oz_llama_init_params(const oz_llama_config *cfg, const oz_param_layout *lay
 /* A model instance on a backend: parameters, optional gradients, activations for (B, T). */
 typedef struct oz_llama oz_llama;
 
+/* The arithmetic of a model instance (oz_llama_shape.precision). fp32: everything fp32 (the
+ * reference). bf16: activations and their gradients bf16, the GEMMs (fp32 accumulation) on bf16
+ * copies of the fp32 master weights, which are rounded from them at the start of every forward;
+ * weight gradients, norm statistics, softmax, log-sum-exp and the loss fp32 (docs/design.md,
+ * precision policy). */
+enum { OZ_PREC_FP32 = 0, OZ_PREC_BF16 = 1 };
+#define OZ_PRECISION_NAMES "fp32, bf16"
+/* "fp32" / "bf16" to OZ_PREC_*; false for anything else. */
+bool oz_precision_parse(const char *name, int *precision);
+const char *oz_precision_name(int precision);
+
 /* What buffers a model instance has and how it stores its weights (docs/memory.md). */
 typedef struct {
     int batch, seq;        /* activation buffers are sized for these */
@@ -157,6 +168,13 @@ typedef struct {
      * + loss over head_chunks, so no tokens x intermediate or tokens x vocab buffer exists. */
     int mlp_chunks, head_chunks;
     unsigned freeze; /* OZ_FREEZE_* flags */
+    /* OZ_PREC_FP32 or OZ_PREC_BF16. bf16 does not yet take INT8 matrices, low-rank matrices,
+     * recompute, mini-sequences, factored gradients or vocabulary blocks: create and the planner
+     * refuse them (OZ_ERR_INPUT). */
+    int precision;
+    /* bf16: the backend is CUDA, so the attention workspace planned is cuDNN's allowance, not the
+     * CPU's (oz_attention_bf16_device_workspace_bytes); create checks it against the backend. */
+    bool cuda;
 } oz_llama_shape;
 
 /* MsT's rule for --mini-seq auto: MLP chunks of about hidden_size tokens, ceil(vocab/hidden)

@@ -36,6 +36,14 @@ typedef struct {
     float *t[OZ_LLAMA_MATRICES];
 } layer_acts;
 
+/* bf16 mode (shape.precision): one layer's activations, as forward_bf16.c keeps them: the same
+ * tensors as layer_acts (no low-rank intermediates), bf16 but for the norms' 1/rms and the
+ * attention's log-sum-exp. */
+typedef struct {
+    uint16_t *x, *ln1, *q, *k, *v, *att, *h, *ln2, *gate, *up, *mlp;
+    float *rstd1, *rstd2, *lse;
+} layer_acts16;
+
 /* A layer's weights for compute. The matrices' pointers are only valid as returned by use_matrix
  * (INT8 mode fills them when it dequantizes). */
 typedef struct {
@@ -107,6 +115,18 @@ struct oz_llama {
      * block's remapped token ids (-1 outside the block) */
     float *vblock, *lse;
     int32_t *ids_block;
+    /* bf16 mode: params16 is the bf16 copy of params (same offsets) that the GEMMs and norms read,
+     * rounded from params at the start of every forward; acts16[l] layer l's activations, with the
+     * layer inputs in xs16[0..L] (xs16[L] the final residual); lnf16 the final norm's output;
+     * dlogits16 a logits chunk's gradient rounded for the head's GEMMs; dx16 .. dv16 the backward's
+     * gradients (dq16 .. dv16 only where q_alias / kv_alias do not place them); demb_in the
+     * embedding's output gradient widened for the fp32 scatter; attn_ws the attention's workspace. */
+    uint16_t *params16;
+    layer_acts16 *acts16;
+    uint16_t *lnf16, *dlogits16, *dx16, *dln16, *dq16, *datt16, *dk16, *dv16;
+    float *demb_in;
+    void *attn_ws;
+    size_t attn_ws_bytes;
     /* every arena buffer, for destroy */
     void **owned;
     int n_owned;
@@ -132,5 +152,34 @@ enum { GRP_ATTN_NORM = OZ_LLAMA_MATRICES, GRP_MLP_NORM, GRP_COUNT };
 int oz_ll_deq_block_rows(int out, int in, size_t target);
 int oz_ll_grad_group(const oz_llama_shape *s, const oz_param_info *p);
 size_t oz_ll_outer_grad_floats(const oz_llama *m);
+
+/* forward.c, shared with forward_bf16.c: the sizes of one call; the batch's checks; layer l's
+ * gradient tensors; per-tensor mode's group brackets and hand-off; emitting what is buffered
+ * (layer l, -1 the non-layer tensors, -2 all); the hand-offs after the head's and after the
+ * embedding's backward (and the micro-batch count); the batch's summed loss from m->losses. */
+typedef struct {
+    int B, T, N, d, F, V, hd, Hq, Hkv, qd, kvd, L;
+} oz_ll_dims;
+oz_ll_dims oz_ll_dims_of(const oz_llama *m, int B, int T);
+oz_status oz_ll_check_batch(const oz_llama *m, const oz_llama_batch *b, oz_err *err);
+layer_grads oz_ll_layer_grads(oz_llama *m, int l);
+void oz_ll_group_begin(oz_llama *m, int l, int group);
+void oz_ll_group_end(oz_llama *m, int l, int group);
+void oz_ll_hand_off(oz_llama *m, int i);
+void oz_ll_emit_buffered(oz_llama *m, int l, bool partial);
+void oz_ll_after_head(oz_llama *m);
+void oz_ll_after_embedding(oz_llama *m);
+oz_status oz_ll_sum_losses(oz_llama *m, const oz_llama_batch *b, double *loss_sum, long *n_targets, oz_err *err);
+static inline int oz_ll_head_index(const oz_llama *m) { return m->cfg.tie_word_embeddings ? 0 : m->layout.n - 1; }
+static inline int oz_ll_final_norm_index(const oz_llama *m) {
+    return m->layout.n - (m->cfg.tie_word_embeddings ? 1 : 2);
+}
+
+/* forward_bf16.c: forward and forward + backward in bf16 (shape.precision == OZ_PREC_BF16), with
+ * oz_llama_forward / oz_llama_forward_backward's contracts; the caller has checked the latter's
+ * arguments. */
+oz_status oz_ll_forward_bf16(oz_llama *m, const oz_llama_batch *b, double *loss_sum, long *n_targets, oz_err *err);
+oz_status oz_ll_forward_backward_bf16(oz_llama *m, const oz_llama_batch *b, float grad_scale, double *loss_sum,
+                                      long *n_targets, oz_err *err);
 
 #endif

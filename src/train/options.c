@@ -18,6 +18,7 @@ void oz_train_opts_default(oz_train_opts *o) {
     snprintf(o->model, sizeof o->model, "demo");
     snprintf(o->optim, sizeof o->optim, "adamw");
     snprintf(o->device, sizeof o->device, "cpu");
+    snprintf(o->precision, sizeof o->precision, "fp32");
     snprintf(o->recompute, sizeof o->recompute, "none");
     snprintf(o->mini_seq, sizeof o->mini_seq, "off");
     o->rank = 128;
@@ -93,6 +94,7 @@ cJSON *oz_train_opts_to_json(const oz_train_opts *o) {
     cJSON_AddStringToObject(j, "factored_grads", o->factored_grads);
     cJSON_AddStringToObject(j, "vocab_bf16", o->vocab_bf16);
     cJSON_AddStringToObject(j, "on_nonfinite", o->on_nonfinite);
+    cJSON_AddStringToObject(j, "precision", o->precision);
     cJSON_AddBoolToObject(j, "welore", o->welore);
     if (o->inrank) {
         cJSON *ir = cJSON_AddObjectToObject(j, "inrank");
@@ -139,6 +141,8 @@ oz_status oz_train_opts_from_json(const cJSON *j, const char *path, oz_train_opt
     snprintf(o->vocab_bf16, sizeof o->vocab_bf16, "%s", cJSON_IsString(it) ? it->valuestring : "off");
     it = cJSON_GetObjectItemCaseSensitive(j, "on_nonfinite"); /* absent before it existed: those runs stopped */
     snprintf(o->on_nonfinite, sizeof o->on_nonfinite, "%s", cJSON_IsString(it) ? it->valuestring : "stop");
+    it = cJSON_GetObjectItemCaseSensitive(j, "precision"); /* absent in older states: fp32 */
+    snprintf(o->precision, sizeof o->precision, "%s", cJSON_IsString(it) ? it->valuestring : "fp32");
     it = cJSON_GetObjectItemCaseSensitive(j, "init"); /* absent in older states: a run from scratch */
     snprintf(o->init, sizeof o->init, "%s", cJSON_IsString(it) ? it->valuestring : "");
     const cJSON *ir = cJSON_GetObjectItemCaseSensitive(j, "inrank"); /* absent: not an InRank run */
@@ -209,7 +213,7 @@ static oz_status optim_config(const oz_train_opts *o, oz_optim_config *c, oz_err
 
 /* The step's gradient mode, decided once: the model emits by it and the optimizer takes by it. */
 static oz_status grad_mode(const oz_train_opts *o, const oz_optim_config *oc, const oz_llama_config *cfg,
-                           int mlp_chunks, oz_grad_mode *mode, oz_err *err) {
+                           int mlp_chunks, int precision, oz_grad_mode *mode, oz_err *err) {
     bool galore = oz_optim_traits_of(oc->kind)->galore;
     memset(mode, 0, sizeof *mode);
     if (strcmp(o->per_layer_update, "auto") == 0) mode->per_layer = galore;
@@ -224,6 +228,10 @@ static oz_status grad_mode(const oz_train_opts *o, const oz_optim_config *oc, co
                        "gradients arrive (use --clip > 0, --grad-accum > 1 or --per-layer-update off)");
     /* Updates as gradients arrive: the embedding and head take theirs one vocabulary block at a time. */
     mode->vocab_blocks = mode->immediate && !cfg->tie_word_embeddings;
+    /* bf16 does not take gradients in vocabulary blocks or as factors yet: its immediate updates
+     * get the embedding's and head's whole (more gradient memory, the same updates). */
+    bool bf16 = precision == OZ_PREC_BF16;
+    if (bf16) mode->vocab_blocks = false;
     mode->tokens = o->batch * o->seq;
     /* GaLore with immediate updates and randomized subspaces only needs products of a dense
      * matrix's gradient: its factors (the layer's output gradient and input) are projected and
@@ -231,7 +239,7 @@ static oz_status grad_mode(const oz_train_opts *o, const oz_optim_config *oc, co
      * gradients accumulate over mini-sequences, nor for the exact SVD (it needs the matrix). */
     if (strcmp(o->factored_grads, "auto") != 0 && strcmp(o->factored_grads, "off") != 0)
         return oz_fail(err, OZ_ERR_INPUT, "--factored-grads %s: expected auto or off", o->factored_grads);
-    if (strcmp(o->factored_grads, "auto") == 0 && galore && mode->immediate && o->rank > 0 &&
+    if (strcmp(o->factored_grads, "auto") == 0 && galore && mode->immediate && !bf16 && o->rank > 0 &&
         oc->subspace == OZ_SUBSPACE_RANDOMIZED) {
         if (oc->galore_attn) mode->factored |= (1u << OZ_M_Q) | (1u << OZ_M_K) | (1u << OZ_M_V) | (1u << OZ_M_O);
         if (oc->galore_mlp && mlp_chunks <= 1) mode->factored |= (1u << OZ_M_GATE) | (1u << OZ_M_UP) | (1u << OZ_M_DOWN);
@@ -247,6 +255,9 @@ oz_status oz_train_configure(const oz_train_opts *o, const oz_llama_config *cfg,
         return oz_fail(err, OZ_ERR_INPUT, "--batch x --seq must be between 1 and %d tokens (got %lld)",
                        OZ_TRAIN_MAX_TOKENS, (long long)o->batch * o->seq);
     OZ_TRY(optim_config(o, oc, err));
+    if (!oz_precision_parse(o->precision, &shape->precision))
+        return oz_fail(err, OZ_ERR_INPUT, "--precision %s is not known (choose: " OZ_PRECISION_NAMES ")", o->precision);
+    shape->cuda = oz_backend_is_cuda(o->device); /* bf16 plans the attention workspace for it */
     shape->batch = o->batch;
     shape->seq = o->seq;
     shape->with_grads = true;
@@ -270,7 +281,7 @@ oz_status oz_train_configure(const oz_train_opts *o, const oz_llama_config *cfg,
                            o->mini_seq, tokens);
         shape->mlp_chunks = shape->head_chunks = (int)n;
     }
-    OZ_TRY(grad_mode(o, oc, cfg, shape->mlp_chunks, &shape->grads, err));
+    OZ_TRY(grad_mode(o, oc, cfg, shape->mlp_chunks, shape->precision, &shape->grads, err));
     oc->grads = shape->grads;
     /* Q-GaLore keeps what it does not quantize in bf16: with its updates in row blocks (which
      * round them back stochastically) the embedding and head take half the bytes. */

@@ -19,7 +19,9 @@
 
 #include "backend/backend.h"
 #include "data/loader.h"
+#include "data/tokenizer_gguf.h"
 #include "io/atomic.h"
+#include "io/gguf.h"
 #include "model/hf_model.h"
 #include "model/llama.h"
 #include "numeric/subspace.h"
@@ -193,7 +195,10 @@ static oz_status check_vocabulary(trainer *t, const char *model_dir, const char 
     char path[OZ_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/tokenizer.json", model_dir);
     oz_tokenizer mt;
-    if (access(path, R_OK) == 0) OZ_TRY(oz_tokenizer_load(&mt, model_dir, err));
+    if (oz_gguf_is_file(model_dir)) {
+        if (!model_tokenizer[0]) return OZ_OK; /* a GGUF without a tokenizer: nothing to compare */
+        OZ_TRY(oz_tokenizer_load(&mt, model_dir, err));
+    } else if (access(path, R_OK) == 0) OZ_TRY(oz_tokenizer_load(&mt, model_dir, err));
     else if (strcmp(model_tokenizer, "byte") == 0) oz_tokenizer_byte(&mt);
     else return OZ_OK;
     uint64_t fm = oz_tokenizer_fingerprint(&mt), fd = oz_tokenizer_fingerprint(&t->data.tokenizer);
@@ -258,7 +263,17 @@ static oz_status setup(trainer *t, const char *resume_dir, oz_run_position *pos,
         if (!sources[i] || !sources[i][0]) continue;
         char path[OZ_PATH_MAX + 32];
         snprintf(path, sizeof path, "%s/tokenizer.json", sources[i]);
-        if (access(path, R_OK) == 0) snprintf(t->tokenizer_dir, sizeof t->tokenizer_dir, "%s", sources[i]);
+        /* A GGUF's tokenizer is written out as tokenizer.json (oz_copy_hf_side_files). */
+        int gguf_tok = 0;
+        if (oz_gguf_is_file(sources[i])) {
+            oz_gguf g;
+            oz_err ignored = {0};
+            if (oz_gguf_open(&g, sources[i], &ignored) == OZ_OK) {
+                gguf_tok = oz_gguf_has_tokenizer(&g) && !oz_gguf_is_byte_tokenizer(&g);
+                oz_gguf_close(&g);
+            }
+        }
+        if (gguf_tok || access(path, R_OK) == 0) snprintf(t->tokenizer_dir, sizeof t->tokenizer_dir, "%s", sources[i]);
     }
 
     if (o->inrank && !resume_dir) oz_inrank_factorize_config(&t->cfg, &t->irs);
@@ -415,10 +430,11 @@ static oz_status run(trainer *t, oz_run_position *pos, const oz_train_callbacks 
         char line[1600];
         snprintf(line, sizeof line,
                  "model %s: %lld parameters, %lld trainable (vocab %d, hidden %d, layers %d, heads %d/%d kv); steps %d, "
-                 "batch %d x seq %d x accum %d = %ld tokens/step; %s on %s, %d threads%s",
+                 "batch %d x seq %d x accum %d = %ld tokens/step; %s%s on %s, %d threads%s",
                  o->model, res->params, res->trainable, t->cfg.vocab_size, t->cfg.hidden_size, t->cfg.num_hidden_layers,
                  t->cfg.num_attention_heads, t->cfg.num_key_value_heads, o->steps, B, T, o->grad_accum,
-                 tokens_per_step, o->optim, o->device, t->be.threads, pos->step ? " (resumed)" : "");
+                 tokens_per_step, o->optim, strcmp(o->precision, "fp32") ? " in bf16" : "", o->device, t->be.threads,
+                 pos->step ? " (resumed)" : "");
         cb->on_start(cb->user, line);
     }
 

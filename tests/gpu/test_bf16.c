@@ -13,7 +13,8 @@
  *  - fp32 outputs 1e-4 for GEMMs (fp32 sums in a different order) and 1e-5 for rstd and dw;
  *  - ops backend.h marks [bitwise] must match byte for byte.
  * Negative controls show the bounds have teeth: a result that ignored beta, or the leading
- * dimensions, must exceed them. */
+ * dimensions, must exceed them. The bf16 attention (cuDNN's) is checked the same way, with its own
+ * bound (check_attention). */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -394,6 +395,78 @@ static void test_elementwise(void) {
     gpu_ok("elementwise");
 }
 
+/* ------------------------------------------------------------------ attention */
+
+/* cuDNN's fused attention behind attention_{fwd,bwd}_bf16 against the CPU's (the fp32 op on the
+ * widened inputs, rounded once), each side's backward from its own forward, as the model runs
+ * them. Outputs start poisoned. Bounds: 2e-2 for the bf16 tensors (cuDNN rounds its probabilities
+ * to bf16 before the second matmul; test_sdpa measured 2-4e-3 against a double reference, 1e-2 for
+ * dk at T 2) and TOL_F32 for the fp32 lse. The workspace cuDNN asks for must be within the
+ * planner's allowance (oz_attention_bf16_device_workspace_bytes), or the model would refuse. */
+#define TOL_ATT 2e-2
+static void check_attention(int B, int T, int Hq, int Hkv, int hd) {
+    const size_t nq = (size_t)B * T * Hq * hd, nk = (size_t)B * T * Hkv * hd, nl = (size_t)B * Hq * T;
+    uint16_t *q = hbf(nq, -2, 2), *k = hbf(nk, -2, 2), *v = hbf(nk, -1, 1), *dout = hbf(nq, -1, 1);
+    uint16_t *o = (uint16_t *)xalloc(nq * 2), *dq = (uint16_t *)xalloc(nq * 2), *dk = (uint16_t *)xalloc(nk * 2);
+    uint16_t *dv = (uint16_t *)xalloc(nk * 2);
+    float *l = (float *)xalloc(nl * 4);
+    size_t cws = 0, gws = 0;
+    oz_err err = {0};
+    CHECK(cpu.attention_bf16_plan(&cpu, B, T, Hq, Hkv, hd, &cws, &err) == OZ_OK, "%s", err.msg);
+    CHECK(gpu.attention_bf16_plan(&gpu, B, T, Hq, Hkv, hd, &gws, &err) == OZ_OK, "%s", err.msg);
+    const size_t allowed = oz_attention_bf16_device_workspace_bytes(1, B, T, Hq, Hkv, hd);
+    CHECK(gws <= allowed, "attention (%d,%d,%d,%d,%d): cuDNN asks %zu workspace bytes, the planner allows %zu", B, T,
+          Hq, Hkv, hd, gws, allowed);
+    void *cw = xalloc(cws);
+    cpu.attention_fwd_bf16(&cpu, o, l, q, k, v, B, T, Hq, Hkv, hd, cw, cws);
+    cpu.attention_bwd_bf16(&cpu, dq, dk, dv, dout, q, k, v, o, l, B, T, Hq, Hkv, hd, cw, cws);
+    dbuf Q = dput(q, nq * 2, 0), K = dput(k, nk * 2, 0), Vd = dput(v, nk * 2, 0), DO = dput(dout, nq * 2, 0);
+    dbuf O = dput(NULL, nq * 2, 0), L = dput(NULL, nl * 4, 0), DQ = dput(NULL, nq * 2, 0);
+    dbuf DK = dput(NULL, nk * 2, 0), DV = dput(NULL, nk * 2, 0), W = dput(NULL, gws ? gws : 256, 0);
+    gpu.attention_fwd_bf16(&gpu, O.p, L.p, Q.p, K.p, Vd.p, B, T, Hq, Hkv, hd, W.p, gws);
+    gpu.attention_bwd_bf16(&gpu, DQ.p, DK.p, DV.p, DO.p, Q.p, K.p, Vd.p, O.p, L.p, B, T, Hq, Hkv, hd, W.p, gws);
+    char what[160];
+    snprintf(what, sizeof what, "attention (%d,%d,%d,%d,%d) workspace %zu of %zu", B, T, Hq, Hkv, hd, gws, allowed);
+    gpu_ok(what);
+    printf("  %s\n", what);
+    const uint16_t *ref[4] = {o, dq, dk, dv};
+    const dbuf got[4] = {O, DQ, DK, DV};
+    const size_t n[4] = {nq, nq, nk, nk};
+    static const char *const names[4] = {"out", "dq", "dk", "dv"};
+    for (int t = 0; t < 4; t++) {
+        uint16_t *g = (uint16_t *)dget(got[t], n[t] * 2);
+        if (T == 1 && (t == 1 || t == 2)) {
+            /* One key: the softmax is 1 whatever the scores, so dq = dk = 0 exactly. cuDNN's path
+             * (cuda_sdpa's own T = 1 kernels) gives zeros; the CPU's fp32 op leaves rounding noise
+             * (dout.v - dout.out), which a relative metric against it would call a 100% error. */
+            double gmax = 0, rmax = 0;
+            for (size_t i = 0; i < n[t]; i++) {
+                gmax = fmax(gmax, fabs((double)oz_bf16_to_f32(g[i])));
+                rmax = fmax(rmax, fabs((double)oz_bf16_to_f32(ref[t][i])));
+            }
+            CHECK(gmax == 0 && rmax < 1e-3, "%s %s: one key gives nonzero gradients (GPU %.3g, CPU %.3g)", what,
+                  names[t], gmax, rmax);
+            printf("    %-4s zero (CPU noise %.2e)\n", names[t], rmax);
+            free(g);
+            continue;
+        }
+        const double e = rel_err(g, ref[t], 1, 1, n[t], n[t]);
+        CHECK(e <= TOL_ATT, "%s %s: relative error %.3g > %.3g", what, names[t], e, TOL_ATT);
+        printf("    %-4s rel %.2e\n", names[t], e);
+        free(g);
+    }
+    expect_f32("attention lse", L, l, nl, TOL_F32);
+    free(q), free(k), free(v), free(dout), free(o), free(dq), free(dk), free(dv), free(l), free(cw);
+    dfree(Q), dfree(K), dfree(Vd), dfree(DO), dfree(O), dfree(L), dfree(DQ), dfree(DK), dfree(DV), dfree(W);
+}
+
+static void test_attention(void) {
+    check_attention(2, 37, 4, 2, 16);   /* odd T, GQA */
+    check_attention(1, 256, 8, 2, 64);  /* the tiny preset's head dim */
+    check_attention(2, 129, 4, 4, 128); /* MHA, hd 128 */
+    check_attention(3, 1, 4, 1, 64);    /* T = 1: cuda_sdpa's own kernels */
+}
+
 /* An op's failure surfaces at sync, with its message (here: the reduction scratch cannot hold one
  * row of dw partials). */
 static void test_errors(void) {
@@ -423,6 +496,7 @@ int main(void) {
     RUN(test_rows);
     RUN(test_rope);
     RUN(test_elementwise);
+    RUN(test_attention);
     RUN(test_errors); /* last: the backend keeps its first failure */
     gpu.destroy(&gpu);
     cpu.destroy(&cpu);

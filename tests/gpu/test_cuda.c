@@ -461,11 +461,87 @@ static void check_model(bool tie, bool recompute, int chunks, bool bf16) {
     oz_arena_destroy(&ag);
 }
 
+/* --precision bf16 on both backends (the GPU's attention is cuDNN's): loss, every gradient and the
+ * logits within the bounds tests/test_model.c holds bf16 to against fp32 (the two bf16 runs differ
+ * by summation orders and cuDNN's bf16 probabilities, each within those of fp32); the GPU model's
+ * plan (with cuDNN's workspace allowance) equals its arena. */
+static void check_model_bf16(bool tie) {
+    const int B = 2, T = 37;
+    oz_llama_config c = small_config(tie);
+    oz_llama_shape sc = {.batch = B, .seq = T, .with_grads = true, .precision = OZ_PREC_BF16}, sg = sc;
+    sg.cuda = true;
+    oz_err err = {0};
+    oz_arena ac, ag;
+    oz_arena_init(&ac, cpu.allocator);
+    oz_arena_init(&ag, gpu.allocator);
+    oz_llama *mc = NULL, *mg = NULL;
+    CHECK(oz_llama_create(&mc, &c, &cpu, &ac, sc, &err) == OZ_OK, "%s", err.msg);
+    CHECK(oz_llama_create(&mg, &c, &gpu, &ag, sg, &err) == OZ_OK, "bf16 model on the GPU: %s", err.msg);
+    if (!mc || !mg) {
+        oz_llama_destroy(mc);
+        oz_llama_destroy(mg);
+        oz_arena_destroy(&ac);
+        oz_arena_destroy(&ag);
+        return;
+    }
+    oz_llama_plan plan;
+    CHECK(oz_llama_plan_memory(&c, sg, &plan, &err) == OZ_OK, "%s", err.msg);
+    for (int cat = 0; cat < OZ_MEM_NCATEGORIES; cat++)
+        CHECK(plan.bytes[cat] == ag.current[cat], "bf16 GPU model: planned %zu %s bytes, arena %zu", plan.bytes[cat],
+              oz_mem_category_name(cat), ag.current[cat]);
+    const oz_param_layout *lay = oz_llama_get_layout(mc);
+    float *init = malloc(lay->total * sizeof *init);
+    oz_llama_init_params(&c, lay, init, 12);
+    for (size_t i = 0; i < lay->total; i++) init[i] *= 10.0f;
+    for (int i = 0; i < lay->n; i++)
+        if (lay->params[i].is_norm)
+            for (size_t j = 0; j < lay->params[i].numel; j++) init[lay->params[i].offset + j] = frand(0.8f, 1.2f);
+    oz_llama_import_params(mc, init);
+    oz_llama_import_params(mg, init);
+    int32_t ids[2 * 37], tg[2 * 37];
+    for (int i = 0; i < B * T; i++) ids[i] = irand(c.vocab_size), tg[i] = i % 9 == 4 ? -1 : irand(c.vocab_size);
+    oz_llama_batch b = {ids, tg, B, T, NULL};
+    double lc = 0, lg = 0;
+    long nc = 0, ng = 0;
+    oz_llama_zero_grads(mc);
+    oz_llama_zero_grads(mg);
+    CHECK(oz_llama_forward_backward(mc, &b, 1.0f / 66, &lc, &nc, &err) == OZ_OK, "%s", err.msg);
+    CHECK(oz_llama_forward_backward(mg, &b, 1.0f / 66, &lg, &ng, &err) == OZ_OK, "%s", err.msg);
+    gpu_ok("bf16 model forward_backward");
+    CHECK(nc == ng && fabs(lc - lg) <= 2e-3 * fabs(lc), "bf16 model loss (tie %d): %.9g vs %.9g", tie, lg, lc);
+    double worst = 0;
+    for (int i = 0; i < lay->n; i++) {
+        const oz_param_info *p = &lay->params[i];
+        float *g = back(oz_llama_grad(mg, i), p->numel);
+        double e = rel_err(g, oz_llama_grad(mc, i), p->numel);
+        CHECK(e <= 8e-2, "bf16 gradient of %s (tie %d): relative error %.3g", p->name, tie, e);
+        if (e > worst) worst = e;
+        free(g);
+    }
+    float *logc = malloc((size_t)B * T * c.vocab_size * 4), *logg = malloc((size_t)B * T * c.vocab_size * 4);
+    oz_llama_batch bl = {ids, NULL, B, T, logc};
+    CHECK(oz_llama_forward(mc, &bl, NULL, NULL, &err) == OZ_OK, "%s", err.msg);
+    bl.logits_out = logg;
+    CHECK(oz_llama_forward(mg, &bl, NULL, NULL, &err) == OZ_OK, "%s", err.msg);
+    gpu_ok("bf16 model forward");
+    double e = rel_err(logg, logc, (size_t)B * T * c.vocab_size);
+    CHECK(e <= 3e-2, "bf16 logits: relative error %.3g", e);
+    printf("  bf16 model (tie %d): loss %.6f vs %.6f on the CPU, worst gradient %.2e, logits %.2e\n", tie, lg, lc,
+           worst, e);
+    free(logc), free(logg), free(init);
+    oz_llama_destroy(mc);
+    oz_llama_destroy(mg);
+    oz_arena_destroy(&ac);
+    oz_arena_destroy(&ag);
+}
+
 static void test_model(void) {
     check_model(false, false, 0, false);
     check_model(true, false, 0, false);
     check_model(false, true, 3, false);
     check_model(false, true, 3, true);
+    check_model_bf16(false);
+    check_model_bf16(true);
 }
 
 /* ------------------------------------------------------------------ quantization and subspace ops */

@@ -179,6 +179,88 @@ static void cpu_add_bf16(oz_backend *be, uint16_t *out, const uint16_t *a, const
     for (size_t i = 0; i < n; i++) out[i] = rnd(wid(a[i]) + wid(b[i]));
 }
 
+/* ---- attention: the fp32 op on one batch element at a time, widened into the workspace ----
+ * Batch elements are independent in the fp32 op (its tasks are per batch, head and row block), so
+ * a slice of one gives the full call's values; the workspace is then one element's fp32 copies. */
+
+static void widen_n(float *dst, const uint16_t *src, size_t n) {
+#pragma omp parallel for schedule(static) if (n > OZ_PAR_MIN)
+    for (size_t i = 0; i < n; i++) dst[i] = wid(src[i]);
+}
+
+static void round_n(uint16_t *dst, const float *src, size_t n) {
+#pragma omp parallel for schedule(static) if (n > OZ_PAR_MIN)
+    for (size_t i = 0; i < n; i++) dst[i] = rnd(src[i]);
+}
+
+static void nan_n(uint16_t *dst, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = 0x7fc0; /* a quiet NaN */
+}
+
+static int att_shape_ok(int B, int T, int Hq, int Hkv, int hd) {
+    return B > 0 && T > 0 && Hq > 0 && Hkv > 0 && hd > 0 && Hq % Hkv == 0;
+}
+
+static oz_status cpu_attention_bf16_plan(oz_backend *be, int B, int T, int Hq, int Hkv, int hd, size_t *workspace,
+                                         oz_err *err) {
+    (void)be;
+    *workspace = 0;
+    if (!att_shape_ok(B, T, Hq, Hkv, hd))
+        return oz_fail(err, OZ_ERR_INPUT, "attention_bf16: bad shape (B %d, T %d, heads %d/%d, head_dim %d)", B, T, Hq,
+                       Hkv, hd);
+    *workspace = oz_attention_bf16_device_workspace_bytes(0, B, T, Hq, Hkv, hd);
+    return OZ_OK;
+}
+
+static void cpu_attention_fwd_bf16(oz_backend *be, uint16_t *out, float *lse, const uint16_t *q, const uint16_t *k,
+                                   const uint16_t *v, int B, int T, int Hq, int Hkv, int hd, void *workspace,
+                                   size_t workspace_bytes) {
+    (void)be;
+    const size_t nq = (size_t)T * Hq * hd, nk = (size_t)T * Hkv * hd, nl = (size_t)Hq * T;
+    if (!att_shape_ok(B, T, Hq, Hkv, hd)) return;
+    if (!workspace || workspace_bytes < oz_attention_bf16_device_workspace_bytes(0, B, T, Hq, Hkv, hd)) {
+        nan_n(out, (size_t)B * nq); /* a contract violation must not pass for a result */
+        for (size_t i = 0; i < (size_t)B * nl; i++) lse[i] = NAN;
+        return;
+    }
+    float *qf = workspace, *kf = qf + nq, *vf = kf + nk, *of = vf + nk;
+    for (int b = 0; b < B; b++) {
+        widen_n(qf, q + b * nq, nq);
+        widen_n(kf, k + b * nk, nk);
+        widen_n(vf, v + b * nk, nk);
+        oz_cpu_attention_fwd_bf16ref(of, lse + b * nl, qf, kf, vf, 1, T, Hq, Hkv, hd);
+        round_n(out + b * nq, of, nq);
+    }
+}
+
+static void cpu_attention_bwd_bf16(oz_backend *be, uint16_t *dq, uint16_t *dk, uint16_t *dv, const uint16_t *dout,
+                                   const uint16_t *q, const uint16_t *k, const uint16_t *v, const uint16_t *out,
+                                   const float *lse, int B, int T, int Hq, int Hkv, int hd, void *workspace,
+                                   size_t workspace_bytes) {
+    (void)be;
+    const size_t nq = (size_t)T * Hq * hd, nk = (size_t)T * Hkv * hd, nl = (size_t)Hq * T;
+    if (!att_shape_ok(B, T, Hq, Hkv, hd)) return;
+    if (!workspace || workspace_bytes < oz_attention_bf16_device_workspace_bytes(0, B, T, Hq, Hkv, hd)) {
+        nan_n(dq, (size_t)B * nq);
+        nan_n(dk, (size_t)B * nk);
+        nan_n(dv, (size_t)B * nk);
+        return;
+    }
+    float *qf = workspace, *kf = qf + nq, *vf = kf + nk, *of = vf + nk, *dof = of + nq, *dqf = dof + nq;
+    float *dkf = dqf + nq, *dvf = dkf + nk;
+    for (int b = 0; b < B; b++) {
+        widen_n(qf, q + b * nq, nq);
+        widen_n(kf, k + b * nk, nk);
+        widen_n(vf, v + b * nk, nk);
+        widen_n(of, out + b * nq, nq);
+        widen_n(dof, dout + b * nq, nq);
+        oz_cpu_attention_bwd_bf16ref(dqf, dkf, dvf, dof, qf, kf, vf, of, lse + b * nl, 1, T, Hq, Hkv, hd);
+        round_n(dq + b * nq, dqf, nq);
+        round_n(dk + b * nk, dkf, nk);
+        round_n(dv + b * nk, dvf, nk);
+    }
+}
+
 void oz_cpu_bf16_ops(oz_backend *be) {
     be->gemm_bf16 = cpu_gemm_bf16;
     be->rmsnorm_fwd_bf16 = cpu_rmsnorm_fwd_bf16;
@@ -188,4 +270,7 @@ void oz_cpu_bf16_ops(oz_backend *be) {
     be->swiglu_bwd_bf16 = cpu_swiglu_bwd_bf16;
     be->embedding_fwd_bf16out = cpu_embedding_fwd_bf16out;
     be->add_bf16 = cpu_add_bf16;
+    be->attention_bf16_plan = cpu_attention_bf16_plan;
+    be->attention_fwd_bf16 = cpu_attention_fwd_bf16;
+    be->attention_bwd_bf16 = cpu_attention_bwd_bf16;
 }

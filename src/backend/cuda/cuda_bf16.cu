@@ -17,11 +17,13 @@
  * type and the pointers' alignment. The workspace is cuBLAS's part of the backend workspace, used
  * on the same stream, so the two libraries never use it at once. */
 #include <cublasLt.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend/cuda/cuda_internal.h"
+#include "backend/cuda/cuda_sdpa.h"
 
 static oz_cuda *C(oz_backend *be) { return (oz_cuda *)be->impl; }
 
@@ -118,6 +120,8 @@ static void plan_release(lt_plan *p) {
 }
 
 void oz_cuda_bf16_release(oz_cuda *c) {
+    oz_sdpa_destroy(c->sdpa);
+    c->sdpa = NULL;
     if (!c->lt) return;
     for (int i = 0; i < LT_PLANS; i++) plan_release(&c->lt->plan[i]);
     if (c->lt->handle) cublasLtDestroy(c->lt->handle);
@@ -561,6 +565,57 @@ static void cuda_embedding_fwd_bf16out(oz_backend *be, uint16_t *out, const uint
 
 /* ------------------------------------------------------------------ registration */
 
+/* ------------------------------------------------------------------ attention (cuDNN) */
+
+/* cuda_sdpa's shape for ours: causal, and the fp32 op's scale computed as the CPU computes it
+ * (cuda_sdpa's default, 1 / sqrtf(hd), may differ from it in the last bit). */
+static oz_sdpa_shape sdpa_shape(int B, int T, int Hq, int Hkv, int hd) {
+    oz_sdpa_shape sh = {B, T, Hq, Hkv, hd, 1, (float)(1.0 / sqrt((double)hd))};
+    return sh;
+}
+
+/* The fused attention's handle, made on the backend's stream at first use. The default (fast)
+ * backward: cuDNN's deterministic one keeps a B * Hq * T^2 workspace. */
+static oz_status sdpa_ready(oz_cuda *c, oz_err *err) {
+    if (c->sdpa) return OZ_OK;
+    return oz_sdpa_create(&c->sdpa, c->stream, 0, err);
+}
+
+static oz_status cuda_attention_bf16_plan(oz_backend *be, int B, int T, int Hq, int Hkv, int hd, size_t *workspace,
+                                          oz_err *err) {
+    oz_cuda *c = C(be);
+    *workspace = 0;
+    OZ_TRY(sdpa_ready(c, err));
+    const oz_sdpa_shape sh = sdpa_shape(B, T, Hq, Hkv, hd);
+    oz_sdpa_info info;
+    OZ_TRY(oz_sdpa_plan(c->sdpa, &sh, &info, err));
+    *workspace = info.fwd_workspace > info.bwd_workspace ? info.fwd_workspace : info.bwd_workspace;
+    return OZ_OK;
+}
+
+static void cuda_attention_fwd_bf16(oz_backend *be, uint16_t *out, float *lse, const uint16_t *q, const uint16_t *k,
+                                    const uint16_t *v, int B, int T, int Hq, int Hkv, int hd, void *workspace,
+                                    size_t workspace_bytes) {
+    oz_cuda *c = C(be);
+    oz_err err = {OZ_OK, ""};
+    const oz_sdpa_shape sh = sdpa_shape(B, T, Hq, Hkv, hd);
+    if (sdpa_ready(c, &err) != OZ_OK ||
+        oz_sdpa_fwd(c->sdpa, &sh, out, lse, q, k, v, workspace, workspace_bytes, &err) != OZ_OK)
+        oz_cuda_fail(c, __FILE__, __LINE__, "attention_fwd_bf16: %s", err.msg);
+}
+
+static void cuda_attention_bwd_bf16(oz_backend *be, uint16_t *dq, uint16_t *dk, uint16_t *dv, const uint16_t *dout,
+                                    const uint16_t *q, const uint16_t *k, const uint16_t *v, const uint16_t *out,
+                                    const float *lse, int B, int T, int Hq, int Hkv, int hd, void *workspace,
+                                    size_t workspace_bytes) {
+    oz_cuda *c = C(be);
+    oz_err err = {OZ_OK, ""};
+    const oz_sdpa_shape sh = sdpa_shape(B, T, Hq, Hkv, hd);
+    if (sdpa_ready(c, &err) != OZ_OK ||
+        oz_sdpa_bwd(c->sdpa, &sh, dq, dk, dv, dout, q, k, v, out, lse, workspace, workspace_bytes, &err) != OZ_OK)
+        oz_cuda_fail(c, __FILE__, __LINE__, "attention_bwd_bf16: %s", err.msg);
+}
+
 void oz_cuda_bf16_ops(oz_backend *be) {
     be->gemm_bf16 = cuda_gemm_bf16;
     be->rmsnorm_fwd_bf16 = cuda_rmsnorm_fwd_bf16;
@@ -570,4 +625,7 @@ void oz_cuda_bf16_ops(oz_backend *be) {
     be->swiglu_bwd_bf16 = cuda_swiglu_bwd_bf16;
     be->embedding_fwd_bf16out = cuda_embedding_fwd_bf16out;
     be->add_bf16 = cuda_add_bf16;
+    be->attention_bf16_plan = cuda_attention_bf16_plan;
+    be->attention_fwd_bf16 = cuda_attention_fwd_bf16;
+    be->attention_bwd_bf16 = cuda_attention_bwd_bf16;
 }

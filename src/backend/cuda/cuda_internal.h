@@ -26,6 +26,8 @@ typedef struct {
     cusolverDnHandle_t solver; /* created at the first subspace call (GaLore), NULL until then */
     /* cuBLASLt's handle and the bf16 GEMM plans (cuda_bf16.cu), made at the first gemm_bf16. */
     struct oz_cuda_lt *lt;
+    /* cuDNN's fused attention (cuda_sdpa.h) for the bf16 attention ops, made at their first call. */
+    struct oz_sdpa *sdpa;
 } oz_cuda;
 
 /* Records the first failure; returns 1 when `e` is a success. */
@@ -50,7 +52,7 @@ void oz_cuda_attention_bwd(oz_cuda *c, float *dq, float *dk, float *dv, const fl
 void oz_cuda_quant_ops(oz_backend *be);
 void oz_cuda_subspace_ops(oz_backend *be);
 void oz_cuda_bf16_ops(oz_backend *be);
-/* Frees c->lt (at destroy). */
+/* Frees c->lt and c->sdpa (at destroy). */
 void oz_cuda_bf16_release(oz_cuda *c);
 
 /* The backend workspace, cudaMalloc'ed at first use when no arena is attached (0 on failure,
