@@ -162,7 +162,7 @@ demo: deps
 test: deps
 	@sh tools/check_layers.sh
 	@$(MAKE) --no-print-directory cuda-check
-	@$(MAKE) --no-print-directory ounce $(TEST_BIN) $(BUILD)/tools/logits $(BUILD)/tests/commit_shim.so
+	@$(MAKE) --no-print-directory ounce $(TEST_BIN) $(BUILD)/tools/logits $(BUILD)/tools/tfdump $(BUILD)/tests/commit_shim.so
 	@$(MAKE) --no-print-directory BUILD=build-san OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 		LDFLAGS="-fopenmp -fsanitize=address,undefined" build-san/ounce $(TEST_SRC:tests/%.c=build-san/tests/%)
 	@sh tests/run.sh $(BUILD) build-san

@@ -52,6 +52,7 @@ static void usage(FILE *f) {
             "  tokenizer  train a byte-level BPE tokenizer (tokenizer.json)\n"
             "  compress   WeLore: reduce a model's matrices to low rank (one shot, no data)\n"
             "  convert    export a checkpoint as a plain Hugging Face model (dtype, dense)\n"
+            "  report     draw runs' curves as one self-contained HTML file (or one SVG chart)\n"
             "  version    print the version\n",
             OUNCE_VERSION);
 }
@@ -68,7 +69,8 @@ int main(int argc, char **argv) {
         int (*run)(int, char **);
     } commands[] = {{"prepare", oz_cmd_prepare}, {"train", oz_cmd_train}, {"eval", oz_cmd_eval},
                     {"sample", oz_cmd_sample},   {"tokenize", oz_cmd_tokenize}, {"memory", oz_cmd_memory},
-                    {"tokenizer", oz_cmd_tokenizer}, {"compress", oz_cmd_compress}, {"convert", oz_cmd_convert}};
+                    {"tokenizer", oz_cmd_tokenizer}, {"compress", oz_cmd_compress}, {"convert", oz_cmd_convert},
+                    {"report", oz_cmd_report}};
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (strcmp(cmd, commands[i].name) == 0) return commands[i].run(argc - 2, argv + 2);
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {

@@ -75,6 +75,39 @@ check "metrics.jsonl logs each step once after a resume" \
 check "a resumed run removes what a killed one left" \
     sh -c "! ls -a '$T/run3' | grep -q -e '^\\.step-' -e '\\.old\\.'"
 
+# --- TensorBoard event files: every step's loss once, also after the resume (tools/tfdump.c reads them)
+TFDUMP=${TFDUMP:-build/tools/tfdump}
+if [ -x "$TFDUMP" ]; then
+    check "train writes an event file" sh -c "ls '$T/run1' | grep -q '^events\.out\.tfevents\.[0-9]*\.'"
+    "$TFDUMP" "$T/run1" >"$T/tf1" 2>&1
+    check "event file: loss, lr, grad norm, tokens/s, memory at 40 steps, val loss at 2" sh -c "
+        for tag in train/loss train/lr train/grad_norm train/tokens_per_s memory/peak_mib/total; do
+            test \$(awk -v t=\$tag '\$2==t' '$T/tf1' | wc -l) -eq 40 || exit 1; done
+        test \$(awk '\$2==\"val/loss\"' '$T/tf1' | wc -l) -eq 2"
+    awk '$2=="train/loss" { print $1, $3 }' "$T/tf1" >"$T/tfl"
+    losses 1 40 "$T/run1/metrics.jsonl" >"$T/ml"
+    check "event file's losses are metrics.jsonl's (as floats)" sh -c "paste -d ' ' '$T/tfl' '$T/ml' |
+        awk '{ d = \$2 - \$4; if (\$1 != \$3 || d > 1e-5 || d < -1e-5) bad = 1; n++ } END { exit bad || n != 40 }'"
+    "$TFDUMP" "$T/run3" >"$T/tf3" 2>&1
+    tfsteps=$(awk '$2=="train/loss" {print $1}' "$T/tf3")
+    check "event files log each step once after a resume" \
+        test "$(echo "$tfsteps" | wc -l)" -eq 40 -a -z "$(echo "$tfsteps" | sort -n | uniq -d)"
+else
+    skip 4 "$TFDUMP not built"
+fi
+
+# --- ounce report: one self-contained HTML page of runs' curves, or one SVG chart
+check "report on two runs" sh -c "$OUNCE report '$T/run1' '$T/run3' --out '$T/report.html' >'$T/report.log' &&
+    grep -q '^wrote .*report.html (2 runs, 80 steps)' '$T/report.log' &&
+    test \$(grep -c '<svg' '$T/report.html') -eq 8 && grep -q '</html>' '$T/report.html' &&
+    ! grep -q -e '<script' -e 'https\?://' '$T/report.html'"
+check "report --format svg --metric loss (the run after the flags)" sh -c "$OUNCE report --format svg --metric loss --out '$T/loss.svg' '$T/run1' >/dev/null &&
+    grep -q 'xmlns=\"http://www.w3.org/2000/svg\"' '$T/loss.svg' && test \$(grep -c '<g class=\"series\"' '$T/loss.svg') -eq 1"
+expect_error "report: a run directory that does not exist" "no such run directory" $OUNCE report "$T/no-such-run" --out "$T/r.html"
+expect_error "report: a directory that is no run" "no metrics.jsonl" $OUNCE report "$T/data" --out "$T/r.html"
+expect_error "report: an unknown --metric" "not a chart" $OUNCE report "$T/run1" --format svg --metric nonsense --out "$T/r.svg"
+expect_error "report: no --out" "out is required" $OUNCE report "$T/run1"
+
 # --- the commit order of every atomic write (an LD_PRELOAD shim logs fsync and rename): each file is
 # synced before it is renamed into place and its directory synced after, checkpoints and prunes included
 SHIM=${SHIM:-build/tests/commit_shim.so}

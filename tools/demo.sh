@@ -1,7 +1,8 @@
 #!/bin/sh
 # The main job: prepare the English quotations Debian's fortune packages ship, train the `demo`
 # Llama (3.0M parameters, byte-level) on them for a few minutes, show the validation loss against
-# the corpus's unigram entropy, and print samples. Override with STEPS=, THREADS=, OUT=.
+# the corpus's unigram entropy, print samples, and draw the curves (demo-out/report.html).
+# Override with STEPS=, THREADS=, OUT=.
 set -e
 OUNCE=${OUNCE:-./ounce}
 CORPUS=${CORPUS:-/usr/share/games/fortunes}
@@ -25,3 +26,7 @@ for prompt in "The " "Life is " "A computer "; do
     $OUNCE sample --model "$OUT/model" --prompt "$prompt" --tokens 240 --temperature 0.8 --seed 7 --threads "$THREADS"
     echo
 done
+echo "== the run's curves: ounce report"
+$OUNCE report "$OUT/model" --out "$OUT/report.html"
+echo "   open $(cd "$OUT" && pwd)/report.html in a browser (one self-contained file),"
+echo "   or: tensorboard --logdir $OUT/model"

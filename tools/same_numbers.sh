@@ -26,7 +26,8 @@ run() { # run NAME FLAGS...
     if ! $OUNCE train $base --out "$out" --save-every 5 --json "$@" >"$T/log" 2>&1; then
         echo "FAILED"; tail -n 3 "$T/log"; return
     fi
-    sed -E 's/,"tokens_per_s":[^,}]*//; s/,"step_s":[^,}]*//' "$out/metrics.jsonl"
+    # peak_bytes per line repeats the summary's (below); stripped so runs from before it was logged compare
+    sed -E 's/,"tokens_per_s":[^,}]*//; s/,"step_s":[^,}]*//; s/,"peak_bytes":\{[^}]*\}//' "$out/metrics.jsonl"
     tail -n 1 "$T/log" | sed -E 's/"tokens_per_s":[^,}]*,//'
     for f in step-5/model.safetensors step-5/optimizer.safetensors model.safetensors; do
         [ -f "$out/$f" ] && echo "$f $(sha256sum <"$out/$f" | cut -c1-16)"

@@ -20,6 +20,7 @@ int oz_cmd_memory(int argc, char **argv);
 int oz_cmd_tokenizer(int argc, char **argv);
 int oz_cmd_compress(int argc, char **argv);
 int oz_cmd_convert(int argc, char **argv);
+int oz_cmd_report(int argc, char **argv);
 
 /* Prints "ounce CMD: message" to stderr and returns the exit code for the status. */
 int oz_cli_report(const char *command, const oz_err *err);

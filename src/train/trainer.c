@@ -27,6 +27,7 @@
 #include "numeric/subspace.h"
 #include "optim/optimizer.h"
 #include "optim/schedule.h"
+#include "train/events.h"
 #include "train/inrank.h"
 #include "train/run_dir.h"
 #include "util/clock.h"
@@ -56,6 +57,8 @@ typedef struct {
     const oz_train_callbacks *cb;
     int cur_step;
     double step_t0, refresh_last;
+    double refresh_s;          /* this step's subspace refreshes ended this far into it; NAN: none */
+    oz_tfevents events;        /* OUT/events.out.tfevents.*, a line of metrics.jsonl as one event */
 } trainer;
 
 /* Host view of the weights for saving: the backend's own memory when it is host memory (CPU),
@@ -137,8 +140,9 @@ static oz_status evaluate(trainer *t, double *val_loss, long *val_tokens, oz_err
  * the end of such a refresh; quick refreshes stay silent. */
 static void trainer_refresh_progress(void *user, int done, int total) {
     trainer *t = user;
-    if (!t->cb || !t->cb->on_note) return;
     double now = oz_now_s(), elapsed = now - t->step_t0;
+    if (done == total) t->refresh_s = elapsed;
+    if (!t->cb || !t->cb->on_note) return;
     if (elapsed < 2.0 || (done < total && now - t->refresh_last < 2.0)) return;
     char line[192];
     if (done < total)
@@ -321,12 +325,14 @@ static oz_status setup(trainer *t, const char *resume_dir, oz_run_position *pos,
     if (resume_dir) OZ_TRY(oz_run_log_truncate(mpath, pos->step, err));
     t->metrics = fopen(mpath, resume_dir ? "a" : "w");
     if (!t->metrics) return oz_fail(err, OZ_ERR_IO, "cannot write %s", mpath);
+    OZ_TRY(oz_train_events_open(&t->events, o->out, resume_dir ? pos->step : 0, err));
     if (o->inrank) OZ_TRY(inrank_setup(t, resume_dir, pos->step, err));
     return OZ_OK;
 }
 
 static void teardown(trainer *t) {
     if (t->metrics) fclose(t->metrics);
+    oz_tfevents_close(&t->events);
     oz_dir_unlock(t->out_lock);
     if (t->rank_log) fclose(t->rank_log);
     if (t->model) {
@@ -444,6 +450,7 @@ static oz_status run(trainer *t, oz_run_position *pos, const oz_train_callbacks 
         oz_optimizer_begin_step(t->opt, step, lr);
         t->cur_step = step;
         t->step_t0 = t->refresh_last = t0;
+        t->refresh_s = NAN;
         double loss_sum = 0;
         long n_targets = 0;
         for (int micro = 0; micro < o->grad_accum; micro++) {
@@ -514,13 +521,17 @@ static oz_status run(trainer *t, oz_run_position *pos, const oz_train_callbacks 
 
         double tps = steps_here * (double)tokens_per_step / train_time;
         if (fault[0]) /* no loss or norm to log: JSON has no NaN */
-            fprintf(t->metrics, "{\"step\":%d,\"skipped\":true,\"lr\":%.6g,\"tokens\":%.0f}\n", pos->step, (double)lr,
+            fprintf(t->metrics, "{\"step\":%d,\"skipped\":true,\"lr\":%.6g,\"tokens\":%.0f", pos->step, (double)lr,
                     pos->tokens_seen);
         else
             fprintf(t->metrics,
                     "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,"
-                    "\"step_s\":%.4f,\"tokens\":%.0f}\n",
+                    "\"step_s\":%.4f,\"tokens\":%.0f",
                     pos->step, loss, (double)lr, gnorm, tps, dt, pos->tokens_seen);
+        oz_train_metrics_peak(t->metrics, t->arena.peak, t->arena.peak_total); /* ends the line */
+        oz_train_event_step ev = {pos->step, fault[0] != 0, loss, lr, gnorm, tps, t->arena.peak, t->arena.peak_total,
+                                  t->refresh_s, o->inrank ? oz_inrank_mean_fraction(&t->ir, &t->cfg) : NAN};
+        OZ_TRY(oz_train_events_step(&t->events, &ev, err));
         bool last = pos->step == o->steps;
         if (cb && cb->on_step && (last || (o->log_every > 0 && pos->step % o->log_every == 0) ||
                                   steps_here == 1)) {
@@ -534,6 +545,7 @@ static oz_status run(trainer *t, oz_run_position *pos, const oz_train_callbacks 
             OZ_TRY(evaluate(t, &res->val_loss, &tokens, err));
             fprintf(t->metrics, "{\"step\":%d,\"val_loss\":%.6f,\"val_tokens\":%ld}\n", pos->step,
                     res->val_loss, tokens);
+            OZ_TRY(oz_train_events_val(&t->events, pos->step, res->val_loss, err));
             if (cb && cb->on_eval) cb->on_eval(cb->user, pos->step, res->val_loss, tokens);
         }
         fflush(t->metrics);
