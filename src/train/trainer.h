@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "data/loader.h"
 #include "mem/arena.h"
 #include "train/options.h"
 #include "util/err.h"
@@ -44,5 +45,19 @@ typedef struct {
  * (a step-N checkpoint) with its saved settings, to its planned end. */
 oz_status oz_train(const oz_train_opts *opts, const char *resume_dir, const oz_train_callbacks *cb,
                    oz_train_result *result, oz_err *err);
+
+/* Where a saved run stands (trainer_state.json): completed updates, the data cursor, tokens seen. */
+typedef struct {
+    int step;
+    oz_data_cursor cursor;
+    double tokens_seen;
+} oz_train_position;
+
+/* Parses the text of a trainer_state.json (`path` names it in messages), as --resume reads it:
+ * the run's options, each in its flag's range; "step" an integer in [1, steps]; the data cursor
+ * (four decimal uint64 RNG words, not all zero, and the batches drawn). Anything else is
+ * OZ_ERR_INPUT with one line. */
+oz_status oz_train_state_parse(const char *text, size_t len, const char *path, oz_train_opts *o,
+                               oz_train_position *pos, oz_err *err);
 
 #endif
