@@ -190,7 +190,8 @@ oz_status oz_config_read(const char *path, oz_llama_config *cfg, char *tokenizer
         /* Prefix the message with the file so the user knows which config is wrong. */
         char msg[sizeof err->msg];
         snprintf(msg, sizeof msg, "%s", err->msg);
-        snprintf(err->msg, sizeof err->msg, "%.200s: %.300s", path, msg);
+        oz_err_clear(err);
+        oz_fail(err, st, "%.200s: %.300s", path, msg);
     }
 done:
     cJSON_Delete(root);
