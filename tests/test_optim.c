@@ -1280,10 +1280,28 @@ static void test_train_state_parse(void) {
     CHECK(oz_train_state_parse("{}", 2, "s.json", &o, &pos, &err) == OZ_ERR_INPUT, "no format");
 }
 
+/* --budget and --shard-size sizes: units, and 0 ("not a size") for what no size_t holds. */
+static void test_parse_bytes(void) {
+    struct {
+        const char *text;
+        size_t want;
+    } cases[] = {
+        {"16GiB", (size_t)16 << 30}, {"512MiB", (size_t)512 << 20}, {"2e9", 2000000000}, {"1.5G", (size_t)3 << 29},
+        {"4 KB", 4000},              {"lots", 0},                   {"-1G", 0},         {"0", 0},
+        {"1e30", 0},                 {"1e300TiB", 0},               {"17179869184TiB", 0},
+        {"18446744073709551616", 0}, {"16777216TiB", 0},            {"16777215TiB", (size_t)16777215 << 40},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t got = oz_parse_bytes(cases[i].text);
+        CHECK(got == cases[i].want, "\"%s\": %zu, want %zu", cases[i].text, got, cases[i].want);
+    }
+}
+
 int main(void) {
     RUN(test_kind_table);
     RUN(test_against_reference);
     RUN(test_nonfinite_named);
+    RUN(test_parse_bytes);
     RUN(test_train_state_parse);
     RUN(test_galore_full_rank_is_adamw);
     RUN(test_refresh_basis_quality);
