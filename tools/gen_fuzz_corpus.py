@@ -230,9 +230,13 @@ def gen_encode():
         for k, t in enumerate(texts):
             mode = tok | ((k % 4) << 3) | ((k % 2) << 5)
             put("encode", "tok%d_text%d" % (tok, k), bytes([mode]) + t)
-        # Tiled past the parallel threshold, with added tokens between the text pieces.
-        put("encode", "tok%d_tiled" % tok, bytes([tok | (1 << 3) | 0x40, 0x10, 0x00]) +
-            b"Some text.\n<|endoftext|>More text\n")
+        # Tiled past the parallel threshold: documents of 8 KiB + 1 and of 100 KiB + 1 (cut by the
+        # parallel encoder at the pattern's newlines), each ended by added tokens.
+        put("encode", "tok%d_tiled" % tok, bytes([tok | (1 << 3) | 0x40, 0x00, 0x20, 0x00, 0x10]) +
+            b"Some text.\nMore text, a line\n" + SEP + b"<|endoftext|>")
+        put("encode", "tok%d_tiled_docs" % tok, bytes([tok | (1 << 3) | 0x40, 0x00, 0x94, 0x01, 0x20]) +
+            b"A line of prose, then more of it: words and 12 numbers.\n" + SEP +
+            b"<|endoftext|><|end_of_text|></s>")
 
 
 # ---------------------------------------------------------------- datasets

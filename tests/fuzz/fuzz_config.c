@@ -27,13 +27,24 @@ static void check_layout(const oz_llama_config *cfg) {
     }
     OZ_FUZZ_CHECK(total == lay.total, "layout total %zu wrapped", lay.total);
     OZ_FUZZ_CHECK(oz_param_layout_find(&lay, "model.embed_tokens.weight") == &lay.params[0], "embedding first");
-    oz_llama_shape shape = {0};
-    shape.batch = 1;
-    shape.seq = cfg->max_position_embeddings < 64 ? cfg->max_position_embeddings : 64;
-    shape.with_grads = true;
-    oz_llama_plan plan;
-    s = oz_llama_plan_memory(cfg, shape, &plan, &err);
-    OZ_FUZZ_CHECK(s == OZ_OK || s == OZ_ERR_INPUT, "plan_memory: %d %s", (int)s, err.msg);
+    /* Memory plans (arithmetic only): a short training shape, and the longest context with
+     * recomputation and mini-sequences, whose products are the largest the limits allow. */
+    for (int k = 0; k < 2; k++) {
+        oz_llama_shape shape = {0};
+        shape.batch = k ? 4 : 1;
+        shape.seq = k || cfg->max_position_embeddings < 64 ? cfg->max_position_embeddings : 64;
+        shape.with_grads = true;
+        shape.recompute = k;
+        shape.bf16_checkpoints = k;
+        if (k) oz_llama_mini_seq_auto(cfg, shape.batch * shape.seq, &shape.mlp_chunks, &shape.head_chunks);
+        oz_llama_plan plan;
+        oz_err_clear(&err);
+        s = oz_llama_plan_memory(cfg, shape, &plan, &err);
+        OZ_FUZZ_CHECK(s == OZ_OK || s == OZ_ERR_INPUT, "plan_memory: %d %s", (int)s, err.msg);
+        if (s == OZ_OK)
+            OZ_FUZZ_CHECK(plan.bytes[OZ_MEM_WEIGHTS] >= lay.total * sizeof(float), "planned weights %zu < %zu floats",
+                          plan.bytes[OZ_MEM_WEIGHTS], lay.total);
+    }
     oz_param_layout_free(&lay);
 }
 

@@ -5,11 +5,16 @@
  *     bits 0-2  the tokenizer (0-5 the fixtures in that order, 6-7 the byte tokenizer)
  *     bits 3-4  threads: 1, 2, 3 or 4
  *     bit  5    add_special (the post-processor's template)
- *     bit  6    tile: the rest of the input is repeated past the parallel encoder's threshold
- *               (4 x 64 KiB, data/bpe.c's PARALLEL_UNIT), plus up to 64 KiB more (bytes 1-2),
- *               so the chunked, multi-threaded path runs on it
+ *     bit  6    tile: bytes 1-4 are D0 D1 D2 E and the rest is PATTERN [OZ_FUZZ_SEP TAIL]; the
+ *               text is documents, each PATTERN repeated to 1 + (D0 + 2^8 D1 + 2^16 D2) mod 2^20
+ *               bytes then TAIL,
+ *               until it is 4 x 64 KiB (the parallel encoder's threshold, data/bpe.c's
+ *               PARALLEL_UNIT) + 4 KiB x E long (up to 1.25 MiB). The chunked, multi-threaded
+ *               path runs on it: the pattern's newlines say where it may cut a document, the
+ *               tail's added tokens end each one (the structure of the unit-array overflow
+ *               fixed in 5e3f0c2: 229,730-byte documents cut every 32 KiB + 1)
  *
- * and the rest is the text. Every id must lie in the vocabulary and decode; more than one thread
+ * and otherwise the rest is the text. Every id must lie in the vocabulary and decode; more than one thread
  * must give the ids one thread gives; llama3, ounce and byte must decode back to the exact bytes. */
 #include "fuzz.h"
 
@@ -68,18 +73,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int special = (mode >> 5) & 1;
     const char *text = (const char *)data + 1;
     size_t len = size - 1;
-    if ((mode & 0x40) && len > 0) {
-        size_t extra = size >= 3 ? ((size_t)data[1] | (size_t)data[2] << 8) : 0;
-        size_t want = PARALLEL_THRESHOLD + extra;
-        if (tiled_cap < want) {
+    if ((mode & 0x40) && size > 5) {
+        size_t doc = 1 + (((size_t)data[1] | (size_t)data[2] << 8 | (size_t)data[3] << 16) & 0xFFFFF);
+        size_t total = PARALLEL_THRESHOLD + 4096 * (size_t)data[4];
+        oz_fuzz_part parts[2];
+        int n = oz_fuzz_split(data + 5, size - 5, parts, 2);
+        const oz_fuzz_part *pat = &parts[0], *tail = n > 1 ? &parts[1] : NULL;
+        size_t tn = tail ? tail->n : 0;
+        if (pat->n == 0) return 0;
+        size_t cap = total + doc + tn;
+        if (tiled_cap < cap) {
             free(tiled);
-            tiled = malloc(want);
+            tiled = malloc(cap);
             if (!tiled) abort();
-            tiled_cap = want;
+            tiled_cap = cap;
         }
-        for (size_t i = 0; i < want; i += len) memcpy(tiled + i, text, want - i < len ? want - i : len);
+        len = 0;
+        while (len < total) {
+            for (size_t i = 0; i < doc; i += pat->n) memcpy(tiled + len + i, pat->p, doc - i < pat->n ? doc - i : pat->n);
+            len += doc;
+            if (tn) memcpy(tiled + len, tail->p, tn);
+            len += tn;
+        }
         text = tiled;
-        len = want;
     }
     oz_tokenizer *t = &toks[which];
     oz_tokens ids = {0};

@@ -8,11 +8,12 @@
 #       corpus size and crashes. A crash's input is saved as BUILD/crashes/TARGET-crash-<sha1>
 #       (or -leak-, -oom-, -timeout-) and named; the script then exits 1.
 #   tests/fuzz/run.sh --check BUILD SECONDS        `make test`: each target for SECONDS from the
-#       committed seeds with a fixed seed (-seed=1), one check per target, ending with the line
+#       committed seeds with a fixed seed (-seed=1), one check per target, then its saved
+#       reproducers (tests/fuzz/crashes/TARGET/*, one check each), ending with the line
 #       "fuzz: N passed, M failed, K skipped" that tests/run.sh counts. Where clang or libFuzzer
 #       is missing every target is a skip with that reason.
 #   tests/fuzz/run.sh --replay BUILD               every reproducer in tests/fuzz/crashes/TARGET/
-#       run once through its target; one check per file.
+#       run once through its target; one check per file (`make fuzz-replay`).
 #   tests/fuzz/run.sh --probe                      exits 0 if $FUZZ_CC (clang) can build a libFuzzer
 #       program with ASan, UBSan and OpenMP; otherwise prints why and exits 1.
 FUZZ_CC=${FUZZ_CC:-clang}
@@ -55,12 +56,13 @@ targets=$*
 n_targets=$(echo "$targets" | wc -w)
 
 # The largest input libFuzzer makes, per target (the seeds are below it; encode tiles its input
-# past the parallel encoder's threshold itself).
+# past the parallel encoder's threshold itself, from patterns up to 40000 bytes: longer than the
+# encoder's half unit of 32 KiB).
 max_len() {
     case "$1" in
     cli_args) echo 1024 ;;
     config | trainer_state) echo 8192 ;;
-    encode) echo 4096 ;;
+    encode) echo 40000 ;;
     *) echo 32768 ;;
     esac
 }
@@ -77,8 +79,11 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 passed=0 failed=0 skipped=0
 
 if [ "$mode" != fuzz ] && ! why=$(probe); then
-    echo "skip: $n_targets checks ($why)"
-    echo "fuzz: 0 passed, 0 failed, $n_targets skipped"
+    n=$n_targets
+    [ "$mode" = replay ] && n=0
+    for t in $targets; do n=$((n + $(find "$here/crashes/$t" -type f 2>/dev/null | wc -l))); done
+    echo "skip: $n checks ($why)"
+    echo "fuzz: 0 passed, 0 failed, $n skipped"
     exit 0
 fi
 
@@ -93,23 +98,25 @@ stats() {
     echo "${execs:-0} ${cov:-0} ${ft:-0} ${corp:-0}"
 }
 
-if [ "$mode" = replay ]; then
-    for t in $targets; do
-        bin=$build/fuzz_$t
-        for f in "$here/crashes/$t"/*; do
-            [ -f "$f" ] || continue
-            case "$f" in *.md) continue ;; esac
-            if [ ! -x "$bin" ]; then
-                echo "FAIL $t: $bin not built"; failed=$((failed + 1)); continue
-            fi
-            if "$bin" -rss_limit_mb=2048 -timeout=60 -close_fd_mask=3 "$f" >"$scratch/log" 2>&1; then
-                echo "ok   $t $(basename "$f")"; passed=$((passed + 1))
-            else
-                echo "FAIL $t $(basename "$f"):"; grep -E 'ERROR|SUMMARY|fuzz check failed|runtime error' "$scratch/log" | head -n 5
-                failed=$((failed + 1))
-            fi
-        done
+# replay TARGET: every saved reproducer of TARGET once through it, one check each
+replay() {
+    for f in "$here/crashes/$1"/*; do
+        [ -f "$f" ] || continue
+        if [ ! -x "$build/fuzz_$1" ]; then
+            echo "FAIL $1 $(basename "$f"): $build/fuzz_$1 not built"; failed=$((failed + 1)); continue
+        fi
+        if "$build/fuzz_$1" -rss_limit_mb=2048 -timeout=60 -close_fd_mask=3 "$f" >"$scratch/replay.log" 2>&1; then
+            echo "ok   $1: reproducer $(basename "$f")"; passed=$((passed + 1))
+        else
+            echo "FAIL $1: reproducer $(basename "$f") (see $here/crashes/README.md):"
+            grep -E 'ERROR|SUMMARY|fuzz check failed|runtime error' "$scratch/replay.log" | head -n 5 | sed 's/^/    /'
+            failed=$((failed + 1))
+        fi
     done
+}
+
+if [ "$mode" = replay ]; then
+    for t in $targets; do replay "$t"; done
     echo "fuzz-replay: $passed passed, $failed failed"
     [ "$failed" -eq 0 ]
     exit $?
@@ -155,6 +162,7 @@ for t in $targets; do
         passed=$((passed + 1))
         [ "$mode" = check ] && echo "ok   $t: $execs executions, cov $cov, ft $ft, no crash in ${seconds}s"
     fi
+    [ "$mode" = check ] && replay "$t"
 done
 if [ "$mode" = check ]; then
     echo "fuzz: $passed passed, $failed failed, $skipped skipped"
