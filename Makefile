@@ -156,8 +156,12 @@ $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_BUILD)/liboun
 fuzz-build:
 	@if why=$$(FUZZ_CC='$(FUZZ_CC)' sh tests/fuzz/run.sh --probe); then \
 		$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC='$(FUZZ_CC)' OPT='$(FUZZ_OPT)' \
-			LDFLAGS='-fopenmp -fsanitize=address,undefined' $(FUZZ_BIN); \
+			LDFLAGS='-fopenmp -fsanitize=address,undefined' fuzz-bins; \
 	else echo "  fuzz-build: skipped ($$why)"; fi
+
+.PHONY: fuzz-bins
+fuzz-bins: $(FUZZ_BIN)
+	@:
 
 fuzz: deps fuzz-build
 	@sh tests/fuzz/run.sh $(FUZZ_BUILD) $(SECONDS)
