@@ -164,11 +164,11 @@ fuzz-bins: $(FUZZ_BIN)
 	@:
 
 fuzz: deps fuzz-build
-	@sh tests/fuzz/run.sh $(FUZZ_BUILD) $(SECONDS)
+	@FUZZ_CC='$(FUZZ_CC)' sh tests/fuzz/run.sh $(FUZZ_BUILD) $(SECONDS)
 
 # Runs every target once over the saved reproducers (tests/fuzz/crashes/TARGET/*): each must pass.
 fuzz-replay: fuzz-build
-	@sh tests/fuzz/run.sh --replay $(FUZZ_BUILD)
+	@FUZZ_CC='$(FUZZ_CC)' sh tests/fuzz/run.sh --replay $(FUZZ_BUILD)
 
 CUDA_CHECK_DIR := build-cuda-check
 cuda-check:
@@ -205,7 +205,7 @@ test: deps
 	@$(MAKE) --no-print-directory BUILD=build-san OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 		LDFLAGS="-fopenmp -fsanitize=address,undefined" build-san/ounce $(TEST_SRC:tests/%.c=build-san/tests/%)
 	@$(MAKE) --no-print-directory fuzz-build
-	@sh tests/run.sh $(BUILD) build-san $(FUZZ_BUILD)
+	@FUZZ_CC='$(FUZZ_CC)' sh tests/run.sh $(BUILD) build-san $(FUZZ_BUILD)
 
 unit: ounce $(TEST_BIN)
 	@sh tests/run.sh $(BUILD) ""
