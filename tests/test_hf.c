@@ -295,6 +295,11 @@ static void test_config_bounds(void) {
         {"\"max_position_embeddings\": 2147483647", "max_position_embeddings"},
         {"\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, \"original_max_position_embeddings\": 2147483647}",
          "original_max_position_embeddings"},
+        /* bos/eos: an id, or null / -1 for none (what ounce writes as absent); another negative
+         * number came back from a round trip as -1 (found by the config fuzz target). */
+        {"\"eos_token_id\": -2", "eos_token_id"},
+        {"\"bos_token_id\": -2147483648", "bos_token_id"},
+        {"\"bos_token_id\": -1, \"eos_token_id\": null", NULL},
         {"\"num_hidden_layers\": 256, \"vocab_size\": 16777216, \"hidden_size\": 262144, \"intermediate_size\": 262144,"
          " \"num_attention_heads\": 64, \"num_key_value_heads\": 64, \"head_dim\": 4096, \"max_position_embeddings\": 16777216",
          NULL},

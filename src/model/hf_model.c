@@ -31,7 +31,7 @@ static oz_status json_int(const cJSON *root, const char *path, const char *key, 
 }
 
 /* bos/eos ids: an integer, or (Llama 3.1's eos_token_id) a list of them, of which the first is the
- * one ounce appends; null means unknown. */
+ * one ounce appends; null (or -1, how ounce holds it) means unknown. */
 static oz_status json_token_id(const cJSON *root, const char *path, const char *key, int *out, oz_err *err) {
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(root, key);
     if (cJSON_IsArray(item)) {
@@ -44,7 +44,13 @@ static oz_status json_token_id(const cJSON *root, const char *path, const char *
             return oz_fail(err, OZ_ERR_INPUT, "%s: field \"%s\" must hold integer token ids", path, key);
         return OZ_OK;
     }
-    return json_int(root, path, key, false, -1, out, err);
+    if (!item || cJSON_IsNull(item)) {
+        *out = -1;
+        return OZ_OK;
+    }
+    if (!oz_json_int_in(item, -1, 2147483647.0, out))
+        return oz_fail(err, OZ_ERR_INPUT, "%s: field \"%s\" must be a token id (an integer >= 0) or null", path, key);
+    return OZ_OK;
 }
 
 /* rope_scaling (transformers < 5) or rope_parameters (>= 5, which also moves rope_theta inside). */
