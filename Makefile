@@ -1,6 +1,7 @@
 # ounce build. `make` builds ./ounce; `make demo` trains the demo model and samples; `make test` runs
 # the CPU suite (unit tests, CLI end-to-end tests, then the unit tests again under ASan/UBSan).
-# `make CUDA=1` adds the CUDA backend (sm_90).
+# `make CUDA=1` adds the CUDA backend (sm_90). `make fuzz SECONDS=N` runs every libFuzzer target in
+# tests/fuzz/ for N seconds (clang; see docs/testing.md#fuzzing).
 
 CC      ?= gcc
 OPT     ?= -O3 -march=native
@@ -45,7 +46,7 @@ endif
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps demo test unit e2e sanitize bench clean cuda-check gpu-test
+.PHONY: all deps demo test unit e2e sanitize bench clean cuda-check gpu-test fuzz fuzz-build fuzz-replay
 all: ounce
 
 ounce: $(BUILD)/libounce.a $(CLI_OBJ)
@@ -58,6 +59,11 @@ $(BUILD)/ounce: $(BUILD)/libounce.a $(CLI_OBJ)
 	$(Q)$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libounce.a $(LDLIBS)
 
 $(BUILD)/libounce.a: $(LIB_OBJ)
+	@rm -f $@
+	$(Q)ar rcs $@ $^
+
+# The commands without main(), for programs that call them (the fuzz target of the CLI's arguments).
+$(BUILD)/libounce-cli.a: $(filter-out $(BUILD)/src/main.o,$(CLI_OBJ))
 	@rm -f $@
 	$(Q)ar rcs $@ $^
 
@@ -131,6 +137,40 @@ $(BUILD)/bench/gpu_sdpa: bench/gpu_sdpa.c $(BUILD)/libounce.a
 	@$(if $(V),,echo "  CC      $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libounce.a $(LDFLAGS) -Wl,--as-needed $(LDLIBS)
 
+# ---- Fuzzing: one libFuzzer target per parser and encoder (tests/fuzz/fuzz_*.c), built with clang,
+# ASan and UBSan in build-fuzz (the library too, with coverage instrumentation). `fuzz-build` says
+# "skipped" and builds nothing where clang or libFuzzer is missing (tests/fuzz/run.sh --probe);
+# `make fuzz` then fails, `make test` counts the targets as skipped with that reason.
+FUZZ_CC    ?= clang
+FUZZ_BUILD := build-fuzz
+FUZZ_OPT   := -O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all \
+              -Wno-unknown-warning-option -Wno-pass-failed
+FUZZ_SRC   := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BIN   := $(FUZZ_SRC:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
+SECONDS    ?= 60
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_BUILD)/libounce.a $(FUZZ_BUILD)/libounce-cli.a
+	@$(if $(V),,echo "  FUZZ    $@")
+	$(Q)$(CC) $(CFLAGS) -fsanitize=fuzzer -Itests/fuzz -DOZ_FUZZ_FIXTURES='"$(CURDIR)/tests/fixtures"' -o $@ $< \
+		$(FUZZ_BUILD)/libounce-cli.a $(FUZZ_BUILD)/libounce.a $(LDFLAGS) $(LDLIBS)
+
+fuzz-build:
+	@if why=$$(FUZZ_CC='$(FUZZ_CC)' sh tests/fuzz/run.sh --probe); then \
+		$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC='$(FUZZ_CC)' OPT='$(FUZZ_OPT)' \
+			LDFLAGS='-fopenmp -fsanitize=address,undefined' fuzz-bins; \
+	else echo "  fuzz-build: skipped ($$why)"; fi
+
+.PHONY: fuzz-bins
+fuzz-bins: $(FUZZ_BIN)
+	@:
+
+fuzz: deps fuzz-build
+	@FUZZ_CC='$(FUZZ_CC)' sh tests/fuzz/run.sh $(FUZZ_BUILD) $(SECONDS)
+
+# Runs every target once over the saved reproducers (tests/fuzz/crashes/TARGET/*): each must pass.
+fuzz-replay: fuzz-build
+	@FUZZ_CC='$(FUZZ_CC)' sh tests/fuzz/run.sh --replay $(FUZZ_BUILD)
+
 CUDA_CHECK_DIR := build-cuda-check
 cuda-check:
 	@if [ -x "$(NVCC)" ]; then \
@@ -158,14 +198,15 @@ demo: deps
 	@sh tools/demo.sh
 
 # The include graph's layer order first (a second, no compile needed), then unit tests, end-to-end
-# CLI tests, and the unit tests again under AddressSanitizer + UBSan.
+# CLI tests, the unit tests again under AddressSanitizer + UBSan, and each fuzz target for 3 seconds.
 test: deps
 	@sh tools/check_layers.sh
 	@$(MAKE) --no-print-directory cuda-check
 	@$(MAKE) --no-print-directory ounce $(TEST_BIN) $(BUILD)/tools/logits $(BUILD)/tools/tfdump $(BUILD)/tests/commit_shim.so
 	@$(MAKE) --no-print-directory BUILD=build-san OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 		LDFLAGS="-fopenmp -fsanitize=address,undefined" build-san/ounce $(TEST_SRC:tests/%.c=build-san/tests/%)
-	@sh tests/run.sh $(BUILD) build-san
+	@$(MAKE) --no-print-directory fuzz-build
+	@FUZZ_CC='$(FUZZ_CC)' sh tests/run.sh $(BUILD) build-san $(FUZZ_BUILD)
 
 unit: ounce $(TEST_BIN)
 	@sh tests/run.sh $(BUILD) ""
@@ -174,4 +215,4 @@ bench: ounce
 	@sh bench/run.sh
 
 clean:
-	rm -rf build build-san build-cuda build-cuda-check ounce
+	rm -rf build build-san build-cuda build-cuda-check build-fuzz ounce

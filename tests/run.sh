@@ -1,14 +1,18 @@
 #!/bin/sh
 # Runs every unit test binary, the CLI end-to-end tests and the tool self-tests (tests/test_*.sh)
-# on the plain build, then the unit and CLI tests again on the sanitizer build if one is given.
-# Prints each suite's result, one line per run ("plain: ...", "asan+ubsan: ...") and a total:
+# on the plain build, then the unit and CLI tests again on the sanitizer build if one is given, then
+# each libFuzzer target for a few seconds if a fuzz build is given (tests/fuzz/run.sh --check: one
+# check per target, all skipped with the reason where clang or libFuzzer is missing).
+# Prints each suite's result, one line per run ("plain: ...", "asan+ubsan: ...", "fuzz: ...") and a total:
 #     tests: N passed, M failed, K skipped (reason: n; reason: n)
 # Skips are counted from the suites' "skip: N checks (reason)" lines (tests/harness.h's SKIP and
 # tests/e2e.sh). A suite without a result line, with a non-zero exit, or a test program that was
 # not built counts as a failure, and the script then exits non-zero.
-# usage: tests/run.sh BUILD_DIR [SANITIZER_BUILD_DIR]
+# usage: tests/run.sh BUILD_DIR [SANITIZER_BUILD_DIR [FUZZ_BUILD_DIR]]
 build=$1
 san=$2
+fuzz=$3
+FUZZ_SECONDS=${FUZZ_SECONDS:-3}
 log=$(mktemp)
 reasons=$(mktemp) # "run<TAB>count<TAB>reason" per skip line, both runs
 trap 'rm -f "$log" "$reasons"' EXIT
@@ -71,6 +75,7 @@ summary() {
 
 passed_plain=0 failed_plain=0 skipped_plain=0
 passed_san=0 failed_san=0 skipped_san=0
+passed_fuzz=0 failed_fuzz=0 skipped_fuzz=0
 unit plain "$build" ""
 suite plain e2e env OUNCE=./ounce sh tests/e2e.sh
 for t in tests/test_*.sh; do
@@ -85,9 +90,14 @@ if [ -n "$san" ]; then
     suite san "e2e [asan+ubsan]" env OUNCE="$san/ounce" sh tests/e2e.sh
     runs="plain san"
 fi
+if [ -n "$fuzz" ]; then
+    suite fuzz "fuzz (${FUZZ_SECONDS}s a target)" sh tests/fuzz/run.sh --check "$fuzz" "$FUZZ_SECONDS"
+    runs="$runs fuzz"
+fi
 echo
 summary "plain:" plain
 [ -n "$san" ] && summary "asan+ubsan:" san
+[ -n "$fuzz" ] && summary "fuzz:" fuzz
 # shellcheck disable=SC2086 # $runs is a list of run names
 summary "tests:" $runs
-[ $((failed_plain + failed_san)) -eq 0 ]
+[ $((failed_plain + failed_san + failed_fuzz)) -eq 0 ]

@@ -272,6 +272,61 @@ static void test_save_roundtrip(void) {
     CHECK(rel >= 0 && rel <= 1e-4, "saved copy: logits differ by %.3g", rel);
 }
 
+/* Sizes in config.json are bounded by documented limits (llama.h: OZ_LLAMA_MAX_*) before anything
+ * is sized by them: a 300-byte file with 2,000,000 layers made the parameter table allocate 5.9 GB,
+ * and vocab_size x hidden_size near 2^62 wrapped the layout's size_t offsets (both found by the
+ * config fuzz target). Each field past its limit is one line naming it; the limits themselves pass. */
+static void test_config_bounds(void) {
+    struct {
+        const char *fields, *needle;
+    } cases[] = {
+        {"\"num_hidden_layers\": 2000000", "num_hidden_layers"},
+        {"\"num_hidden_layers\": 257", "num_hidden_layers"},
+        {"\"vocab_size\": 2147483647, \"hidden_size\": 262144, \"num_attention_heads\": 1, \"num_key_value_heads\": 1,"
+         " \"head_dim\": 2",
+         "vocab_size"},
+        {"\"vocab_size\": 16777217", "vocab_size"},
+        {"\"hidden_size\": 262145, \"num_attention_heads\": 1, \"num_key_value_heads\": 1, \"head_dim\": 2", "hidden_size"},
+        {"\"intermediate_size\": 2147483647", "intermediate_size"},
+        {"\"head_dim\": 4098", "head_dim"},
+        {"\"num_attention_heads\": 1024, \"num_key_value_heads\": 1, \"head_dim\": 512", "num_attention_heads"},
+        {"\"num_key_value_heads\": 1024, \"num_attention_heads\": 1024, \"head_dim\": 2, \"hidden_size\": 2048",
+         NULL},
+        {"\"max_position_embeddings\": 2147483647", "max_position_embeddings"},
+        {"\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, \"original_max_position_embeddings\": 2147483647}",
+         "original_max_position_embeddings"},
+        /* bos/eos: an id, or null / -1 for none (what ounce writes as absent); another negative
+         * number came back from a round trip as -1 (found by the config fuzz target). */
+        {"\"eos_token_id\": -2", "eos_token_id"},
+        {"\"bos_token_id\": -2147483648", "bos_token_id"},
+        {"\"bos_token_id\": -1, \"eos_token_id\": null", NULL},
+        {"\"num_hidden_layers\": 256, \"vocab_size\": 16777216, \"hidden_size\": 262144, \"intermediate_size\": 262144,"
+         " \"num_attention_heads\": 64, \"num_key_value_heads\": 64, \"head_dim\": 4096, \"max_position_embeddings\": 16777216",
+         NULL},
+    };
+    char path[256];
+    tmp_path(path, sizeof path, "bounds_config.json");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        /* cJSON finds a key's first occurrence: the case's fields, written first, override the rest. */
+        char text[1024];
+        snprintf(text, sizeof text,
+                 "{%s, \"model_type\": \"llama\", \"vocab_size\": 64, \"hidden_size\": 32, \"intermediate_size\": 48,"
+                 " \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"head_dim\": 8,"
+                 " \"max_position_embeddings\": 64}",
+                 cases[i].fields);
+        write_text(path, text);
+        oz_llama_config cfg;
+        oz_err err = {0};
+        oz_status st = oz_config_read(path, &cfg, NULL, &err);
+        if (!cases[i].needle) {
+            CHECK(st == OZ_OK, "at the limits: %s", err.msg);
+            continue;
+        }
+        CHECK(st == OZ_ERR_INPUT && strstr(err.msg, cases[i].needle) && !strchr(err.msg, '\n'),
+              "{%s}: status %s, \"%s\"", cases[i].fields, oz_status_name(st), err.msg);
+    }
+}
+
 int main(void) {
     oz_err err = {0};
     if (oz_backend_cpu_create(&be, 1, &err) != OZ_OK) {
@@ -290,6 +345,7 @@ int main(void) {
     RUN(test_legacy_config_spelling);
     RUN(test_broken_checkpoints);
     RUN(test_save_roundtrip);
+    RUN(test_config_bounds);
     be.destroy(&be);
     oz_remove_tree(g_tmp, &err);
     return oz_test_finish("test_hf");

@@ -452,6 +452,10 @@ static void test_corrupt(void) {
          "appears twice", 2},
         {"stray.st", "{}  x", "stray bytes", 0},
         {"emptyhdr.st", "", "not valid JSON", 0},
+        /* Strings quoted from the file come out on one line, control characters shown as '?'. */
+        {"newline.st", "{\"w\":{\"dtype\":\"F\\n32\\r\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+         "unsupported dtype 'F?32?'", 4},
+        {"escape.st", "{\"\\u001b[2J\\t\":{\"shape\":[1],\"data_offsets\":[0,1]}}", "tensor '?[2J?' has no", 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         tmp_path(p, sizeof p, cases[i].file);

@@ -17,6 +17,7 @@
 #include "numeric/subspace.h"
 #include "optim/optimizer.h"
 #include "train/plan.h"
+#include "train/run_dir.h"
 #include "train/trainer.h"
 #include "util/rng.h"
 
@@ -1223,10 +1224,86 @@ static void test_kind_table(void) {
     CHECK(!a->galore && a->moments_8bit && !a->int8_weights && a->proj_bits == 32, "adamw8bit's traits");
 }
 
+/* A trainer_state.json text with these step, cursor words and batches (decimal strings). */
+static char *state_text(const char *step, const char *const rng[4], const char *batches) {
+    oz_train_opts o;
+    oz_train_opts_default(&o);
+    o.steps = 10;
+    snprintf(o.data, sizeof o.data, "random:64");
+    snprintf(o.out, sizeof o.out, "out");
+    cJSON *opts = oz_train_opts_to_json(&o);
+    char *opts_text = cJSON_PrintUnformatted(opts);
+    cJSON_Delete(opts);
+    size_t cap = strlen(opts_text) + 512;
+    char *text = malloc(cap);
+    snprintf(text, cap,
+             "{\"format\": \"ounce-trainer-state\", \"version\": 1, \"step\": %s, \"tokens_seen\": 640, "
+             "\"options\": %s, \"data_cursor\": {\"rng\": [\"%s\", \"%s\", \"%s\", \"%s\"], \"batches\": \"%s\"}}",
+             step, opts_text, rng[0], rng[1], rng[2], rng[3], batches);
+    free(opts_text);
+    return text;
+}
+
+/* oz_train_state_parse, what --resume reads: a good state's values, and each malformed field
+ * refused as OZ_ERR_INPUT with one line. */
+static void test_train_state_parse(void) {
+    const char *good[4] = {"1", "18446744073709551615", "0", "42"}, *zero[4] = {"0", "0", "0", "0"},
+               *neg[4] = {"1", "-1", "2", "3"}, *junk[4] = {"1", "2", "3", "4x"};
+    char *text = state_text("4", good, "7");
+    oz_train_opts o;
+    oz_train_position pos;
+    oz_err err = {0};
+    CHECK(oz_train_state_parse(text, strlen(text), "s.json", &o, &pos, &err) == OZ_OK, "%s", err.msg);
+    CHECK(pos.step == 4 && pos.tokens_seen == 640 && pos.cursor.batches == 7, "step %d, tokens %g, batches %llu",
+          pos.step, pos.tokens_seen, (unsigned long long)pos.cursor.batches);
+    CHECK(pos.cursor.rng.s[0] == 1 && pos.cursor.rng.s[1] == UINT64_MAX && pos.cursor.rng.s[3] == 42, "rng words");
+    CHECK(o.steps == 10, "options: steps %d", o.steps);
+    free(text);
+    struct {
+        const char *step, *const *rng, *batches, *why;
+    } bad[] = {
+        {"-5", good, "7", "a negative step"},       {"1e10", good, "7", "a step past the run"},
+        {"11", good, "7", "a step past the run"},   {"0", good, "7", "step 0"},
+        {"2.5", good, "7", "a fractional step"},    {"\"3\"", good, "7", "a step as a string"},
+        {"3", zero, "7", "an all-zero RNG state"},  {"3", neg, "7", "a negative RNG word"},
+        {"3", junk, "7", "an RNG word with junk"},  {"3", good, "-1", "negative batches"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        text = state_text(bad[i].step, bad[i].rng, bad[i].batches);
+        oz_err_clear(&err);
+        oz_status s = oz_train_state_parse(text, strlen(text), "s.json", &o, &pos, &err);
+        CHECK(s == OZ_ERR_INPUT && strstr(err.msg, "s.json") && !strchr(err.msg, '\n'), "%s: status %d, \"%s\"",
+              bad[i].why, (int)s, err.msg);
+        free(text);
+    }
+    const char *trunc = "{\"format\": \"ounce-trainer-state\", \"step\": 1";
+    CHECK(oz_train_state_parse(trunc, strlen(trunc), "s.json", &o, &pos, &err) == OZ_ERR_INPUT, "truncated JSON");
+    CHECK(oz_train_state_parse("{}", 2, "s.json", &o, &pos, &err) == OZ_ERR_INPUT, "no format");
+}
+
+/* --budget and --shard-size sizes: units, and 0 ("not a size") for what no size_t holds. */
+static void test_parse_bytes(void) {
+    struct {
+        const char *text;
+        size_t want;
+    } cases[] = {
+        {"16GiB", (size_t)16 << 30}, {"512MiB", (size_t)512 << 20}, {"2e9", 2000000000}, {"1.5G", (size_t)3 << 29},
+        {"4 KB", 4000},              {"lots", 0},                   {"-1G", 0},         {"0", 0},
+        {"1e30", 0},                 {"1e300TiB", 0},               {"17179869184TiB", 0},
+        {"18446744073709551616", 0}, {"16777216TiB", 0},            {"16777215TiB", (size_t)16777215 << 40},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t got = oz_parse_bytes(cases[i].text);
+        CHECK(got == cases[i].want, "\"%s\": %zu, want %zu", cases[i].text, got, cases[i].want);
+    }
+}
+
 int main(void) {
     RUN(test_kind_table);
     RUN(test_against_reference);
     RUN(test_nonfinite_named);
+    RUN(test_parse_bytes);
+    RUN(test_train_state_parse);
     RUN(test_galore_full_rank_is_adamw);
     RUN(test_refresh_basis_quality);
     RUN(test_moments_at_switch);

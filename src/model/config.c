@@ -48,29 +48,36 @@ const char *oz_precision_name(int precision) { return precision == OZ_PREC_BF16 
 oz_status oz_llama_config_validate(const oz_llama_config *c, oz_err *err) {
 #define NEED(cond, ...) \
     if (!(cond)) return oz_fail(err, OZ_ERR_INPUT, __VA_ARGS__)
-    NEED(c->vocab_size > 0, "config: vocab_size must be positive (got %d)", c->vocab_size);
-    NEED(c->hidden_size > 0, "config: hidden_size must be positive (got %d)", c->hidden_size);
-    NEED(c->intermediate_size > 0, "config: intermediate_size must be positive (got %d)",
-         c->intermediate_size);
-    NEED(c->num_hidden_layers > 0, "config: num_hidden_layers must be positive (got %d)",
-         c->num_hidden_layers);
+    NEED(c->vocab_size > 0 && c->vocab_size <= OZ_LLAMA_MAX_VOCAB, "config: vocab_size must be in [1, %d] (got %d)",
+         OZ_LLAMA_MAX_VOCAB, c->vocab_size);
+    NEED(c->hidden_size > 0 && c->hidden_size <= OZ_LLAMA_MAX_WIDTH, "config: hidden_size must be in [1, %d] (got %d)",
+         OZ_LLAMA_MAX_WIDTH, c->hidden_size);
+    NEED(c->intermediate_size > 0 && c->intermediate_size <= OZ_LLAMA_MAX_WIDTH,
+         "config: intermediate_size must be in [1, %d] (got %d)", OZ_LLAMA_MAX_WIDTH, c->intermediate_size);
+    NEED(c->num_hidden_layers > 0 && c->num_hidden_layers <= OZ_LLAMA_MAX_LAYERS,
+         "config: num_hidden_layers must be in [1, %d] (got %d)", OZ_LLAMA_MAX_LAYERS, c->num_hidden_layers);
     NEED(c->num_attention_heads > 0, "config: num_attention_heads must be positive (got %d)",
          c->num_attention_heads);
     NEED(c->num_key_value_heads > 0 && c->num_attention_heads % c->num_key_value_heads == 0,
          "config: num_attention_heads (%d) must be a multiple of num_key_value_heads (%d)",
          c->num_attention_heads, c->num_key_value_heads);
-    NEED(c->head_dim > 0 && c->head_dim % 2 == 0, "config: head_dim must be positive and even (got %d)",
-         c->head_dim);
-    NEED(c->max_position_embeddings > 0, "config: max_position_embeddings must be positive (got %d)",
+    NEED(c->head_dim > 0 && c->head_dim % 2 == 0 && c->head_dim <= OZ_LLAMA_MAX_HEAD_DIM,
+         "config: head_dim must be positive, even and at most %d (got %d)", OZ_LLAMA_MAX_HEAD_DIM, c->head_dim);
+    NEED((int64_t)c->num_attention_heads * c->head_dim <= OZ_LLAMA_MAX_WIDTH,
+         "config: num_attention_heads x head_dim (%d x %d) must be at most %d", c->num_attention_heads, c->head_dim,
+         OZ_LLAMA_MAX_WIDTH);
+    NEED(c->max_position_embeddings > 0 && c->max_position_embeddings <= OZ_LLAMA_MAX_POSITIONS,
+         "config: max_position_embeddings must be in [1, %d] (got %d)", OZ_LLAMA_MAX_POSITIONS,
          c->max_position_embeddings);
     NEED(c->rms_norm_eps > 0, "config: rms_norm_eps must be positive (got %g)", (double)c->rms_norm_eps);
     NEED(c->rope_theta > 0, "config: rope_theta must be positive (got %g)", (double)c->rope_theta);
     if (c->rope_type != OZ_ROPE_DEFAULT)
         NEED(c->rope_factor >= 1.0f, "config: rope_scaling.factor must be at least 1 (got %g)", (double)c->rope_factor);
     if (c->rope_type == OZ_ROPE_LLAMA3) {
-        NEED(c->rope_original_max_position_embeddings > 0,
-             "config: rope_scaling.original_max_position_embeddings must be positive (got %d)",
-             c->rope_original_max_position_embeddings);
+        NEED(c->rope_original_max_position_embeddings > 0 &&
+                 c->rope_original_max_position_embeddings <= OZ_LLAMA_MAX_POSITIONS,
+             "config: rope_scaling.original_max_position_embeddings must be in [1, %d] (got %d)",
+             OZ_LLAMA_MAX_POSITIONS, c->rope_original_max_position_embeddings);
         NEED(c->rope_low_freq_factor > 0 && c->rope_high_freq_factor > c->rope_low_freq_factor,
              "config: rope_scaling needs 0 < low_freq_factor < high_freq_factor (got %g, %g)",
              (double)c->rope_low_freq_factor, (double)c->rope_high_freq_factor);

@@ -33,7 +33,7 @@ static oz_status json_int(const cJSON *root, const char *path, const char *key, 
 }
 
 /* bos/eos ids: an integer, or (Llama 3.1's eos_token_id) a list of them, of which the first is the
- * one ounce appends; null means unknown. */
+ * one ounce appends; null (or -1, how ounce holds it) means unknown. */
 static oz_status json_token_id(const cJSON *root, const char *path, const char *key, int *out, oz_err *err) {
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(root, key);
     if (cJSON_IsArray(item)) {
@@ -46,7 +46,13 @@ static oz_status json_token_id(const cJSON *root, const char *path, const char *
             return oz_fail(err, OZ_ERR_INPUT, "%s: field \"%s\" must hold integer token ids", path, key);
         return OZ_OK;
     }
-    return json_int(root, path, key, false, -1, out, err);
+    if (!item || cJSON_IsNull(item)) {
+        *out = -1;
+        return OZ_OK;
+    }
+    if (!oz_json_int_in(item, -1, 2147483647.0, out))
+        return oz_fail(err, OZ_ERR_INPUT, "%s: field \"%s\" must be a token id (an integer >= 0) or null", path, key);
+    return OZ_OK;
 }
 
 /* rope_scaling (transformers < 5) or rope_parameters (>= 5, which also moves rope_theta inside). */
@@ -192,7 +198,8 @@ oz_status oz_config_read(const char *path, oz_llama_config *cfg, char *tokenizer
         /* Prefix the message with the file so the user knows which config is wrong. */
         char msg[sizeof err->msg];
         snprintf(msg, sizeof msg, "%s", err->msg);
-        snprintf(err->msg, sizeof err->msg, "%.200s: %.300s", path, msg);
+        oz_err_clear(err);
+        oz_fail(err, st, "%.200s: %.300s", path, msg);
     }
 done:
     cJSON_Delete(root);

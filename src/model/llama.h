@@ -15,8 +15,16 @@ typedef enum { OZ_ROPE_DEFAULT = 0, OZ_ROPE_LINEAR, OZ_ROPE_LLAMA3 } oz_rope_typ
 
 /* The seven attention/MLP matrices of a decoder layer, in layout order. */
 enum { OZ_M_Q, OZ_M_K, OZ_M_V, OZ_M_O, OZ_M_GATE, OZ_M_UP, OZ_M_DOWN, OZ_LLAMA_MATRICES };
-/* Low-rank configs name layers 0..OZ_LLAMA_MAX_LAYERS-1 (Llama 3.1 405B has 126). */
+/* Limits of a config (oz_llama_config_validate), checked before anything is sized by them: a few
+ * times the largest models published, so that every size computed from them fits its type (the
+ * parameter count in size_t, a layer's matrix rows in int) and a small config.json cannot make
+ * ounce allocate without bound. Low-rank configs name layers 0..OZ_LLAMA_MAX_LAYERS-1 (Llama 3.1
+ * 405B has 126 layers, hidden 16384, intermediate 53248; Llama 4 a context of 10M). */
 #define OZ_LLAMA_MAX_LAYERS 256
+#define OZ_LLAMA_MAX_VOCAB (1 << 24)     /* vocab_size */
+#define OZ_LLAMA_MAX_WIDTH (1 << 18)     /* hidden_size, intermediate_size, heads x head_dim */
+#define OZ_LLAMA_MAX_HEAD_DIM 4096
+#define OZ_LLAMA_MAX_POSITIONS (1 << 24) /* max_position_embeddings and rope's original one */
 
 typedef struct {
     int vocab_size;
@@ -61,7 +69,8 @@ double oz_llama_rope_inv_freq(const oz_llama_config *cfg, int i);
 bool oz_llama_preset(const char *name, oz_llama_config *cfg);
 /* Comma-separated list of preset names, for help texts. */
 const char *oz_llama_preset_names(void);
-/* Checks the config is well formed (positive sizes, heads divide hidden, ...). */
+/* Checks the config is well formed (positive sizes within the OZ_LLAMA_MAX_* limits, heads divide
+ * hidden, ...). */
 oz_status oz_llama_config_validate(const oz_llama_config *cfg, oz_err *err);
 
 /* One named parameter tensor inside the flat parameter buffer. */

@@ -72,7 +72,11 @@ size_t oz_parse_bytes(const char *text) {
     } units[] = {{"", 1},          {"B", 1},          {"K", 1024.0},     {"KiB", 1024.0},   {"KB", 1e3},
                  {"M", 1048576.0}, {"MiB", 1048576.0}, {"MB", 1e6},     {"G", 1073741824.0}, {"GiB", 1073741824.0},
                  {"GB", 1e9},      {"T", 1099511627776.0}, {"TiB", 1099511627776.0}, {"TB", 1e12}};
-    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
-        if (strcmp(end, units[i].suffix) == 0) return (size_t)(v * units[i].mult);
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+        if (strcmp(end, units[i].suffix) != 0) continue;
+        /* Converting a double at or past 2^64 to size_t is undefined: such a size is no size. */
+        double bytes = v * units[i].mult;
+        return bytes < 0x1p64 ? (size_t)bytes : 0;
+    }
     return 0;
 }

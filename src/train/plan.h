@@ -23,7 +23,8 @@ oz_status oz_train_plan_memory(const oz_llama_config *cfg, const oz_train_opts *
                                oz_err *err);
 /* Longest sequence (<= limit) whose planned total fits `budget` bytes, or 0 if none does. */
 int oz_train_plan_max_seq(const oz_llama_config *cfg, const oz_train_opts *o, size_t budget, int limit);
-/* Parses "16GiB", "1.5G", "512MiB", "2e9" (bytes) ...; returns 0 on failure. */
+/* Parses "16GiB", "1.5G", "512MiB", "2e9" (bytes) ...; returns 0 on failure, and for sizes of
+ * 2^64 bytes or more. */
 size_t oz_parse_bytes(const char *text);
 
 #endif

@@ -15,7 +15,7 @@
 #include "io/atomic.h"
 #include "io/json.h"
 
-oz_status oz_run_state_write(const char *path, const oz_train_opts *o, const oz_run_position *pos,
+oz_status oz_run_state_write(const char *path, const oz_train_opts *o, const oz_train_position *pos,
                              const char *tokenizer, cJSON *inrank, oz_err *err) {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "format", "ounce-trainer-state");
@@ -53,12 +53,9 @@ static bool parse_u64(const char *s, uint64_t *out) {
     return true;
 }
 
-oz_status oz_run_state_read(const char *path, oz_train_opts *o, oz_run_position *pos, oz_err *err) {
-    char *text;
-    size_t n;
-    OZ_TRY(oz_read_file(path, &text, &n, err));
-    cJSON *root = cJSON_ParseWithLength(text, n);
-    free(text);
+oz_status oz_train_state_parse(const char *text, size_t len, const char *path, oz_train_opts *o,
+                               oz_train_position *pos, oz_err *err) {
+    cJSON *root = cJSON_ParseWithLength(text, len);
     oz_status st = OZ_OK;
     const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(root, "format");
     if (!root || !cJSON_IsString(fmt) || strcmp(fmt->valuestring, "ounce-trainer-state") != 0) {
@@ -96,6 +93,15 @@ oz_status oz_run_state_read(const char *path, oz_train_opts *o, oz_run_position 
     if (!cursor_ok || any == 0) st = oz_fail(err, OZ_ERR_INPUT, "%s: the data cursor is malformed", path);
 done:
     cJSON_Delete(root);
+    return st;
+}
+
+oz_status oz_run_state_read(const char *path, oz_train_opts *o, oz_train_position *pos, oz_err *err) {
+    char *text;
+    size_t n;
+    OZ_TRY(oz_read_file(path, &text, &n, err));
+    oz_status st = oz_train_state_parse(text, n, path, o, pos, err);
+    free(text);
     return st;
 }
 

@@ -9,19 +9,25 @@
 #include "train/options.h"
 #include "util/err.h"
 
-/* Where a run is: completed updates, the data cursor, tokens trained on. */
+/* Where a saved run stands (trainer_state.json): completed updates, the data cursor, tokens seen. */
 typedef struct {
     int step;
     oz_data_cursor cursor;
     double tokens_seen;
-} oz_run_position;
+} oz_train_position;
+
+/* Parses the text of a trainer_state.json (`path` names it in messages), as --resume reads it:
+ * the run's options, each in its flag's range; "step" an integer in [1, steps]; the data cursor
+ * (four decimal uint64 RNG words, not all zero, and the batches drawn). Anything else is
+ * OZ_ERR_INPUT with one line. */
+oz_status oz_train_state_parse(const char *text, size_t len, const char *path, oz_train_opts *o,
+                               oz_train_position *pos, oz_err *err);
 
 /* trainer_state.json, atomically; inrank (may be NULL) is added under "inrank" and consumed. */
-oz_status oz_run_state_write(const char *path, const oz_train_opts *o, const oz_run_position *pos,
+oz_status oz_run_state_write(const char *path, const oz_train_opts *o, const oz_train_position *pos,
                              const char *tokenizer, cJSON *inrank, oz_err *err);
-/* Reads and validates one (every setting in its flag's range, step in [1, steps], a well-formed
- * cursor); OZ_ERR_INPUT with one line naming the file and field. */
-oz_status oz_run_state_read(const char *path, oz_train_opts *o, oz_run_position *pos, oz_err *err);
+/* Reads the file and parses it (oz_train_state_parse). */
+oz_status oz_run_state_read(const char *path, oz_train_opts *o, oz_train_position *pos, oz_err *err);
 /* Removes what a killed run left under out (hidden .step-* entries, step-N.old.* asides); call
  * holding out's lock. */
 oz_status oz_run_dir_sweep(const char *out, oz_err *err);

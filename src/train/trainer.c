@@ -77,7 +77,7 @@ static oz_status host_weights(trainer *t, const float **params, oz_err *err) {
     return OZ_OK;
 }
 
-static oz_status save_checkpoint(trainer *t, const char *dir, const oz_run_position *pos, bool with_optimizer,
+static oz_status save_checkpoint(trainer *t, const char *dir, const oz_train_position *pos, bool with_optimizer,
                                  oz_err *err) {
     const float *params = NULL;
     OZ_TRY(host_weights(t, &params, err));
@@ -93,7 +93,7 @@ static oz_status save_checkpoint(trainer *t, const char *dir, const oz_run_posit
                        err);
 }
 
-static oz_status save_periodic(trainer *t, const oz_run_position *pos, const oz_train_callbacks *cb,
+static oz_status save_periodic(trainer *t, const oz_train_position *pos, const oz_train_callbacks *cb,
                                oz_err *err) {
     char tmp[OZ_PATH_MAX + 64], final_dir[OZ_PATH_MAX + 32];
     snprintf(tmp, sizeof tmp, "%s/.step-%d.tmp.%ld", t->opts.out, pos->step, (long)getpid());
@@ -218,7 +218,7 @@ static oz_status check_vocabulary(trainer *t, const char *model_dir, const char 
     return OZ_OK;
 }
 
-static oz_status setup(trainer *t, const char *resume_dir, oz_run_position *pos, oz_err *err) {
+static oz_status setup(trainer *t, const char *resume_dir, oz_train_position *pos, oz_err *err) {
     const oz_train_opts *o = &t->opts;
     OZ_TRY(oz_train_opts_check(o, err));
     /* One run per output directory, from before anything in it is read or written. */
@@ -410,7 +410,7 @@ static oz_status inrank_after_step(trainer *t, int step, const oz_train_callback
     return OZ_OK;
 }
 
-static oz_status run(trainer *t, oz_run_position *pos, const oz_train_callbacks *cb, oz_train_result *res,
+static oz_status run(trainer *t, oz_train_position *pos, const oz_train_callbacks *cb, oz_train_result *res,
                      oz_err *err) {
     const oz_train_opts *o = &t->opts;
     int warmup = o->warmup >= 0 ? o->warmup : o->steps / 20;
@@ -576,7 +576,7 @@ oz_status oz_train(const oz_train_opts *opts, const char *resume_dir, const oz_t
     memset(&t, 0, sizeof t);
     t.out_lock = -1;
     memset(result, 0, sizeof *result);
-    oz_run_position pos;
+    oz_train_position pos;
     memset(&pos, 0, sizeof pos);
     oz_status st = OZ_OK;
     if (resume_dir) {

@@ -11,6 +11,10 @@ oz_status oz_fail(oz_err *err, oz_status status, const char *fmt, ...) {
         va_start(ap, fmt);
         vsnprintf(err->msg, sizeof err->msg, fmt, ap);
         va_end(ap);
+        /* Messages quote names and values from the user's files; their newlines, carriage returns and
+         * terminal escapes must not break the one-line message (or drive the user's terminal). */
+        for (char *c = err->msg; *c; c++)
+            if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
         err->status = status;
     }
     return status;

@@ -18,7 +18,8 @@ typedef struct {
     char msg[512];
 } oz_err;
 
-/* Records the first error (later calls keep the original cause) and returns `status`. */
+/* Records the first error (later calls keep the original cause) and returns `status`. The message
+ * is one line: control characters (newlines, tabs, escapes) in it become '?'. */
 oz_status oz_fail(oz_err *err, oz_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void oz_err_clear(oz_err *err);
