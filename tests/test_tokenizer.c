@@ -386,6 +386,13 @@ static void test_errors(void) {
     const char *big_post = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"post_processor\":"
                            "{\"type\":\"BertProcessing\",\"cls\":[\"a\",1e10],\"sep\":[\"a\",0]}}";
     expect_load_error("post-processor id 1e10", big_post, strlen(big_post), "cls");
+    /* A template id no token has (a hole in the ids) would be emitted by encode and refused by decode
+     * (the tokenizer fuzz target's reproducer template-id-hole). */
+    const char *hole = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"c\":2},\"merges\":[]},\"post_processor\":"
+                       "{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"X\",\"type_id\":0}},"
+                       "{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}],\"pair\":[],\"special_tokens\":{\"X\":{\"id\":\"X\","
+                       "\"ids\":[1],\"tokens\":[\"X\"]}}}}";
+    expect_load_error("template id no token has", hole, strlen(hole), "which no token has");
     const char *dropout = "{\"model\": {\"type\": \"BPE\", \"dropout\": 0.1, \"vocab\": {\"a\": 0}, \"merges\": []}}";
     expect_load_error("dropout", dropout, strlen(dropout), "model.dropout");
     cJSON_Delete(root);

@@ -594,8 +594,11 @@ static oz_status load_root(loader *L, const cJSON *root, const cJSON *config) {
     }
     for (size_t i = 0; i < b->prefix.n + b->suffix.n; i++) {
         int32_t id = i < b->prefix.n ? b->prefix.v[i] : b->suffix.v[i - b->prefix.n];
-        if (id < 0 || id >= b->vocab_size)
-            return LFAIL(L, "%s: post_processor uses id %d, outside the vocabulary", L->name, (int)id);
+        /* A template id must be a token: one no token has would be emitted and then refused by decode
+         * (the tokenizer fuzz target's template-id-hole). */
+        bool listed = id >= 0 && id < b->vocab_size &&
+                      ((id < b->model_size && b->tok_off[id] != UINT32_MAX) || b->added_of_id[id] >= 0);
+        if (!listed) return LFAIL(L, "%s: post_processor uses id %d, which no token has", L->name, (int)id);
     }
     OZ_TRY(oz_bpe_index_added(b, L->err));
     /* bos/eos: tokenizer_config.json when it names them, else the template's first special token
