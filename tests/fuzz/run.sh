@@ -78,7 +78,11 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 
 passed=0 failed=0 skipped=0
 
-if [ "$mode" != fuzz ] && ! why=$(probe); then
+if ! why=$(probe); then
+    if [ "$mode" = fuzz ]; then
+        echo "fuzz: cannot run the targets: $why (sh tools/install-deps.sh installs clang, libclang-rt-dev, libomp-dev)" >&2
+        exit 1
+    fi
     n=$n_targets
     [ "$mode" = replay ] && n=0
     for t in $targets; do n=$((n + $(find "$here/crashes/$t" -type f 2>/dev/null | wc -l))); done
