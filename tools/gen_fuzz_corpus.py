@@ -5,8 +5,9 @@ tests/fixtures/tokenizers, texts for the encoder, prepared datasets, trainer sta
 lists. Python's standard library only; the output is the same on every run.
 
     python3 tools/gen_fuzz_corpus.py            # rewrites tests/fuzz/corpus/
-    python3 tools/gen_fuzz_corpus.py --states   # also re-derives the trainer states by running
-                                                # ./ounce train (needs a built ./ounce)
+    python3 tools/gen_fuzz_corpus.py --ounce    # also re-derives the trainer states and the GGUF
+                                                # models by running ./ounce train and ./ounce
+                                                # convert (needs a built ./ounce)
 
 Multi-file inputs are the files joined with the separator of tests/fuzz/fuzz.h, OZ_FUZZ_SEP.
 """
@@ -286,7 +287,7 @@ def gen_trainer_state(run_ounce):
     d = os.path.join(OUT, "trainer_state")
     if not run_ounce:
         if not os.path.isdir(d) or not os.listdir(d):
-            sys.exit("tests/fuzz/corpus/trainer_state/ is empty: run with --states (needs ./ounce)")
+            sys.exit("tests/fuzz/corpus/trainer_state/ is empty: run with --ounce (needs ./ounce)")
         return
     ounce = os.path.join(ROOT, "ounce")
     for name, extra in STATE_RUNS.items():
@@ -299,6 +300,102 @@ def gen_trainer_state(run_ounce):
             # Paths of this machine's temp directory would differ on every run.
             state["options"]["out"] = "out"
             put("trainer_state", name + ".json", dense(state))
+
+
+# ---------------------------------------------------------------- GGUF
+
+def gguf_str(s):
+    b = s.encode() if isinstance(s, str) else s
+    return struct.pack("<Q", len(b)) + b
+
+
+GG = {"u8": (0, "<B"), "i8": (1, "<b"), "u16": (2, "<H"), "i16": (3, "<h"), "u32": (4, "<I"), "i32": (5, "<i"),
+      "f32": (6, "<f"), "bool": (7, "<B"), "u64": (10, "<Q"), "i64": (11, "<q"), "f64": (12, "<d")}
+
+
+def gguf_value(kind, v):
+    if kind == "str":
+        return struct.pack("<I", 8) + gguf_str(v)
+    if kind.startswith("arr:"):
+        et = kind[4:]
+        if et == "str":
+            return struct.pack("<IIQ", 9, 8, len(v)) + b"".join(gguf_str(x) for x in v)
+        t, fmt = GG[et]
+        return struct.pack("<IIQ", 9, t, len(v)) + b"".join(struct.pack(fmt, x) for x in v)
+    t, fmt = GG[kind]
+    return struct.pack("<I", t) + struct.pack(fmt, v)
+
+
+def gguf_file(kvs, tensors, alignment=32):
+    """kvs: [(key, kind, value)]; tensors: [(name, ggml type, dims innermost first, data bytes)]."""
+    out = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs))
+    for key, kind, v in kvs:
+        out += gguf_str(key) + gguf_value(kind, v)
+    off = 0
+    for name, t, dims, data in tensors:
+        out += gguf_str(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims)
+        out += struct.pack("<IQ", t, off)
+        off += len(data) + (-len(data) % alignment)
+    out += b"\0" * (-len(out) % alignment)
+    for _, _, _, data in tensors:
+        out += data + b"\0" * (-len(data) % alignment)
+    return out
+
+
+def gen_gguf(run_ounce):
+    # Every value type and every tensor type ounce decodes, in a file that is not a model.
+    kvs = [("general.architecture", "str", "none"), ("general.alignment", "u32", 64), ("t.u8", "u8", 255),
+           ("t.i8", "i8", -128), ("t.u16", "u16", 65535), ("t.i16", "i16", -32768), ("t.u32", "u32", 1 << 31),
+           ("t.i32", "i32", -7), ("t.f32", "f32", 0.5), ("t.bool", "bool", 1), ("t.u64", "u64", 1 << 40),
+           ("t.i64", "i64", -(1 << 40)), ("t.f64", "f64", 3.25), ("t.str", "str", "caf\u00e9"),
+           ("t.ints", "arr:i32", [1, -2, 3]), ("t.floats", "arr:f32", [0.25, -1.0]), ("t.strs", "arr:str", ["a", "", "bc"]),
+           ("t.bytes", "arr:u8", [0, 1, 2, 255])]
+    half = struct.pack("<e", 0.5)
+    tensors = [("f32", 0, [3, 2], struct.pack("<6f", 1, 2, 3, 4, 5, 6)), ("f16", 1, [4], half * 4),
+               ("bf16", 30, [2, 1, 1], bf16(1.5) * 2), ("q8_0", 8, [32], half + bytes(range(32))),
+               ("q4_0", 2, [32, 2], (half + bytes(range(16))) * 2), ("q4_1", 3, [32], half * 2 + bytes(16)),
+               ("q6_k", 14, [256], bytes(128 + 64 + 16) + half)]
+    put("gguf", "every_type", gguf_file(kvs, tensors, 64))
+    # Written by the `gguf` package (llama.cpp's): every tensor type, and one ounce refuses (Q2_K).
+    for name in ("types.gguf", "q2_k.gguf"):
+        shutil.copy(os.path.join(FIX, "gguf", name), os.path.join(OUT, "gguf", name))
+    d = os.path.join(OUT, "gguf")
+    if not run_ounce:
+        if len(os.listdir(d)) < 4:
+            sys.exit("tests/fuzz/corpus/gguf/ has no models: run with --ounce (needs ./ounce)")
+        return
+    models = {
+        "tiny_f16": (dict(TINY), "f16", None),
+        "tiny32_q4_0": (dict(TINY, hidden_size=32, intermediate_size=32, head_dim=16, tie_word_embeddings=True),
+                        "q4_0", None),
+        "byte_tokenizer": (dict(TINY, vocab_size=258, bos_token_id=256, eos_token_id=257, tie_word_embeddings=True,
+                                ounce_tokenizer="byte"), "f16", None),
+        "gpt2_tokenizer": (dict(TINY, tie_word_embeddings=True), "f16", "ounce"),
+        "llama_tokenizer": (dict(TINY, tie_word_embeddings=True), "f16", "llama2"),
+    }
+    ounce = os.path.join(ROOT, "ounce")
+    for name, (cfg, typ, tok) in models.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            m = os.path.join(tmp, name)
+            os.makedirs(m)
+            if tok:
+                tj = cut_tokenizer(tok, KEEP[tok])
+                j = json.loads(tj)
+                cfg["vocab_size"] = 1 + max(list(j["model"]["vocab"].values()) + [t["id"] for t in j["added_tokens"]])
+                with open(os.path.join(m, "tokenizer.json"), "wb") as f:
+                    f.write(tj)
+                c = config_of(tok)
+                if c:
+                    with open(os.path.join(m, "tokenizer_config.json"), "wb") as f:
+                        f.write(c)
+            with open(os.path.join(m, "config.json"), "wb") as f:
+                f.write(dense(cfg))
+            with open(os.path.join(m, "model.safetensors"), "wb") as f:
+                f.write(safetensors(tiny_tensors(cfg, "F32"), {"format": "pt"}))
+            subprocess.run([ounce, "convert", "--model", m, "--out", m + ".gguf", "--type", typ], check=True,
+                           stdout=subprocess.DEVNULL)
+            with open(m + ".gguf", "rb") as f:
+                put("gguf", name, f.read())
 
 
 # ---------------------------------------------------------------- argument lists
@@ -323,8 +420,9 @@ def gen_cli_args():
 
 
 def main():
-    run_states = "--states" in sys.argv[1:]
-    for t in ("safetensors", "weights", "config", "tokenizer", "encode", "dataset", "cli_args"):
+    run_ounce = "--ounce" in sys.argv[1:]
+    targets = ["safetensors", "weights", "config", "tokenizer", "encode", "dataset", "cli_args"]
+    for t in targets + (["gguf"] if run_ounce else []):
         shutil.rmtree(os.path.join(OUT, t), ignore_errors=True)
         os.makedirs(os.path.join(OUT, t))
     gen_safetensors()
@@ -333,7 +431,8 @@ def main():
     gen_tokenizer()
     gen_encode()
     gen_dataset()
-    gen_trainer_state(run_states)
+    gen_trainer_state(run_ounce)
+    gen_gguf(run_ounce)
     gen_cli_args()
 
 

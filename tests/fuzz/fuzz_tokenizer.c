@@ -17,17 +17,13 @@ static const char sample[] = "Hello, world! <|endoftext|> <s> </s> 12345 \xc3\xa
 /* Ids decoded one by one per input (the vocabulary can be large). */
 #define DECODE_MAX 4096
 
-/* special: the ids came with the post-processor's template, whose ids the loader does not check
- * against the vocabulary (tests/fuzz/crashes/tokenizer/template-id-hole): they may be holes,
- * which decode refuses. */
-static void check_ids(const oz_tokenizer *t, const oz_tokens *ids, int special) {
+static void check_ids(const oz_tokenizer *t, const oz_tokens *ids) {
     for (size_t i = 0; i < ids->len; i++)
         OZ_FUZZ_CHECK(ids->ids[i] >= 0 && ids->ids[i] < t->vocab_size, "id %d outside the %d-token vocabulary",
                       (int)ids->ids[i], t->vocab_size);
     oz_text out = {0};
     oz_err err = {0};
-    oz_status s = oz_tokenizer_decode(t, ids->ids, ids->len, 1, &out, &err);
-    OZ_FUZZ_CHECK(s == OZ_OK || (special && s == OZ_ERR_INPUT), "decode: %s", err.msg);
+    OZ_FUZZ_CHECK(oz_tokenizer_decode(t, ids->ids, ids->len, 1, &out, &err) == OZ_OK, "decode: %s", err.msg);
     oz_text_free(&out);
 }
 
@@ -65,7 +61,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         s = special ? oz_tokenizer_encode_special(&t, text, len, &ids, &err)
                     : oz_tokenizer_encode(&t, text, len, &ids, &err);
         /* A tokenizer without byte fallback or unk cannot encode every text: a clean error. */
-        if (s == OZ_OK) check_ids(&t, &ids, special);
+        if (s == OZ_OK) check_ids(&t, &ids);
         else OZ_FUZZ_CHECK(s == OZ_ERR_INPUT && !strchr(err.msg, '\n'), "encode: %d %s", (int)s, err.msg);
         oz_tokens_free(&ids);
         oz_err_clear(&err);
