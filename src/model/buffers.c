@@ -235,6 +235,23 @@ static void list_grads(oz_llama *m, buffer_list *bl) {
 
 #define B16(n) ((size_t)(n) * sizeof(uint16_t))
 
+/* The sizes both buffer lists are written in: tokens, widths, the LSE and the RoPE tables. */
+typedef struct {
+    size_t N, d, F, V, qd, kvd, lse, rope;
+    int L;
+} buf_sizes;
+
+static buf_sizes buf_sizes_of(const oz_llama *m) {
+    const oz_llama_config *c = &m->cfg;
+    const oz_llama_shape *s = &m->shape;
+    size_t pos = (size_t)(c->max_position_embeddings > s->seq ? c->max_position_embeddings : s->seq);
+    buf_sizes z = {(size_t)s->batch * s->seq, (size_t)c->hidden_size, (size_t)c->intermediate_size,
+                   (size_t)c->vocab_size, (size_t)c->num_attention_heads * c->head_dim,
+                   (size_t)c->num_key_value_heads * c->head_dim, (size_t)s->batch * c->num_attention_heads * s->seq,
+                   pos * (size_t)(c->head_dim / 2), c->num_hidden_layers};
+    return z;
+}
+
 /* The buffer list of a bf16 model (shape.precision; forward_bf16.c uses them): the fp32 master
  * weights and their bf16 copy, the fp32 gradients as in fp32, every layer's activations and the
  * layer inputs in bf16, the head's fp32 logits, their gradient rounded, and the backward's bf16
@@ -245,14 +262,9 @@ static void list_buffers_bf16(oz_llama *m, buffer_list *bl) {
     const oz_llama_config *c = &m->cfg;
     const oz_llama_shape *s = &m->shape;
     const oz_param_layout *lay = &m->layout;
-    size_t N = (size_t)s->batch * s->seq;
-    size_t d = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
-    size_t qd = (size_t)c->num_attention_heads * c->head_dim;
-    size_t kvd = (size_t)c->num_key_value_heads * c->head_dim;
-    size_t lse = (size_t)s->batch * c->num_attention_heads * s->seq;
-    int L = c->num_hidden_layers;
-    size_t rope = (size_t)(c->max_position_embeddings > s->seq ? c->max_position_embeddings : s->seq) *
-                  (c->head_dim / 2);
+    const buf_sizes z = buf_sizes_of(m);
+    size_t N = z.N, d = z.d, F = z.F, V = z.V, qd = z.qd, kvd = z.kvd, lse = z.lse, rope = z.rope;
+    int L = z.L;
     bl->life = LIFE_ALWAYS;
     want(bl, &m->params, OZ_MEM_WEIGHTS, F32(lay->total), "weights");
     want(bl, &m->params16, OZ_MEM_WEIGHTS, B16(lay->total), "weights (bf16 copy)");
@@ -318,17 +330,12 @@ static void list_buffers(oz_llama *m, buffer_list *bl) {
     const oz_llama_config *c = &m->cfg;
     const oz_llama_shape *s = &m->shape;
     const oz_param_layout *lay = &m->layout;
-    size_t N = (size_t)s->batch * s->seq;
-    size_t d = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
-    size_t qd = (size_t)c->num_attention_heads * c->head_dim;
-    size_t kvd = (size_t)c->num_key_value_heads * c->head_dim;
-    size_t lse = (size_t)s->batch * c->num_attention_heads * s->seq;
-    int L = c->num_hidden_layers;
+    const buf_sizes z = buf_sizes_of(m);
+    size_t N = z.N, d = z.d, F = z.F, V = z.V, qd = z.qd, kvd = z.kvd, lse = z.lse, rope = z.rope;
+    int L = z.L;
     bool mini = s->mlp_chunks > 0;
     size_t mlp_rows = mini ? (size_t)ceil_div((int)N, s->mlp_chunks) : N;
     size_t head_rows = s->head_chunks > 0 ? (size_t)ceil_div((int)N, s->head_chunks) : N;
-    size_t rope = (size_t)(c->max_position_embeddings > s->seq ? c->max_position_embeddings : s->seq) *
-                  (c->head_dim / 2);
     if (s->precision == OZ_PREC_BF16) {
         list_buffers_bf16(m, bl);
         return;

@@ -89,22 +89,6 @@ static unsigned grid_for(size_t n, int threads) {
     return blocks ? (unsigned)blocks : 1u;
 }
 
-#define GRID_STRIDE(i, n) \
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
-
-/* Block-wide sum in a fixed order (warp shuffles, then warps in index order): deterministic.
- * Every thread gets the total. `sh` holds 32 values. */
-template <typename Tv>
-__device__ Tv block_sum(Tv v, Tv *sh) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    __syncthreads(); /* sh may still be read by a previous call */
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    Tv t = 0;
-    for (int w = 0; w < nw; w++) t += sh[w];
-    return t;
-}
 
 __device__ float block_max(float v, float *sh) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;

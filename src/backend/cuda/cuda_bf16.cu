@@ -27,9 +27,6 @@
 
 static oz_cuda *C(oz_backend *be) { return (oz_cuda *)be->impl; }
 
-#define GRID_STRIDE(i, n) \
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
-
 /* Enough blocks to fill the GPU several times over; the kernels stride over the rest. */
 static unsigned grid_for(size_t n, int threads) {
     size_t blocks = (n + (size_t)threads - 1) / (size_t)threads;
@@ -68,18 +65,6 @@ __device__ __forceinline__ void store8(uint16_t *p, const float *f) {
     *reinterpret_cast<uint4 *>(p) = make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-/* Block-wide sum in a fixed order (shuffles down each warp, then the warps in index order), so a
- * row's sum repeats bit for bit. Every thread gets it; `sh` holds 32 doubles. */
-__device__ double block_sum_d(double v, double *sh) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    __syncthreads(); /* sh may still be read by a previous call */
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    double t = 0;
-    for (int w = 0; w < nw; w++) t += sh[w];
-    return t;
-}
 
 static int row_threads(int d) { return d >= 2048 ? 512 : d >= 512 ? 256 : 128; }
 
@@ -261,7 +246,7 @@ __global__ void rmsnorm_fwd_bf16_k(uint16_t *out, float *rstd, const uint16_t *x
 #pragma unroll
         for (int k = 0; k < V; k++) ss += (double)f[k] * (double)f[k];
     }
-    ss = block_sum_d(ss, sh);
+    ss = block_sum<double>(ss, sh);
     const float r = (float)(1.0 / sqrt(ss / d + (double)eps));
     if (threadIdx.x == 0) rstd[row] = r;
     for (int j = threadIdx.x * V; j < d; j += blockDim.x * V) {
@@ -304,7 +289,7 @@ __global__ void rmsnorm_bwd_dx_bf16_k(uint16_t *dx, const uint16_t *dout, const 
 #pragma unroll
         for (int k = 0; k < V; k++) cacc += (double)gf[k] * (double)wf[k] * (double)xf[k];
     }
-    cacc = block_sum_d(cacc, sh);
+    cacc = block_sum<double>(cacc, sh);
     const float coef = (float)(cacc * (double)r * (double)r * (double)r / d);
     for (int j = threadIdx.x * V; j < d; j += blockDim.x * V) {
         float xf[V], gf[V], wf[V], df[V];

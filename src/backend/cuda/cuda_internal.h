@@ -64,6 +64,23 @@ char *oz_cuda_reduce_ws(oz_cuda *c);
  * 0 (the failure recorded, naming op) when one chunk's d doubles do not fit. */
 int oz_cuda_dw_chunks(oz_cuda *c, const char *op, int N, int d, int *chunks, int *rows);
 
+#define GRID_STRIDE(i, n) \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
+
+/* Block-wide sum in a fixed order (warp shuffles, then warps in index order): deterministic.
+ * Every thread gets the total. `sh` holds 32 values. */
+template <typename Tv>
+static __device__ __forceinline__ Tv block_sum(Tv v, Tv *sh) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    __syncthreads(); /* sh may still be read by a previous call */
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    Tv t = 0;
+    for (int w = 0; w < nw; w++) t += sh[w];
+    return t;
+}
+
 /* Opts the attention kernels into the shared memory they use (above the 48 KiB default). */
 int oz_cuda_attention_init(oz_cuda *c);
 
