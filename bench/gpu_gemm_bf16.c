@@ -59,6 +59,7 @@ typedef struct {
     int ta, tb, M, N, K;
     float beta;
     int c_bf16; /* gemm_bf16's C: bf16 activations, or fp32 (weight gradients, logits) */
+    int bf16_only; /* no SGEMM/TF32 beside it */
 } shape;
 
 enum { OP_BF16, OP_FP32, OP_TF32 };
@@ -102,13 +103,22 @@ int main(int argc, char **argv) {
     }
     /* Row-major, as the model calls gemm: x (tokens, d) times a weight stored (out, in). */
     const shape shapes[] = {
-        {"square_4096", 0, 0, 4096, 4096, 4096, 0.0f, 1},
-        {"mlp_up_fwd", 0, 1, 8192, 14336, 4096, 0.0f, 1},    /* h = x W_up^T */
-        {"mlp_down_fwd", 0, 1, 8192, 4096, 14336, 0.0f, 1},  /* y = h W_down^T */
-        {"mlp_up_dx", 0, 0, 8192, 4096, 14336, 0.0f, 1},     /* dx = dh W_up */
-        {"mlp_up_dw", 1, 0, 14336, 4096, 8192, 1.0f, 0},     /* dW_up += dh^T x, fp32 */
-        {"attn_qkv_fwd", 0, 1, 8192, 6144, 4096, 0.0f, 1},   /* q, k, v (GQA: 4096 + 2 x 1024) */
-        {"lm_head_chunk", 0, 1, 8192, 16384, 4096, 0.0f, 0}, /* a vocabulary block of fp32 logits */
+        {"square_4096", 0, 0, 4096, 4096, 4096, 0.0f, 1, 0},
+        {"mlp_up_fwd", 0, 1, 8192, 14336, 4096, 0.0f, 1, 0},    /* h = x W_up^T */
+        {"mlp_down_fwd", 0, 1, 8192, 4096, 14336, 0.0f, 1, 0},  /* y = h W_down^T */
+        {"mlp_up_dx", 0, 0, 8192, 4096, 14336, 0.0f, 1, 0},     /* dx = dh W_up */
+        {"mlp_up_dw", 1, 0, 14336, 4096, 8192, 1.0f, 0, 0},     /* dW_up += dh^T x, fp32 */
+        {"attn_qkv_fwd", 0, 1, 8192, 6144, 4096, 0.0f, 1, 0},   /* q, k, v (GQA: 4096 + 2 x 1024) */
+        {"lm_head_chunk", 0, 1, 8192, 16384, 4096, 0.0f, 0, 0}, /* a vocabulary block of fp32 logits */
+        /* The 1b preset's MLP (16 x 256 tokens, d 2048) at its ffn 5461, whose rows of 5461 bf16 are
+         * not 16-byte aligned, and at 5464, which they are: what an odd hidden size costs. */
+#define MLP_1B(F, tag)                                                                                               \
+    {"1b_gate_fwd_" tag, 0, 1, 4096, F, 2048, 0.0f, 1, 1}, {"1b_down_fwd_" tag, 0, 1, 4096, 2048, F, 0.0f, 1, 1},     \
+        {"1b_down_dx_" tag, 0, 0, 4096, F, 2048, 0.0f, 1, 1}, {"1b_down_dw_" tag, 1, 0, 2048, F, 4096, 1.0f, 0, 1},   \
+        {"1b_gate_dx_" tag, 0, 0, 4096, 2048, F, 0.0f, 1, 1}, {"1b_gate_dw_" tag, 1, 0, F, 2048, 4096, 1.0f, 0, 1},   \
+        {"1b_down_dw16_" tag, 1, 0, 2048, F, 4096, 0.0f, 1, 1}
+        MLP_1B(5461, "f5461"), MLP_1B(5464, "f5464"), MLP_1B(5504, "f5504"),
+#undef MLP_1B
     };
     size_t maxa = 0, maxb = 0, maxc = 0;
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
@@ -122,7 +132,7 @@ int main(int argc, char **argv) {
     random_pair(maxb, &B32, &B16, 2);
     void *Cm = dalloc(maxc * 4); /* zeroed: beta = 1 accumulates onto zeros */
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
-        for (int op = OP_BF16; op <= OP_TF32; op++) run(&shapes[i], op, op == OP_BF16 ? reps : 1 + reps / 4, A32, A16,
+        for (int op = OP_BF16; op <= (shapes[i].bf16_only ? OP_BF16 : OP_TF32); op++) run(&shapes[i], op, op == OP_BF16 ? reps : 1 + reps / 4, A32, A16,
                                                          B32, B16, Cm);
     be.destroy(&be);
     return 0;

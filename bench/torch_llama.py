@@ -107,6 +107,17 @@ class Llama(nn.Module):
         return self.lm_head(self.norm(x))
 
 
+class HFLogits(nn.Module):
+    """transformers' model with this file's interface: token ids in, logits out."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, ids):
+        return self.hf(input_ids=ids).logits
+
+
 def make_optimizer(model, impl):
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -119,6 +130,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="60m")
     ap.add_argument("--vocab", type=int, default=None)
+    ap.add_argument("--ffn", type=int, default=None, help="override the preset's intermediate size")
+    ap.add_argument("--impl", choices=["lean", "hf"], default="lean",
+                    help="lean: this file's model; hf: transformers' LlamaForCausalLM (SDPA attention), the same shape")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=10)
@@ -139,8 +153,17 @@ def main():
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     vocab, d, f, layers, heads, kv_heads = PRESETS[args.preset]
+    if args.ffn:
+        f = args.ffn
     vocab = args.vocab or vocab
-    model = Llama(vocab, d, f, layers, heads, kv_heads, args.seq)
+    if args.impl == "hf":
+        from transformers import LlamaConfig, LlamaForCausalLM
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=d, intermediate_size=f, num_hidden_layers=layers,
+                          num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max(args.seq, 2048),
+                          rms_norm_eps=1e-6, tie_word_embeddings=False, attn_implementation="sdpa")
+        model = HFLogits(LlamaForCausalLM(cfg))
+    else:
+        model = Llama(vocab, d, f, layers, heads, kv_heads, args.seq)
     dev = torch.device(args.device)
     model = model.to(dev, dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
     model.train()
@@ -166,7 +189,7 @@ def main():
 
     ms = statistics.median(times) * 1e3 if times else float("nan")
     print(json.dumps({
-        "impl": "pytorch",
+        "impl": "pytorch" if args.impl == "lean" else "transformers",
         "torch": torch.__version__,
         "preset": args.preset,
         "vocab": vocab,

@@ -10,7 +10,7 @@ $O train --data random:258 --model tiny --out "$T/base" --steps 30 --batch 4 --s
 $O compress --model "$T/base" --out "$T/wl" --ratio 0.5 >"$OUT/compress.log"
 for dev in cpu cuda; do
     $O train --init tests/fixtures/hf/llama3_sharded_f16 --data random:80 --out "$T/init_$dev" --steps 5 --batch 2 \
-        --seq 32 --eval-every 0 --log-every 1 --device $dev --json >"$OUT/init_$dev.log" 2>&1 || echo "init on $dev failed"
+        --seq 32 --eval-every 0 --log-every 1 --precision fp32 --device $dev --json >"$OUT/init_$dev.log" 2>&1 || echo "init on $dev failed"
     $O train --init "$T/wl" --welore --data random:258 --out "$T/wl_$dev" --steps 5 --batch 4 --seq 64 \
         --eval-every 0 --log-every 1 --device $dev --json >"$OUT/welore_$dev.log" 2>&1 || echo "welore on $dev failed"
 done

@@ -35,6 +35,13 @@ struct oz_backend {
      * index i0 + i of stream `key`. */
     void (*to_bf16_sr)(oz_backend *be, uint16_t *dst /* (n) */, const float *src /* (n) */, size_t n, uint64_t key,
                        uint64_t i0);
+    /* Strided forms, for a matrix whose rows are padded in one of the two (the bf16 copy's
+     * oz_param_info.ld16): dst[r * ldd + c] = bf16(src[r * lds + c]), and the fp32
+     * dst[r * ldd + c] += src[r * lds + c], for r < rows, c < cols; the padding is not touched.
+     * [bitwise] */
+    void (*to_bf16_2d)(oz_backend *be, uint16_t *dst, size_t ldd, const float *src, size_t lds, size_t rows,
+                       size_t cols);
+    void (*add_2d)(oz_backend *be, float *dst, size_t ldd, const float *src, size_t lds, size_t rows, size_t cols);
 
     /* ---- linear algebra ----
      * C = alpha * op(A) @ op(B) + beta * C, row-major, op(A) is (M,K), op(B) is (K,N), C is (M,N).

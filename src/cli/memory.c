@@ -48,8 +48,8 @@ int oz_cmd_memory(int argc, char **argv) {
         {"mini-seq", OZ_ARG_STR, o.mini_seq, sizeof o.mini_seq, "off | auto | N [off]", 0},
         {"device", OZ_ARG_STR, o.device, sizeof o.device, "cpu | cuda (the CUDA backend adds its workspace) [cpu]", 0},
         {"precision", OZ_ARG_STR, o.precision, sizeof o.precision,
-         "fp32 | bf16 (bf16 activations and weight copies; on cuda the attention workspace includes an allowance for "
-         "cuDNN's part) [fp32]", 0},
+         "auto | fp32 | bf16 (bf16 activations and weight copies; on cuda the attention workspace includes an "
+         "allowance for cuDNN's part); auto is train's: bf16 on cuda where bf16 takes the run, else fp32 [auto]", 0},
         {"budget", OZ_ARG_STR, budget_text, sizeof budget_text,
          "memory budget such as 16GiB or 512MiB: report whether the run fits and the longest --seq that does", 0},
         {"json", OZ_ARG_FLAG, &json, 0, "end with one JSON line with peak_bytes (and fits, max_seq)", 0},

@@ -131,10 +131,10 @@ int oz_cmd_train(int argc, char **argv) {
          "InRank: at this step truncate every factored matrix to its rank k and continue at fixed rank, 0 = never [0]", 0},
         {"device", OZ_ARG_STR, o.device, sizeof o.device, "cpu | cuda | cuda:N | cuda+tf32 (TF32 GEMMs) [cpu]", 0},
         {"precision", OZ_ARG_STR, o.precision, sizeof o.precision,
-         "fp32 | bf16: activations, their gradients and the GEMMs' inputs in bf16 (fp32 accumulation), fp32 master "
-         "weights, weight gradients, norm statistics, softmax and loss. bf16 is new: dense models only (not qgalore, "
-         "low-rank/WeLore/InRank, --recompute or --mini-seq); fp32 stays the default on every device until bf16 is "
-         "validated on the GPU [fp32]", 0},
+         "auto | fp32 | bf16: bf16 keeps activations, their gradients and the GEMMs' inputs in bf16 (fp32 "
+         "accumulation), with fp32 master weights, weight gradients, norm statistics, softmax and loss; dense models "
+         "only (not qgalore, low-rank/WeLore/InRank, --recompute or --mini-seq). auto: bf16 on cuda where bf16 takes "
+         "the run, else fp32 (always fp32 on the CPU); the start line says which [auto]", 0},
         {"recompute", OZ_ARG_STR, o.recompute, sizeof o.recompute,
          "none | layer: keep only layer inputs and recompute each layer in backward | layer-bf16: the same with "
          "the saved inputs in bf16 (the residual stream rounded at layer boundaries) | layer-offload: layer-bf16 with "

@@ -239,6 +239,7 @@ static void list_grads(oz_llama *m, buffer_list *bl) {
 typedef struct {
     size_t N, d, F, V, qd, kvd, lse, rope;
     int L;
+    size_t F16; /* the bf16 MLP activations' row stride: F rounded up to 8 (16-byte rows) */
 } buf_sizes;
 
 static buf_sizes buf_sizes_of(const oz_llama *m) {
@@ -248,7 +249,8 @@ static buf_sizes buf_sizes_of(const oz_llama *m) {
     buf_sizes z = {(size_t)s->batch * s->seq, (size_t)c->hidden_size, (size_t)c->intermediate_size,
                    (size_t)c->vocab_size, (size_t)c->num_attention_heads * c->head_dim,
                    (size_t)c->num_key_value_heads * c->head_dim, (size_t)s->batch * c->num_attention_heads * s->seq,
-                   pos * (size_t)(c->head_dim / 2), c->num_hidden_layers};
+                   pos * (size_t)(c->head_dim / 2), c->num_hidden_layers, 0};
+    z.F16 = (z.F + 7) / 8 * 8;
     return z;
 }
 
@@ -267,15 +269,26 @@ static void list_buffers_bf16(oz_llama *m, buffer_list *bl) {
     int L = z.L;
     bl->life = LIFE_ALWAYS;
     want(bl, &m->params, OZ_MEM_WEIGHTS, F32(lay->total), "weights");
-    want(bl, &m->params16, OZ_MEM_WEIGHTS, B16(lay->total), "weights (bf16 copy)");
+    want(bl, &m->params16, OZ_MEM_WEIGHTS, B16(lay->total16), "weights (bf16 copy)");
     list_grads(m, bl);
+    m->ffn16 = (int)z.F16;
+    /* A trainable matrix with padded bf16 rows has its dW formed there and added in (gemm_bf16
+     * into fp32 rows that are not 16-byte aligned is as slow as the bf16 case). */
+    size_t pad_dw = 0;
+    for (int i = 0; i < lay->n && s->with_grads; i++) {
+        const oz_param_info *p = &lay->params[i];
+        if (!p->frozen && p->ndim == 2 && p->ld16 != p->shape[1]) {
+            size_t n = (size_t)p->shape[0] * (size_t)p->ld16;
+            pad_dw = n > pad_dw ? n : pad_dw;
+        }
+    }
+    if (pad_dw) want(bl, &m->dw16_pad, OZ_MEM_SCRATCH, F32(pad_dw), "weight gradient with padded rows (fp32)");
     want(bl, &m->rope_cos, OZ_MEM_SCRATCH, F32(rope), "RoPE cos table");
     want(bl, &m->rope_sin, OZ_MEM_SCRATCH, F32(rope), "RoPE sin table");
     want(bl, &m->ids, OZ_MEM_ACTIVATIONS, 2 * N * sizeof(int32_t), "token ids");
     for (int l = 0; l <= L; l++) want(bl, &m->xs16[l], OZ_MEM_ACTIVATIONS, B16(N * d), "layer input (bf16)");
     for (int l = 0; l < L; l++) {
         layer_acts16 *a = &m->acts16[l];
-        want(bl, &a->ln1, OZ_MEM_ACTIVATIONS, B16(N * d), "attention norm output (bf16)");
         want(bl, &a->rstd1, OZ_MEM_ACTIVATIONS, F32(N), "attention norm rstd");
         want(bl, &a->q, OZ_MEM_ACTIVATIONS, B16(N * qd), "queries (bf16)");
         want(bl, &a->k, OZ_MEM_ACTIVATIONS, B16(N * kvd), "keys (bf16)");
@@ -283,11 +296,9 @@ static void list_buffers_bf16(oz_llama *m, buffer_list *bl) {
         want(bl, &a->att, OZ_MEM_ACTIVATIONS, B16(N * qd), "attention output (bf16)");
         want(bl, &a->lse, OZ_MEM_ACTIVATIONS, F32(lse), "attention log-sum-exp");
         want(bl, &a->h, OZ_MEM_ACTIVATIONS, B16(N * d), "attention residual (bf16)");
-        want(bl, &a->ln2, OZ_MEM_ACTIVATIONS, B16(N * d), "MLP norm output (bf16)");
         want(bl, &a->rstd2, OZ_MEM_ACTIVATIONS, F32(N), "MLP norm rstd");
-        want(bl, &a->gate, OZ_MEM_ACTIVATIONS, B16(N * F), "MLP gate (bf16)");
-        want(bl, &a->up, OZ_MEM_ACTIVATIONS, B16(N * F), "MLP up (bf16)");
-        want(bl, &a->mlp, OZ_MEM_ACTIVATIONS, B16(N * F), "MLP hidden (bf16)");
+        want(bl, &a->gate, OZ_MEM_ACTIVATIONS, B16(N * z.F16), "MLP gate (bf16)");
+        want(bl, &a->up, OZ_MEM_ACTIVATIONS, B16(N * z.F16), "MLP up (bf16)");
     }
     bl->life = LIFE_HEAD;
     want(bl, &m->lnf16, OZ_MEM_ACTIVATIONS, B16(N * d), "final norm output (bf16)");
@@ -318,6 +329,11 @@ static void list_buffers_bf16(oz_llama *m, buffer_list *bl) {
         }
     }
     bl->life = LIFE_LAYER;
+    /* Not kept per layer: the norms' outputs and the MLP hidden are recomputed in the backward
+     * from what is (the layer input or attention residual with its 1/rms; gate and up), one
+     * elementwise pass each, which saves 2 d + ffn bf16 values a token a layer. */
+    want(bl, &m->ln16, OZ_MEM_ACTIVATIONS, B16(N * d), "norm output, one layer's (bf16)");
+    want(bl, &m->mlp16, OZ_MEM_ACTIVATIONS, B16(N * z.F16), "MLP hidden, one layer's (bf16)");
     m->attn_ws_bytes = oz_attention_bf16_device_workspace_bytes(s->cuda, s->batch, s->seq, c->num_attention_heads,
                                                                 c->num_key_value_heads, c->head_dim);
     want(bl, &m->attn_ws, OZ_MEM_SCRATCH, m->attn_ws_bytes, "attention workspace");
@@ -487,22 +503,26 @@ static oz_status check_shape(const oz_llama_config *c, const oz_llama_shape *s, 
     if (s->precision != OZ_PREC_FP32 && s->precision != OZ_PREC_BF16)
         return oz_fail(err, OZ_ERR_INTERNAL, "precision %d is not known", s->precision);
     if (s->precision == OZ_PREC_BF16) {
-        /* Phase 1 of bf16: the dense model with fp32 master weights. What it does not cover is
-         * refused here rather than computed some other way. */
-        const char *no = s->int8_matrices || s->bf16_vocab ? "INT8 matrices (--optim qgalore)"
-                         : oz_llama_config_is_low_rank(c)    ? "low-rank matrices (WeLore, InRank, compressed models)"
-                         : s->recompute                      ? "recomputation (--recompute)"
-                         : s->mlp_chunks || s->head_chunks   ? "mini-sequences (--mini-seq)"
-                         : s->grads.factored                 ? "factored gradients (--factored-grads off turns them off)"
-                         : s->grads.vocab_blocks             ? "embedding/head gradients in vocabulary blocks (per-tensor updates "
-                                                               "with an untied head: --clip or --grad-accum > 1 avoid them)"
-                                                             : NULL;
+        const char *no = oz_llama_bf16_unsupported(c, s);
         if (no) return oz_fail(err, OZ_ERR_INPUT, "--precision bf16 does not support %s yet", no);
     }
     unsigned mlp = (1u << OZ_M_GATE) | (1u << OZ_M_UP) | (1u << OZ_M_DOWN);
     if ((s->grads.factored & mlp) && s->mlp_chunks > 1)
         return oz_fail(err, OZ_ERR_INTERNAL, "factored MLP gradients need one MLP chunk (they accumulate over chunks)");
     return OZ_OK;
+}
+
+/* Phase 1 of bf16: the dense model with fp32 master weights. What it does not cover is refused
+ * (check_shape) rather than computed some other way. */
+const char *oz_llama_bf16_unsupported(const oz_llama_config *c, const oz_llama_shape *s) {
+    return s->int8_matrices || s->bf16_vocab ? "INT8 matrices (--optim qgalore)"
+           : oz_llama_config_is_low_rank(c)    ? "low-rank matrices (WeLore, InRank, compressed models)"
+           : s->recompute                      ? "recomputation (--recompute)"
+           : s->mlp_chunks || s->head_chunks   ? "mini-sequences (--mini-seq)"
+           : s->grads.factored                 ? "factored gradients (--factored-grads off turns them off)"
+           : s->grads.vocab_blocks             ? "embedding/head gradients in vocabulary blocks (per-tensor updates "
+                                                 "with an untied head: --clip or --grad-accum > 1 avoid them)"
+                                               : NULL;
 }
 
 oz_status oz_llama_plan_memory(const oz_llama_config *cfg, oz_llama_shape shape, oz_llama_plan *plan,
@@ -681,7 +701,11 @@ oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend
     if (shape.recompute)
         for (int l = 1; l < L; l++) m->acts[l] = m->acts[0];
     for (int l = 0; l < L; l++) m->acts[l].x = shape.bf16_checkpoints ? m->xwork : m->xs[l];
-    for (int l = 0; l < L && shape.precision == OZ_PREC_BF16; l++) m->acts16[l].x = m->xs16[l];
+    for (int l = 0; l < L && shape.precision == OZ_PREC_BF16; l++) {
+        m->acts16[l].x = m->xs16[l];
+        m->acts16[l].ln1 = m->acts16[l].ln2 = m->ln16; /* recomputed in the backward */
+        m->acts16[l].mlp = m->mlp16;
+    }
     return build_rope_tables(m, err);
 }
 

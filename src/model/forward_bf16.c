@@ -19,10 +19,12 @@
 
 #include "model/llama_internal.h"
 
-/* One matrix's bf16 weights (out x in) in params16. */
+/* One matrix's bf16 weights (out x in, rows ld apart) in params16, and the row strides of its input
+ * and output activations (ffn16 for the MLP's hidden side, else their width). */
 typedef struct {
     const uint16_t *w;
-    int out, in;
+    int out, in, ld, ldx, ldy;
+    int index; /* its parameter */
 } lin16;
 
 typedef struct {
@@ -30,7 +32,7 @@ typedef struct {
     lin16 m[OZ_LLAMA_MATRICES];
 } layer16;
 
-static const uint16_t *param16(const oz_llama *m, int i) { return m->params16 + m->layout.params[i].offset; }
+static const uint16_t *param16(const oz_llama *m, int i) { return m->params16 + m->layout.params[i].offset16; }
 
 static layer16 layer_weights16(const oz_llama *m, int l) {
     const oz_param_layout *lay = &m->layout;
@@ -40,22 +42,34 @@ static layer16 layer_weights16(const oz_llama *m, int l) {
         const oz_param_info *p = &lay->params[i];
         if (p->kind == OZ_P_ATTN_NORM) w.attn_norm = param16(m, i);
         else if (p->kind == OZ_P_MLP_NORM) w.mlp_norm = param16(m, i);
-        else w.m[p->matrix] = (lin16){param16(m, i), (int)p->shape[0], (int)p->shape[1]};
+        else {
+            const int out = (int)p->shape[0], in = (int)p->shape[1];
+            const bool mlp_out = p->matrix == OZ_M_GATE || p->matrix == OZ_M_UP;
+            w.m[p->matrix] = (lin16){param16(m, i), out, in, (int)p->ld16, p->matrix == OZ_M_DOWN ? m->ffn16 : in,
+                                     mlp_out ? m->ffn16 : out, i};
+        }
     }
     return w;
 }
 
 /* y (rows, out) = bf16(beta y + x W^T). */
 static void lin_fwd16(oz_backend *be, const lin16 *w, const uint16_t *x, int rows, float beta, uint16_t *y) {
-    be->gemm_bf16(be, 0, 1, rows, w->out, w->in, 1.0f, x, w->in, w->w, w->in, beta, y, w->out, 1);
+    be->gemm_bf16(be, 0, 1, rows, w->out, w->in, 1.0f, x, w->ldx, w->w, w->ld, beta, y, w->ldy, 1);
 }
 
 /* Backward of y = x W^T: dW += dy^T x in fp32 (unless frozen), then dx = bf16(beta_dx dx + dy W).
- * dx may be x's own buffer (down_proj's): dW reads x before dx is written. */
-static void lin_bwd16(oz_backend *be, const lin16 *w, float *dw, const uint16_t *x, const uint16_t *dy, int rows,
+ * dx may be x's own buffer (down_proj's): dW reads x before dx is written. dy and dx have the rows
+ * of y and x (ldy, ldx). A matrix with padded rows forms dW in m->dw16_pad and adds it in. */
+static void lin_bwd16(oz_llama *m, const lin16 *w, float *dw, const uint16_t *x, const uint16_t *dy, int rows,
                       float beta_dx, uint16_t *dx) {
-    if (dw) be->gemm_bf16(be, 1, 0, w->out, w->in, rows, 1.0f, dy, w->out, x, w->in, 1.0f, dw, w->in, 0);
-    be->gemm_bf16(be, 0, 0, rows, w->in, w->out, 1.0f, dy, w->out, w->w, w->in, beta_dx, dx, w->in, 1);
+    oz_backend *be = m->be;
+    if (dw && w->ld != w->in) {
+        be->gemm_bf16(be, 1, 0, w->out, w->in, rows, 1.0f, dy, w->ldy, x, w->ldx, 0.0f, m->dw16_pad, w->ld, 0);
+        be->add_2d(be, dw, (size_t)w->in, m->dw16_pad, (size_t)w->ld, (size_t)w->out, (size_t)w->in);
+    } else if (dw) {
+        be->gemm_bf16(be, 1, 0, w->out, w->in, rows, 1.0f, dy, w->ldy, x, w->ldx, 1.0f, dw, w->in, 0);
+    }
+    be->gemm_bf16(be, 0, 0, rows, w->in, w->out, 1.0f, dy, w->ldy, w->w, w->ld, beta_dx, dx, w->ldx, 1);
 }
 
 /* Layer l forward from a->x into a's buffers and out (the next layer's input). */
@@ -78,7 +92,8 @@ static void layer_forward16(oz_llama *m, int l, layer_acts16 *a, uint16_t *out, 
     be->copy(be, out, a->h, (size_t)N * d * sizeof(uint16_t));
     lin_fwd16(be, &w.m[OZ_M_GATE], a->ln2, N, 0.0f, a->gate);
     lin_fwd16(be, &w.m[OZ_M_UP], a->ln2, N, 0.0f, a->up);
-    be->swiglu_fwd_bf16(be, a->mlp, a->gate, a->up, (size_t)N * g->F);
+    /* Over the padded rows: the padding columns hold whatever they hold and no GEMM reads them. */
+    be->swiglu_fwd_bf16(be, a->mlp, a->gate, a->up, (size_t)N * m->ffn16);
     lin_fwd16(be, &w.m[OZ_M_DOWN], a->mlp, N, 1.0f, out);
 }
 
@@ -93,15 +108,19 @@ static void layer_backward16(oz_llama *m, int l, layer_acts16 *a, const oz_ll_di
     if (m->layer_grads && !m->shape.grads.immediate) be->fill(be, m->layer_grads, 0.0f, m->layer_grad_n);
     /* MLP: dL/d(hidden) over the hidden (down's dW reads it first), then gate's and up's
      * gradients over their inputs (swiglu_bwd reads each element before it writes it). */
+    /* The MLP hidden and the MLP norm's output again (the forward kept neither): the same ops on
+     * the same inputs, so the same values. */
+    be->swiglu_fwd_bf16(be, a->mlp, a->gate, a->up, (size_t)N * m->ffn16);
     oz_ll_group_begin(m, l, OZ_M_DOWN);
-    lin_bwd16(be, &w.m[OZ_M_DOWN], gw.m[OZ_M_DOWN].w, a->mlp, m->dx16, N, 0.0f, a->mlp);
+    lin_bwd16(m, &w.m[OZ_M_DOWN], gw.m[OZ_M_DOWN].w, a->mlp, m->dx16, N, 0.0f, a->mlp);
     oz_ll_group_end(m, l, OZ_M_DOWN);
-    be->swiglu_bwd_bf16(be, a->gate, a->up, a->mlp, a->gate, a->up, (size_t)N * g->F);
+    be->swiglu_bwd_bf16(be, a->gate, a->up, a->mlp, a->gate, a->up, (size_t)N * m->ffn16);
+    be->rmsnorm_fwd_bf16(be, a->ln2, a->rstd2, a->h, w.mlp_norm, N, d, m->cfg.rms_norm_eps);
     oz_ll_group_begin(m, l, OZ_M_GATE);
-    lin_bwd16(be, &w.m[OZ_M_GATE], gw.m[OZ_M_GATE].w, a->ln2, a->gate, N, 0.0f, m->dln16);
+    lin_bwd16(m, &w.m[OZ_M_GATE], gw.m[OZ_M_GATE].w, a->ln2, a->gate, N, 0.0f, m->dln16);
     oz_ll_group_end(m, l, OZ_M_GATE);
     oz_ll_group_begin(m, l, OZ_M_UP);
-    lin_bwd16(be, &w.m[OZ_M_UP], gw.m[OZ_M_UP].w, a->ln2, a->up, N, 1.0f, m->dln16);
+    lin_bwd16(m, &w.m[OZ_M_UP], gw.m[OZ_M_UP].w, a->ln2, a->up, N, 1.0f, m->dln16);
     oz_ll_group_end(m, l, OZ_M_UP);
     /* The residual: dL/dh = dL/d(out) + the MLP norm's part, one rounding. */
     oz_ll_group_begin(m, l, GRP_MLP_NORM);
@@ -110,17 +129,19 @@ static void layer_backward16(oz_llama *m, int l, layer_acts16 *a, const oz_ll_di
     uint16_t *datt = m->q_alias ? a->ln2 : m->datt16, *dq = m->q_alias ? a->h : m->dq16;
     uint16_t *dk = m->kv_alias ? a->gate : m->dk16, *dv = m->kv_alias ? a->up : m->dv16;
     oz_ll_group_begin(m, l, OZ_M_O);
-    lin_bwd16(be, &w.m[OZ_M_O], gw.m[OZ_M_O].w, a->att, m->dx16, N, 0.0f, datt);
+    lin_bwd16(m, &w.m[OZ_M_O], gw.m[OZ_M_O].w, a->att, m->dx16, N, 0.0f, datt);
     oz_ll_group_end(m, l, OZ_M_O);
     be->attention_bwd_bf16(be, dq, dk, dv, datt, a->q, a->k, a->v, a->att, a->lse, g->B, g->T, g->Hq, g->Hkv, g->hd,
                            m->attn_ws, m->attn_ws_bytes);
     be->rope_bf16(be, dq, m->rope_cos, m->rope_sin, g->B, g->T, g->Hq, g->hd, 0, 1);
     be->rope_bf16(be, dk, m->rope_cos, m->rope_sin, g->B, g->T, g->Hkv, g->hd, 0, 1);
+    /* The attention norm's output again, now that dL/d(att) (which may sit in that buffer) is spent. */
+    be->rmsnorm_fwd_bf16(be, a->ln1, a->rstd1, a->x, w.attn_norm, N, d, m->cfg.rms_norm_eps);
     static const int qkv[3] = {OZ_M_Q, OZ_M_K, OZ_M_V};
     uint16_t *dqkv[3] = {dq, dk, dv};
     for (int k = 0; k < 3; k++) {
         oz_ll_group_begin(m, l, qkv[k]);
-        lin_bwd16(be, &w.m[qkv[k]], gw.m[qkv[k]].w, a->ln1, dqkv[k], N, k ? 1.0f : 0.0f, m->dln16);
+        lin_bwd16(m, &w.m[qkv[k]], gw.m[qkv[k]].w, a->ln1, dqkv[k], N, k ? 1.0f : 0.0f, m->dln16);
         oz_ll_group_end(m, l, qkv[k]);
     }
     oz_ll_group_begin(m, l, GRP_ATTN_NORM);
@@ -151,13 +172,37 @@ static oz_status head16(oz_llama *m, const oz_llama_batch *b, float grad_scale, 
     return oz_ll_sum_losses(m, b, loss_sum, n_targets, err);
 }
 
+/* params16 = bf16(params): one conversion per run of tensors that sit at the same distance in both
+ * layouts (all of them when no rows are padded), a strided one per padded matrix. */
+static void round_weights16(oz_llama *m) {
+    oz_backend *be = m->be;
+    const oz_param_layout *lay = &m->layout;
+    int i = 0;
+    while (i < lay->n) {
+        const oz_param_info *p = &lay->params[i];
+        if (p->ndim == 2 && p->ld16 != p->shape[1]) {
+            be->to_bf16_2d(be, m->params16 + p->offset16, (size_t)p->ld16, m->params + p->offset,
+                           (size_t)p->shape[1], (size_t)p->shape[0], (size_t)p->shape[1]);
+            i++;
+            continue;
+        }
+        int j = i + 1; /* extend while the next tensor is unpadded and at the same shift */
+        while (j < lay->n && !(lay->params[j].ndim == 2 && lay->params[j].ld16 != lay->params[j].shape[1]) &&
+               lay->params[j].offset16 - lay->params[j].offset == p->offset16 - p->offset)
+            j++;
+        const oz_param_info *last = &lay->params[j - 1];
+        be->to_bf16(be, m->params16 + p->offset16, m->params + p->offset, last->offset + last->numel - p->offset);
+        i = j;
+    }
+}
+
 static oz_status forward16(oz_llama *m, const oz_llama_batch *b, float grad_scale, double *loss_sum,
                            long *n_targets, oz_err *err) {
     OZ_TRY(oz_ll_check_batch(m, b, err));
     oz_backend *be = m->be;
     const oz_ll_dims g = oz_ll_dims_of(m, b->B, b->T);
     /* The fp32 weights may have changed since the last pass (an update, oz_llama_write_param). */
-    be->to_bf16(be, m->params16, m->params, m->layout.total);
+    round_weights16(m);
     be->to_device(be, m->ids, b->ids, (size_t)g.N * sizeof(int32_t));
     be->embedding_fwd_bf16out(be, m->xs16[0], param16(m, 0), m->ids, g.N, g.d);
     for (int l = 0; l < g.L; l++) layer_forward16(m, l, &m->acts16[l], m->xs16[l + 1], &g);

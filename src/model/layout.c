@@ -92,6 +92,11 @@ oz_status oz_param_layout_build(const oz_llama_config *c, oz_param_layout *lay, 
         oz_param_info *p = &lay->params[i];
         if (p->layer >= 0) p->span_offset = p->offset - lay->layer_offset[p->layer];
         else p->span_offset = p->offset < lay->layer_offset[0] ? p->offset : p->offset - layers;
+        /* The bf16 copy: rows of layer matrices padded to 16 bytes (see oz_param_info.ld16). */
+        const int64_t cols = p->ndim == 2 ? p->shape[1] : (int64_t)p->numel;
+        p->ld16 = p->layer >= 0 && p->ndim == 2 && cols % 8 ? (cols + 7) / 8 * 8 : cols;
+        p->offset16 = lay->total16;
+        lay->total16 += ((size_t)(p->ndim == 2 ? p->shape[0] : 1) * (size_t)p->ld16 + 15) & ~(size_t)15;
     }
     oz_param_layout_freeze(lay, 0);
     return OZ_OK;

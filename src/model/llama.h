@@ -95,6 +95,13 @@ typedef struct {
                             * non-layer tensors (embedding, final norm, head) laid end to end */
     size_t grad_offset;    /* into a full gradient buffer of trainable tensors only; OZ_NO_GRAD if frozen */
     size_t grad_span_offset; /* inside one layer's trainable span, or the trainable non-layer span */
+    /* The bf16 copy's layout (oz_llama_shape.precision bf16): offset into it, and the row stride of
+     * a layer matrix there. A layer matrix whose rows are not a multiple of 8 elements (16 bytes:
+     * down_proj at an ffn such as 1b's 5461) gets rows padded to the next multiple, because
+     * cuBLASLt's tensor-core kernels need 16-byte aligned rows and run about 5x slower without
+     * them; every other tensor's ld16 is its row length (1-D: numel). */
+    size_t offset16;
+    int64_t ld16;
 } oz_param_info;
 
 /* Parameter table: embedding, then per layer {attn norm, q, k, v, o, mlp norm, gate, up, down},
@@ -115,6 +122,7 @@ typedef struct {
     size_t grad_total;            /* floats of a full gradient buffer (trainable tensors only) */
     size_t max_layer_grad;        /* floats of the largest layer's trainable span */
     size_t outer_grad;            /* floats of the trainable non-layer tensors */
+    size_t total16;               /* elements of the bf16 copy (offset16, ld16) */
 } oz_param_layout;
 
 /* What a training run freezes (oz_llama_shape.freeze): frozen tensors get no gradient buffer, no
@@ -191,6 +199,11 @@ typedef struct {
  * than OZ_MINI_SEQ_MIN_ROWS tokens (fewer chunks instead). */
 #define OZ_MINI_SEQ_MIN_ROWS 256
 void oz_llama_mini_seq_auto(const oz_llama_config *cfg, int tokens, int *mlp_chunks, int *head_chunks);
+
+/* What of this shape (with any precision) the bf16 model does not support yet, as a phrase for
+ * "--precision bf16 does not support %s yet"; NULL when bf16 takes it. `--precision auto` (train's
+ * default) picks bf16 on CUDA when this is NULL. */
+const char *oz_llama_bf16_unsupported(const oz_llama_config *c, const oz_llama_shape *s);
 
 /* Bytes the model would allocate, by arena category, without allocating anything: the same
  * buffer list oz_llama_create allocates from. largest[] is the largest single buffer. */

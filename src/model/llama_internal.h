@@ -115,13 +115,19 @@ struct oz_llama {
      * block's remapped token ids (-1 outside the block) */
     float *vblock, *lse;
     int32_t *ids_block;
-    /* bf16 mode: params16 is the bf16 copy of params (same offsets) that the GEMMs and norms read,
-     * rounded from params at the start of every forward; acts16[l] layer l's activations, with the
+    /* bf16 mode: params16 is the bf16 copy of params (at oz_param_info.offset16, rows ld16 apart)
+     * that the GEMMs and norms read, rounded from params at the start of every forward; the MLP's
+     * gate, up and hidden have rows ffn16 apart (the ffn rounded up to 8, for 16-byte aligned rows);
+     * dw16_pad an fp32 weight gradient with padded rows (down_proj's at an ffn that is not a
+     * multiple of 8), added into its gradient; NULL when no matrix needs it; acts16[l] layer l's activations, with the
      * layer inputs in xs16[0..L] (xs16[L] the final residual); lnf16 the final norm's output;
      * dlogits16 a logits chunk's gradient rounded for the head's GEMMs; dx16 .. dv16 the backward's
      * gradients (dq16 .. dv16 only where q_alias / kv_alias do not place them); demb_in the
      * embedding's output gradient widened for the fp32 scatter; attn_ws the attention's workspace. */
     uint16_t *params16;
+    uint16_t *ln16, *mlp16; /* one layer's norm output and MLP hidden (acts16's ln1, ln2, mlp) */
+    int ffn16;
+    float *dw16_pad;
     layer_acts16 *acts16;
     uint16_t *lnf16, *dlogits16, *dx16, *dln16, *dq16, *datt16, *dk16, *dv16;
     float *demb_in;

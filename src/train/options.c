@@ -18,7 +18,7 @@ void oz_train_opts_default(oz_train_opts *o) {
     snprintf(o->model, sizeof o->model, "demo");
     snprintf(o->optim, sizeof o->optim, "adamw");
     snprintf(o->device, sizeof o->device, "cpu");
-    snprintf(o->precision, sizeof o->precision, "fp32");
+    snprintf(o->precision, sizeof o->precision, "auto");
     snprintf(o->recompute, sizeof o->recompute, "none");
     snprintf(o->mini_seq, sizeof o->mini_seq, "off");
     o->rank = 128;
@@ -255,8 +255,11 @@ oz_status oz_train_configure(const oz_train_opts *o, const oz_llama_config *cfg,
         return oz_fail(err, OZ_ERR_INPUT, "--batch x --seq must be between 1 and %d tokens (got %lld)",
                        OZ_TRAIN_MAX_TOKENS, (long long)o->batch * o->seq);
     OZ_TRY(optim_config(o, oc, err));
-    if (!oz_precision_parse(o->precision, &shape->precision))
-        return oz_fail(err, OZ_ERR_INPUT, "--precision %s is not known (choose: " OZ_PRECISION_NAMES ")", o->precision);
+    /* auto: decided at the end, once the rest of the shape is known */
+    const bool auto_precision = strcmp(o->precision, "auto") == 0;
+    if (!auto_precision && !oz_precision_parse(o->precision, &shape->precision))
+        return oz_fail(err, OZ_ERR_INPUT, "--precision %s is not known (choose: auto, " OZ_PRECISION_NAMES ")",
+                       o->precision);
     shape->cuda = oz_backend_is_cuda(o->device); /* bf16 plans the attention workspace for it */
     shape->batch = o->batch;
     shape->seq = o->seq;
@@ -294,6 +297,11 @@ oz_status oz_train_configure(const oz_train_opts *o, const oz_llama_config *cfg,
         return oz_fail(err, OZ_ERR_INPUT,
                        "--vocab-bf16 on needs --optim qgalore with updates as gradients arrive (--clip 0, no "
                        "--grad-accum, an untied head)");
+    /* auto: bf16 on CUDA wherever the bf16 model takes the run exactly as planned in fp32 (the same
+     * gradient mode: a shape with factored gradients or vocabulary blocks stays fp32, as do the
+     * modes bf16 does not cover yet); fp32 on the CPU, where bf16 is only slower. */
+    if (auto_precision)
+        shape->precision = shape->cuda && !oz_llama_bf16_unsupported(cfg, shape) ? OZ_PREC_BF16 : OZ_PREC_FP32;
     return OZ_OK;
 }
 

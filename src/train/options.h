@@ -20,7 +20,7 @@ typedef struct {
     char out[OZ_PATH_MAX];
     char optim[32];           /* adamw | adamw8bit | galore | galore8bit | qgalore */
     char device[16];          /* cpu | cuda | cuda:N | cuda+tf32 */
-    char precision[8];        /* fp32 | bf16 (oz_llama_shape.precision) */
+    char precision[8];        /* auto | fp32 | bf16 (oz_llama_shape.precision; auto: oz_train_configure) */
     char recompute[16];       /* none | layer | layer-bf16 | layer-offload */
     char mini_seq[16];        /* off | auto | N (MLP and LM-head chunk count) */
     /* GaLore family */

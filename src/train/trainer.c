@@ -59,6 +59,7 @@ typedef struct {
     double step_t0, refresh_last;
     double refresh_s;          /* this step's subspace refreshes ended this far into it; NAN: none */
     oz_tfevents events;        /* OUT/events.out.tfevents.*, a line of metrics.jsonl as one event */
+    int precision;              /* the model's (OZ_PREC_*): --precision auto resolved */
 } trainer;
 
 /* Host view of the weights for saving: the backend's own memory when it is host memory (CPU),
@@ -287,6 +288,7 @@ static oz_status setup(trainer *t, const char *resume_dir, oz_train_position *po
     if (o->welore && !oz_llama_config_is_low_rank(&t->cfg))
         return oz_fail(err, OZ_ERR_INPUT, "--welore needs a low-rank model (made by `ounce compress`) as --init or --resume");
     OZ_TRY(oz_llama_create(&t->model, &t->cfg, &t->be, &t->arena, shape, err));
+    t->precision = shape.precision;
     const oz_param_layout *lay = oz_llama_get_layout(t->model);
     OZ_TRY(oz_optimizer_create(&t->opt, &ocfg, lay, &t->be, &t->arena, err));
     connect(t);
@@ -433,7 +435,7 @@ static oz_status run(trainer *t, oz_train_position *pos, const oz_train_callback
                  "batch %d x seq %d x accum %d = %ld tokens/step; %s%s on %s, %d threads%s",
                  o->model, res->params, res->trainable, t->cfg.vocab_size, t->cfg.hidden_size, t->cfg.num_hidden_layers,
                  t->cfg.num_attention_heads, t->cfg.num_key_value_heads, o->steps, B, T, o->grad_accum,
-                 tokens_per_step, o->optim, strcmp(o->precision, "fp32") ? " in bf16" : "", o->device, t->be.threads,
+                 tokens_per_step, o->optim, t->precision == OZ_PREC_BF16 ? " in bf16" : "", o->device, t->be.threads,
                  pos->step ? " (resumed)" : "");
         cb->on_start(cb->user, line);
     }

@@ -38,6 +38,22 @@ static void cpu_to_bf16(oz_backend *be, uint16_t *dst, const float *src, size_t 
     for (size_t i = 0; i < n; i++) dst[i] = oz_f32_to_bf16(src[i]);
 }
 
+static void cpu_to_bf16_2d(oz_backend *be, uint16_t *dst, size_t ldd, const float *src, size_t lds, size_t rows,
+                           size_t cols) {
+    (void)be;
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++) dst[r * ldd + c] = oz_f32_to_bf16(src[r * lds + c]);
+}
+
+static void cpu_add_2d(oz_backend *be, float *dst, size_t ldd, const float *src, size_t lds, size_t rows,
+                       size_t cols) {
+    (void)be;
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++) dst[r * ldd + c] += src[r * lds + c];
+}
+
 static void cpu_from_bf16(oz_backend *be, float *dst, const uint16_t *src, size_t n) {
     (void)be;
 #pragma omp parallel for schedule(static) if (n > 65536)
@@ -252,6 +268,8 @@ oz_status oz_backend_cpu_create(oz_backend *be, int threads, oz_err *err) {
     be->copy = cpu_memcpy;
     be->fill = cpu_fill;
     be->to_bf16 = cpu_to_bf16;
+    be->to_bf16_2d = cpu_to_bf16_2d;
+    be->add_2d = cpu_add_2d;
     be->from_bf16 = cpu_from_bf16;
     be->to_bf16_sr = cpu_to_bf16_sr;
     be->embedding_fwd_bf16 = cpu_embedding_fwd_bf16;

@@ -181,6 +181,23 @@ __global__ void to_bf16_k(uint16_t *dst, const float *src, size_t n) {
     }
 }
 
+/* to_bf16_k's rounding over a strided matrix (padding untouched). */
+__global__ void to_bf16_2d_k(uint16_t *dst, size_t ldd, const float *src, size_t lds, size_t rows, size_t cols) {
+    GRID_STRIDE(i, rows * cols) {
+        const size_t r = i / cols, col = i % cols;
+        uint32_t x = __float_as_uint(src[r * lds + col]);
+        if ((x & 0x7fffffffu) > 0x7f800000u) dst[r * ldd + col] = (uint16_t)((x >> 16) | 0x0040u);
+        else dst[r * ldd + col] = (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+    }
+}
+
+__global__ void add_2d_k(float *dst, size_t ldd, const float *src, size_t lds, size_t rows, size_t cols) {
+    GRID_STRIDE(i, rows * cols) {
+        const size_t r = i / cols, col = i % cols;
+        dst[r * ldd + col] += src[r * lds + col];
+    }
+}
+
 __global__ void from_bf16_k(float *dst, const uint16_t *src, size_t n) {
     GRID_STRIDE(i, n) dst[i] = __uint_as_float((uint32_t)src[i] << 16);
 }
@@ -204,6 +221,22 @@ static void cuda_to_bf16(oz_backend *be, uint16_t *dst, const float *src, size_t
     oz_cuda *c = C(be);
     if (!n) return;
     to_bf16_k<<<grid_for(n, 256), 256, 0, c->stream>>>(dst, src, n);
+    OZ_CUDA_LAUNCHED(c);
+}
+
+static void cuda_to_bf16_2d(oz_backend *be, uint16_t *dst, size_t ldd, const float *src, size_t lds, size_t rows,
+                            size_t cols) {
+    oz_cuda *c = C(be);
+    if (!rows || !cols) return;
+    to_bf16_2d_k<<<grid_for(rows * cols, 256), 256, 0, c->stream>>>(dst, ldd, src, lds, rows, cols);
+    OZ_CUDA_LAUNCHED(c);
+}
+
+static void cuda_add_2d(oz_backend *be, float *dst, size_t ldd, const float *src, size_t lds, size_t rows,
+                        size_t cols) {
+    oz_cuda *c = C(be);
+    if (!rows || !cols) return;
+    add_2d_k<<<grid_for(rows * cols, 256), 256, 0, c->stream>>>(dst, ldd, src, lds, rows, cols);
     OZ_CUDA_LAUNCHED(c);
 }
 
@@ -776,6 +809,8 @@ extern "C" oz_status oz_backend_cuda_create(oz_backend *be, int device, oz_err *
     be->copy = cuda_copy;
     be->fill = cuda_fill;
     be->to_bf16 = cuda_to_bf16;
+    be->to_bf16_2d = cuda_to_bf16_2d;
+    be->add_2d = cuda_add_2d;
     be->from_bf16 = cuda_from_bf16;
     be->embedding_fwd_bf16 = cuda_embedding_fwd_bf16;
     be->gemm = cuda_gemm;
