@@ -35,7 +35,8 @@ res = json.loads(open(out).read().strip().splitlines()[-1])
 start = next((l for l in open(out) if l.startswith("model ")), "")
 cfg = {"60m": (512, 8), "130m": (768, 12), "350m": (1024, 24), "1b": (2048, 24), "7b": (4096, 32)}.get(preset, (0, 0))
 flops = 6 * res["params"] * batch * seq + 6 * cfg[1] * seq * seq * cfg[0] * batch
-print(json.dumps({"impl": "ounce", "precision": "bf16" if " in bf16 " in start else "fp32", "preset": preset,
+print(json.dumps({"impl": "ounce", "precision": "bf16" if " in bf16" in start else "fp32",
+                  "bf16_weights": " (bf16 weights)" in start, "preset": preset,
                   "batch": batch, "seq": seq, "steps_timed": len(timed), "ms_per_step": round(ms, 2),
                   "tokens_per_s": round(batch * seq / (ms / 1e3), 1), "mfu": round(flops / (ms / 1e3) / 790e12, 4),
                   "peak_gib": round(res["peak_bytes"]["total"] / 2**30, 2), "smi_peak_mib": int(smi) if smi else None,

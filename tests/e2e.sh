@@ -228,15 +228,17 @@ for opt in adamw adamw8bit; do
     grep -o '"loss":[^,]*,"lr":[^,]*,"grad_norm":[^,]*' "$T/acc2_$opt/metrics.jsonl" >"$T/acc2"
     check "$opt: --grad-accum 2 x batch 2 = batch 4 (losses, gradient norms)" sh -c "test -s '$T/acc1' && cmp -s '$T/acc1' '$T/acc2'"
 done
-# --- --precision bf16 (bf16 activations and GEMM inputs, fp32 master weights and loss): on the tiny
-# preset the loss falls as fp32's does (run1: the same flags and seed), resume is bit-exact, the
-# planned peak is the measured one, eval runs in bf16, and what bf16 does not cover yet is refused
+# --- --precision bf16 (bf16 activations and GEMM inputs; with adamw bf16 weights updated with
+# stochastic rounding, no fp32 master; fp32 loss): on the tiny preset the loss falls as fp32's does
+# (run1: the same flags and seed), checkpoints are BF16 safetensors, resume is bit-exact, the planned
+# peak is the measured one, eval runs in bf16, and what bf16 does not cover yet is refused
 check "train --precision bf16" sh -c "$OUNCE train --data '$T/data' --out '$T/bf' $TRAIN --seed 3 --precision bf16 --save-every 20 --json >'$T/bf.log'"
 bf_first=$(losses 1 1 "$T/bf/metrics.jsonl" | awk '{print $2}')
 bf_val=$(json_field val_loss "$T/bf.log")
 fp_val=$(json_field val_loss "$T/train1.log")
 check "bf16: loss falls (train $bf_first -> val $bf_val)" awk -v a="$bf_first" -v b="$bf_val" 'BEGIN{exit !(b < a - 1.0)}'
 check "bf16: val loss within 1% of fp32's ($bf_val vs $fp_val)" awk -v a="$bf_val" -v b="$fp_val" 'BEGIN{d=a-b; if(d<0)d=-d; exit !(d < 0.01 * b)}'
+check "bf16: the checkpoint's tensors are BF16, its config bfloat16" sh -c "head -c 4000 '$T/bf/model.safetensors' | grep -q '\"dtype\":\"BF16\"' && ! head -c 4000 '$T/bf/model.safetensors' | grep -q '\"dtype\":\"F32\"' && grep -q bfloat16 '$T/bf/config.json'"
 cp "$T/bf/model.safetensors" "$T/bf_full.safetensors"
 check "bf16: resume from step-20 is bit-exact" sh -c "$OUNCE train --resume '$T/bf/step-20' >/dev/null && cmp -s '$T/bf_full.safetensors' '$T/bf/model.safetensors'"
 $OUNCE memory --model tiny --vocab 258 --batch 4 --seq 64 --precision bf16 --json | tail -n 1 | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/planned"
@@ -245,8 +247,9 @@ check "bf16: planned peak equals measured" cmp -s "$T/planned" "$T/measured"
 bf_eval=$($OUNCE eval --model "$T/run1" --data "$T/data" --seq 64 --precision bf16 --json | tail -n 1 | sed -E 's/.*"loss":([^,]+).*/\1/')
 fp_eval=$(tail -n 1 "$T/eval.log" | sed -E 's/.*"loss":([^,]+).*/\1/')
 check "bf16: eval within 1% of fp32's ($bf_eval vs $fp_eval)" awk -v a="$bf_eval" -v b="$fp_eval" 'BEGIN{d=a-b; if(d<0)d=-d; exit !(d < 0.01 * b)}'
-# GaLore's immediate updates (the embedding and head whole in bf16) and 8-bit AdamW per layer
-for GAL in "--optim galore --rank 8 --update-gap 3 --clip 0" "--optim adamw8bit --per-layer-update on"; do
+# GaLore's immediate updates (the embedding and head whole in bf16), 8-bit AdamW per layer, AdamW
+# with fp32 master weights
+for GAL in "--optim galore --rank 8 --update-gap 3 --clip 0" "--optim adamw8bit --per-layer-update on" "--optim adamw --master-weights on"; do
     check "bf16 $GAL: trains" sh -c "$OUNCE train --data '$T/data' --out '$T/bfo' $TRAIN --steps 10 --eval-every 0 --seed 4 $GAL --precision bf16 --json >'$T/bfo.log'"
     $OUNCE memory --model tiny --vocab 258 --batch 4 --seq 64 $GAL --precision bf16 --json | tail -n 1 | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/planned"
     tail -n 1 "$T/bfo.log" | sed -E 's/.*"peak_bytes":(\{[^}]*\}).*/\1/' >"$T/measured"
@@ -255,6 +258,8 @@ done
 expect_error "bf16: qgalore refused" "precision bf16 does not support INT8" $OUNCE train --data "$T/data" --out "$T/bfq" $TRAIN --precision bf16 --optim qgalore
 expect_error "bf16: --mini-seq refused" "precision bf16 does not support mini-sequences" $OUNCE memory --model tiny --precision bf16 --mini-seq 2
 expect_error "bf16: an unknown precision refused" "precision fp16 is not known" $OUNCE train --data "$T/data" --out "$T/bfq" $TRAIN --precision fp16
+expect_error "bf16: bf16 weights refused for galore" "master-weights off (bf16 weights) takes --optim adamw only" $OUNCE train --data "$T/data" --out "$T/bfq" $TRAIN --precision bf16 --optim galore --master-weights off
+expect_error "bf16: a nonsense --master-weights refused" "master-weights maybe: expected auto, on or off" $OUNCE train --data "$T/data" --out "$T/bfq" $TRAIN --precision bf16 --master-weights maybe
 
 # --- every optimizer: bit-exact resume, and the planned peak equals the measured one
 for opt in adamw8bit galore galore8bit qgalore qgalore-parts qgalore-immediate galore-immediate adamw8bit-immediate; do

@@ -1924,6 +1924,29 @@ static void test_bf16_against_fp32(void) {
     }
 }
 
+/* The bf16 head in chunks of rows (a vocabulary of 66,000 gives 256-row chunks: 400 tokens are two
+ * chunks, the second short): loss, logits and gradients against the fp32 model within bf16's
+ * bounds, as one chunk is. */
+static void test_bf16_head_chunks(void) {
+    const oz_llama_config c = {66000, 32, 48, 1, 4, 2, 8, 256, 1e-5f, 10000.0f, false, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0, {{0}}};
+    enum { B = 2, T = 200, N = B * T };
+    int32_t *ids = malloc(N * sizeof *ids), *targets = malloc(N * sizeof *targets);
+    random_tokens(ids, targets, N, c.vocab_size, 77);
+    targets[300] = -1;
+    oz_param_layout lay;
+    oz_err err = {0};
+    oz_param_layout_build(&c, &lay, &err);
+    float *init = scaled_init(&c, &lay, 5);
+    bf16_errors e = bf16_against_fp32(&c, init, ids, targets, B, T, false);
+    fprintf(stderr, "     2 head chunks: loss rel %.2e, logits %.2e, worst gradient %.2e (%s)\n", e.loss_rel, e.logits_rel,
+            e.grad_rel, e.worst);
+    CHECK(e.loss_rel < BF16_LOSS_TOL, "bf16 loss in head chunks differs by %.3g (relative)", e.loss_rel);
+    CHECK(e.logits_rel < BF16_LOGITS_TOL, "bf16 logits in head chunks differ by %.3g of their largest", e.logits_rel);
+    CHECK(e.grad_rel < BF16_GRAD_TOL, "bf16 gradient of %s in head chunks differs by %.3g", e.worst, e.grad_rel);
+    free(init), free(ids), free(targets);
+    oz_param_layout_free(&lay);
+}
+
 /* AdamW memorising a fixed batch in bf16 lowers the loss as fp32 does (each of 40 steps' losses
  * close to fp32's, the last well below the first), and a bf16 run repeats bit for bit: the same
  * losses and the same final weights. */
@@ -1973,6 +1996,106 @@ static void test_bf16_training(void) {
     for (int r = 0; r < 3; r++) free(w[r]);
     free(init);
     oz_param_layout_free(&lay);
+}
+
+/* bf16 weights without fp32 masters (shape.bf16_weights): the weights read back are the imported
+ * ones rounded to nearest (and a second import of those is exact); a forward and backward give the
+ * master-weights model's loss, logits and gradients bit for bit (both run on the same bf16
+ * values), padded ffn included; AdamW on them (stochastic rounding) trains as the master model
+ * does, repeats bit for bit, and the plan equals the arena. */
+static void test_bf16_weights(void) {
+    const oz_llama_config cfgs[] = {
+        {61, 32, 48, 2, 4, 2, 8, 32, 1e-5f, 10000.0f, false, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0, {{0}}},
+        {61, 32, 45, 2, 4, 2, 8, 32, 1e-5f, 10000.0f, true, -1, -1, OZ_ROPE_DEFAULT, 0, 0, 0, 0, {{0}}},
+    };
+    enum { B = 2, T = 9, N = B * T, STEPS = 40 };
+    for (size_t k = 0; k < sizeof cfgs / sizeof cfgs[0]; k++) {
+        const oz_llama_config *c = &cfgs[k];
+        int32_t ids[N], targets[N];
+        random_tokens(ids, targets, N, c->vocab_size, 51 + k);
+        oz_param_layout lay;
+        oz_err err = {0};
+        oz_param_layout_build(c, &lay, &err);
+        float *init = scaled_init(c, &lay, 19 + k), *back = calloc(lay.total, sizeof(float));
+        float *logits[2] = {malloc(N * c->vocab_size * sizeof(float)), malloc(N * c->vocab_size * sizeof(float))};
+        float *grads[2] = {malloc(lay.grad_total * sizeof(float)), malloc(lay.grad_total * sizeof(float))};
+        double loss[2] = {0, 0}, curve[3][STEPS];
+        for (int r = 0; r < 2; r++) {
+            oz_llama_shape shape = {.batch = B, .seq = T, .with_grads = true, .precision = OZ_PREC_BF16,
+                                    .bf16_weights = r == 1};
+            model_fixture f;
+            if (!fixture_model(&f, c, shape, init)) {
+                fixture_drop(&f);
+                continue;
+            }
+            if (r == 1) {
+                check_plan(c, shape, &f.arena, "bf16-weights model", NULL);
+                CHECK(oz_llama_param(f.m, 1) == NULL, "a bf16-weights model handed out fp32 weights");
+                oz_llama_export_params(f.m, back);
+                size_t bad = 0;
+                for (int i = 0; i < lay.n; i++)
+                    for (size_t j = 0; j < lay.params[i].numel; j++) {
+                        const size_t at = lay.params[i].offset + j;
+                        bad += back[at] != oz_bf16_to_f32(oz_f32_to_bf16(init[at]));
+                    }
+                CHECK(bad == 0, "config %zu: %zu bf16 weights are not the imported ones rounded to nearest", k, bad);
+                float *again = calloc(lay.total, sizeof(float));
+                oz_llama_import_params(f.m, back);
+                oz_llama_export_params(f.m, again);
+                CHECK(!memcmp(again, back, lay.total * sizeof(float)), "config %zu: bf16 weights not exact on reimport", k);
+                free(again);
+            }
+            oz_llama_batch b = {ids, targets, B, T, logits[r]};
+            long n;
+            oz_llama_zero_grads(f.m);
+            CHECK(oz_llama_forward_backward(f.m, &b, 1.0f / N, &loss[r], &n, &err) == OZ_OK, "%s", err.msg);
+            b.logits_out = logits[r];
+            double s;
+            CHECK(oz_llama_forward(f.m, &b, &s, &n, &err) == OZ_OK, "%s", err.msg);
+            memcpy(grads[r], oz_llama_grads(f.m), lay.grad_total * sizeof(float));
+            fixture_drop(&f);
+        }
+        CHECK(loss[0] == loss[1], "config %zu: bf16-weights loss %.9g vs master weights' %.9g", k, loss[1], loss[0]);
+        CHECK(!memcmp(logits[0], logits[1], N * c->vocab_size * sizeof(float)), "config %zu: logits differ", k);
+        CHECK(!memcmp(grads[0], grads[1], lay.grad_total * sizeof(float)), "config %zu: gradients differ", k);
+        /* training: master weights, bf16 weights twice */
+        float *final[3];
+        for (int r = 0; r < 3; r++) {
+            final[r] = calloc(lay.total, sizeof(float));
+            oz_llama_shape shape = {.batch = B, .seq = T, .with_grads = true, .precision = OZ_PREC_BF16,
+                                    .bf16_weights = r > 0};
+            model_fixture f;
+            oz_optimizer *opt = NULL;
+            oz_optim_config oc = {.kind = OZ_OPTIM_ADAMW, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f};
+            if (fixture_model(&f, c, shape, init))
+                CHECK(oz_optimizer_create(&opt, &oc, &lay, &f.be, &f.arena, &err) == OZ_OK, "%s", err.msg);
+            if (opt) {
+                connect_model(opt, f.m);
+                oz_llama_batch b = {ids, targets, B, T, NULL};
+                for (int step = 0; step < STEPS; step++) {
+                    double sum;
+                    long n;
+                    CHECK(train_step(f.m, opt, &b, step, 1e-2f, 1.0f / N, &sum, &n, &err) == OZ_OK, "%s", err.msg);
+                    curve[r][step] = sum / n;
+                }
+                oz_llama_export_params(f.m, final[r]);
+            }
+            oz_optimizer_destroy(opt);
+            fixture_drop(&f);
+        }
+        double worst = 0;
+        for (int step = 0; step < STEPS; step++) worst = fmax(worst, fabs(curve[1][step] - curve[0][step]));
+        fprintf(stderr, "     config %zu: master %.4f -> %.4f, bf16 weights %.4f -> %.4f, largest difference %.2e\n", k,
+                curve[0][0], curve[0][STEPS - 1], curve[1][0], curve[1][STEPS - 1], worst);
+        CHECK(curve[1][STEPS - 1] < 0.3 * curve[1][0], "config %zu: bf16 weights: loss %.4f -> only %.4f", k,
+              curve[1][0], curve[1][STEPS - 1]);
+        CHECK(worst < BF16_TRAIN_TOL * curve[0][0], "config %zu: bf16-weights losses drift %.3g from master's", k, worst);
+        CHECK(!memcmp(curve[1], curve[2], sizeof curve[1]) && !memcmp(final[1], final[2], lay.total * sizeof(float)),
+              "config %zu: two bf16-weights runs differ", k);
+        for (int r = 0; r < 3; r++) free(final[r]);
+        free(init), free(back), free(logits[0]), free(logits[1]), free(grads[0]), free(grads[1]);
+        oz_param_layout_free(&lay);
+    }
 }
 
 /* Gradients as events in bf16: per-layer and per-tensor (immediate) modes emit the whole-model
@@ -2142,7 +2265,9 @@ int main(void) {
     RUN(test_int8_row_blocks);
     RUN(test_grad_events);
     RUN(test_bf16_against_fp32);
+    RUN(test_bf16_head_chunks);
     RUN(test_bf16_training);
+    RUN(test_bf16_weights);
     RUN(test_bf16_grad_modes);
     RUN(test_bf16_refusals);
     return oz_test_finish("test_model");

@@ -10,6 +10,7 @@
 #include "backend/backend.h"
 #include "harness.h"
 #include "numeric/half.h"
+#include "numeric/quant.h"
 #include "util/rng.h"
 
 #define OZ_REAL double
@@ -310,6 +311,63 @@ static void test_strided_storage(void) {
         for (int c = 0; c < LD; c++)
             bad += pad_f[r * LD + c] != (c < COLS ? want_f[r * LD + c] + src[r * COLS + c] : want_f[r * LD + c]);
     CHECK(bad == 0, "add_2d into padded rows: %d elements wrong", bad);
+}
+
+/* AdamW on bf16 weights (no master): the fp32 op on the widened weights, then oz_bf16_sr with
+ * element (r, c) drawing index r * cols + c, to the bit; the rows' padding untouched; the
+ * rounding is unbiased (the mean of many draws of one update lands on the fp32 update). */
+static void test_adamw_bf16(void) {
+    enum { ROWS = 5, COLS = 11, LD = 16 };
+    oz_rng own;
+    oz_rng_seed(&own, 23);
+    uint16_t w16[ROWS * LD];
+    float w[ROWS * COLS], g[ROWS * COLS], m[ROWS * COLS], v[ROWS * COLS], m2[ROWS * COLS], v2[ROWS * COLS];
+    for (int i = 0; i < ROWS * LD; i++) w16[i] = oz_f32_to_bf16((float)(oz_rng_uniform(&own) * 2 - 1));
+    for (int i = 0; i < ROWS * COLS; i++) {
+        g[i] = (float)(oz_rng_uniform(&own) * 2 - 1);
+        m[i] = m2[i] = (float)(oz_rng_uniform(&own) * 0.1 - 0.05);
+        v[i] = v2[i] = (float)(oz_rng_uniform(&own) * 0.01);
+    }
+    uint16_t pad_before[ROWS * LD];
+    memcpy(pad_before, w16, sizeof w16);
+    for (int r = 0; r < ROWS; r++)
+        for (int c = 0; c < COLS; c++) w[r * COLS + c] = oz_bf16_to_f32(w16[r * LD + c]);
+    const oz_adamw_args a = {1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1 - 0.9f * 0.9f, 1 - 0.95f * 0.95f, 0.7f};
+    const uint64_t key = 0x1234abcdull;
+    be.adamw_step_bf16(&be, w16, LD, g, m, v, ROWS, COLS, &a, key);
+    be.adamw_step(&be, w, g, m2, v2, ROWS * COLS, &a);
+    int bad = 0, moved = 0;
+    for (int r = 0; r < ROWS; r++)
+        for (int c = 0; c < LD; c++) {
+            if (c >= COLS) {
+                bad += w16[r * LD + c] != pad_before[r * LD + c];
+                continue;
+            }
+            const int i = r * COLS + c;
+            bad += w16[r * LD + c] != oz_bf16_sr(w[i], key, (uint64_t)i);
+            moved += w16[r * LD + c] != pad_before[r * LD + c];
+        }
+    CHECK(bad == 0, "adamw_step_bf16: %d elements differ from adamw_step + oz_bf16_sr (or padding written)", bad);
+    CHECK(!memcmp(m, m2, sizeof m) && !memcmp(v, v2, sizeof v), "adamw_step_bf16: moments differ from adamw_step's");
+    CHECK(moved > ROWS * COLS / 2, "adamw_step_bf16 moved only %d of %d weights", moved, ROWS * COLS);
+    /* unbiased: one weight, one small update, 4096 keys: the mean lands within 4 sigma of fp32's */
+    uint16_t one;
+    const float w0 = 1.0f;
+    float gone = 1.0f, mz, vz, want = w0;
+    double sum = 0;
+    const oz_adamw_args b = {1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 0.1f, 0.001f, 1.0f};
+    {
+        float mm = 0, vv = 0;
+        be.adamw_step(&be, &want, &gone, &mm, &vv, 1, &b);
+    }
+    for (uint64_t k = 0; k < 4096; k++) {
+        one = oz_f32_to_bf16(w0), mz = 0, vz = 0;
+        be.adamw_step_bf16(&be, &one, 1, &gone, &mz, &vz, 1, 1, &b, k * 7919 + 1);
+        sum += oz_bf16_to_f32(one);
+    }
+    const double ulp = 1.0 / 256, sigma = ulp * 0.5 / sqrt(4096.0);
+    CHECK(fabs(sum / 4096 - want) < 4 * sigma + 1e-7, "stochastic rounding biased: mean %.8f, fp32 update %.8f",
+          sum / 4096, (double)want);
 }
 
 /* ---- embedding ---- */
@@ -1134,6 +1192,7 @@ int main(void) {
     RUN(test_swiglu);
     RUN(test_cross_entropy);
     RUN(test_adamw);
+    RUN(test_adamw_bf16);
     RUN(test_determinism);
     oz_rng_seed(&bf_rng, 14);
     RUN(test_bf16_gemm);

@@ -68,7 +68,7 @@ done
 for cfg in "adamw|--optim adamw" "adamw8bit|--optim adamw8bit" "galore|--optim galore --rank 8 --update-gap 3" \
     "galore8bit|--optim galore8bit --rank 8 --update-gap 2 --moments-at-switch rotate" \
     "galore-perlayer-clip0|--optim galore --rank 8 --update-gap 3 --clip 0 --factored-grads off --per-layer-update on" \
-    "adamw-ffn45|--optim adamw --model ffn45.json"; do
+    "adamw-master|--optim adamw --master-weights on" "adamw-ffn45|--optim adamw --model ffn45.json"; do
     name=${cfg%%|*} args=${cfg#*|}
     case $args in *ffn45*) # an ffn that is not a multiple of 8: padded bf16 rows
         printf '%s' '{"model_type":"llama","vocab_size":258,"hidden_size":64,"intermediate_size":45,"num_hidden_layers":2,"num_attention_heads":4,"max_position_embeddings":64}' >ffn45.json ;;

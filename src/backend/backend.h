@@ -42,6 +42,9 @@ struct oz_backend {
     void (*to_bf16_2d)(oz_backend *be, uint16_t *dst, size_t ldd, const float *src, size_t lds, size_t rows,
                        size_t cols);
     void (*add_2d)(oz_backend *be, float *dst, size_t ldd, const float *src, size_t lds, size_t rows, size_t cols);
+    /* dst[r * ldd + c] = widen(src[r * lds + c]) (exact). [bitwise] */
+    void (*from_bf16_2d)(oz_backend *be, float *dst, size_t ldd, const uint16_t *src, size_t lds, size_t rows,
+                         size_t cols);
 
     /* ---- linear algebra ----
      * C = alpha * op(A) @ op(B) + beta * C, row-major, op(A) is (M,K), op(B) is (K,N), C is (M,N).
@@ -176,6 +179,12 @@ struct oz_backend {
     /* ---- optimizer ---- */
     void (*adamw_step)(oz_backend *be, float *param /* (n) */, const float *grad /* (n) */,
                        float *m /* (n) */, float *v /* (n) */, size_t n, const oz_adamw_args *args);
+    /* bf16 weights (no fp32 master): adamw_step on w widened (exact) in the same operation order,
+     * the new weight rounded back with oz_bf16_sr from stream `key`, element (r, c) drawing index
+     * r * cols + c (numeric/quant.h). w's rows are ldw apart (the bf16 copy's padded rows); grad,
+     * m and v are dense (rows, cols). [bitwise] */
+    void (*adamw_step_bf16)(oz_backend *be, uint16_t *w, size_t ldw, const float *grad, float *m, float *v,
+                            size_t rows, size_t cols, const oz_adamw_args *args, uint64_t key);
 
     /* ---- quantized optimizer states and weights ----
      * Formats, rounding rules and SR streams are numeric/quant.h's, to the bit: every backend gives

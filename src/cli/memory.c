@@ -47,6 +47,8 @@ int oz_cmd_memory(int argc, char **argv) {
         {"recompute", OZ_ARG_STR, o.recompute, sizeof o.recompute, "none | layer | layer-bf16 (saved layer inputs in bf16) | layer-offload (in bf16 in host memory) [none]", 0},
         {"mini-seq", OZ_ARG_STR, o.mini_seq, sizeof o.mini_seq, "off | auto | N [off]", 0},
         {"device", OZ_ARG_STR, o.device, sizeof o.device, "cpu | cuda (the CUDA backend adds its workspace) [cpu]", 0},
+        {"master-weights", OZ_ARG_STR, o.master_weights, sizeof o.master_weights,
+         "auto | on | off: bf16 with fp32 master weights or bf16 weights only (train's) [auto]", 0},
         {"precision", OZ_ARG_STR, o.precision, sizeof o.precision,
          "auto | fp32 | bf16 (bf16 activations and weight copies; on cuda the attention workspace includes an "
          "allowance for cuDNN's part); auto is train's: bf16 on cuda where bf16 takes the run, else fp32 [auto]", 0},

@@ -135,6 +135,10 @@ int oz_cmd_train(int argc, char **argv) {
          "accumulation), with fp32 master weights, weight gradients, norm statistics, softmax and loss; dense models "
          "only (not qgalore, low-rank/WeLore/InRank, --recompute or --mini-seq). auto: bf16 on cuda where bf16 takes "
          "the run, else fp32 (always fp32 on the CPU); the start line says which [auto]", 0},
+        {"master-weights", OZ_ARG_STR, o.master_weights, sizeof o.master_weights,
+         "auto | on | off: with bf16, keep fp32 master weights (on: 6 bytes a weight, the bf16 copy rounded from "
+         "them every step) or keep only bf16 weights updated with stochastic rounding (off: 2 bytes; checkpoints "
+         "saved in bf16). auto: off for adamw, on for the optimizers whose updates need fp32 weights [auto]", 0},
         {"recompute", OZ_ARG_STR, o.recompute, sizeof o.recompute,
          "none | layer: keep only layer inputs and recompute each layer in backward | layer-bf16: the same with "
          "the saved inputs in bf16 (the residual stream rounded at layer boundaries) | layer-offload: layer-bf16 with "

@@ -268,17 +268,25 @@ static void list_buffers_bf16(oz_llama *m, buffer_list *bl) {
     size_t N = z.N, d = z.d, F = z.F, V = z.V, qd = z.qd, kvd = z.kvd, lse = z.lse, rope = z.rope;
     int L = z.L;
     bl->life = LIFE_ALWAYS;
-    want(bl, &m->params, OZ_MEM_WEIGHTS, F32(lay->total), "weights");
-    want(bl, &m->params16, OZ_MEM_WEIGHTS, B16(lay->total16), "weights (bf16 copy)");
+    if (!s->bf16_weights) want(bl, &m->params, OZ_MEM_WEIGHTS, F32(lay->total), "weights");
+    want(bl, &m->params16, OZ_MEM_WEIGHTS, B16(lay->total16), s->bf16_weights ? "weights (bf16)" : "weights (bf16 copy)");
+    /* Reading and writing bf16 weights off the device goes through this much fp32 at a time (the
+     * CPU's are host memory: no staging). */
+    m->stage16_floats = 0;
+    for (int i = 0; i < lay->n; i++)
+        if (lay->params[i].numel > m->stage16_floats) m->stage16_floats = lay->params[i].numel;
+    if (m->stage16_floats > OZ_LL_STAGE16_FLOATS) m->stage16_floats = OZ_LL_STAGE16_FLOATS;
+    if (s->bf16_weights && s->cuda)
+        want(bl, &m->stage16, OZ_MEM_SCRATCH, F32(m->stage16_floats), "bf16 weights staging (fp32)");
     list_grads(m, bl);
     m->ffn16 = (int)z.F16;
-    /* A trainable matrix with padded bf16 rows has its dW formed there and added in (gemm_bf16
-     * into fp32 rows that are not 16-byte aligned is as slow as the bf16 case). */
+    /* A trainable matrix padded in bf16 has its dW formed on the padded shape and its real part
+     * added in (gemm_bf16 into fp32 rows that are not 16-byte aligned is as slow as the bf16 case). */
     size_t pad_dw = 0;
     for (int i = 0; i < lay->n && s->with_grads; i++) {
         const oz_param_info *p = &lay->params[i];
-        if (!p->frozen && p->ndim == 2 && p->ld16 != p->shape[1]) {
-            size_t n = (size_t)p->shape[0] * (size_t)p->ld16;
+        if (!p->frozen && p->ndim == 2 && (p->ld16 != p->shape[1] || p->rows16 != p->shape[0])) {
+            size_t n = (size_t)p->rows16 * (size_t)p->ld16;
             pad_dw = n > pad_dw ? n : pad_dw;
         }
     }
@@ -302,9 +310,15 @@ static void list_buffers_bf16(oz_llama *m, buffer_list *bl) {
     }
     bl->life = LIFE_HEAD;
     want(bl, &m->lnf16, OZ_MEM_ACTIVATIONS, B16(N * d), "final norm output (bf16)");
-    want(bl, &m->logits, OZ_MEM_ACTIVATIONS, F32(N * V), "logits");
+    /* The head in chunks of rows whose fp32 logits take at most OZ_LL_HEAD16_BYTES (a multiple of
+     * 64 rows, at least 256, at most all): Liger's and Cut Cross-Entropy's point that no tokens x
+     * vocabulary tensor need exist. */
+    size_t hr = OZ_LL_HEAD16_BYTES / (4 * V) / 64 * 64;
+    hr = hr < 256 ? 256 : hr;
+    m->head16_rows = (int)(hr < N ? hr : N);
+    want(bl, &m->logits, OZ_MEM_ACTIVATIONS, F32((size_t)m->head16_rows * V), "logits, one chunk");
     if (s->with_grads) {
-        want(bl, &m->dlogits16, OZ_MEM_SCRATCH, B16(N * V), "logits gradient (bf16)");
+        want(bl, &m->dlogits16, OZ_MEM_SCRATCH, B16((size_t)m->head16_rows * V), "logits gradient, one chunk (bf16)");
         /* The embedding's gradient scatters fp32 rows (embedding_bwd): its input widened, after the
          * layers' backward. */
         const oz_param_info *emb = &lay->params[0];
@@ -502,6 +516,8 @@ static oz_status check_shape(const oz_llama_config *c, const oz_llama_shape *s, 
         return oz_fail(err, OZ_ERR_INTERNAL, "factored gradients: mask 0x%x names no matrix", s->grads.factored);
     if (s->precision != OZ_PREC_FP32 && s->precision != OZ_PREC_BF16)
         return oz_fail(err, OZ_ERR_INTERNAL, "precision %d is not known", s->precision);
+    if (s->bf16_weights && s->precision != OZ_PREC_BF16)
+        return oz_fail(err, OZ_ERR_INTERNAL, "bf16 weights need precision bf16");
     if (s->precision == OZ_PREC_BF16) {
         const char *no = oz_llama_bf16_unsupported(c, s);
         if (no) return oz_fail(err, OZ_ERR_INPUT, "--precision bf16 does not support %s yet", no);
@@ -632,6 +648,8 @@ oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend
     oz_param_layout_freeze(&m->layout, shape.freeze);
     *out = m; /* from here on, oz_llama_destroy cleans up a partial model */
     if (shape.precision == OZ_PREC_BF16) OZ_TRY(check_attention_workspace(m, err));
+    if (shape.bf16_weights && !be->host_visible && !shape.cuda)
+        return oz_fail(err, OZ_ERR_INTERNAL, "bf16 weights on a device backend need shape.cuda (their staging)");
     int L = cfg->num_hidden_layers;
     m->acts = calloc((size_t)L, sizeof *m->acts);
     m->xs = calloc((size_t)L + 1, sizeof *m->xs);
@@ -701,6 +719,8 @@ oz_status oz_llama_create(oz_llama **out, const oz_llama_config *cfg, oz_backend
     if (shape.recompute)
         for (int l = 1; l < L; l++) m->acts[l] = m->acts[0];
     for (int l = 0; l < L; l++) m->acts[l].x = shape.bf16_checkpoints ? m->xwork : m->xs[l];
+    /* The bf16 copy's padding is zeros, once: rounding the weights in never writes it. */
+    if (m->params16) be->fill(be, (float *)(void *)m->params16, 0.0f, m->layout.total16 / 2);
     for (int l = 0; l < L && shape.precision == OZ_PREC_BF16; l++) {
         m->acts16[l].x = m->xs16[l];
         m->acts16[l].ln1 = m->acts16[l].ln2 = m->ln16; /* recomputed in the backward */

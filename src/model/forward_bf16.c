@@ -19,12 +19,14 @@
 
 #include "model/llama_internal.h"
 
-/* One matrix's bf16 weights (out x in, rows ld apart) in params16, and the row strides of its input
- * and output activations (ffn16 for the MLP's hidden side, else their width). */
+/* One matrix's bf16 weights in params16: out x in, zero-padded to out16 x in16 (the MLP's hidden
+ * side rounded up to 8, oz_param_info.rows16 / ld16; rows in16 apart). The GEMMs run on the padded
+ * shape; the MLP's gate, up and hidden activations have ffn16 columns, whose padding is zeros
+ * (zero weight rows give zero outputs, swiglu(0, 0) = 0, and a zero weight column a zero
+ * gradient), so every sum is the unpadded one. */
 typedef struct {
     const uint16_t *w;
-    int out, in, ld, ldx, ldy;
-    int index; /* its parameter */
+    int out, in, out16, in16;
 } lin16;
 
 typedef struct {
@@ -42,34 +44,30 @@ static layer16 layer_weights16(const oz_llama *m, int l) {
         const oz_param_info *p = &lay->params[i];
         if (p->kind == OZ_P_ATTN_NORM) w.attn_norm = param16(m, i);
         else if (p->kind == OZ_P_MLP_NORM) w.mlp_norm = param16(m, i);
-        else {
-            const int out = (int)p->shape[0], in = (int)p->shape[1];
-            const bool mlp_out = p->matrix == OZ_M_GATE || p->matrix == OZ_M_UP;
-            w.m[p->matrix] = (lin16){param16(m, i), out, in, (int)p->ld16, p->matrix == OZ_M_DOWN ? m->ffn16 : in,
-                                     mlp_out ? m->ffn16 : out, i};
-        }
+        else w.m[p->matrix] = (lin16){param16(m, i), (int)p->shape[0], (int)p->shape[1], (int)p->rows16, (int)p->ld16};
     }
     return w;
 }
 
-/* y (rows, out) = bf16(beta y + x W^T). */
+/* y (rows, out16) = bf16(beta y + x W^T), x (rows, in16). */
 static void lin_fwd16(oz_backend *be, const lin16 *w, const uint16_t *x, int rows, float beta, uint16_t *y) {
-    be->gemm_bf16(be, 0, 1, rows, w->out, w->in, 1.0f, x, w->ldx, w->w, w->ld, beta, y, w->ldy, 1);
+    be->gemm_bf16(be, 0, 1, rows, w->out16, w->in16, 1.0f, x, w->in16, w->w, w->in16, beta, y, w->out16, 1);
 }
 
-/* Backward of y = x W^T: dW += dy^T x in fp32 (unless frozen), then dx = bf16(beta_dx dx + dy W).
- * dx may be x's own buffer (down_proj's): dW reads x before dx is written. dy and dx have the rows
- * of y and x (ldy, ldx). A matrix with padded rows forms dW in m->dw16_pad and adds it in. */
+/* Backward of y = x W^T: dW += dy^T x in fp32 (unless frozen), then dx = bf16(beta_dx dx + dy W),
+ * on the padded shape (dy (rows, out16), x and dx (rows, in16)). dx may be x's own buffer
+ * (down_proj's): dW reads x before dx is written. A padded matrix forms dW on its padded shape in
+ * m->dw16_pad and adds the real out x in part in. */
 static void lin_bwd16(oz_llama *m, const lin16 *w, float *dw, const uint16_t *x, const uint16_t *dy, int rows,
                       float beta_dx, uint16_t *dx) {
     oz_backend *be = m->be;
-    if (dw && w->ld != w->in) {
-        be->gemm_bf16(be, 1, 0, w->out, w->in, rows, 1.0f, dy, w->ldy, x, w->ldx, 0.0f, m->dw16_pad, w->ld, 0);
-        be->add_2d(be, dw, (size_t)w->in, m->dw16_pad, (size_t)w->ld, (size_t)w->out, (size_t)w->in);
+    if (dw && (w->out16 != w->out || w->in16 != w->in)) {
+        be->gemm_bf16(be, 1, 0, w->out16, w->in16, rows, 1.0f, dy, w->out16, x, w->in16, 0.0f, m->dw16_pad, w->in16, 0);
+        be->add_2d(be, dw, (size_t)w->in, m->dw16_pad, (size_t)w->in16, (size_t)w->out, (size_t)w->in);
     } else if (dw) {
-        be->gemm_bf16(be, 1, 0, w->out, w->in, rows, 1.0f, dy, w->ldy, x, w->ldx, 1.0f, dw, w->in, 0);
+        be->gemm_bf16(be, 1, 0, w->out, w->in, rows, 1.0f, dy, w->out, x, w->in, 1.0f, dw, w->in, 0);
     }
-    be->gemm_bf16(be, 0, 0, rows, w->in, w->out, 1.0f, dy, w->ldy, w->w, w->ld, beta_dx, dx, w->ldx, 1);
+    be->gemm_bf16(be, 0, 0, rows, w->in16, w->out16, 1.0f, dy, w->out16, w->w, w->in16, beta_dx, dx, w->in16, 1);
 }
 
 /* Layer l forward from a->x into a's buffers and out (the next layer's input). */
@@ -149,7 +147,7 @@ static void layer_backward16(oz_llama *m, int l, layer_acts16 *a, const oz_ll_di
     oz_ll_group_end(m, l, GRP_ATTN_NORM);
 }
 
-/* LM head + cross-entropy, one chunk of all rows: fp32 logits from the bf16 GEMM, the fp32 loss and
+/* LM head + cross-entropy, in chunks of rows: fp32 logits from the bf16 GEMM, the fp32 loss and
  * its gradient in place; in training the gradient rounded once feeds dL/d(final norm output)
  * (into dln16) and the head's fp32 weight gradient. */
 static oz_status head16(oz_llama *m, const oz_llama_batch *b, float grad_scale, const oz_ll_dims *g,
@@ -158,16 +156,20 @@ static oz_status head16(oz_llama *m, const oz_llama_batch *b, float grad_scale, 
     const int N = g->N, d = g->d, V = g->V, hi = oz_ll_head_index(m);
     const uint16_t *w = param16(m, hi);
     float *dhead = oz_llama_grad(m, hi); /* NULL when the head is frozen */
-    be->gemm_bf16(be, 0, 1, N, V, d, 1.0f, m->lnf16, d, w, d, 0.0f, m->logits, V, 0);
-    if (b->logits_out) be->to_host(be, b->logits_out, m->logits, (size_t)N * V * sizeof(float));
-    if (b->targets) {
-        be->to_device(be, m->targets, b->targets, (size_t)N * sizeof(int32_t));
-        be->cross_entropy(be, m->logits, m->losses, m->targets, N, V, grad_scale);
-        if (grad_scale != 0.0f) {
-            be->to_bf16(be, m->dlogits16, m->logits, (size_t)N * V);
-            be->gemm_bf16(be, 0, 0, N, d, V, 1.0f, m->dlogits16, V, w, d, 0.0f, m->dln16, d, 1);
-            if (dhead) be->gemm_bf16(be, 1, 0, V, d, N, 1.0f, m->dlogits16, V, m->lnf16, d, 1.0f, dhead, d, 0);
-        }
+    if (b->targets) be->to_device(be, m->targets, b->targets, (size_t)N * sizeof(int32_t));
+    /* In chunks of head16_rows tokens (buffers.c): no tokens x vocabulary tensor exists. Each
+     * chunk's rows are independent, and the head's gradient accumulates over them in fp32. */
+    for (int r0 = 0; r0 < N; r0 += m->head16_rows) {
+        const int R = N - r0 < m->head16_rows ? N - r0 : m->head16_rows;
+        const uint16_t *x = m->lnf16 + (size_t)r0 * d;
+        be->gemm_bf16(be, 0, 1, R, V, d, 1.0f, x, d, w, d, 0.0f, m->logits, V, 0);
+        if (b->logits_out) be->to_host(be, b->logits_out + (size_t)r0 * V, m->logits, (size_t)R * V * sizeof(float));
+        if (!b->targets) continue;
+        be->cross_entropy(be, m->logits, m->losses + r0, m->targets + r0, R, V, grad_scale);
+        if (grad_scale == 0.0f) continue;
+        be->to_bf16(be, m->dlogits16, m->logits, (size_t)R * V);
+        be->gemm_bf16(be, 0, 0, R, d, V, 1.0f, m->dlogits16, V, w, d, 0.0f, m->dln16 + (size_t)r0 * d, d, 1);
+        if (dhead) be->gemm_bf16(be, 1, 0, V, d, R, 1.0f, m->dlogits16, V, x, d, 1.0f, dhead, d, 0);
     }
     return oz_ll_sum_losses(m, b, loss_sum, n_targets, err);
 }
@@ -180,13 +182,15 @@ static void round_weights16(oz_llama *m) {
     int i = 0;
     while (i < lay->n) {
         const oz_param_info *p = &lay->params[i];
-        if (p->ndim == 2 && p->ld16 != p->shape[1]) {
+        if (p->ndim == 2 && p->ld16 != p->shape[1]) { /* the padding (zeros) is not written */
             be->to_bf16_2d(be, m->params16 + p->offset16, (size_t)p->ld16, m->params + p->offset,
                            (size_t)p->shape[1], (size_t)p->shape[0], (size_t)p->shape[1]);
             i++;
             continue;
         }
-        int j = i + 1; /* extend while the next tensor is unpadded and at the same shift */
+        /* Extend while the next tensor's rows are as long in both and it sits at the same shift
+         * (padded rows at a matrix's end do not move its own start). */
+        int j = i + 1;
         while (j < lay->n && !(lay->params[j].ndim == 2 && lay->params[j].ld16 != lay->params[j].shape[1]) &&
                lay->params[j].offset16 - lay->params[j].offset == p->offset16 - p->offset)
             j++;
@@ -201,8 +205,9 @@ static oz_status forward16(oz_llama *m, const oz_llama_batch *b, float grad_scal
     OZ_TRY(oz_ll_check_batch(m, b, err));
     oz_backend *be = m->be;
     const oz_ll_dims g = oz_ll_dims_of(m, b->B, b->T);
-    /* The fp32 weights may have changed since the last pass (an update, oz_llama_write_param). */
-    round_weights16(m);
+    /* The fp32 weights may have changed since the last pass (an update, oz_llama_write_param);
+     * bf16 weights are params16 itself. */
+    if (!m->shape.bf16_weights) round_weights16(m);
     be->to_device(be, m->ids, b->ids, (size_t)g.N * sizeof(int32_t));
     be->embedding_fwd_bf16out(be, m->xs16[0], param16(m, 0), m->ids, g.N, g.d);
     for (int l = 0; l < g.L; l++) layer_forward16(m, l, &m->acts16[l], m->xs16[l + 1], &g);

@@ -13,6 +13,7 @@
 #include "io/json.h"
 #include "io/safetensors.h"
 #include "io/weights.h"
+#include "numeric/half.h"
 #include "data/tokenizer_gguf.h"
 #include "model/gguf_model.h"
 
@@ -422,6 +423,32 @@ oz_status oz_llama_save(const char *dir, const oz_llama_config *cfg, const char 
     OZ_TRY(oz_tensors_save(path, layout, bufs, prefixes, 1, err));
     snprintf(path, sizeof path, "%s/config.json", dir);
     return oz_config_write(path, cfg, tokenizer, err);
+}
+
+oz_status oz_llama_save_bf16(const char *dir, const oz_llama_config *cfg, const char *tokenizer,
+                             const oz_param_layout *layout, const float *params, oz_err *err) {
+    OZ_TRY(oz_mkdir_p(dir, err));
+    oz_st_entry *entries = calloc((size_t)layout->n, sizeof *entries);
+    uint16_t *half = malloc(layout->total * sizeof *half);
+    if (!entries || !half) {
+        free(entries);
+        free(half);
+        return oz_fail(err, OZ_ERR_NOMEM, "out of memory saving %s in bf16", dir);
+    }
+    for (int i = 0; i < layout->n; i++) {
+        const oz_param_info *p = &layout->params[i];
+        for (size_t j = 0; j < p->numel; j++) half[p->offset + j] = oz_f32_to_bf16(params[p->offset + j]);
+        entries[i] = (oz_st_entry){.name = p->name, .dtype = OZ_DT_BF16, .ndim = p->ndim,
+                                   .shape = {p->shape[0], p->shape[1]}, .data = half + p->offset};
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    oz_status st = oz_safetensors_write(path, entries, layout->n, NULL, err);
+    free(entries);
+    free(half);
+    OZ_TRY(st);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    return oz_config_write_dtype(path, cfg, tokenizer, "bfloat16", err);
 }
 
 /* Tensors a Hugging Face checkpoint may hold that are not parameters of the model: old Llama

@@ -43,6 +43,10 @@ oz_status oz_tensors_load(const char *path, const oz_param_layout *layout, float
 /* DIR/model.safetensors + DIR/config.json. */
 oz_status oz_llama_save(const char *dir, const oz_llama_config *cfg, const char *tokenizer,
                         const oz_param_layout *layout, const float *params, oz_err *err);
+/* The same with every tensor stored as BF16 (rounded to nearest: exact for a bf16-weights model's
+ * values) and config.json's torch_dtype "bfloat16". */
+oz_status oz_llama_save_bf16(const char *dir, const oz_llama_config *cfg, const char *tokenizer,
+                             const oz_param_layout *layout, const float *params, oz_err *err);
 
 
 

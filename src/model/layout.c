@@ -92,11 +92,16 @@ oz_status oz_param_layout_build(const oz_llama_config *c, oz_param_layout *lay, 
         oz_param_info *p = &lay->params[i];
         if (p->layer >= 0) p->span_offset = p->offset - lay->layer_offset[p->layer];
         else p->span_offset = p->offset < lay->layer_offset[0] ? p->offset : p->offset - layers;
-        /* The bf16 copy: rows of layer matrices padded to 16 bytes (see oz_param_info.ld16). */
-        const int64_t cols = p->ndim == 2 ? p->shape[1] : (int64_t)p->numel;
-        p->ld16 = p->layer >= 0 && p->ndim == 2 && cols % 8 ? (cols + 7) / 8 * 8 : cols;
+        /* The bf16 copy: the MLP's hidden side of gate, up (rows) and down (columns) padded to a
+         * multiple of 8 (see oz_param_info.rows16). Only that side: the other widths are those of
+         * activations that RoPE, attention and the norms read densely. */
+        const int64_t rows = p->ndim == 2 ? p->shape[0] : 1, cols = p->ndim == 2 ? p->shape[1] : (int64_t)p->numel;
+        const bool dense = p->layer >= 0 && p->ndim == 2 && p->factor == 0;
+        const bool pad_rows = dense && (p->kind == OZ_P_GATE || p->kind == OZ_P_UP), pad_cols = dense && p->kind == OZ_P_DOWN;
+        p->rows16 = pad_rows ? (rows + 7) / 8 * 8 : rows;
+        p->ld16 = pad_cols ? (cols + 7) / 8 * 8 : cols;
         p->offset16 = lay->total16;
-        lay->total16 += ((size_t)(p->ndim == 2 ? p->shape[0] : 1) * (size_t)p->ld16 + 15) & ~(size_t)15;
+        lay->total16 += ((size_t)p->rows16 * (size_t)p->ld16 + 15) & ~(size_t)15;
     }
     oz_param_layout_freeze(lay, 0);
     return OZ_OK;

@@ -95,13 +95,15 @@ typedef struct {
                             * non-layer tensors (embedding, final norm, head) laid end to end */
     size_t grad_offset;    /* into a full gradient buffer of trainable tensors only; OZ_NO_GRAD if frozen */
     size_t grad_span_offset; /* inside one layer's trainable span, or the trainable non-layer span */
-    /* The bf16 copy's layout (oz_llama_shape.precision bf16): offset into it, and the row stride of
-     * a layer matrix there. A layer matrix whose rows are not a multiple of 8 elements (16 bytes:
-     * down_proj at an ffn such as 1b's 5461) gets rows padded to the next multiple, because
-     * cuBLASLt's tensor-core kernels need 16-byte aligned rows and run about 5x slower without
-     * them; every other tensor's ld16 is its row length (1-D: numel). */
+    /* The bf16 copy's layout (oz_llama_shape.precision bf16): offset into it, and a layer matrix's
+     * rows and columns there, each rounded up to a multiple of 8 with zeros (gate and up get
+     * ffn16 rows, down ffn16 columns at an ffn such as 1b's 5461): cuBLASLt's tensor-core
+     * kernels run 4-5x slower on rows that are not 16-byte aligned, and as slowly on an odd
+     * dimension with aligned rows, so the bf16 GEMMs run on the zero-padded shapes, which give
+     * the same sums. Every other tensor (and a dense matrix's other side): rows16 = rows, ld16 =
+     * its row length (1-D: 1, numel). */
     size_t offset16;
-    int64_t ld16;
+    int64_t rows16, ld16;
 } oz_param_info;
 
 /* Parameter table: embedding, then per layer {attn norm, q, k, v, o, mlp norm, gate, up, down},
@@ -189,6 +191,10 @@ typedef struct {
      * recompute, mini-sequences, factored gradients or vocabulary blocks: create and the planner
      * refuse them (OZ_ERR_INPUT). */
     int precision;
+    /* bf16 without fp32 master weights: the bf16 copy is the weights (2 bytes a parameter instead
+     * of 6), updated in place with stochastic rounding (adamw_step_bf16); oz_llama_param gives
+     * NULL and the weights view's bf16 reaches them. Needs precision bf16. */
+    bool bf16_weights;
     /* bf16: the backend is CUDA, so the attention workspace planned is cuDNN's allowance, not the
      * CPU's (oz_attention_bf16_device_workspace_bytes); create checks it against the backend. */
     bool cuda;

@@ -39,6 +39,13 @@ typedef struct {
 /* bf16 mode (shape.precision): one layer's activations, as forward_bf16.c keeps them: the same
  * tensors as layer_acts (no low-rank intermediates), bf16 but for the norms' 1/rms and the
  * attention's log-sum-exp. */
+/* shape.bf16_weights: parameter index's bf16 weights and their row stride; false otherwise. */
+bool oz_ll_weight16(oz_llama *m, int index, uint16_t **w, size_t *ld);
+/* The bf16 head's chunk: its fp32 logits at most this many bytes (buffers.c, head16_rows). */
+#define OZ_LL_HEAD16_BYTES ((size_t)64 << 20)
+/* The fp32 staging a bf16-weights model reads and writes its weights through, in whole rows. */
+#define OZ_LL_STAGE16_FLOATS ((size_t)1 << 22)
+
 typedef struct {
     uint16_t *x, *ln1, *q, *k, *v, *att, *h, *ln2, *gate, *up, *mlp;
     float *rstd1, *rstd2, *lse;
@@ -126,6 +133,9 @@ struct oz_llama {
      * embedding's output gradient widened for the fp32 scatter; attn_ws the attention's workspace. */
     uint16_t *params16;
     uint16_t *ln16, *mlp16; /* one layer's norm output and MLP hidden (acts16's ln1, ln2, mlp) */
+    float *stage16;         /* shape.bf16_weights on cuda: stage16_floats for reading and writing weights */
+    size_t stage16_floats;  /* the largest tensor, at most OZ_LL_STAGE16_FLOATS (whole rows fit) */
+    int head16_rows;        /* tokens per bf16 head chunk */
     int ffn16;
     float *dw16_pad;
     layer_acts16 *acts16;

@@ -15,6 +15,7 @@ float *oz_llama_params(oz_llama *m) { return m->params; }
 float *oz_llama_param(oz_llama *m, int index) {
     const oz_param_info *p = &m->layout.params[index];
     if (m->params) return m->params + p->offset;
+    if (m->shape.bf16_weights) return NULL; /* oz_ll_weight16 */
     if (m->vocab16 && p->layer < 0) return is_vocab_tensor(p) ? NULL : m->outer_params; /* the final norm */
     if (p->layer < 0) return m->outer_params + p->span_offset;
     if (p->is_norm) {
@@ -37,6 +38,55 @@ uint16_t *oz_llama_param_bf16(oz_llama *m, int index) {
     const oz_param_info *p = &m->layout.params[index];
     if (!m->vocab16 || !is_vocab_tensor(p)) return NULL;
     return m->vocab16 + (p->kind == OZ_P_LM_HEAD ? (size_t)m->cfg.vocab_size * m->cfg.hidden_size : 0);
+}
+
+bool oz_ll_weight16(oz_llama *m, int index, uint16_t **w, size_t *ld) {
+    if (!m->shape.bf16_weights) return false;
+    const oz_param_info *p = &m->layout.params[index];
+    *w = m->params16 + p->offset16;
+    *ld = (size_t)p->ld16;
+    return true;
+}
+
+/* A bf16-weights tensor as (rows, cols) with its bf16 row stride (1-D: one row). */
+static void dims16(const oz_param_info *p, size_t *rows, size_t *cols, size_t *ld) {
+    *rows = p->ndim == 2 ? (size_t)p->shape[0] : 1;
+    *cols = p->ndim == 2 ? (size_t)p->shape[1] : p->numel;
+    *ld = (size_t)p->ld16;
+}
+
+/* Host fp32 <-> bf16 weights: widened exactly, or rounded to nearest (so a checkpoint written
+ * from bf16 weights comes back exactly); off the host through stage16 in whole rows. */
+static void read16(oz_llama *m, const oz_param_info *p, float *host) {
+    size_t rows, cols, ld;
+    dims16(p, &rows, &cols, &ld);
+    const uint16_t *w = m->params16 + p->offset16;
+    if (m->be->host_visible) {
+        m->be->from_bf16_2d(m->be, host, cols, w, ld, rows, cols);
+        return;
+    }
+    const size_t per = m->stage16_floats / cols;
+    for (size_t r0 = 0; r0 < rows; r0 += per) {
+        size_t nr = rows - r0 < per ? rows - r0 : per;
+        m->be->from_bf16_2d(m->be, m->stage16, cols, w + r0 * ld, ld, nr, cols);
+        m->be->to_host(m->be, host + r0 * cols, m->stage16, nr * cols * sizeof(float));
+    }
+}
+
+static void write16(oz_llama *m, const oz_param_info *p, const float *host) {
+    size_t rows, cols, ld;
+    dims16(p, &rows, &cols, &ld);
+    uint16_t *w = m->params16 + p->offset16;
+    if (m->be->host_visible) {
+        m->be->to_bf16_2d(m->be, w, ld, host, cols, rows, cols);
+        return;
+    }
+    const size_t per = m->stage16_floats / cols;
+    for (size_t r0 = 0; r0 < rows; r0 += per) {
+        size_t nr = rows - r0 < per ? rows - r0 : per;
+        m->be->to_device(m->be, m->stage16, host + r0 * cols, nr * cols * sizeof(float));
+        m->be->to_bf16_2d(m->be, w + r0 * ld, ld, m->stage16, cols, nr, cols);
+    }
 }
 
 /* Floats of the bf16 vocabulary row scratch: one vocabulary block. */
@@ -63,6 +113,10 @@ static size_t staging_piece(const oz_llama *m) { return m->wmat_n / OZ_QW_GROUP 
 
 void oz_llama_read_param(oz_llama *m, int index, float *host) {
     const oz_param_info *p = &m->layout.params[index];
+    if (m->shape.bf16_weights) {
+        read16(m, p, host);
+        return;
+    }
     uint8_t *q, *z;
     float *sc;
     uint16_t *w16 = oz_llama_param_bf16(m, index);
@@ -96,6 +150,10 @@ void oz_llama_read_param(oz_llama *m, int index, float *host) {
 
 void oz_llama_write_param(oz_llama *m, int index, const float *host) {
     const oz_param_info *p = &m->layout.params[index];
+    if (m->shape.bf16_weights) {
+        write16(m, p, host);
+        return;
+    }
     uint8_t *q, *z;
     float *sc;
     uint16_t *w16 = oz_llama_param_bf16(m, index);
@@ -154,10 +212,11 @@ static bool view_int8(void *m, int i, uint8_t **q, float **scale, uint8_t **zero
 }
 static float *view_rows_load(void *m, int i, int row0, int rows) { return oz_ll_rows_load(m, i, row0, rows); }
 static void view_rows_store(void *m, int i, int row0, int rows, uint64_t key) { oz_ll_rows_store(m, i, row0, rows, key); }
+static bool view_bf16(void *m, int i, uint16_t **w, size_t *ld) { return oz_ll_weight16(m, i, w, ld); }
 
 oz_weights_view oz_llama_weights(oz_llama *m) {
     oz_weights_view v = {.owner = m, .f32 = view_f32, .int8 = view_int8, .rows_load = view_rows_load,
-                         .rows_store = view_rows_store};
+                         .rows_store = view_rows_store, .bf16 = view_bf16};
     return v;
 }
 

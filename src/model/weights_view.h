@@ -19,6 +19,8 @@ typedef struct {
      * stochastic rounding from stream `key` (a no-op for fp32). */
     float *(*rows_load)(void *owner, int i, int row0, int rows);
     void (*rows_store)(void *owner, int i, int row0, int rows, uint64_t key);
+    /* bf16 weights (no fp32 master): parameter i's bf16 values, rows *ld apart; false otherwise. */
+    bool (*bf16)(void *owner, int i, uint16_t **w, size_t *ld);
 } oz_weights_view;
 
 static inline oz_weights_view oz_weights_flat(float *params) {

@@ -395,6 +395,17 @@ static void apply_slot(oz_optimizer *o, slot *s, const float *g, float lr, float
         return;
     }
     float *W = weight_f32(o, s);
+    uint16_t *W16;
+    size_t ld16;
+    if (!W && !s->q8 && o->w.bf16 && o->w.bf16(o->w.owner, s->index, &W16, &ld16)) {
+        /* bf16 weights: the step on them widened, rounded back stochastically from a stream keyed
+         * by (seed, step, tensor), as the INT8 and bf16-row updates are (so resume repeats it). */
+        const oz_param_info *p = s->p;
+        const size_t rows = p->ndim == 2 ? (size_t)p->shape[0] : 1, cols = p->ndim == 2 ? (size_t)p->shape[1] : p->numel;
+        be->adamw_step_bf16(be, W16, ld16, g, s->m, s->v, rows, cols, &args,
+                            oz_qw_stream_key(tensor_seed(o, s), (uint64_t)o->step, 0));
+        return;
+    }
     if (s->q8)
         be->adam8bit_step(be, W, g, s->mq, s->ma, s->vq, s->va, s->n, &args);
     else

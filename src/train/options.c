@@ -19,6 +19,7 @@ void oz_train_opts_default(oz_train_opts *o) {
     snprintf(o->optim, sizeof o->optim, "adamw");
     snprintf(o->device, sizeof o->device, "cpu");
     snprintf(o->precision, sizeof o->precision, "auto");
+    snprintf(o->master_weights, sizeof o->master_weights, "auto");
     snprintf(o->recompute, sizeof o->recompute, "none");
     snprintf(o->mini_seq, sizeof o->mini_seq, "off");
     o->rank = 128;
@@ -95,6 +96,7 @@ cJSON *oz_train_opts_to_json(const oz_train_opts *o) {
     cJSON_AddStringToObject(j, "vocab_bf16", o->vocab_bf16);
     cJSON_AddStringToObject(j, "on_nonfinite", o->on_nonfinite);
     cJSON_AddStringToObject(j, "precision", o->precision);
+    cJSON_AddStringToObject(j, "master_weights", o->master_weights);
     cJSON_AddBoolToObject(j, "welore", o->welore);
     if (o->inrank) {
         cJSON *ir = cJSON_AddObjectToObject(j, "inrank");
@@ -143,6 +145,8 @@ oz_status oz_train_opts_from_json(const cJSON *j, const char *path, oz_train_opt
     snprintf(o->on_nonfinite, sizeof o->on_nonfinite, "%s", cJSON_IsString(it) ? it->valuestring : "stop");
     it = cJSON_GetObjectItemCaseSensitive(j, "precision"); /* absent in older states: fp32 */
     snprintf(o->precision, sizeof o->precision, "%s", cJSON_IsString(it) ? it->valuestring : "fp32");
+    it = cJSON_GetObjectItemCaseSensitive(j, "master_weights"); /* absent before bf16 weights: bf16 kept masters */
+    snprintf(o->master_weights, sizeof o->master_weights, "%s", cJSON_IsString(it) ? it->valuestring : "on");
     it = cJSON_GetObjectItemCaseSensitive(j, "init"); /* absent in older states: a run from scratch */
     snprintf(o->init, sizeof o->init, "%s", cJSON_IsString(it) ? it->valuestring : "");
     const cJSON *ir = cJSON_GetObjectItemCaseSensitive(j, "inrank"); /* absent: not an InRank run */
@@ -302,6 +306,16 @@ oz_status oz_train_configure(const oz_train_opts *o, const oz_llama_config *cfg,
      * modes bf16 does not cover yet); fp32 on the CPU, where bf16 is only slower. */
     if (auto_precision)
         shape->precision = shape->cuda && !oz_llama_bf16_unsupported(cfg, shape) ? OZ_PREC_BF16 : OZ_PREC_FP32;
+    /* bf16 weights (no fp32 master) where the optimizer's update takes them: AdamW's fused step
+     * (adamw_step_bf16). The 8-bit and GaLore updates still write fp32 weights. */
+    const bool takes_bf16 = oc->kind == OZ_OPTIM_ADAMW;
+    if (strcmp(o->master_weights, "auto") == 0) shape->bf16_weights = shape->precision == OZ_PREC_BF16 && takes_bf16;
+    else if (strcmp(o->master_weights, "off") == 0) shape->bf16_weights = shape->precision == OZ_PREC_BF16;
+    else if (strcmp(o->master_weights, "on") != 0)
+        return oz_fail(err, OZ_ERR_INPUT, "--master-weights %s: expected auto, on or off", o->master_weights);
+    if (shape->bf16_weights && !takes_bf16)
+        return oz_fail(err, OZ_ERR_INPUT, "--master-weights off (bf16 weights) takes --optim adamw only so far; %s "
+                       "keeps fp32 master weights (--master-weights auto or on)", o->optim);
     return OZ_OK;
 }
 

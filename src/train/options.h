@@ -21,6 +21,8 @@ typedef struct {
     char optim[32];           /* adamw | adamw8bit | galore | galore8bit | qgalore */
     char device[16];          /* cpu | cuda | cuda:N | cuda+tf32 */
     char precision[8];        /* auto | fp32 | bf16 (oz_llama_shape.precision; auto: oz_train_configure) */
+    char master_weights[8];   /* auto | on | off: bf16 with fp32 master weights (off: bf16 weights, SR updates;
+                               * auto: off for adamw, on for the optimizers bf16 weights do not take yet) */
     char recompute[16];       /* none | layer | layer-bf16 | layer-offload */
     char mini_seq[16];        /* off | auto | N (MLP and LM-head chunk count) */
     /* GaLore family */

@@ -60,6 +60,7 @@ typedef struct {
     double refresh_s;          /* this step's subspace refreshes ended this far into it; NAN: none */
     oz_tfevents events;        /* OUT/events.out.tfevents.*, a line of metrics.jsonl as one event */
     int precision;              /* the model's (OZ_PREC_*): --precision auto resolved */
+    bool bf16_weights;          /* the model keeps bf16 weights only: checkpoints are saved in bf16 */
 } trainer;
 
 /* Host view of the weights for saving: the backend's own memory when it is host memory (CPU),
@@ -82,7 +83,8 @@ static oz_status save_checkpoint(trainer *t, const char *dir, const oz_train_pos
                                  oz_err *err) {
     const float *params = NULL;
     OZ_TRY(host_weights(t, &params, err));
-    OZ_TRY(oz_llama_save(dir, &t->cfg, t->tokenizer, oz_llama_get_layout(t->model), params, err));
+    if (t->bf16_weights) OZ_TRY(oz_llama_save_bf16(dir, &t->cfg, t->tokenizer, oz_llama_get_layout(t->model), params, err));
+    else OZ_TRY(oz_llama_save(dir, &t->cfg, t->tokenizer, oz_llama_get_layout(t->model), params, err));
     char path[OZ_PATH_MAX + 64];
     if (with_optimizer) {
         snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
@@ -289,6 +291,7 @@ static oz_status setup(trainer *t, const char *resume_dir, oz_train_position *po
         return oz_fail(err, OZ_ERR_INPUT, "--welore needs a low-rank model (made by `ounce compress`) as --init or --resume");
     OZ_TRY(oz_llama_create(&t->model, &t->cfg, &t->be, &t->arena, shape, err));
     t->precision = shape.precision;
+    t->bf16_weights = shape.bf16_weights;
     const oz_param_layout *lay = oz_llama_get_layout(t->model);
     OZ_TRY(oz_optimizer_create(&t->opt, &ocfg, lay, &t->be, &t->arena, err));
     connect(t);
@@ -435,7 +438,9 @@ static oz_status run(trainer *t, oz_train_position *pos, const oz_train_callback
                  "batch %d x seq %d x accum %d = %ld tokens/step; %s%s on %s, %d threads%s",
                  o->model, res->params, res->trainable, t->cfg.vocab_size, t->cfg.hidden_size, t->cfg.num_hidden_layers,
                  t->cfg.num_attention_heads, t->cfg.num_key_value_heads, o->steps, B, T, o->grad_accum,
-                 tokens_per_step, o->optim, t->precision == OZ_PREC_BF16 ? " in bf16" : "", o->device, t->be.threads,
+                 tokens_per_step, o->optim, t->precision != OZ_PREC_BF16 ? ""
+                 : t->bf16_weights                ? " in bf16 (bf16 weights)"
+                                                  : " in bf16 (fp32 master weights)", o->device, t->be.threads,
                  pos->step ? " (resumed)" : "");
         cb->on_start(cb->user, line);
     }

@@ -46,6 +46,14 @@ static void cpu_to_bf16_2d(oz_backend *be, uint16_t *dst, size_t ldd, const floa
         for (size_t c = 0; c < cols; c++) dst[r * ldd + c] = oz_f32_to_bf16(src[r * lds + c]);
 }
 
+static void cpu_from_bf16_2d(oz_backend *be, float *dst, size_t ldd, const uint16_t *src, size_t lds, size_t rows,
+                             size_t cols) {
+    (void)be;
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++) dst[r * ldd + c] = oz_bf16_to_f32(src[r * lds + c]);
+}
+
 static void cpu_add_2d(oz_backend *be, float *dst, size_t ldd, const float *src, size_t lds, size_t rows,
                        size_t cols) {
     (void)be;
@@ -156,6 +164,30 @@ static void cpu_adamw_step(oz_backend *be, float *param, const float *grad, floa
                            size_t n, const oz_adamw_args *args) {
     (void)be;
     oz_cpu_adamw_step_f32(param, grad, m, v, n, args);
+}
+
+/* oz_cpu_adamw_step's arithmetic, in the same order, on widened bf16 weights rounded back
+ * stochastically (numeric/quant.h's oz_bf16_sr). */
+static void cpu_adamw_step_bf16(oz_backend *be, uint16_t *w, size_t ldw, const float *grad, float *m, float *v,
+                                size_t rows, size_t cols, const oz_adamw_args *a, uint64_t key) {
+    (void)be;
+    const float lr = a->lr, b1 = a->beta1, b2 = a->beta2, eps = a->eps;
+    const float decay = 1 - lr * a->weight_decay, gs = a->grad_scale;
+    const float step_size = lr / a->bias_correction1, bc2_sqrt = sqrtf(a->bias_correction2);
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++) {
+            const size_t i = r * cols + c;
+            const float g = grad[i] * gs;
+            float p = oz_bf16_to_f32(w[r * ldw + c]) * decay;
+            const float mi = b1 * m[i] + (1 - b1) * g;
+            const float vi = b2 * v[i] + (1 - b2) * g * g;
+            const float denom = sqrtf(vi) / bc2_sqrt + eps;
+            p -= step_size * (mi / denom);
+            m[i] = mi;
+            v[i] = vi;
+            w[r * ldw + c] = oz_bf16_sr(p, key, i);
+        }
 }
 
 /* ---- quantized states and weights: quant.c is the reference, so the CPU ops are its functions. */
@@ -270,6 +302,8 @@ oz_status oz_backend_cpu_create(oz_backend *be, int threads, oz_err *err) {
     be->to_bf16 = cpu_to_bf16;
     be->to_bf16_2d = cpu_to_bf16_2d;
     be->add_2d = cpu_add_2d;
+    be->from_bf16_2d = cpu_from_bf16_2d;
+    be->adamw_step_bf16 = cpu_adamw_step_bf16;
     be->from_bf16 = cpu_from_bf16;
     be->to_bf16_sr = cpu_to_bf16_sr;
     be->embedding_fwd_bf16 = cpu_embedding_fwd_bf16;

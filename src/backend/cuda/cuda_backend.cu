@@ -191,6 +191,13 @@ __global__ void to_bf16_2d_k(uint16_t *dst, size_t ldd, const float *src, size_t
     }
 }
 
+__global__ void from_bf16_2d_k(float *dst, size_t ldd, const uint16_t *src, size_t lds, size_t rows, size_t cols) {
+    GRID_STRIDE(i, rows * cols) {
+        const size_t r = i / cols, col = i % cols;
+        dst[r * ldd + col] = __uint_as_float((uint32_t)src[r * lds + col] << 16);
+    }
+}
+
 __global__ void add_2d_k(float *dst, size_t ldd, const float *src, size_t lds, size_t rows, size_t cols) {
     GRID_STRIDE(i, rows * cols) {
         const size_t r = i / cols, col = i % cols;
@@ -229,6 +236,14 @@ static void cuda_to_bf16_2d(oz_backend *be, uint16_t *dst, size_t ldd, const flo
     oz_cuda *c = C(be);
     if (!rows || !cols) return;
     to_bf16_2d_k<<<grid_for(rows * cols, 256), 256, 0, c->stream>>>(dst, ldd, src, lds, rows, cols);
+    OZ_CUDA_LAUNCHED(c);
+}
+
+static void cuda_from_bf16_2d(oz_backend *be, float *dst, size_t ldd, const uint16_t *src, size_t lds, size_t rows,
+                              size_t cols) {
+    oz_cuda *c = C(be);
+    if (!rows || !cols) return;
+    from_bf16_2d_k<<<grid_for(rows * cols, 256), 256, 0, c->stream>>>(dst, ldd, src, lds, rows, cols);
     OZ_CUDA_LAUNCHED(c);
 }
 
@@ -691,6 +706,40 @@ static void cuda_adamw_step(oz_backend *be, float *param, const float *grad, flo
     OZ_CUDA_LAUNCHED(c);
 }
 
+/* adamw_k's step on bf16 weights, each product and sum rounded on its own (__fmul_rn, __fadd_rn:
+ * no FMA contraction) so the new weight is the CPU's to the bit before its stochastic rounding,
+ * which is oz_bf16_sr's (cuda_quant.cu's bf16_sr_k) in integer arithmetic. */
+__global__ void adamw_bf16_k(uint16_t *w, size_t ldw, const float *grad, float *m, float *v, size_t rows, size_t cols,
+                             float b1, float b2, float eps, float decay, float gs, float step_size, float bc2_sqrt,
+                             uint64_t key) {
+    GRID_STRIDE(i, rows * cols) {
+        const size_t r = i / cols, col = i % cols;
+        uint16_t *wp = w + r * ldw + col;
+        const float g = __fmul_rn(grad[i], gs);
+        float p = __fmul_rn(__uint_as_float((uint32_t)*wp << 16), decay);
+        const float mi = __fadd_rn(__fmul_rn(b1, m[i]), __fmul_rn(1.0f - b1, g));
+        const float vi = __fadd_rn(__fmul_rn(b2, v[i]), __fmul_rn(__fmul_rn(1.0f - b2, g), g));
+        const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2_sqrt), eps);
+        p = __fsub_rn(p, __fmul_rn(step_size, __fdiv_rn(mi, denom)));
+        m[i] = mi;
+        v[i] = vi;
+        *wp = oz_cuda_bf16_sr(p, key, i);
+    }
+}
+
+static void cuda_adamw_step_bf16(oz_backend *be, uint16_t *w, size_t ldw, const float *grad, float *m, float *v,
+                                 size_t rows, size_t cols, const oz_adamw_args *a, uint64_t key) {
+    oz_cuda *c = C(be);
+    if (!rows || !cols) return;
+    const float decay = 1.0f - a->lr * a->weight_decay;
+    const float step_size = a->lr / a->bias_correction1;
+    const float bc2_sqrt = sqrtf(a->bias_correction2);
+    adamw_bf16_k<<<grid_for(rows * cols, 256), 256, 0, c->stream>>>(w, ldw, grad, m, v, rows, cols, a->beta1, a->beta2,
+                                                                     a->eps, decay, a->grad_scale, step_size, bc2_sqrt,
+                                                                     key);
+    OZ_CUDA_LAUNCHED(c);
+}
+
 /* ------------------------------------------------------------------ lifecycle */
 
 static int set_workspace(oz_cuda *c) {
@@ -811,6 +860,8 @@ extern "C" oz_status oz_backend_cuda_create(oz_backend *be, int device, oz_err *
     be->to_bf16 = cuda_to_bf16;
     be->to_bf16_2d = cuda_to_bf16_2d;
     be->add_2d = cuda_add_2d;
+    be->from_bf16_2d = cuda_from_bf16_2d;
+    be->adamw_step_bf16 = cuda_adamw_step_bf16;
     be->from_bf16 = cuda_from_bf16;
     be->embedding_fwd_bf16 = cuda_embedding_fwd_bf16;
     be->gemm = cuda_gemm;

@@ -81,6 +81,22 @@ static __device__ __forceinline__ Tv block_sum(Tv v, Tv *sh) {
     return t;
 }
 
+/* splitmix64's output function, as numeric/quant.c's mix64 (the SR streams' keys and draws). */
+static __device__ __forceinline__ uint64_t mix64(uint64_t x) {
+    uint64_t z = x + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* oz_bf16_sr (numeric/quant.h) in integer arithmetic: bitwise the CPU's. */
+static __device__ __forceinline__ uint16_t oz_cuda_bf16_sr(float x, uint64_t key, uint64_t i) {
+    const uint32_t b = __float_as_uint(x);
+    if ((b & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((b >> 16) | 0x0040u);
+    const uint32_t r = (uint32_t)(mix64(key + i * 0x9E3779B97F4A7C15ull) >> 48);
+    return (uint16_t)((b + r) >> 16);
+}
+
 /* Opts the attention kernels into the shared memory they use (above the 48 KiB default). */
 int oz_cuda_attention_init(oz_cuda *c);
 

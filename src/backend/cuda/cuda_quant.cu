@@ -89,13 +89,6 @@ __device__ void q8_block_store(float x, bool live, const float *map, uint8_t *co
     if (live) *code = (uint8_t)(a > 0.0f ? q8_encode(x / a, map) : q8_nearest(0.0f, map));
 }
 
-/* splitmix64 output function, as quant.c's mix64 (the SR streams' key and draws). */
-__device__ uint64_t mix64(uint64_t x) {
-    uint64_t z = x + 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 /* minmax_params for the group whose element this thread holds. */
 __device__ void minmax_params(float w, bool live, float qmax, float *s_out, float *z_out, float *sh) {
@@ -347,15 +340,8 @@ static void cuda_square(oz_backend *be, float *y, const float *x, size_t n) {
 
 /* oz_bf16_sr per element, in integer arithmetic: bitwise the CPU's. */
 __global__ void bf16_sr_k(uint16_t *dst, const float *src, size_t n, uint64_t key, uint64_t i0) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const uint32_t b = __float_as_uint(src[i]);
-        if ((b & 0x7fffffffu) > 0x7f800000u) {
-            dst[i] = (uint16_t)((b >> 16) | 0x0040u);
-            continue;
-        }
-        const uint32_t r = (uint32_t)(mix64(key + (i0 + i) * 0x9E3779B97F4A7C15ull) >> 48);
-        dst[i] = (uint16_t)((b + r) >> 16);
-    }
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = oz_cuda_bf16_sr(src[i], key, i0 + i);
 }
 
 static void cuda_to_bf16_sr(oz_backend *be, uint16_t *dst, const float *src, size_t n, uint64_t key, uint64_t i0) {
