@@ -402,6 +402,8 @@ static void test_qgalore_int8_weights(void) {
     o.update_gap = 2;
     o.eval_every = 0;
     o.threads = 2;
+    /* exact clipping: the embedding and head stay fp32 (immediate updates would store them bf16) */
+    snprintf(o.clip_mode, sizeof o.clip_mode, "exact");
     oz_train_result res;
     oz_err err = {0};
     CHECK(oz_train(&o, NULL, NULL, &res, &err) == OZ_OK, "%s", err.msg);
@@ -489,6 +491,118 @@ static void test_per_layer_matches_whole_model(void) {
         oz_remove_tree(d1, &err);
         oz_remove_tree(d2, &err);
     }
+}
+
+
+/* Running clipping (oz_optim_config.clip_running): the scale of each update made as its gradient
+ * arrives, recomputed here from its definition. Step 0 has no history (the norm so far: 1 for
+ * the small first tensor, clipped for the later ones); step 1 repeats step 0's gradients, so every
+ * tensor's estimate is the step's global norm (exact clipping, to float rounding of the history);
+ * step 2 spikes the first tensor taken, and its own update already sees the spike. A resumed
+ * optimizer (state saved after step 1) gives step 2's scales and weights bit for bit. */
+static float expected_scale(double clip, double est) { return est > clip ? (float)(clip / (est + 1e-6)) : 1.0f; }
+
+static void test_running_clip(void) {
+    oz_llama_config cfg;
+    oz_llama_preset("tiny", &cfg);
+    oz_err err = {0};
+    oz_backend be;
+    oz_backend_cpu_create(&be, 0, &err);
+    oz_arena arena;
+    oz_arena_init(&arena, be.allocator);
+    oz_llama_shape shape = {.batch = 1, .seq = 4};
+    oz_llama *m[2] = {NULL, NULL};
+    oz_optimizer *opt[2] = {NULL, NULL};
+    const float clip = 1.0f;
+    oz_optim_config c = {.kind = OZ_OPTIM_ADAMW, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f,
+                         .grads = {.per_layer = true, .immediate = true}, .clip = clip, .clip_running = true};
+    for (int r = 0; r < 2; r++) {
+        CHECK(oz_llama_create(&m[r], &cfg, &be, &arena, shape, &err) == OZ_OK, "%s", err.msg);
+        if (!m[r]) return;
+        oz_llama_init_params(&cfg, oz_llama_get_layout(m[r]), oz_llama_params(m[r]), 9);
+        CHECK(oz_optimizer_create(&opt[r], &c, oz_llama_get_layout(m[r]), &be, &arena, &err) == OZ_OK, "%s", err.msg);
+        if (!opt[r]) return;
+        oz_optimizer_bind_weights(opt[r], oz_llama_weights(m[r]));
+    }
+    const oz_param_layout *lay = oz_llama_get_layout(m[0]);
+    /* three tensors taken in this order (backward order: the head first), the norm of each */
+    const int order[3] = {lay->n - 1, 5, 1};
+    const double norms[3] = {0.5, 0.9, 0.7};
+    float *g[3];
+    double ss[3];
+    oz_rng rng;
+    oz_rng_seed(&rng, 12);
+    for (int k = 0; k < 3; k++) {
+        size_t n = lay->params[order[k]].numel;
+        g[k] = malloc(n * sizeof(float));
+        double sum = 0;
+        for (size_t e = 0; e < n; e++) {
+            g[k][e] = (float)oz_rng_normal(&rng);
+            sum += (double)g[k][e] * g[k][e];
+        }
+        for (size_t e = 0; e < n; e++) g[k][e] = (float)(g[k][e] * (norms[k] / sqrt(sum)));
+        ss[k] = be.sumsq(&be, g[k], n);
+    }
+    char dir[] = "/tmp/ounce-clip-XXXXXX", path[64];
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    snprintf(path, sizeof path, "%s/opt.safetensors", dir);
+    float prev[3] = {0, 0, 0}; /* the history the optimizer keeps: last step's sums, as float */
+    for (int step = 0; step < 3; step++) {
+        const double spike = step == 2 ? 10.0 : 1.0;
+        if (step == 2) {
+            for (size_t e = 0; e < lay->params[order[0]].numel; e++) g[0][e] *= (float)spike;
+            ss[0] = be.sumsq(&be, g[0], lay->params[order[0]].numel);
+        }
+        int runs = step == 2 ? 2 : 1;
+        if (step == 2) { /* the second optimizer resumes from step 1's state */
+            CHECK(oz_optimizer_load(opt[1], path, &err) == OZ_OK, "%s", err.msg);
+            oz_llama_import_params(m[1], oz_llama_params(m[0]));
+        }
+        for (int r = 0; r < runs; r++) {
+            oz_optimizer_begin_step(opt[r], step, 1e-2f);
+            for (int k = 0; k < 3; k++) CHECK(take_tensor(opt[r], order[k], g[k], &err) == OZ_OK, "%s", err.msg);
+            oz_optimizer_apply(opt[r], 1e-2f, 1.0f);
+        }
+        /* the scales, from the definition: seen so far (own included) + history of the rest */
+        double total_prev = 0, applied = 0, seen_prev = 0, exact = 0;
+        for (int i = 0; i < lay->n; i++)
+            for (int k = 0; k < 3; k++)
+                if (order[k] == i) total_prev += prev[k];
+        for (int k = 0; k < 3; k++) exact += ss[k];
+        exact = sqrt(exact);
+        for (int k = 0; k < 3; k++) {
+            seen_prev += prev[k];
+            double unseen = total_prev - seen_prev;
+            float want = expected_scale(clip, sqrt(applied + ss[k] + (unseen > 0 ? unseen : 0)));
+            applied += ss[k];
+            float got = oz_optimizer_clip_scale(opt[0], order[k]);
+            CHECK(got == want, "step %d, tensor %d: clip scale %.9g, its definition gives %.9g", step, k, got, want);
+            if (step >= 1)
+                CHECK(fabs(got - expected_scale(clip, exact)) < 1e-5, "step %d, tensor %d: scale %.7g, exact clipping's %.7g",
+                      step, k, got, expected_scale(clip, exact));
+            if (step == 2) {
+                CHECK(oz_optimizer_clip_scale(opt[1], order[k]) == got, "resumed: tensor %d's scale %.9g vs %.9g", k,
+                      oz_optimizer_clip_scale(opt[1], order[k]), got);
+            }
+        }
+        if (step == 0) {
+            CHECK(oz_optimizer_clip_scale(opt[0], order[0]) == 1.0f, "step 0: the first tensor (norm 0.5) was clipped");
+            CHECK(oz_optimizer_clip_scale(opt[0], order[2]) < 1.0f, "step 0: the last tensor was not clipped");
+        }
+        if (step == 1) CHECK(oz_optimizer_save(opt[0], path, &err) == OZ_OK, "%s", err.msg);
+        for (int k = 0; k < 3; k++) prev[k] = (float)ss[k];
+    }
+    CHECK(!memcmp(oz_llama_params(m[0]), oz_llama_params(m[1]), lay->total * sizeof(float)),
+          "the resumed optimizer's step 2 changed the weights differently");
+    remove(path);
+    rmdir(dir);
+    for (int k = 0; k < 3; k++) free(g[k]);
+    for (int r = 0; r < 2; r++) {
+        oz_optimizer_destroy(opt[r]);
+        oz_llama_destroy(m[r]);
+    }
+    oz_arena_destroy(&arena);
+    be.destroy(&be);
 }
 
 /* Immediate updates of the embedding and head in vocabulary blocks (OZ_GRAD_ROWS events)
@@ -1310,6 +1424,7 @@ int main(void) {
     RUN(test_state_bytes);
     RUN(test_per_layer_matches_whole_model);
     RUN(test_rows_match_whole);
+    RUN(test_running_clip);
     RUN(test_immediate_plan_and_losses);
     RUN(test_factored_matches_materialized);
     RUN(test_refresh_progress);

@@ -32,6 +32,8 @@ int oz_cmd_memory(int argc, char **argv) {
          "qgalore: auto | on | off: bf16 embedding and head [auto: on with --clip 0 and an untied head]", 0},
         {"grad-accum", OZ_ARG_INT, &o.grad_accum, 0, "micro-batches per step (with --clip 0 and 1, per-layer updates need no accumulators) [1]", 0},
         {"clip", OZ_ARG_FLOAT, &o.clip, 0, "gradient clipping, 0 = off [1.0]", 0},
+        {"clip-mode", OZ_ARG_STR, o.clip_mode, sizeof o.clip_mode,
+         "auto | exact | running (train's; running and auto keep per-layer updates immediate with clipping) [auto]", 0},
         {"welore", OZ_ARG_FLAG, &o.welore, 0, "a low-rank model trained WeLore's way (only factors and norms train)", 0},
         {"inrank", OZ_ARG_FLAG, &o.inrank, 0,
          "InRank stage 1: the --inrank-targets matrices as factors at rank min(in,out)/2, plus a rank check's workspace "

@@ -84,6 +84,11 @@ int oz_cmd_train(int argc, char **argv) {
         {"warmup", OZ_ARG_INT, &o.warmup, 0, "linear warmup steps [5% of --steps]", 0},
         {"weight-decay", OZ_ARG_FLOAT, &o.weight_decay, 0, "decoupled weight decay, not on norms [0.1]", 0},
         {"clip", OZ_ARG_FLOAT, &o.clip, 0, "global gradient-norm clip, 0 = off [1.0]", 0},
+        {"clip-mode", OZ_ARG_STR, o.clip_mode, sizeof o.clip_mode,
+         "auto | exact | running: exact clips by the step's global norm, which holds every gradient until the "
+         "step's end; running clips each update made as its gradient arrives by the norm so far plus last step's "
+         "for the tensors still to come (docs/optimizers.md). auto: running where updates can come as gradients "
+         "arrive (per-layer updates, no --grad-accum), exact otherwise [auto]", 0},
         {"beta1", OZ_ARG_FLOAT, &o.beta1, 0, "Adam beta1 [0.9]", 0},
         {"beta2", OZ_ARG_FLOAT, &o.beta2, 0, "Adam beta2 [0.95]", 0},
         {"adam-eps", OZ_ARG_FLOAT, &o.adam_eps, 0, "Adam epsilon [1e-8]", 0},

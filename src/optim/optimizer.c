@@ -343,8 +343,12 @@ void oz_optimizer_begin_step(oz_optimizer *o, int step, float lr) {
     o->applied_sumsq = 0;
     o->takes = 0;
     o->status = OZ_OK;
+    o->prev_total = o->prev_seen = 0;
     for (int i = 0; i < o->n_slots; i++) {
         slot *s = &o->slots[i];
+        s->cur_ss = 0; /* running clipping: prev_ss is last step's (oz_optimizer_apply) */
+        s->clip_scale = 1.0f;
+        o->prev_total += s->prev_ss;
         s->taken = false;
         s->applied = false;
         s->projected = false;
@@ -431,6 +435,27 @@ static void mark_taken(oz_optimizer *o, slot *s) {
     s->taken = true;
 }
 
+/* Running clipping (oz_optim_config.clip_running): the scale for an update of sum of squares ss,
+ * of which `after` of slot s's history is still to come (rows after this block; 0 for a whole
+ * tensor), given what this step has applied so far. Then counts it as seen. */
+static float running_clip(oz_optimizer *o, slot *s, double ss, double after_fraction, bool last_piece) {
+    float scale = 1.0f;
+    if (o->cfg.clip_running && o->cfg.clip > 0) {
+        double seen_prev = o->prev_seen + (double)s->prev_ss * (1.0 - after_fraction);
+        double unseen = o->prev_total - seen_prev;
+        double est = sqrt(o->applied_sumsq + ss + (unseen > 0 ? unseen : 0));
+        if (est > o->cfg.clip) scale = (float)(o->cfg.clip / (est + 1e-6));
+        s->clip_scale = scale < s->clip_scale ? scale : s->clip_scale;
+    }
+    s->cur_ss += ss;
+    if (last_piece) o->prev_seen += s->prev_ss;
+    return scale;
+}
+
+float oz_optimizer_clip_scale(const oz_optimizer *o, int index) {
+    return index >= 0 && index < o->n_slots ? o->slots[index].clip_scale : 1.0f;
+}
+
 /* A tensor's gradient (grad NULL for a factored one, whose factors came first). A second one in a
  * step accumulates (per-layer mode over micro-batches). */
 static oz_status take_tensor(oz_optimizer *o, int index, const float *grad, oz_err *err) {
@@ -453,9 +478,10 @@ static oz_status take_tensor(oz_optimizer *o, int index, const float *grad, oz_e
         /* Applied at once, so checked at once: a NaN never reaches the weights or the moments. */
         double ss = o->be->sumsq(o->be, g, s->n);
         if (!isfinite(ss)) return nonfinite(s, err);
+        float scale = running_clip(o, s, ss, 0.0, true);
         o->applied_sumsq += ss;
         mark_taken(o, s);
-        apply_slot(o, s, g, o->lr, 1.0f);
+        apply_slot(o, s, g, o->lr, scale);
         return OZ_OK;
     }
     if (s->galore) {
@@ -490,8 +516,9 @@ static oz_status take_rows(oz_optimizer *o, int index, int row0, int rows, const
     if (row0 == 0) s->step++; /* one Adam step per optimizer step, whatever the block count */
     mark_taken(o, s);
     s->applied = row0 + rows == p->shape[0];
+    float scale = running_clip(o, s, ss, (double)(p->shape[0] - row0 - rows) / (double)p->shape[0], s->applied);
     o->applied_sumsq += ss;
-    oz_adamw_args args = oz_opt_slot_args(o, s, o->lr, 1.0f);
+    oz_adamw_args args = oz_opt_slot_args(o, s, o->lr, scale);
     /* The rows in fp32 (a bf16 tensor's widened into the model's scratch), updated, and rounded
      * back stochastically from a stream keyed by (seed, step, tensor) as the INT8 updates are. */
     float *W = o->w.flat ? o->w.flat + p->offset + off : o->w.rows_load(o->w.owner, s->index, row0, rows);
@@ -568,6 +595,9 @@ int oz_optimizer_first_nonfinite(oz_optimizer *o) {
 void oz_optimizer_apply(oz_optimizer *o, float lr, float grad_scale) {
     for (int i = 0; i < o->n_slots; i++) {
         slot *s = &o->slots[i];
+        /* Running clipping's history for the next step: what this step saw of each tensor (its
+         * last state, so a checkpoint written now holds what the next step starts from). */
+        if (s->taken) s->prev_ss = (float)s->cur_ss;
         if (!s->taken || s->applied) continue;
         apply_slot(o, s, s->galore ? s->racc : s->gacc ? s->gacc : s->grad, lr, grad_scale);
     }

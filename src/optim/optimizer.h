@@ -52,6 +52,16 @@ typedef struct {
     bool int8_weights;            /* the model stores GaLore matrices INT8 (int8_matrices) */
     size_t int8_block_bytes;      /* the INT8 update's row block (0: the pool's room, at least 4 MiB) */
     oz_grad_mode grads;           /* how gradients arrive: the model's (oz_llama_shape.grads) */
+    /* Clipping inside immediate updates (--clip-mode running): each tensor's update, applied as its
+     * gradient arrives, is clipped by the best estimate of the step's global norm available then:
+     *     est^2 = (this step's sums of squares so far, its own included)
+     *           + (last step's sums of squares of the tensors not yet seen this step),
+     * scale = clip / (est + 1e-6) where est > clip, else 1, the exact mode's formula. The last
+     * tensor's estimate is the exact norm; a spike in a tensor is seen by its own update. With no
+     * history (the first step) the unseen part counts 0: a lower bound, clipping less, never more.
+     * The history is optimizer state (saved; resume is bit-exact). 0 / false: off. */
+    float clip;
+    bool clip_running;
 } oz_optim_config;
 
 #define OZ_LAZY_MAX_WINDOW 32
@@ -88,6 +98,9 @@ oz_status oz_optimizer_status(const oz_optimizer *opt, oz_err *err);
 /* Sum of squares of everything taken this step (the clipping norm squared; with immediate updates
  * it includes what was already applied). */
 double oz_optimizer_grad_sumsq(oz_optimizer *opt);
+/* The clip scale parameter `index`'s last running-clipped update used (1 when unclipped or not
+ * in running mode): for tests and logs. */
+float oz_optimizer_clip_scale(const oz_optimizer *opt, int index);
 /* The tensor whose gradient taken this step (not yet applied) is not finite and arrived first, in
  * backward order: where a NaN or infinity appeared; -1 when every one is finite. With immediate
  * updates a non-finite gradient is refused by take itself (OZ_ERR_NUMERIC naming the tensor) and

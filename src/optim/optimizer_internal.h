@@ -37,6 +37,11 @@ typedef struct {
     /* factored: the gradient arrives as its factors (OZ_GRAD_FACTORS), never as a matrix;
      * projected: the factors' projected gradient for this step is in rimm */
     bool factored, projected;
+    /* running clipping (cfg.clip_running): this tensor's sum of squares last step (float, so the
+     * saved history restores it exactly), this step's so far, and the scale its update used */
+    float prev_ss;
+    double cur_ss;
+    float clip_scale;
 } slot;
 
 struct oz_optimizer {
@@ -59,6 +64,8 @@ struct oz_optimizer {
     float lr;               /* this step's learning rate (immediate updates apply inside take) */
     long takes;             /* gradient events this step (slot.taken_at) */
     double applied_sumsq;   /* gradient norm squared of what immediate updates applied */
+    double prev_total;      /* running clipping: the sum of every slot's prev_ss */
+    double prev_seen;       /* running clipping: prev_ss of the slots seen so far this step */
     oz_refresh_progress_fn on_refresh; /* after each subspace refresh of a step (progress lines) */
     void *refresh_user;
     int refresh_total, refresh_done;    /* this step's refreshes: planned, done */

@@ -83,11 +83,13 @@ static void list_state(const oz_optimizer *o, entry_list *l, int64_t *counters) 
         cnt[2] = s->gap;
         cnt[3] = s->cos_n;
         add_entry(l, "state", nm, "", OZ_DT_I64, 1, 4, 0, cnt);
+        /* running clipping's history (host memory): what the coming step's estimate starts from */
+        if (o->cfg.clip_running) add_entry(l, "clip_history", nm, "", OZ_DT_F32, 1, 1, 0, &s->prev_ss);
     }
 }
 
 static oz_status entries_alloc(const oz_optimizer *o, entry_list *l, int64_t **counters, oz_err *err) {
-    l->cap = 16 * o->n_slots;
+    l->cap = 20 * o->n_slots; /* at most 17 entries a slot (INT8 weights, 8-bit moments, two INT4 bases, lazy, counters, clipping) */
     l->n = 0;
     l->e = calloc((size_t)l->cap, sizeof *l->e);
     l->names = calloc((size_t)l->cap, sizeof *l->names);
@@ -102,9 +104,11 @@ static oz_status entries_alloc(const oz_optimizer *o, entry_list *l, int64_t **c
 }
 
 /* An entry whose data is backend memory (moments, bases, INT8 codes: everything the arena holds)
- * rather than a host array (the counters and the cosine history), on a backend that needs staging. */
+ * rather than a host array (the counters, the cosine and clipping histories), on a backend that
+ * needs staging. */
 static bool entry_on_device(const oz_optimizer *o, const oz_st_entry *e) {
-    return !o->be->host_visible && strncmp(e->name, "state.", 6) != 0 && strncmp(e->name, "galore_cos.", 11) != 0;
+    return !o->be->host_visible && strncmp(e->name, "state.", 6) != 0 && strncmp(e->name, "galore_cos.", 11) != 0 &&
+           strncmp(e->name, "clip_history.", 13) != 0;
 }
 
 /* Replaces each device entry's data by a host copy (staging[i], freed by the caller). */

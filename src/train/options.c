@@ -48,6 +48,7 @@ void oz_train_opts_default(oz_train_opts *o) {
     o->warmup = -1; /* -1: 5% of the steps */
     o->weight_decay = 0.1f;
     o->clip = 1.0f;
+    snprintf(o->clip_mode, sizeof o->clip_mode, "auto");
     o->beta1 = 0.9f;
     o->beta2 = 0.95f;
     o->adam_eps = 1e-8f;
@@ -97,6 +98,7 @@ cJSON *oz_train_opts_to_json(const oz_train_opts *o) {
     cJSON_AddStringToObject(j, "on_nonfinite", o->on_nonfinite);
     cJSON_AddStringToObject(j, "precision", o->precision);
     cJSON_AddStringToObject(j, "master_weights", o->master_weights);
+    cJSON_AddStringToObject(j, "clip_mode", o->clip_mode);
     cJSON_AddBoolToObject(j, "welore", o->welore);
     if (o->inrank) {
         cJSON *ir = cJSON_AddObjectToObject(j, "inrank");
@@ -145,6 +147,8 @@ oz_status oz_train_opts_from_json(const cJSON *j, const char *path, oz_train_opt
     snprintf(o->on_nonfinite, sizeof o->on_nonfinite, "%s", cJSON_IsString(it) ? it->valuestring : "stop");
     it = cJSON_GetObjectItemCaseSensitive(j, "precision"); /* absent in older states: fp32 */
     snprintf(o->precision, sizeof o->precision, "%s", cJSON_IsString(it) ? it->valuestring : "fp32");
+    it = cJSON_GetObjectItemCaseSensitive(j, "clip_mode"); /* absent before running clipping: exact */
+    snprintf(o->clip_mode, sizeof o->clip_mode, "%s", cJSON_IsString(it) ? it->valuestring : "exact");
     it = cJSON_GetObjectItemCaseSensitive(j, "master_weights"); /* absent before bf16 weights: bf16 kept masters */
     snprintf(o->master_weights, sizeof o->master_weights, "%s", cJSON_IsString(it) ? it->valuestring : "on");
     it = cJSON_GetObjectItemCaseSensitive(j, "init"); /* absent in older states: a run from scratch */
@@ -224,12 +228,22 @@ static oz_status grad_mode(const oz_train_opts *o, const oz_optim_config *oc, co
     else if (strcmp(o->per_layer_update, "on") == 0) mode->per_layer = true;
     else if (strcmp(o->per_layer_update, "off") != 0)
         return oz_fail(err, OZ_ERR_INPUT, "--per-layer-update %s: expected auto, on or off", o->per_layer_update);
-    /* Without accumulation or clipping nothing needs the whole step's gradients before an update,
-     * so per-layer mode updates as each tensor's gradient arrives and keeps no accumulator. */
-    mode->immediate = mode->per_layer && o->grad_accum == 1 && o->clip == 0;
+    /* Without accumulation nothing needs the whole step's gradients before an update, so per-layer
+     * mode updates as each tensor's gradient arrives and keeps no accumulator, unless clipping is
+     * exact (the global norm needs every gradient first). Running clipping (oz_optim_config) works
+     * inside those updates: auto takes it wherever they are possible. */
+    const bool running = strcmp(o->clip_mode, "running") == 0, exact = strcmp(o->clip_mode, "exact") == 0;
+    if (!running && !exact && strcmp(o->clip_mode, "auto") != 0)
+        return oz_fail(err, OZ_ERR_INPUT, "--clip-mode %s: expected auto, exact or running", o->clip_mode);
+    const bool can_immediate = mode->per_layer && o->grad_accum == 1;
+    if (running && o->clip > 0 && !can_immediate)
+        return oz_fail(err, OZ_ERR_INPUT, "--clip-mode running clips updates made as gradients arrive: it needs "
+                       "per-layer updates (--per-layer-update on, the GaLore family's default) and no --grad-accum");
+    const bool skip = strcmp(o->on_nonfinite, "skip") == 0;
+    mode->immediate = can_immediate && (o->clip == 0 || running || (!exact && !skip));
     if (mode->immediate && strcmp(o->on_nonfinite, "skip") == 0)
         return oz_fail(err, OZ_ERR_INPUT, "--on-nonfinite skip needs the step's updates applied at its end, not as "
-                       "gradients arrive (use --clip > 0, --grad-accum > 1 or --per-layer-update off)");
+                       "gradients arrive (use --clip-mode exact with --clip > 0, --grad-accum > 1 or --per-layer-update off)");
     /* Updates as gradients arrive: the embedding and head take theirs one vocabulary block at a time. */
     mode->vocab_blocks = mode->immediate && !cfg->tie_word_embeddings;
     /* bf16 does not take gradients in vocabulary blocks or as factors yet: its immediate updates
@@ -290,6 +304,8 @@ oz_status oz_train_configure(const oz_train_opts *o, const oz_llama_config *cfg,
     }
     OZ_TRY(grad_mode(o, oc, cfg, shape->mlp_chunks, shape->precision, &shape->grads, err));
     oc->grads = shape->grads;
+    oc->clip = o->clip;
+    oc->clip_running = shape->grads.immediate && o->clip > 0;
     /* Q-GaLore keeps what it does not quantize in bf16: with its updates in row blocks (which
      * round them back stochastically) the embedding and head take half the bytes. */
     bool vocab_ok = shape->int8_matrices && shape->grads.vocab_blocks;

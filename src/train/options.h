@@ -45,6 +45,8 @@ typedef struct {
     float lr, min_lr_ratio;
     int warmup;
     float weight_decay, clip, beta1, beta2, adam_eps;
+    char clip_mode[12];       /* auto | exact | running (oz_optim_config.clip_running; auto: running where
+                               * updates can come as gradients arrive, exact otherwise) */
     uint64_t seed;
     int eval_every, eval_batches, save_every, keep, log_every, threads;
     /* WeLore: train only a low-rank model's factors and the norms; embedding, head and dense

@@ -61,6 +61,7 @@ typedef struct {
     oz_tfevents events;        /* OUT/events.out.tfevents.*, a line of metrics.jsonl as one event */
     int precision;              /* the model's (OZ_PREC_*): --precision auto resolved */
     bool bf16_weights;          /* the model keeps bf16 weights only: checkpoints are saved in bf16 */
+    bool clip_running;          /* clipping inside immediate updates (oz_optim_config.clip_running) */
 } trainer;
 
 /* Host view of the weights for saving: the backend's own memory when it is host memory (CPU),
@@ -292,6 +293,7 @@ static oz_status setup(trainer *t, const char *resume_dir, oz_train_position *po
     OZ_TRY(oz_llama_create(&t->model, &t->cfg, &t->be, &t->arena, shape, err));
     t->precision = shape.precision;
     t->bf16_weights = shape.bf16_weights;
+    t->clip_running = ocfg.clip_running;
     const oz_param_layout *lay = oz_llama_get_layout(t->model);
     OZ_TRY(oz_optimizer_create(&t->opt, &ocfg, lay, &t->be, &t->arena, err));
     connect(t);
@@ -444,6 +446,10 @@ static oz_status run(trainer *t, oz_train_position *pos, const oz_train_callback
                  pos->step ? " (resumed)" : "");
         cb->on_start(cb->user, line);
     }
+    if (cb && cb->on_note && t->clip_running)
+        cb->on_note(cb->user, "clipping: each update made as its gradient arrives, by a running estimate of the global "
+                              "norm (--clip-mode running; exact clipping would hold every gradient until the step's "
+                              "end: --clip-mode exact)");
 
     t->cb = cb;
     double t_start = oz_now_s(), train_time = 0;
