@@ -101,6 +101,12 @@ static void cpu_attention_fwd(oz_backend *be, float *out, float *lse, const floa
     oz_cpu_attention_fwd_f32(out, lse, q, k, v, B, T, Hq, Hkv, hd);
 }
 
+static void cpu_attention_decode(oz_backend *be, float *out, const float *q, const float *k, const float *v,
+                                 const int32_t *lens, float *scores, int B, int cap, int Hq, int Hkv, int hd) {
+    (void)be, (void)scores; /* attention_fwd's arithmetic needs no score rows */
+    oz_cpu_attention_decode_f32(out, q, k, v, lens, B, cap, Hq, Hkv, hd);
+}
+
 static void cpu_attention_bwd(oz_backend *be, float *dq, float *dk, float *dv, const float *dout,
                               const float *q, const float *k, const float *v, const float *out,
                               const float *lse, int B, int T, int Hq, int Hkv, int hd) {
@@ -266,6 +272,7 @@ oz_status oz_backend_cpu_create(oz_backend *be, int threads, oz_err *err) {
     be->rope = cpu_rope;
     be->attention_fwd = cpu_attention_fwd;
     be->attention_bwd = cpu_attention_bwd;
+    be->attention_decode = cpu_attention_decode;
     be->swiglu_fwd = cpu_swiglu_fwd;
     be->swiglu_bwd = cpu_swiglu_bwd;
     be->cross_entropy = cpu_cross_entropy;
