@@ -3,8 +3,9 @@
  * several prompts (--prompts FILE) decode together, --batch at a time. --precision bf16 has no
  * cached path yet: it recomputes the whole context for every token, as sample did before.
  *
- * Each sequence's context is the prompt after an end-of-document token (and, for a tokenizer with
- * a template, its BOS), so generation starts as a fresh document does in training. Sampling is
+ * A prompt is encoded as transformers encodes it for generate() (the tokenizer's template: BOS
+ * where its post-processor adds one); ounce's byte-level models get an end-of-document token first,
+ * as every document follows one in their training data. Sampling is
  * Hugging Face's order: repetition penalty on the logits, then temperature, top-k, top-p, min-p.
  * Text is printed as it grows (one sequence at a time: streamed; a batch: each text when its batch
  * ends): the whole continuation is decoded again after each token and only what is new is written,
@@ -158,18 +159,23 @@ static void print_result(const sequence *q) {
     printf("\n");
 }
 
-/* The ids the model sees for a prompt: an end-of-document token, then the prompt with the
- * tokenizer's template. */
+/* The ids the model sees for a prompt (oz_tokenizer_encode_prompt: the tokenizer's template, or
+ * for ounce's byte-level models an end-of-document token first). */
 static oz_status encode_prompt(const oz_tokenizer *tok, sequence *q, oz_err *err) {
-    if (tok->eos_id >= 0) OZ_TRY(oz_tokens_push(&q->ctx, tok->eos_id, err));
-    q->text_from = q->ctx.len;
-    OZ_TRY(oz_tokenizer_encode_special(tok, q->prompt, strlen(q->prompt), &q->ctx, err));
+    OZ_TRY(oz_tokenizer_encode_prompt(tok, q->prompt, strlen(q->prompt), &q->ctx, &q->text_from, err));
+    /* An empty prompt without a template: start from BOS, else from end-of-text (GPT-2's
+     * <|endoftext|>), as a document would. */
+    int32_t start = tok->bos_id >= 0 ? tok->bos_id : tok->eos_id;
+    if (q->ctx.len == 0 && start >= 0) {
+        OZ_TRY(oz_tokens_push(&q->ctx, start, err));
+        q->text_from = 1;
+    }
     q->prompt_ids = q->ctx.len;
     OZ_TRY(oz_tokenizer_decode(tok, q->ctx.ids + q->text_from, q->ctx.len - q->text_from, 0, &q->out, err));
     q->prompt_text = q->shown = q->end = q->out.len;
     if (q->ctx.len == 0)
-        return oz_fail(err, OZ_ERR_INPUT, "the prompt \"%.40s\" encodes to no tokens and the tokenizer has no "
-                                          "end-of-document token to start from", q->prompt);
+        return oz_fail(err, OZ_ERR_INPUT, "the prompt \"%.40s\" encodes to no tokens and the tokenizer has no BOS or EOS to "
+                                          "start from: give a non-empty --prompt", q->prompt);
     return OZ_OK;
 }
 
