@@ -189,6 +189,9 @@ check "eval --data" sh -c "$OUNCE eval --model '$T/run1' --data '$T/data' --seq 
 check "eval --json has loss and tokens" sh -c "tail -n 1 '$T/eval.log' | grep -q '\"loss\":.*\"tokens\":'"
 printf 'The quick brown fox jumps over the lazy dog.\n' >"$T/text.txt"
 check "eval --text" sh -c "$OUNCE eval --model '$T/run1' --text '$T/text.txt' --json | tail -n 1 | grep -q '\"tokens\":44'"
+check "eval --stride = --window is the consecutive windows" sh -c "[ \"\$($OUNCE eval --model '$T/run1' --text '$T/text.txt' --window 10 --json | tail -n 1)\" = \"\$($OUNCE eval --model '$T/run1' --text '$T/text.txt' --window 10 --stride 10 --json | tail -n 1)\" ]"
+check "eval --stride scores each token once" sh -c "$OUNCE eval --model '$T/run1' --text '$T/text.txt' --window 10 --stride 3 --json | tail -n 1 | grep -q '\"tokens\":44'"
+expect_error "eval: --stride past the window" "longer than the window" $OUNCE eval --model "$T/run1" --text "$T/text.txt" --window 10 --stride 11
 check "tokenize" sh -c "$OUNCE tokenize --model '$T/run1' --text '$T/text.txt' | grep -q '^84 104 101 32 113'"
 check "sample" sh -c "$OUNCE sample --model '$T/run1' --prompt 'The ' --tokens 20 --seed 2 | grep -q '^The '"
 check "sample is reproducible" sh -c "[ \"\$($OUNCE sample --model '$T/run1' --tokens 30 --seed 5)\" = \"\$($OUNCE sample --model '$T/run1' --tokens 30 --seed 5)\" ]"
