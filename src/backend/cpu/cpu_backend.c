@@ -47,6 +47,22 @@ static void cpu_from_bf16(oz_backend *be, float *dst, const uint16_t *src, size_
 static void cpu_gemm(oz_backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha,
                      const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     (void)be;
+    if (M == 1 && N > 0 && K > 0) {
+        /* One row (decoding a token): a matrix-vector product. OpenBLAS's sgemm packs all of B for
+         * one row, which reads the weights twice; sgemv streams them once. The row of A is strided
+         * when A is stored transposed. beta == 0 must overwrite C even where it holds NaN, which
+         * sgemv's scaling by 0 need not do: C is zeroed and then accumulated into. */
+        if (beta == 0.0f) {
+            for (int j = 0; j < N; j++) C[j] = 0.0f;
+            beta = 1.0f;
+        }
+        int inc_a = trans_a ? lda : 1;
+        if (trans_b) /* B stored (N, K): C = B a */
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, B, ldb, A, inc_a, beta, C, 1);
+        else /* B stored (K, N): C = B^T a */
+            cblas_sgemv(CblasRowMajor, CblasTrans, K, N, alpha, B, ldb, A, inc_a, beta, C, 1);
+        return;
+    }
     oz_cpu_gemm_f32(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
