@@ -136,9 +136,10 @@ static void test_cached_logits_low_rank(void) { check_cached_equals_full(false, 
 
 /* Greedy continuations of three prompts of different lengths, decoded together in one state and
  * each alone: the same tokens, and logits within 1e-5 (one GEMM over three rows against three of
- * one row; bitwise here, but a BLAS need not be). */
+ * one row; bitwise here, but a BLAS need not be). The middle one stops early and sits the other
+ * steps out, which changes nothing for the others. */
 static void test_batched_equals_single(void) {
-    enum { NP = 3, STEPS = 40, CAP = 64 };
+    enum { NP = 3, STEPS = 40, STOP1 = 10, CAP = 7 + STEPS - 1 }; /* slot 2 ends full */
     const int lens[NP] = {3, 12, 7};
     model_fx f;
     oz_llama_config c = tiny_config(false, false);
@@ -154,7 +155,7 @@ static void test_batched_equals_single(void) {
     static float lsingle[NP][STEPS][37], lbatched[NP][STEPS][37];
     for (int p = 0; p < NP; p++) {
         oz_decode *d = NULL;
-        oz_decode_shape s = {1, CAP, 12};
+        oz_decode_shape s = {1, 64, 12};
         CHECK(oz_decode_create(&d, f.m, &f.arena, s, &err) == OZ_OK, "%s", err.msg);
         if (!d) continue;
         CHECK(oz_decode_prefill(d, 0, prompts[p], lens[p], lsingle[p][0], NULL, &err) == OZ_OK, "%s", err.msg);
@@ -176,14 +177,28 @@ static void test_batched_equals_single(void) {
         float step_logits[NP * 37];
         for (int t = 1; t < STEPS; t++) {
             int32_t in[NP];
-            for (int p = 0; p < NP; p++) in[p] = batched[p][t - 1];
+            /* slot 1 finishes early and sits the remaining steps out */
+            for (int p = 0; p < NP; p++) in[p] = p == 1 && t >= STOP1 ? -1 : batched[p][t - 1];
             CHECK(oz_decode_step(d, NP, in, step_logits, &err) == OZ_OK, "%s", err.msg);
             for (int p = 0; p < NP; p++) {
+                if (in[p] < 0) {
+                    batched[p][t] = single[p][t]; /* not decoded: the single run stands in */
+                    memcpy(lbatched[p][t], lsingle[p][t], sizeof(float) * V);
+                    continue;
+                }
                 memcpy(lbatched[p][t], step_logits + (size_t)p * V, sizeof(float) * V);
                 batched[p][t] = argmax(lbatched[p][t], V);
             }
         }
-        for (int p = 0; p < NP; p++) CHECK(oz_decode_len(d, p) == lens[p] + STEPS - 1, "slot %d len", p);
+        for (int p = 0; p < NP; p++)
+            CHECK(oz_decode_len(d, p) == lens[p] + (p == 1 ? STOP1 : STEPS) - 1, "slot %d len %d", p, oz_decode_len(d, p));
+        /* A full slot may sit out but not take a token. */
+        oz_err e2 = {0};
+        int32_t none[NP] = {-1, -1, -1}, more[NP] = {-1, -1, 0};
+        CHECK(oz_decode_len(d, 2) == CAP, "slot 2 is full");
+        CHECK(oz_decode_step(d, NP, none, step_logits, &e2) == OZ_OK, "every slot sitting out: %s", e2.msg);
+        CHECK(oz_decode_step(d, NP, more, step_logits, &e2) == OZ_ERR_INTERNAL, "a token into a full slot");
+        for (int p = 0; p < NP; p++) CHECK(oz_decode_len(d, p) == lens[p] + (p == 1 ? STOP1 : STEPS) - 1, "unchanged");
     }
     oz_decode_destroy(d);
     int same = 1, distinct = 0;

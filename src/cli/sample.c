@@ -232,6 +232,12 @@ static oz_status read_prompts(const char *path, char ***lines, int *n, char **bu
     return OZ_OK;
 }
 
+static bool given(const oz_arg *args, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(args[i].name, name)) return args[i].seen;
+    return false;
+}
+
 typedef struct {
     double prefill_s, decode_s;
     long prefill_tokens, decode_tokens;
@@ -355,10 +361,10 @@ int oz_cmd_sample(int argc, char **argv) {
     else if (!(min_p >= 0 && min_p < 1)) oz_fail(&err, OZ_ERR_INPUT, "--min-p must be in [0, 1)");
     else if (!(rep > 0)) oz_fail(&err, OZ_ERR_INPUT, "--repetition-penalty must be positive");
     else if (batch <= 0) oz_fail(&err, OZ_ERR_INPUT, "--batch must be positive (got %d)", batch);
-    else if (prompts_file[0] && args[1].seen) oz_fail(&err, OZ_ERR_INPUT, "give --prompt or --prompts, not both");
+    else if (prompts_file[0] && given(args, n_args, "prompt")) oz_fail(&err, OZ_ERR_INPUT, "give --prompt or --prompts, not both");
     for (int i = 0; i < stops.n && !err.status; i++)
         if (!stops.items[i][0]) oz_fail(&err, OZ_ERR_INPUT, "--stop: an empty string would stop at once");
-    if (args[10].seen && stops.n == 0 && !err.status) oz_fail(&err, OZ_ERR_INPUT, "--stop needs a string");
+    if (given(args, n_args, "stop") && stops.n == 0 && !err.status) oz_fail(&err, OZ_ERR_INPUT, "--stop needs a string");
     if (err.status) {
         oz_args_free_lists(args, n_args);
         return oz_cli_report("sample", &err);

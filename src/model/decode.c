@@ -18,6 +18,7 @@ struct oz_decode {
     int rows;              /* activation rows: max(prefill, batch) */
     int *lens;             /* host (batch): positions cached per slot */
     int32_t *hlens;        /* host (batch): the lengths the attention reads, staged for upload */
+    int32_t *hids;         /* host (batch): a step's ids, 0 for a slot that sits the step out */
     /* backend memory */
     float *kc, *vc;        /* (L, batch, cap, Hkv, hd) */
     float *x, *h, *ln, *rstd, *q, *att, *lse, *k1, *v1, *gate, *up, *mlp, *t, *logits, *scores;
@@ -137,6 +138,7 @@ void oz_decode_destroy(oz_decode *d) {
     free(d->owned);
     free(d->lens);
     free(d->hlens);
+    free(d->hids);
     free(d);
 }
 
@@ -152,7 +154,8 @@ oz_status oz_decode_create(oz_decode **out, oz_llama *m, oz_arena *arena, oz_dec
     d->owned = calloc(DEC_MAX_BUFFERS, sizeof *d->owned);
     d->lens = calloc((size_t)shape.batch, sizeof *d->lens);
     d->hlens = calloc((size_t)shape.batch, sizeof *d->hlens);
-    if (!d->owned || !d->lens || !d->hlens) {
+    d->hids = calloc((size_t)shape.batch, sizeof *d->hids);
+    if (!d->owned || !d->lens || !d->hlens || !d->hids) {
         oz_decode_destroy(d);
         return oz_fail(err, OZ_ERR_NOMEM, "out of memory for the decode state");
     }
@@ -204,7 +207,8 @@ static float *cache_at(oz_decode *d, float *c, int l, int b) {
 
 /* The layers over `rows` rows of d->x. prefill >= 0: the rows are positions 0 .. rows-1 of slot
  * `prefill`; else row b is the new token of slot b, at position lens[b] (dlens already holds
- * lens[b] + 1, the keys it sees). */
+ * lens[b] + 1, the keys it sees), unless hlens[b] == lens[b]: that slot sits the step out, its row
+ * computed against what is cached and thrown away, nothing written to its cache. */
 static void layers(oz_decode *d, int rows, int prefill) {
     oz_llama *m = d->m;
     oz_backend *be = d->be;
@@ -226,6 +230,7 @@ static void layers(oz_decode *d, int rows, int prefill) {
             dec_lin(d, l, OZ_M_V, d->ln, rows, 0.0f, d->v1);
             for (int b = 0; b < rows; b++) { /* each slot at its own position */
                 int pos = d->lens[b];
+                if (d->hlens[b] == pos) continue;
                 be->rope(be, d->q + (size_t)b * qd, m->rope_cos, m->rope_sin, 1, 1, Hq, hd, pos, 0);
                 be->rope(be, d->k1 + (size_t)b * kvd, m->rope_cos, m->rope_sin, 1, 1, Hkv, hd, pos, 0);
                 be->copy(be, cache_at(d, d->kc, l, b) + (size_t)pos * kvd, d->k1 + (size_t)b * kvd,
@@ -294,18 +299,23 @@ oz_status oz_decode_prefill(oz_decode *d, int seq, const int32_t *ids, int n, fl
 oz_status oz_decode_step(oz_decode *d, int n, const int32_t *ids, float *logits, oz_err *err) {
     if (n < 1 || n > d->shape.batch) return oz_fail(err, OZ_ERR_INTERNAL, "decode step of %d slots (batch %d)", n,
                                                     d->shape.batch);
-    for (int b = 0; b < n; b++)
-        if (d->lens[b] < 1 || d->lens[b] >= d->shape.cap)
+    for (int b = 0; b < n; b++) {
+        bool skip = ids[b] < 0;
+        if (d->lens[b] < 1 || (!skip && d->lens[b] >= d->shape.cap))
             return oz_fail(err, OZ_ERR_INTERNAL, "slot %d holds %d positions: %s", b, d->lens[b],
                            d->lens[b] < 1 ? "not prefilled" : "the cache is full");
-    OZ_TRY(check_ids(d, ids, n, err));
+        if (!skip && ids[b] >= d->m->cfg.vocab_size)
+            return oz_fail(err, OZ_ERR_INPUT, "token id %d is outside the vocabulary (%d)", ids[b],
+                           d->m->cfg.vocab_size);
+        d->hids[b] = skip ? 0 : ids[b];
+        d->hlens[b] = d->lens[b] + (skip ? 0 : 1);
+    }
     oz_backend *be = d->be;
-    for (int b = 0; b < n; b++) d->hlens[b] = d->lens[b] + 1;
     be->to_device(be, d->dlens, d->hlens, (size_t)n * sizeof *d->hlens);
-    be->to_device(be, d->ids, ids, (size_t)n * sizeof *ids);
+    be->to_device(be, d->ids, d->hids, (size_t)n * sizeof *d->hids);
     be->embedding_fwd(be, d->x, oz_llama_param(d->m, 0), d->ids, n, d->m->cfg.hidden_size);
     layers(d, n, -1);
-    for (int b = 0; b < n; b++) d->lens[b]++;
+    for (int b = 0; b < n; b++) d->lens[b] = d->hlens[b];
     head(d, 0, n, logits);
     return OZ_OK;
 }

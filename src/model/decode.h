@@ -53,9 +53,11 @@ oz_status oz_decode_prefill(oz_decode *d, int seq, const int32_t *ids, int n, fl
 
 /* One new token for each slot 0 .. n-1 (n <= batch; ids host (n)): slot b's token goes to position
  * oz_decode_len(d, b), which then grows by one, and logits (host, (n, V)) receives the logits that
- * follow it. Every slot must have been prefilled and have room (len < cap): otherwise
- * OZ_ERR_INTERNAL, nothing run. On an asynchronous backend the caller syncs before trusting results
- * only if it wants the error early: the logits copy back waits for the work. */
+ * follow it. A slot whose id is negative sits the step out (a finished sequence in a batch): nothing
+ * is cached for it, its length stays and its logits row is meaningless. Every slot must have been
+ * prefilled, and every slot taking a token must have room (len < cap): otherwise OZ_ERR_INTERNAL,
+ * nothing run. The logits' copy to the host waits for an asynchronous backend's work; its errors
+ * come from oz_backend_sync. */
 oz_status oz_decode_step(oz_decode *d, int n, const int32_t *ids, float *logits, oz_err *err);
 
 /* Positions cached in slot `seq` (0 before its prefill). */
