@@ -1,10 +1,14 @@
 /* Cached decoding (model/decode.h) against the full forward: every position's logits, prompts of
  * different lengths batched against one at a time, the memory plan against the arena. */
+#include <cjson/cJSON.h>
 #include <string.h>
 
 #include "backend/backend.h"
 #include "harness.h"
+#include "io/atomic.h"
+#include "io/safetensors.h"
 #include "model/decode.h"
+#include "model/hf_model.h"
 #include "model/llama.h"
 #include "util/rng.h"
 
@@ -285,6 +289,73 @@ static void test_attention_decode_op(void) {
     be.destroy(&be);
 }
 
+/* Greedy decoding of the Hugging Face fixture models (tests/fixtures/hf/) from fixed prompt ids
+ * against transformers' generate() (tests/fixtures/decode/, tools/gen_decode_fixtures.py): the same
+ * 24 tokens, and every step's logits within 1e-5 of its largest (transformers' smallest gap
+ * between the best and the second logit is 3.4e-3, so greedy is not near a tie). Prompt ids include
+ * 0, transformers' pad id there: the fixture passes an explicit attention mask. */
+static void test_greedy_equals_transformers(void) {
+    char *json = NULL;
+    size_t n = 0;
+    oz_err err = {0};
+    CHECK(oz_read_file("tests/fixtures/decode/greedy.json", &json, &n, &err) == OZ_OK, "%s", err.msg);
+    cJSON *root = json ? cJSON_ParseWithLength(json, n) : NULL;
+    free(json);
+    oz_safetensors st;
+    bool have_st = oz_safetensors_open(&st, "tests/fixtures/decode/greedy.safetensors", &err) == OZ_OK;
+    CHECK(have_st, "%s", err.msg);
+    const cJSON *cases = cJSON_GetObjectItemCaseSensitive(root, "cases"), *c;
+    int k = 0;
+    cJSON_ArrayForEach(c, cases) {
+        char dir[256], name[32];
+        snprintf(dir, sizeof dir, "tests/fixtures/hf/%s", cJSON_GetObjectItemCaseSensitive(c, "model")->valuestring);
+        snprintf(name, sizeof name, "case%d", k++);
+        const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(c, "prompt");
+        const cJSON *want = cJSON_GetObjectItemCaseSensitive(c, "tokens");
+        int np = cJSON_GetArraySize(prompt), nt = cJSON_GetArraySize(want);
+        const oz_st_tensor *lt = have_st ? oz_safetensors_find(&st, name) : NULL;
+        CHECK(lt && lt->ndim == 2 && lt->shape[0] == nt, "%s: logits in the fixture", name);
+        if (!lt) continue;
+        int V = (int)lt->shape[1];
+        float *ref = malloc(lt->numel * sizeof *ref), *got = malloc(lt->numel * sizeof *got);
+        oz_st_tensor_to_f32(lt, ref, lt->numel, &err);
+        oz_backend be;
+        oz_arena arena;
+        oz_backend_cpu_create(&be, 0, &err);
+        oz_arena_init(&arena, be.allocator);
+        oz_llama *m = NULL;
+        oz_llama_shape shape = {.batch = 1, .seq = 1};
+        CHECK(oz_llama_load(&m, dir, &be, &arena, shape, NULL, &err) == OZ_OK, "%s: %s", dir, err.msg);
+        oz_decode *d = NULL;
+        oz_decode_shape s = {1, np + nt, np};
+        if (m) CHECK(oz_decode_create(&d, m, &arena, s, &err) == OZ_OK, "%s", err.msg);
+        if (d) {
+            int32_t ids[64];
+            for (int i = 0; i < np; i++) ids[i] = (int32_t)cJSON_GetArrayItem(prompt, i)->valueint;
+            CHECK(oz_decode_prefill(d, 0, ids, np, got, NULL, &err) == OZ_OK, "%s", err.msg);
+            int same = 1;
+            for (int t = 0; t < nt; t++) {
+                int32_t next = argmax(got + (size_t)t * V, V);
+                same &= next == cJSON_GetArrayItem(want, t)->valueint;
+                if (t + 1 < nt)
+                    CHECK(oz_decode_step(d, 1, &next, got + (size_t)(t + 1) * V, &err) == OZ_OK, "%s", err.msg);
+            }
+            CHECK(same, "%s (%s, prompt of %d): greedy tokens differ from transformers'", name, dir, np);
+            double worst = worst_row_error(got, ref, nt, V);
+            CHECK(worst <= 1e-5, "%s (%s): logits %.3g from transformers'", name, dir, worst);
+        }
+        oz_decode_destroy(d);
+        oz_llama_destroy(m);
+        oz_arena_destroy(&arena);
+        be.destroy(&be);
+        free(ref);
+        free(got);
+    }
+    CHECK(k == 9, "%d cases", k);
+    if (have_st) oz_safetensors_close(&st);
+    cJSON_Delete(root);
+}
+
 int main(void) {
     RUN(test_attention_decode_op);
     RUN(test_cached_logits_gqa_untied);
@@ -292,5 +363,6 @@ int main(void) {
     RUN(test_cached_logits_low_rank);
     RUN(test_batched_equals_single);
     RUN(test_decode_plan);
+    RUN(test_greedy_equals_transformers);
     return oz_test_finish("decode");
 }
