@@ -189,9 +189,28 @@ check "eval --data" sh -c "$OUNCE eval --model '$T/run1' --data '$T/data' --seq 
 check "eval --json has loss and tokens" sh -c "tail -n 1 '$T/eval.log' | grep -q '\"loss\":.*\"tokens\":'"
 printf 'The quick brown fox jumps over the lazy dog.\n' >"$T/text.txt"
 check "eval --text" sh -c "$OUNCE eval --model '$T/run1' --text '$T/text.txt' --json | tail -n 1 | grep -q '\"tokens\":44'"
+check "eval --stride = --window is the consecutive windows" sh -c "[ \"\$($OUNCE eval --model '$T/run1' --text '$T/text.txt' --window 10 --json | tail -n 1)\" = \"\$($OUNCE eval --model '$T/run1' --text '$T/text.txt' --window 10 --stride 10 --json | tail -n 1)\" ]"
+check "eval --stride scores each token once" sh -c "$OUNCE eval --model '$T/run1' --text '$T/text.txt' --window 10 --stride 3 --json | tail -n 1 | grep -q '\"tokens\":44'"
+expect_error "eval: --stride past the window" "longer than the window" $OUNCE eval --model "$T/run1" --text "$T/text.txt" --window 10 --stride 11
 check "tokenize" sh -c "$OUNCE tokenize --model '$T/run1' --text '$T/text.txt' | grep -q '^84 104 101 32 113'"
 check "sample" sh -c "$OUNCE sample --model '$T/run1' --prompt 'The ' --tokens 20 --seed 2 | grep -q '^The '"
 check "sample is reproducible" sh -c "[ \"\$($OUNCE sample --model '$T/run1' --tokens 30 --seed 5)\" = \"\$($OUNCE sample --model '$T/run1' --tokens 30 --seed 5)\" ]"
+# The cached decode: a batch of prompts of different lengths gives each prompt's own text (each
+# line draws from its own seeded stream), --stop cuts the text where the string starts, the cache's
+# bytes are reported, and bad values are one line and exit code 2.
+printf 'The \nA much longer prompt about\nWhy\n' >"$T/prompts.txt"
+check "sample --prompts batched = one at a time" sh -c "[ \"\$($OUNCE sample --model '$T/run1' --prompts '$T/prompts.txt' --tokens 25 --seed 4 --top-k 20 --min-p 0.05 --repetition-penalty 1.2 2>/dev/null)\" = \"\$($OUNCE sample --model '$T/run1' --prompts '$T/prompts.txt' --tokens 25 --seed 4 --top-k 20 --min-p 0.05 --repetition-penalty 1.2 --batch 1 2>/dev/null)\" ]"
+check "sample reports the cache's bytes" sh -c "$OUNCE sample --model '$T/run1' --prompt 'The ' --tokens 5 2>&1 >/dev/null | grep -q 'key/value cache .* (2560 bytes: 1 sequence x 10 positions'"
+full=$($OUNCE sample --model "$T/run1" --prompt 'The ' --tokens 30 --temperature 0 2>/dev/null)
+stop=$(printf %s "$full" | cut -c 9-10)
+cut=$($OUNCE sample --model "$T/run1" --prompt 'The ' --tokens 30 --temperature 0 --stop "$stop" 2>/dev/null)
+check "sample --stop cuts before the string" sh -c "case '$full' in '$cut'*) [ ${#cut} -lt ${#full} ] && [ ${#cut} -ge 4 ] ;; *) false ;; esac && ! printf %s '$cut' | cut -c 5- | grep -qF -- '$stop'"
+expect_error "sample: bad --top-k" "top-k" $OUNCE sample --model "$T/run1" --top-k -2
+expect_error "sample: bad --min-p" "min-p" $OUNCE sample --model "$T/run1" --min-p 1.5
+expect_error "sample: bad --repetition-penalty" "repetition-penalty" $OUNCE sample --model "$T/run1" --repetition-penalty 0
+expect_error "sample: missing --prompts file" "cannot open" $OUNCE sample --model "$T/run1" --prompts "$T/none.txt"
+head -c 400 /dev/zero | tr '\0' x >"$T/longprompt.txt"
+expect_error "sample: prompt past the context" "no room" $OUNCE sample --model "$T/run1" --prompts "$T/longprompt.txt"
 for cmd in prepare train eval sample tokenize memory; do
     check "$cmd --help" sh -c "$OUNCE $cmd --help | grep -q 'usage: ounce $cmd'"
 done

@@ -470,6 +470,52 @@ static void test_train(void) {
           err.msg);
 }
 
+/* Prompts for generation: a tokenizer.json's as transformers 5 encodes them for generate()
+ * (tests/fixtures/prompts/, tools/gen_prompt_fixtures.py: the post-processor decides, whatever
+ * tokenizer_config.json's add_bos_token / add_eos_token say, and a null one adds nothing); the byte
+ * tokenizer's after an end-of-document token, as before. */
+static void test_prompt_encoding(void) {
+    char *json = NULL;
+    size_t n = 0;
+    oz_err err = {0};
+    CHECK(oz_read_file("tests/fixtures/prompts/expected.json", &json, &n, &err) == OZ_OK, "%s", err.msg);
+    cJSON *exp = json ? cJSON_ParseWithLength(json, n) : NULL;
+    free(json);
+    const cJSON *texts = cJSON_GetObjectItemCaseSensitive(exp, "texts");
+    const cJSON *cases = cJSON_GetObjectItemCaseSensitive(exp, "ids"), *c;
+    int n_cases = 0;
+    cJSON_ArrayForEach(c, cases) {
+        char dir[256];
+        snprintf(dir, sizeof dir, "tests/fixtures/prompts/%s", c->string);
+        oz_tokenizer t;
+        if (oz_tokenizer_load(&t, dir, &err) != OZ_OK) {
+            CHECK(0, "load %s: %s", dir, err.msg);
+            continue;
+        }
+        n_cases++;
+        for (int i = 0; i < cJSON_GetArraySize(texts); i++) {
+            const char *text = cJSON_GetArrayItem(texts, i)->valuestring;
+            oz_tokens ids = {0};
+            size_t from = 99;
+            CHECK(oz_tokenizer_encode_prompt(&t, text, strlen(text), &ids, &from, &err) == OZ_OK, "%s", err.msg);
+            CHECK(from == 0, "%s: no end-of-document token before a tokenizer.json's prompt", c->string);
+            ids_equal(&ids, cJSON_GetArrayItem(c, i), "prompt", c->string, i);
+            oz_tokens_free(&ids);
+        }
+        oz_tokenizer_free(&t);
+    }
+    CHECK(n_cases == 6, "%d prompt fixtures", n_cases);
+    cJSON_Delete(exp);
+    oz_tokenizer b;
+    oz_tokenizer_byte(&b);
+    oz_tokens ids = {0};
+    size_t from = 0;
+    CHECK(oz_tokenizer_encode_prompt(&b, "Hi", 2, &ids, &from, &err) == OZ_OK, "%s", err.msg);
+    CHECK(ids.len == 3 && ids.ids[0] == OZ_BYTE_EOS && ids.ids[1] == 'H' && ids.ids[2] == 'i' && from == 1,
+          "byte prompt: end-of-document, then the bytes");
+    oz_tokens_free(&ids);
+}
+
 int main(void) {
     snprintf(g_root, sizeof g_root, "/tmp/ounce-test-tok-XXXXXX");
     if (!mkdtemp(g_root)) {
@@ -487,6 +533,7 @@ int main(void) {
     free(json);
     RUN(test_byte_tokenizer_unchanged);
     RUN(test_parity_with_hf);
+    RUN(test_prompt_encoding);
     RUN(test_bos_eos_and_specials);
     RUN(test_threads_and_round_trip);
     RUN(test_parallel_units_with_added_tokens);

@@ -91,6 +91,17 @@ struct oz_backend {
                           const float *q, const float *k, const float *v,
                           const float *out /* (B,T,Hq,hd) */, const float *lse /* (B,Hq,T) */,
                           int B, int T, int Hq, int Hkv, int hd);
+    /* Decoding with a key/value cache: one new query row per sequence. Sequence b's q (Hq, hd) is
+     * the token at position lens[b] - 1; its keys and values at positions 0 .. lens[b] - 1 (that
+     * token's included) are rows of the caches k, v (B, cap, Hkv, hd). out is attention_fwd's
+     * output row for that position (grouped-query heads as there; no lse, nothing to backward).
+     * The CPU computes it with attention_fwd's arithmetic, bitwise; CUDA within fp32 rounding.
+     * lens (B) and scores (B, Hq, cap: scratch the op may overwrite) are backend memory;
+     * 1 <= lens[b] <= cap. */
+    void (*attention_decode)(oz_backend *be, float *out /* (B,Hq,hd) */, const float *q /* (B,Hq,hd) */,
+                             const float *k /* (B,cap,Hkv,hd) */, const float *v /* (B,cap,Hkv,hd) */,
+                             const int32_t *lens /* (B) */, float *scores /* (B,Hq,cap) */, int B, int cap,
+                             int Hq, int Hkv, int hd);
     /* h = silu(gate) * up. */
     void (*swiglu_fwd)(oz_backend *be, float *h /* (n) */, const float *gate /* (n) */,
                        const float *up /* (n) */, size_t n);

@@ -1,62 +1,42 @@
 /* `ounce eval`: mean cross-entropy of a saved model on the validation split of prepared data, or
- * on a text file cut into consecutive windows (the last, shorter window included). */
+ * on a text file in windows (model/score.h): consecutive ones, or with --stride sliding ones, each
+ * token scored once. For a text the model's buffers are sized to the windows the text needs, not
+ * to the model's context. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "data/loader.h"
 #include "io/atomic.h"
+#include "model/score.h"
 
-static oz_status eval_windows(oz_cli_model *cm, const int32_t *tokens, size_t n_tokens, int T, int B,
-                              double *sum, long *count, oz_err *err) {
-    int32_t *in = malloc((size_t)B * T * sizeof *in), *tg = malloc((size_t)B * T * sizeof *tg);
-    if (!in || !tg) {
-        free(in);
-        free(tg);
-        return oz_fail(err, OZ_ERR_NOMEM, "out of memory");
-    }
-    oz_status st = OZ_OK;
-    size_t pos = 0;
-    while (st == OZ_OK && pos + 1 < n_tokens) {
-        int rows = 0, len = T;
-        if (n_tokens - pos - 1 < (size_t)T) {
-            len = (int)(n_tokens - pos - 1); /* the last, shorter window: its own batch */
-            memcpy(in, tokens + pos, (size_t)len * sizeof *in);
-            memcpy(tg, tokens + pos + 1, (size_t)len * sizeof *tg);
-            rows = 1;
-            pos = n_tokens;
-        } else {
-            while (rows < B && pos + (size_t)T < n_tokens) {
-                memcpy(in + (size_t)rows * T, tokens + pos, (size_t)T * sizeof *in);
-                memcpy(tg + (size_t)rows * T, tokens + pos + 1, (size_t)T * sizeof *tg);
-                rows++;
-                pos += T;
-            }
-        }
-        oz_llama_batch batch = {in, tg, rows, len, NULL};
-        double s;
-        long c;
-        st = oz_llama_forward(cm->model, &batch, &s, &c, err);
-        *sum += s;
-        *count += c;
-    }
-    free(in);
-    free(tg);
-    return st;
+/* A progress line on stderr while a long text is scored, when stderr is a terminal (a log or a
+ * pipe gets only the result, and an error stays one line). */
+static void show_progress(void *ctx, long done, long total) {
+    (void)ctx;
+    if (total < 8 || !isatty(2)) return;
+    fprintf(stderr, "\reval: %ld/%ld windows", done, total);
+    if (done == total) fprintf(stderr, "\n");
+    fflush(stderr);
 }
 
 int oz_cmd_eval(int argc, char **argv) {
     char model[4096] = "", data[4096] = "", text_path[4096] = "", device[32] = "cpu", precision[8] = "fp32";
-    int seq = 0, batch = 4, threads = 0, max_batches = 0;
+    int seq = 0, window = 0, stride = 0, batch = 4, threads = 0, max_batches = 0;
     bool json = false, force = false;
     oz_arg args[] = {
         {"model", OZ_ARG_STR, model, sizeof model, "model directory (config.json + model.safetensors) or a .gguf file", 0},
         {"data", OZ_ARG_STR, data, sizeof data, "prepared data directory: evaluate its validation split", 0},
         {"text", OZ_ARG_STR, text_path, sizeof text_path, "or a text file, tokenized with the model's tokenizer (its template, e.g. BOS, included)", 0},
-        {"seq", OZ_ARG_INT, &seq, 0, "window length [the model's max_position_embeddings, at most 1024]", 0},
+        {"window", OZ_ARG_INT, &window, 0, "window length in tokens [the model's max_position_embeddings, at most 1024]", 0},
+        {"seq", OZ_ARG_INT, &seq, 0, "the same as --window", 0},
+        {"stride", OZ_ARG_INT, &stride, 0,
+         "--text: a window every N tokens, only its last N tokens scored (sliding-window perplexity: each token "
+         "scored once with at least window - N tokens of context); 0 = the window, consecutive windows [0]", 0},
         {"batch", OZ_ARG_INT, &batch, 0, "windows per forward pass [4]", 0},
         {"max-batches", OZ_ARG_INT, &max_batches, 0, "stop after N batches of --data, 0 = all [0]", 0},
         {"force", OZ_ARG_FLAG, &force, 0, "evaluate although the model's tokenizer is not the data's", 0},
@@ -72,16 +52,25 @@ int oz_cmd_eval(int argc, char **argv) {
     oz_err err = {0};
     if (!model[0]) oz_fail(&err, OZ_ERR_INPUT, "--model is required");
     else if (!data[0] == !text_path[0]) oz_fail(&err, OZ_ERR_INPUT, "give exactly one of --data and --text");
-    else if (seq < 0 || batch <= 0 || threads < 0 || max_batches < 0)
-        oz_fail(&err, OZ_ERR_INPUT, "--seq, --batch, --threads and --max-batches must be positive");
+    else if (seq < 0 || window < 0 || stride < 0 || batch <= 0 || threads < 0 || max_batches < 0)
+        oz_fail(&err, OZ_ERR_INPUT, "--window, --stride, --batch, --threads and --max-batches must be positive");
+    else if (seq && window && seq != window) oz_fail(&err, OZ_ERR_INPUT, "--seq and --window differ (%d, %d)", seq, window);
+    else if (stride && data[0]) oz_fail(&err, OZ_ERR_INPUT, "--stride applies to --text (--data has its own windows)");
+    else if (stride && (window || seq) && stride > (window ? window : seq))
+        oz_fail(&err, OZ_ERR_INPUT, "--stride %d is longer than the window (%d): tokens would go unscored", stride,
+                window ? window : seq);
     if (err.status) return oz_cli_report("eval", &err);
 
     oz_cli_model cm;
     double sum = 0;
     long count = 0;
+    if (window) seq = window;
     if (seq == 0) seq = 1024;
-    if (oz_cli_model_open(&cm, model, batch, seq, threads, device, precision, &err) == OZ_OK) {
-        seq = cm.seq;
+    /* A text opens the model twice: once with one-token buffers to encode it, then with buffers for
+     * the windows it needs (a short text, short windows). */
+    int open_batch = data[0] ? batch : 1, open_seq = data[0] ? seq : 1;
+    if (oz_cli_model_open(&cm, model, open_batch, open_seq, threads, device, precision, &err) == OZ_OK) {
+        if (data[0]) seq = cm.seq;
         if (data[0]) {
             oz_dataset ds;
             if (oz_dataset_open(&ds, data, 0, &err) == OZ_OK) {
@@ -121,10 +110,23 @@ int oz_cmd_eval(int argc, char **argv) {
             char *text = NULL;
             size_t n = 0;
             oz_tokens ids = {0};
-            if (oz_read_file(text_path, &text, &n, &err) == OZ_OK &&
+            int ctx = oz_llama_get_config(cm.model)->max_position_embeddings;
+            if (seq > ctx) seq = ctx;
+            if (stride > seq) oz_fail(&err, OZ_ERR_INPUT, "--stride %d is longer than the window (%d)", stride, seq);
+            if (!err.status && oz_read_file(text_path, &text, &n, &err) == OZ_OK &&
                 oz_tokenizer_encode_special(&cm.tokenizer, text, n, &ids, &err) == OZ_OK) {
                 if (ids.len < 2) oz_fail(&err, OZ_ERR_INPUT, "%s: too short to evaluate (needs 2 tokens)", text_path);
-                else eval_windows(&cm, ids.ids, ids.len, seq, batch, &sum, &count, &err);
+            }
+            if (!err.status) {
+                int W = ids.len - 1 < (size_t)seq ? (int)(ids.len - 1) : seq, S = stride ? stride : W;
+                if (S > W) S = W;
+                long windows = oz_score_window_count(ids.len, W, S);
+                int B = windows < batch ? (int)windows : batch;
+                oz_cli_model_close(&cm);
+                if (oz_cli_model_open(&cm, model, B, W, threads, device, precision, &err) == OZ_OK) {
+                    oz_score_opts o = {W, S, B, show_progress, NULL};
+                    oz_llama_score_tokens(cm.model, ids.ids, ids.len, &o, &sum, &count, &err);
+                }
             }
             free(text);
             oz_tokens_free(&ids);

@@ -163,6 +163,13 @@ oz_status oz_tokenizer_encode_special(const oz_tokenizer *tok, const char *text,
     return oz_tokenizer_encode(tok, text, len, out, err);
 }
 
+oz_status oz_tokenizer_encode_prompt(const oz_tokenizer *tok, const char *text, size_t len, oz_tokens *out,
+                                     size_t *text_from, oz_err *err) {
+    if (tok->type == OZ_TOK_BYTE && tok->eos_id >= 0) OZ_TRY(oz_tokens_push(out, tok->eos_id, err));
+    *text_from = out->len;
+    return oz_tokenizer_encode_special(tok, text, len, out, err);
+}
+
 oz_status oz_tokenizer_decode(const oz_tokenizer *tok, const int32_t *ids, size_t n, int show_special,
                               oz_text *out, oz_err *err) {
     if (tok->type == OZ_TOK_HF) return oz_bpe_decode(tok->bpe, ids, n, show_special, out, err);

@@ -69,6 +69,14 @@ oz_status oz_tokenizer_encode(const oz_tokenizer *tok, const char *text, size_t 
  * BOS first for Llama); for the byte tokenizer the same as oz_tokenizer_encode. */
 oz_status oz_tokenizer_encode_special(const oz_tokenizer *tok, const char *text, size_t len, oz_tokens *out,
                                       oz_err *err);
+/* A prompt for generation (ounce sample). A tokenizer.json's: what transformers feeds generate(),
+ * oz_tokenizer_encode_special (the post-processor's BOS/EOS; transformers 5 ignores
+ * tokenizer_config.json's add_bos_token / add_eos_token beside a tokenizer.json, and a GGUF's
+ * tokenizer.ggml.add_bos_token is already in the template its tokenizer.json gets). The byte
+ * tokenizer's (ounce's own models): an end-of-document token first, as every document follows one
+ * in training. *text_from receives the index in out of the prompt's first id (after that token). */
+oz_status oz_tokenizer_encode_prompt(const oz_tokenizer *tok, const char *text, size_t len, oz_tokens *out,
+                                     size_t *text_from, oz_err *err);
 /* Appends the text of ids to out (kept NUL-terminated). Special ids add nothing unless
  * show_special, then their name (HF: skip_special_tokens = !show_special). Bytes are written as
  * decoded, without replacing invalid UTF-8, so a stream of single-token decodes reassembles

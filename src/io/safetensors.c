@@ -357,6 +357,16 @@ oz_status oz_st_tensor_to_f32(const oz_st_tensor *t, float *dst, size_t n, oz_er
     return OZ_OK;
 }
 
+void oz_st_tensor_release(const oz_st_tensor *t) {
+    if (!t->nbytes) return;
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0) return;
+    /* Whole pages around the data; a neighbour sharing an edge page just reads it again. */
+    uintptr_t a = (uintptr_t)t->data & ~(uintptr_t)(page - 1);
+    uintptr_t e = ((uintptr_t)t->data + t->nbytes + (uintptr_t)page - 1) & ~(uintptr_t)(page - 1);
+    (void)madvise((void *)a, e - a, MADV_DONTNEED); /* advice: a refusal only costs memory */
+}
+
 oz_status oz_st_tensor_to_f64(const oz_st_tensor *t, double *dst, size_t n, oz_err *err) {
     OZ_TRY(check_convert(t, n, err));
     const unsigned char *src = t->data;

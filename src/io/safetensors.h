@@ -62,6 +62,10 @@ void oz_safetensors_close(oz_safetensors *st);
 /* Converts a floating tensor (F32, F16, BF16, F64) to f32 / f64. `n` must equal t->numel. */
 oz_status oz_st_tensor_to_f32(const oz_st_tensor *t, float *dst, size_t n, oz_err *err);
 oz_status oz_st_tensor_to_f64(const oz_st_tensor *t, double *dst, size_t n, oz_err *err);
+/* Drops the pages of the mapping that hold t's data from this process's resident memory (they are
+ * read again from the file if touched later), so a loader that has copied a tensor out does not hold
+ * the file and the copy at once: the peak resident memory of a load is the weights, not twice them. */
+void oz_st_tensor_release(const oz_st_tensor *t);
 
 typedef struct {
     const char *name;

@@ -494,6 +494,7 @@ oz_status oz_llama_load_weights(oz_llama *m, oz_backend *be, const char *dir, oz
         float *dst = oz_llama_param(m, i); /* NULL for INT8 codes and bf16 rows */
         if (dst && be->host_visible) {
             st = oz_st_tensor_to_f32(t, dst, p->numel, err);
+            oz_st_tensor_release(t);
             continue;
         }
         float *tmp = realloc(staging, p->numel * sizeof *tmp);
@@ -503,6 +504,7 @@ oz_status oz_llama_load_weights(oz_llama *m, oz_backend *be, const char *dir, oz
         }
         staging = tmp;
         if ((st = oz_st_tensor_to_f32(t, staging, p->numel, err)) == OZ_OK) oz_llama_write_param(m, i, staging);
+        oz_st_tensor_release(t);
     }
     free(staging);
     oz_weight_files_close(&w);

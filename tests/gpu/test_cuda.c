@@ -365,6 +365,35 @@ static void test_attention(void) {
     check_attention(1, 300, 8, 2, 128); /* Llama-3 style GQA 4:1 */
 }
 
+/* Decoding attention: each sequence's query at its own length against a cache with room for cap
+ * positions, CUDA against the CPU (which is attention_fwd's row, tests/test_decode.c). */
+static void check_attention_decode(int B, int cap, int Hq, int Hkv, int hd) {
+    size_t nq = (size_t)B * Hq * hd, nkv = (size_t)B * cap * Hkv * hd;
+    float *q = hrand(nq, -2, 2), *k = hrand(nkv, -2, 2), *v = hrand(nkv, -1, 1), *out = hrand(nq, 0, 1);
+    int32_t *lens = malloc((size_t)B * sizeof *lens);
+    for (int b = 0; b < B; b++) lens[b] = 1 + (int)(((long)b * 7919 + 13) % cap); /* 1 .. cap */
+    lens[0] = cap;
+    float *gq = dev(q, nq * 4), *gk = dev(k, nkv * 4), *gv = dev(v, nkv * 4), *gout = dev(out, nq * 4);
+    float *gscores = dev(NULL, (size_t)B * Hq * cap * 4);
+    int32_t *glens = dev(lens, (size_t)B * sizeof *lens);
+    cpu.attention_decode(&cpu, out, q, k, v, lens, NULL, B, cap, Hq, Hkv, hd);
+    gpu.attention_decode(&gpu, gout, gq, gk, gv, glens, gscores, B, cap, Hq, Hkv, hd);
+    char what[96];
+    snprintf(what, sizeof what, "attention_decode B%d cap%d H%d/%d hd%d", B, cap, Hq, Hkv, hd);
+    expect_close(what, gout, out, nq, 2e-6);
+    gpu_ok(what);
+    void *ptrs[] = {gq, gk, gv, gout, gscores, glens};
+    for (size_t i = 0; i < 6; i++) dfree(ptrs[i]);
+    free(q), free(k), free(v), free(out), free(lens);
+}
+
+static void test_attention_decode(void) {
+    check_attention_decode(1, 1, 2, 2, 8);      /* one position */
+    check_attention_decode(3, 150, 4, 2, 16);   /* GQA, lengths across the CPU's key blocks */
+    check_attention_decode(2, 300, 9, 3, 64);   /* the 135M shape */
+    check_attention_decode(32, 1000, 32, 8, 128); /* Llama-3 style, a batch of 32 */
+}
+
 static void check_ce(int N, int V, float grad_scale) {
     size_t n = (size_t)N * V;
     float *logits = hrand(n, -8, 8), *losses = hrand((size_t)N, 0, 1);
@@ -917,6 +946,7 @@ int main(void) {
     RUN(test_rmsnorm);
     RUN(test_rope);
     RUN(test_attention);
+    RUN(test_attention_decode);
     RUN(test_cross_entropy);
     RUN(test_model);
     RUN(test_quant_ops);

@@ -71,6 +71,22 @@ static void cpu_from_bf16(oz_backend *be, float *dst, const uint16_t *src, size_
 static void cpu_gemm(oz_backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha,
                      const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     (void)be;
+    if (M == 1 && N > 0 && K > 0) {
+        /* One row (decoding a token): a matrix-vector product. OpenBLAS's sgemm packs all of B for
+         * one row, which reads the weights twice; sgemv streams them once. The row of A is strided
+         * when A is stored transposed. beta == 0 must overwrite C even where it holds NaN, which
+         * sgemv's scaling by 0 need not do: C is zeroed and then accumulated into. */
+        if (beta == 0.0f) {
+            for (int j = 0; j < N; j++) C[j] = 0.0f;
+            beta = 1.0f;
+        }
+        int inc_a = trans_a ? lda : 1;
+        if (trans_b) /* B stored (N, K): C = B a */
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, B, ldb, A, inc_a, beta, C, 1);
+        else /* B stored (K, N): C = B^T a */
+            cblas_sgemv(CblasRowMajor, CblasTrans, K, N, alpha, B, ldb, A, inc_a, beta, C, 1);
+        return;
+    }
     oz_cpu_gemm_f32(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
@@ -123,6 +139,12 @@ static void cpu_attention_fwd(oz_backend *be, float *out, float *lse, const floa
                               const float *v, int B, int T, int Hq, int Hkv, int hd) {
     (void)be;
     oz_cpu_attention_fwd_f32(out, lse, q, k, v, B, T, Hq, Hkv, hd);
+}
+
+static void cpu_attention_decode(oz_backend *be, float *out, const float *q, const float *k, const float *v,
+                                 const int32_t *lens, float *scores, int B, int cap, int Hq, int Hkv, int hd) {
+    (void)be, (void)scores; /* attention_fwd's arithmetic needs no score rows */
+    oz_cpu_attention_decode_f32(out, q, k, v, lens, B, cap, Hq, Hkv, hd);
 }
 
 static void cpu_attention_bwd(oz_backend *be, float *dq, float *dk, float *dv, const float *dout,
@@ -318,6 +340,7 @@ oz_status oz_backend_cpu_create(oz_backend *be, int threads, oz_err *err) {
     be->rope = cpu_rope;
     be->attention_fwd = cpu_attention_fwd;
     be->attention_bwd = cpu_attention_bwd;
+    be->attention_decode = cpu_attention_decode;
     be->swiglu_fwd = cpu_swiglu_fwd;
     be->swiglu_bwd = cpu_swiglu_bwd;
     be->cross_entropy = cpu_cross_entropy;

@@ -368,3 +368,63 @@ void oz_cuda_attention_bwd(oz_cuda *c, float *dq, float *dk, float *dv, const fl
     default: break;
     }
 }
+
+/* ---- decoding: one query row per (sequence, head) against the cache, one block each. Three passes
+ * over the scores row in `scores` (global scratch, so any cache length fits): the scaled dots and
+ * their maximum, the exponentials and their sum, then each output column's weighted sum over the
+ * keys in order. Block sums are block_sum's fixed order: deterministic, no atomics. */
+#define DEC_THREADS 128
+
+static __device__ __forceinline__ float block_max(float v, float *sh) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
+    __syncthreads();
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    float t = -INFINITY;
+    for (int w = 0; w < nw; w++) t = fmaxf(t, sh[w]);
+    return t;
+}
+
+__global__ void att_decode_k(float *out, const float *q, const float *k, const float *v, const int32_t *lens,
+                             float *scores, int cap, int Hq, int Hkv, int hd, float scale) {
+    __shared__ float sh[32];
+    extern __shared__ float qs[]; /* (hd) */
+    const int h = blockIdx.x, b = blockIdx.y, g = h / (Hq / Hkv), n = lens[b];
+    const size_t kvstride = (size_t)Hkv * hd;
+    const float *kb = k + (size_t)b * cap * kvstride + (size_t)g * hd;
+    const float *vb = v + (size_t)b * cap * kvstride + (size_t)g * hd;
+    float *s = scores + ((size_t)b * Hq + h) * cap;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = q[((size_t)b * Hq + h) * hd + i];
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const float *kr = kb + (size_t)j * kvstride;
+        float dot = 0.0f;
+        for (int i = 0; i < hd; i++) dot += qs[i] * kr[i];
+        s[j] = dot * scale;
+        mx = fmaxf(mx, s[j]);
+    }
+    mx = block_max(mx, sh);
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const float p = expf(s[j] - mx);
+        s[j] = p;
+        sum += p;
+    }
+    sum = block_sum(sum, sh); /* its barriers also make every s[j] visible to the block */
+    const float inv = 1.0f / sum;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float acc = 0.0f;
+        for (int j = 0; j < n; j++) acc += s[j] * vb[(size_t)j * kvstride + i];
+        out[((size_t)b * Hq + h) * hd + i] = acc * inv;
+    }
+}
+
+void oz_cuda_attention_decode(oz_cuda *c, float *out, const float *q, const float *k, const float *v,
+                              const int32_t *lens, float *scores, int B, int cap, int Hq, int Hkv, int hd) {
+    if (B <= 0) return;
+    att_decode_k<<<dim3(Hq, B), DEC_THREADS, sizeof(float) * hd, c->stream>>>(
+        out, q, k, v, lens, scores, cap, Hq, Hkv, hd, (float)(1.0 / sqrt((double)hd)));
+    OZ_CUDA_LAUNCHED(c);
+}

@@ -542,6 +542,11 @@ static void cuda_attention_fwd(oz_backend *be, float *out, float *lse, const flo
     oz_cuda_attention_fwd(C(be), out, lse, q, k, v, B, T, Hq, Hkv, hd);
 }
 
+static void cuda_attention_decode(oz_backend *be, float *out, const float *q, const float *k, const float *v,
+                                  const int32_t *lens, float *scores, int B, int cap, int Hq, int Hkv, int hd) {
+    oz_cuda_attention_decode(C(be), out, q, k, v, lens, scores, B, cap, Hq, Hkv, hd);
+}
+
 static void cuda_attention_bwd(oz_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,
                                const float *k, const float *v, const float *out, const float *lse, int B, int T,
                                int Hq, int Hkv, int hd) {
@@ -875,6 +880,7 @@ extern "C" oz_status oz_backend_cuda_create(oz_backend *be, int device, oz_err *
     be->rope = cuda_rope;
     be->attention_fwd = cuda_attention_fwd;
     be->attention_bwd = cuda_attention_bwd;
+    be->attention_decode = cuda_attention_decode;
     be->swiglu_fwd = cuda_swiglu_fwd;
     be->swiglu_bwd = cuda_swiglu_bwd;
     be->cross_entropy = cuda_cross_entropy;

@@ -47,6 +47,8 @@ void oz_cuda_attention_fwd(oz_cuda *c, float *out, float *lse, const float *q, c
 void oz_cuda_attention_bwd(oz_cuda *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
                            const float *k, const float *v, const float *out, const float *lse, int B, int T,
                            int Hq, int Hkv, int hd);
+void oz_cuda_attention_decode(oz_cuda *c, float *out, const float *q, const float *k, const float *v,
+                              const int32_t *lens, float *scores, int B, int cap, int Hq, int Hkv, int hd);
 /* Fill in the quantization ops (cuda_quant.cu), the subspace op (cuda_subspace.cu) and the bf16
  * ops (cuda_bf16.cu). */
 void oz_cuda_quant_ops(oz_backend *be);
