@@ -143,6 +143,46 @@ static void test_galore_full_rank_is_adamw(void) {
     oz_param_layout_free(&lay);
 }
 
+/* The subspace change a refresh reports (oz_optimizer_subspace_change): none at the first one (no
+ * old subspace), ~0 when the same gradient is refreshed again, ~1 when the new gradient's column
+ * space is orthogonal to the old (rows 0..19 against rows 20..39), and NAN on a step without one. */
+static void test_subspace_change(void) {
+    enum { A = 40, Bc = 64, R = 4 };
+    oz_param_layout lay;
+    one_matrix_layout(&lay, A, Bc);
+    oz_optim_config c = {.kind = OZ_OPTIM_GALORE, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .rank = R,
+                         .update_gap = 2, .scale = 0.25f, .proj = OZ_PROJ_STD, .subspace = OZ_SUBSPACE_EXACT,
+                         .galore_attn = true, .galore_mlp = true, .seed = 3};
+    fixture fx;
+    fixture_open(&fx, &c, &lay);
+    oz_optimizer *opt = fx.opt;
+    oz_err err = {0};
+    if (!opt) {
+        fixture_close(&fx);
+        oz_param_layout_free(&lay);
+        return;
+    }
+    float *g1 = calloc(lay.total, sizeof *g1), *g2 = calloc(lay.total, sizeof *g2), *w = calloc(lay.total, sizeof *w);
+    oz_optimizer_bind_weights(opt, oz_weights_flat(w));
+    oz_rng rng;
+    oz_rng_seed(&rng, 5);
+    for (int i = 0; i < A / 2; i++) random_fill(g1 + (size_t)i * Bc, Bc, &rng, 1.0);           /* rows 0..19 */
+    for (int i = A / 2; i < A; i++) random_fill(g2 + (size_t)i * Bc, Bc, &rng, 1.0);           /* rows 20..39 */
+    const float *g[5] = {g1, g1, g1, g1, g2};
+    double want[5] = {NAN, NAN, 0.0, NAN, 1.0}; /* refreshes at steps 0, 2, 4 */
+    for (int step = 0; step < 5; step++) {
+        oz_optimizer_begin_step(opt, step, 1e-3f);
+        CHECK(take_tensor(opt, 0, (float *)g[step], &err) == OZ_OK, "%s", err.msg);
+        oz_optimizer_apply(opt, 1e-3f, 1.0f);
+        double ch = oz_optimizer_subspace_change(opt);
+        if (isnan(want[step])) CHECK(isnan(ch), "step %d: a change %.3g without a refresh of an existing subspace", step, ch);
+        else CHECK(fabs(ch - want[step]) < 1e-4, "step %d: subspace change %.6f, expected %.1f", step, ch, want[step]);
+    }
+    free(g1), free(g2), free(w);
+    fixture_close(&fx);
+    oz_param_layout_free(&lay);
+}
+
 /* After a refresh the basis is orthonormal and spans the gradient's top-r left subspace. */
 static void test_refresh_basis_quality(void) {
     enum { A = 40, Bc = 64, R = 5 };
@@ -1425,6 +1465,7 @@ int main(void) {
     RUN(test_per_layer_matches_whole_model);
     RUN(test_rows_match_whole);
     RUN(test_running_clip);
+    RUN(test_subspace_change);
     RUN(test_immediate_plan_and_losses);
     RUN(test_factored_matches_materialized);
     RUN(test_refresh_progress);

@@ -181,6 +181,23 @@ oz_status oz_opt_refresh_basis(oz_optimizer *o, slot *s, const float *G, const f
             OZ_TRY(be->subspace(be, G, s->a, s->b, s->r, side, o->cfg.subspace, &rng, ws, dst, err));
     }
     if (s->refreshes > 0) {
+        /* How far the subspace moved (oz_optimizer_subspace_change), the old basis still stored;
+         * C = P_old^T P_new (r x r) in the update scratch, free until this tensor's update. */
+        const int r = s->r;
+        double change = 0;
+        int sides = 0;
+        if (s->side != SIDE_RIGHT) {
+            be->gemm(be, 1, 0, r, r, s->a, 1.0f, basis_P(o, s), r, Pn, r, 0.0f, o->u, r);
+            change += 1.0 - be->sumsq(be, o->u, (size_t)r * r) / r;
+            sides++;
+        }
+        if (s->side != SIDE_LEFT) {
+            be->gemm(be, 0, 1, r, r, s->b, 1.0f, basis_Q(o, s), s->b, Qn, s->b, 0.0f, o->u, r);
+            change += 1.0 - be->sumsq(be, o->u, (size_t)r * r) / r;
+            sides++;
+        }
+        o->change_sum += change / sides;
+        o->change_n++;
         if (o->cfg.at_switch == OZ_SWITCH_RESET) {
             moments_zero(o, s);
             s->step = 0;

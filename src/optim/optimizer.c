@@ -344,6 +344,8 @@ void oz_optimizer_begin_step(oz_optimizer *o, int step, float lr) {
     o->takes = 0;
     o->status = OZ_OK;
     o->prev_total = o->prev_seen = 0;
+    o->change_sum = 0;
+    o->change_n = 0;
     for (int i = 0; i < o->n_slots; i++) {
         slot *s = &o->slots[i];
         s->cur_ss = 0; /* running clipping: prev_ss is last step's (oz_optimizer_apply) */
@@ -450,6 +452,10 @@ static float running_clip(oz_optimizer *o, slot *s, double ss, double after_frac
     s->cur_ss += ss;
     if (last_piece) o->prev_seen += s->prev_ss;
     return scale;
+}
+
+double oz_optimizer_subspace_change(const oz_optimizer *o) {
+    return o->change_n ? o->change_sum / o->change_n : NAN;
 }
 
 float oz_optimizer_clip_scale(const oz_optimizer *o, int index) {

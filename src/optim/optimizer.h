@@ -101,6 +101,11 @@ double oz_optimizer_grad_sumsq(oz_optimizer *opt);
 /* The clip scale parameter `index`'s last running-clipped update used (1 when unclipped or not
  * in running mode): for tests and logs. */
 float oz_optimizer_clip_scale(const oz_optimizer *opt, int index);
+/* The mean subspace change of this step's refreshes of subspaces that existed before: per side,
+ * 1 - |P_old^T P_new|_F^2 / r, which is 0 for the same subspace and 1 for an orthogonal one (the
+ * mean squared sine of the principal angles); both sides averaged for a full projection. NAN when
+ * no existing subspace was refreshed this step. */
+double oz_optimizer_subspace_change(const oz_optimizer *opt);
 /* The tensor whose gradient taken this step (not yet applied) is not finite and arrived first, in
  * backward order: where a NaN or infinity appeared; -1 when every one is finite. With immediate
  * updates a non-finite gradient is refused by take itself (OZ_ERR_NUMERIC naming the tensor) and

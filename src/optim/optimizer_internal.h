@@ -66,6 +66,8 @@ struct oz_optimizer {
     double applied_sumsq;   /* gradient norm squared of what immediate updates applied */
     double prev_total;      /* running clipping: the sum of every slot's prev_ss */
     double prev_seen;       /* running clipping: prev_ss of the slots seen so far this step */
+    double change_sum;      /* this step's refreshes of an existing subspace: their changes summed */
+    int change_n;           /* and counted (oz_optimizer_subspace_change) */
     oz_refresh_progress_fn on_refresh; /* after each subspace refresh of a step (progress lines) */
     void *refresh_user;
     int refresh_total, refresh_done;    /* this step's refreshes: planned, done */

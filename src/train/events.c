@@ -14,7 +14,7 @@ static float perplexity(double loss) { return (float)exp(loss); }
 
 oz_status oz_train_events_step(oz_tfevents *w, const oz_train_event_step *s, oz_err *err) {
     if (!w->f) return OZ_OK;
-    oz_tf_scalar v[8 + OZ_MEM_NCATEGORIES];
+    oz_tf_scalar v[10 + OZ_MEM_NCATEGORIES];
     char tags[OZ_MEM_NCATEGORIES][48];
     int n = 0;
     if (s->skipped) {
@@ -35,6 +35,7 @@ oz_status oz_train_events_step(oz_tfevents *w, const oz_train_event_step *s, oz_
         v[n++] = (oz_tf_scalar){"memory/peak_mib/total", (float)(s->peak_total / 1048576.0)};
     }
     if (isfinite(s->refresh_s)) v[n++] = (oz_tf_scalar){"galore/refresh_s", (float)s->refresh_s};
+    if (isfinite(s->subspace_change)) v[n++] = (oz_tf_scalar){"galore/subspace_change", (float)s->subspace_change};
     if (isfinite(s->rank_fraction)) v[n++] = (oz_tf_scalar){"inrank/mean_rank_fraction", (float)s->rank_fraction};
     return oz_tfevents_scalars(w, s->step, v, n, err);
 }

@@ -1,7 +1,7 @@
 /* Inside train/: a run's scalars as a TensorBoard event file (io/tfevents.h) in OUT, next to
  * metrics.jsonl: one event per logged step, one per evaluation. Tags: train/loss,
  * train/perplexity, train/lr, train/grad_norm, train/tokens_per_s, memory/peak_mib/<category> and
- * memory/peak_mib/total, galore/refresh_s (steps that refreshed subspaces), inrank/mean_rank_fraction
+ * memory/peak_mib/total, galore/refresh_s and galore/subspace_change (steps that refreshed subspaces), inrank/mean_rank_fraction
  * (InRank runs), train/skipped (--on-nonfinite skip), val/loss and val/perplexity. */
 #ifndef OZ_TRAIN_EVENTS_H
 #define OZ_TRAIN_EVENTS_H
@@ -22,6 +22,7 @@ typedef struct {
     size_t peak_total;
     double refresh_s;          /* seconds into the step when its subspace refreshes ended */
     double rank_fraction;      /* InRank: mean rank as a fraction of full */
+    double subspace_change;    /* GaLore: oz_optimizer_subspace_change of this step's refreshes */
 } oz_train_event_step;
 
 /* Opens a new event file in out. A resumed run (resumed_from > 0) first cuts the run's earlier

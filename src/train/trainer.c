@@ -541,9 +541,12 @@ static oz_status run(trainer *t, oz_train_position *pos, const oz_train_callback
                     "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,"
                     "\"step_s\":%.4f,\"tokens\":%.0f",
                     pos->step, loss, (double)lr, gnorm, tps, dt, pos->tokens_seen);
+        /* GaLore: how far this step's refreshes moved their subspaces (none at the first refresh) */
+        double change = fault[0] ? NAN : oz_optimizer_subspace_change(t->opt);
+        if (isfinite(change)) fprintf(t->metrics, ",\"subspace_change\":%.6g", change);
         oz_train_metrics_peak(t->metrics, t->arena.peak, t->arena.peak_total); /* ends the line */
         oz_train_event_step ev = {pos->step, fault[0] != 0, loss, lr, gnorm, tps, t->arena.peak, t->arena.peak_total,
-                                  t->refresh_s, o->inrank ? oz_inrank_mean_fraction(&t->ir, &t->cfg) : NAN};
+                                  t->refresh_s, o->inrank ? oz_inrank_mean_fraction(&t->ir, &t->cfg) : NAN, change};
         OZ_TRY(oz_train_events_step(&t->events, &ev, err));
         bool last = pos->step == o->steps;
         if (cb && cb->on_step && (last || (o->log_every > 0 && pos->step % o->log_every == 0) ||
